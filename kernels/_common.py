@@ -1,0 +1,148 @@
+"""Pieces shared by every cell family: dtype rules, tile configs, activations, launch checks.
+
+Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, P projected hidden
+(P = H without proj_size), G gates per cell (LSTM 4, RNN 1).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator / cell-state dtype: fp64 for fp64 inputs, fp32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_tl_dtype(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """``tl.dot`` input precision. fp32 follows ``torch.backends.cudnn.allow_tf32`` as nn.LSTM does."""
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def cast_dot_inputs(dtype: torch.dtype) -> bool:
+    """The interpreter multiplies raw bf16 bit patterns in ``tl.dot`` (triton#11584): upcast there."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def check_tensor(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device: torch.device):
+    """Raise a clear error when a launcher argument has the wrong shape, dtype or device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise RuntimeError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise RuntimeError(f"{name}: expected device {device}, got {t.device}")
+
+
+def check_dtype(name: str, dtype: torch.dtype):
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name}: dtype {dtype} is not supported by the triton backend "
+            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
+        )
+
+
+def rowmajor(t: torch.Tensor) -> torch.Tensor:
+    """Kernels take a row stride and assume unit stride along the last dimension."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile configs. One list per kernel kind; the compile check (kernels/compile_check.py) compiles
+# every entry for sm_90a and sm_80 and asserts 0 spills, so only entries listed here may run.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileConfig:
+    BLOCK_B: int
+    BLOCK_H: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+    def as_triton(self) -> triton.Config:
+        return triton.Config(
+            {"BLOCK_B": self.BLOCK_B, "BLOCK_H": self.BLOCK_H, "BLOCK_K": self.BLOCK_K},
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
+        )
+
+
+# The interpreter's config: smallest legal tl.dot tiles (>= 16), so masks and K loops get exercised.
+INTERPRETER_CONFIG = TileConfig(16, 16, 16, 4, 1)
+
+
+def prune_by_batch(configs, named_args, **kwargs):
+    """Drop batch tiles far larger than the batch (all-masked rows are wasted registers)."""
+    B = named_args["B"]
+    need = max(16, triton.next_power_of_2(B))
+    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= need]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_B"])]
+
+
+def autotuned(kernel, configs: list[TileConfig]):
+    """Autotuned twin of a step kernel, keyed on the sizes but never on T or t."""
+    return triton.autotune(
+        configs=[c.as_triton() for c in configs],
+        key=["B", "H", "K"],
+        prune_configs_by={"early_config_prune": prune_by_batch},
+    )(kernel)
+
+
+def launch(kernel, tuned, grid_fn, **kwargs):
+    """Launch with the fixed interpreter config, or through the autotuner on a GPU."""
+    if interpreting():
+        c = INTERPRETER_CONFIG
+        meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
+        kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
+    else:
+        tuned[grid_fn](**kwargs)
+
+
+def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias):
+    """Post-loop GEMMs shared by every cell: given dz (T, B, G*H) returns
+    (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after."""
+    T, B, GH = dz.shape
+    dz2 = dz.reshape(T * B, GH)
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0).reshape(T * B, -1)
+    dw_hh = dz2.t() @ h_prev.to(dz2.dtype)
+    dw_ih = dz2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
+    dx = (dz2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
+    dh0 = dz[0] @ w_hh.to(dz2.dtype)
+    db = dz2.sum(0, dtype=acc_torch_dtype(dz2.dtype)).to(dz2.dtype) if has_bias else None
+    return dx, dh0, dw_ih, dw_hh, db
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations in plain exp form: exact enough for fp64 checks, identical in the interpreter and on
+# the GPU (no libdevice dependency).
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # tanh(|x|) = (1 - e^{-2|x|}) / (1 + e^{-2|x|}); no overflow for large |x|.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)

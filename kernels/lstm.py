@@ -1,0 +1,407 @@
+"""Fused LSTM kernels: one launch per time step forward and backward, gates i, f, g, o as in torch.nn.LSTM.
+
+# B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size), K = P (forward dot
+# depth) or 4H (backward dot depth), G = 4 gates stacked along W's rows in the order i, f, g, o.
+
+Split of the work (shared/DESIGN.md, shared/MATH.md):
+- ``xp = x @ W_ih^T + b_ih + b_hh`` for all steps at once (one large GEMM, done by the caller / layer fn).
+- forward step t (``_lstm_fwd_step``): a program owns a tile of hidden units j and a tile of the batch; it
+  computes the four gate pre-activations of *its* units, ``h_{t-1} @ W_hh[g*H + j, :]^T`` by ``tl.dot`` over
+  K tiles with fp32 accumulation (fp64 for fp64), adds ``xp[t]``, applies the activations and the cell
+  update in registers, and writes h_t (or r_t with proj_size), c_t and the gates once.
+- backward step t (``_lstm_bwd_step``): ``dh_t = dz_{t+1} @ W_hh`` for its tile of units over all 4H rows
+  (no atomics, fixed reduction order, deterministic), plus dy_t, then the pointwise work of step t, writing
+  dz_t and dc_{t-1}.
+- weight gradients after the loop as large GEMMs over all steps.
+With proj_size the whole r_t row (resp. dh_t row) is needed by h_t = r_t @ W_hr^T (resp. dr = dh @ W_hr), so
+that product is a second launch per step (cuBLAS), and the backward step receives dr instead of computing dh.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _graphs
+from ._common import (
+    TileConfig,
+    acc_tl_dtype,
+    acc_torch_dtype,
+    autotuned,
+    cast_dot_inputs,
+    check_dtype,
+    check_tensor,
+    dot_precision,
+    weight_grads,
+    launch,
+    rowmajor,
+    sigmoid,
+    tanh,
+)
+from .reference import input_projection
+
+# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
+FWD_CONFIGS = [
+    TileConfig(16, 16, 64, 4, 2),
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 32, 32, 4, 3),
+    TileConfig(16, 64, 64, 8, 2),
+    TileConfig(32, 32, 64, 8, 2),
+    TileConfig(64, 32, 32, 8, 2),
+]
+BWD_CONFIGS = [
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 128, 64, 8, 2),
+    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(64, 64, 32, 8, 2),
+]
+
+
+@triton.jit(do_not_specialize=["t"])
+def _lstm_fwd_step(
+    xp,  # (B, 4H) xp[t], row stride s_xp
+    h_prev,  # (B, K) h_{t-1}
+    c_prev,  # (B, H) c_{t-1}
+    w,  # (4H, K) W_hh
+    r_out,  # (B, H) h_t (or r_t with proj_size)
+    c_out,  # (B, H) c_t, accumulator dtype
+    gates,  # (B, 4H) activated i, f, g, o (only if STORE_GATES)
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_xp, s_hp, s_cp, s_w, s_r, s_co, s_g,
+    t, B, H, K,
+    HAS_LENGTHS: tl.constexpr,
+    STORE_GATES: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    b_zi = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zf = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zg = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zo = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    # W tile loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W_hh, columns k.
+    p_w = w + o_j[None, :].to(tl.int64) * s_w
+    gate_rows = H * s_w
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        m_w = m_k[:, None] & m_j[None, :]
+        b_wi = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
+        b_wf = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_wg = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_wo = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        if CAST_F32:
+            b_h = b_h.to(tl.float32)
+            b_wi = b_wi.to(tl.float32)
+            b_wf = b_wf.to(tl.float32)
+            b_wg = b_wg.to(tl.float32)
+            b_wo = b_wo.to(tl.float32)
+        b_zi = tl.dot(b_h, b_wi, b_zi, input_precision=PRECISION, out_dtype=ACC)
+        b_zf = tl.dot(b_h, b_wf, b_zf, input_precision=PRECISION, out_dtype=ACC)
+        b_zg = tl.dot(b_h, b_wg, b_zg, input_precision=PRECISION, out_dtype=ACC)
+        b_zo = tl.dot(b_h, b_wo, b_zo, input_precision=PRECISION, out_dtype=ACC)
+
+    p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
+    b_i = sigmoid(b_zi + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
+    b_f = sigmoid(b_zf + tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC))
+    b_g = tanh(b_zg + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
+    b_o = sigmoid(b_zo + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_c = b_f * b_cp + b_i * b_g
+    b_r = b_o * tanh(b_c)
+    if HAS_LENGTHS:
+        # finished sequences keep their state and output zeros
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_c = tl.where(m_act, b_c, b_cp)
+        b_r = tl.where(m_act, b_r, 0.0)
+    tl.store(c_out + o_b[:, None] * s_co + o_j[None, :], b_c, mask=m_bj)
+    tl.store(r_out + o_b[:, None] * s_r + o_j[None, :], b_r.to(r_out.dtype.element_ty), mask=m_bj)
+    if STORE_GATES:
+        p_g = gates + o_b[:, None] * s_g + o_j[None, :]
+        gty = gates.dtype.element_ty
+        tl.store(p_g, b_i.to(gty), mask=m_bj)
+        tl.store(p_g + H, b_f.to(gty), mask=m_bj)
+        tl.store(p_g + 2 * H, b_g.to(gty), mask=m_bj)
+        tl.store(p_g + 3 * H, b_o.to(gty), mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _lstm_bwd_step(
+    dz_next,  # (B, 4H) dz_{t+1} (only if HAS_NEXT)
+    w,  # (4H, K) W_hh
+    dy,  # (B, H) dy_t; with DR_GIVEN: dr_t = (dy_t + dz_{t+1} @ W_hh) @ W_hr, computed outside
+    gates,  # (B, 4H) i, f, g, o of step t
+    c_cur,  # (B, H) c_t
+    c_prev,  # (B, H) c_{t-1}
+    dc_in,  # (B, H) gradient reaching c_t from step t+1 (dc_n at t = T-1)
+    dc_out,  # (B, H) gradient reaching c_{t-1}
+    dz,  # (B, 4H) dz_t, output
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_dzn, s_w, s_dy, s_g, s_cc, s_cp, s_dci, s_dco, s_dz,
+    t, B, H, K,
+    HAS_NEXT: tl.constexpr,
+    DR_GIVEN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows: the full dz row is read,
+    # so no cross-program reduction is needed.
+    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    if HAS_NEXT and not DR_GIVEN:
+        for k0 in range(0, K, BLOCK_K):
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < K
+            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
+            if CAST_F32:
+                b_d = b_d.to(tl.float32)
+                b_w = b_w.to(tl.float32)
+            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+
+    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
+    b_i = tl.load(p_g, mask=m_bj, other=0.0).to(ACC)
+    b_f = tl.load(p_g + H, mask=m_bj, other=0.0).to(ACC)
+    b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.0).to(ACC)
+    b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.0).to(ACC)
+    b_c = tl.load(c_cur + o_b[:, None] * s_cc + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dcin = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+
+    b_tc = tanh(b_c)
+    b_dc = b_dcin + b_dh * b_o * (1.0 - b_tc * b_tc)
+    b_dzi = b_dc * b_g * b_i * (1.0 - b_i)
+    b_dzf = b_dc * b_cp * b_f * (1.0 - b_f)
+    b_dzg = b_dc * b_i * (1.0 - b_g * b_g)
+    b_dzo = b_dh * b_tc * b_o * (1.0 - b_o)
+    b_dcp = b_dc * b_f
+    if HAS_LENGTHS:
+        # a finished sequence did not move at step t: no gate gradient, dc passes through unchanged
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_dzi = tl.where(m_act, b_dzi, 0.0)
+        b_dzf = tl.where(m_act, b_dzf, 0.0)
+        b_dzg = tl.where(m_act, b_dzg, 0.0)
+        b_dzo = tl.where(m_act, b_dzo, 0.0)
+        b_dcp = tl.where(m_act, b_dcp, b_dcin)
+    tl.store(dc_out + o_b[:, None] * s_dco + o_j[None, :], b_dcp, mask=m_bj)
+    p_dz = dz + o_b[:, None] * s_dz + o_j[None, :]
+    dty = dz.dtype.element_ty
+    tl.store(p_dz, b_dzi.to(dty), mask=m_bj)
+    tl.store(p_dz + H, b_dzf.to(dty), mask=m_bj)
+    tl.store(p_dz + 2 * H, b_dzg.to(dty), mask=m_bj)
+    tl.store(p_dz + 3 * H, b_dzo.to(dty), mask=m_bj)
+
+
+_lstm_fwd_step_tuned = autotuned(_lstm_fwd_step, FWD_CONFIGS)
+_lstm_bwd_step_tuned = autotuned(_lstm_bwd_step, BWD_CONFIGS)
+
+
+def _grid(B, H):
+    return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
+
+
+def lstm_fwd_step(xp_t, h_prev, c_prev, w_hh, r_out, c_out, gates=None, lengths=None, t=0):
+    """One fused forward step (launcher). Shapes: xp_t (B, 4H); h_prev (B, K); c_prev (B, H);
+    w_hh (4H, K); outputs r_out (B, H) in the input dtype, c_out (B, H) in the accumulator dtype,
+    gates (B, 4H) or None. lengths (B,) int32 or None with step index t. Writes the outputs in place."""
+    B, G4 = xp_t.shape
+    H = G4 // 4
+    K = h_prev.shape[1]
+    launch(
+        _lstm_fwd_step, _lstm_fwd_step_tuned, _grid(B, H),
+        xp=xp_t, h_prev=h_prev, c_prev=c_prev, w=w_hh, r_out=r_out, c_out=c_out,
+        gates=gates if gates is not None else r_out, lengths=lengths if lengths is not None else r_out,
+        s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_cp=c_prev.stride(0), s_w=w_hh.stride(0),
+        s_r=r_out.stride(0), s_co=c_out.stride(0), s_g=gates.stride(0) if gates is not None else 0,
+        t=t, B=B, H=H, K=K,
+        HAS_LENGTHS=lengths is not None, STORE_GATES=gates is not None,
+        CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
+        ACC=acc_tl_dtype(w_hh.dtype),
+    )
+
+
+def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t, lengths=None, t=0, dr_given=False):
+    """One fused backward step (launcher). dz_next (B, 4H) or None at t = T-1; dy_t (B, H) (or dr_t when
+    ``dr_given``); writes dz_t (B, 4H) and dc_out (B, H) in place."""
+    B, G4 = gates_t.shape
+    H = G4 // 4
+    launch(
+        _lstm_bwd_step, _lstm_bwd_step_tuned, _grid(B, H),
+        dz_next=dz_next if dz_next is not None else dz_t, w=w_hh, dy=dy_t, gates=gates_t, c_cur=c_t,
+        c_prev=c_prev, dc_in=dc_in, dc_out=dc_out, dz=dz_t, lengths=lengths if lengths is not None else dz_t,
+        s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
+        s_g=gates_t.stride(0), s_cc=c_t.stride(0), s_cp=c_prev.stride(0), s_dci=dc_in.stride(0),
+        s_dco=dc_out.stride(0), s_dz=dz_t.stride(0),
+        t=t, B=B, H=H, K=G4,
+        HAS_NEXT=dz_next is not None, DR_GIVEN=dr_given, HAS_LENGTHS=lengths is not None,
+        CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
+        ACC=acc_tl_dtype(w_hh.dtype),
+    )
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy not in ("auto", "per_step"):
+        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
+    return "per_step"
+
+
+def _fwd_loop(xp, w_hh, h0, c0, w_hr, lengths, store):
+    T, B, G4 = xp.shape
+    H = G4 // 4
+    P = h0.shape[1]
+    acc = acc_torch_dtype(xp.dtype)
+    y = xp.new_empty(T, B, P)
+    c_seq = xp.new_empty(T if store else 2, B, H, dtype=acc)
+    gates = xp.new_empty(T, B, G4) if store else None
+    r_seq = xp.new_empty(T if store else 1, B, H) if w_hr is not None else None
+    for t in range(T):
+        h_prev = h0 if t == 0 else y[t - 1]
+        c_prev = c0 if t == 0 else c_seq[(t - 1) if store else (t - 1) % 2]
+        c_out = c_seq[t if store else t % 2]
+        r_out = y[t] if w_hr is None else r_seq[t if store else 0]
+        lstm_fwd_step(xp[t], h_prev, c_prev, w_hh, r_out, c_out, gates[t] if store else None, lengths, t)
+        if w_hr is not None:
+            torch.mm(r_out, w_hr.t(), out=y[t])
+    c_n = c_seq[(T - 1) if store else (T - 1) % 2]
+    return y, c_n, c_seq if store else None, gates, r_seq if store else None
+
+
+def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, strategy="auto"):
+    """Run the recurrence over all T steps, one fused launch per step (CUDA-graph replayed on a GPU).
+
+    Args:
+        xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
+        w_hh: (4H, P); h0: (B, P); c0: (B, H); w_hr: (P, H) or None; lengths: (B,) int32 or None.
+        store: keep what backward needs (gates, every c_t, every r_t with proj); False under no_grad.
+        strategy: "auto" or "per_step" (the only one so far).
+    Returns:
+        y (T, B, P), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H), gates (T, B, 4H),
+        r_seq (T, B, H) or None -- the last three None when not ``store``.
+    """
+    _check_strategy(strategy)
+    check_dtype("xp", xp.dtype)
+    T, B, G4 = xp.shape
+    if T < 1:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    H = G4 // 4
+    P = w_hr.shape[0] if w_hr is not None else H
+    dev, dt = xp.device, xp.dtype
+    check_tensor("w_hh", w_hh, (G4, P), dt, dev)
+    check_tensor("h0", h0, (B, P), dt, dev)
+    check_tensor("c0", c0, (B, H), dt, dev)
+    if w_hr is not None:
+        check_tensor("w_hr", w_hr, (P, H), dt, dev)
+    if lengths is not None:
+        check_tensor("lengths", lengths, (B,), torch.int32, dev)
+    xp, w_hh, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0), rowmajor(c0)
+    w_hr = rowmajor(w_hr) if w_hr is not None else None
+    return _graphs.run(
+        "lstm_fwd",
+        lambda *a: _fwd_loop(*a, store),
+        (xp, w_hh, h0, c0, w_hr, lengths),
+        flags=(store, dot_precision(dt, dev)),
+    )
+
+
+def _bwd_loop(dy, dc_n, w_hh, w_hr, c0, c_seq, gates, r_seq, lengths):
+    T, B, P = dy.shape
+    G4 = gates.shape[2]
+    H = G4 // 4
+    acc = acc_torch_dtype(dy.dtype)
+    dz = gates.new_empty(T, B, G4)
+    dc = dy.new_empty(2, B, H, dtype=acc)
+    dh_seq = dy.new_empty(T, B, P) if w_hr is not None else None
+    dr = dy.new_empty(B, H) if w_hr is not None else None
+    dc_in = dc_n
+    for t in range(T - 1, -1, -1):
+        dz_next = dz[t + 1] if t < T - 1 else None
+        c_prev = c0 if t == 0 else c_seq[t - 1]
+        if w_hr is None:
+            dy_t = dy[t]
+        else:
+            if dz_next is None:
+                dh_seq[t].copy_(dy[t])
+            else:
+                torch.addmm(dy[t], dz_next, w_hh, out=dh_seq[t])
+            torch.mm(dh_seq[t], w_hr, out=dr)
+            dy_t = dr
+        lstm_bwd_step(dz_next, w_hh, dy_t, gates[t], c_seq[t], c_prev, dc_in, dc[t % 2], dz[t], lengths, t,
+                      dr_given=w_hr is not None)
+        dc_in = dc[t % 2]
+    return dz, dc_in, dh_seq
+
+
+def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, lengths=None, *, strategy="auto"):
+    """Backward through time, one fused launch per step (CUDA-graph replayed on a GPU).
+
+    Args:
+        dy: (T, B, P) gradient of y (the gradient of h_n must already be added at its step);
+        dc_n: (B, H) gradient of c_n (accumulator dtype or the input dtype); w_hh (4H, P); c0 (B, H);
+        c_seq, gates, r_seq: as saved by ``lstm_fwd_sequence``; w_hr (P, H) or None; lengths as forward.
+    Returns:
+        dz (T, B, 4H) gate pre-activation gradients, dc0 (B, H) in the accumulator dtype, and dh_seq
+        (T, B, P) the gradient of every h_t (only with proj_size, for dW_hr; else None).
+    """
+    _check_strategy(strategy)
+    dy, w_hh, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(c0)
+    dc_n = rowmajor(dc_n.to(acc_torch_dtype(dy.dtype)))
+    return _graphs.run(
+        "lstm_bwd",
+        _bwd_loop,
+        (dy, dc_n, w_hh, w_hr, c0, c_seq, gates, r_seq, lengths),
+        flags=(dot_precision(dy.dtype, dy.device),),
+    )
+
+
+def lstm_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, *, store=True,
+                   strategy="auto"):
+    """One LSTM layer and direction, forward in time: the input projection for all steps (one GEMM) then
+    the fused recurrence. x: (T, B, I). Returns y (T, B, P), c_n (B, H) (accumulator dtype) and the saved
+    tensors (c_seq, gates, r_seq) of ``lstm_fwd_sequence``."""
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    return lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr, lengths, store=store, strategy=strategy)
+
+
+def lstm_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr=None, r_seq=None, lengths=None,
+                   *, has_bias=True, strategy="auto"):
+    """Gradients of one LSTM layer from the saved forward state: the fused backward recurrence, then the
+    weight and input gradients as large GEMMs over all steps (shared/MATH.md).
+
+    Returns (dx (T, B, I), dh0 (B, P), dW_ih (4H, I), dW_hh (4H, P), db (4H,) or None, dc0 (B, H) in the
+    accumulator dtype, dW_hr (P, H) or None).
+    """
+    dz, dc0, dh_seq = lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr, r_seq, lengths, strategy=strategy)
+    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, _proj_grad(dh_seq, r_seq))
+
+
+def _proj_grad(dh_seq, r_seq):
+    if dh_seq is None:
+        return None
+    P, H = dh_seq.shape[2], r_seq.shape[2]
+    return dh_seq.reshape(-1, P).t() @ r_seq.reshape(-1, H)

@@ -1,0 +1,92 @@
+"""Pure-PyTorch references of one layer and direction of each cell: the float64 test oracle and the
+``backend="reference"`` path of the modules. Written for clarity, not speed; autograd does backward.
+
+B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
+``lengths`` (B,) int, optional: sequence b is active at step t iff t < lengths[b]; an inactive row keeps
+its state and outputs zeros (the layout of a padded PackedSequence, longest first or not).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _bias(w_ih, b_ih, b_hh):
+    b = None
+    for v in (b_ih, b_hh):
+        if v is not None:
+            b = v if b is None else b + v
+    return b
+
+
+def input_projection(x, w_ih, b_ih=None, b_hh=None):
+    """Xp = x @ W_ih^T + b_ih + b_hh for all steps at once. x: (T, B, I) -> (T, B, G*H)."""
+    xp = torch.matmul(x, w_ih.t())
+    b = _bias(w_ih, b_ih, b_hh)
+    return xp if b is None else xp + b
+
+
+def _active(lengths, t, like):
+    if lengths is None:
+        return None
+    return (t < lengths).to(like.device).unsqueeze(1)
+
+
+def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None):
+    """One LSTM layer, one direction (forward in time).
+
+    Args:
+        x: (T, B, I); h0: (B, P); c0: (B, H); w_ih: (4H, I); w_hh: (4H, P); b_ih, b_hh: (4H,) or None;
+        w_hr: (P, H) or None (proj_size); lengths: (B,) or None.
+    Returns:
+        y (T, B, P), h_n (B, P), c_n (B, H).
+    """
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    h, c = h0, c0
+    ys = []
+    for t in range(x.shape[0]):
+        z = xp[t] + h @ w_hh.t()
+        zi, zf, zg, zo = z.chunk(4, dim=1)
+        i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
+        act = _active(lengths, t, x)
+        if act is None:
+            h, c = h_new, c_new
+            ys.append(h_new)
+        else:
+            h, c = torch.where(act, h_new, h), torch.where(act, c_new, c)
+            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
+    return y, h, c
+
+
+def rnn_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=None):
+    """One Elman RNN layer, one direction. x: (T, B, I); h0: (B, H). Returns y (T, B, H), h_n (B, H)."""
+    act_fn = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    h = h0
+    ys = []
+    for t in range(x.shape[0]):
+        h_new = act_fn(xp[t] + h @ w_hh.t())
+        act = _active(lengths, t, x)
+        if act is None:
+            h = h_new
+            ys.append(h_new)
+        else:
+            h = torch.where(act, h_new, h)
+            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
+    return y, h
+
+
+def lstm_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One LSTM step. x: (B, I); h, c: (B, H). Returns (h', c')."""
+    y, h1, c1 = lstm_layer_ref(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh)
+    return h1, c1
+
+
+def rnn_cell_ref(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One RNN step. x: (B, I); h: (B, H). Returns h'."""
+    return rnn_layer_ref(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh, nonlinearity)[1]

@@ -1,0 +1,262 @@
+"""Fused Elman RNN kernels (tanh or relu), one launch per time step forward and backward.
+
+# B batch, T steps, I input, H hidden, K = H (dot depth), G = 1.
+
+Same split as kernels/lstm.py: ``xp = x @ W_ih^T + b_ih + b_hh`` for all steps at once; a forward step
+where each program computes ``h_{t-1} @ W_hh[j, :]^T`` for its tile of units (``tl.dot`` over K tiles, fp32
+accumulation, fp64 for fp64), adds xp[t] and applies the nonlinearity in registers; a backward step that
+computes ``dh_t = dz_{t+1} @ W_hh`` for its units (full dz rows, no atomics), adds dy_t and multiplies by
+the nonlinearity's derivative; weight gradients after the loop. Backward needs only the outputs h_t.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _graphs
+from ._common import (
+    TileConfig,
+    acc_tl_dtype,
+    autotuned,
+    cast_dot_inputs,
+    check_dtype,
+    check_tensor,
+    dot_precision,
+    launch,
+    rowmajor,
+    tanh,
+    weight_grads,
+)
+from .reference import input_projection
+
+NONLINEARITIES = ("tanh", "relu")
+
+# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
+FWD_CONFIGS = [
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 128, 64, 8, 2),
+    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(64, 64, 32, 8, 2),
+]
+BWD_CONFIGS = FWD_CONFIGS
+
+
+@triton.jit(do_not_specialize=["t"])
+def _rnn_fwd_step(
+    xp,  # (B, H) xp[t]
+    h_prev,  # (B, H) h_{t-1}
+    w,  # (H, H) W_hh
+    h_out,  # (B, H) h_t
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_xp, s_hp, s_w, s_ho,
+    t, B, H, K,
+    RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    b_z = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    p_w = w + o_j[None, :].to(tl.int64) * s_w  # W tile transposed: (BLOCK_K, BLOCK_H)
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_j[None, :], other=0.0)
+        if CAST_F32:
+            b_h = b_h.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        b_z = tl.dot(b_h, b_w, b_z, input_precision=PRECISION, out_dtype=ACC)
+    b_z += tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    if RELU:
+        b_hn = tl.maximum(b_z, 0.0)
+    else:
+        b_hn = tanh(b_z)
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_hn = tl.where(m_act, b_hn, 0.0)
+    tl.store(h_out + o_b[:, None] * s_ho + o_j[None, :], b_hn.to(h_out.dtype.element_ty), mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _rnn_bwd_step(
+    dz_next,  # (B, H) dz_{t+1} (only if HAS_NEXT)
+    w,  # (H, H) W_hh
+    dy,  # (B, H) dy_t
+    h,  # (B, H) h_t
+    dz,  # (B, H) dz_t, output
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_dzn, s_w, s_dy, s_h, s_dz,
+    t, B, H, K,
+    RELU: tl.constexpr,
+    HAS_NEXT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    if HAS_NEXT:
+        for k0 in range(0, K, BLOCK_K):
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < K
+            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
+            if CAST_F32:
+                b_d = b_d.to(tl.float32)
+                b_w = b_w.to(tl.float32)
+            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    if RELU:
+        b_dz = tl.where(b_h > 0.0, b_dh, 0.0)
+    else:
+        b_dz = b_dh * (1.0 - b_h * b_h)
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_dz = tl.where(m_act, b_dz, 0.0)
+    tl.store(dz + o_b[:, None] * s_dz + o_j[None, :], b_dz.to(dz.dtype.element_ty), mask=m_bj)
+
+
+_rnn_fwd_step_tuned = autotuned(_rnn_fwd_step, FWD_CONFIGS)
+_rnn_bwd_step_tuned = autotuned(_rnn_bwd_step, BWD_CONFIGS)
+
+
+def _grid(B, H):
+    return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
+
+
+def _common_meta(w_hh):
+    return dict(
+        CAST_F32=cast_dot_inputs(w_hh.dtype),
+        PRECISION=dot_precision(w_hh.dtype, w_hh.device),
+        ACC=acc_tl_dtype(w_hh.dtype),
+    )
+
+
+def rnn_fwd_step(xp_t, h_prev, w_hh, h_out, nonlinearity="tanh", lengths=None, t=0):
+    """One fused forward step (launcher): h_out (B, H) <- act(xp_t + h_prev @ w_hh^T), in place."""
+    B, H = xp_t.shape
+    launch(
+        _rnn_fwd_step, _rnn_fwd_step_tuned, _grid(B, H),
+        xp=xp_t, h_prev=h_prev, w=w_hh, h_out=h_out, lengths=lengths if lengths is not None else h_out,
+        s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_w=w_hh.stride(0), s_ho=h_out.stride(0),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+    )
+
+
+def rnn_bwd_step(dz_next, w_hh, dy_t, h_t, dz_t, nonlinearity="tanh", lengths=None, t=0):
+    """One fused backward step (launcher): dz_t (B, H) <- (dy_t + dz_next @ w_hh) * act'(h_t), in place."""
+    B, H = h_t.shape
+    launch(
+        _rnn_bwd_step, _rnn_bwd_step_tuned, _grid(B, H),
+        dz_next=dz_next if dz_next is not None else dz_t, w=w_hh, dy=dy_t, h=h_t, dz=dz_t,
+        lengths=lengths if lengths is not None else dz_t,
+        s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
+        s_h=h_t.stride(0), s_dz=dz_t.stride(0),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_NEXT=dz_next is not None,
+        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+    )
+
+
+def _check_args(nonlinearity, strategy):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if strategy not in ("auto", "per_step"):
+        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
+
+
+def _fwd_loop(xp, w_hh, h0, lengths, nonlinearity):
+    T = xp.shape[0]
+    y = torch.empty_like(xp)
+    for t in range(T):
+        rnn_fwd_step(xp[t], h0 if t == 0 else y[t - 1], w_hh, y[t], nonlinearity, lengths, t)
+    return (y,)
+
+
+def rnn_fwd_sequence(xp, w_hh, h0, lengths=None, *, nonlinearity="tanh", strategy="auto"):
+    """Run the RNN recurrence over all T steps, one fused launch per step (CUDA-graph replayed on a GPU).
+
+    Args:
+        xp: (T, B, H) input projection, biases included; w_hh: (H, H); h0: (B, H); lengths (B,) int32 or None.
+    Returns:
+        y (T, B, H): every h_t (zeros where a sequence has ended). Backward needs nothing else.
+    """
+    _check_args(nonlinearity, strategy)
+    check_dtype("xp", xp.dtype)
+    T, B, H = xp.shape
+    if T < 1:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_tensor("w_hh", w_hh, (H, H), xp.dtype, xp.device)
+    check_tensor("h0", h0, (B, H), xp.dtype, xp.device)
+    if lengths is not None:
+        check_tensor("lengths", lengths, (B,), torch.int32, xp.device)
+    xp, w_hh, h0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0)
+    (y,) = _graphs.run(
+        "rnn_fwd", lambda *a: _fwd_loop(*a, nonlinearity), (xp, w_hh, h0, lengths),
+        flags=(nonlinearity, dot_precision(xp.dtype, xp.device)),
+    )
+    return y
+
+
+def _bwd_loop(dy, w_hh, y, lengths, nonlinearity):
+    T = dy.shape[0]
+    dz = torch.empty_like(dy)
+    for t in range(T - 1, -1, -1):
+        rnn_bwd_step(dz[t + 1] if t < T - 1 else None, w_hh, dy[t], y[t], dz[t], nonlinearity, lengths, t)
+    return (dz,)
+
+
+def rnn_bwd_sequence(dy, w_hh, y, lengths=None, *, nonlinearity="tanh", strategy="auto"):
+    """Backward through time. dy (T, B, H) with the gradient of h_n already added at its step; y the
+    forward output. Returns dz (T, B, H), the gradient of the pre-activations."""
+    _check_args(nonlinearity, strategy)
+    dy, w_hh = rowmajor(dy), rowmajor(w_hh)
+    (dz,) = _graphs.run(
+        "rnn_bwd", lambda *a: _bwd_loop(*a, nonlinearity), (dy, w_hh, y, lengths),
+        flags=(nonlinearity, dot_precision(dy.dtype, dy.device)),
+    )
+    return dz
+
+
+def rnn_layer_fwd(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, *, nonlinearity="tanh", strategy="auto"):
+    """One RNN layer and direction: input projection (one GEMM) then the fused recurrence.
+    x (T, B, I), h0 (B, H). Returns y (T, B, H)."""
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    return rnn_fwd_sequence(xp, w_hh, h0, lengths, nonlinearity=nonlinearity, strategy=strategy)
+
+
+def rnn_layer_bwd(dy, x, h0, y, w_ih, w_hh, lengths=None, *, has_bias=True, nonlinearity="tanh", strategy="auto"):
+    """Gradients of one RNN layer: fused backward recurrence, then the weight GEMMs.
+    Returns (dx, dh0, dW_ih, dW_hh, db or None)."""
+    dz = rnn_bwd_sequence(dy, w_hh, y, lengths, nonlinearity=nonlinearity, strategy=strategy)
+    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias)
+
+
+__all__ = [
+    "rnn_fwd_step", "rnn_bwd_step", "rnn_fwd_sequence", "rnn_bwd_sequence", "rnn_layer_fwd", "rnn_layer_bwd",
+]
