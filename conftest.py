@@ -1,0 +1,11 @@
+"""Test-session setup. Runs before any test module imports triton kernels: without a CUDA device the kernels
+run on the CPU through Triton's interpreter, which must be switched on before the kernels are decorated."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+torch.backends.cuda.matmul.allow_tf32 = False  # tight fp32 checks on the GPU
+torch.backends.cudnn.allow_tf32 = False
