@@ -1,0 +1,11 @@
+"""fusedrnn modules: drop-in replacements for torch.nn's recurrent modules on fused Triton kernels.
+
+``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
+``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
+"""
+from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
+from .lstm import LSTM, LSTMCell
+from .rnn import RNN, RNNCell
+from .swap import swap_rnns
+
+__all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "swap_rnns"]

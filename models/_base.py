@@ -1,0 +1,240 @@
+"""Shared module plumbing: everything torch.nn.LSTM / nn.RNN accept, around a per-layer function.
+
+``FusedRNNBase`` subclasses ``nn.RNNBase`` (never ``nn.LSTM``: torch.compile graph-breaks on those), so the
+constructor's checks, parameter names, init, state_dict, repr and ``_all_weights`` come from torch. Its
+``forward`` handles batch_first, unbatched input, PackedSequence (sorted or not; the reverse direction starts
+at each sequence's own end), h0/c0 defaults and checks, autocast, layers, directions and dropout, and calls
+``self._layer(x, h0, c0, weights, lengths)`` once per layer and direction, always forward in time on
+time-major input.
+
+A new cell plugs in by subclassing ``FusedRNNBase`` and implementing:
+- ``_layer(self, x, h0, c0, weights, lengths) -> (y (T, B, P), h_n (B, P), c_n (B, H) or None)``, where
+  ``weights`` is the list of parameters of that layer and direction, in the order of ``self._all_weights``
+  (weight_ih, weight_hh, [bias_ih, bias_hh], [extra...]); ``lengths`` is (B,) int32 on the input's device or
+  None; ``c0`` is None for cells without a cell state.
+- class attribute ``_has_cell`` (True when the state is a pair (h, c)).
+Backends: ``self.backend`` is "triton" or "reference" after ``resolve_backend``.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+BACKENDS = ("auto", "triton", "reference")
+STRATEGIES = ("auto", "per_step")
+
+
+def check_backend(backend: str, strategy: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """"auto" is our kernels on CUDA and the pure-PyTorch reference elsewhere (the interpreter is too slow
+    to be a default)."""
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "reference"
+    return backend
+
+
+def check_triton_dtype(dtype: torch.dtype) -> None:
+    from kernels._common import SUPPORTED_DTYPES
+
+    if dtype not in SUPPORTED_DTYPES:
+        raise RuntimeError(
+            f"fusedrnn backend 'triton' does not support dtype {dtype}; "
+            "use float16, bfloat16, float32 or float64, or backend='reference'"
+        )
+
+
+def autocast_dtype(device: torch.device):
+    """The autocast dtype when autocast is on for ``device``'s type, else None."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return None
+
+
+def needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence along time (dim 0) within its own length; padding stays in place."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T, device=x.device).unsqueeze(1)
+    lens = lengths.to(t.dtype).unsqueeze(0)
+    idx = torch.where(t < lens, lens - 1 - t, t)  # (T, B)
+    idx = idx.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, idx)
+
+
+def last_step(y: Tensor, lengths: Tensor | None) -> Tensor:
+    """y[len_b - 1, b] for each b (y[-1] without lengths)."""
+    if lengths is None:
+        return y[-1]
+    idx = (lengths.long() - 1).view(1, -1, 1).expand(1, y.shape[1], y.shape[2])
+    return y.gather(0, idx).squeeze(0)
+
+
+class FusedRNNBase(nn.RNNBase):
+    """Base of the drop-in recurrent modules (see the module docstring)."""
+
+    _has_cell = False
+
+    def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
+        check_backend(backend, strategy)
+        super().__init__(mode, *args, **kwargs)
+        self.backend = backend
+        self.strategy = strategy
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        if self.strategy != "auto":
+            s += f", strategy={self.strategy!r}"
+        return s
+
+    # --- checks, reusing torch's own (same exception types and messages) --------------------------------
+    def _check_args(self, input: Tensor, hx, batch_sizes):
+        if self._has_cell:
+            nn.LSTM.check_forward_args(self, input, hx, batch_sizes)
+        else:
+            nn.RNNBase.check_forward_args(self, input, hx, batch_sizes)
+
+    def get_expected_cell_size(self, input, batch_sizes):
+        return nn.LSTM.get_expected_cell_size(self, input, batch_sizes)
+
+    def _check_state_tensors(self, input: Tensor, states) -> None:
+        for name, s in states:
+            if s.device != input.device:
+                raise RuntimeError(
+                    f"Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{input.device} and hidden tensor ({name}) at {s.device}"
+                )
+            if s.dtype != input.dtype and autocast_dtype(input.device) is None:
+                raise RuntimeError(
+                    f"Expected {name} to have dtype {input.dtype} like the input, got {s.dtype}"
+                )
+
+    def _layer_weights(self, layer: int, direction: int):
+        names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
+        return [getattr(self, n) for n in names]
+
+    def _layer(self, x, h0, c0, weights, lengths):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- forward ------------------------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
+        self._update_flat_weights()
+        name = type(self).__name__
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        batch_sizes = sorted_indices = unsorted_indices = None
+        is_batched = True
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            padded, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
+            x = padded
+            max_batch = int(batch_sizes[0])
+            check_input = data
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            x = input.transpose(0, 1) if self.batch_first else input
+            max_batch = x.shape[1]
+            lengths_cpu = None
+            check_input = input
+
+        if hx is None:
+            zeros = lambda n: torch.zeros(  # noqa: E731
+                self.num_layers * num_directions, max_batch, n, dtype=x.dtype, device=x.device
+            )
+            hx = (zeros(real_hidden), zeros(self.hidden_size)) if self._has_cell else zeros(real_hidden)
+            self._check_args(check_input, hx, batch_sizes)
+        else:
+            states = hx if self._has_cell else (hx,)
+            if self._has_cell and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise RuntimeError(f"{name}: hx must be a tuple (h_0, c_0)")
+            if not packed:
+                want = 3 if is_batched else 2
+                if any(s.dim() != want for s in states):
+                    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                    dims = ", ".join(f"{s.dim()}-D" for s in states)
+                    raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got ({dims}) tensors")
+                if not is_batched:
+                    states = tuple(s.unsqueeze(1) for s in states)
+            hx = tuple(states) if self._has_cell else states[0]
+            self._check_args(check_input, hx, batch_sizes)
+            if sorted_indices is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        h_all, c_all = (hx[0], hx[1]) if self._has_cell else (hx, None)
+        self._check_state_tensors(x, [("h_0", h_all)] + ([("c_0", c_all)] if c_all is not None else []))
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        # autocast: run in the autocast dtype, as nn.LSTM does
+        weights_cast = None
+        ac = autocast_dtype(x.device)
+        if ac is not None:
+            x, h_all = x.to(ac), h_all.to(ac)
+            c_all = c_all.to(ac) if c_all is not None else None
+            weights_cast = ac
+
+        lengths = None
+        if lengths_cpu is not None and bool((lengths_cpu != lengths_cpu[0]).any()):
+            lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
+
+        with torch.autocast(x.device.type, enabled=False) if ac is not None else nullcontext():
+            layer_in = x
+            h_n, c_n = [], []
+            for layer in range(self.num_layers):
+                outs = []
+                for d in range(num_directions):
+                    k = layer * num_directions + d
+                    w = self._layer_weights(layer, d)
+                    if weights_cast is not None:
+                        w = [p.to(weights_cast) for p in w]
+                    xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
+                    y, hn, cn = self._layer(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
+                    outs.append(y if d == 0 else reverse_time(y, lengths))
+                    h_n.append(hn)
+                    c_n.append(cn)
+                layer_in = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                    layer_in = F.dropout(layer_in, p=self.dropout, training=True)
+        output = layer_in
+        h_n = torch.stack(h_n)
+        hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
+
+        if packed:
+            out_packed = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True)
+            return (PackedSequence(out_packed.data, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(s.squeeze(1) for s in hidden) if self._has_cell else hidden.squeeze(1)
+        return output, hidden
+
+    def permute_hidden(self, hx, permutation):
+        if permutation is None:
+            return hx
+        if self._has_cell:
+            return hx[0].index_select(1, permutation), hx[1].index_select(1, permutation)
+        return hx.index_select(1, permutation)

@@ -1,0 +1,61 @@
+"""Shared forward of the single-step cell modules (LSTMCell, RNNCell): input/state checks as torch.nn's,
+unbatched handling, autocast, then one step of the layer function on a length-1 sequence."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from ._base import autocast_dtype
+
+
+def cell_forward(cell, name: str, input, hx, n_states: int, step):
+    """Run ``step(x (1, B, I), states [(B, H)] * n_states, weights) -> tuple of (B, H)`` with torch.nn's
+    cell semantics. Returns the tuple (LSTMCell) or its only element (RNNCell)."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is not None:
+        states = tuple(hx) if n_states > 1 else (hx,)
+        for i, s in enumerate(states):
+            if s.dim() not in (1, 2):
+                what = f"hx[{i}]" if n_states > 1 else "hidden"
+                raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    B = input.shape[0]
+    if input.shape[1] != cell.input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.shape[1]} expected {cell.input_size}"
+        )
+    if hx is None:
+        z = torch.zeros(B, cell.hidden_size, dtype=input.dtype, device=input.device)
+        states = (z,) * n_states
+    else:
+        states = tuple(s if is_batched else s.unsqueeze(0) for s in states)
+        for i, s in enumerate(states):
+            if tuple(s.shape) != (B, cell.hidden_size):
+                raise RuntimeError(
+                    f"{name}: Expected hidden state {i} of shape {(B, cell.hidden_size)}, got {tuple(s.shape)}"
+                )
+            if s.device != input.device:
+                raise RuntimeError(f"{name}: input on {input.device} but hidden state {i} on {s.device}")
+    weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
+    ac = autocast_dtype(input.device)
+    if ac is not None:
+        input = input.to(ac)
+        states = tuple(s.to(ac) for s in states)
+        weights = [w.to(ac) for w in weights]
+    else:
+        for i, s in enumerate(states):
+            if s.dtype != input.dtype:
+                raise RuntimeError(f"{name}: hidden state {i} has dtype {s.dtype}, expected {input.dtype}")
+        if weights[0].dtype != input.dtype:
+            raise RuntimeError(
+                f"{name}: input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype})"
+            )
+    with torch.autocast(input.device.type, enabled=False) if ac is not None else nullcontext():
+        out = step(input.unsqueeze(0), states, weights)
+    if not is_batched:
+        out = tuple(o.squeeze(0) for o in out)
+    return out if n_states > 1 else out[0]

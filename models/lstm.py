@@ -1,0 +1,79 @@
+"""Drop-in LSTM modules on the fused kernels: ``LSTM`` (as torch.nn.LSTM) and ``LSTMCell`` (as nn.LSTMCell)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from kernels.reference import lstm_layer_ref
+
+from . import ops
+from ._base import (
+    FusedRNNBase,
+    check_backend,
+    check_triton_dtype,
+    last_step,
+    needs_grad,
+    resolve_backend,
+)
+from ._cell import cell_forward
+
+
+def lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
+    """One LSTM layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh), (w_hr)].
+    Returns y (T, B, P), h_n (B, P), c_n (B, H)."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
+    w_hr = weights[-1] if proj else None
+    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        return lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    check_triton_dtype(x.dtype)
+    store = needs_grad(x, h0, c0, *weights)
+    y, c_n, *_ = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy)
+    return y, last_step(y, lengths), c_n
+
+
+class LSTM(FusedRNNBase):
+    """Multi-layer LSTM with the constructor, parameters, inputs and outputs of ``torch.nn.LSTM``.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size, device,
+            dtype: exactly as ``torch.nn.LSTM``; a ``torch.nn.LSTM`` state_dict loads unchanged.
+        backend: "auto" (fused Triton kernels on CUDA, the PyTorch reference elsewhere), "triton" (on CPU the
+            Triton interpreter: slow, for tests) or "reference" (pure PyTorch, float64-capable).
+        strategy: recurrence strategy of the triton backend: "auto" or "per_step".
+
+    Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
+    optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H).
+    Returns: ``output, (h_n, c_n)`` with nn.LSTM's shapes.
+    """
+
+    _has_cell = True
+
+    def __init__(self, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
+        super().__init__("LSTM", *args, backend=backend, strategy=strategy, **kwargs)
+
+    def _layer(self, x, h0, c0, weights, lengths):
+        return lstm_layer(x, h0, c0, weights, lengths, has_bias=self.bias, proj=self.proj_size > 0,
+                          backend=self.backend, strategy=self.strategy)
+
+
+class LSTMCell(nn.RNNCellBase):
+    """One LSTM step with the constructor, parameters, inputs and outputs of ``torch.nn.LSTMCell``, on the
+    fused kernels (a sequence of length 1). ``backend``/``strategy`` as for ``LSTM``.
+
+    Inputs: ``input`` (B, I) or (I,), optional ``(h_0, c_0)`` each (B, H) or (H,). Returns ``(h_1, c_1)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto", strategy: str = "auto"):
+        check_backend(backend, strategy)
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+        self.backend = backend
+        self.strategy = strategy
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        def step(x, states, weights):
+            y, h, c = lstm_layer(x, states[0], states[1], weights, None, has_bias=self.bias, proj=False,
+                                 backend=self.backend, strategy=self.strategy)
+            return h, c
+
+        return cell_forward(self, "LSTMCell", input, hx, 2, step)

@@ -1,0 +1,187 @@
+"""Autograd ops over the fused kernels: one layer, one direction, forward in time.
+
+Each op is a ``torch.library.custom_op`` with a fake (meta) implementation and a registered autograd formula,
+so it runs in eager mode, under ``torch.compile(fullgraph=True)`` (opaque to the compiler, dynamic shapes
+through the fake impl) and under ``torch.autograd.gradcheck``. The forward op returns what backward needs;
+with ``store=False`` (no grad needed) those outputs are empty and nothing is kept. Backward is itself an op,
+whose own backward raises: double backward is not supported.
+
+B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from kernels import lstm as _lstm
+from kernels import rnn as _rnn
+from kernels._common import acc_torch_dtype
+
+_EMPTY = (0,)
+
+
+def _no_autocast(t: Tensor):
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(_EMPTY) if t is None else t
+
+
+def _none_if_empty(t: Tensor) -> Optional[Tensor]:
+    return None if t.numel() == 0 and t.dim() == 1 else t
+
+
+def double_backward_error(*args, **kwargs):
+    raise RuntimeError(
+        "fusedrnn: double backward (gradients of gradients) is not supported by the fused kernels; "
+        "use backend='reference' for higher-order gradients"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- LSTM
+@torch.library.custom_op("fusedrnn::lstm_layer", mutates_args=())
+def lstm_layer(
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One LSTM layer, forward in time. x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P),
+    biases (4H,) or None, w_hr (P, H) or None, lengths (B,) int32 or None.
+    Returns y (T, B, P), c_n (B, H), and for backward c_seq (T, B, H), gates (T, B, 4H), r_seq (T, B, H)
+    (empty tensors when ``store`` is False or, for r_seq, without proj)."""
+    with _no_autocast(x):
+        y, c_n, c_seq, gates, r_seq = _lstm.lstm_layer_fwd(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store=store, strategy=strategy
+        )
+    return (y, c_n.to(x.dtype, copy=True), _or_empty(c_seq, c_n), _or_empty(gates, x), _or_empty(r_seq, x))
+
+
+@lstm_layer.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy):
+    T, B, _ = x.shape
+    H = c0.shape[1]
+    P = h0.shape[1]
+    acc = acc_torch_dtype(x.dtype)
+    y = x.new_empty(T, B, P)
+    c_n = x.new_empty(B, H)
+    if store:
+        c_seq = x.new_empty(T, B, H, dtype=acc)
+        gates = x.new_empty(T, B, 4 * H)
+        r_seq = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(_EMPTY)
+    else:
+        c_seq, gates, r_seq = x.new_empty(_EMPTY, dtype=acc), x.new_empty(_EMPTY), x.new_empty(_EMPTY)
+    return y, c_n, c_seq, gates, r_seq
+
+
+@torch.library.custom_op("fusedrnn::lstm_layer_bwd", mutates_args=())
+def lstm_layer_bwd(
+    dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
+    c_seq: Tensor, gates: Tensor, w_hr: Optional[Tensor], r_seq: Tensor, lengths: Optional[Tensor],
+    has_bias: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``lstm_layer``: returns dx, dh0, dc0, dW_ih, dW_hh, db (empty without bias), dW_hr
+    (empty without proj)."""
+    with _no_autocast(x):
+        dx, dh0, dw_ih, dw_hh, db, dc0, dw_hr = _lstm.lstm_layer_bwd(
+            dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, _none_if_empty(r_seq), lengths,
+            has_bias=has_bias, strategy=strategy,
+        )
+    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), _or_empty(dw_hr, x))
+
+
+@lstm_layer_bwd.register_fake
+def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, has_bias, strategy):
+    db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty(_EMPTY)
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), db, dw_hr)
+
+
+def _lstm_setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy = inputs
+    y, c_n, c_seq, gates, r_seq = output
+    if not store:
+        ctx.stored = False
+        return
+    ctx.stored = True
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths)
+    ctx.bias = (b_ih is not None, b_hh is not None)
+    ctx.strategy = strategy
+
+
+def _lstm_backward(ctx, dy, dc_n, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: lstm_layer ran with store=False (no grad was needed) and cannot backprop")
+    x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths = ctx.saved_tensors
+    dy = torch.zeros_like(y) if dy is None else dy
+    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_bwd(
+        dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, any(ctx.bias), ctx.strategy
+    )
+    has_ih, has_hh = ctx.bias
+    return (dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None,
+            dw_hr if w_hr is not None else None, None, None, None)
+
+
+lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+lstm_layer_bwd.register_autograd(double_backward_error)
+
+
+# -------------------------------------------------------------------------------------------------- RNN
+@torch.library.custom_op("fusedrnn::rnn_layer", mutates_args=())
+def rnn_layer(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    lengths: Optional[Tensor], nonlinearity: str, strategy: str,
+) -> Tensor:
+    """One Elman RNN layer, forward in time. x (T, B, I), h0 (B, H). Returns y (T, B, H); backward needs
+    only y, so nothing else is returned."""
+    with _no_autocast(x):
+        return _rnn.rnn_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity=nonlinearity,
+                                  strategy=strategy)
+
+
+@rnn_layer.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy):
+    return x.new_empty(x.shape[0], x.shape[1], h0.shape[1])
+
+
+@torch.library.custom_op("fusedrnn::rnn_layer_bwd", mutates_args=())
+def rnn_layer_bwd(
+    dy: Tensor, x: Tensor, h0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+    has_bias: bool, nonlinearity: str, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``rnn_layer``: dx, dh0, dW_ih, dW_hh, db (empty without bias)."""
+    with _no_autocast(x):
+        dx, dh0, dw_ih, dw_hh, db = _rnn.rnn_layer_bwd(
+            dy, x, h0, y, w_ih, w_hh, lengths, has_bias=has_bias, nonlinearity=nonlinearity, strategy=strategy
+        )
+    return dx, dh0.to(h0.dtype), dw_ih, dw_hh, _or_empty(db, x)
+
+
+@rnn_layer_bwd.register_fake
+def _(dy, x, h0, y, w_ih, w_hh, lengths, has_bias, nonlinearity, strategy):
+    db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    return torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh), db
+
+
+def _rnn_setup(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy = inputs
+    ctx.save_for_backward(x, h0, output, w_ih, w_hh, lengths)
+    ctx.bias = (b_ih is not None, b_hh is not None)
+    ctx.nonlinearity = nonlinearity
+    ctx.strategy = strategy
+
+
+def _rnn_backward(ctx, dy):
+    x, h0, y, w_ih, w_hh, lengths = ctx.saved_tensors
+    dx, dh0, dw_ih, dw_hh, db = rnn_layer_bwd(
+        dy, x, h0, y, w_ih, w_hh, lengths, any(ctx.bias), ctx.nonlinearity, ctx.strategy
+    )
+    has_ih, has_hh = ctx.bias
+    return dx, dh0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, None, None, None
+
+
+rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup)
+rnn_layer_bwd.register_autograd(double_backward_error)

@@ -1,0 +1,70 @@
+"""Drop-in Elman RNN modules on the fused kernels: ``RNN`` (as torch.nn.RNN) and ``RNNCell``."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from kernels.reference import rnn_layer_ref
+
+from . import ops
+from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend
+from ._cell import cell_forward
+
+
+def _check_nonlinearity(nonlinearity: str) -> str:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return nonlinearity
+
+
+def rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, strategy):
+    """One RNN layer and direction through the chosen backend. Returns y (T, B, H), h_n (B, H), None."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
+    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        y, h_n = rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, lengths)
+        return y, h_n, None
+    check_triton_dtype(x.dtype)
+    y = ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy)
+    return y, last_step(y, lengths), None
+
+
+class RNN(FusedRNNBase):
+    """Multi-layer Elman RNN (tanh or relu) with the constructor, parameters, inputs and outputs of
+    ``torch.nn.RNN``, plus keyword-only ``backend`` and ``strategy`` (see ``models.LSTM``).
+
+    Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
+    (layers * directions, B, H). Returns ``output, h_n``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto"):
+        mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[_check_nonlinearity(nonlinearity)]
+        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype, backend=backend, strategy=strategy)
+        self.nonlinearity = nonlinearity
+
+    def _layer(self, x, h0, c0, weights, lengths):
+        return rnn_layer(x, h0, weights, lengths, has_bias=self.bias, nonlinearity=self.nonlinearity,
+                         backend=self.backend, strategy=self.strategy)
+
+
+class RNNCell(nn.RNNCellBase):
+    """One Elman RNN step with the constructor, parameters, inputs and outputs of ``torch.nn.RNNCell``, on
+    the fused kernels. ``backend``/``strategy`` as for ``models.LSTM``. Returns ``h_1``."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto"):
+        check_backend(backend, strategy)
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+        self.nonlinearity = _check_nonlinearity(nonlinearity)
+        self.backend = backend
+        self.strategy = strategy
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        def step(x, states, weights):
+            y, h, _ = rnn_layer(x, states[0], weights, None, has_bias=self.bias, nonlinearity=self.nonlinearity,
+                                backend=self.backend, strategy=self.strategy)
+            return (h,)
+
+        return cell_forward(self, "RNNCell", input, hx, 1, step)
