@@ -1,0 +1,655 @@
+"""Fused use-gate LSTM kernels: two launches per time step forward and two backward, gates N, i, f, V.
+
+# B batch, T steps, I input, H hidden, K = dot depth (H for W_hh's and W_u's columns forward, 4H backward
+# through W_hh, H backward through W_u), G = 4 gates stacked along W's rows in the order N, i, f, V.
+
+The cell (issue 4, shared/MATH.md), with ``z_t = xp_t + h_{t-1} @ W_hh^T``:
+    n = tanh(z_N), i = s(z_i), f = s(z_f), v = s(z_V)
+    k_t = f * c_{t-1}                     (the kept memory)
+    c_t = k_t + n * i                     (remember gate)
+    u_t = tanh(k_t @ W_u^T + b_u)         (use gate)
+    h_t = u_t * v
+Unlike the LSTM (h_t = o * tanh(c_t), pointwise in each unit), h_t needs ``k_t @ W_u^T``: a second
+product inside each step, over the *whole* row of k_t (all H units). Likewise backward,
+``dk = dc + dzu @ W_u`` needs the whole row of ``dzu = dh * v * (1 - u^2)``.
+
+Split of the work, and why two launches per step:
+- ``xp = x @ W_ih^T + b_ih + b_hh`` for all steps at once (one large GEMM).
+- forward step t, launch A (``_usegate_fwd_gates``): a program owns a tile of hidden units j and a tile of the
+  batch, computes its four gate pre-activations (``tl.dot`` over K tiles of h_{t-1}, fp32 accumulation, fp64
+  for fp64), the activations, k_t and c_t in registers; writes gates, k_t, c_t.
+- forward step t, launch B (``_usegate_fwd_use``): same tiling; ``k_t @ W_u[j, :]^T`` over K tiles of the
+  full k_t row that launch A just wrote, + b_u, tanh, times v; writes h_t (= y[t]) and u_t.
+- backward step t, launch A (``_usegate_bwd_gates``): ``dh_t = dy_t + dz_{t+1} @ W_hh`` for its units over
+  all 4H rows of dz_{t+1}; then dzu, dz_N, dz_i, dz_V, all pointwise given dc_t (from step t+1). Writes dzu_t
+  and those three gate blocks of dz_t.
+- backward step t, launch B (``_usegate_bwd_use``): ``dk = dc_t + dzu_t @ W_u`` over the full dzu_t row,
+  then dz_f = dk * c_{t-1} * f(1-f) and dc_{t-1} = dk * f. Writes the f block of dz_t and dc_{t-1}.
+- weight gradients after the loop as large GEMMs: W_ih, W_hh, biases, x and h0 through
+  ``_common.weight_grads``; ``dW_u = sum_t dzu_t^T @ k_t``, ``db_u = sum_t sum_batch dzu_t``.
+A program of launch B cannot start before every program of launch A has written its part of the k_t
+(dzu_t) row, and launch A of the next step needs the whole h_t (dz_t) row of launch B: within one launch
+there is no grid-wide ordering without a barrier (which deadlocks in the interpreter and needs all programs
+co-resident on the GPU), so the kernel boundary is the barrier. The other way out, a program that owns whole
+rows of a batch tile (BLOCK_H = H, one launch per step), leaves only cdiv(B, BLOCK_B) programs for 132 SMs
+(1 program at B <= 16) and needs 4 accumulators of BLOCK_B x H in registers (spills past H ~ 64); two launches
+keep cdiv(H, BLOCK_H) * cdiv(B, BLOCK_B) programs per launch, and on CUDA the launch cost is hidden by the
+CUDA graph of the time loop (``_graphs.run``). No atomics anywhere: reductions have a fixed order.
+
+Saved for backward (``store=True``): gates (n, i, f, v) (T, B, 4H) and k_t, u_t (T, B, H) in the input dtype,
+c_t (T, B, H) in the accumulator dtype (backward reads c_{t-1}). ``lengths``: an inactive row keeps c, outputs
+zeros, and gets zero k_t, u_t and zero gradients (dc passes through unchanged), as ``kernels/reference.py``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _graphs
+from ._common import (
+    TileConfig,
+    acc_tl_dtype,
+    acc_torch_dtype,
+    autotuned,
+    cast_dot_inputs,
+    check_dtype,
+    check_tensor,
+    dot_precision,
+    launch,
+    rowmajor,
+    sigmoid,
+    tanh,
+    weight_grads,
+)
+from .reference import _active, input_projection
+
+# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
+# Launch A forward holds four gate accumulators (as the LSTM forward step); the other three kernels hold one.
+FWD_CONFIGS = [
+    TileConfig(16, 16, 64, 4, 2),
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 32, 32, 4, 3),
+    TileConfig(16, 64, 64, 8, 2),
+    TileConfig(32, 32, 64, 8, 2),
+    TileConfig(64, 32, 32, 8, 2),
+]
+FWD_USE_CONFIGS = [
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 128, 64, 8, 2),
+    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(64, 64, 32, 8, 2),
+]
+BWD_CONFIGS = [
+    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 128, 64, 8, 2),
+    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(64, 64, 32, 8, 2),
+]
+BWD_USE_CONFIGS = BWD_CONFIGS
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (pure torch, float64-capable, autograd does backward): the test oracle and the
+# backend="reference" path of models.UseGateLSTM.
+# ----------------------------------------------------------------------------------------------
+def usegate_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None):
+    """One use-gate LSTM step. x: (B, I); h, c: (B, H); w_ih (4H, I), w_hh (4H, H) with rows N, i, f, V;
+    w_u (H, H); biases (4H,) / (H,) or None. Returns (h', c')."""
+    z = x @ w_ih.t() + h @ w_hh.t()
+    for b in (b_ih, b_hh):
+        if b is not None:
+            z = z + b
+    return _usegate_pointwise(z, c, w_u, b_u)
+
+
+def _usegate_pointwise(z, c, w_u, b_u):
+    zn, zi, zf, zv = z.chunk(4, dim=1)
+    n, i, f, v = torch.tanh(zn), torch.sigmoid(zi), torch.sigmoid(zf), torch.sigmoid(zv)
+    k = f * c
+    a = k @ w_u.t()
+    if b_u is not None:
+        a = a + b_u
+    u = torch.tanh(a)
+    return u * v, k + n * i
+
+
+def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None):
+    """One use-gate LSTM layer, one direction (forward in time).
+
+    Args:
+        x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
+        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros).
+    Returns:
+        y (T, B, H), h_n (B, H), c_n (B, H).
+    """
+    if w_u is None:
+        raise TypeError("usegate_layer_ref: w_u (H, H) is required")
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    h, c = h0, c0
+    ys = []
+    for t in range(x.shape[0]):
+        h_new, c_new = _usegate_pointwise(xp[t] + h @ w_hh.t(), c, w_u, b_u)
+        act = _active(lengths, t, x)
+        if act is None:
+            h, c = h_new, c_new
+            ys.append(h_new)
+        else:
+            h, c = torch.where(act, h_new, h), torch.where(act, c_new, c)
+            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
+    return y, h, c
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["t"])
+def _usegate_fwd_gates(
+    xp,  # (B, 4H) xp[t], row stride s_xp
+    h_prev,  # (B, K) h_{t-1}
+    c_prev,  # (B, H) c_{t-1}, accumulator dtype (or input dtype for c0)
+    w,  # (4H, K) W_hh, rows N, i, f, V
+    c_out,  # (B, H) c_t, accumulator dtype
+    k_out,  # (B, H) k_t = f * c_{t-1}, input dtype (the operand of launch B's dot)
+    gates,  # (B, 4H) activated n, i, f, v
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_xp, s_hp, s_cp, s_w, s_co, s_k, s_g,
+    t, B, H, K,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    b_zn = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zi = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zf = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    b_zv = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    # W tile loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W_hh, columns k.
+    p_w = w + o_j[None, :].to(tl.int64) * s_w
+    gate_rows = H * s_w
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        m_w = m_k[:, None] & m_j[None, :]
+        b_wn = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
+        b_wi = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_wf = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_wv = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        if CAST_F32:
+            b_h = b_h.to(tl.float32)
+            b_wn = b_wn.to(tl.float32)
+            b_wi = b_wi.to(tl.float32)
+            b_wf = b_wf.to(tl.float32)
+            b_wv = b_wv.to(tl.float32)
+        b_zn = tl.dot(b_h, b_wn, b_zn, input_precision=PRECISION, out_dtype=ACC)
+        b_zi = tl.dot(b_h, b_wi, b_zi, input_precision=PRECISION, out_dtype=ACC)
+        b_zf = tl.dot(b_h, b_wf, b_zf, input_precision=PRECISION, out_dtype=ACC)
+        b_zv = tl.dot(b_h, b_wv, b_zv, input_precision=PRECISION, out_dtype=ACC)
+
+    p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
+    b_n = tanh(b_zn + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
+    b_i = sigmoid(b_zi + tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC))
+    b_f = sigmoid(b_zf + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
+    b_v = sigmoid(b_zv + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_k = b_f * b_cp
+    b_c = b_k + b_n * b_i
+    if HAS_LENGTHS:
+        # finished sequences keep their cell state; their k_t is zeroed so launch B and dW_u ignore them
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_c = tl.where(m_act, b_c, b_cp)
+        b_k = tl.where(m_act, b_k, 0.0)
+    tl.store(c_out + o_b[:, None] * s_co + o_j[None, :], b_c, mask=m_bj)
+    tl.store(k_out + o_b[:, None] * s_k + o_j[None, :], b_k.to(k_out.dtype.element_ty), mask=m_bj)
+    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
+    gty = gates.dtype.element_ty
+    tl.store(p_g, b_n.to(gty), mask=m_bj)
+    tl.store(p_g + H, b_i.to(gty), mask=m_bj)
+    tl.store(p_g + 2 * H, b_f.to(gty), mask=m_bj)
+    tl.store(p_g + 3 * H, b_v.to(gty), mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _usegate_fwd_use(
+    k,  # (B, K) k_t, the full row written by launch A
+    w,  # (H, K) W_u
+    bias,  # (H,) b_u (only if HAS_BIAS)
+    gates,  # (B, 4H) n, i, f, v of step t (v read here)
+    h_out,  # (B, H) h_t
+    u_out,  # (B, H) u_t (only if STORE_U)
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_k, s_w, s_g, s_h, s_u,
+    t, B, H, K,
+    HAS_BIAS: tl.constexpr,
+    STORE_U: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    b_a = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    p_w = w + o_j[None, :].to(tl.int64) * s_w  # W_u tile transposed: (BLOCK_K, BLOCK_H)
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_k = tl.load(k + o_b[:, None] * s_k + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_j[None, :], other=0.0)
+        if CAST_F32:
+            b_k = b_k.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        b_a = tl.dot(b_k, b_w, b_a, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_BIAS:
+        b_a += tl.load(bias + o_j, mask=m_j, other=0.0).to(ACC)[None, :]
+    b_u = tanh(b_a)
+    b_v = tl.load(gates + o_b[:, None] * s_g + 3 * H + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_h = b_u * b_v
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_h = tl.where(m_act, b_h, 0.0)
+        b_u = tl.where(m_act, b_u, 0.0)
+    tl.store(h_out + o_b[:, None] * s_h + o_j[None, :], b_h.to(h_out.dtype.element_ty), mask=m_bj)
+    if STORE_U:
+        tl.store(u_out + o_b[:, None] * s_u + o_j[None, :], b_u.to(u_out.dtype.element_ty), mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _usegate_bwd_gates(
+    dz_next,  # (B, 4H) dz_{t+1} (only if HAS_NEXT)
+    w,  # (4H, H) W_hh
+    dy,  # (B, H) dy_t
+    gates,  # (B, 4H) n, i, f, v of step t
+    u,  # (B, H) u_t
+    dc_in,  # (B, H) gradient reaching c_t from step t+1 (dc_n at t = T-1), accumulator dtype
+    dz,  # (B, 4H) dz_t, output: blocks N, i, V here (f in launch B)
+    dzu,  # (B, H) dzu_t, output (the operand of launch B's dot and of dW_u)
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_dzn, s_w, s_dy, s_g, s_u, s_dci, s_dz, s_dzu,
+    t, B, H, K,
+    HAS_NEXT: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows (full dz rows, no atomics).
+    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    if HAS_NEXT:
+        for k0 in range(0, K, BLOCK_K):
+            o_k = k0 + tl.arange(0, BLOCK_K)
+            m_k = o_k < K
+            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
+            if CAST_F32:
+                b_d = b_d.to(tl.float32)
+                b_w = b_w.to(tl.float32)
+            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+
+    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
+    b_n = tl.load(p_g, mask=m_bj, other=0.0).to(ACC)
+    b_i = tl.load(p_g + H, mask=m_bj, other=0.0).to(ACC)
+    b_v = tl.load(p_g + 3 * H, mask=m_bj, other=0.0).to(ACC)
+    b_u = tl.load(u + o_b[:, None] * s_u + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dc = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+
+    b_dzu = b_dh * b_v * (1.0 - b_u * b_u)
+    b_dzn = b_dc * b_i * (1.0 - b_n * b_n)
+    b_dzi = b_dc * b_n * b_i * (1.0 - b_i)
+    b_dzv = b_dh * b_u * b_v * (1.0 - b_v)
+    if HAS_LENGTHS:
+        # a finished sequence did not move at step t: no gate gradient (dc passes through in launch B)
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_dzu = tl.where(m_act, b_dzu, 0.0)
+        b_dzn = tl.where(m_act, b_dzn, 0.0)
+        b_dzi = tl.where(m_act, b_dzi, 0.0)
+        b_dzv = tl.where(m_act, b_dzv, 0.0)
+    tl.store(dzu + o_b[:, None] * s_dzu + o_j[None, :], b_dzu.to(dzu.dtype.element_ty), mask=m_bj)
+    p_dz = dz + o_b[:, None] * s_dz + o_j[None, :]
+    dty = dz.dtype.element_ty
+    tl.store(p_dz, b_dzn.to(dty), mask=m_bj)
+    tl.store(p_dz + H, b_dzi.to(dty), mask=m_bj)
+    tl.store(p_dz + 3 * H, b_dzv.to(dty), mask=m_bj)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _usegate_bwd_use(
+    dzu,  # (B, K) dzu_t, the full row written by launch A
+    w,  # (K, H) W_u
+    gates,  # (B, 4H) n, i, f, v of step t (f read here)
+    c_prev,  # (B, H) c_{t-1}
+    dc_in,  # (B, H) gradient reaching c_t from step t+1
+    dc_out,  # (B, H) gradient reaching c_{t-1}, accumulator dtype
+    dz,  # (B, 4H) dz_t, output: block f
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    s_dzu, s_w, s_g, s_cp, s_dci, s_dco, s_dz,
+    t, B, H, K,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    i_h = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
+
+    # dk[b, j] = dc[b, j] + sum_m dzu[b, m] W_u[m, j]
+    b_dk = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_d = tl.load(dzu + o_b[:, None] * s_dzu + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
+        if CAST_F32:
+            b_d = b_d.to(tl.float32)
+            b_w = b_w.to(tl.float32)
+        b_dk = tl.dot(b_d, b_w, b_dk, input_precision=PRECISION, out_dtype=ACC)
+    b_dc = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dk += b_dc
+    b_f = tl.load(gates + o_b[:, None] * s_g + 2 * H + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dzf = b_dk * b_cp * b_f * (1.0 - b_f)
+    b_dcp = b_dk * b_f
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_dzf = tl.where(m_act, b_dzf, 0.0)
+        b_dcp = tl.where(m_act, b_dcp, b_dc)
+    tl.store(dc_out + o_b[:, None] * s_dco + o_j[None, :], b_dcp, mask=m_bj)
+    tl.store(dz + o_b[:, None] * s_dz + 2 * H + o_j[None, :], b_dzf.to(dz.dtype.element_ty), mask=m_bj)
+
+
+_usegate_fwd_gates_tuned = autotuned(_usegate_fwd_gates, FWD_CONFIGS)
+_usegate_fwd_use_tuned = autotuned(_usegate_fwd_use, FWD_USE_CONFIGS)
+_usegate_bwd_gates_tuned = autotuned(_usegate_bwd_gates, BWD_CONFIGS)
+_usegate_bwd_use_tuned = autotuned(_usegate_bwd_use, BWD_USE_CONFIGS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def _grid(B, H):
+    return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
+
+
+def _meta(w):
+    return dict(
+        CAST_F32=cast_dot_inputs(w.dtype),
+        PRECISION=dot_precision(w.dtype, w.device),
+        ACC=acc_tl_dtype(w.dtype),
+    )
+
+
+def usegate_fwd_gates_step(xp_t, h_prev, c_prev, w_hh, c_out, k_out, gates, lengths=None, t=0):
+    """Forward launch A of step t. Shapes: xp_t (B, 4H); h_prev (B, H); c_prev (B, H); w_hh (4H, H);
+    outputs c_out (B, H) in the accumulator dtype, k_out (B, H) and gates (B, 4H) in the input dtype.
+    lengths (B,) int32 or None with step index t. Writes the outputs in place."""
+    B, G4 = xp_t.shape
+    H = G4 // 4
+    launch(
+        _usegate_fwd_gates, _usegate_fwd_gates_tuned, _grid(B, H),
+        xp=xp_t, h_prev=h_prev, c_prev=c_prev, w=w_hh, c_out=c_out, k_out=k_out, gates=gates,
+        lengths=lengths if lengths is not None else c_out,
+        s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_cp=c_prev.stride(0), s_w=w_hh.stride(0),
+        s_co=c_out.stride(0), s_k=k_out.stride(0), s_g=gates.stride(0),
+        t=t, B=B, H=H, K=h_prev.shape[1], HAS_LENGTHS=lengths is not None, **_meta(w_hh),
+    )
+
+
+def usegate_fwd_use_step(k_t, w_u, b_u, gates_t, h_out, u_out=None, lengths=None, t=0):
+    """Forward launch B of step t: h_out (B, H) <- tanh(k_t @ w_u^T + b_u) * v, and u_out (B, H) <- the tanh
+    when given. k_t (B, H); w_u (H, H); b_u (H,) or None; gates_t (B, 4H). Writes in place."""
+    B, H = k_t.shape
+    launch(
+        _usegate_fwd_use, _usegate_fwd_use_tuned, _grid(B, H),
+        k=k_t, w=w_u, bias=b_u if b_u is not None else w_u, gates=gates_t, h_out=h_out,
+        u_out=u_out if u_out is not None else h_out, lengths=lengths if lengths is not None else h_out,
+        s_k=k_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_h=h_out.stride(0),
+        s_u=u_out.stride(0) if u_out is not None else 0,
+        t=t, B=B, H=H, K=H, HAS_BIAS=b_u is not None, STORE_U=u_out is not None,
+        HAS_LENGTHS=lengths is not None, **_meta(w_u),
+    )
+
+
+def usegate_bwd_gates_step(dz_next, w_hh, dy_t, gates_t, u_t, dc_in, dz_t, dzu_t, lengths=None, t=0):
+    """Backward launch A of step t. dz_next (B, 4H) or None at t = T-1; dy_t (B, H); u_t (B, H); dc_in (B, H)
+    accumulator dtype. Writes dzu_t (B, H) and the N, i, V blocks of dz_t (B, 4H) in place."""
+    B, G4 = gates_t.shape
+    H = G4 // 4
+    launch(
+        _usegate_bwd_gates, _usegate_bwd_gates_tuned, _grid(B, H),
+        dz_next=dz_next if dz_next is not None else dz_t, w=w_hh, dy=dy_t, gates=gates_t, u=u_t, dc_in=dc_in,
+        dz=dz_t, dzu=dzu_t, lengths=lengths if lengths is not None else dz_t,
+        s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
+        s_g=gates_t.stride(0), s_u=u_t.stride(0), s_dci=dc_in.stride(0), s_dz=dz_t.stride(0),
+        s_dzu=dzu_t.stride(0),
+        t=t, B=B, H=H, K=G4, HAS_NEXT=dz_next is not None, HAS_LENGTHS=lengths is not None, **_meta(w_hh),
+    )
+
+
+def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengths=None, t=0):
+    """Backward launch B of step t: dk = dc_in + dzu_t @ w_u; writes the f block of dz_t (B, 4H) and
+    dc_out (B, H) (accumulator dtype) in place."""
+    B, H = dzu_t.shape
+    launch(
+        _usegate_bwd_use, _usegate_bwd_use_tuned, _grid(B, H),
+        dzu=dzu_t, w=w_u, gates=gates_t, c_prev=c_prev, dc_in=dc_in, dc_out=dc_out, dz=dz_t,
+        lengths=lengths if lengths is not None else dz_t,
+        s_dzu=dzu_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_cp=c_prev.stride(0),
+        s_dci=dc_in.stride(0), s_dco=dc_out.stride(0), s_dz=dz_t.stride(0),
+        t=t, B=B, H=H, K=H, HAS_LENGTHS=lengths is not None, **_meta(w_u),
+    )
+
+
+def _check_strategy(strategy: str) -> str:
+    if strategy not in ("auto", "per_step"):
+        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
+    return "per_step"
+
+
+def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
+    T, B, G4 = xp.shape
+    H = G4 // 4
+    acc = acc_torch_dtype(xp.dtype)
+    n = T if store else 1
+    y = xp.new_empty(T, B, H)
+    c_seq = xp.new_empty(T if store else 2, B, H, dtype=acc)
+    gates = xp.new_empty(n, B, G4)
+    k_seq = xp.new_empty(n, B, H)
+    u_seq = xp.new_empty(T, B, H) if store else None
+    for t in range(T):
+        s = t if store else 0
+        h_prev = h0 if t == 0 else y[t - 1]
+        c_prev = c0 if t == 0 else c_seq[(t - 1) if store else (t - 1) % 2]
+        c_out = c_seq[t if store else t % 2]
+        usegate_fwd_gates_step(xp[t], h_prev, c_prev, w_hh, c_out, k_seq[s], gates[s], lengths, t)
+        usegate_fwd_use_step(k_seq[s], w_u, b_u, gates[s], y[t], u_seq[t] if store else None, lengths, t)
+    c_n = c_seq[(T - 1) if store else (T - 1) % 2]
+    if not store:
+        return y, c_n, None, None, None, None
+    return y, c_n, c_seq, gates, k_seq, u_seq
+
+
+def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True, strategy="auto"):
+    """Run the use-gate recurrence over all T steps, two fused launches per step (CUDA-graph replayed on a GPU).
+
+    Args:
+        xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
+        w_hh: (4H, H); w_u: (H, H); b_u: (H,) or None; h0, c0: (B, H); lengths: (B,) int32 or None.
+        store: keep what backward needs (every c_t, gates, k_t, u_t); False under no_grad.
+        strategy: "auto" or "per_step" (the only one so far).
+    Returns:
+        y (T, B, H), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H) (accumulator dtype),
+        gates (T, B, 4H), k_seq (T, B, H), u_seq (T, B, H) -- the last four None when not ``store``.
+    """
+    _check_strategy(strategy)
+    check_dtype("xp", xp.dtype)
+    if xp.dim() != 3 or xp.shape[2] % 4 != 0:
+        raise RuntimeError(f"xp: expected shape (T, B, 4H), got {tuple(xp.shape)}")
+    T, B, G4 = xp.shape
+    if T < 1:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    H = G4 // 4
+    dev, dt = xp.device, xp.dtype
+    check_tensor("w_hh", w_hh, (G4, H), dt, dev)
+    check_tensor("w_u", w_u, (H, H), dt, dev)
+    if b_u is not None:
+        check_tensor("b_u", b_u, (H,), dt, dev)
+    check_tensor("h0", h0, (B, H), dt, dev)
+    check_tensor("c0", c0, (B, H), dt, dev)
+    if lengths is not None:
+        check_tensor("lengths", lengths, (B,), torch.int32, dev)
+    xp, w_hh, w_u, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(w_u), rowmajor(h0), rowmajor(c0)
+    b_u = b_u.contiguous() if b_u is not None else None
+    return _graphs.run(
+        "usegate_fwd",
+        lambda *a: _fwd_loop(*a, store),
+        (xp, w_hh, w_u, b_u, h0, c0, lengths),
+        flags=(store, dot_precision(dt, dev)),
+    )
+
+
+def _bwd_loop(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths):
+    T, B, H = dy.shape
+    G4 = gates.shape[2]
+    acc = acc_torch_dtype(dy.dtype)
+    dz = gates.new_empty(T, B, G4)
+    dzu = gates.new_empty(T, B, H)
+    dc = dy.new_empty(2, B, H, dtype=acc)
+    dc_in = dc_n
+    for t in range(T - 1, -1, -1):
+        dz_next = dz[t + 1] if t < T - 1 else None
+        c_prev = c0 if t == 0 else c_seq[t - 1]
+        usegate_bwd_gates_step(dz_next, w_hh, dy[t], gates[t], u_seq[t], dc_in, dz[t], dzu[t], lengths, t)
+        usegate_bwd_use_step(dzu[t], w_u, gates[t], c_prev, dc_in, dc[t % 2], dz[t], lengths, t)
+        dc_in = dc[t % 2]
+    return dz, dzu, dc_in
+
+
+def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=None, *, strategy="auto"):
+    """Backward through time, two fused launches per step (CUDA-graph replayed on a GPU).
+
+    Args:
+        dy: (T, B, H) gradient of y (the gradient of h_n must already be added at its step);
+        dc_n: (B, H) gradient of c_n; w_hh (4H, H); w_u (H, H); c0 (B, H);
+        c_seq, gates, u_seq: as saved by ``usegate_fwd_sequence``; lengths as forward.
+    Returns:
+        dz (T, B, 4H) gate pre-activation gradients, dzu (T, B, H) the gradient of the use gate's
+        pre-activation, dc0 (B, H) in the accumulator dtype.
+    """
+    _check_strategy(strategy)
+    T, B, H = dy.shape
+    dt, dev = dy.dtype, dy.device
+    check_dtype("dy", dt)
+    check_tensor("w_hh", w_hh, (4 * H, H), dt, dev)
+    check_tensor("w_u", w_u, (H, H), dt, dev)
+    check_tensor("gates", gates, (T, B, 4 * H), dt, dev)
+    check_tensor("u_seq", u_seq, (T, B, H), dt, dev)
+    check_tensor("c_seq", c_seq, (T, B, H), acc_torch_dtype(dt), dev)
+    check_tensor("c0", c0, (B, H), dt, dev)
+    if lengths is not None:
+        check_tensor("lengths", lengths, (B,), torch.int32, dev)
+    dy, w_hh, w_u, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(w_u), rowmajor(c0)
+    dc_n = rowmajor(dc_n.to(acc_torch_dtype(dt)))
+    return _graphs.run(
+        "usegate_bwd",
+        _bwd_loop,
+        (dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths),
+        flags=(dot_precision(dt, dev),),
+    )
+
+
+def usegate_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None, *,
+                      store=True, strategy="auto"):
+    """One use-gate LSTM layer and direction, forward in time: the input projection for all steps (one GEMM),
+    then the fused recurrence.
+
+    Args:
+        x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I), w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
+        w_u: (H, H); b_u: (H,) or None; lengths: (B,) int32 or None.
+    Returns:
+        y (T, B, H), c_n (B, H) (accumulator dtype) and the saved tensors (c_seq, gates, k_seq, u_seq) of
+        ``usegate_fwd_sequence`` (None when not ``store``). h_n is y at each row's last active step.
+    """
+    if w_u is None:
+        raise TypeError("usegate_layer_fwd: w_u (H, H) is required")
+    check_dtype("x", x.dtype)
+    if x.dim() != 3:
+        raise RuntimeError(f"x: expected shape (T, B, I), got {tuple(x.shape)}")
+    check_tensor("w_ih", w_ih, (w_hh.shape[0], x.shape[2]), x.dtype, x.device)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            check_tensor(name, b, (w_hh.shape[0],), x.dtype, x.device)
+    xp = input_projection(x, w_ih, b_ih, b_hh)
+    return usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths, store=store, strategy=strategy)
+
+
+def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths=None, *,
+                      has_bias=True, strategy="auto"):
+    """Gradients of one use-gate LSTM layer from the saved forward state: the fused backward recurrence, then
+    the weight and input gradients as large GEMMs over all steps (shared/MATH.md).
+
+    Args:
+        dy: (T, B, H) gradient of y with the gradient of h_n added at each row's last active step;
+        dc_n: (B, H); x, h0, c0, y and the weights as forward; c_seq, gates, k_seq, u_seq as saved by forward.
+    Returns:
+        (dx (T, B, I), dh0 (B, H), dW_ih (4H, I), dW_hh (4H, H), db (4H,) or None (the gradient of b_ih and of
+        b_hh), dc0 (B, H) in the accumulator dtype, dW_u (H, H), db_u (H,) or None).
+    """
+    T, B, H = dy.shape
+    check_tensor("k_seq", k_seq, (T, B, H), dy.dtype, dy.device)
+    dz, dzu, dc0 = usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths, strategy=strategy)
+    dzu2 = dzu.reshape(T * B, H)
+    dw_u = dzu2.t() @ k_seq.reshape(T * B, H)
+    db_u = dzu2.sum(0, dtype=acc_torch_dtype(dzu2.dtype)).to(dzu2.dtype) if has_bias else None
+    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, dw_u, db_u)
+
+
+__all__ = [
+    "FWD_CONFIGS", "FWD_USE_CONFIGS", "BWD_CONFIGS", "BWD_USE_CONFIGS",
+    "usegate_cell_ref", "usegate_layer_ref",
+    "usegate_fwd_gates_step", "usegate_fwd_use_step", "usegate_bwd_gates_step", "usegate_bwd_use_step",
+    "usegate_fwd_sequence", "usegate_bwd_sequence", "usegate_layer_fwd", "usegate_layer_bwd",
+]
