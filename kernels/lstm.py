@@ -405,3 +405,20 @@ def _proj_grad(dh_seq, r_seq):
         return None
     P, H = dh_seq.shape[2], r_seq.shape[2]
     return dh_seq.reshape(-1, P).t() @ r_seq.reshape(-1, H)
+
+
+# Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each step kernel;
+# pointer args "x" are in the input dtype, "acc" in the accumulator dtype.
+COMPILE_CHECK = [
+    dict(
+        kernel=_lstm_fwd_step, configs=FWD_CONFIGS,
+        args=dict(xp="x", h_prev="x", c_prev="acc", w="x", r_out="x", c_out="acc", gates="x", lengths="*i32"),
+        constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
+    ),
+    dict(
+        kernel=_lstm_bwd_step, configs=BWD_CONFIGS,
+        args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
+                  dz="x", lengths="*i32"),
+        constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False),
+    ),
+]

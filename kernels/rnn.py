@@ -260,3 +260,18 @@ def rnn_layer_bwd(dy, x, h0, y, w_ih, w_hh, lengths=None, *, has_bias=True, nonl
 __all__ = [
     "rnn_fwd_step", "rnn_bwd_step", "rnn_fwd_sequence", "rnn_bwd_sequence", "rnn_layer_fwd", "rnn_layer_bwd",
 ]
+
+
+# Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each step kernel.
+COMPILE_CHECK = [
+    dict(
+        kernel=_rnn_fwd_step, configs=FWD_CONFIGS,
+        args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
+        constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False),
+    ),
+    dict(
+        kernel=_rnn_bwd_step, configs=BWD_CONFIGS,
+        args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
+        constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
+    ),
+]
