@@ -2,10 +2,12 @@
 
 ``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
+``UseGateLSTM`` is the use-gate LSTM (issue 4), with nn.LSTM's interface but its own cell.
 """
 from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 from .swap import swap_rnns
+from .usegate import UseGateLSTM
 
-__all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "swap_rnns"]
+__all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns"]

@@ -1,0 +1,211 @@
+"""The use-gate LSTM (issue 4): its autograd ops over ``kernels/usegate.py`` and the module ``UseGateLSTM``.
+
+The cell, per layer and direction, gates stacked along W's rows in the order N, i, f, V (shared/MATH.md)::
+
+    z_t = x_t @ W_ih^T + b_ih + h_{t-1} @ W_hh^T + b_hh
+    n = tanh(z_N), i = s(z_i), f = s(z_f), v = s(z_V)
+    k_t = f * c_{t-1}                       (forget gate: the kept long-term memory)
+    c_t = k_t + n * i                       (remember gate; learn gate n * i)
+    u_t = tanh(k_t @ W_u^T + b_u)           (use gate: reads the kept memory through its own matrix)
+    h_t = u_t * v
+
+Ops: ``fusedrnn::usegate_layer`` (forward, returns what backward needs) and ``fusedrnn::usegate_layer_bwd``,
+registered like ``models/ops.py``'s (custom_op + register_fake + register_autograd; no double backward).
+
+B batch, T steps, I input, H hidden.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from kernels import usegate as _ug
+from kernels._common import acc_torch_dtype
+from kernels.usegate import usegate_layer_ref
+
+from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
+from .ops import _EMPTY, _no_autocast, _none_if_empty, _or_empty, double_backward_error
+
+
+# --------------------------------------------------------------------------------------------------- ops
+@torch.library.custom_op("fusedrnn::usegate_layer", mutates_args=())
+def usegate_layer_op(
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    w_u: Tensor, b_u: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One use-gate LSTM layer, forward in time. x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H),
+    b_ih, b_hh (4H,) or None, w_u (H, H), b_u (H,) or None, lengths (B,) int32 or None.
+    Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H) (accumulator dtype), gates (T, B, 4H),
+    k_seq (T, B, H), u_seq (T, B, H) (empty tensors when ``store`` is False)."""
+    with _no_autocast(x):
+        y, c_n, c_seq, gates, k_seq, u_seq = _ug.usegate_layer_fwd(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store=store, strategy=strategy
+        )
+    return (y, c_n.to(x.dtype, copy=True), _or_empty(c_seq, c_n), _or_empty(gates, x), _or_empty(k_seq, x),
+            _or_empty(u_seq, x))
+
+
+@usegate_layer_op.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
+    T, B, _ = x.shape
+    H = c0.shape[1]
+    acc = acc_torch_dtype(x.dtype)
+    y = x.new_empty(T, B, H)
+    c_n = x.new_empty(B, H)
+    if store:
+        return (y, c_n, x.new_empty(T, B, H, dtype=acc), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H),
+                x.new_empty(T, B, H))
+    return (y, c_n, x.new_empty(_EMPTY, dtype=acc), x.new_empty(_EMPTY), x.new_empty(_EMPTY),
+            x.new_empty(_EMPTY))
+
+
+@torch.library.custom_op("fusedrnn::usegate_layer_bwd", mutates_args=())
+def usegate_layer_bwd_op(
+    dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
+    w_u: Tensor, c_seq: Tensor, gates: Tensor, k_seq: Tensor, u_seq: Tensor, lengths: Optional[Tensor],
+    has_bias: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``usegate_layer``: returns dx, dh0, dc0, dW_ih, dW_hh, db (the gradient of b_ih and of b_hh;
+    empty without bias), dW_u, db_u (empty without bias)."""
+    with _no_autocast(x):
+        dx, dh0, dw_ih, dw_hh, db, dc0, dw_u, db_u = _ug.usegate_layer_bwd(
+            dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths,
+            has_bias=has_bias, strategy=strategy,
+        )
+    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), dw_u, _or_empty(db_u, x))
+
+
+@usegate_layer_bwd_op.register_fake
+def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_bias, strategy):
+    db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    db_u = x.new_empty(w_u.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), db, torch.empty_like(w_u), db_u)
+
+
+def _setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy = inputs
+    y, c_n, c_seq, gates, k_seq, u_seq = output
+    ctx.stored = bool(store)
+    if not store:
+        return
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths)
+    ctx.bias = (b_ih is not None, b_hh is not None, b_u is not None)
+    ctx.strategy = strategy
+
+
+def _backward(ctx, dy, dc_n, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: usegate_layer ran with store=False (no grad was needed) and cannot backprop")
+    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths = ctx.saved_tensors
+    dy = torch.zeros_like(y) if dy is None else dy
+    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
+    has_ih, has_hh, has_u = ctx.bias
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_u, db_u = usegate_layer_bwd_op(
+        dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_ih or has_hh or has_u,
+        ctx.strategy,
+    )
+    db, db_u = _none_if_empty(db), _none_if_empty(db_u)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, dw_u,
+            db_u if has_u else None, None, None, None)
+
+
+usegate_layer_op.register_autograd(_backward, setup_context=_setup)
+usegate_layer_bwd_op.register_autograd(double_backward_error)
+
+
+# ---------------------------------------------------------------------------------------------- module
+def usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
+    """One use-gate LSTM layer and direction through the chosen backend.
+
+    Args:
+        x: (T, B, I) time-major; h0, c0: (B, H); weights: [w_ih, w_hh, (b_ih, b_hh), w_u, (b_u)] as in
+            ``UseGateLSTM._all_weights``; lengths: (B,) int32 or None.
+    Returns:
+        y (T, B, H), h_n (B, H), c_n (B, H).
+    """
+    if has_bias:
+        w_ih, w_hh, b_ih, b_hh, w_u, b_u = weights
+    else:
+        (w_ih, w_hh, w_u), b_ih, b_hh, b_u = weights, None, None, None
+    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        return usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+    check_triton_dtype(x.dtype)
+    store = needs_grad(x, h0, c0, *weights)
+    y, c_n, *_ = usegate_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
+    return y, last_step(y, lengths), c_n
+
+
+class UseGateLSTM(FusedRNNBase):
+    """Multi-layer use-gate LSTM (module docstring) with the constructor, inputs and outputs of
+    ``torch.nn.LSTM``, except ``proj_size`` (must be 0).
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype: as
+            ``torch.nn.LSTM``.
+        proj_size: only 0 is accepted (ValueError otherwise): the use gate's W_u reads the cell, there is no
+            projection.
+        backend: "auto" (fused Triton kernels on CUDA, the PyTorch reference elsewhere), "triton" (on CPU the
+            Triton interpreter: slow, for tests) or "reference" (pure PyTorch, float64-capable).
+        strategy: recurrence strategy of the triton backend: "auto" or "per_step".
+
+    Parameters, per layer k (and with suffix ``_reverse`` for the reverse direction): ``weight_ih_l{k}``
+    (4H, I or 2H), ``weight_hh_l{k}`` (4H, H), rows N, i, f, V; ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,);
+    ``weight_u_l{k}`` (H, H), ``bias_u_l{k}`` (H,). ``bias=False`` drops every bias. All are initialised
+    uniform(-1/sqrt(H), 1/sqrt(H)) like ``torch.nn.LSTM``.
+
+    Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
+    optional ``(h_0, c_0)``, each (layers * directions, B, H). Returns ``output, (h_n, c_n)`` with nn.LSTM's
+    shapes. Not an ``nn.LSTM``: ``models.swap_rnns`` leaves it alone.
+    """
+
+    _has_cell = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto"):
+        if proj_size != 0:
+            raise ValueError("UseGateLSTM does not support proj_size (its use gate reads the cell through W_u); "
+                             f"got proj_size={proj_size}")
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device=device, dtype=dtype, backend=backend, strategy=strategy)
+        factory = {"device": device, "dtype": dtype}
+        H = hidden_size
+        dirs = 2 if bidirectional else 1
+        for layer in range(num_layers):
+            for d in range(dirs):
+                suffix = "_reverse" if d == 1 else ""
+                names = [f"weight_u_l{layer}{suffix}"] + ([f"bias_u_l{layer}{suffix}"] if bias else [])
+                shapes = [(H, H), (H,)]
+                for name, shape in zip(names, shapes):
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._all_weights[layer * dirs + d] = list(self._all_weights[layer * dirs + d]) + names
+        self._flat_weights_names = [n for names in self._all_weights for n in names]
+        # parameters (and state_dict) in per-layer order: weight_ih, weight_hh, biases, weight_u, bias_u
+        for name in self._flat_weights_names:
+            self._parameters[name] = self._parameters.pop(name)
+        self._init_flat_weights()
+        self._init_use_gate()
+
+    def _init_use_gate(self) -> None:
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for names in self._all_weights:
+                for name in names:
+                    if "_u_" in name:
+                        nn.init.uniform_(getattr(self, name), -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """No-op: cuDNN's flat weight buffer has no place for W_u, and the fused kernels read each parameter
+        where it is."""
+        return None
+
+    def _layer(self, x, h0, c0, weights, lengths):
+        return usegate_layer(x, h0, c0, weights, lengths, has_bias=self.bias, backend=self.backend,
+                             strategy=self.strategy)
+
+
+__all__ = ["UseGateLSTM", "usegate_layer", "usegate_layer_op", "usegate_layer_bwd_op"]
