@@ -1,0 +1,152 @@
+"""Run one of our recurrent modules and its torch.nn twin on the same inputs and compare everything:
+outputs, final states, and the gradients of the input, the initial states and every parameter.
+
+A case is a ``Case`` (readable id, sizes, module options, input layout). ``run(module, case, inputs)`` feeds
+the case's input (padded tensor, batch_first, unbatched or PackedSequence) and returns the outputs plus all
+gradients, so the same function runs on the torch.nn module, on ours, and on the float64 oracle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .helpers import DEVICE, assert_close, loss_of, rand
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    T: int = 5
+    B: int = 3
+    I: int = 7
+    H: int = 20
+    layers: int = 1
+    bidirectional: bool = False
+    proj: int = 0
+    batch_first: bool = False
+    bias: bool = True
+    packed: str = ""  # "", "sorted" or "unsorted"
+    unbatched: bool = False
+    h0: bool = True
+    noncontig: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def module_kwargs(self, lstm: bool) -> dict:
+        kw = dict(num_layers=self.layers, bidirectional=self.bidirectional, batch_first=self.batch_first,
+                  bias=self.bias, **self.extra)
+        if lstm and self.proj:
+            kw["proj_size"] = self.proj
+        return kw
+
+    def lengths(self) -> list[int] | None:
+        """Uneven lengths with the full T present; descending for "sorted", shuffled for "unsorted"."""
+        if not self.packed:
+            return None
+        lens = [max(1, self.T - (3 * b) % self.T) for b in range(self.B)]
+        lens[0] = self.T
+        if self.packed == "sorted":
+            return sorted(lens, reverse=True)
+        g = torch.Generator().manual_seed(self.B * 31 + self.T)
+        perm = torch.randperm(self.B, generator=g).tolist()
+        return [lens[p] for p in perm]
+
+
+def make_inputs(case: Case, has_cell: bool, dtype=torch.float64, device=DEVICE, seed=0):
+    """Random input and (optionally) initial states in the case's layout, all requiring grad. Returns
+    (x, hx) where hx is None, a tensor, or a tuple (h0, c0)."""
+    torch.manual_seed(seed)
+    dirs = 2 if case.bidirectional else 1
+    P = case.proj or case.H
+    if case.unbatched:
+        x = rand(case.T, case.I, dtype=dtype, device=device)
+    elif case.batch_first:
+        x = rand(case.B, case.T, case.I, dtype=dtype, device=device)
+    else:
+        x = rand(case.T, case.B, case.I, dtype=dtype, device=device)
+    if case.noncontig:
+        # the same values, stored with a stride of 2 along features
+        big = torch.empty(*x.shape[:-1], 2 * case.I, dtype=dtype, device=device)
+        big[..., ::2] = x
+        big[..., 1::2] = float("nan")
+        x = big[..., ::2]
+        assert not x.is_contiguous()
+    x.requires_grad_(True)
+    if not case.h0:
+        return x, None
+    state_shape = (case.layers * dirs, case.H) if case.unbatched else (case.layers * dirs, case.B, case.H)
+    h_shape = (*state_shape[:-1], P)
+    h0 = rand(*h_shape, dtype=dtype, device=device, scale=0.5, requires_grad=True)
+    if not has_cell:
+        return x, h0
+    c0 = rand(*state_shape, dtype=dtype, device=device, scale=0.5, requires_grad=True)
+    return x, (h0, c0)
+
+
+def _leaves(x, hx):
+    out = [x]
+    if hx is not None:
+        out += list(hx) if isinstance(hx, tuple) else [hx]
+    return out
+
+
+def run(module, case: Case, x, hx):
+    """Forward + backward of ``module`` on the case. Returns a dict name -> tensor: "out", "h_n", "c_n",
+    "grad_x", "grad_h0", "grad_c0", and "grad_<param name>" for every parameter."""
+    module.zero_grad(set_to_none=True)
+    leaves = _leaves(x, hx)
+    for t in leaves:
+        t.grad = None
+    inp = x
+    lengths = case.lengths()
+    if lengths is not None:
+        inp = pack_padded_sequence(x, torch.tensor(lengths), batch_first=case.batch_first,
+                                   enforce_sorted=case.packed == "sorted")
+    out, hn = module(inp) if hx is None else module(inp, hx)
+    if lengths is not None:
+        out, out_lens = pad_packed_sequence(out, batch_first=case.batch_first, total_length=case.T)
+        assert out_lens.tolist() == lengths
+    states = list(hn) if isinstance(hn, tuple) else [hn]
+    res = {"out": out, "h_n": states[0]}
+    if len(states) > 1:
+        res["c_n"] = states[1]
+    loss = loss_of([out, *states])
+    loss.backward()
+    names = ["grad_x", "grad_h0", "grad_c0"]
+    for n, t in zip(names, leaves):
+        res[n] = t.grad.clone()
+    for n, p in module.named_parameters():
+        assert p.grad is not None, f"no gradient reached {n}"
+        res["grad_" + n] = p.grad.clone()
+    return {k: v.detach() for k, v in res.items()}
+
+
+def compare(got: dict, want: dict, dtype, what: str = ""):
+    """assert_close on every entry of ``want``; returns the worst error."""
+    assert set(got) == set(want), f"{what}: entries differ: {sorted(set(got) ^ set(want))}"
+    return max(assert_close(got[k], want[k], dtype, f"{what} {k}") for k in want)
+
+
+def recast(x, hx, dtype):
+    """The same input values in ``dtype``, as fresh leaves requiring grad (for the float64 oracle)."""
+    def c(t):
+        return t.detach().to(dtype).requires_grad_(True)
+    if hx is None:
+        return c(x), None
+    return c(x), (tuple(c(t) for t in hx) if isinstance(hx, tuple) else c(hx))
+
+
+def compare_lowp(got: dict, want: dict, plain: dict, dtype, what: str = ""):
+    """fp16/bf16 check: each entry of ``got`` against the float64 ``want`` within the dtype's relative-RMS
+    tolerance, or within 1.5x the error of ``plain`` (PyTorch's own computation in the same dtype) where
+    that is larger. The second bound only matters for entries that are ill-conditioned in that dtype, where PyTorch itself
+    is off by more than the dtype's tolerance."""
+    from .helpers import RELRMS_TOL, rel_rms
+
+    assert set(got) == set(want) == set(plain), f"{what}: entries differ"
+    for k in want:
+        assert got[k].dtype == dtype, f"{what} {k}: dtype {got[k].dtype}, expected {dtype}"
+        err = rel_rms(got[k], want[k])
+        bound = max(RELRMS_TOL[dtype], 1.5 * rel_rms(plain[k], want[k]))
+        assert err <= bound, f"{what} {k}: rel RMS err {err:.3g} > {bound:.3g}"
