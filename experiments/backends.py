@@ -1,0 +1,229 @@
+"""The registry of LSTM implementations a sweep compares. Adding a peer is one ``register(Backend(...))``.
+
+Every backend builds, from a reference ``torch.nn.LSTM`` holding the weights, a runner with one signature:
+``run(x (T, B, I), h0 (L*D, B, H), c0 (L*D, B, H)) -> (y (T, B, D*H), h_n (L*D, B, H), c_n (L*D, B, H))``,
+and exposes its trainable tensors under nn.LSTM's parameter names (so gradients can be compared).
+Imports of optional or heavy packages (models, flashrnn) happen inside ``build``, after the sweep has set
+TRITON_INTERPRET on a machine without CUDA.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Built:
+    """A ready-to-run backend instance: ``run`` as in the module docstring; ``params`` name -> leaf tensor
+    (nn.LSTM names, e.g. "weight_hh_l0") whose gradients a training step produces."""
+
+    run: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+    params: dict[str, Tensor]
+
+
+@dataclass
+class Backend:
+    """One implementation. ``build(ref, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
+    ``strategies()``: the row variants ("" when it has none); ``unavailable()``: None, or why it cannot run
+    here; ``default_on``: devices where it is in the default backend set; ``reference``: it is the baseline
+    of speedups and errors on its device (cudnn on CUDA, torch_cpu on CPU)."""
+
+    name: str
+    build: Callable[[nn.LSTM, str], Built]
+    devices: tuple[str, ...]
+    strategies: Callable[[], tuple[str, ...]] = lambda: ("",)
+    unavailable: Callable[[], str | None] = lambda: None
+    default_on: tuple[str, ...] = ("cuda", "cpu")
+    reference: bool = False
+    notes: str = field(default="")
+
+
+REGISTRY: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    """Add (or replace) a backend in the registry and return it."""
+    REGISTRY[backend.name] = backend
+    return backend
+
+
+def reference_for(device: torch.device) -> str:
+    """Name of the baseline backend on ``device``'s type."""
+    for b in REGISTRY.values():
+        if b.reference and device.type in b.devices:
+            return b.name
+    raise LookupError(f"no reference backend for {device.type}")
+
+
+def _suffix(layer: int, direction: int) -> str:
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+# --- torch.nn.LSTM: cuDNN on CUDA, ATen's CPU kernels on CPU -------------------------------------------------
+def _build_nn(ref: nn.LSTM, strategy: str) -> Built:
+    def run(x, h0, c0):
+        y, (h, c) = ref(x, (h0, c0))
+        return y, h, c
+
+    return Built(run, dict(ref.named_parameters()))
+
+
+register(Backend("cudnn", _build_nn, devices=("cuda",), reference=True,
+                 notes="torch.nn.LSTM on CUDA (cuDNN)"))
+register(Backend("torch_cpu", _build_nn, devices=("cpu",), reference=True,
+                 notes="torch.nn.LSTM on CPU (not cuDNN)"))
+
+
+# --- fusedrnn through its public module API --------------------------------------------------------------------
+def _fusedrnn_strategies() -> tuple[str, ...]:
+    import models
+
+    listed = getattr(models, "STRATEGIES", None) or ("per_step",)
+    return tuple(s for s in listed if s != "auto") or ("auto",)
+
+
+def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
+    import models
+
+    p = next(ref.parameters())
+    m = models.LSTM(ref.input_size, ref.hidden_size, ref.num_layers, bidirectional=ref.bidirectional,
+                    device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto")
+    m.load_state_dict(ref.state_dict())
+
+    def run(x, h0, c0):
+        y, (h, c) = m(x, (h0, c0))
+        return y, h, c
+
+    return Built(run, dict(m.named_parameters()))
+
+
+register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategies=_fusedrnn_strategies,
+                 notes="models.LSTM(backend='triton'); on CPU the Triton interpreter"))
+
+
+# --- eager and compiled cell loops ------------------------------------------------------------------------------
+def _cells_from(ref: nn.LSTM) -> tuple[list[nn.LSTMCell], dict[str, Tensor]]:
+    """One nn.LSTMCell per (layer, direction), holding copies of ref's weights; params under nn.LSTM names."""
+    p = next(ref.parameters())
+    dirs = 2 if ref.bidirectional else 1
+    cells, params = [], {}
+    for layer in range(ref.num_layers):
+        for d in range(dirs):
+            in_size = ref.input_size if layer == 0 else ref.hidden_size * dirs
+            cell = nn.LSTMCell(in_size, ref.hidden_size, device=p.device, dtype=p.dtype)
+            sfx = _suffix(layer, d)
+            with torch.no_grad():
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(cell, name).copy_(getattr(ref, name + sfx))
+                    params[name + sfx] = getattr(cell, name)
+            cells.append(cell)
+    return cells, params
+
+
+def _loop(step, n_layers: int, dirs: int, x: Tensor, h0: Tensor, c0: Tensor):
+    """Run ``step(k, x_t, h, c) -> (h, c)`` over time for every layer k and direction, as nn.LSTM does."""
+    layer_in, hs, cs = x, [], []
+    for layer in range(n_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            h, c = h0[k], c0[k]
+            ys = []
+            for t in (range(x.shape[0]) if d == 0 else reversed(range(x.shape[0]))):
+                h, c = step(k, layer_in[t], h, c)
+                ys.append(h)
+            if d:
+                ys.reverse()
+            outs.append(torch.stack(ys))
+            hs.append(h)
+            cs.append(c)
+        layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=2)
+    return layer_in, torch.stack(hs), torch.stack(cs)
+
+
+def _build_torch_loop(ref: nn.LSTM, strategy: str) -> Built:
+    cells, params = _cells_from(ref)
+    dirs = 2 if ref.bidirectional else 1
+
+    def run(x, h0, c0):
+        return _loop(lambda k, xt, h, c: cells[k](xt, (h, c)), ref.num_layers, dirs, x, h0, c0)
+
+    return Built(run, params)
+
+
+register(Backend("torch_loop", _build_torch_loop, devices=("cuda", "cpu"),
+                 notes="nn.LSTMCell stepped in a Python loop, eager"))
+
+
+def lstm_cell_math(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+    """One LSTM step written out (gates i, f, g, o): the function torch.compile fuses."""
+    z = x @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
+    i, f, g, o = z.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _build_torch_compile(ref: nn.LSTM, strategy: str) -> Built:
+    # Only the cell is compiled: compiling the 1024-step loop would unroll it for minutes.
+    cells, params = _cells_from(ref)
+    dirs = 2 if ref.bidirectional else 1
+    step_fn = torch.compile(lstm_cell_math, dynamic=False)
+
+    def step(k, xt, h, c):
+        cl = cells[k]
+        return step_fn(xt, h, c, cl.weight_ih, cl.weight_hh, cl.bias_ih, cl.bias_hh)
+
+    def run(x, h0, c0):
+        return _loop(step, ref.num_layers, dirs, x, h0, c0)
+
+    return Built(run, params)
+
+
+register(Backend("torch_compile", _build_torch_compile, devices=("cuda", "cpu"), default_on=("cuda",),
+                 notes="the written-out cell under torch.compile, the loop eager; first call = compile_s"))
+
+
+# --- FlashRNN (NX-AI), when importable ------------------------------------------------------------------------
+def _flashrnn_unavailable() -> str | None:
+    for mod in ("flashrnn", "einops"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not importable"
+    return None
+
+
+def _build_flashrnn(ref: nn.LSTM, strategy: str) -> Built:
+    """FlashRNN's fused LSTM; the input projection x @ W_ih^T is timed inside ``run`` so the work equals
+    nn.LSTM's. Layout mapping (Wx (B, T, 4, 1, H), R (4, 1, H, H), b (4, 1, H)) is checked by the error column
+    only (not yet run on a GPU here)."""
+    if ref.num_layers != 1 or ref.bidirectional:
+        raise NotImplementedError("flashrnn backend: 1 layer, unidirectional only")
+    from flashrnn import flashrnn
+
+    dtype_name = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+    p = next(ref.parameters())
+    if p.dtype not in dtype_name:
+        raise NotImplementedError(f"flashrnn backend: dtype {p.dtype} unsupported")
+    H = ref.hidden_size
+    params = {n: t.detach().clone().requires_grad_(True) for n, t in ref.named_parameters()}
+
+    def run(x, h0, c0):
+        T, B, _ = x.shape
+        wx = (x.transpose(0, 1) @ params["weight_ih_l0"].t()).view(B, T, 4, 1, H)
+        r = params["weight_hh_l0"].view(4, H, H).transpose(1, 2).unsqueeze(1)  # (4, 1, H_in, H_out)
+        b = (params["bias_ih_l0"] + params["bias_hh_l0"]).view(4, 1, H)
+        states = torch.stack([h0[0], c0[0]]).view(2, B, 1, H)
+        out, last = flashrnn(wx, r, b, states=states, function="lstm", backend="cuda_fused",
+                             dtype=dtype_name[p.dtype])
+        y = out[0].reshape(B, -1, H)[:, -T:].transpose(0, 1)
+        last = last.reshape(2, B, H)
+        return y, last[0:1], last[1:2]
+
+    return Built(run, params)
+
+
+register(Backend("flashrnn", _build_flashrnn, devices=("cuda",), unavailable=_flashrnn_unavailable,
+                 notes="FlashRNN cuda_fused LSTM, input projection included"))
