@@ -1,0 +1,183 @@
+"""Figures from sweep CSVs alone, so anyone can redraw them:
+
+    python -m experiments.plot results/batch.csv [more.csv ...] --out results/
+
+Per dtype and pass: a speedup heatmap of fusedrnn over B x H (vs cuDNN; vs torch_cpu on CPU), ms vs B, vs H
+and vs T with p20/p80 bands (one line per backend/strategy), and the fraction of the hardware floor reached.
+Rows with an error are left out. A CSV made on CPU is drawn into scratch/plots/ (never results/) with
+"CPU, not a GPU benchmark" in every title.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+
+CPU_TAG = "CPU, not a GPU benchmark"
+CPU_OUT = Path("scratch/plots")
+AXES = ("B", "H", "T")
+FIXED = ("layers", "directions", "I_eq_H")
+
+
+def load(paths) -> pd.DataFrame:
+    """Concatenate sweep CSVs; keep rows without error and with a time (the last of duplicate keys), and add
+    ``impl`` = backend or backend/strategy."""
+    frames = [pd.read_csv(p, dtype={"strategy": str, "error": str, "cudnn_algo": str}, keep_default_na=False,
+                          na_values={"ms_p50": [""], "ms_p20": [""], "ms_p80": [""], "speedup": [""],
+                                     "frac_floor": [""]}) for p in paths]
+    df = pd.concat(frames, ignore_index=True)
+    df = df[(df["error"] == "") & df["ms_p50"].notna()].copy()
+    for c in ("ms_p50", "ms_p20", "ms_p80", "speedup", "frac_floor"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["impl"] = np.where(df["strategy"] != "", df["backend"] + "/" + df["strategy"], df["backend"])
+    df["I_eq_H"] = df["I"] == df["H"]
+    key = ["gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy"]
+    return df.drop_duplicates(key, keep="last")
+
+
+def _footer(df: pd.DataFrame) -> str:
+    first = df.iloc[0]
+    parts = [f"{first['gpu']}", f"torch {first['torch']}", f"triton {first['triton']}"]
+    if str(first.get("cudnn", "")):
+        parts.append(f"cuDNN {first['cudnn']}")
+    parts += [f"commit {str(first['commit'])[:10]}", f"{str(df['date'].min())[:10]}"]
+    return " | ".join(parts)
+
+
+def _save(fig, path: Path, footer: str, written: list, title: str) -> None:
+    fig.text(0.01, 0.005, footer, fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append((path, title))
+
+
+def _family(sub: pd.DataFrame, axis: str):
+    """The rows of the largest family varying ``axis`` with the other axes fixed (None when < 2 points)."""
+    others = [a for a in AXES if a != axis] + list(FIXED)
+    best, best_n = None, 1
+    for _, g in sub.groupby(others):
+        n = g[axis].nunique()
+        if n > best_n:
+            best, best_n = g, n
+    return best
+
+
+def _heatmap(sub, ref, title, path, footer, written):
+    fr = sub[(sub["backend"] == "fusedrnn") & sub["speedup"].notna()]
+    if fr.empty:
+        return
+    T = fr["T"].mode().iloc[0]
+    fr = fr[fr["T"] == T]
+    impls = sorted(fr["impl"].unique())
+    fig, axs = plt.subplots(1, len(impls), figsize=(1.2 + 4.5 * len(impls), 4.2), squeeze=False)
+    for ax, impl in zip(axs[0], impls):
+        pv = fr[fr["impl"] == impl].pivot_table(index="B", columns="H", values="speedup", aggfunc="last")
+        vals = pv.to_numpy(dtype=float)
+        lo, hi = np.nanmin(vals), np.nanmax(vals)
+        norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=max(hi, 1.01))
+        im = ax.imshow(vals, cmap="RdBu", norm=norm, aspect="auto", origin="lower")
+        ax.set_xticks(range(len(pv.columns)), [str(c) for c in pv.columns])
+        ax.set_yticks(range(len(pv.index)), [str(i) for i in pv.index])
+        ax.set_xlabel("H (= I)")
+        ax.set_ylabel("B")
+        for (r, c), v in np.ndenumerate(vals):
+            if np.isfinite(v):
+                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7)
+        ax.set_title(f"{impl} vs {ref}, T={T}", fontsize=9)
+        fig.colorbar(im, ax=ax, label="speedup (>1: faster)")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path, footer, written, title)
+
+
+def _lines(fam, axis, title, path, footer, written, ycol="ms_p50", band=True, ylabel="ms (p50, band p20-p80)"):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for impl, g in fam.groupby("impl"):
+        g = g.sort_values(axis)
+        ax.plot(g[axis], g[ycol], marker="o", label=impl)
+        if band:
+            ax.fill_between(g[axis], g["ms_p20"], g["ms_p80"], alpha=0.2)
+    ax.set_xscale("log", base=2)
+    if ycol == "ms_p50":
+        ax.set_yscale("log")
+    ax.set_xlabel(axis)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path, footer, written, title)
+
+
+def _floor(sub, title, path, footer, written):
+    sub = sub[sub["frac_floor"].notna()].sort_values(["B", "H", "T"])
+    labels = sorted({(b, h, t) for b, h, t in zip(sub["B"], sub["H"], sub["T"])})
+    pos = {k: i for i, k in enumerate(labels)}
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(labels) + 2), 4.4))
+    for impl, g in sub.groupby("impl"):
+        xs = [pos[(b, h, t)] for b, h, t in zip(g["B"], g["H"], g["T"])]
+        ax.plot(xs, g["frac_floor"], marker="o", label=impl)
+    ax.set_xticks(range(len(labels)), [f"B{b} H{h} T{t}" for b, h, t in labels], rotation=60, ha="right",
+                  fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("floor_ms / ms_p50 (1 = at the floor)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    _save(fig, path, footer, written, title)
+
+
+def make_plots(csv_paths, out_dir) -> list[tuple[Path, str]]:
+    """Draw every figure the data allows. Returns [(png path, title)]. CPU-made data goes to scratch/plots
+    (whatever ``out_dir`` says, if it is under a results/ folder) with the CPU tag in its titles."""
+    df = load(csv_paths)
+    out = Path(out_dir)
+    if df.empty:
+        print("no rows without errors: nothing to plot", file=sys.stderr)
+        return []
+    cpu = bool((df["device"] == "cpu").any())
+    if cpu and "results" in out.resolve().parts:
+        print(f"CPU-made CSV: plotting into {CPU_OUT}/ instead of {out} (never results/)", file=sys.stderr)
+        out = CPU_OUT
+    out.mkdir(parents=True, exist_ok=True)
+    tag = f" ({CPU_TAG})" if cpu else ""
+    footer = _footer(df)
+    written: list = []
+    for (dtype, ps), sub in df.groupby(["dtype", "pass"]):
+        ref = str(sub["speedup_ref"].iloc[0]) or "cudnn"
+        stem = f"{dtype}_{ps}"
+        _heatmap(sub, ref, f"fusedrnn speedup vs {ref}, {dtype} {ps}{tag}", out / f"heatmap_speedup_{stem}.png",
+                 footer, written)
+        for axis in AXES:
+            fam = _family(sub, axis)
+            if fam is None:
+                continue
+            fixed = ", ".join(f"{a}={fam[a].iloc[0]}" for a in AXES if a != axis)
+            _lines(fam, axis, f"time vs {axis} ({fixed}), {dtype} {ps}{tag}", out / f"ms_vs_{axis}_{stem}.png",
+                   footer, written)
+        _floor(sub, f"fraction of the floor, {dtype} {ps}{tag}", out / f"floor_fraction_{stem}.png", footer,
+               written)
+    return written
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", nargs="+", type=Path, help="sweep CSV file(s)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the first CSV's folder)")
+    args = p.parse_args(argv)
+    written = make_plots(args.csv, args.out or args.csv[0].parent)
+    for path, _ in written:
+        print(path)
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""Benchmark sweep: fusedrnn against cuDNN and the other ways to run an LSTM, one CSV row per measurement.
+
+    python -m experiments.sweep --grid batch --dtypes fp16,bf16 --passes fwd,fwdbwd --out results/batch.csv
+
+Without CUDA the Triton kernels run in the interpreter, the default grid is ``smoke``, the baseline is
+torch.nn.LSTM on CPU (``torch_cpu``), and output goes to scratch/: a check that everything runs, not a
+benchmark. See ``--help`` for grids and backends.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # before anything imports triton, kernels or models
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import zlib  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+from . import backends as bk  # noqa: E402
+from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
+from .grids import GRIDS, Config, grid_configs  # noqa: E402
+from .measure import Peaks, bench, elem_bytes, floor_ms, lstm_flops, max_rel_error, measure_peaks  # noqa: E402
+from .results import append_row, key_of, progress, provenance, read_rows  # noqa: E402
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+PASSES = ("fwd", "fwdbwd")
+CPU_NOTE = ("No CUDA device: CPU smoke run. Triton kernels run in the interpreter and the baseline is "
+            "torch.nn.LSTM on CPU; these timings are NOT GPU benchmarks.")
+MAX_INPUT_SETS = 4
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to measure."""
+
+    cfg: Config
+    dtype: str
+    pass_: str
+    backend: str
+    strategy: str
+
+
+@dataclass
+class Context:
+    """What every job of a run shares."""
+
+    device: torch.device
+    peaks: Peaks
+    prov: dict
+    tf32: bool
+    warmup_ms: float
+    rep_ms: float
+    min_reps: int
+    ref_backend: str
+    ref_ms: dict = field(default_factory=dict)  # (config key, dtype, pass) -> reference ms_p50
+
+
+def _csv_list(s: str) -> list[str]:
+    return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(p) for p in _csv_list(s)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    grids = "\n".join(f"  {k:<7} {v[3]}" for k, v in GRIDS.items())
+    backs = "\n".join(f"  {b.name:<14} {b.notes} (devices: {', '.join(b.devices)})" for b in bk.REGISTRY.values())
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.sweep",
+        description="Time fusedrnn against cuDNN and other LSTM implementations; append one CSV row per "
+                    "(backend, strategy, config, dtype, pass). Reruns skip rows already in the CSV.",
+        epilog=f"grids (I = H, 1 layer, unidirectional unless --layers/--bidirectional):\n{grids}\n\n"
+               f"backends:\n{backs}\n\nWithout CUDA: grid 'smoke', output under scratch/, and the timings are "
+               "not GPU benchmarks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", choices=sorted(GRIDS), help="named grid (default: batch on CUDA, smoke on CPU)")
+    p.add_argument("--B", type=_int_list, help="comma list replacing the grid's batch sizes")
+    p.add_argument("--T", type=_int_list, help="comma list replacing the grid's sequence lengths")
+    p.add_argument("--H", type=_int_list, help="comma list replacing the grid's hidden sizes (I = H)")
+    p.add_argument("--dtypes", type=_csv_list, help="comma list of fp16,bf16,fp32,fp64 "
+                   "(default fp16,bf16,fp32 on CUDA, fp32 on CPU)")
+    p.add_argument("--passes", type=_csv_list, default=list(PASSES),
+                   help="fwd (inference under no_grad) and/or fwdbwd (training step: forward, a loss over "
+                        "outputs and final states, backward); default fwd,fwdbwd")
+    p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    p.add_argument("--bidirectional", action="store_true", help="two directions")
+    p.add_argument("--backends", type=_csv_list,
+                   help="comma list from the registry (default: every available backend for the device, "
+                        "torch_compile on CUDA only)")
+    p.add_argument("--out", type=Path, help="CSV to append to (default results/GRID.csv on CUDA, "
+                   "scratch/GRID.csv on CPU)")
+    p.add_argument("--tf32", choices=("on", "off"), default="on",
+                   help="allow TF32 for fp32 matmuls, set the same for cuDNN and cuBLAS (default on, cuDNN's "
+                        "own default)")
+    p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (default 25)")
+    p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per row (default 100)")
+    p.add_argument("--min-reps", type=int, default=3, help="CPU timing: at least this many calls (default 3)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: start no new row after this (the rest waits for a rerun)")
+    p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
+    return p
+
+
+def default_out(grid: str, device: torch.device) -> Path:
+    """results/GRID.csv on CUDA; scratch/GRID.csv otherwise (CPU numbers never go to results/)."""
+    return Path("results" if device.type == "cuda" else "scratch") / f"{grid}.csv"
+
+
+def _under_results(path: Path) -> bool:
+    return "results" in path.resolve().parts
+
+
+def available_backends(names, device: torch.device) -> tuple[list[str], list[str]]:
+    """Split requested backend names (None: the device's defaults) into (usable, messages for the rest).
+    The reference backend of the device comes first. Unknown names raise ValueError."""
+    if names is None:
+        names = [b.name for b in bk.REGISTRY.values() if device.type in b.default_on and device.type in b.devices]
+    usable, skipped = [], []
+    for n in names:
+        if n not in bk.REGISTRY:
+            raise ValueError(f"unknown backend {n!r}; known: {sorted(bk.REGISTRY)}")
+        b = bk.REGISTRY[n]
+        why = None if device.type in b.devices else f"runs on {', '.join(b.devices)} only"
+        why = why or b.unavailable()
+        (skipped.append(f"skipping {n}: {why}") if why else usable.append(n))
+    ref = bk.reference_for(device)
+    usable.sort(key=lambda n: n != ref)
+    return usable, skipped
+
+
+def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
+    """Jobs ordered dtype, pass, config, backend (the reference first), one per strategy; a sweep cut short
+    still leaves whole curves."""
+    jobs = []
+    for dt in dtypes:
+        for ps in passes:
+            for cfg in configs:
+                for name in backend_names:
+                    for strat in bk.REGISTRY[name].strategies():
+                        jobs.append(Job(cfg, dt, ps, name, strat))
+    return jobs
+
+
+def _cfg_key(cfg: Config, dtype: str, pass_: str) -> tuple:
+    return tuple(str(v) for v in (cfg.B, cfg.T, cfg.H, cfg.I, cfg.layers, cfg.directions, dtype, pass_))
+
+
+def _base_row(job: Job, ctx: Context) -> dict:
+    cfg = job.cfg
+    row = dict(ctx.prov)
+    row.update(ctx.peaks.as_row())
+    row.update(B=cfg.B, T=cfg.T, H=cfg.H, I=cfg.I, layers=cfg.layers, directions=cfg.directions,
+               dtype=job.dtype, backend=job.backend, strategy=job.strategy, speedup_ref=ctx.ref_backend,
+               error="")
+    row["pass"] = job.pass_
+    row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
+    try:
+        row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device)
+    except Exception as e:  # noqa: BLE001 - never lose a row over a label
+        row["cudnn_algo"] = f"unknown ({type(e).__name__})"
+    return row
+
+
+def _reference_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.LSTM:
+    torch.manual_seed(zlib.crc32(cfg.label.encode()))
+    m = nn.LSTM(cfg.I, cfg.H, cfg.layers, bidirectional=cfg.directions == 2)
+    return m.to(device=device, dtype=dtype).train(train)
+
+
+def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, train: bool) -> list[dict]:
+    """``n`` sets of fresh random inputs (normal, never zeros) and, for training, output cotangents."""
+    LD, out = cfg.layers * cfg.directions, cfg.H * cfg.directions
+    sets = []
+    for _ in range(n):
+        s = {"x": torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype),
+             "h0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype),
+             "c0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)}
+        if train:
+            for k in s:
+                s[k].requires_grad_(True)
+            s.update(gy=torch.randn(cfg.T, cfg.B, out, device=device, dtype=dtype),
+                     gh=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype),
+                     gc=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype))
+        sets.append(s)
+    return sets
+
+
+def _n_sets(cfg: Config, dtype: torch.dtype, train: bool, l2_bytes: int) -> int:
+    """Rotate input sets when one set fits in L2 (so a call never finds its inputs there from the last)."""
+    LD = cfg.layers * cfg.directions
+    per = (cfg.T * cfg.B * cfg.I + 2 * LD * cfg.B * cfg.H) * elem_bytes(dtype)
+    if train:
+        per *= 2
+    return 1 if per >= l2_bytes else min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / per))
+
+
+def _call(built: bk.Built, s: dict, train: bool):
+    if not train:
+        with torch.no_grad():
+            return built.run(s["x"], s["h0"], s["c0"])
+    y, h, c = built.run(s["x"], s["h0"], s["c0"])
+    torch.autograd.backward((y, h, c), (s["gy"], s["gh"], s["gc"]))
+    return y, h, c
+
+
+def _check_outputs(built: bk.Built, s: dict, train: bool, params: dict) -> list:
+    """Run once on fresh leaf copies of ``s``; return outputs (+ input and parameter gradients, by name)."""
+    leaves = {k: (v.detach().clone().requires_grad_(train) if k in ("x", "h0", "c0") else v) for k, v in s.items()}
+    for p in params.values():
+        p.grad = None
+    out = list(_call(built, leaves, train))
+    if train:
+        out += [leaves[k].grad for k in ("x", "h0", "c0")]
+        out += [params[n].grad for n in sorted(params)]
+    return out
+
+
+def run_job(job: Job, ctx: Context) -> dict:
+    """Measure one job and return its CSV row. Any exception (OOM included) becomes the row's ``error``;
+    KeyboardInterrupt propagates."""
+    row = _base_row(job, ctx)
+    dev, dtype, train = ctx.device, DTYPES[job.dtype], job.pass_ == "fwdbwd"
+    cuda = dev.type == "cuda"
+    built = ref = sets = None
+    try:
+        ref = _reference_module(job.cfg, dtype, dev, train)
+        built = bk.REGISTRY[job.backend].build(ref, job.strategy)
+        sets = _input_sets(job.cfg, dtype, dev, _n_sets(job.cfg, dtype, train, ctx.peaks.l2_bytes), train)
+        params = {n: p for n, p in built.params.items() if p.requires_grad}
+
+        # first call: compilation, autotuning, graph capture; its outputs are checked against the baseline
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        got = _check_outputs(built, sets[0], train, params)
+        if cuda:
+            torch.cuda.synchronize()
+        row["compile_s"] = time.perf_counter() - t0
+        if job.backend == ctx.ref_backend:
+            row["max_rel_err"] = 0.0
+        else:
+            ref_built = bk.REGISTRY[ctx.ref_backend].build(ref, "")
+            ref_params = {n: p for n, p in ref_built.params.items() if n in params}
+            want = _check_outputs(ref_built, sets[0], train, ref_params)
+            got = got[:6] + [params[n].grad for n in sorted(ref_params)] if train else got
+            row["max_rel_err"] = max_rel_error(got, want)
+            del want, ref_built
+        del got
+
+        if job.backend == "cudnn" and cuda:
+            names = profiled_kernels(lambda: _call(built, sets[0], train))
+            rnn_names = [n for n in names if "rnn" in n.lower() or "lstm" in n.lower()]
+            row["cudnn_algo_seen"] = classify_kernels(names)
+            row["cudnn_kernels"] = "|".join(n[:80] for n in rnn_names[:6])
+
+        order = iter(range(10**12))
+
+        def fn():
+            return _call(built, sets[next(order) % len(sets)], train)
+
+        grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
+                              min_reps=ctx.min_reps)
+        if cuda:
+            row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
+        row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
+        row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
+        row["frac_floor"] = row["floor_ms"] / p50
+        key = _cfg_key(job.cfg, job.dtype, job.pass_)
+        if job.backend == ctx.ref_backend:
+            ctx.ref_ms[key] = p50
+        if key in ctx.ref_ms:
+            row["speedup"] = ctx.ref_ms[key] / p50
+    except Exception as e:  # noqa: BLE001 - a failing backend must not stop the sweep
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+        msg = " ".join(str(e).split())[:300]
+        row["error"] = ("OOM: " if oom else "") + f"{type(e).__name__}: {msg}"
+    finally:
+        del built, ref, sets
+        if cuda:
+            torch.cuda.empty_cache()
+    return row
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None) -> int:
+    """Run the sweep. Returns the process exit code (0 when done or out of time budget, 130 when
+    interrupted)."""
+    args = build_parser().parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        print(CPU_NOTE, file=sys.stderr)
+    grid = args.grid or ("batch" if cuda else "smoke")
+    if not cuda and args.grid is None:
+        print("No --grid given: running the 'smoke' grid.", file=sys.stderr)
+    out = args.out or default_out(grid, device)
+    if not cuda and _under_results(out):
+        print(f"error: refusing to write CPU timings under results/ ({out}); use scratch/", file=sys.stderr)
+        return 2
+    dtypes = args.dtypes or (["fp16", "bf16", "fp32"] if cuda else ["fp32"])
+    for d in dtypes:
+        if d not in DTYPES:
+            print(f"error: unknown dtype {d!r}; choose from {list(DTYPES)}", file=sys.stderr)
+            return 2
+    for ps in args.passes:
+        if ps not in PASSES:
+            print(f"error: unknown pass {ps!r}; choose from {list(PASSES)}", file=sys.stderr)
+            return 2
+    try:
+        names, skipped = available_backends(args.backends, device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in skipped:
+        print(s, file=sys.stderr)
+
+    tf32 = args.tf32 == "on"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+    configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
+                           bidirectional=args.bidirectional)
+    jobs = make_jobs(configs, dtypes, args.passes, names)
+    try:
+        existing = read_rows(out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gpu = provenance(device)["gpu"] if existing else None
+    done = {key_of(r) for r in existing if not (args.retry_errors and r["error"])}
+    ref_name = bk.reference_for(device)
+
+    def job_key(j: Job):
+        return tuple(str(v) for v in (gpu, j.cfg.B, j.cfg.T, j.cfg.H, j.cfg.I, j.cfg.layers, j.cfg.directions,
+                                      j.dtype, j.pass_, j.backend, j.strategy))
+
+    todo = [j for j in jobs if job_key(j) not in done]
+    print(f"sweep '{grid}' on {device.type}: {len(jobs)} rows in the grid, {len(jobs) - len(todo)} already in "
+          f"{out}, {len(todo)} to run; backends {', '.join(names)}", file=sys.stderr)
+    if not todo:
+        return 0
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    t_start = time.perf_counter()
+    peaks = measure_peaks(device)
+    print(f"peaks: HBM {peaks.hbm_gbs:.3g} GB/s, L2 {peaks.l2_gbs:.3g} GB/s ({peaks.l2_bytes / 2**20:.3g} MB), "
+          f"fp16 {peaks.tflops_fp16:.3g} / bf16 {peaks.tflops_bf16:.3g} / tf32 {peaks.tflops_tf32:.3g} / "
+          f"fp32 {peaks.tflops_fp32:.3g} TFLOP/s", file=sys.stderr)
+    prov = provenance(device)
+    ctx = Context(device, peaks, prov, tf32, args.warmup_ms, args.rep_ms, args.min_reps, ref_name)
+    for r in existing:
+        if r["backend"] == ref_name and not r["error"] and r["gpu"] == prov["gpu"] and r["ms_p50"]:
+            key = tuple(r[k] for k in ("B", "T", "H", "I", "layers", "directions", "dtype", "pass"))
+            ctx.ref_ms[key] = float(r["ms_p50"])
+
+    bar = progress(len(todo), desc=f"sweep {grid}")
+    written = errors = 0
+    try:
+        for job in todo:
+            if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
+                print(f"\ntime budget of {args.time_budget:.0f}s reached after {written} rows; rerun the same "
+                      "command to resume", file=sys.stderr)
+                break
+            bar.set_postfix_str(f"{job.backend}{'/' + job.strategy if job.strategy else ''} {job.cfg.label} "
+                                f"{job.dtype} {job.pass_}")
+            row = run_job(job, ctx)
+            append_row(out, row)
+            written += 1
+            errors += bool(row["error"])
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"\ninterrupted: {written} rows written to {out}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    print(f"wrote {written} rows ({errors} with errors) to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
