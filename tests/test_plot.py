@@ -1,0 +1,72 @@
+"""experiments.plot draws every figure from a CSV alone; CPU-made data is tagged and kept out of results/."""
+from __future__ import annotations
+
+import itertools
+
+import matplotlib.pyplot as plt
+from experiments import plot
+from experiments.results import append_row
+
+
+def _fixture_csv(path, device="cuda", gpu="NVIDIA H200", dtypes=("fp16", "bf16")):
+    """A small synthetic GPU-like sweep: a B line, an H line and a T line, three backends, two dtypes and
+    passes, plus one error row (which must be left out)."""
+    configs = {(b, 1024, 1024) for b in (1, 16, 64)} | {(16, 1024, h) for h in (128, 512, 1024)} | \
+              {(16, t, 1024) for t in (64, 256, 1024)}
+    for (B, T, H), dtype, ps in itertools.product(sorted(configs), dtypes, ("fwd", "fwdbwd")):
+        ref_ms = 1e-3 * T * (1 + H / 512) * (1 + B / 64) * (3 if ps == "fwdbwd" else 1)
+        for backend, strategy, factor in (("cudnn", "", 1.0), ("fusedrnn", "per_step", 0.7),
+                                          ("torch_loop", "", 4.0)):
+            ms = ref_ms * factor
+            append_row(path, {
+                "device": device, "gpu": gpu, "B": B, "T": T, "H": H, "I": H, "layers": 1, "directions": 1,
+                "dtype": dtype, "pass": ps, "backend": backend, "strategy": strategy,
+                "cudnn_algo": "standard", "ms_p50": ms, "ms_p20": 0.95 * ms, "ms_p80": 1.1 * ms,
+                "speedup": ref_ms / ms, "speedup_ref": "cudnn" if device == "cuda" else "torch_cpu",
+                "floor_ms": 0.2 * ref_ms, "frac_floor": 0.2 * ref_ms / ms, "error": "", "torch": "2.11.0",
+                "triton": "3.6.0", "cudnn": "91002", "commit": "abcdef0123", "date": "2026-01-02T03:04:05Z"})
+    append_row(path, {"device": device, "gpu": gpu, "B": 256, "T": 1024, "H": 2048, "I": 2048, "layers": 1,
+                      "directions": 1, "dtype": "fp16", "pass": "fwd", "backend": "fusedrnn",
+                      "strategy": "per_step", "error": "OOM: OutOfMemoryError: CUDA out of memory",
+                      "commit": "abcdef0123", "date": "2026-01-02T03:04:05Z", "torch": "2.11.0", "triton": "3.6.0",
+                      "speedup_ref": "cudnn"})
+
+
+EXPECTED = [f"{kind}_{dt}_{ps}.png" for kind in ("heatmap_speedup", "ms_vs_B", "ms_vs_H", "ms_vs_T",
+                                                  "floor_fraction")
+            for dt in ("fp16", "bf16") for ps in ("fwd", "fwdbwd")]
+
+
+def test_plot_draws_every_figure(tmp_path):
+    csv_path = tmp_path / "fixture.csv"
+    _fixture_csv(csv_path)
+    out = tmp_path / "figs"
+    written = plot.make_plots([csv_path], out)
+    for name in EXPECTED:
+        p = out / name
+        assert p.exists() and p.stat().st_size > 5000, name
+        assert plt.imread(p).shape[0] > 200
+    assert sorted(p.name for p, _ in written) == sorted(EXPECTED)
+    assert not any(plot.CPU_TAG in title for _, title in written)
+    df = plot.load([csv_path])
+    assert (df["error"] == "").all() and len(df) == 7 * 2 * 2 * 3  # 7 distinct configs, OOM row left out
+
+
+def test_cpu_csv_is_tagged_and_kept_out_of_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv_path = tmp_path / "cpu.csv"
+    _fixture_csv(csv_path, device="cpu", gpu="cpu (x86_64)", dtypes=("fp32",))
+    written = plot.make_plots([csv_path], tmp_path / "results")
+    assert len(written) == 10 and len(list((tmp_path / plot.CPU_OUT).iterdir())) == 10
+    assert not (tmp_path / "results").exists()
+    for path, title in written:
+        assert plot.CPU_TAG in title
+        assert path.parent == plot.CPU_OUT and (tmp_path / path).stat().st_size > 0
+
+
+def test_plot_without_rows(tmp_path):
+    csv_path = tmp_path / "empty.csv"
+    append_row(csv_path, {"device": "cuda", "error": "RuntimeError: x", "dtype": "fp16", "pass": "fwd"})
+    assert plot.make_plots([csv_path], tmp_path / "o") == []
+    assert plot.main([str(csv_path), "--out", str(tmp_path / "o")]) == 1
+
