@@ -1,0 +1,684 @@
+"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory (issue 4).
+
+    python -m experiments.tasks --smoke                  # CPU, under 10 minutes on 2 cores
+    python -m experiments.tasks                          # full setting, meant for a GPU
+    python -m experiments.tasks --plot-only --out DIR    # redraw the PNGs from DIR's CSVs
+
+Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM`` or ``models.UseGateLSTM``, one layer,
+``hidden`` units) -> linear head. Continuous inputs (adding, digits) enter the recurrent layer directly (its
+W_ih is the linear input layer); the copy task's tokens go through an ``nn.Embedding`` first.
+
+Initialisation: torch's default uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, then the
+**forget-gate bias is set to 1.0** in both gated models: ``bias_ih``'s f block = 1.0 and ``bias_hh``'s f block
+= 0.0 (rows H:2H of LSTM's i, f, g, o; rows 2H:3H of the use-gate LSTM's N, i, f, V). The RNN has no forget
+gate and keeps the default. The copy task depends on this bias: with f ~ s(0) = 0.5 the memory halves at every
+step. Training: Adam, gradient-norm clipping at 1.0, fixed seeds (data stream shared by the three models).
+
+Tasks (``T`` is the length that grows):
+- ``adding`` (Hochreiter & Schmidhuber 1997): T steps of (value ~ U[0, 1], marker); one marker in each half;
+  target the sum of the two marked values; MSE loss on the last step's output. Metric: accuracy = fraction
+  with |error| < 0.04. Predicting 1.0 always gives MSE 1/6 ~ 0.167 (chance accuracy ~ 0.06).
+- ``copy`` (copy-memory, Arjovsky et al. 2016): S symbols from an alphabet of 8, T-1 blanks, a delimiter, S
+  blanks (length T + 2S); the last S outputs must reproduce the S symbols. Cross-entropy on those S outputs;
+  metric: symbol accuracy (chance 1/8).
+- ``digits``: scikit-learn's 8x8 handwritten digits (shipped with scikit-learn, no download), read one pixel
+  per step (T = 64), or bilinearly upsampled to s x s (T = s^2) for longer sequences; classification from the
+  last step; metric: accuracy on a fixed held-out 20 % split (chance 0.1).
+
+The picture the seed is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
+at initialisation and after training, per model. The fused op does not expose the inner h_t, so this runs the
+model one step at a time with ``backend="reference"`` and retains the gradient of each h_t.
+
+Outputs in ``--out``: ``curves.csv`` (long format: one row per model, task, T, seed, step, with train loss, eval
+loss, eval metric, setting and provenance), ``gradnorm.csv``, and PNGs drawn from those CSVs only:
+``curves_<task>.png``, ``final_vs_T.png``, ``gradnorm.png``. A rerun skips (model, task, T, seed) jobs that are
+already complete in ``curves.csv``.
+
+``--backend``: "auto" (our kernels on a GPU, the PyTorch reference on CPU: the Triton interpreter is far too slow
+to train with), "triton" (on CPU: the interpreter, switched on here before ``models`` is imported) or
+"reference".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+MODELS = ("rnn", "lstm", "usegate")
+MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM"}
+TASKS = ("adding", "copy", "digits")
+FORGET_BIAS = 1.0
+COPY_ALPHABET = 8
+ADDING_TOL = 0.04
+CURVE_COLUMNS = [
+    "model", "task", "T", "seq_len", "seed", "step", "train_loss", "eval_loss", "eval_metric", "metric_name",
+    "hidden", "batch", "lr", "forget_bias", "backend", "dtype", "setting", "wall_s", "commit", "torch", "date",
+    "cpu", "device",
+]
+GRAD_COLUMNS = ["model", "task", "T", "seed", "phase", "distance", "grad_norm", "setting", "commit", "date"]
+
+
+# ------------------------------------------------------------------------------------------------ setting
+@dataclass(frozen=True)
+class Setting:
+    """One study: the grid of tasks and lengths, model size, optimisation and seeds."""
+
+    name: str
+    lengths: dict  # task -> tuple of T
+    hidden: int
+    steps: dict  # task -> training steps
+    batch: int = 64
+    lr: float = 3e-3
+    seeds: tuple = (0,)
+    eval_every: int = 25
+    eval_batch: int = 512
+    copy_symbols: int = 5
+    clip: float = 1.0
+    gradnorm_task: str = "adding"
+    gradnorm_batch: int = 64
+
+
+SMOKE = Setting(
+    name="smoke",
+    lengths={"adding": (20, 50, 100), "copy": (10, 20), "digits": (64,)},
+    hidden=64,
+    steps={"adding": 400, "copy": 400, "digits": 300},
+)
+FULL = Setting(
+    name="full",
+    lengths={"adding": (50, 100, 200, 400, 750), "copy": (10, 20, 50, 100, 200), "digits": (64, 256)},
+    hidden=128,
+    steps={"adding": 4000, "copy": 4000, "digits": 3000},
+    batch=128,
+    lr=1e-3,
+    seeds=(0, 1, 2),
+    eval_every=100,
+    copy_symbols=10,
+)
+
+
+# --------------------------------------------------------------------------------------------- backends
+def setup_backend(backend: str) -> None:
+    """Switch Triton's interpreter on when the triton backend is wanted without a GPU. Must run before
+    ``models`` (hence ``kernels``) is imported: the kernels are decorated at import."""
+    if backend == "triton" and not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _models():
+    import models  # imported late: see setup_backend
+
+    return models
+
+
+def _seed(*parts) -> int:
+    """A deterministic seed from labels (Python's hash() is salted per process)."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------- data
+def adding_batch(batch: int, T: int, gen: torch.Generator):
+    """x (T, B, 2) = (value, marker), y (B, 1): the sum of the two marked values."""
+    vals = torch.rand(T, batch, generator=gen)
+    half = max(T // 2, 1)
+    first = torch.randint(0, half, (batch,), generator=gen)
+    second = torch.randint(half, T, (batch,), generator=gen) if T > 1 else first
+    marks = torch.zeros(T, batch)
+    b = torch.arange(batch)
+    marks[first, b] = 1.0
+    marks[second, b] = 1.0
+    y = (vals * marks).sum(0, keepdim=True).t()
+    return torch.stack([vals, marks], dim=2), y
+
+
+def copy_batch(batch: int, T: int, gen: torch.Generator, symbols: int):
+    """x (T + 2S, B) tokens: S symbols in 1..8, T-1 blanks (0), a delimiter (9), S blanks. y (S, B) in 0..7."""
+    seq = torch.randint(1, COPY_ALPHABET + 1, (symbols, batch), generator=gen)
+    x = torch.zeros(T + 2 * symbols, batch, dtype=torch.long)
+    x[:symbols] = seq
+    x[symbols + T - 1] = COPY_ALPHABET + 1
+    return x, seq - 1
+
+
+class Digits:
+    """scikit-learn's 8x8 digits as pixel sequences: a fixed 80/20 split, optional bilinear upsampling."""
+
+    def __init__(self, T: int, split_seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        side = int(round(math.sqrt(T)))
+        if side * side != T or side < 8:
+            raise ValueError(f"digits: T must be a square >= 64 (s x s pixels), got {T}")
+        d = load_digits()
+        img = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+        if side != 8:
+            img = nn.functional.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
+        x = img.reshape(len(img), T).t().unsqueeze(2).contiguous()  # (T, N, 1)
+        y = torch.tensor(d.target, dtype=torch.long)
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(split_seed))
+        n_test = len(y) // 5
+        self.test_idx, self.train_idx = perm[:n_test], perm[n_test:]
+        self.x, self.y = x, y
+
+    def train_batch(self, batch: int, gen: torch.Generator):
+        idx = self.train_idx[torch.randint(0, len(self.train_idx), (batch,), generator=gen)]
+        return self.x[:, idx], self.y[idx]
+
+    def test_set(self):
+        return self.x[:, self.test_idx], self.y[self.test_idx]
+
+
+# ------------------------------------------------------------------------------------------------ model
+class SeqModel(nn.Module):
+    """input (embedding for tokens) -> one recurrent layer -> linear head on the last ``n_out_steps`` outputs.
+
+    Args:
+        kind: "rnn", "lstm" or "usegate"; task: "adding", "copy" or "digits"; hidden: H;
+        backend: the recurrent layer's backend; copy_symbols: S for the copy task.
+    """
+
+    def __init__(self, kind: str, task: str, hidden: int, backend: str = "auto", copy_symbols: int = 5):
+        super().__init__()
+        m = _models()
+        self.task = task
+        if task == "copy":
+            self.embed = nn.Embedding(COPY_ALPHABET + 2, hidden)
+            in_size, n_out, self.n_out_steps = hidden, COPY_ALPHABET, copy_symbols
+        else:
+            self.embed = None
+            in_size = 2 if task == "adding" else 1
+            n_out, self.n_out_steps = (1 if task == "adding" else 10), 1
+        cls = {"rnn": m.RNN, "lstm": m.LSTM, "usegate": m.UseGateLSTM}[kind]
+        self.rnn = cls(in_size, hidden, backend=backend)
+        self.head = nn.Linear(hidden, n_out)
+        set_forget_bias(self.rnn, kind, FORGET_BIAS)
+
+    def forward(self, x):
+        """x: (T, B, features) or (T, B) tokens. Returns (B, n_out) or (S, B, n_out) for the copy task."""
+        if self.embed is not None:
+            x = self.embed(x)
+        y, _ = self.rnn(x)
+        out = self.head(y[-self.n_out_steps:])
+        return out if self.task == "copy" else out[0]
+
+
+def set_forget_bias(rnn: nn.Module, kind: str, value: float) -> None:
+    """Forget-gate bias of every layer: bias_ih's f block = ``value``, bias_hh's f block = 0 (sum = value).
+    The f block is rows H:2H for the LSTM (i, f, g, o) and 2H:3H for the use-gate LSTM (N, i, f, V)."""
+    if kind == "rnn" or not rnn.bias:
+        return
+    H = rnn.hidden_size
+    lo = {"lstm": H, "usegate": 2 * H}[kind]
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            if name.startswith("bias_ih"):
+                p[lo:lo + H] = value
+            elif name.startswith("bias_hh"):
+                p[lo:lo + H] = 0.0
+
+
+def loss_and_metric(task: str, out, y):
+    """(loss, metric) of a batch: MSE / |err| < 0.04 accuracy for adding, cross-entropy / accuracy else."""
+    if task == "adding":
+        return nn.functional.mse_loss(out, y), ((out - y).abs() < ADDING_TOL).float().mean()
+    logits = out.reshape(-1, out.shape[-1])
+    target = y.reshape(-1)
+    return nn.functional.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
+
+
+def _seq_len(task, T, s: Setting):
+    return T + 2 * s.copy_symbols if task == "copy" else T
+
+
+class TaskData:
+    """Training batches from a seeded stream and a fixed evaluation set, for one (task, T, seed)."""
+
+    def __init__(self, task: str, T: int, seed: int, s: Setting, device, dtype):
+        self.task, self.T, self.s, self.device, self.dtype = task, T, s, device, dtype
+        self.gen = torch.Generator().manual_seed(_seed("data", task, T, seed))
+        eval_gen = torch.Generator().manual_seed(_seed("eval", task, T))
+        if task == "digits":
+            self.digits = Digits(T)
+            self.eval = self._to(*self.digits.test_set())
+        else:
+            self.eval = self._to(*self._make(s.eval_batch, eval_gen))
+
+    def _make(self, batch, gen):
+        if self.task == "adding":
+            return adding_batch(batch, self.T, gen)
+        if self.task == "copy":
+            return copy_batch(batch, self.T, gen, self.s.copy_symbols)
+        return self.digits.train_batch(batch, gen)
+
+    def _to(self, x, y):
+        x = x.to(self.device)
+        if x.is_floating_point():
+            x = x.to(self.dtype)
+        y = y.to(self.device)
+        return x, (y.to(self.dtype) if y.is_floating_point() else y)
+
+    def batch(self):
+        return self._to(*self._make(self.s.batch, self.gen))
+
+
+# ------------------------------------------------------------------------------------------------- jobs
+@dataclass(frozen=True)
+class Job:
+    model: str
+    task: str
+    T: int
+    seed: int
+    gradnorm: bool = False  # also compute ||dL/dh_t|| at init and after training
+
+
+def build_model(job: Job, s: Setting, backend: str, device, dtype) -> SeqModel:
+    torch.manual_seed(_seed("init", job.model, job.task, job.T, job.seed))
+    return SeqModel(job.model, job.task, s.hidden, backend=backend, copy_symbols=s.copy_symbols).to(device, dtype)
+
+
+def train_job(job: Job, s: Setting, backend: str = "auto", device="cpu", dtype=torch.float32,
+              steps: int | None = None, provenance: dict | None = None):
+    """Train one model on one task and length.
+
+    Args:
+        job: model, task, T, seed (and whether to record gradient norms); s: the setting;
+        backend: the recurrent layer's backend; device, dtype: where and in what precision to train;
+        steps: override of ``s.steps[task]``; provenance: extra columns copied into every row.
+    Returns:
+        (curve rows, gradnorm rows): lists of dicts with CURVE_COLUMNS / GRAD_COLUMNS keys.
+    """
+    device = torch.device(device)
+    steps = s.steps[job.task] if steps is None else steps
+    data = TaskData(job.task, job.T, job.seed, s, device, dtype)
+    model = build_model(job, s, backend, device, dtype)
+    grad_rows = []
+    if job.gradnorm:
+        grad_rows += gradient_norms(model, job, s, "init", device, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    prov = dict(provenance or {})
+    base = dict(model=job.model, task=job.task, T=job.T, seq_len=_seq_len(job.task, job.T, s), seed=job.seed,
+                metric_name="accuracy", hidden=s.hidden, batch=s.batch, lr=s.lr, forget_bias=FORGET_BIAS,
+                backend=backend, dtype=str(dtype).replace("torch.", ""), setting=s.name, **prov)
+    rows = []
+    t0 = time.perf_counter()
+    train_losses = []
+    for step in range(1, steps + 1):
+        model.train()
+        x, y = data.batch()
+        loss, _ = loss_and_metric(job.task, model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if s.clip:
+            nn.utils.clip_grad_norm_(model.parameters(), s.clip)
+        opt.step()
+        train_losses.append(loss.item())
+        if step % s.eval_every == 0 or step == steps:
+            ev_loss, ev_metric = evaluate(model, job.task, data.eval)
+            rows.append(dict(base, step=step, train_loss=sum(train_losses) / len(train_losses), eval_loss=ev_loss,
+                             eval_metric=ev_metric, wall_s=round(time.perf_counter() - t0, 3)))
+            train_losses = []
+    if job.gradnorm:
+        grad_rows += gradient_norms(model, job, s, "trained", device, dtype)
+    for r in grad_rows:
+        r.update(setting=s.name, commit=prov.get("commit", ""), date=prov.get("date", ""))
+    return rows, grad_rows
+
+
+@torch.no_grad()
+def evaluate(model: SeqModel, task: str, eval_set):
+    """(loss, metric) on the fixed evaluation set, in chunks of 512."""
+    model.eval()
+    x, y = eval_set
+    n = y.shape[-1] if task == "copy" else y.shape[0]
+    tot_loss = tot_metric = 0.0
+    for i in range(0, n, 512):
+        xs = x[:, i:i + 512]
+        ys = y[:, i:i + 512] if task == "copy" else y[i:i + 512]
+        loss, metric = loss_and_metric(task, model(xs), ys)
+        w = xs.shape[1]
+        tot_loss += loss.item() * w
+        tot_metric += metric.item() * w
+    return tot_loss / n, tot_metric / n
+
+
+def gradient_norms(model: SeqModel, job: Job, s: Setting, phase: str, device, dtype):
+    """||dL/dh_t|| (mean over a batch of the per-sample L2 norm) for every t, by distance T-1-t from the loss.
+
+    The recurrent layer runs one step at a time with ``backend="reference"`` (the fused op does not expose
+    the inner h_t), each h_t retaining its gradient; the loss is the task's loss on a fresh batch."""
+    rnn = model.rnn
+    old_backend = rnn.backend
+    rnn.backend = "reference"
+    try:
+        gen = torch.Generator().manual_seed(_seed("gradnorm", job.task, job.T, job.seed))
+        data = TaskData.__new__(TaskData)
+        data.task, data.T, data.s, data.device, data.dtype, data.gen = job.task, job.T, s, device, dtype, gen
+        if job.task == "digits":
+            data.digits = Digits(job.T)
+        x, y = data._to(*data._make(s.gradnorm_batch, gen))
+        model.eval()
+        xe = model.embed(x) if model.embed is not None else x
+        # h_t is the h of the state handed to step t+1 (not the output tensor, a copy in another graph node),
+        # so its gradient is the total one: through the head and through every later step.
+        state, hs = None, []
+        for t in range(xe.shape[0]):
+            _, state = rnn(xe[t:t + 1], state)
+            h = state[0] if isinstance(state, tuple) else state  # (1, B, H)
+            h.retain_grad()
+            hs.append(h)
+        ys = torch.cat(hs[-model.n_out_steps:], 0)
+        pred = model.head(ys)
+        pred = pred if job.task == "copy" else pred[0]
+        loss, _ = loss_and_metric(job.task, pred, y)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        T = len(hs)
+        rows = [dict(model=job.model, task=job.task, T=job.T, seed=job.seed, phase=phase, distance=T - 1 - t,
+                     grad_norm=hs[t].grad[0].norm(dim=1).mean().item()) for t in range(T)]
+        model.zero_grad(set_to_none=True)
+        return rows
+    finally:
+        rnn.backend = old_backend
+
+
+# ------------------------------------------------------------------------------------------ provenance
+def provenance(device) -> dict:
+    """Columns that say where and how a row was produced."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout
+        commit += "-dirty" if dirty.strip() else ""
+    except Exception:  # noqa: BLE001 - no git: leave it empty
+        commit = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        cpu = f"{names[0]} x{os.cpu_count()}" if names else cpu
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
+    return dict(commit=commit, torch=torch.__version__, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                cpu=cpu, device=dev)
+
+
+# ------------------------------------------------------------------------------------------------- CSV
+def _read_csv(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _append_csv(path, rows, columns):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> set:
+    """(model, task, T, seed) of jobs already complete in the CSVs (final step logged, and gradient norms when
+    that job records them)."""
+    finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(curves_csv)
+              if r["setting"] == s.name and int(r["step"]) == s.steps[r["task"]]}
+    grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(grad_csv)
+             if r["setting"] == s.name and r["phase"] == "trained"}
+    return {"finals": finals, "grads": grads}
+
+
+def make_jobs(s: Setting, models=MODELS, tasks=TASKS) -> list[Job]:
+    """Every (model, task, T, seed); the gradient-norm picture rides on the gradnorm task's largest T."""
+    jobs = []
+    for task in tasks:
+        for T in s.lengths[task]:
+            for seed in s.seeds:
+                for model in models:
+                    gn = task == s.gradnorm_task and T == max(s.lengths[task]) and seed == s.seeds[0]
+                    jobs.append(Job(model, task, T, seed, gn))
+    # longest first: a better balanced process pool
+    return sorted(jobs, key=lambda j: -_seq_len(j.task, j.T, s) * s.steps[j.task])
+
+
+def _worker(args):
+    job, s, backend, device, dtype, prov, threads = args
+    torch.set_num_threads(threads)
+    setup_backend(backend)
+    return job, train_job(job, s, backend, device, dtype, provenance=prov)
+
+
+def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=torch.float32, jobs: int = 1,
+              models=MODELS, tasks=TASKS, progress: bool = True) -> dict:
+    """Train every job of the setting (skipping complete ones), append to ``out``/curves.csv and gradnorm.csv,
+    then draw the plots. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "seconds": wall}."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    os.makedirs(out, exist_ok=True)
+    curves_csv, grad_csv = os.path.join(out, "curves.csv"), os.path.join(out, "gradnorm.csv")
+    done = done_jobs(curves_csv, grad_csv, s)
+    todo = [j for j in make_jobs(s, models, tasks)
+            if (j.model, j.task, j.T, j.seed) not in done["finals"]
+            or (j.gradnorm and (j.model, j.task, j.T, j.seed) not in done["grads"])]
+    prov = provenance(device)
+    t0 = time.perf_counter()
+    bar = _progress(len(todo), progress)
+    if jobs > 1 and device.type == "cpu" and len(todo) > 1:
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with mp.get_context("spawn").Pool(jobs) as pool:
+            it = pool.imap_unordered(_worker, [(j, s, backend, device, dtype, prov, threads) for j in todo])
+            for job, (rows, grows) in it:
+                _append_csv(curves_csv, rows, CURVE_COLUMNS)
+                _append_csv(grad_csv, grows, GRAD_COLUMNS)
+                bar(job, rows)
+    else:
+        for job in todo:
+            rows, grows = train_job(job, s, backend, device, dtype, provenance=prov)
+            _append_csv(curves_csv, rows, CURVE_COLUMNS)
+            _append_csv(grad_csv, grows, GRAD_COLUMNS)
+            bar(job, rows)
+    pngs = plot(out)
+    return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, seconds=time.perf_counter() - t0)
+
+
+def _progress(total, enabled):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and tqdm and total) else None
+
+    def update(job, rows):
+        if pbar is not None:
+            last = rows[-1]
+            pbar.set_postfix_str(f"{job.model} {job.task} T={job.T}: loss {last['eval_loss']:.3g} "
+                                 f"acc {last['eval_metric']:.3f}")
+            pbar.update(1)
+
+    return update
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _frame(rows, keys_int=("T", "seed", "step"), keys_float=("train_loss", "eval_loss", "eval_metric")):
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for k in keys_int:
+        if k in df:
+            df[k] = df[k].astype(int)
+    for k in keys_float:
+        if k in df:
+            df[k] = df[k].astype(float)
+    return df
+
+
+CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_ALPHABET), "digits": (math.log(10), 0.1)}
+COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green"}
+
+
+def plot(out: str) -> list[str]:
+    """Draw every PNG of a study from ``out``/curves.csv and gradnorm.csv (nothing else). Returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_csv(os.path.join(out, "curves.csv"))
+    if not rows:
+        return []
+    df = _frame(rows)
+    setting = ", ".join(sorted(df["setting"].unique()))
+    hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
+    sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM), "
+           f"seeds {df['seed'].nunique()}, commit {df['commit'].iloc[-1]}")
+    paths = []
+    models = [m for m in MODELS if m in set(df["model"])]
+    tasks = [t for t in TASKS if t in set(df["task"])]
+    for task in tasks:
+        d = df[df["task"] == task]
+        Ts = sorted(d["T"].unique())
+        fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
+        for c, T in enumerate(Ts):
+            for m in models:
+                g = d[(d["T"] == T) & (d["model"] == m)].groupby("step")
+                if not len(g):
+                    continue
+                for r, col in enumerate(("eval_loss", "eval_metric")):
+                    mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
+                    ax = axes[r, c]
+                    ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
+                    if d["seed"].nunique() > 1:
+                        ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
+            loss_ref, acc_ref = CHANCE[task]
+            axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
+            if acc_ref is not None:
+                axes[1, c].axhline(acc_ref, color="gray", ls="--", lw=0.8)
+            axes[0, c].set_title(f"{task}, T = {T}")
+            axes[0, c].set_yscale("log")
+            axes[1, c].set_ylim(-0.02, 1.02)
+            axes[1, c].set_xlabel("training step")
+        axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
+        axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle(f"{task}: learning curves\n{sub}", fontsize=9)
+        fig.tight_layout()
+        p = os.path.join(out, f"curves_{task}.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    # final score vs T
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    for c, task in enumerate(tasks):
+        d = df[df["task"] == task]
+        final = d[d["step"] == d.groupby(["model", "T", "seed"])["step"].transform("max")]
+        ax = axes[0, c]
+        for m in models:
+            g = final[final["model"] == m].groupby("T")["eval_metric"]
+            if not len(g):
+                continue
+            mean, lo, hi = g.mean(), g.min(), g.max()
+            ax.errorbar(mean.index, mean.values, yerr=[mean.values - lo.values, hi.values - mean.values],
+                        marker="o", capsize=3, color=COLORS[m], label=MODEL_LABELS[m])
+        if CHANCE[task][1] is not None:
+            ax.axhline(CHANCE[task][1], color="gray", ls="--", lw=0.8, label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(d["T"].unique()))
+        ax.set_xticklabels([str(t) for t in sorted(d["T"].unique())])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("T" + (" (delay)" if task == "copy" else " (sequence length)"))
+        ax.set_title(task)
+        ax.set_ylabel("final eval accuracy")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"final score vs sequence length\n{sub}", fontsize=9)
+    fig.tight_layout()
+    p = os.path.join(out, "final_vs_T.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
+    if grows:
+        g = _frame(grows, keys_int=("T", "seed", "distance"), keys_float=("grad_norm",))
+        phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
+        fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
+        for c, ph in enumerate(phases):
+            ax = axes[0, c]
+            for m in models:
+                d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
+                if len(d):
+                    ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
+            task, T = g["task"].iloc[0], int(g["T"].max())
+            ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
+            ax.set_xlabel("distance from the loss, T-1-t (steps)")
+        axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch)")
+        axes[0, 0].legend(fontsize=8)
+        fig.suptitle(f"gradient reaching h_t from the loss at the last step\n{sub}", fontsize=9)
+        fig.tight_layout()
+        p = os.path.join(out, "gradnorm.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CPU-sized setting (adding T 20/50/100, copy 10/20, "
+                   "digits 64; hidden 64; one seed)")
+    p.add_argument("--out", default=None, help="output folder (default results/tasks or results/tasks_smoke)")
+    p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
+                   help="recurrent implementation: auto = triton on CUDA, reference on CPU")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"))
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the setting's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps for every task (default: setting's)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size (default: the setting's)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel CPU processes (default: cores, CPU only)")
+    p.add_argument("--plot-only", action="store_true", help="only redraw the PNGs from the CSVs in --out")
+    a = p.parse_args(argv)
+
+    s = SMOKE if a.smoke else FULL
+    if a.seeds is not None:
+        s = replace(s, seeds=tuple(range(a.seeds)))
+    if a.steps is not None:
+        s = replace(s, steps={k: a.steps for k in s.steps})
+    if a.hidden is not None:
+        s = replace(s, hidden=a.hidden)
+    out = a.out or os.path.join("results", "tasks_smoke" if a.smoke else "tasks")
+    if a.plot_only:
+        for path in plot(out):
+            print(path)
+        return 0
+    setup_backend(a.backend)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1 if device.type == "cpu" else 1)
+    if a.backend == "triton" and device.type == "cpu":
+        jobs = 1  # the interpreter: one process
+    res = run_study(s, out, backend=a.backend, device=device, dtype=getattr(torch, a.dtype), jobs=jobs,
+                    models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")))
+    print(f"wrote {res['curves']}, {res['gradnorm']} and {len(res['pngs'])} PNGs in {res['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
