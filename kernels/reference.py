@@ -40,11 +40,12 @@ def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengt
     Returns:
         y (T, B, P), h_n (B, P), c_n (B, H).
     """
-    xp = input_projection(x, w_ih, b_ih, b_hh)
+    # unbind, not xp[t]: the backward of each xp[t] would allocate a zero tensor of xp's full size (O(T^2))
+    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):
-        z = xp[t] + h @ w_hh.t()
+        z = xs[t] + h @ w_hh.t()
         zi, zf, zg, zo = z.chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
         c_new = f * c + i * g
@@ -65,11 +66,11 @@ def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengt
 def rnn_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=None):
     """One Elman RNN layer, one direction. x: (T, B, I); h0: (B, H). Returns y (T, B, H), h_n (B, H)."""
     act_fn = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
-    xp = input_projection(x, w_ih, b_ih, b_hh)
+    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)  # unbind: see lstm_layer_ref
     h = h0
     ys = []
     for t in range(x.shape[0]):
-        h_new = act_fn(xp[t] + h @ w_hh.t())
+        h_new = act_fn(xs[t] + h @ w_hh.t())
         act = _active(lengths, t, x)
         if act is None:
             h = h_new
