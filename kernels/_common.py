@@ -98,23 +98,62 @@ def prune_by_batch(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_B"])]
 
 
-def autotuned(kernel, configs: list[TileConfig]):
-    """Autotuned twin of a step kernel, keyed on the sizes but never on T or t."""
-    return triton.autotune(
-        configs=[c.as_triton() for c in configs],
-        key=["B", "H", "K"],
-        prune_configs_by={"early_config_prune": prune_by_batch},
-    )(kernel)
+# Dtype groups with their own config lists: register pressure grows with the element size (fp32 tiles and
+# fp64 accumulators take twice the registers), so a tile that fits for fp16/bf16 may spill for fp32/fp64.
+DTYPE_GROUPS = {"16bit": ("fp16", "bf16"), "fp32": ("fp32", "tf32"), "fp64": ("fp64",)}
+
+
+def dtype_group(dtype: torch.dtype) -> str:
+    """The config group of a tensor dtype: "16bit", "fp32" or "fp64"."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16bit"
+    return "fp64" if dtype == torch.float64 else "fp32"
+
+
+def per_group(configs) -> dict:
+    """Normalize a config spec to {group: [TileConfig]}: a plain list applies to every group."""
+    if isinstance(configs, dict):
+        missing = set(DTYPE_GROUPS) - set(configs)
+        if missing:
+            raise ValueError(f"config lists missing for dtype groups {sorted(missing)}")
+        return {g: list(configs[g]) for g in DTYPE_GROUPS}
+    return {g: list(configs) for g in DTYPE_GROUPS}
+
+
+def autotuned(kernel, configs):
+    """Autotuned twins of a step kernel, one per dtype group, keyed on the sizes but never on T or t.
+    ``configs``: a list of TileConfig (every dtype) or a dict {group: list} (see ``DTYPE_GROUPS``)."""
+    return {
+        g: triton.autotune(
+            configs=[c.as_triton() for c in cfgs],
+            key=["B", "H", "K"],
+            prune_configs_by={"early_config_prune": prune_by_batch},
+        )(kernel)
+        for g, cfgs in per_group(configs).items()
+    }
 
 
 def launch(kernel, tuned, grid_fn, **kwargs):
-    """Launch with the fixed interpreter config, or through the autotuner on a GPU."""
+    """Launch with the fixed interpreter config, or on a GPU through the autotuner of the dtype group of
+    the weight argument ``w`` (every step kernel has one)."""
     if interpreting():
         c = INTERPRETER_CONFIG
         meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
     else:
-        tuned[grid_fn](**kwargs)
+        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs)
+
+
+def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None) -> list[dict]:
+    """``COMPILE_CHECK`` entries (kernels/compile_check.py) for a kernel: one per dtype group, each with
+    the configs that group may run."""
+    out = []
+    for g, cfgs in per_group(configs).items():
+        e = dict(kernel=kernel, configs=cfgs, args=args, constexprs=constexprs, dtypes=DTYPE_GROUPS[g])
+        if name:
+            e["name"] = name
+        out.append(e)
+    return out
 
 
 def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias):

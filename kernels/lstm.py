@@ -31,6 +31,7 @@ from ._common import (
     cast_dot_inputs,
     check_dtype,
     check_tensor,
+    compile_check_entries,
     dot_precision,
     weight_grads,
     launch,
@@ -40,8 +41,9 @@ from ._common import (
 )
 from .reference import input_projection
 
-# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
-FWD_CONFIGS = [
+# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
+# required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
+_FWD_16 = [
     TileConfig(16, 16, 64, 4, 2),
     TileConfig(16, 32, 64, 4, 2),
     TileConfig(16, 32, 32, 4, 3),
@@ -49,13 +51,22 @@ FWD_CONFIGS = [
     TileConfig(32, 32, 64, 8, 2),
     TileConfig(64, 32, 32, 8, 2),
 ]
-BWD_CONFIGS = [
+FWD_CONFIGS = {
+    "16bit": _FWD_16,
+    "fp32": [TileConfig(16, 16, 64, 4, 2), TileConfig(16, 32, 32, 4, 3), TileConfig(64, 32, 32, 8, 2)],
+    "fp64": [TileConfig(16, 16, 32, 4, 2), TileConfig(16, 32, 32, 4, 3)],
+}
+_BWD_16 = [
     TileConfig(16, 32, 64, 4, 2),
     TileConfig(16, 64, 64, 4, 3),
     TileConfig(16, 128, 64, 8, 2),
     TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 64, 32, 8, 2),
 ]
+BWD_CONFIGS = {
+    "16bit": _BWD_16,
+    "fp32": _BWD_16,
+    "fp64": [TileConfig(16, 16, 32, 4, 2), TileConfig(16, 32, 64, 4, 2)],
+}
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -409,16 +420,13 @@ def _proj_grad(dh_seq, r_seq):
 
 # Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each step kernel;
 # pointer args "x" are in the input dtype, "acc" in the accumulator dtype.
-COMPILE_CHECK = [
-    dict(
-        kernel=_lstm_fwd_step, configs=FWD_CONFIGS,
-        args=dict(xp="x", h_prev="x", c_prev="acc", w="x", r_out="x", c_out="acc", gates="x", lengths="*i32"),
-        constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
-    ),
-    dict(
-        kernel=_lstm_bwd_step, configs=BWD_CONFIGS,
-        args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
-                  dz="x", lengths="*i32"),
-        constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False),
-    ),
-]
+COMPILE_CHECK = compile_check_entries(
+    _lstm_fwd_step, FWD_CONFIGS,
+    args=dict(xp="x", h_prev="x", c_prev="acc", w="x", r_out="x", c_out="acc", gates="x", lengths="*i32"),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
+) + compile_check_entries(
+    _lstm_bwd_step, BWD_CONFIGS,
+    args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
+              dz="x", lengths="*i32"),
+    constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False),
+)

@@ -22,6 +22,7 @@ from ._common import (
     cast_dot_inputs,
     check_dtype,
     check_tensor,
+    compile_check_entries,
     dot_precision,
     launch,
     rowmajor,
@@ -32,15 +33,25 @@ from .reference import input_projection
 
 NONLINEARITIES = ("tanh", "relu")
 
-# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
-FWD_CONFIGS = [
+# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
+# required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
+_ALL = [
     TileConfig(16, 32, 64, 4, 2),
     TileConfig(16, 64, 64, 4, 3),
     TileConfig(16, 128, 64, 8, 2),
     TileConfig(32, 64, 64, 8, 2),
     TileConfig(64, 64, 32, 8, 2),
 ]
-BWD_CONFIGS = FWD_CONFIGS
+FWD_CONFIGS = {
+    "16bit": _ALL,
+    "fp32": [c for c in _ALL if c != TileConfig(16, 64, 64, 4, 3)],
+    "fp64": [TileConfig(16, 32, 64, 4, 2), TileConfig(32, 64, 64, 8, 2), TileConfig(64, 64, 32, 8, 2)],
+}
+BWD_CONFIGS = {
+    "16bit": _ALL,
+    "fp32": _ALL,
+    "fp64": [TileConfig(16, 64, 64, 4, 3), TileConfig(64, 64, 32, 8, 2)],
+}
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -263,15 +274,12 @@ __all__ = [
 
 
 # Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each step kernel.
-COMPILE_CHECK = [
-    dict(
-        kernel=_rnn_fwd_step, configs=FWD_CONFIGS,
-        args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
-        constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False),
-    ),
-    dict(
-        kernel=_rnn_bwd_step, configs=BWD_CONFIGS,
-        args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
-        constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
-    ),
-]
+COMPILE_CHECK = compile_check_entries(
+    _rnn_fwd_step, FWD_CONFIGS,
+    args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
+    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False),
+) + compile_check_entries(
+    _rnn_bwd_step, BWD_CONFIGS,
+    args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
+    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
+)
