@@ -1,0 +1,139 @@
+"""Bad inputs get the error torch.nn gives (same exception type, a message naming the problem), and edge
+shapes (empty batch, T = 0) behave as in torch.nn."""
+import pytest
+import torch
+
+from models import LSTM, RNN
+
+from .helpers import DEVICE
+
+
+def _pair(kind="lstm", **kw):
+    torch.manual_seed(0)
+    if kind == "lstm":
+        ref, ours = torch.nn.LSTM(3, 4, **kw), LSTM(3, 4, backend="triton", **kw)
+    else:
+        ref, ours = torch.nn.RNN(3, 4, **kw), RNN(3, 4, backend="triton", **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref.to(DEVICE), ours.to(DEVICE)
+
+
+def _same_error(ref, ours, *args, match=None):
+    with pytest.raises(Exception) as e_ref:
+        ref(*args)
+    with pytest.raises(type(e_ref.value), match=match) as e_ours:
+        ours(*args)
+    assert str(e_ours.value), "empty error message"
+    return e_ours.value
+
+
+x3 = lambda *s: torch.randn(*s, device=DEVICE)  # noqa: E731
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_wrong_rank(kind):
+    ref, ours = _pair(kind)
+    _same_error(ref, ours, x3(2, 2, 3, 1), match="2D or 3D")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_wrong_feature_size(kind):
+    ref, ours = _pair(kind)
+    _same_error(ref, ours, x3(2, 2, 5), match="input_size. Expected 3, got 5")
+
+
+def test_h0_c0_shapes():
+    ref, ours = _pair("lstm", num_layers=2)
+    x = x3(2, 3, 3)
+    good = lambda: (x3(2, 3, 4), x3(2, 3, 4))  # noqa: E731
+    _same_error(ref, ours, x, (x3(1, 3, 4), good()[1]), match=r"hidden\[0\] size \(2, 3, 4\)")
+    _same_error(ref, ours, x, (good()[0], x3(2, 2, 4)), match=r"hidden\[1\] size \(2, 3, 4\)")
+    _same_error(ref, ours, x, (x3(2, 3, 4), x3(2, 3, 5)), match=r"hidden\[1\]")
+    _same_error(ref, ours, x, (x3(3, 4), x3(3, 4)), match="3-D")
+
+
+def test_proj_h0_shape():
+    ref, ours = _pair("lstm", proj_size=2)
+    _same_error(ref, ours, x3(2, 3, 3), (x3(1, 3, 4), x3(1, 3, 4)), match=r"hidden\[0\] size \(1, 3, 2\)")
+
+
+def test_rnn_h0_shape():
+    ref, ours = _pair("rnn", bidirectional=True)
+    _same_error(ref, ours, x3(2, 3, 3), x3(1, 3, 4), match=r"hidden size \(2, 3, 4\)")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_input_dtype_mismatch_with_weights(kind):
+    ref, ours = _pair(kind)
+    _same_error(ref, ours, x3(2, 2, 3).double(), match="does not match weight dtype")
+
+
+def test_state_dtype_mismatch():
+    _, ours = _pair("lstm")
+    with pytest.raises(RuntimeError, match="h_0 to have dtype torch.float32"):
+        ours(x3(2, 2, 3), (x3(1, 2, 4).double(), x3(1, 2, 4)))
+    with pytest.raises(RuntimeError, match="c_0 to have dtype torch.float32"):
+        ours(x3(2, 2, 3), (x3(1, 2, 4), x3(1, 2, 4).half()))
+
+
+def test_state_device_mismatch():
+    ref, ours = _pair("lstm")
+    meta = torch.zeros(1, 2, 4, device="meta")
+    with pytest.raises(RuntimeError, match="not at the same device"):
+        ours(x3(2, 2, 3), (x3(1, 2, 4), meta))
+
+
+def test_unsupported_dtype_for_triton_backend():
+    m = LSTM(3, 4, backend="triton").to(torch.complex64)
+    with pytest.raises(RuntimeError, match="does not support dtype torch.complex64"):
+        m(torch.randn(2, 2, 3, dtype=torch.complex64, device=m.weight_ih_l0.device))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="nonlinearity"):
+        RNN(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(ValueError, match="backend"):
+        LSTM(3, 4, backend="cuda")
+    with pytest.raises(ValueError, match="strategy"):
+        LSTM(3, 4, strategy="magic")
+    for kw in [dict(proj_size=4), dict(proj_size=-1), dict(dropout=1.5)]:
+        with pytest.raises(ValueError) as e_ref:
+            torch.nn.LSTM(3, 4, **kw)
+        with pytest.raises(type(e_ref.value)):
+            LSTM(3, 4, **kw)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_empty_sequence_raises_like_nn(kind):
+    ref, ours = _pair(kind)
+    _same_error(ref, ours, x3(0, 2, 3), match="sequence length to be larger than 0")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_empty_batch_like_nn(kind):
+    ref, ours = _pair(kind, num_layers=2, bidirectional=True)
+    x = x3(3, 0, 3).requires_grad_(True)
+    out_ref, st_ref = ref(x)
+    out, st = ours(x)
+    assert out.shape == out_ref.shape
+    states, states_ref = (st, st_ref) if kind == "lstm" else ((st,), (st_ref,))
+    for a, b in zip(states, states_ref):
+        assert a.shape == b.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_lstm_launcher_checks_shapes_and_dtypes():
+    from kernels.lstm import lstm_fwd_sequence
+
+    xp = torch.randn(2, 3, 16, device=DEVICE)
+    w = torch.randn(16, 4, device=DEVICE)
+    h0, c0 = torch.randn(3, 4, device=DEVICE), torch.randn(3, 4, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"h0: expected shape \(3, 4\), got \(2, 4\)"):
+        lstm_fwd_sequence(xp, w, h0[:2], c0)
+    with pytest.raises(TypeError, match="w_hh: expected dtype torch.float32, got torch.float64"):
+        lstm_fwd_sequence(xp, w.double(), h0, c0)
+    with pytest.raises(TypeError, match="not supported"):
+        lstm_fwd_sequence(xp.to(torch.int32), w, h0, c0)
+    with pytest.raises(ValueError, match="strategy"):
+        lstm_fwd_sequence(xp, w, h0, c0, strategy="nope")
