@@ -64,19 +64,23 @@ from ._common import (
 )
 from .reference import _active, input_projection
 
-# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 (0 spills required).
-# Launch A forward holds four gate accumulators (as the LSTM forward step); the other three kernels hold one.
+# Every config here is compiled by kernels/compile_check.py (triton 3.6, the GPU machine's) for sm_90a and
+# sm_80, fp16/bf16/fp32/tf32/fp64, aligned and unaligned: 0 spill bytes, shared memory within the limit.
+# Launch A forward holds four gate accumulators (as the LSTM forward step), so its tiles are the smallest:
+# BLOCK_K = 64 spilled there (unaligned fp32/tf32/fp64), as did (64, 32, 32) at 255 registers with no margin.
+# The other three kernels hold one accumulator. A few small fp64 tiles showed 8-24 bytes of stack and were
+# replaced (e.g. (16, 32, 64, 4, 2) in the backward use-gate launch).
 FWD_CONFIGS = [
-    TileConfig(16, 16, 64, 4, 2),
-    TileConfig(16, 32, 64, 4, 2),
+    TileConfig(16, 16, 32, 4, 2),
+    TileConfig(16, 32, 16, 4, 2),
     TileConfig(16, 32, 32, 4, 3),
-    TileConfig(16, 64, 64, 8, 2),
-    TileConfig(32, 32, 64, 8, 2),
-    TileConfig(64, 32, 32, 8, 2),
+    TileConfig(16, 32, 32, 8, 2),
+    TileConfig(16, 64, 16, 8, 2),
+    TileConfig(32, 32, 16, 8, 2),
 ]
 FWD_USE_CONFIGS = [
     TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 64, 32, 4, 3),
     TileConfig(16, 128, 64, 8, 2),
     TileConfig(32, 64, 64, 8, 2),
     TileConfig(64, 64, 32, 8, 2),
@@ -86,9 +90,15 @@ BWD_CONFIGS = [
     TileConfig(16, 64, 64, 4, 3),
     TileConfig(16, 128, 64, 8, 2),
     TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 64, 32, 8, 2),
+    TileConfig(64, 32, 32, 8, 2),
 ]
-BWD_USE_CONFIGS = BWD_CONFIGS
+BWD_USE_CONFIGS = [
+    TileConfig(16, 32, 32, 4, 3),
+    TileConfig(16, 64, 64, 4, 3),
+    TileConfig(16, 128, 64, 8, 2),
+    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(64, 32, 32, 8, 2),
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,11 +137,12 @@ def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u
     """
     if w_u is None:
         raise TypeError("usegate_layer_ref: w_u (H, H) is required")
-    xp = input_projection(x, w_ih, b_ih, b_hh)
+    # unbind, not xp[t]: the backward of each xp[t] would allocate a zero tensor of xp's full size (O(T^2))
+    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):
-        h_new, c_new = _usegate_pointwise(xp[t] + h @ w_hh.t(), c, w_u, b_u)
+        h_new, c_new = _usegate_pointwise(xs[t] + h @ w_hh.t(), c, w_u, b_u)
         act = _active(lengths, t, x)
         if act is None:
             h, c = h_new, c_new
@@ -647,9 +658,36 @@ def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_s
     return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, dw_u, db_u)
 
 
+# Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each kernel; pointer args
+# "x" are in the input dtype, "acc" in the accumulator dtype. c_prev is "acc" (c_{t-1} from c_seq; c0 at t = 0
+# comes in the input dtype, a lighter load).
+COMPILE_CHECK = [
+    dict(
+        kernel=_usegate_fwd_gates, configs=FWD_CONFIGS,
+        args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32"),
+        constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
+    ),
+    dict(
+        kernel=_usegate_fwd_use, configs=FWD_USE_CONFIGS,
+        args=dict(k="x", w="x", bias="x", gates="x", h_out="x", u_out="x", lengths="*i32"),
+        constexprs=dict(HAS_BIAS=True, STORE_U=True, HAS_LENGTHS=True, CAST_F32=False),
+    ),
+    dict(
+        kernel=_usegate_bwd_gates, configs=BWD_CONFIGS,
+        args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32"),
+        constexprs=dict(HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
+    ),
+    dict(
+        kernel=_usegate_bwd_use, configs=BWD_USE_CONFIGS,
+        args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32"),
+        constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
+    ),
+]
+
+
 __all__ = [
     "FWD_CONFIGS", "FWD_USE_CONFIGS", "BWD_CONFIGS", "BWD_USE_CONFIGS",
     "usegate_cell_ref", "usegate_layer_ref",
     "usegate_fwd_gates_step", "usegate_fwd_use_step", "usegate_bwd_gates_step", "usegate_bwd_use_step",
-    "usegate_fwd_sequence", "usegate_bwd_sequence", "usegate_layer_fwd", "usegate_layer_bwd",
+    "usegate_fwd_sequence", "usegate_bwd_sequence", "usegate_layer_fwd", "usegate_layer_bwd", "COMPILE_CHECK",
 ]
