@@ -606,6 +606,7 @@ def plot(out: str) -> list[str]:
         if CHANCE[task][1] is not None:
             ax.axhline(CHANCE[task][1], color="gray", ls="--", lw=0.8, label="chance")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(sorted(d["T"].unique()))
         ax.set_xticklabels([str(t) for t in sorted(d["T"].unique())])
         ax.set_ylim(-0.02, 1.02)
@@ -634,7 +635,7 @@ def plot(out: str) -> list[str]:
             task, T = g["task"].iloc[0], int(g["T"].max())
             ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
             ax.set_xlabel("distance from the loss, T-1-t (steps)")
-        axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch)")
+        axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
         axes[0, 0].legend(fontsize=8)
         fig.suptitle(f"gradient reaching h_t from the loss at the last step\n{sub}", fontsize=9)
         fig.tight_layout()
