@@ -5,9 +5,10 @@
 ``UseGateLSTM`` is the use-gate LSTM (issue 4), with nn.LSTM's interface but its own cell.
 """
 from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
+from ._base import BACKENDS, STRATEGIES
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 from .swap import swap_rnns
 from .usegate import UseGateLSTM
 
-__all__ = ["LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns"]
+__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns"]
