@@ -293,6 +293,9 @@ def run_job(job: Job, ctx: Context) -> dict:
     finally:
         del built, ref, sets
         if cuda:
+            import models
+
+            models.clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
             torch.cuda.empty_cache()
     return row
 

@@ -3,12 +3,15 @@
 ``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
 ``UseGateLSTM`` is the use-gate LSTM (issue 4), with nn.LSTM's interface but its own cell.
+On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
 """
 from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
+from kernels._graphs import clear as clear_cuda_graphs
+
 from ._base import BACKENDS, STRATEGIES
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 from .swap import swap_rnns
 from .usegate import UseGateLSTM
 
-__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns"]
+__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns", "clear_cuda_graphs"]
