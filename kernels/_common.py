@@ -185,3 +185,81 @@ def tanh(x):
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile pieces shared by the step kernels (inlined by Triton into each kernel).
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def tile_offsets(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's batch rows and hidden units (grid axis 0: unit tiles, axis 1: batch tiles) and their
+    masks: (o_b, o_j, m_b, m_j, m_bj)."""
+    o_b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    m_b = o_b < B
+    m_j = o_j < H
+    return o_b, o_j, m_b, m_j, m_b[:, None] & m_j[None, :]
+
+
+@triton.jit
+def _dot_in(a, b, acc, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    if CAST_F32:  # the interpreter's bf16 tl.dot is wrong (triton#11584)
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+
+
+@triton.jit
+def dot_rows(a, s_a, w, s_w, w_off, o_b, m_b, o_j, m_j, K, TRANS_W: tl.constexpr,
+             CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+             BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_B, BLOCK_H) tile of ``a[o_b, :K] @ M`` over K tiles, in ACC, where M[k, j] is
+    ``w[w_off + j, k]`` when TRANS_W (a product with W^T, W's rows = units: forward) and
+    ``w[k, w_off + j]`` otherwise (a product with W, W's rows = the K axis: backward). ``s_a``, ``s_w``
+    are the row strides; columns have unit stride."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    if TRANS_W:
+        p_w = w + (w_off + o_j[None, :]).to(tl.int64) * s_w
+    else:
+        p_w = w + w_off + o_j[None, :]
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_a = tl.load(a + o_b[:, None] * s_a + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        if TRANS_W:
+            b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_j[None, :], other=0.0)
+        else:
+            b_w = tl.load(p_w + o_k[:, None].to(tl.int64) * s_w, mask=m_k[:, None] & m_j[None, :], other=0.0)
+        acc = _dot_in(b_a, b_w, acc, CAST_F32, PRECISION, ACC)
+    return acc
+
+
+@triton.jit
+def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
+                  CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The four gate pre-activation tiles ``h_prev[o_b, :K] @ W[g*H + o_j, :K]^T`` for g = 0..3 (gate blocks
+    stacked along W's rows, as nn.LSTM), in one K loop that loads each h tile once. Returns (z0, z1, z2, z3)."""
+    z0 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    z1 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    z2 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    z3 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
+    # W tiles loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W, columns k.
+    p_w = w + o_j[None, :].to(tl.int64) * s_w
+    gate_rows = H * s_w
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        m_w = m_k[:, None] & m_j[None, :]
+        b_w0 = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
+        b_w1 = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_w2 = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        b_w3 = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
+        if CAST_F32:
+            b_h = b_h.to(tl.float32)
+        z0 = _dot_in(b_h, b_w0, z0, CAST_F32, PRECISION, ACC)
+        z1 = _dot_in(b_h, b_w1, z1, CAST_F32, PRECISION, ACC)
+        z2 = _dot_in(b_h, b_w2, z2, CAST_F32, PRECISION, ACC)
+        z3 = _dot_in(b_h, b_w3, z3, CAST_F32, PRECISION, ACC)
+    return z0, z1, z2, z3

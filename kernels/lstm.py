@@ -31,6 +31,8 @@ from ._common import (
     cast_dot_inputs,
     check_dtype,
     check_tensor,
+    dot_rows,
+    gate_products,
     compile_check_entries,
     dot_precision,
     weight_grads,
@@ -38,6 +40,7 @@ from ._common import (
     rowmajor,
     sigmoid,
     tanh,
+    tile_offsets,
 )
 from .reference import input_projection
 
@@ -90,40 +93,11 @@ def _lstm_fwd_step(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    b_zi = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zf = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zg = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zo = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    # W tile loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W_hh, columns k.
-    p_w = w + o_j[None, :].to(tl.int64) * s_w
-    gate_rows = H * s_w
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_j[None, :]
-        b_wi = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
-        b_wf = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_wg = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_wo = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        if CAST_F32:
-            b_h = b_h.to(tl.float32)
-            b_wi = b_wi.to(tl.float32)
-            b_wf = b_wf.to(tl.float32)
-            b_wg = b_wg.to(tl.float32)
-            b_wo = b_wo.to(tl.float32)
-        b_zi = tl.dot(b_h, b_wi, b_zi, input_precision=PRECISION, out_dtype=ACC)
-        b_zf = tl.dot(b_h, b_wf, b_zf, input_precision=PRECISION, out_dtype=ACC)
-        b_zg = tl.dot(b_h, b_wg, b_zg, input_precision=PRECISION, out_dtype=ACC)
-        b_zo = tl.dot(b_h, b_wo, b_zo, input_precision=PRECISION, out_dtype=ACC)
+    # h_{t-1} @ W_hh[g*H + j, :]^T for the four gates of this program's units
+    b_zi, b_zf, b_zg, b_zo = gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K, CAST_F32, PRECISION,
+                                           ACC, BLOCK_B, BLOCK_H, BLOCK_K)
 
     p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
     b_i = sigmoid(b_zi + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
@@ -173,27 +147,15 @@ def _lstm_bwd_step(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
     # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows: the full dz row is read,
     # so no cross-program reduction is needed.
-    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     if HAS_NEXT and not DR_GIVEN:
-        for k0 in range(0, K, BLOCK_K):
-            o_k = k0 + tl.arange(0, BLOCK_K)
-            m_k = o_k < K
-            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
-            if CAST_F32:
-                b_d = b_d.to(tl.float32)
-                b_w = b_w.to(tl.float32)
-            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
+                        BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
 
     p_g = gates + o_b[:, None] * s_g + o_j[None, :]

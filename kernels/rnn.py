@@ -23,10 +23,12 @@ from ._common import (
     check_dtype,
     check_tensor,
     compile_check_entries,
+    dot_rows,
     dot_precision,
     launch,
     rowmajor,
     tanh,
+    tile_offsets,
     weight_grads,
 )
 from .reference import input_projection
@@ -72,25 +74,11 @@ def _rnn_fwd_step(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    b_z = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    p_w = w + o_j[None, :].to(tl.int64) * s_w  # W tile transposed: (BLOCK_K, BLOCK_H)
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_j[None, :], other=0.0)
-        if CAST_F32:
-            b_h = b_h.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        b_z = tl.dot(b_h, b_w, b_z, input_precision=PRECISION, out_dtype=ACC)
+    # h_{t-1} @ W_hh[j, :]^T
+    b_z = dot_rows(h_prev, s_hp, w, s_w, 0, o_b, m_b, o_j, m_j, K, True, CAST_F32, PRECISION, ACC,
+                   BLOCK_B, BLOCK_H, BLOCK_K)
     b_z += tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     if RELU:
         b_hn = tl.maximum(b_z, 0.0)
@@ -122,25 +110,13 @@ def _rnn_bwd_step(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    if HAS_NEXT:
-        for k0 in range(0, K, BLOCK_K):
-            o_k = k0 + tl.arange(0, BLOCK_K)
-            m_k = o_k < K
-            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
-            if CAST_F32:
-                b_d = b_d.to(tl.float32)
-                b_w = b_w.to(tl.float32)
-            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_NEXT:  # dz_{t+1} @ W_hh[:, j] over the full dz rows
+        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
+                        BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     if RELU:

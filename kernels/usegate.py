@@ -56,10 +56,13 @@ from ._common import (
     check_dtype,
     check_tensor,
     dot_precision,
+    dot_rows,
+    gate_products,
     launch,
     rowmajor,
     sigmoid,
     tanh,
+    tile_offsets,
     weight_grads,
 )
 from .reference import _active, input_projection
@@ -177,40 +180,11 @@ def _usegate_fwd_gates(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    b_zn = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zi = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zf = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_zv = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    # W tile loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W_hh, columns k.
-    p_w = w + o_j[None, :].to(tl.int64) * s_w
-    gate_rows = H * s_w
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_j[None, :]
-        b_wn = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
-        b_wi = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_wf = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_wv = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        if CAST_F32:
-            b_h = b_h.to(tl.float32)
-            b_wn = b_wn.to(tl.float32)
-            b_wi = b_wi.to(tl.float32)
-            b_wf = b_wf.to(tl.float32)
-            b_wv = b_wv.to(tl.float32)
-        b_zn = tl.dot(b_h, b_wn, b_zn, input_precision=PRECISION, out_dtype=ACC)
-        b_zi = tl.dot(b_h, b_wi, b_zi, input_precision=PRECISION, out_dtype=ACC)
-        b_zf = tl.dot(b_h, b_wf, b_zf, input_precision=PRECISION, out_dtype=ACC)
-        b_zv = tl.dot(b_h, b_wv, b_zv, input_precision=PRECISION, out_dtype=ACC)
+    # h_{t-1} @ W_hh[g*H + j, :]^T for the gates N, i, f, V of this program's units
+    b_zn, b_zi, b_zf, b_zv = gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K, CAST_F32, PRECISION,
+                                           ACC, BLOCK_B, BLOCK_H, BLOCK_K)
 
     p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
     b_n = tanh(b_zn + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
@@ -256,25 +230,11 @@ def _usegate_fwd_use(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    b_a = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    p_w = w + o_j[None, :].to(tl.int64) * s_w  # W_u tile transposed: (BLOCK_K, BLOCK_H)
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_k = tl.load(k + o_b[:, None] * s_k + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_j[None, :], other=0.0)
-        if CAST_F32:
-            b_k = b_k.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        b_a = tl.dot(b_k, b_w, b_a, input_precision=PRECISION, out_dtype=ACC)
+    # k_t @ W_u[j, :]^T over the full k_t row
+    b_a = dot_rows(k, s_k, w, s_w, 0, o_b, m_b, o_j, m_j, K, True, CAST_F32, PRECISION, ACC,
+                   BLOCK_B, BLOCK_H, BLOCK_K)
     if HAS_BIAS:
         b_a += tl.load(bias + o_j, mask=m_j, other=0.0).to(ACC)[None, :]
     b_u = tanh(b_a)
@@ -311,26 +271,14 @@ def _usegate_bwd_gates(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
     # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows (full dz rows, no atomics).
-    b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     if HAS_NEXT:
-        for k0 in range(0, K, BLOCK_K):
-            o_k = k0 + tl.arange(0, BLOCK_K)
-            m_k = o_k < K
-            b_d = tl.load(dz_next + o_b[:, None] * s_dzn + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-            b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
-            if CAST_F32:
-                b_d = b_d.to(tl.float32)
-                b_w = b_w.to(tl.float32)
-            b_dh = tl.dot(b_d, b_w, b_dh, input_precision=PRECISION, out_dtype=ACC)
+        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
+                        BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
 
     p_g = gates + o_b[:, None] * s_g + o_j[None, :]
@@ -379,25 +327,11 @@ def _usegate_bwd_use(
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    i_h = tl.program_id(0)
-    i_b = tl.program_id(1)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    o_j = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    m_b = o_b < B
-    m_j = o_j < H
-    m_bj = m_b[:, None] & m_j[None, :]
+    o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
     # dk[b, j] = dc[b, j] + sum_m dzu[b, m] W_u[m, j]
-    b_dk = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_d = tl.load(dzu + o_b[:, None] * s_dzu + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        b_w = tl.load(w + o_k[:, None].to(tl.int64) * s_w + o_j[None, :], mask=m_k[:, None] & m_j[None, :], other=0.0)
-        if CAST_F32:
-            b_d = b_d.to(tl.float32)
-            b_w = b_w.to(tl.float32)
-        b_dk = tl.dot(b_d, b_w, b_dk, input_precision=PRECISION, out_dtype=ACC)
+    b_dk = dot_rows(dzu, s_dzu, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
+                    BLOCK_B, BLOCK_H, BLOCK_K)
     b_dc = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_dk += b_dc
     b_f = tl.load(gates + o_b[:, None] * s_g + 2 * H + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
