@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import _graphs
+from . import lstm_persistent as _persistent
 from ._common import (
     TileConfig,
     acc_tl_dtype,
@@ -238,10 +239,21 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
     )
 
 
+STRATEGIES = ("auto", "per_step", "persistent")
+
+
 def _check_strategy(strategy: str) -> str:
-    if strategy not in ("auto", "per_step"):
-        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
-    return "per_step"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    return strategy
+
+
+def _persistent_plan(strategy, x, H, B, has_proj):
+    """The persistent config for this layer, or None for per_step (kernels/lstm_persistent.py decides and
+    logs why at DEBUG level on the "fusedrnn" logger)."""
+    if strategy == "per_step":
+        return None
+    return _persistent.plan(strategy, device=x.device, dtype=x.dtype, H=H, B=B, has_proj=has_proj)
 
 
 def _fwd_loop(xp, w_hh, h0, c0, w_hr, lengths, store):
@@ -266,13 +278,17 @@ def _fwd_loop(xp, w_hh, h0, c0, w_hr, lengths, store):
 
 
 def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, strategy="auto"):
-    """Run the recurrence over all T steps, one fused launch per step (CUDA-graph replayed on a GPU).
+    """Run the recurrence over all T steps: one fused launch per step (CUDA-graph replayed on a GPU) or one
+    persistent launch for the whole sequence (``strategy``).
 
     Args:
         xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
         w_hh: (4H, P); h0: (B, P); c0: (B, H); w_hr: (P, H) or None; lengths: (B,) int32 or None.
         store: keep what backward needs (gates, every c_t, every r_t with proj); False under no_grad.
-        strategy: "auto" or "per_step" (the only one so far).
+        strategy: "per_step" (one fused launch per step, CUDA-graph replayed), "persistent" (one launch for
+            the whole sequence, W_hh on chip: kernels/lstm_persistent.py; falls back to per_step where it
+            does not apply, e.g. with proj_size, the reason logged at DEBUG level on the "fusedrnn" logger), or
+            "auto" (persistent where it fits on CUDA, else per_step; per_step in the interpreter).
     Returns:
         y (T, B, P), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H), gates (T, B, 4H),
         r_seq (T, B, H) or None -- the last three None when not ``store``.
@@ -294,6 +310,12 @@ def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, 
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
     xp, w_hh, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0), rowmajor(c0)
     w_hr = rowmajor(w_hr) if w_hr is not None else None
+    cfg = _persistent_plan(strategy, xp, H, B, w_hr is not None)
+    if cfg is not None:
+        try:
+            return _persistent.lstm_fwd_persistent(xp, w_hh, h0, c0, lengths, store=store, cfg=cfg)
+        except _persistent.NotCoresident as e:
+            _persistent.fallback(strategy, e)
     return _graphs.run(
         "lstm_fwd",
         lambda *a: _fwd_loop(*a, store),
@@ -331,7 +353,8 @@ def _bwd_loop(dy, dc_n, w_hh, w_hr, c0, c_seq, gates, r_seq, lengths):
 
 
 def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, lengths=None, *, strategy="auto"):
-    """Backward through time, one fused launch per step (CUDA-graph replayed on a GPU).
+    """Backward through time, one fused launch per step (CUDA-graph replayed on a GPU) or one persistent
+    launch (``strategy`` as for ``lstm_fwd_sequence``; either backward follows either forward).
 
     Args:
         dy: (T, B, P) gradient of y (the gradient of h_n must already be added at its step);
@@ -344,6 +367,13 @@ def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, l
     _check_strategy(strategy)
     dy, w_hh, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(c0)
     dc_n = rowmajor(dc_n.to(acc_torch_dtype(dy.dtype)))
+    T, B, _ = dy.shape
+    cfg = _persistent_plan(strategy, dy, gates.shape[2] // 4, B, w_hr is not None)
+    if cfg is not None:
+        try:
+            return _persistent.lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths, cfg=cfg)
+        except _persistent.NotCoresident as e:
+            _persistent.fallback(strategy, e)
     return _graphs.run(
         "lstm_bwd",
         _bwd_loop,
