@@ -25,14 +25,18 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 BACKENDS = ("auto", "triton", "reference")
-STRATEGIES = ("auto", "per_step")
+STRATEGIES = ("auto", "per_step", "persistent")
+# cells without a persistent kernel (RNN, use-gate LSTM) accept only these
+PER_STEP_STRATEGIES = ("auto", "per_step")
 
 
-def check_backend(backend: str, strategy: str) -> None:
+def check_backend(backend: str, strategy: str, strategies: tuple = PER_STEP_STRATEGIES) -> None:
+    """ValueError for an unknown backend, or a strategy not in ``strategies`` (those of the cell)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in strategies:
+        hint = " ('persistent' exists for the LSTM only)" if strategy in STRATEGIES else ""
+        raise ValueError(f"strategy must be one of {strategies}, got {strategy!r}{hint}")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -88,9 +92,10 @@ class FusedRNNBase(nn.RNNBase):
     """Base of the drop-in recurrent modules (see the module docstring)."""
 
     _has_cell = False
+    _strategies = PER_STEP_STRATEGIES  # the strategies this cell's kernels implement
 
     def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
-        check_backend(backend, strategy)
+        check_backend(backend, strategy, self._strategies)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
         self.strategy = strategy

@@ -7,6 +7,7 @@ from kernels.reference import lstm_layer_ref
 
 from . import ops
 from ._base import (
+    STRATEGIES,
     FusedRNNBase,
     check_backend,
     check_triton_dtype,
@@ -39,7 +40,11 @@ class LSTM(FusedRNNBase):
             dtype: exactly as ``torch.nn.LSTM``; a ``torch.nn.LSTM`` state_dict loads unchanged.
         backend: "auto" (fused Triton kernels on CUDA, the PyTorch reference elsewhere), "triton" (on CPU the
             Triton interpreter: slow, for tests) or "reference" (pure PyTorch, float64-capable).
-        strategy: recurrence strategy of the triton backend: "auto" or "per_step".
+        strategy: recurrence strategy of the triton backend: "per_step" (one fused launch per step),
+            "persistent" (one launch per layer and direction for the whole sequence, W_hh held on chip; see
+            kernels/lstm_persistent.py; where it does not apply, e.g. proj_size, fp64 on a GPU or H too large, it
+            runs per_step and says why at DEBUG level on the "fusedrnn" logger) or "auto" (persistent where it
+            fits on CUDA, else per_step).
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
     optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H).
@@ -47,6 +52,7 @@ class LSTM(FusedRNNBase):
     """
 
     _has_cell = True
+    _strategies = STRATEGIES
 
     def __init__(self, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
         super().__init__("LSTM", *args, backend=backend, strategy=strategy, **kwargs)
@@ -65,7 +71,7 @@ class LSTMCell(nn.RNNCellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
                  backend: str = "auto", strategy: str = "auto"):
-        check_backend(backend, strategy)
+        check_backend(backend, strategy, STRATEGIES)
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
         self.backend = backend
         self.strategy = strategy
