@@ -4,9 +4,14 @@
 # units per program (constexpr BLOCK_H), BB batch tile (BLOCK_B), P number of programs = cdiv(H, U).
 
 Why: at small batch a per-step kernel is bound by reading W_hh (4H x H) from L2 once per step plus the gaps
-between launches. Here each program loads its slice of W_hh once, before the time loop, and keeps it in
-registers (or wherever Triton puts a loop-invariant dot operand; the compile check reports registers, spills
-and shared memory) for all T steps. The programs meet at a grid-wide barrier once per step.
+between launches. Here each program loads its slice of W_hh once, before the time loop, and keeps it on chip
+for all T steps. Where: Triton (3.6) stores the loop-invariant ``tl.dot`` operand to shared memory once (the
+``local_alloc`` is hoisted out of the loop) and reads it with ldmatrix each step, so the slice lives in shared
+memory, not in registers (64 KB per program at H = 1024 in 16-bit; the compile check reports registers,
+spills and shared memory). The programs meet at a grid-wide barrier once per step.
+
+Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units (16 warps); H = 512 -> 128 of 4 (8 warps);
+H = 256 -> 64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
 
 Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U + U):
 - before the loop it loads W^T slice as one (H_PAD, 4U) tile with *gate-interleaved* columns n = 4*jj + g
@@ -15,11 +20,13 @@ Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U +
   ``tl.split`` give the four gates of its units; add xp[t], activations, cell update; write h_t into the
   per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into ``cbuf`` and the gates (as the
   per-step path stores them, so either backward can follow either forward);
-- grid barrier: ``tl.debug_barrier()`` (every thread's stores issued), one release atomic add on a step
-  counter, spin with acquire loads until the counter reaches (t+1)*P, ``tl.debug_barrier()``. The counter is
-  monotonic (zeroed by the launcher before each launch), so there is no reset inside the launch. h_{t-1} is
-  read from its own slot hbuf[t], never written before in this launch, with ``cache_modifier=".cg"`` (skips
-  L1) on top. The cell state is private to its program (own units): read back from ``cbuf`` by the program
+- grid barrier after every step (after the last too, which keeps ptxas from spilling around it):
+  ``tl.debug_barrier()`` (every thread's stores issued), one release atomic add on a step counter
+  (``red.release.gpu``), spin with acquire loads (``ld.acquire.gpu``, which also invalidates L1) until the
+  counter reaches (t+1)*P, ``tl.debug_barrier()``. The counter is monotonic (zeroed by the launcher before each
+  launch), so there is no reset inside the launch. h_{t-1} is read from its own slot hbuf[t] (a slot no program
+  read before, only its 128-byte boundary lines could be cached) and with ``cache_modifier=".cg"`` (skips L1)
+  on top. The cell state is private to its program (own units): read back from ``cbuf`` by the program
   that wrote it (slot t % NSLOT, NSLOT = T+1 when storing every c_t for backward, else 2).
 - the time loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
 
@@ -40,8 +47,8 @@ shared memory) before launching; otherwise it falls back to per_step with the re
 the ``"fusedrnn"`` logger (``decide``). All programs must run at once: a GPU shared with other work that
 occupies SMs for long can make the barrier time out (an error, never a hang).
 
-Scope (``decide``): on CUDA fp16/bf16 up to H = 1024, fp32 up to H = 512 (the compile-checked configs of
-``CONFIGS``), fp64 never; no proj_size (h_t = r_t @ W_hr^T needs the whole r_t row: a second product per
+Scope (``decide``): on CUDA fp16/bf16 up to H = 1024, fp32 up to H = 512, fp64 up to H = 128 (the
+compile-checked configs of ``CONFIGS``; fewer SMs than programs -> per_step); no proj_size (h_t = r_t @ W_hr^T needs the whole r_t row: a second product per
 step). PackedSequence lengths are supported (finished rows keep their state and output zeros). Anything else
 runs per_step: ``strategy="auto"`` silently (reason at DEBUG level), an explicit ``strategy="persistent"`` too,
 with the reason logged at DEBUG level (persistent is a performance strategy, never a semantic one, so a
@@ -49,8 +56,13 @@ fallback is always correct).
 
 Interpreter (``TRITON_INTERPRET=1``): programs run one after another, so a many-program barrier would time out.
 There one program owns every unit (U = H_PAD), the counter reaches (t+1)*1 on its own arrival and the spin
-loop does no iteration: the same kernel source is tested for its math. The many-program kernels are checked by
-the compile check (sm_90a and sm_80, H_PAD = 256, 512, 1024, 0 spills).
+loop does no iteration: the same kernel source is tested for its math ("auto" runs per_step there; only an
+explicit "persistent" runs this). The many-program kernels are checked by the compile check (sm_90a and
+sm_80, both alignments, every config of ``CONFIGS``, 0 spills).
+
+Not verified without a GPU: co-residency at run time (``_check_coresident`` reads ``n_regs`` and shared
+memory of the compiled kernel; any failure there means per_step), the barrier under real concurrency, and
+speed. The flag check reads one int after each launch (a host sync per layer and direction).
 """
 from __future__ import annotations
 
