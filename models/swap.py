@@ -6,6 +6,7 @@ import warnings
 import torch
 from torch import nn
 
+from ._base import PER_STEP_STRATEGIES, STRATEGIES, check_backend
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 
@@ -38,15 +39,19 @@ def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -
 
     Args:
         model: any nn.Module.
-        backend, strategy: passed to the new modules.
+        backend, strategy: passed to the new modules. A strategy only the LSTM has ("persistent") is passed
+            to the LSTMs only; the RNNs get "auto" (their kernels have no persistent variant).
     Returns:
         The model (a new module when ``model`` itself was an nn.LSTM/RNN/cell; otherwise the same object).
     """
 
+    check_backend(backend, strategy, STRATEGIES)
+
     def convert(m: nn.Module) -> nn.Module:
         cls, cfg = _config(m)
         p = next(m.parameters())
-        new = cls(**cfg, device=p.device, dtype=p.dtype, backend=backend, strategy=strategy)
+        strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell) else "auto"
+        new = cls(**cfg, device=p.device, dtype=p.dtype, backend=backend, strategy=strat)
         with torch.no_grad():
             new.load_state_dict(m.state_dict())
         for name, param in m.named_parameters():

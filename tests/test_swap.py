@@ -84,3 +84,11 @@ def test_swap_warns_on_subclass():
         warnings.simplefilter("always")
         swap_rnns(model)
     assert type(model[0]) is MyLSTM and any("subclass" in str(x.message) for x in w)
+
+
+def test_persistent_strategy_goes_to_lstms_only():
+    model = nn.Sequential(nn.LSTM(3, 4), nn.RNN(4, 4), nn.RNNCell(4, 4))
+    swap_rnns(model, strategy="persistent")
+    assert model[0].strategy == "persistent" and model[1].strategy == "auto" and model[2].strategy == "auto"
+    with pytest.raises(ValueError, match="strategy"):
+        swap_rnns(nn.Sequential(nn.LSTM(3, 4)), strategy="fastest")
