@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no new row after this (the rest waits for a rerun)")
     p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
+    p.add_argument("--plot", action="store_true",
+                   help="draw the plots from the CSV when done (python -m experiments.plot CSV): next to the CSV, "
+                        "or under scratch/ for a CPU run")
     return p
 
 
@@ -360,7 +363,7 @@ def main(argv=None) -> int:
     print(f"sweep '{grid}' on {device.type}: {len(jobs)} rows in the grid, {len(jobs) - len(todo)} already in "
           f"{out}, {len(todo)} to run; backends {', '.join(names)}", file=sys.stderr)
     if not todo:
-        return 0
+        return _finish(args, out)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     t_start = time.perf_counter()
@@ -397,6 +400,15 @@ def main(argv=None) -> int:
         return 130
     bar.close()
     print(f"wrote {written} rows ({errors} with errors) to {out}", file=sys.stderr)
+    return _finish(args, out)
+
+
+def _finish(args, out) -> int:
+    """After a completed sweep: the plots when ``--plot`` was given."""
+    if args.plot:
+        from . import plot
+
+        return plot.main([str(out)])
     return 0
 
 

@@ -54,6 +54,12 @@ def test_smoke_sweep_every_column_and_rerun_adds_nothing(tmp_path, capsys):
     assert len(_rows(out)[1]) == len(rows)
     assert "0 to run" in capsys.readouterr().err
 
+    # --plot: nothing left to run, the figures are drawn next to the CSV
+    assert sweep.main(argv + ["--plot"]) == 0
+    assert len(_rows(out)[1]) == len(rows)
+    for name in ("heatmap_speedup_fp32_fwd.png", "ms_vs_B_fp32_fwdbwd.png", "floor_fraction_fp32_fwd.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
+
 
 def _boom_build(ref, strategy):
     raise RuntimeError("deliberate failure for the test")
