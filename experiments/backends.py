@@ -9,6 +9,7 @@ TRITON_INTERPRET on a machine without CUDA.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -98,7 +99,41 @@ def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
         y, (h, c) = m(x, (h0, c0))
         return y, h, c
 
+    if strategy not in ("", "auto", "per_step"):
+        run = _no_fallback(run, strategy)
     return Built(run, dict(m.named_parameters()))
+
+
+class _FallbackSeen(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.reasons: list[str] = []
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if "runs per_step" in msg:
+            self.reasons.append(msg)
+
+
+def _no_fallback(run, strategy: str):
+    """Wrap ``run`` so that a strategy that falls back to per_step (fusedrnn logs the reason on its "fusedrnn"
+    logger) raises instead: its row then carries the reason as an error rather than per_step timings under
+    the wrong strategy name."""
+    def checked(x, h0, c0):
+        log = logging.getLogger("fusedrnn")
+        seen, level = _FallbackSeen(), log.level
+        log.addHandler(seen)
+        log.setLevel(logging.DEBUG)
+        try:
+            out = run(x, h0, c0)
+        finally:
+            log.removeHandler(seen)
+            log.setLevel(level)
+        if seen.reasons:
+            raise RuntimeError(f"strategy {strategy!r} not applicable here: {seen.reasons[0]}")
+        return out
+
+    return checked
 
 
 register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategies=_fusedrnn_strategies,

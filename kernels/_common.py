@@ -91,8 +91,10 @@ INTERPRETER_CONFIG = TileConfig(16, 16, 16, 4, 1)
 
 
 def prune_by_batch(configs, named_args, **kwargs):
-    """Drop batch tiles far larger than the batch (all-masked rows are wasted registers)."""
-    B = named_args["B"]
+    """Drop batch tiles far larger than the batch (all-masked rows are wasted registers). The autotuner
+    passes positional arguments in ``named_args`` and keyword arguments in ``kwargs`` (our launchers use
+    keywords), so B is looked up in both."""
+    B = {**named_args, **kwargs}["B"]
     need = max(16, triton.next_power_of_2(B))
     kept = [c for c in configs if c.kwargs["BLOCK_B"] <= need]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_B"])]
@@ -120,13 +122,15 @@ def per_group(configs) -> dict:
     return {g: list(configs) for g in DTYPE_GROUPS}
 
 
-def autotuned(kernel, configs):
+def autotuned(kernel, configs, key=("B", "H", "K")):
     """Autotuned twins of a step kernel, one per dtype group, keyed on the sizes but never on T or t.
-    ``configs``: a list of TileConfig (every dtype) or a dict {group: list} (see ``DTYPE_GROUPS``)."""
+    ``configs``: a list of TileConfig (every dtype) or a dict {group: list} (see ``DTYPE_GROUPS``). ``key``:
+    the arguments whose values select a tuning; add a constexpr that changes the work (a backward step's
+    HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the cheap variant."""
     return {
         g: triton.autotune(
             configs=[c.as_triton() for c in cfgs],
-            key=["B", "H", "K"],
+            key=list(key),
             prune_configs_by={"early_config_prune": prune_by_batch},
         )(kernel)
         for g, cfgs in per_group(configs).items()

@@ -193,7 +193,7 @@ def _lstm_bwd_step(
 
 
 _lstm_fwd_step_tuned = autotuned(_lstm_fwd_step, FWD_CONFIGS)
-_lstm_bwd_step_tuned = autotuned(_lstm_bwd_step, BWD_CONFIGS)
+_lstm_bwd_step_tuned = autotuned(_lstm_bwd_step, BWD_CONFIGS, key=("B", "H", "K", "HAS_NEXT"))
 
 
 def _grid(B, H):

@@ -130,7 +130,7 @@ def _rnn_bwd_step(
 
 
 _rnn_fwd_step_tuned = autotuned(_rnn_fwd_step, FWD_CONFIGS)
-_rnn_bwd_step_tuned = autotuned(_rnn_bwd_step, BWD_CONFIGS)
+_rnn_bwd_step_tuned = autotuned(_rnn_bwd_step, BWD_CONFIGS, key=("B", "H", "K", "HAS_NEXT"))
 
 
 def _grid(B, H):

@@ -348,7 +348,7 @@ def _usegate_bwd_use(
 
 _usegate_fwd_gates_tuned = autotuned(_usegate_fwd_gates, FWD_CONFIGS)
 _usegate_fwd_use_tuned = autotuned(_usegate_fwd_use, FWD_USE_CONFIGS)
-_usegate_bwd_gates_tuned = autotuned(_usegate_bwd_gates, BWD_CONFIGS)
+_usegate_bwd_gates_tuned = autotuned(_usegate_bwd_gates, BWD_CONFIGS, key=("B", "H", "K", "HAS_NEXT"))
 _usegate_bwd_use_tuned = autotuned(_usegate_bwd_use, BWD_USE_CONFIGS)
 
 

@@ -137,8 +137,8 @@ def test_dropout_between_layers_only_in_training():
 
 def test_triton_dropout_training_step_runs_and_differs_from_eval():
     torch.manual_seed(4)
-    m = LSTM(3, 16, num_layers=2, dropout=0.6, dtype=torch.float64, backend="triton").train()
-    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    m = LSTM(3, 16, num_layers=2, dropout=0.6, dtype=torch.float64, backend="triton", device=DEVICE).train()
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
     y, (h, c) = m(x)
     (y.sum() + c.sum()).backward()
     assert torch.isfinite(x.grad).all()

@@ -82,7 +82,7 @@ def test_backward_ops_opcheck():
 
 def test_no_grad_saves_nothing_and_matches():
     torch.manual_seed(5)
-    m = LSTM(3, 5, dtype=torch.float64, backend="triton")
+    m = LSTM(3, 5, dtype=torch.float64, backend="triton", device=DEVICE)
     x = rand(4, 2, 3)
     with torch.no_grad():
         y0, (h0, c0) = m(x)
@@ -94,7 +94,7 @@ def test_no_grad_saves_nothing_and_matches():
 
 
 def test_double_backward_raises_clear_error():
-    m = LSTM(3, 4, dtype=torch.float64, backend="triton")
+    m = LSTM(3, 4, dtype=torch.float64, backend="triton", device=DEVICE)
     x = rand(2, 2, 3, requires_grad=True)
     y, _ = m(x)
     (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
@@ -121,9 +121,9 @@ class _Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.rnn = LSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True, backend="triton",
-                        dtype=torch.float64)
-        self.cell = models.RNNCell(16, 5, backend="triton", dtype=torch.float64)
-        self.head = torch.nn.Linear(5, 2, dtype=torch.float64)
+                        dtype=torch.float64, device=DEVICE)
+        self.cell = models.RNNCell(16, 5, backend="triton", dtype=torch.float64, device=DEVICE)
+        self.head = torch.nn.Linear(5, 2, dtype=torch.float64, device=DEVICE)
 
     def forward(self, x):
         y, (h, c) = self.rnn(x)
@@ -157,7 +157,7 @@ def test_torch_compile_fullgraph_dynamic_no_recompile():
 def test_torch_compile_inductor_matches_eager():
     torch._dynamo.reset()
     torch.manual_seed(8)
-    m = RNN(3, 6, backend="triton", dtype=torch.float64)
+    m = RNN(3, 6, backend="triton", dtype=torch.float64, device=DEVICE)
     x = rand(4, 2, 3, requires_grad=True)
     y, h = torch.compile(m, fullgraph=True)(x)
     y_e, h_e = m(x)

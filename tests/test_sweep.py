@@ -186,3 +186,16 @@ def test_floor_and_flops():
     assert floor_ms(small, torch.float16, "fwdbwd", peaks, True) > 2 * f
     assert lstm_flops(small, "fwd") == 8 * 16 * 1024 * 1024 * 2048
     assert lstm_flops(small, "fwdbwd") == 3 * lstm_flops(small, "fwd")
+
+
+def test_strategy_fallback_becomes_an_error_not_a_mislabelled_row():
+    import logging
+
+    def run(x, h0, c0):
+        logging.getLogger("fusedrnn").debug("fusedrnn: LSTM strategy=%r runs per_step: %s", "persistent", "H > 1024")
+        return x, h0, c0
+
+    with pytest.raises(RuntimeError, match="not applicable here.*H > 1024"):
+        bk._no_fallback(run, "persistent")(1, 2, 3)
+    assert bk._no_fallback(lambda x, h, c: (x, h, c), "persistent")(1, 2, 3) == (1, 2, 3)
+    assert logging.getLogger("fusedrnn").level == logging.NOTSET

@@ -1,0 +1,34 @@
+"""The GPU launch path's autotuner setup, checked without a GPU: config pruning sees the batch size however
+the launcher passes it, and backward kernels are tuned per HAS_NEXT (the first backward step has no product)."""
+import pytest
+import triton
+
+from kernels import lstm, rnn, usegate
+from kernels._common import DTYPE_GROUPS, TileConfig, prune_by_batch
+
+
+CONFIGS = [TileConfig(b, 32, 64, 4, 2).as_triton() for b in (16, 32, 64)]
+
+
+@pytest.mark.parametrize("B,kept", [(1, [16]), (16, [16]), (20, [16, 32]), (64, [16, 32, 64]), (500, [16, 32, 64])])
+def test_prune_by_batch_reads_keyword_or_positional_B(B, kept):
+    # triton's Autotuner.run passes positional args as named_args and keyword args (ours) as **kwargs
+    by_kw = prune_by_batch(CONFIGS, {}, B=B, H=64, K=64)
+    by_pos = prune_by_batch(CONFIGS, {"B": B, "H": 64})
+    assert [c.kwargs["BLOCK_B"] for c in by_kw] == kept == [c.kwargs["BLOCK_B"] for c in by_pos]
+
+
+@pytest.mark.parametrize("tuned", [lstm._lstm_bwd_step_tuned, rnn._rnn_bwd_step_tuned, usegate._usegate_bwd_gates_tuned],
+                         ids=["lstm", "rnn", "usegate"])
+def test_backward_autotuners_key_on_has_next(tuned):
+    assert set(tuned) == set(DTYPE_GROUPS)
+    for group, t in tuned.items():
+        assert isinstance(t, triton.runtime.autotuner.Autotuner)
+        assert list(t.keys) == ["B", "H", "K", "HAS_NEXT"], group
+        assert all(k in t.arg_names for k in t.keys)
+
+
+def test_forward_autotuners_key_on_sizes():
+    for t in list(lstm._lstm_fwd_step_tuned.values()) + list(rnn._rnn_fwd_step_tuned.values()):
+        assert list(t.keys) == ["B", "H", "K"]
+        assert all(k in t.arg_names for k in t.keys)
