@@ -32,8 +32,8 @@ fi
 COMMON=(--dtypes fp16,bf16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,torch_loop,flashrnn --rep-ms 60)
 
 stage_tests() {
-  say "pytest (limit 420 s; compile check deselected: it needs no GPU and runs in CI)"
-  timeout 420 python -m pytest -q --maxfail=20 --deselect tests/test_compile_check.py \
+  say "pytest (limit 420 s; FUSEDRNN_AUTOTUNE=0: first config per dtype group; compile check deselected: it needs no GPU and runs in CI)"
+  FUSEDRNN_AUTOTUNE=0 timeout 420 python -m pytest -q --maxfail=20 --deselect tests/test_compile_check.py \
     -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
   say "pytest exit $? (124 = time limit); tail:"; tail -n 8 "$OUT/pytest.log" >> "$LOG"
 }

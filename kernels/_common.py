@@ -139,13 +139,23 @@ def autotuned(kernel, configs, key=("B", "H", "K")):
 
 def launch(kernel, tuned, grid_fn, **kwargs):
     """Launch with the fixed interpreter config, or on a GPU through the autotuner of the dtype group of
-    the weight argument ``w`` (every step kernel has one)."""
+    the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
+    with that group's first config instead (no benchmarking: faster test runs)."""
     if interpreting():
         c = INTERPRETER_CONFIG
         meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
+    elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
+        c = fixed_config(tuned[dtype_group(kwargs["w"].dtype)], kwargs)
+        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
     else:
         tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs)
+
+
+def fixed_config(autotuner, kwargs) -> triton.Config:
+    """The config used without autotuning (``FUSEDRNN_AUTOTUNE=0``, e.g. a quick GPU test run): the first of
+    the autotuner's list that survives the batch pruning (every entry is compile-checked)."""
+    return prune_by_batch(list(autotuner.configs), {}, **kwargs)[0]
 
 
 def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None) -> list[dict]:

@@ -32,3 +32,13 @@ def test_forward_autotuners_key_on_sizes():
     for t in list(lstm._lstm_fwd_step_tuned.values()) + list(rnn._rnn_fwd_step_tuned.values()):
         assert list(t.keys) == ["B", "H", "K"]
         assert all(k in t.arg_names for k in t.keys)
+
+
+def test_fixed_config_without_autotuning_is_a_listed_config():
+    from kernels._common import fixed_config
+
+    t = lstm._lstm_fwd_step_tuned["16bit"]
+    c = fixed_config(t, dict(B=3, H=64, K=64))
+    assert c in t.configs and c.kwargs["BLOCK_B"] == 16
+    t64 = lstm._lstm_bwd_step_tuned["fp64"]
+    assert fixed_config(t64, dict(B=100, H=8, K=32)) in t64.configs
