@@ -277,3 +277,57 @@ def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
         z2 = _dot_in(b_h, b_w2, z2, CAST_F32, PRECISION, ACC)
         z3 = _dot_in(b_h, b_w3, z3, CAST_F32, PRECISION, ACC)
     return z0, z1, z2, z3
+
+
+@triton.jit
+def store_blocks(p, H, b0, b1, b2, b3, mask):
+    """Store four (BLOCK_B, BLOCK_H) tiles at ``p``, ``p + H``, ``p + 2H``, ``p + 3H`` (the gate blocks of a
+    (B, 4H) row), cast to ``p``'s element type."""
+    ty = p.dtype.element_ty
+    tl.store(p, b0.to(ty), mask=mask)
+    tl.store(p + H, b1.to(ty), mask=mask)
+    tl.store(p + 2 * H, b2.to(ty), mask=mask)
+    tl.store(p + 3 * H, b3.to(ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# The LSTM cell's pointwise work (shared/MATH.md), shared by the per-step and the persistent kernels.
+# With HAS_LENGTHS, a row whose sequence has ended (t >= lengths[b]) does not move at step t.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def lstm_cell_fwd(z_i, z_f, z_g, z_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+    """From the gate pre-activations (input projection included) and c_{t-1}: the activated gates i, f, g, o,
+    c_t and h_t = o * tanh(c_t). A finished row keeps its cell state and outputs zeros."""
+    b_i = sigmoid(z_i)
+    b_f = sigmoid(z_f)
+    b_g = tanh(z_g)
+    b_o = sigmoid(z_o)
+    b_c = b_f * c_prev + b_i * b_g
+    b_h = b_o * tanh(b_c)
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_c = tl.where(m_act, b_c, c_prev)
+        b_h = tl.where(m_act, b_h, 0.0)
+    return b_i, b_f, b_g, b_o, b_c, b_h
+
+
+@triton.jit
+def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+    """Backward of one step's pointwise work given dh_t, the saved gates, c_t, c_{t-1} and the gradient dc_in
+    reaching c_t from step t+1: returns (dz_i, dz_f, dz_g, dz_o, dc_{t-1}). A finished row gets no gate
+    gradient and passes dc_in through unchanged."""
+    tc = tanh(c)
+    dc = dc_in + dh * b_o * (1.0 - tc * tc)
+    dz_i = dc * b_g * b_i * (1.0 - b_i)
+    dz_f = dc * c_prev * b_f * (1.0 - b_f)
+    dz_g = dc * b_i * (1.0 - b_g * b_g)
+    dz_o = dh * tc * b_o * (1.0 - b_o)
+    dc_prev = dc * b_f
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        dz_i = tl.where(m_act, dz_i, 0.0)
+        dz_f = tl.where(m_act, dz_f, 0.0)
+        dz_g = tl.where(m_act, dz_g, 0.0)
+        dz_o = tl.where(m_act, dz_o, 0.0)
+        dc_prev = tl.where(m_act, dc_prev, dc_in)
+    return dz_i, dz_f, dz_g, dz_o, dc_prev

@@ -34,13 +34,14 @@ from ._common import (
     check_tensor,
     dot_rows,
     gate_products,
+    lstm_cell_bwd,
+    lstm_cell_fwd,
     compile_check_entries,
     dot_precision,
     weight_grads,
     launch,
     rowmajor,
-    sigmoid,
-    tanh,
+    store_blocks,
     tile_offsets,
 )
 from .reference import input_projection
@@ -101,27 +102,16 @@ def _lstm_fwd_step(
                                            ACC, BLOCK_B, BLOCK_H, BLOCK_K)
 
     p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
-    b_i = sigmoid(b_zi + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
-    b_f = sigmoid(b_zf + tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC))
-    b_g = tanh(b_zg + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
-    b_o = sigmoid(b_zo + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
+    b_zi += tl.load(p_x, mask=m_bj, other=0.0).to(ACC)
+    b_zf += tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC)
+    b_zg += tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC)
+    b_zo += tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC)
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    b_c = b_f * b_cp + b_i * b_g
-    b_r = b_o * tanh(b_c)
-    if HAS_LENGTHS:
-        # finished sequences keep their state and output zeros
-        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-        b_c = tl.where(m_act, b_c, b_cp)
-        b_r = tl.where(m_act, b_r, 0.0)
+    b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(b_zi, b_zf, b_zg, b_zo, b_cp, lengths, t, o_b, m_b, HAS_LENGTHS)
     tl.store(c_out + o_b[:, None] * s_co + o_j[None, :], b_c, mask=m_bj)
     tl.store(r_out + o_b[:, None] * s_r + o_j[None, :], b_r.to(r_out.dtype.element_ty), mask=m_bj)
     if STORE_GATES:
-        p_g = gates + o_b[:, None] * s_g + o_j[None, :]
-        gty = gates.dtype.element_ty
-        tl.store(p_g, b_i.to(gty), mask=m_bj)
-        tl.store(p_g + H, b_f.to(gty), mask=m_bj)
-        tl.store(p_g + 2 * H, b_g.to(gty), mask=m_bj)
-        tl.store(p_g + 3 * H, b_o.to(gty), mask=m_bj)
+        store_blocks(gates + o_b[:, None] * s_g + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -168,28 +158,10 @@ def _lstm_bwd_step(
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_dcin = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
 
-    b_tc = tanh(b_c)
-    b_dc = b_dcin + b_dh * b_o * (1.0 - b_tc * b_tc)
-    b_dzi = b_dc * b_g * b_i * (1.0 - b_i)
-    b_dzf = b_dc * b_cp * b_f * (1.0 - b_f)
-    b_dzg = b_dc * b_i * (1.0 - b_g * b_g)
-    b_dzo = b_dh * b_tc * b_o * (1.0 - b_o)
-    b_dcp = b_dc * b_f
-    if HAS_LENGTHS:
-        # a finished sequence did not move at step t: no gate gradient, dc passes through unchanged
-        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-        b_dzi = tl.where(m_act, b_dzi, 0.0)
-        b_dzf = tl.where(m_act, b_dzf, 0.0)
-        b_dzg = tl.where(m_act, b_dzg, 0.0)
-        b_dzo = tl.where(m_act, b_dzo, 0.0)
-        b_dcp = tl.where(m_act, b_dcp, b_dcin)
+    b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, b_dcin, lengths, t, o_b,
+                                                      m_b, HAS_LENGTHS)
     tl.store(dc_out + o_b[:, None] * s_dco + o_j[None, :], b_dcp, mask=m_bj)
-    p_dz = dz + o_b[:, None] * s_dz + o_j[None, :]
-    dty = dz.dtype.element_ty
-    tl.store(p_dz, b_dzi.to(dty), mask=m_bj)
-    tl.store(p_dz + H, b_dzf.to(dty), mask=m_bj)
-    tl.store(p_dz + 2 * H, b_dzg.to(dty), mask=m_bj)
-    tl.store(p_dz + 3 * H, b_dzo.to(dty), mask=m_bj)
+    store_blocks(dz + o_b[:, None] * s_dz + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo, m_bj)
 
 
 _lstm_fwd_step_tuned = autotuned(_lstm_fwd_step, FWD_CONFIGS)

@@ -82,8 +82,9 @@ from ._common import (
     dot_precision,
     dtype_group,
     interpreting,
-    sigmoid,
-    tanh,
+    lstm_cell_bwd,
+    lstm_cell_fwd,
+    store_blocks,
 )
 
 log = logging.getLogger("fusedrnn")
@@ -170,28 +171,19 @@ def _lstm_fwd_persistent(
             z_f, z_o = tl.split(z_odd)
 
             p_x = xp + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :]
-            b_i = sigmoid(z_i + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
-            b_f = sigmoid(z_f + tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC))
-            b_g = tanh(z_g + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
-            b_o = sigmoid(z_o + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
+            z_i += tl.load(p_x, mask=m_bj, other=0.0).to(ACC)
+            z_f += tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC)
+            z_g += tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC)
+            z_o += tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC)
             o_bj = o_b[:, None] * H + o_j[None, :]
             b_cp = tl.load(cbuf + slot_prev * s_t + o_bj, mask=m_bj, other=0.0)
-            b_c = b_f * b_cp + b_i * b_g
-            b_r = b_o * tanh(b_c)
-            if HAS_LENGTHS:
-                # finished sequences keep their state and output zeros
-                m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-                b_c = tl.where(m_act, b_c, b_cp)
-                b_r = tl.where(m_act, b_r, 0.0)
+            b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(z_i, z_f, z_g, z_o, b_cp, lengths, t, o_b, m_b,
+                                                         HAS_LENGTHS)
             tl.store(cbuf + slot_next * s_t + o_bj, b_c, mask=m_bj)
             tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
             if STORE_GATES:
-                p_g = gates + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :]
-                gty = gates.dtype.element_ty
-                tl.store(p_g, b_i.to(gty), mask=m_bj)
-                tl.store(p_g + H, b_f.to(gty), mask=m_bj)
-                tl.store(p_g + 2 * H, b_g.to(gty), mask=m_bj)
-                tl.store(p_g + 3 * H, b_o.to(gty), mask=m_bj)
+                store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :], H, b_i, b_f, b_g, b_o,
+                             m_bj)
         alive = _grid_barrier(counter, flag, (t + 1) * nprog, spin_cap, alive)
 
 
@@ -280,28 +272,11 @@ def _lstm_bwd_persistent(
             b_cp += tl.load(c0 + o_bj, mask=m_bj & (t == 0), other=0.0).to(ACC)
             b_dcin = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0).to(ACC)
 
-            b_tc = tanh(b_c)
-            b_dc = b_dcin + b_dh * b_o * (1.0 - b_tc * b_tc)
-            b_dzi = b_dc * b_g * b_i * (1.0 - b_i)
-            b_dzf = b_dc * b_cp * b_f * (1.0 - b_f)
-            b_dzg = b_dc * b_i * (1.0 - b_g * b_g)
-            b_dzo = b_dh * b_tc * b_o * (1.0 - b_o)
-            b_dcp = b_dc * b_f
-            if HAS_LENGTHS:
-                # a finished sequence did not move at step t: no gate gradient, dc passes through unchanged
-                m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-                b_dzi = tl.where(m_act, b_dzi, 0.0)
-                b_dzf = tl.where(m_act, b_dzf, 0.0)
-                b_dzg = tl.where(m_act, b_dzg, 0.0)
-                b_dzo = tl.where(m_act, b_dzo, 0.0)
-                b_dcp = tl.where(m_act, b_dcp, b_dcin)
+            b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, b_dcin, lengths,
+                                                              t, o_b, m_b, HAS_LENGTHS)
             tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, b_dcp, mask=m_bj)
-            p_dz = dz + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :]
-            dty = dz.dtype.element_ty
-            tl.store(p_dz, b_dzi.to(dty), mask=m_bj)
-            tl.store(p_dz + H, b_dzf.to(dty), mask=m_bj)
-            tl.store(p_dz + 2 * H, b_dzg.to(dty), mask=m_bj)
-            tl.store(p_dz + 3 * H, b_dzo.to(dty), mask=m_bj)
+            store_blocks(dz + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo,
+                         m_bj)
         alive = _grid_barrier(counter, flag, (step + 1) * nprog, spin_cap, alive)
 
 

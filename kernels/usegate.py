@@ -61,6 +61,7 @@ from ._common import (
     launch,
     rowmajor,
     sigmoid,
+    store_blocks,
     tanh,
     tile_offsets,
     weight_grads,
@@ -201,12 +202,7 @@ def _usegate_fwd_gates(
         b_k = tl.where(m_act, b_k, 0.0)
     tl.store(c_out + o_b[:, None] * s_co + o_j[None, :], b_c, mask=m_bj)
     tl.store(k_out + o_b[:, None] * s_k + o_j[None, :], b_k.to(k_out.dtype.element_ty), mask=m_bj)
-    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
-    gty = gates.dtype.element_ty
-    tl.store(p_g, b_n.to(gty), mask=m_bj)
-    tl.store(p_g + H, b_i.to(gty), mask=m_bj)
-    tl.store(p_g + 2 * H, b_f.to(gty), mask=m_bj)
-    tl.store(p_g + 3 * H, b_v.to(gty), mask=m_bj)
+    store_blocks(gates + o_b[:, None] * s_g + o_j[None, :], H, b_n, b_i, b_f, b_v, m_bj)
 
 
 @triton.jit(do_not_specialize=["t"])
