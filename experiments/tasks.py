@@ -539,6 +539,18 @@ CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_AL
 COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green"}
 
 
+def _save(fig, out: str, name: str, title: str) -> str:
+    """Title, lay out, write ``out/name`` and close the figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    p = os.path.join(out, name)
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
 def plot(out: str) -> list[str]:
     """Draw every PNG of a study from ``out``/curves.csv and gradnorm.csv (nothing else). Returns the paths."""
     import matplotlib
@@ -583,12 +595,7 @@ def plot(out: str) -> list[str]:
         axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
         axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
         axes[0, 0].legend(fontsize=8)
-        fig.suptitle(f"{task}: learning curves\n{sub}", fontsize=9)
-        fig.tight_layout()
-        p = os.path.join(out, f"curves_{task}.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out, f"curves_{task}.png", f"{task}: learning curves\n{sub}"))
 
     # final score vs T
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
@@ -614,12 +621,7 @@ def plot(out: str) -> list[str]:
         ax.set_title(task)
         ax.set_ylabel("final eval accuracy")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"final score vs sequence length\n{sub}", fontsize=9)
-    fig.tight_layout()
-    p = os.path.join(out, "final_vs_T.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}"))
 
     grows = _read_csv(os.path.join(out, "gradnorm.csv"))
     if grows:
@@ -637,12 +639,8 @@ def plot(out: str) -> list[str]:
             ax.set_xlabel("distance from the loss, T-1-t (steps)")
         axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
         axes[0, 0].legend(fontsize=8)
-        fig.suptitle(f"gradient reaching h_t from the loss at the last step\n{sub}", fontsize=9)
-        fig.tight_layout()
-        p = os.path.join(out, "gradnorm.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out, "gradnorm.png",
+                           f"gradient reaching h_t from the loss at the last step\n{sub}"))
     return paths
 
 
