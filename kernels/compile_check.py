@@ -434,9 +434,12 @@ def max_registers(rows: list[dict]) -> dict:
 
 
 def write_csv(path: str, results: list[Result]):
+    """One row per compile, each with its provenance: triton version, git commit, date (UTC)."""
     import triton
 
-    cols = [k for k in asdict(results[0]) if k != "extra"] + ["triton"]
+    prov = dict(triton=triton.__version__, commit=_git_commit(),
+                date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    cols = [k for k in asdict(results[0]) if k != "extra"] + list(prov)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -444,7 +447,7 @@ def write_csv(path: str, results: list[Result]):
         for r in results:
             d = asdict(r)
             d.pop("extra")
-            w.writerow(dict(d, triton=triton.__version__))
+            w.writerow(dict(d, **prov))
 
 
 def _git_commit() -> str:

@@ -37,6 +37,7 @@ def test_every_config_compiles_without_spills(table):
             for r in bad) + proc.stdout[-3000:] + proc.stderr[-3000:]
     )
     for r in rows:
+        assert r["triton"] and r["commit"] and r["date"], "row without provenance"
         assert int(r["spill_bytes"]) == 0 and int(r["shared_bytes"]) <= int(r["shared_limit"])
         assert 0 < int(r["registers"]) <= 255
 
