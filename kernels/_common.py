@@ -158,14 +158,17 @@ def fixed_config(autotuner, kwargs) -> triton.Config:
     return prune_by_batch(list(autotuner.configs), {}, **kwargs)[0]
 
 
-def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None) -> list[dict]:
+def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None,
+                          aligns: tuple | None = None) -> list[dict]:
     """``COMPILE_CHECK`` entries (kernels/compile_check.py) for a kernel: one per dtype group, each with
-    the configs that group may run."""
+    the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both)."""
     out = []
     for g, cfgs in per_group(configs).items():
         e = dict(kernel=kernel, configs=cfgs, args=args, constexprs=constexprs, dtypes=DTYPE_GROUPS[g])
         if name:
             e["name"] = name
+        if aligns:
+            e["aligns"] = tuple(aligns)
         out.append(e)
     return out
 

@@ -220,12 +220,12 @@ def _check_strategy(strategy: str) -> str:
     return strategy
 
 
-def _persistent_plan(strategy, x, H, B, has_proj):
+def _persistent_plan(strategy, x, H, B, has_proj, kind):
     """The persistent config for this layer, or None for per_step (kernels/lstm_persistent.py decides and
     logs why at DEBUG level on the "fusedrnn" logger)."""
     if strategy == "per_step":
         return None
-    return _persistent.plan(strategy, device=x.device, dtype=x.dtype, H=H, B=B, has_proj=has_proj)
+    return _persistent.plan(strategy, device=x.device, dtype=x.dtype, H=H, B=B, has_proj=has_proj, kind=kind)
 
 
 def _fwd_loop(xp, w_hh, h0, c0, w_hr, lengths, store):
@@ -282,11 +282,11 @@ def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, 
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
     xp, w_hh, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0), rowmajor(c0)
     w_hr = rowmajor(w_hr) if w_hr is not None else None
-    cfg = _persistent_plan(strategy, xp, H, B, w_hr is not None)
+    cfg = _persistent_plan(strategy, xp, H, B, w_hr is not None, "fwd")
     if cfg is not None:
         try:
             return _persistent.lstm_fwd_persistent(xp, w_hh, h0, c0, lengths, store=store, cfg=cfg)
-        except _persistent.NotCoresident as e:
+        except _persistent.Fallback as e:
             _persistent.fallback(strategy, e)
     return _graphs.run(
         "lstm_fwd",
@@ -340,11 +340,11 @@ def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, l
     dy, w_hh, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(c0)
     dc_n = rowmajor(dc_n.to(acc_torch_dtype(dy.dtype)))
     T, B, _ = dy.shape
-    cfg = _persistent_plan(strategy, dy, gates.shape[2] // 4, B, w_hr is not None)
+    cfg = _persistent_plan(strategy, dy, gates.shape[2] // 4, B, w_hr is not None, "bwd")
     if cfg is not None:
         try:
             return _persistent.lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths, cfg=cfg)
-        except _persistent.NotCoresident as e:
+        except _persistent.Fallback as e:
             _persistent.fallback(strategy, e)
     return _graphs.run(
         "lstm_bwd",

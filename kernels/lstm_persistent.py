@@ -1,68 +1,72 @@
 """Persistent whole-sequence LSTM kernels: one launch per layer and direction, W_hh held on chip across steps.
 
-# B batch, T steps, H hidden, H_PAD = next power of two >= H (the dot depth, constexpr BLOCK_K), U hidden
-# units per program (constexpr BLOCK_H), BB batch tile (BLOCK_B), P number of programs = cdiv(H, U).
+# B batch, T steps, H hidden, H_PAD = next power of two >= H (constexpr BLOCK_K), U hidden units per program
+# (constexpr BLOCK_H), BB batch tile (BLOCK_B), S K slices of each dot (SPLIT_K, one per warp), KS = H_PAD / S,
+# P number of programs = cdiv(H, U).
 
 Why: at small batch a per-step kernel is bound by reading W_hh (4H x H) from L2 once per step plus the gaps
 between launches. Here each program loads its slice of W_hh once, before the time loop, and keeps it on chip
-for all T steps. Where: Triton (3.6) stores the loop-invariant ``tl.dot`` operand to shared memory once (the
-``local_alloc`` is hoisted out of the loop) and reads it with ldmatrix each step, so the slice lives in shared
-memory, not in registers (64 KB per program at H = 1024 in 16-bit; the compile check reports registers,
-spills and shared memory). The programs meet at a grid-wide barrier once per step.
+for all T steps. Where: Triton (3.6) stores the loop-invariant ``tl.dot`` operands to shared memory once (the
+``local_alloc`` is hoisted out of the loop) and reads them with ldmatrix each step (64 KB per program at
+H = 1024 in 16-bit; the compile check reports registers, spills and shared memory). The programs meet at a
+grid-wide barrier once per step. Budget and predictions: docs/PERFORMANCE.md.
 
-Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units (16 warps); H = 512 -> 128 of 4 (8 warps);
-H = 256 -> 64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
+Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units (16 warps); H = 512 -> 128 of 4; H = 256 ->
+64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
+
+Split-K (``_splitk_dot``): every dot cuts its reduction axis into S slices and runs a batched (3-D) ``tl.dot``
+with the slice as batch axis, (S, BB, KS) x (S, KS, U) -> (S, BB, U), then ``tl.sum`` over the slices. Triton puts
+one slice on each warp (``warpsPerCTA = [S, 1, 1]``), so no two warps compute the same MMA tile (a 2-D dot of a
+16 x 8 result over 16 warps would repeat it 16 times).
 
 Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U + U):
-- before the loop it loads W^T slice as one (H_PAD, 4U) tile with *gate-interleaved* columns n = 4*jj + g
-  (row g*H + j of W_hh), so a single ``tl.dot`` has N = 4U >= 16 even when U = 4;
-- step t, for each batch tile: z = h_{t-1} (BB, H_PAD) @ W slice -> (BB, 4U); reshape (BB, U, 2, 2) and two
-  ``tl.split`` give the four gates of its units; add xp[t], activations, cell update; write h_t into the
-  per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into ``cbuf`` and the gates (as the
-  per-step path stores them, so either backward can follow either forward);
-- grid barrier after every step (after the last too, which keeps ptxas from spilling around it):
-  ``tl.debug_barrier()`` (every thread's stores issued), one release atomic add on a step counter
-  (``red.release.gpu``), spin with acquire loads (``ld.acquire.gpu``, which also invalidates L1) until the
-  counter reaches (t+1)*P, ``tl.debug_barrier()``. The counter is monotonic (zeroed by the launcher before each
-  launch), so there is no reset inside the launch. h_{t-1} is read from its own slot hbuf[t] (a slot no program
-  read before, only its 128-byte boundary lines could be cached) and with ``cache_modifier=".cg"`` (skips L1)
-  on top. The cell state is private to its program (own units): read back from ``cbuf`` by the program
-  that wrote it (slot t % NSLOT, NSLOT = T+1 when storing every c_t for backward, else 2).
+- before the loop it loads, per gate g, W_hh[g*H + j, :]^T as (S, KS, U) (``_fwd_w``);
+- step t, for each batch tile: h_{t-1} as (S, BB, KS), four split-K dots (one per gate) plus xp[t],
+  activations, cell update; h_t into the per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into
+  ``cbuf`` and the gates (as the per-step path stores them, so either backward can follow either forward);
+- batch tile 0 keeps c_t in registers, and its xp[t+1] is loaded between this program's arrival at the barrier
+  and its wait (no other program writes xp), off the step's critical path;
+- grid barrier after every step (after the last too): ``_arrive`` (``tl.debug_barrier()``: every thread's stores
+  issued, then one release atomic add on a step counter, ``red.release.gpu``) and ``_wait`` (acquire loads,
+  ``ld.acquire.gpu``, which also invalidate L1, until the counter reaches (t+1)*P, then ``tl.debug_barrier()``).
+  The counter is monotonic (zeroed by the launcher before each launch), so there is no reset inside the launch.
+  h_{t-1} is read from its own slot hbuf[t] with ``cache_modifier=".cg"`` (skips L1). The cell state is private to
+  its program (own units): read back from ``cbuf`` by the program that wrote it (slot t % NSLOT, NSLOT = T+1 when
+  storing every c_t for backward, else 2);
 - the time loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
 
-Backward (``_lstm_bwd_persistent``), program p owns unit columns j of W_hh: the slice W_hh[:, j] (all 4H
-rows). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1} row, available after one barrier
-per step, and no cross-program reduction. N = U < 16 is too small for ``tl.dot``, so the 4H rows are split
-into S = KSPLIT groups (S * U >= 16): A (S*BB, 4*H_PAD/S) stacks the S row groups of dz_{t+1}, W' (4*H_PAD/S,
-S*U) puts the S column groups side by side, and dh is the sum of the S diagonal blocks of A @ W' (S times the
-minimal arithmetic, which is not what bounds a step at small batch). Then the pointwise LSTM backward of its
-units (shared/MATH.md), dz_t written to global memory, dc kept in a private ping-pong buffer. Weight
-gradients stay the large GEMMs after the loop (``_common.weight_grads``).
+Backward (``_lstm_bwd_persistent``), program p owns unit columns j of W_hh: the slice W_hh[:, j] (all 4H rows,
+one (S, KS, U) block per gate, ``_bwd_w``). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1}
+row, available after one barrier per step, and no cross-program reduction: four split-K dots, one per gate block
+of the reduction axis (one block of dz in registers at a time). Then the pointwise LSTM backward of its units
+(docs/MATH.md), dz_t written to global memory, dc kept in a private ping-pong buffer. Weight gradients stay the
+large GEMMs after the loop (``_common.weight_grads``).
 
-Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to an error
-flag, and the program stops waiting at later barriers (it finishes its loop on garbage, in bounds); the
-launcher reads the flag after the launch and raises ``RuntimeError`` (``check_flag``). Co-residency: the grid is
-at most the number of SMs, and the launcher checks that one program fits on one SM (registers x threads,
-shared memory) before launching; otherwise it falls back to per_step with the reason logged at DEBUG level on
-the ``"fusedrnn"`` logger (``decide``). All programs must run at once: a GPU shared with other work that
-occupies SMs for long can make the barrier time out (an error, never a hang).
+Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to the device's
+sticky error flag (``error_flag``; no kernel clears it), stops waiting at later barriers and writes NaN from then
+on (in bounds), so its results can never pass as valid, also inside a CUDA graph. The launcher reads the flag after
+an eager launch and raises ``RuntimeError`` (``check_flag``); after a graph replay ``check_errors()`` does, and so
+does the next eager launch. On CUDA the launch is cooperative (``launch_cooperative_grid``): the driver guarantees
+that all programs are resident at once or refuses the launch; before it the launcher also checks that one program
+fits on one SM (registers x threads, shared memory). A refusal or a failed check means per_step, with the reason at
+DEBUG level on the ``"fusedrnn"`` logger.
 
-Scope (``decide``): on CUDA fp16/bf16 up to H = 1024, fp32 up to H = 512, fp64 up to H = 128 (the
-compile-checked configs of ``CONFIGS``; fewer SMs than programs -> per_step); no proj_size (h_t = r_t @ W_hr^T needs the whole r_t row: a second product per
-step). PackedSequence lengths are supported (finished rows keep their state and output zeros). Anything else
-runs per_step: ``strategy="auto"`` silently (reason at DEBUG level), an explicit ``strategy="persistent"`` too,
-with the reason logged at DEBUG level (persistent is a performance strategy, never a semantic one, so a
-fallback is always correct).
+Scope (``decide``): on CUDA fp16/bf16 up to H = 1024, fp32 up to H = 512, fp64 up to H = 128 (the compile-checked
+configs of ``CONFIGS``; fewer SMs than programs -> per_step), H % 16 == 0 and 16-byte aligned tensors (only the
+aligned kernels are compile-checked); no proj_size (h_t = r_t @ W_hr^T needs the whole r_t row: a second product per
+step). PackedSequence lengths are supported (finished rows keep their state and output zeros). Anything else runs
+per_step: ``strategy="auto"`` and an explicit ``strategy="persistent"`` alike, with the reason logged at DEBUG level
+(persistent is a performance strategy, never a semantic one, so a fallback is always correct). "auto" is decided
+per pass (``AUTO_MAX_BATCH``).
 
 Interpreter (``TRITON_INTERPRET=1``): programs run one after another, so a many-program barrier would time out.
-There one program owns every unit (U = H_PAD), the counter reaches (t+1)*1 on its own arrival and the spin
-loop does no iteration: the same kernel source is tested for its math ("auto" runs per_step there; only an
-explicit "persistent" runs this). The many-program kernels are checked by the compile check (sm_90a and
-sm_80, both alignments, every config of ``CONFIGS``, 0 spills).
+There one program owns every unit (U = H_PAD), the counter reaches (t+1)*1 on its own arrival and the spin loop
+does no iteration: the same kernel source is tested for its math ("auto" runs per_step there; only an explicit
+"persistent" runs this). The many-program kernels are checked by the compile check (sm_90a and sm_80, every config
+of ``CONFIGS``, 0 spills).
 
-Not verified without a GPU: co-residency at run time (``_check_coresident`` reads ``n_regs`` and shared
-memory of the compiled kernel; any failure there means per_step), the barrier under real concurrency, and
-speed. The flag check reads one int after each launch (a host sync per layer and direction).
+Not verified without a GPU: co-residency at run time, the barrier under real concurrency, and speed. The flag check
+reads one int after each eager launch (a host sync per layer and direction).
 """
 from __future__ import annotations
 
@@ -95,10 +99,19 @@ SPIN_CAP = 1 << 24
 
 
 @triton.jit
-def _grid_barrier(counter, flag, target, cap, alive):
-    """Every program of the grid meets here. Returns the updated ``alive`` (0 once a barrier timed out)."""
-    tl.debug_barrier()  # every thread of this program has issued its stores
+def _arrive(counter):
+    """This program's arrival at a step's grid barrier: every thread's stores are issued (CTA barrier), then one
+    release add, so a program whose acquire sees the count also sees those stores."""
+    tl.debug_barrier()
     tl.atomic_add(counter, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait(counter, flag, target, cap, alive):
+    """Wait until the step counter reaches ``target`` (acquire loads, at most ``cap * alive`` polls). On a timeout
+    set the sticky error ``flag`` and return alive = 0: later waits of this program return at once and its outputs
+    are written as NaN from then on, so a timeout can never pass as a result (also inside a CUDA graph, where the
+    host cannot read the flag)."""
     cnt = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
     it = 0
     lim = cap * alive
@@ -108,8 +121,70 @@ def _grid_barrier(counter, flag, target, cap, alive):
     if cnt < target:
         tl.atomic_xchg(flag, 1)
         alive = 0
-    tl.debug_barrier()  # every thread waits for the acquire before reading what others wrote
+    tl.debug_barrier()  # every thread waits for the acquire before reading what the others wrote
     return alive
+
+
+@triton.jit
+def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """sum_s a3[s] @ w3[s]: a (M, K) x (K, N) product whose K axis is cut into the leading axis of a3 (S, M, K/S)
+    and w3 (S, K/S, N). The batched ``tl.dot`` puts each slice s on its own warp (no two warps compute the same
+    MMA tile) and ``tl.sum`` adds the S partial results across warps."""
+    if CAST_F32:  # the interpreter's bf16 tl.dot is wrong (triton#11584)
+        a3 = a3.to(tl.float32)
+    return tl.sum(tl.dot(a3, w3, input_precision=PRECISION, out_dtype=ACC), axis=0)
+
+
+@triton.jit
+def _fwd_w(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr):
+    """One gate's W_hh^T slice for units j0 .. j0+U-1, split along K: [s, k, u] = W_hh[gate*H + j0 + u, s*KS + k]
+    (zero past H)."""
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+    j = j0 + tl.arange(0, U)[None, None, :]
+    b = tl.load(w + (gate * H + j).to(tl.int64) * s_w + kk, mask=(kk < H) & (j < H), other=0.0)
+    return b.to(tl.float32) if CAST_F32 else b
+
+
+@triton.jit
+def _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B: tl.constexpr):
+    """xp[t] (the four gates) of the batch tile at b0 and this program's units; all zeros for t >= T (a
+    prefetch past the last step)."""
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m = (o_b < B)[:, None] & m_j[None, :] & (t < T)
+    p = xp + tl.cast(t, tl.int64) * B * 4 * H + o_b[:, None] * (4 * H) + o_j[None, :]
+    return (tl.load(p, mask=m, other=0.0), tl.load(p + H, mask=m, other=0.0), tl.load(p + 2 * H, mask=m, other=0.0),
+            tl.load(p + 3 * H, mask=m, other=0.0))
+
+
+@triton.jit
+def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_prev,
+              alive, o_j, m_j, HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr, CAST_F32: tl.constexpr,
+              PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, S: tl.constexpr,
+              KS: tl.constexpr):
+    """One forward step of one batch tile: z = h_{t-1} @ W^T slice (split-K) + xp[t], the cell, h_t into
+    hbuf[t+1], c_t into its cbuf slot, the gates. Returns c_t (the next step's c_{t-1} of this tile)."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    m_bj = m_b[:, None] & m_j[None, :]
+    # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k]
+    b3 = o_b[None, :, None]
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
+    z_i = x_i.to(ACC) + _splitk_dot(b_h, w_i, CAST_F32, PRECISION, ACC)
+    z_f = x_f.to(ACC) + _splitk_dot(b_h, w_f, CAST_F32, PRECISION, ACC)
+    z_g = x_g.to(ACC) + _splitk_dot(b_h, w_g, CAST_F32, PRECISION, ACC)
+    z_o = x_o.to(ACC) + _splitk_dot(b_h, w_o, CAST_F32, PRECISION, ACC)
+    b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(z_i, z_f, z_g, z_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS)
+    b_c = tl.where(alive != 0, b_c, float("nan"))
+    b_r = tl.where(alive != 0, b_r, float("nan"))
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    tl.store(cbuf + slot_next * s_t + o_bj, b_c, mask=m_bj)
+    tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
+    if STORE_GATES:
+        store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
+    return b_c
 
 
 @triton.jit(do_not_specialize=["T", "B", "NSLOT", "spin_cap"])
@@ -121,7 +196,7 @@ def _lstm_fwd_persistent(
     gates,  # (T, B, 4H) activated i, f, g, o (only if STORE_GATES)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     counter,  # (1,) int32, zero at launch
-    flag,  # (1,) int32, set to 1 on a barrier timeout
+    flag,  # (1,) int32 sticky error flag: set to 1 on a barrier timeout, never cleared by a kernel
     s_w,
     T, B, H, NSLOT, spin_cap,
     HAS_LENGTHS: tl.constexpr,
@@ -132,59 +207,112 @@ def _lstm_fwd_persistent(
     BLOCK_B: tl.constexpr,  # batch tile
     BLOCK_H: tl.constexpr,  # U: hidden units per program
     BLOCK_K: tl.constexpr,  # H_PAD
+    SPLIT_K: tl.constexpr,  # S: K slices, one per warp
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     U: tl.constexpr = BLOCK_H
-    G4H = 4 * H
-    # W slice, transposed, gate-interleaved columns: n = 4*jj + g  ->  row g*H + pid*U + jj of W_hh
-    o_n = tl.arange(0, 4 * U)
-    j_n = pid * U + o_n // 4
-    row_n = (o_n % 4) * H + j_n
-    o_k = tl.arange(0, BLOCK_K)
-    m_k = o_k < H
-    b_w = tl.load(w + row_n[None, :].to(tl.int64) * s_w + o_k[:, None], mask=m_k[:, None] & (j_n < H)[None, :],
-                  other=0.0)
-    if CAST_F32:
-        b_w = b_w.to(tl.float32)
-
-    o_j = pid * U + tl.arange(0, U)
+    S: tl.constexpr = SPLIT_K
+    KS: tl.constexpr = BLOCK_K // SPLIT_K
+    j0 = pid * U
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
+    w_i = _fwd_w(w, s_w, 0, j0, H, S, KS, U, CAST_F32)
+    w_f = _fwd_w(w, s_w, 1, j0, H, S, KS, U, CAST_F32)
+    w_g = _fwd_w(w, s_w, 2, j0, H, S, KS, U, CAST_F32)
+    w_o = _fwd_w(w, s_w, 3, j0, H, S, KS, U, CAST_F32)
+    o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
-    s_t = B * H  # step stride of hbuf / cbuf
+    s_t = B * H
+    o_b0 = tl.arange(0, BLOCK_B)
+    m_bj0 = (o_b0 < B)[:, None] & m_j[None, :]
+    # batch tile 0: its c_{t-1} stays in registers and its xp[t] is loaded during the previous step's barrier
+    c0 = tl.load(cbuf + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
+    x_i, x_f, x_g, x_o = _fwd_xp(xp, 0, T, 0, B, H, o_j, m_j, BLOCK_B)
     alive = 1
     for t in tl.range(0, T, num_stages=1):
-        t64 = tl.cast(t, tl.int64)
-        # slots of c_{t-1} and c_t; 32-bit remainders (a 64-bit one is a subroutine call with a stack frame)
+        # 32-bit remainders (a 64-bit one is a subroutine call with a stack frame)
         slot_prev = tl.cast(t % NSLOT, tl.int64)
         slot_next = tl.cast((t + 1) % NSLOT, tl.int64)
-        for b0 in range(0, B, BLOCK_B):
-            o_b = b0 + tl.arange(0, BLOCK_B)
-            m_b = o_b < B
-            m_bj = m_b[:, None] & m_j[None, :]
-            b_h = tl.load(hbuf + t64 * s_t + o_b[:, None] * H + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
-                          other=0.0, cache_modifier=".cg")
-            if CAST_F32:
-                b_h = b_h.to(tl.float32)
-            z = tl.dot(b_h, b_w, input_precision=PRECISION, out_dtype=ACC)  # (BB, 4U)
-            z_even, z_odd = tl.split(tl.reshape(z, (BLOCK_B, U, 2, 2)))  # g % 2 == 0: (i, g); 1: (f, o)
-            z_i, z_g = tl.split(z_even)
-            z_f, z_o = tl.split(z_odd)
+        c0 = _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o,
+                       c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        for b0 in range(BLOCK_B, B, BLOCK_B):
+            o_b = b0 + o_b0
+            c_prev = tl.load(cbuf + slot_prev * s_t + o_b[:, None] * H + o_j[None, :],
+                             mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
+            y_i, y_f, y_g, y_o = _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B)
+            _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, y_i, y_f, y_g, y_o,
+                      c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        _arrive(counter)
+        x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)  # needs no other program
+        alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
 
-            p_x = xp + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :]
-            z_i += tl.load(p_x, mask=m_bj, other=0.0).to(ACC)
-            z_f += tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC)
-            z_g += tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC)
-            z_o += tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC)
-            o_bj = o_b[:, None] * H + o_j[None, :]
-            b_cp = tl.load(cbuf + slot_prev * s_t + o_bj, mask=m_bj, other=0.0)
-            b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(z_i, z_f, z_g, z_o, b_cp, lengths, t, o_b, m_b,
-                                                         HAS_LENGTHS)
-            tl.store(cbuf + slot_next * s_t + o_bj, b_c, mask=m_bj)
-            tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
-            if STORE_GATES:
-                store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :], H, b_i, b_f, b_g, b_o,
-                             m_bj)
-        alive = _grid_barrier(counter, flag, (t + 1) * nprog, spin_cap, alive)
+
+@triton.jit
+def _bwd_w(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr):
+    """One gate's rows of W_hh for units j0 .. j0+U-1, split along K: [s, k, u] = W_hh[gate*H + s*KS + k, j0 + u]
+    (zero past H)."""
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+    j = j0 + tl.arange(0, U)[None, None, :]
+    b = tl.load(w + (gate * H + kk).to(tl.int64) * s_w + j, mask=(kk < H) & (j < H), other=0.0)
+    return b.to(tl.float32) if CAST_F32 else b
+
+
+@triton.jit
+def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, BLOCK_B: tl.constexpr):
+    """What step t's backward of the tile at b0 reads that no other program writes: dy[t], the gates, c_t and
+    c_{t-1} (c0 at t = 0)."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m = (o_b < B)[:, None] & m_j[None, :] & (t >= 0)
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    b_dy = tl.load(dy + t64 * s_t + o_bj, mask=m, other=0.0).to(ACC)
+    p_g = gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :]
+    b_i = tl.load(p_g, mask=m, other=0.0).to(ACC)
+    b_f = tl.load(p_g + H, mask=m, other=0.0).to(ACC)
+    b_g = tl.load(p_g + 2 * H, mask=m, other=0.0).to(ACC)
+    b_o = tl.load(p_g + 3 * H, mask=m, other=0.0).to(ACC)
+    b_c = tl.load(c_seq + t64 * s_t + o_bj, mask=m, other=0.0).to(ACC)
+    b_cp = tl.load(c_seq + (t64 - 1) * s_t + o_bj, mask=m & (t > 0), other=0.0).to(ACC)
+    b_cp += tl.load(c0 + o_bj, mask=m & (t == 0), other=0.0).to(ACC)
+    return b_dy, b_i, b_f, b_g, b_o, b_c, b_cp
+
+
+@triton.jit
+def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, alive, o_j, m_j,
+              HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+              BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """One backward step of one batch tile: dh = dy[t] + dz_{t+1} @ W_hh[:, units] (split-K, after the first
+    step), the cell's backward, dz_t and dc_{t-1} stored."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    m_bj = m_b[:, None] & m_j[None, :]
+    b_dh = b_dy
+    if step > 0:  # dh += dz_{t+1} @ W_hh[:, units], one gate block of the reduction at a time
+        # a gate block of dz_{t+1} as (S, BB, KS): [s, b, k] = dz[t+1, b0 + b, gate*H + s*KS + k]; the offsets are
+        # shared by the four gates (one live tensor of offsets, not four), read past L1 (written by other programs)
+        b3 = o_b[None, :, None]
+        kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+        off = b3 * (4 * H) + kk
+        m3 = (b3 < B) & (kk < H)
+        p_dz = dz + (t64 + 1) * s_t * 4
+        b_dh += _splitk_dot(tl.load(p_dz + off, mask=m3, other=0.0, cache_modifier=".cg"), w_i, CAST_F32,
+                            PRECISION, ACC)
+        b_dh += _splitk_dot(tl.load(p_dz + H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_f, CAST_F32,
+                            PRECISION, ACC)
+        b_dh += _splitk_dot(tl.load(p_dz + 2 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_g, CAST_F32,
+                            PRECISION, ACC)
+        b_dh += _splitk_dot(tl.load(p_dz + 3 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_o, CAST_F32,
+                            PRECISION, ACC)
+    b_dh = tl.where(alive != 0, b_dh, float("nan"))
+    b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t, o_b,
+                                                      m_b, HAS_LENGTHS)
+    b_dcp = tl.where(alive != 0, b_dcp, float("nan"))
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, b_dcp, mask=m_bj)
+    store_blocks(dz + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo, m_bj)
 
 
 @triton.jit(do_not_specialize=["T", "B", "spin_cap"])
@@ -198,111 +326,73 @@ def _lstm_bwd_persistent(
     dz,  # (T, B, 4H) output dz_t
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     counter,  # (1,) int32, zero at launch
-    flag,  # (1,) int32
+    flag,  # (1,) int32 sticky error flag
     s_w,
     T, B, H, spin_cap,
     HAS_LENGTHS: tl.constexpr,
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
-    KSPLIT: tl.constexpr,  # S: row groups of dz stacked along M so that N = S*U >= 16
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,  # U
     BLOCK_K: tl.constexpr,  # H_PAD
+    SPLIT_K: tl.constexpr,  # S: slices of each gate block (H_PAD) of the reduction axis, one per warp
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     U: tl.constexpr = BLOCK_H
-    S: tl.constexpr = KSPLIT
-    KS: tl.constexpr = 4 * BLOCK_K // KSPLIT  # dot depth per row group
-    GPS: tl.constexpr = 4 // KSPLIT  # gates per row group
-    G4H = 4 * H
-    # W' (KS, S*U): W'[k, s*U + jj] = W_hh[gate*H + kk, pid*U + jj], gate = s*GPS + k // H_PAD, kk = k % H_PAD
-    o_k = tl.arange(0, KS)
-    kk = o_k % BLOCK_K
-    o_n = tl.arange(0, S * U)
-    s_n = o_n // U
-    j_n = pid * U + o_n % U
-    gate_kn = s_n[None, :] * GPS + (o_k // BLOCK_K)[:, None]
-    b_w = tl.load(w + (gate_kn * H + kk[:, None]).to(tl.int64) * s_w + j_n[None, :],
-                  mask=(kk < H)[:, None] & (j_n < H)[None, :], other=0.0)
-    if CAST_F32:
-        b_w = b_w.to(tl.float32)
-    # A (S*BB, KS): A[s*BB + b, k] = dz_{t+1}[b, gate*H + kk], gate = s*GPS + k // BLOCK_K
-    o_m = tl.arange(0, S * BLOCK_B)
-    s_m = o_m // BLOCK_B
-    col_mk = (s_m[:, None] * GPS + (o_k // BLOCK_K)[None, :]) * H + kk[None, :]
-
-    o_j = pid * U + tl.arange(0, U)
+    S: tl.constexpr = SPLIT_K
+    KS: tl.constexpr = BLOCK_K // SPLIT_K
+    j0 = pid * U
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
+    w_i = _bwd_w(w, s_w, 0, j0, H, S, KS, U, CAST_F32)
+    w_f = _bwd_w(w, s_w, 1, j0, H, S, KS, U, CAST_F32)
+    w_g = _bwd_w(w, s_w, 2, j0, H, S, KS, U, CAST_F32)
+    w_o = _bwd_w(w, s_w, 3, j0, H, S, KS, U, CAST_F32)
+    o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
     s_t = B * H
+    o_b0 = tl.arange(0, BLOCK_B)
     alive = 1
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
-        t64 = tl.cast(t, tl.int64)
+        # One plain loop over the batch tiles. Its step inputs are loaded after the barrier, beside the dz gather
+        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spilled at H_PAD 1024.
         for b0 in range(0, B, BLOCK_B):
-            o_b = b0 + tl.arange(0, BLOCK_B)
-            m_b = o_b < B
-            m_bj = m_b[:, None] & m_j[None, :]
-            o_bj = o_b[:, None] * H + o_j[None, :]
-            b_dh = tl.load(dy + t64 * s_t + o_bj, mask=m_bj, other=0.0).to(ACC)
-            if step > 0:
-                b_m = b0 + o_m % BLOCK_B
-                b_a = tl.load(dz + (t64 + 1) * s_t * 4 + b_m[:, None] * G4H + col_mk,
-                              mask=(b_m < B)[:, None] & (kk < H)[None, :], other=0.0, cache_modifier=".cg")
-                if CAST_F32:
-                    b_a = b_a.to(tl.float32)
-                r = tl.dot(b_a, b_w, input_precision=PRECISION, out_dtype=ACC)  # (S*BB, S*U)
-                if S == 1:
-                    b_dh += r
-                else:
-                    r4 = tl.reshape(r, (S, BLOCK_B, S, U))
-                    o_s = tl.arange(0, S)
-                    diag = o_s[:, None, None, None] == o_s[None, None, :, None]
-                    b_dh += tl.sum(tl.sum(tl.where(diag, r4, 0.0), axis=2), axis=0)
-
-            p_g = gates + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :]
-            b_i = tl.load(p_g, mask=m_bj, other=0.0).to(ACC)
-            b_f = tl.load(p_g + H, mask=m_bj, other=0.0).to(ACC)
-            b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.0).to(ACC)
-            b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.0).to(ACC)
-            b_c = tl.load(c_seq + t64 * s_t + o_bj, mask=m_bj, other=0.0).to(ACC)
-            # c_{t-1}: c_seq[t-1], or c0 at t = 0 (two masked loads, one of them empty)
-            b_cp = tl.load(c_seq + (t64 - 1) * s_t + o_bj, mask=m_bj & (t > 0), other=0.0).to(ACC)
-            b_cp += tl.load(c0 + o_bj, mask=m_bj & (t == 0), other=0.0).to(ACC)
-            b_dcin = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0).to(ACC)
-
-            b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, b_dcin, lengths,
-                                                              t, o_b, m_b, HAS_LENGTHS)
-            tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, b_dcp, mask=m_bj)
-            store_blocks(dz + t64 * s_t * 4 + o_b[:, None] * G4H + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo,
-                         m_bj)
-        alive = _grid_barrier(counter, flag, (step + 1) * nprog, spin_cap, alive)
+            o_b = b0 + o_b0
+            dc_in = tl.load(dcbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
+                            mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
+            a_dy, a_i, a_f, a_g, a_o, a_c, a_cp = _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC,
+                                                             BLOCK_B)
+            _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, a_dy, a_i, a_f, a_g, a_o, a_c, a_cp,
+                      dc_in, alive, o_j, m_j, HAS_LENGTHS, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        _arrive(counter)
+        alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
 
 
 # ----------------------------------------------------------------------------------------------
 # Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
-# for sm_90a and sm_80 in both alignments with 0 spills; only listed entries ever run on a GPU.
+# for sm_90a and sm_80 (aligned) with 0 spills; only listed entries ever run on a GPU.
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PersistentConfig:
-    H_PAD: int  # BLOCK_K: dot depth, next power of two >= H
+    """One persistent launch shape. Both kernels split their dot's reduction axis into ``split(kind)`` slices,
+    one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile."""
+    H_PAD: int  # BLOCK_K: next power of two >= H (the depth of each gate's dot)
     UNITS: int  # BLOCK_H: hidden units per program (programs = cdiv(H, UNITS))
-    BLOCK_B: int  # forward batch tile (tl.dot's M); backward uses BLOCK_B // KSPLIT (M = KSPLIT * tile)
+    BLOCK_B: int  # batch tile (the dots' M)
     fwd_warps: int
     bwd_warps: int
-    ksplit: int = 0  # 0: the smallest legal one (tests set it to exercise the stacking in the interpreter)
+    fwd_split: int = 0  # K slices of the forward dot; 0: one per warp (at most H_PAD / 16: MMA K >= 16)
+    bwd_split: int = 0  # likewise for each of the backward's four gate blocks (4 dots of depth H_PAD)
 
-    @property
-    def KSPLIT(self) -> int:
-        """Backward row groups S, so that N = S * UNITS >= 16 (tl.dot's minimal N)."""
-        return self.ksplit or max(1, 16 // self.UNITS)
+    def split(self, kind: str) -> int:
+        given = self.fwd_split if kind == "fwd" else self.bwd_split
+        return given or max(1, min(self.warps(kind), self.H_PAD // 16))
 
     def meta(self, kind: str) -> dict:
         """Constexprs of the ``"fwd"`` or ``"bwd"`` kernel."""
-        if kind == "fwd":
-            return dict(BLOCK_B=self.BLOCK_B, BLOCK_H=self.UNITS, BLOCK_K=self.H_PAD)
-        return dict(BLOCK_B=self.BLOCK_B // self.KSPLIT, BLOCK_H=self.UNITS, BLOCK_K=self.H_PAD, KSPLIT=self.KSPLIT)
+        return dict(BLOCK_B=self.BLOCK_B, BLOCK_H=self.UNITS, BLOCK_K=self.H_PAD, SPLIT_K=self.split(kind))
 
     def warps(self, kind: str) -> int:
         return self.fwd_warps if kind == "fwd" else self.bwd_warps
@@ -317,18 +407,14 @@ def _cfgs(spec):
 
 # (H_PAD, UNITS, BLOCK_B, forward warps, backward warps), per H_PAD in order of preference (fewest units per
 # program first). ``pick_config`` takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs
-# (H100/H200: 132; A100: 108, where H in (864, 1024] has no config: it would need 16 units per program, whose
-# backward takes 256 KB of shared memory). Smaller H runs in the H_PAD = 128 tile, masked. Triton keeps the
-# loop-invariant W slice in shared memory (one local_alloc hoisted out of the time loop, read by ldmatrix each
-# step): 64 KB at H = 1024 in 16-bit. The warps are what compiled without a byte of stack (triton 3.6.0): ptxas
-# outlines the barrier's spin loop (two bar.sync per iteration, broadcasting the atomic's result) as a
-# subroutine and, depending on the warp count, saves a register around it (8 B of stack); at H_PAD = 1024,
-# 8 warps capped ptxas at 128 registers and spilled, 16 warps use <= 128.
+# (H100/H200: 132; A100: 108, where H in (864, 1024] has no config: it would need 16 units per program).
+# Smaller H runs in the H_PAD = 128 tile, masked. Triton keeps the loop-invariant W slice in shared memory (one
+# local_alloc hoisted out of the time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
 CONFIGS = {
-    "16bit": _cfgs([(1024, 8, 16, 16, 16), (512, 4, 16, 8, 8), (512, 8, 16, 8, 8), (256, 4, 16, 4, 8),
+    "16bit": _cfgs([(1024, 8, 16, 16, 16), (512, 4, 16, 16, 8), (512, 8, 16, 16, 8), (256, 4, 16, 4, 8),
                     (128, 4, 16, 4, 4)]),
-    "fp32": _cfgs([(512, 4, 16, 16, 16), (512, 8, 16, 8, 8), (256, 4, 16, 8, 8), (128, 4, 16, 4, 4)]),
-    "fp64": _cfgs([(128, 4, 16, 4, 4)]),
+    "fp32": _cfgs([(512, 4, 16, 8, 16), (512, 8, 16, 8, 8), (256, 4, 16, 8, 8), (128, 4, 16, 4, 4)]),
+    "fp64": _cfgs([(128, 4, 16, 8, 8)]),
 }
 
 
@@ -339,17 +425,19 @@ def _triton_configs(kind):
 # ----------------------------------------------------------------------------------------------
 # Planning: which config, or why not (then per_step)
 # ----------------------------------------------------------------------------------------------
-# "auto" picks persistent only up to this batch: beyond it every program loops over many batch tiles per
-# step while per_step spreads the batch over the grid (a heuristic to be measured on the GPU; cuDNN's
-# persistent algorithm stops at B = 128 too).
-AUTO_MAX_BATCH = 128
+# "auto" picks persistent only up to this batch, per pass. Static model, not yet measured on a GPU (see
+# docs/PERFORMANCE.md): a persistent program walks the batch serially in BLOCK_B = 16-row tiles while per_step
+# spreads the batch over its grid, so beyond one tile per_step is predicted faster in both passes. Replace these
+# with measured crossovers once a GPU has timed both strategies per pass.
+AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
 
 
-def interpreter_config(H: int, block_b: int = 4, ksplit: int = 0) -> PersistentConfig:
+def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentConfig:
     """The interpreter's config: one program owns every unit (U = H_PAD), so the grid barrier is trivial; a
-    small batch tile (the interpreter allows tl.dot with M < 16) so that B = 5 runs the batch-tile loop."""
+    small batch tile (the interpreter allows tl.dot with M < 16) so that B = 5 runs the batch-tile loop;
+    ``split`` K slices in both kernels (the interpreter allows slices shallower than 16)."""
     h_pad = max(16, triton.next_power_of_2(H))
-    return PersistentConfig(h_pad, h_pad, block_b, 4, 4, ksplit)
+    return PersistentConfig(h_pad, h_pad, block_b, 4, 4, split, split)
 
 
 def pick_config(dtype: torch.dtype, H: int, sm_count: int):
@@ -360,15 +448,16 @@ def pick_config(dtype: torch.dtype, H: int, sm_count: int):
 
 
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, has_proj: bool,
-           sm_count: int = 0, interpret: bool | None = None):
-    """Whether a layer runs persistent: returns ``(config, "")`` or ``(None, reason)``. Pure function of its
-    arguments (unit-tested with fake device properties); co-residency of the compiled kernel is checked
-    later by ``coresidency``.
+           sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd"):
+    """Whether the ``kind`` pass ("fwd" or "bwd") of a layer runs persistent: returns ``(config, "")`` or
+    ``(None, reason)``. Pure function of its arguments (unit-tested with fake device properties); co-residency
+    of the compiled kernel is checked later by ``coresidency``.
 
-    - "per_step": never. "auto": on CUDA where a checked config fits and B <= AUTO_MAX_BATCH; in the
+    - "per_step": never. "auto": on CUDA where a checked config fits and B <= AUTO_MAX_BATCH[kind]; in the
       interpreter never (there is nothing to gain, and the per-step kernels stay the tested default).
     - "persistent": in the interpreter always (one program); on CUDA where a checked config fits.
-    - never with proj_size, never on a device that is neither CUDA nor the interpreter.
+    - never with proj_size, never on a device that is neither CUDA nor the interpreter, on CUDA never with
+      H % 16 != 0 (only the aligned kernels are compile-checked: see COMPILE_CHECK).
     """
     if strategy == "per_step":
         return None, "strategy='per_step'"
@@ -381,8 +470,10 @@ def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: in
         return interpreter_config(H), ""
     if device_type != "cuda":
         return None, f"persistent runs on CUDA (device type {device_type!r})"
-    if strategy == "auto" and B > AUTO_MAX_BATCH:
-        return None, f"B={B} > {AUTO_MAX_BATCH}: per_step parallelizes the batch better"
+    if strategy == "auto" and B > AUTO_MAX_BATCH[kind]:
+        return None, f"B={B} > {AUTO_MAX_BATCH[kind]} ({kind}): per_step parallelizes the batch better"
+    if H % 16:
+        return None, f"H={H} is not a multiple of 16 (the persistent kernels are built for 16-byte aligned rows)"
     cfg = pick_config(dtype, H, sm_count)
     if cfg is None:
         return None, (f"no compile-checked persistent config for {dtype} with H={H} in at most {sm_count} "
@@ -427,8 +518,29 @@ def device_limits(device: torch.device) -> dict:
     )
 
 
-class NotCoresident(RuntimeError):
-    """The compiled persistent kernel cannot have all its programs resident at once (caller falls back)."""
+class Fallback(RuntimeError):
+    """The persistent kernel cannot run this launch (the caller runs per_step instead, reason at DEBUG level)."""
+
+
+class NotCoresident(Fallback):
+    """The compiled persistent kernel cannot have all its programs resident at once."""
+
+
+class Misaligned(Fallback):
+    """A tensor is not 16-byte aligned (only the aligned kernels are compile-checked)."""
+
+
+def _check_aligned(**tensors):
+    for name, t in tensors.items():
+        if t is not None and t.is_cuda and t.data_ptr() % 16:
+            raise Misaligned(f"{name} is not 16-byte aligned")
+
+
+def _cooperative() -> dict:
+    """Launch option: on CUDA the driver's cooperative-grid launch, which guarantees that every program is resident
+    at once or refuses the launch (then the caller runs per_step); the co-residency check and the barrier's
+    timeout flag stay as a second line. Not in the interpreter (programs run one after another there)."""
+    return {} if interpreting() else {"launch_cooperative_grid": True}
 
 
 _CORES_CACHE: dict = {}
@@ -444,7 +556,7 @@ def _check_coresident(kernel, grid, args: dict, meta: dict, num_warps: int, devi
     why = _CORES_CACHE.get(key)
     if why is None:
         try:
-            ck = kernel.warmup(**args, **meta, grid=grid, num_warps=num_warps, num_stages=1)
+            ck = kernel.warmup(**args, **meta, grid=grid, num_warps=num_warps, num_stages=1, **_cooperative())
             ck._init_handles()
             n_regs, shared = int(ck.n_regs), int(ck.metadata.shared)
             why = coresidency(grid[0], n_regs, num_warps, shared, **device_limits(device))
@@ -455,17 +567,51 @@ def _check_coresident(kernel, grid, args: dict, meta: dict, num_warps: int, devi
         raise NotCoresident(why)
 
 
+# One sticky error flag per device, shared by every persistent launch: a barrier timeout writes 1 and no kernel
+# clears it, so a timeout inside a CUDA-graph replay (where the host cannot read the flag) is reported by the
+# next eager launch or by ``check_errors``; the timed-out programs also write NaN from then on.
+_ERROR_FLAGS: dict = {}
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def error_flag(device: torch.device) -> torch.Tensor:
+    """The device's sticky (1,) int32 error flag. One first needed inside a CUDA-graph capture belongs to that
+    graph (zeroed by each replay, never kept here); its timeouts still show as NaN outputs."""
+    f = _ERROR_FLAGS.get(device)
+    if f is None:
+        f = torch.zeros(1, dtype=torch.int32, device=device)
+        if not _capturing(device):
+            _ERROR_FLAGS[device] = f
+    return f
+
+
+_TIMEOUT = ("fusedrnn: a persistent LSTM {what} kernel timed out at its grid barrier (its programs were not all "
+            "resident at once: the GPU is shared with other work, or the co-residency check was wrong). Its "
+            "results, and those of any CUDA-graph replay since the last check, are invalid (NaN where they were "
+            "written after the timeout); rerun with strategy='per_step'.")
+
+
 def check_flag(flag: torch.Tensor, what: str) -> None:
-    """Raise when a persistent kernel's barrier timed out (the kernel wrote 1 to ``flag``). Skipped while a
-    CUDA graph is being captured (reading the flag would synchronize)."""
-    if flag.is_cuda and torch.cuda.is_current_stream_capturing():
+    """Raise when a persistent kernel's barrier timed out (the kernel wrote 1 to ``flag``), and clear the flag.
+    Skipped while a CUDA graph is being captured (reading the flag would synchronize)."""
+    if _capturing(flag.device):
         return
     if int(flag.item()) != 0:
-        raise RuntimeError(
-            f"fusedrnn: the persistent LSTM {what} kernel timed out at its grid barrier (its programs were not "
-            "all resident at once: the GPU is shared with other work, or the co-residency check was wrong). "
-            "The results are invalid; rerun with strategy='per_step'."
-        )
+        flag.zero_()
+        raise RuntimeError(_TIMEOUT.format(what=what))
+
+
+def check_errors(device=None) -> None:
+    """Raise if a persistent launch on ``device`` (default: every device used) timed out since the last check,
+    e.g. inside a CUDA-graph replay. Call it after replaying a graph that contains persistent LSTM layers; eager
+    calls check by themselves."""
+    devices = [torch.device(device)] if device is not None else list(_ERROR_FLAGS)
+    for d in devices:
+        if d in _ERROR_FLAGS:
+            check_flag(_ERROR_FLAGS[d], "(earlier launch)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,17 +637,19 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     cbuf = xp.new_empty(nslot, B, H, dtype=acc)
     cbuf[0].copy_(c0)
     gates = xp.new_empty(T, B, G4) if store else None
-    sync = torch.zeros(2, dtype=torch.int32, device=xp.device)  # [counter, error flag]
+    _check_aligned(xp=xp, w_hh=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths)
+    counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
+    flag = error_flag(xp.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates if store else hbuf,
-                lengths=lengths if lengths is not None else sync, counter=sync[0:], flag=sync[1:],
+                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
                 PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
     meta = cfg.meta("fwd")
     _check_coresident(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
-    _lstm_fwd_persistent[grid](**args, **meta, num_warps=cfg.fwd_warps, num_stages=1)
-    check_flag(sync[1], "forward")
+    _lstm_fwd_persistent[grid](**args, **meta, num_warps=cfg.fwd_warps, num_stages=1, **_cooperative())
+    check_flag(flag, "forward")
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -523,43 +671,49 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     dz = gates.new_empty(T, B, 4 * H)
     dcbuf = dy.new_empty(2, B, H, dtype=acc)
     dcbuf[0].copy_(dc_n)
-    sync = torch.zeros(2, dtype=torch.int32, device=dy.device)
+    _check_aligned(dy=dy, w_hh=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
+    counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
+    flag = error_flag(dy.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
     args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz,
-                lengths=lengths if lengths is not None else sync, counter=sync[0:], flag=sync[1:],
+                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
                 PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
     meta = cfg.meta("bwd")
     _check_coresident(_lstm_bwd_persistent, grid, args, meta, cfg.bwd_warps, dy.device)
-    _lstm_bwd_persistent[grid](**args, **meta, num_warps=cfg.bwd_warps, num_stages=1)
-    check_flag(sync[1], "backward")
+    _lstm_bwd_persistent[grid](**args, **meta, num_warps=cfg.bwd_warps, num_stages=1, **_cooperative())
+    check_flag(flag, "backward")
     return dz, dcbuf[T % 2], None
 
 
-def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: int, has_proj: bool):
+def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: int, has_proj: bool,
+         kind: str = "fwd"):
     """``decide`` for a real device (SM count from torch); logs the reason of a fallback at DEBUG level on
     the "fusedrnn" logger. Returns a config or None (per_step)."""
     sm = device_limits(device)["sm_count"] if device.type == "cuda" else 0
-    cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, has_proj=has_proj, sm_count=sm)
+    cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, has_proj=has_proj, sm_count=sm,
+                      kind=kind)
     if cfg is None and strategy != "per_step":
-        log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", strategy, why)
+        log.debug("fusedrnn: LSTM %s strategy=%r runs per_step: %s", kind, strategy, why)
     return cfg
 
 
-def fallback(strategy: str, err: NotCoresident) -> None:
+def fallback(strategy: str, err: Fallback) -> None:
     log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", strategy, err)
 
 
 # Static compile check (kernels/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
-# heaviest constexpr variant (lengths, stored gates).
+# heaviest constexpr variant (lengths, stored gates); the aligned variant only, the one ``decide`` lets run
+# (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
+# (S, BB, KS) gathers and spill).
 COMPILE_CHECK = compile_check_entries(
     _lstm_fwd_persistent, _triton_configs("fwd"),
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False), aligns=("aligned",),
 ) + compile_check_entries(
     _lstm_bwd_persistent, _triton_configs("bwd"),
     args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x", lengths="*i32",
               counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(HAS_LENGTHS=True, CAST_F32=False), aligns=("aligned",),
 )

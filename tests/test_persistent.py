@@ -33,19 +33,19 @@ def _rand_seq(T, B, H, dtype=torch.float64, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ kernel level
-@pytest.mark.parametrize("T,B,H,block_b,ksplit,with_lengths", [
-    (1, 1, 20, 4, 0, False),  # one step: no barrier at all
-    (6, 5, 20, 2, 2, False),  # batch-tile loop (3 tiles, the last partial), H not a power of two, S = 2
-    (4, 5, 16, 4, 4, True),  # lengths, S = 4 (backward tile 1)
-    (3, 3, 33, 16, 0, False),  # H_PAD = 64 > H, one batch tile
+@pytest.mark.parametrize("T,B,H,block_b,split,with_lengths", [
+    (1, 1, 20, 4, 1, False),  # one step: no barrier at all, no split
+    (6, 5, 20, 2, 2, False),  # batch-tile loop (3 tiles, the last partial), H not a power of two, 2 K slices
+    (4, 5, 16, 4, 4, True),  # lengths, 4 K slices
+    (3, 3, 33, 16, 0, False),  # H_PAD = 64 > H, one batch tile, default slices
 ])
-def test_kernels_match_per_step_fp64(T, B, H, block_b, ksplit, with_lengths):
+def test_kernels_match_per_step_fp64(T, B, H, block_b, split, with_lengths):
     """Forward and backward launchers against the per-step path, crossed: either backward follows either
     forward (same saved layout)."""
     xp, w, h0, c0 = _rand_seq(T, B, H)
     lengths = (torch.tensor([max(1, T - (2 * b) % T) for b in range(B)], dtype=torch.int32, device=DEVICE)
                if with_lengths else None)
-    cfg = P.interpreter_config(H, block_b, ksplit)
+    cfg = P.interpreter_config(H, block_b, split)
     want = L.lstm_fwd_sequence(xp, w, h0, c0, lengths=lengths, strategy="per_step")
     got = P.lstm_fwd_persistent(xp, w, h0, c0, lengths, store=True, cfg=cfg)
     for name, a, b in zip(("y", "c_n", "c_seq", "gates"), got, want):
@@ -186,13 +186,13 @@ A100 = dict(device_type="cuda", sm_count=108, interpret=False)
 
 @pytest.mark.parametrize("dtype,H,B,props,want_units", [
     (torch.bfloat16, 1024, 16, H100, 8),  # 128 programs
-    (torch.float16, 1000, 16, H100, 8),  # H_PAD 1024, masked
-    (torch.bfloat16, 512, 64, H100, 4),  # 128 programs
-    (torch.bfloat16, 512, 64, A100, 8),  # 64 programs: 128 would not fit in 108 SMs
-    (torch.bfloat16, 256, 128, H100, 4),
-    (torch.float16, 20, 1, H100, 4),  # H_PAD 128 tile
+    (torch.float16, 768, 16, H100, 8),  # H_PAD 1024, masked
+    (torch.bfloat16, 512, 16, H100, 4),  # 128 programs
+    (torch.bfloat16, 512, 16, A100, 8),  # 64 programs: 128 would not fit in 108 SMs
+    (torch.bfloat16, 256, 1, H100, 4),
+    (torch.float16, 32, 1, H100, 4),  # H_PAD 128 tile
     (torch.float32, 512, 16, H100, 4),
-    (torch.float64, 100, 8, H100, 4),
+    (torch.float64, 96, 8, H100, 4),
 ])
 def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, want_units):
     cfg, why = P.decide("auto", dtype=dtype, H=H, B=B, has_proj=False, **props)
@@ -210,6 +210,9 @@ def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, w
     ("auto", torch.bfloat16, 256, 16, True, H100, "proj_size"),
     ("persistent", torch.bfloat16, 256, 16, True, H100, "proj_size"),
     ("auto", torch.bfloat16, 256, 512, False, H100, "per_step parallelizes"),
+    ("auto", torch.bfloat16, 1024, 17, False, H100, "per_step parallelizes"),  # more than one batch tile
+    ("auto", torch.bfloat16, 1000, 16, False, H100, "multiple of 16"),
+    ("persistent", torch.float16, 100, 4, False, H100, "multiple of 16"),
     ("per_step", torch.bfloat16, 256, 16, False, H100, "per_step"),
     ("persistent", torch.float32, 64, 16, False, dict(device_type="cpu", sm_count=0, interpret=False), "CUDA"),
     ("auto", torch.float64, 20, 5, False, dict(device_type="cpu", sm_count=0, interpret=True), "interpreter"),
@@ -217,6 +220,14 @@ def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, w
 def test_falls_back_to_per_step_with_a_reason(strategy, dtype, H, B, has_proj, props, reason):
     cfg, why = P.decide(strategy, dtype=dtype, H=H, B=B, has_proj=has_proj, **props)
     assert cfg is None and reason in why
+
+
+def test_auto_is_decided_per_pass(monkeypatch):
+    """Each pass has its own batch limit: a shape can run a persistent backward after a per-step forward."""
+    monkeypatch.setattr(P, "AUTO_MAX_BATCH", {"fwd": 16, "bwd": 64})
+    kw = dict(dtype=torch.bfloat16, H=1024, B=32, has_proj=False, **H100)
+    assert P.decide("auto", kind="fwd", **kw)[0] is None
+    assert P.decide("auto", kind="bwd", **kw)[0] is not None
 
 
 def test_explicit_persistent_ignores_the_auto_batch_limit_and_runs_in_the_interpreter():
@@ -279,6 +290,32 @@ def test_barrier_timeout_raises(kind):
             _, c_n, c_seq, gates, _ = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg)
             dy = torch.ones(T, B, H, dtype=torch.float64, device=DEVICE)
             P.lstm_bwd_persistent(dy, c_n, w, c0, c_seq, gates, cfg=cfg, spin_cap=3, n_programs=2)
+
+
+@interpreter_only
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+def test_timeout_under_graph_capture_is_never_silent(monkeypatch, kind):
+    """While a CUDA graph is captured the host cannot read the flag: a timeout then shows as NaN outputs and as
+    the sticky flag, which the next eager launch (or check_errors) reports, once."""
+    T, B, H = 3, 2, 8
+    xp, w, h0, c0 = _rand_seq(T, B, H)
+    cfg = P.interpreter_config(H)
+    _, c_n, c_seq, gates, _ = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg)
+    dy = torch.ones(T, B, H, dtype=torch.float64, device=DEVICE)
+    monkeypatch.setattr(P, "_capturing", lambda device: True)
+    if kind == "fwd":
+        out = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg, spin_cap=3, n_programs=2)[0]
+    else:
+        out = P.lstm_bwd_persistent(dy, c_n, w, c0, c_seq, gates, cfg=cfg, spin_cap=3, n_programs=2)[0]
+    monkeypatch.setattr(P, "_capturing", lambda device: False)
+    assert torch.isnan(out).any()  # what was written after the timeout
+    with pytest.raises(RuntimeError, match="timed out.*CUDA-graph replay"):
+        P.check_errors()
+    P.check_errors()  # reported once, then cleared
+    with pytest.raises(RuntimeError, match="timed out"):  # the next eager launch reports a timeout too
+        P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg, spin_cap=3, n_programs=2)
+    y = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg)[0]  # and a good launch afterwards runs clean
+    assert not torch.isnan(y).any()
 
 
 def test_compile_check_covers_the_persistent_configs():
