@@ -14,10 +14,12 @@ kernel never writes stays NaN and fails the check; the first check ("poison") pr
 
 A failing check writes its row (status "fail", the error text, the traceback in the failures log) and the
 next one runs. Rows: name, status (pass / fail / skip / timeout), max_err, bound, metric, seconds, seed,
-device, error. On CUDA the checks are spread over ``--workers`` processes by group (Triton's JIT compiles are
-per process and dtype, so groups compile in parallel); the main process stops them at ``--time-limit`` and
-writes a "timeout" row for each check that did not finish. The two-stream check runs in its own subprocess
-with a timeout, so a hang becomes a failing row.
+device, error. On CUDA the checks are spread over ``--workers`` processes by group: Triton's JIT compiles
+are per process and dtype, so groups compile in parallel, and without MPS the processes' kernels share the
+GPU by time slices, never SMs, so a persistent kernel still has every SM to itself. The main process stops
+the workers at ``--time-limit`` and writes a "timeout" row for each check that did not finish. The
+two-stream check runs in its own subprocess with a timeout, so a hang becomes a failing row. A failing check
+is reproduced with ``--only NAME --seed SEED --workers 1`` (the row's seed).
 
 Without CUDA every check runs on tiny shapes in Triton's interpreter (the CPU dry run of the GPU script);
 the stream and graph checks then run their CPU stand-ins or are skipped.
@@ -75,7 +77,8 @@ def poisoned():
     """Every torch.empty / new_empty / empty_like in the block comes back NaN-filled (ints: their max)."""
     import torch.utils.deterministic as det
 
-    old_det, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     old_fill = det.fill_uninitialized_memory
     torch.use_deterministic_algorithms(True, warn_only=True)
     det.fill_uninitialized_memory = True
@@ -474,8 +477,9 @@ def all_checks() -> list[Check]:
     return checks
 
 
-# workers on CUDA: groups per process, the slowest-compiling first
-SHARDS = [["streams", "lstm-bf16"], ["lstm-fp16"], ["lstm-fp32", "misc"], ["rnn", "usegate", "cells"]]
+# workers on CUDA: the groups of each process (the two-stream check waits on its own subprocess, so it gets
+# a worker of its own rather than delaying a group behind it)
+SHARDS = [["lstm-bf16"], ["lstm-fp16"], ["lstm-fp32", "misc"], ["usegate"], ["rnn", "cells"], ["streams"]]
 
 
 def shard_of(group: str, n: int) -> int:
@@ -581,7 +585,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("scratch/correctness.csv"), help="CSV to append rows to")
     p.add_argument("--failures", type=Path, default=None, help="log of the failing checks' tracebacks")
     p.add_argument("--only", nargs="*", default=None, help="run the checks whose name contains any of these")
-    p.add_argument("--workers", type=int, default=4 if CUDA else 1, help="processes (CUDA: 4; CPU: 1)")
+    p.add_argument("--workers", type=int, default=len(SHARDS) if CUDA else 1,
+                   help=f"processes (default: {len(SHARDS)} on CUDA, 1 on CPU)")
     p.add_argument("--time-limit", type=float, default=150.0, help="seconds until unfinished checks are stopped")
     p.add_argument("--seed", type=int, default=None, help="base seed (default: random, written per row)")
     p.add_argument("--list", action="store_true", help="print the check names and exit")

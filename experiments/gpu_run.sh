@@ -11,9 +11,10 @@
 #   run(command="experiments/gpu_run.sh $OUT quick", timeout_s=480, carry=["REVISION"])
 #   -> look at the end of output_tail (correctness counts, the speedup table), then at files_at:
 #      quick.log env.json correctness.csv failures.log headline.csv plots.tar.gz summary.md
+#   optional follow-up, SECONDS = status's budget_left_s - 150 (a fresh machine's start) - 60, if >= 180:
 #   mkdir -p gpu_prev && cp FILES_AT/* gpu_prev/   # gpu_prev/ is git-ignored
-#   run(command="experiments/gpu_run.sh $OUT more gpu_prev 300", timeout_s=360, carry=["REVISION", "gpu_prev"])
-#      only when status says budget_left_s >= SECONDS + 60 (+ 120 when the machine is no longer warm);
+#   run(command="experiments/gpu_run.sh $OUT more gpu_prev SECONDS", timeout_s=SECONDS+60,
+#       carry=["REVISION", "gpu_prev"])
 #   then give_back, and commit as docs/GPU_RUN.md says (results/, README table via experiments.report).
 #
 # Everything lands in OUT as it happens: the CSVs are appended and fsynced row by row, the log line by line,
@@ -87,7 +88,8 @@ EOF
 case "$STAGE" in
   quick)
     TOTAL=${QUICK_S:-400}
-    if [ $GPU = 1 ]; then CHECK_S=150; ROW_S=30; PLOT_S=40; else CHECK_S=240; ROW_S=10; PLOT_S=40; TOTAL=${QUICK_S:-600}; fi
+    if [ $GPU = 1 ]; then CHECK_S=150; ROW_S=30; PLOT_S=40
+    else CHECK_S=240; ROW_S=10; PLOT_S=40; TOTAL=${QUICK_S:-600}; fi
     step 60 "environment" python -m experiments.gpu_env --out "$OUT/env.json"
     FUSEDRNN_AUTOTUNE=0 step $(( CHECK_S + 30 )) "correctness subset" \
       python -m experiments.gpu_check --out "$OUT/correctness.csv" --failures "$OUT/failures.log" --time-limit $CHECK_S
@@ -100,7 +102,8 @@ case "$STAGE" in
   more)
     SECONDS_LEFT=${4:-300}
     if [ -n "$PREV" ] && [ -s "$PREV/headline.csv" ]; then
-      cp "$PREV/headline.csv" "$OUT/headline.csv" && say "resuming from $PREV/headline.csv ($(( $(wc -l < "$OUT/headline.csv") - 1 )) rows)"
+      cp "$PREV/headline.csv" "$OUT/headline.csv"
+      say "resuming from $PREV/headline.csv ($(( $(wc -l < "$OUT/headline.csv") - 1 )) rows)"
     fi
     step 60 "environment" python -m experiments.gpu_env --out "$OUT/env.json"
     left=$(( SECONDS_LEFT - $(el) - 40 ))
@@ -110,7 +113,8 @@ case "$STAGE" in
       python -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
     if [ $GPU = 1 ]; then
       SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
-      step $(( SB + 45 )) "hidden grid (budget ${SB}s)" python -m experiments.gpu_sweep --grid hidden --H 256,512,2048,128 \
+      step $(( SB + 45 )) "hidden grid (budget ${SB}s)" \
+        python -m experiments.gpu_sweep --grid hidden --H 256,512,2048,128 \
         "${SWEEP[@]}" --out "$OUT/hidden.csv" --time-budget $SB
       step $(( BB + 45 )) "batch grid (budget ${BB}s)" python -m experiments.gpu_sweep --grid batch --B 4,32,128,2,8 \
         "${SWEEP[@]}" --out "$OUT/batch.csv" --time-budget $BB

@@ -137,6 +137,8 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
         raise ValueError(f"unknown variants {unknown}; declared: {sorted(VARIANTS)}")
     torch.backends.cuda.matmul.allow_tf32 = True  # cuDNN's default; the headline is fp16/bf16 anyway
     torch.backends.cudnn.allow_tf32 = True
+    if not cuda and "results" in out.resolve().parts:
+        raise ValueError(f"refusing to write CPU timings under results/ ({out}); use scratch/ or /tmp")
     t_start = time.perf_counter()
     prov = provenance(device)
     prov["commit"] = revision()
