@@ -141,8 +141,17 @@ class _Fallbacks(logging.Handler):
             self.reasons.append(msg)
 
 
+def _planned(dtype, H: int, B: int) -> bool:
+    """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``)."""
+    from kernels import lstm_persistent as P
+
+    return P.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B, has_proj=False) is not None
+
+
 @contextmanager
-def _no_fallback(strategy: str):
+def _no_fallback(strategy: str, planned: bool = False):
+    """For strategy "persistent": a fallback to per_step is a skip where the plan says persistent does not
+    apply (out of scope), and a failure where it says it does (the launch refused, e.g. not co-resident)."""
     log = logging.getLogger("fusedrnn")
     seen, level = _Fallbacks(), log.level
     log.addHandler(seen)
@@ -153,6 +162,8 @@ def _no_fallback(strategy: str):
         log.removeHandler(seen)
         log.setLevel(level)
     if strategy == "persistent" and seen.reasons:
+        if planned:
+            raise AssertionError(f"persistent applies here by plan but fell back at launch: {seen.reasons[0]}")
         raise Skip(f"persistent does not apply here: {seen.reasons[0]}")
 
 
@@ -236,7 +247,8 @@ def _sequence_check(kind: str, strategy: str, dtype_name: str, shape: str, infer
 
         dtype = DT[dtype_name]
         case = _case(shape)
-        with _no_fallback(strategy):
+        planned = kind == "lstm" and strategy == "persistent" and _planned(dtype, case.H, case.B)
+        with _no_fallback(strategy, planned):
             ours, base, plain = _module_pair(kind, case, dtype, strategy, seed)
             x, hx = make_inputs(case, kind != "rnn_tanh" and kind != "rnn_relu", dtype, DEVICE, seed)
             go = _forward_only if infer else run
@@ -309,7 +321,7 @@ def _graph_check(seed: int) -> list:
 
     case = _case("big")
     dtype = torch.bfloat16
-    with _no_fallback("persistent"):
+    with _no_fallback("persistent", _planned(dtype, case.H, case.B)):
         m, oracle, _ = _module_pair("lstm", case, dtype, "persistent", seed)
         g = torch.Generator(device=DEVICE).manual_seed(seed)
 

@@ -52,18 +52,31 @@ def source_sha256() -> str:
     return h.hexdigest()
 
 
-def nvidia_smi() -> dict:
-    """nvidia-smi's view of GPU 0 (clocks as found: nothing here changes them); {} without nvidia-smi."""
+def _smi(fields) -> tuple[list[str] | None, str]:
     try:
-        r = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(SMI_FIELDS)}", "--format=csv,noheader"],
+        r = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
                            capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as e:
-        return {"error": f"{type(e).__name__}: {e}"}
-    line = (r.stdout.strip().splitlines() or [""])[0]
-    vals = [v.strip() for v in line.split(",")]
-    if r.returncode != 0 or len(vals) != len(SMI_FIELDS):
-        return {"error": (r.stderr or r.stdout).strip()[:300]}
-    return dict(zip(SMI_FIELDS, vals))
+        return None, f"{type(e).__name__}: {e}"
+    vals = [v.strip() for v in (r.stdout.strip().splitlines() or [""])[0].split(",")]
+    if r.returncode != 0 or len(vals) != len(fields):
+        return None, (r.stderr or r.stdout).strip()[:200]
+    return vals, ""
+
+
+def nvidia_smi() -> dict:
+    """nvidia-smi's view of GPU 0 (clocks as found: nothing here changes them). A field this driver does not
+    know is asked for alone, so one unknown name costs only that field."""
+    vals, err = _smi(SMI_FIELDS)
+    if vals is not None:
+        return dict(zip(SMI_FIELDS, vals))
+    if err.startswith(("FileNotFoundError", "OSError", "TimeoutExpired")):
+        return {"error": err}
+    out = {}
+    for f in SMI_FIELDS:
+        v, e = _smi([f])
+        out[f] = v[0] if v is not None else f"error: {e}"
+    return out
 
 
 def device_info() -> dict:

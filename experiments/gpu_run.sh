@@ -36,6 +36,8 @@ PREV=${3:-}
 mkdir -p "$OUT"
 LOG="$OUT/$STAGE.log"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the GPU image's interpreter with torch is python3 (a bare `python` may not exist there)
+PY=${PYTHON:-python3}
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 say() { echo "[$(el)s] $*" | tee -a "$LOG"; }
@@ -50,11 +52,11 @@ step() {  # limit_seconds name command...: runs with a hard limit, output to the
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   WHL=$(mktemp -d)
-  for w in .whl/*.whl; do python -m zipfile -e "$w" "$WHL" && say "unpacked $w"; done
+  for w in .whl/*.whl; do "$PY" -m zipfile -e "$w" "$WHL" && say "unpacked $w"; done
   export PYTHONPATH="$PYTHONPATH:$WHL"
 fi
 
-if python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   GPU=1
 else
   GPU=0
@@ -63,16 +65,16 @@ say "stage $STAGE, OUT=$OUT, GPU=$GPU, revision $( [ -s REVISION ] && head -n1 R
 
 plots() {  # csv...: one archive of every figure
   local dir="$OUT/plots"
-  step 90 "plots" python -m experiments.plot "$@" --out "$dir"
+  step 90 "plots" "$PY" -m experiments.plot "$@" --out "$dir"
   if [ -d "$dir" ]; then
     tar czf "$OUT/plots.tar.gz" -C "$OUT" plots >> "$LOG" 2>&1 && rm -rf "$dir"
   fi
 }
 
 summary() {  # headline csv
-  python -m experiments.report "$1" > "$OUT/summary.md" 2>> "$LOG" || true
+  "$PY" -m experiments.report "$1" > "$OUT/summary.md" 2>> "$LOG" || true
   if [ -s "$OUT/correctness.csv" ]; then
-    python - "$OUT/correctness.csv" <<'EOF' >> "$OUT/summary.md"
+    "$PY" - "$OUT/correctness.csv" <<'EOF' >> "$OUT/summary.md"
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 count = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "skip", "timeout")}
@@ -90,13 +92,13 @@ case "$STAGE" in
     TOTAL=${QUICK_S:-400}
     if [ $GPU = 1 ]; then CHECK_S=150; ROW_S=30; PLOT_S=40
     else CHECK_S=240; ROW_S=10; PLOT_S=40; TOTAL=${QUICK_S:-600}; fi
-    step 60 "environment" python -m experiments.gpu_env --out "$OUT/env.json"
+    step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
     FUSEDRNN_AUTOTUNE=0 step $(( CHECK_S + 30 )) "correctness subset" \
-      python -m experiments.gpu_check --out "$OUT/correctness.csv" --failures "$OUT/failures.log" --time-limit $CHECK_S
+      "$PY" -m experiments.gpu_check --out "$OUT/correctness.csv" --failures "$OUT/failures.log" --time-limit $CHECK_S
     BUDGET=$(( TOTAL - $(el) - PLOT_S - ROW_S ))
     [ $BUDGET -lt 20 ] && BUDGET=20
     step $(( BUDGET + ROW_S + 15 )) "headline timings (budget ${BUDGET}s)" \
-      python -m experiments.headline --out "$OUT/headline.csv" --budget $BUDGET --peaks-from "$OUT/env.json"
+      "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $BUDGET --peaks-from "$OUT/env.json"
     plots "$OUT/headline.csv"
     summary "$OUT/headline.csv" ;;
   more)
@@ -105,21 +107,21 @@ case "$STAGE" in
       cp "$PREV/headline.csv" "$OUT/headline.csv"
       say "resuming from $PREV/headline.csv ($(( $(wc -l < "$OUT/headline.csv") - 1 )) rows)"
     fi
-    step 60 "environment" python -m experiments.gpu_env --out "$OUT/env.json"
+    step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
     left=$(( SECONDS_LEFT - $(el) - 40 ))
     HB=$(( left * 45 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 ))
     [ $GPU = 0 ] && { HB=30; SB=20; BB=20; }
     step $(( HB + 45 )) "headline, every variant (budget ${HB}s)" \
-      python -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
+      "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
     if [ $GPU = 1 ]; then
       SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
       step $(( SB + 45 )) "hidden grid (budget ${SB}s)" \
-        python -m experiments.gpu_sweep --grid hidden --H 256,512,2048,128 \
+        "$PY" -m experiments.gpu_sweep --grid hidden --H 256,512,2048,128 \
         "${SWEEP[@]}" --out "$OUT/hidden.csv" --time-budget $SB
-      step $(( BB + 45 )) "batch grid (budget ${BB}s)" python -m experiments.gpu_sweep --grid batch --B 4,32,128,2,8 \
+      step $(( BB + 45 )) "batch grid (budget ${BB}s)" "$PY" -m experiments.gpu_sweep --grid batch --B 4,32,128,2,8 \
         "${SWEEP[@]}" --out "$OUT/batch.csv" --time-budget $BB
     else
-      step $(( SB + 60 )) "hidden grid, CPU smoke" python -m experiments.gpu_sweep --grid smoke --B 1 --H 16,32 \
+      step $(( SB + 60 )) "hidden grid, CPU smoke" "$PY" -m experiments.gpu_sweep --grid smoke --B 1 --H 16,32 \
         --T 4 --dtypes fp32 --out "$OUT/hidden.csv" --time-budget $SB
     fi
     plots $(ls "$OUT"/headline.csv "$OUT"/hidden.csv "$OUT"/batch.csv 2>/dev/null)

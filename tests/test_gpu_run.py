@@ -143,3 +143,23 @@ def test_headline_variants_resume_and_labels(tmp_path, monkeypatch):
     assert HL.run(out, None, ["main", "knob"], peaks, **grid) == 0  # resume: nothing left
     with pytest.raises(ValueError, match="unknown variants"):
         HL.run(out, None, ["nope"], peaks, **grid)
+
+
+def test_a_persistent_fallback_is_a_skip_out_of_scope_and_a_failure_in_scope():
+    import logging
+
+    log = logging.getLogger("fusedrnn")
+    with pytest.raises(G.Skip, match="does not apply"):
+        with G._no_fallback("persistent", planned=False):
+            log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", "persistent", "H too large")
+    with pytest.raises(AssertionError, match="by plan but fell back"):
+        with G._no_fallback("persistent", planned=True):
+            log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", "persistent", "not co-resident")
+    with G._no_fallback("persistent", planned=True):
+        pass
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for CPU timings")
+def test_headline_refuses_cpu_timings_under_results():
+    with pytest.raises(ValueError, match="refusing"):
+        HL.run(ROOT / "results" / "headline.csv", None, ["main"])
