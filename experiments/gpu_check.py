@@ -468,7 +468,8 @@ def all_checks() -> list[Check]:
             for strategy in ("per_step", "persistent"):
                 for infer in (False, True):
                     name = f"lstm/{strategy}/{dt}/{shape}/{'fwd' if infer else 'fwdbwd'}"
-                    checks.append(Check(name, f"lstm-{dt}", _sequence_check("lstm", strategy, dt, shape, infer)))
+                    group = f"lstm-{dt}-{strategy}"
+                    checks.append(Check(name, group, _sequence_check("lstm", strategy, dt, shape, infer)))
     checks += [
         Check("rnn_tanh/fp32/small/fwdbwd", "rnn", _sequence_check("rnn_tanh", "per_step", "fp32", "small", False)),
         Check("rnn_relu/fp32/small/fwdbwd", "rnn", _sequence_check("rnn_relu", "per_step", "fp32", "small", False)),
@@ -483,7 +484,7 @@ def all_checks() -> list[Check]:
         Check("cell/rnn_tanh/fp32", "cells", _cell_check("rnn_tanh", "fp32")),
         Check("cell/rnn_relu/fp32", "cells", _cell_check("rnn_relu", "fp32")),
         Check("cell/lstm/bf16", "cells", _cell_check("lstm", "bf16")),
-        Check("persistent/cuda_graph_replay/bf16/big", "lstm-bf16", _graph_check),
+        Check("persistent/cuda_graph_replay/bf16/big", "lstm-bf16-persistent", _graph_check),
         Check("persistent/two_streams/bf16", "streams", _streams_check),
     ]
     return checks
@@ -491,7 +492,8 @@ def all_checks() -> list[Check]:
 
 # workers on CUDA: the groups of each process (the two-stream check waits on its own subprocess, so it gets
 # a worker of its own rather than delaying a group behind it)
-SHARDS = [["lstm-bf16"], ["lstm-fp16"], ["lstm-fp32", "misc"], ["usegate"], ["rnn", "cells"], ["streams"]]
+SHARDS = [[f"lstm-{dt}-{s}"] for dt in ("bf16", "fp16", "fp32") for s in ("per_step", "persistent")] + [
+    ["usegate"], ["rnn", "cells", "misc"], ["streams"]]
 
 
 def shard_of(group: str, n: int) -> int:
