@@ -40,6 +40,7 @@ import csv  # noqa: E402
 import io  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -632,6 +633,16 @@ def main(argv=None) -> int:
         run_checks(checks, args.out, args.failures, seed, deadline - 5)
     else:
         procs = []
+
+        def stop(signum=None, frame=None):  # workers run in their own sessions: end them with us
+            for pr in procs:
+                if pr.poll() is None:
+                    os.killpg(pr.pid, signal.SIGKILL)
+                    pr.wait()
+            if signum is not None:
+                raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, stop)
         for k in range(n):
             cmd = [sys.executable, "-m", "experiments.gpu_check", "--out", str(args.out), "--workers", str(n),
                    "--shard", str(k), "--seed", str(seed), "--deadline", str(deadline - 10)]
@@ -645,10 +656,7 @@ def main(argv=None) -> int:
                 pr.wait(timeout=max(1.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 pass
-        for pr in procs:
-            if pr.poll() is None:
-                os.killpg(pr.pid, 9)
-                pr.wait()
+        stop()
     rows = read_rows(args.out)
     done = {r["name"] for r in rows}
     for c in checks:
