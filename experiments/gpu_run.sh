@@ -1,70 +1,131 @@
 #!/usr/bin/env bash
-# The GPU run, in stages that each fit one device call (< 9 minutes on an H100/H200):
+# The GPU run: one prepared command (`quick`, at most 7 minutes on an H100/H200) and one optional follow-up
+# (`more`, sized to the device time left). docs/GPU_RUN.md is the step-by-step guide; in short:
 #
-#   experiments/gpu_run.sh OUTDIR tests    # GPU test suite (the static compile check is left to CI)
-#   experiments/gpu_run.sh OUTDIR batch    # `batch` grid, fp16 + bf16, fwd + fwdbwd, then its plots
-#   experiments/gpu_run.sh OUTDIR hidden   # `hidden` grid, likewise, plus one torch.compile point
-#   experiments/gpu_run.sh OUTDIR all      # the three in a row (about 20 minutes)
+#   experiments/gpu_run.sh OUT quick                  # env, correctness subset, headline timings, plots
+#   experiments/gpu_run.sh OUT more [PREV [SECONDS]]  # resume the headline from PREV/headline.csv, then the
+#                                                     # variants, the hidden and batch grids, FlashRNN if carried
+#
+# From a session with a GPU (the `run` tool), from the repository root here:
+#   git rev-parse HEAD > REVISION        # the copy sent has no .git: REVISION names the measured commit
+#   run(command="experiments/gpu_run.sh $OUT quick", timeout_s=480, carry=["REVISION"])
+#   -> look at the end of output_tail (correctness counts, the speedup table), then at files_at:
+#      quick.log env.json correctness.csv failures.log headline.csv plots.tar.gz summary.md
+#   optional follow-up, SECONDS = status's budget_left_s - 150 (a fresh machine's start) - 60, if >= 180:
+#   mkdir -p gpu_prev && cp FILES_AT/* gpu_prev/   # gpu_prev/ is git-ignored
+#   run(command="experiments/gpu_run.sh $OUT more gpu_prev SECONDS", timeout_s=SECONDS+60,
+#       carry=["REVISION", "gpu_prev"])
+#   then give_back, and commit as docs/GPU_RUN.md says (results/, README table via experiments.report).
+#
+# Everything lands in OUT as it happens: the CSVs are appended and fsynced row by row, the log line by line,
+# so a call cut short still returns what it measured. OUT receives at most 8 files. Each step has its own
+# time limit and a failing step does not stop the next; the headline's budget is what is left of the
+# stage's wall-time target (QUICK_S, default 400 s) after the earlier steps, minus the plots' share.
+# The correctness subset runs with FUSEDRNN_AUTOTUNE=0 (first config per dtype group, no benchmarking);
+# the timings run with autotuning as shipped.
+#
+# Without CUDA the same stage is the CPU dry run: tiny shapes in Triton's interpreter, timings of the CPU
+# (rows say device=cpu; titles say "CPU, not a GPU benchmark"); it checks the script, not the kernels' speed.
 #
 # Run from the repository root; PYTHONPATH=. is set here. Nothing is pip-installed: wheels placed in .whl/
 # (e.g. flashrnn and einops) are unpacked into a temporary folder and put on PYTHONPATH.
-# OUTDIR receives at most 8 files per stage: <stage>.log, pytest.log, <grid>.csv, <grid>_plots.tar.gz.
-# The sweeps stop starting rows at their time budget; rerunning a stage with the CSV in place resumes it.
-set -u
-OUT=${1:?usage: experiments/gpu_run.sh OUTDIR [tests|batch|hidden|all]}
-STAGE=${2:-all}
+set -u -o pipefail
+OUT=${1:?usage: experiments/gpu_run.sh OUT quick|more [PREV [SECONDS]]}
+STAGE=${2:-quick}
+PREV=${3:-}
 mkdir -p "$OUT"
 LOG="$OUT/$STAGE.log"
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the GPU image's interpreter with torch is python3 (a bare `python` may not exist there)
+PY=${PYTHON:-python3}
 T0=$(date +%s)
-say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+el() { echo $(( $(date +%s) - T0 )); }
+say() { echo "[$(el)s] $*" | tee -a "$LOG"; }
+step() {  # limit_seconds name command...: runs with a hard limit, output to the log and stdout
+  local limit=$1 name=$2; shift 2
+  say "== $name (limit ${limit}s)"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=$?
+  say "== $name exit $rc$( [ $rc = 124 ] && echo ' (time limit)')"
+  return 0
+}
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   WHL=$(mktemp -d)
-  for w in .whl/*.whl; do python -m zipfile -e "$w" "$WHL" && say "unpacked $w"; done
+  for w in .whl/*.whl; do "$PY" -m zipfile -e "$w" "$WHL" && say "unpacked $w"; done
   export PYTHONPATH="$PYTHONPATH:$WHL"
 fi
 
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
-  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)"
-  git rev-parse HEAD 2>/dev/null || true; } >> "$LOG" 2>&1
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  GPU=1
+else
+  GPU=0
+fi
+say "stage $STAGE, OUT=$OUT, GPU=$GPU, revision $( [ -s REVISION ] && head -n1 REVISION || echo 'none (git)')"
 
-COMMON=(--dtypes fp16,bf16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,torch_loop,flashrnn --rep-ms 60)
-
-stage_tests() {
-  say "pytest (limit 420 s; FUSEDRNN_AUTOTUNE=0: first config per dtype group; compile check deselected: it needs no GPU and runs in CI)"
-  FUSEDRNN_AUTOTUNE=0 timeout 420 python -m pytest -q --maxfail=20 --deselect tests/test_compile_check.py \
-    -p no:cacheprovider tests > "$OUT/pytest.log" 2>&1
-  say "pytest exit $? (124 = time limit); tail:"; tail -n 8 "$OUT/pytest.log" >> "$LOG"
+plots() {  # csv...: one archive of every figure
+  local dir="$OUT/plots"
+  step 90 "plots" "$PY" -m experiments.plot "$@" --out "$dir"
+  if [ -d "$dir" ]; then
+    tar czf "$OUT/plots.tar.gz" -C "$OUT" plots >> "$LOG" 2>&1 && rm -rf "$dir"
+  fi
 }
 
-sweep_and_plot() {  # grid, budget seconds, extra args...
-  local grid=$1 budget=$2; shift 2
-  say "sweep $grid (budget ${budget}s)"
-  timeout $(( budget + 60 )) python -m experiments.sweep --grid "$grid" "${COMMON[@]}" "$@" \
-    --out "$OUT/$grid.csv" --time-budget "$budget" >> "$LOG" 2>&1
-  say "sweep $grid exit $?"
-}
-
-plots() {  # grid
-  local grid=$1
-  say "plots $grid"
-  python -m experiments.plot "$OUT/$grid.csv" --out "$OUT/${grid}_plots" >> "$LOG" 2>&1
-  say "plot exit $?"
-  tar czf "$OUT/${grid}_plots.tar.gz" -C "$OUT" "${grid}_plots" >> "$LOG" 2>&1 && rm -rf "$OUT/${grid}_plots"
+summary() {  # headline csv
+  "$PY" -m experiments.report "$1" > "$OUT/summary.md" 2>> "$LOG" || true
+  if [ -s "$OUT/correctness.csv" ]; then
+    "$PY" - "$OUT/correctness.csv" <<'EOF' >> "$OUT/summary.md"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+count = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "skip", "timeout")}
+print("\ncorrectness: " + ", ".join(f"{v} {k}" for k, v in count.items()))
+for r in rows:
+    if r["status"] != "pass":
+        print(f"- {r['status']}: {r['name']}: {r['error'][:160]}")
+EOF
+  fi
+  tee -a "$LOG" < "$OUT/summary.md"
 }
 
 case "$STAGE" in
-  tests) stage_tests ;;
-  batch) sweep_and_plot batch 420 --B 1,4,16,64,256; plots batch ;;
-  hidden)
-    sweep_and_plot hidden 360 --H 128,256,512,1024,2048
-    say "torch.compile point (B=16, H=1024, fp16)"
-    timeout 90 python -m experiments.sweep --grid batch --B 16 --dtypes fp16 --passes fwd,fwdbwd \
-      --backends cudnn,torch_compile --out "$OUT/hidden.csv" --time-budget 60 >> "$LOG" 2>&1
-    say "torch.compile exit $?"
-    plots hidden ;;
-  all) "$0" "$OUT" tests; "$0" "$OUT" batch; "$0" "$OUT" hidden ;;
-  *) echo "unknown stage $STAGE (tests, batch, hidden, all)" >&2; exit 2 ;;
+  quick)
+    TOTAL=${QUICK_S:-400}
+    if [ $GPU = 1 ]; then CHECK_S=150; ROW_S=30; PLOT_S=40
+    else CHECK_S=240; ROW_S=10; PLOT_S=40; TOTAL=${QUICK_S:-600}; fi
+    step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
+    FUSEDRNN_AUTOTUNE=0 step $(( CHECK_S + 30 )) "correctness subset" \
+      "$PY" -m experiments.gpu_check --out "$OUT/correctness.csv" --failures "$OUT/failures.log" --time-limit $CHECK_S
+    BUDGET=$(( TOTAL - $(el) - PLOT_S - ROW_S ))
+    [ $BUDGET -lt 20 ] && BUDGET=20
+    step $(( BUDGET + ROW_S + 15 )) "headline timings (budget ${BUDGET}s)" \
+      "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $BUDGET --peaks-from "$OUT/env.json"
+    plots "$OUT/headline.csv"
+    summary "$OUT/headline.csv" ;;
+  more)
+    SECONDS_LEFT=${4:-300}
+    if [ -n "$PREV" ] && [ -s "$PREV/headline.csv" ]; then
+      cp "$PREV/headline.csv" "$OUT/headline.csv"
+      say "resuming from $PREV/headline.csv ($(( $(wc -l < "$OUT/headline.csv") - 1 )) rows)"
+    fi
+    step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
+    left=$(( SECONDS_LEFT - $(el) - 40 ))
+    HB=$(( left * 45 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 ))
+    [ $GPU = 0 ] && { HB=30; SB=20; BB=20; }
+    step $(( HB + 45 )) "headline, every variant (budget ${HB}s)" \
+      "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
+    if [ $GPU = 1 ]; then
+      SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
+      step $(( SB + 45 )) "hidden grid (budget ${SB}s)" \
+        "$PY" -m experiments.gpu_sweep --grid hidden --H 256,512,2048,128 \
+        "${SWEEP[@]}" --out "$OUT/hidden.csv" --time-budget $SB
+      step $(( BB + 45 )) "batch grid (budget ${BB}s)" "$PY" -m experiments.gpu_sweep --grid batch --B 4,32,128,2,8 \
+        "${SWEEP[@]}" --out "$OUT/batch.csv" --time-budget $BB
+    else
+      step $(( SB + 60 )) "hidden grid, CPU smoke" "$PY" -m experiments.gpu_sweep --grid smoke --B 1 --H 16,32 \
+        --T 4 --dtypes fp32 --out "$OUT/hidden.csv" --time-budget $SB
+    fi
+    plots $(ls "$OUT"/headline.csv "$OUT"/hidden.csv "$OUT"/batch.csv 2>/dev/null)
+    summary "$OUT/headline.csv" ;;
+  *) echo "unknown stage $STAGE (quick, more)" >&2; exit 2 ;;
 esac
-say "done; files: $(ls "$OUT" | tr '\n' ' ')"
+say "done in $(el)s; files: $(ls "$OUT" | tr '\n' ' ')"

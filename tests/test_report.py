@@ -1,0 +1,77 @@
+"""experiments/report.py: the README's headline table is generated from a headline CSV. The CSVs here are
+fixtures written by the test with round made-up times (no GPU numbers), never committed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiments import report
+from experiments.results import append_row
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(B, H, dtype, pass_, backend, strategy, ms, **extra):
+    row = dict(device="cuda", gpu="TESTGPU", B=B, T=1024, H=H, I=H, layers=1, directions=1, dtype=dtype,
+               backend=backend, strategy=strategy, ms_p50=ms, error="", commit="abc123def4567", torch="2.11.0",
+               triton="3.6.0", cuda="13.0", cudnn=91000, date="2026-12-01T00:00:00Z", cudnn_algo="standard",
+               max_rel_err=0.001)
+    row["pass"] = pass_
+    row.update(extra)
+    return row
+
+
+def _fixture(path: Path, cudnn_ms=2.0):
+    for B in (1, 16):
+        for dt in ("bf16", "fp16"):
+            for ps in ("fwd", "fwdbwd"):
+                append_row(path, _row(B, 1024, dt, ps, "cudnn", "", cudnn_ms, cudnn_algo_seen="standard"))
+                append_row(path, _row(B, 1024, dt, ps, "fusedrnn", "per_step", 1.0))
+                append_row(path, _row(B, 1024, dt, ps, "fusedrnn", "persistent", 0.5))
+    append_row(path, _row(16, 768, "bf16", "fwd", "cudnn", "", 3.0))
+    append_row(path, _row(16, 768, "bf16", "fwd", "fusedrnn", "per_step", None, error="RuntimeError: boom"))
+    append_row(path, _row(16, 768, "bf16", "fwd", "fusedrnn", "persistent", 4.0, max_rel_err=0.5))
+
+
+def test_table_gives_every_cell_its_speedups(tmp_path):
+    csv = tmp_path / "headline.csv"
+    _fixture(csv)
+    md = report.block(csv)
+    assert md.startswith(report.BEGIN) and md.endswith(report.END)
+    lines = md.splitlines()
+    header = "| B | H | bf16 fwd | bf16 fwd+bwd | fp16 fwd | fp16 fwd+bwd |"
+    assert lines.count(header) == 2
+    assert "| 1 | 1024 | " + " | ".join(["2× per_step · **4× persistent**"] * 4) + " |" in lines
+    # B=16 H=768: an error row, and a slower strategy flagged for its difference to cuDNN
+    assert "| 16 | 768 | err per_step · **0.75×† persistent** | – | – | – |" in lines
+    assert "| 16 | 1024 | 2 (standard / standard) | 2 (standard / standard) |" in md
+    assert "† the first call" in md
+    assert "TESTGPU, commit abc123def456, torch 2.11.0, triton 3.6.0, CUDA 13.0, cuDNN 91000, 2026-12-01" in md
+
+
+def test_write_then_check_and_a_stale_block_fails(tmp_path, capsys):
+    csv, readme = tmp_path / "headline.csv", tmp_path / "README.md"
+    _fixture(csv)
+    readme.write_text(f"# x\n\nbefore\n\n{report.block(None)}\n\nafter\n")
+    assert report.main([str(csv), "--check", str(readme)]) == 1  # still the placeholder
+    assert report.main([str(csv), "--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "**4× persistent**" in text
+    assert report.main([str(csv), "--check", str(readme)]) == 0
+    append_row(csv, _row(1, 1024, "bf16", "fwd", "fusedrnn", "persistent", 0.25))  # a rerun: the last row wins
+    assert report.main([str(csv), "--check", str(readme)]) == 1
+    assert "8× persistent" in report.block(csv)
+
+
+def test_cpu_rows_never_reach_the_readme(tmp_path):
+    csv, readme = tmp_path / "headline.csv", tmp_path / "README.md"
+    append_row(csv, _row(1, 16, "bf16", "fwd", "torch_cpu", "", 2.0, device="cpu", gpu="cpu (x86_64)"))
+    append_row(csv, _row(1, 16, "bf16", "fwd", "fusedrnn", "per_step", 4.0, device="cpu", gpu="cpu (x86_64)"))
+    readme.write_text(report.block(None))
+    assert report.main([str(csv), "--write", str(readme)]) == 2
+    assert "CPU, not a GPU benchmark" in report.block(csv)
+
+
+def test_the_readme_block_is_the_generated_one():
+    """README.md's headline block is what `python -m experiments.report results/headline.csv` generates (the
+    placeholder while results/headline.csv does not exist)."""
+    assert report.main([str(ROOT / "results" / "headline.csv"), "--check", str(ROOT / "README.md")]) == 0
