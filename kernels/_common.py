@@ -5,6 +5,7 @@ Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,38 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def check_interpreter_numpy(numpy_version: str | None = None, triton_version: str | None = None) -> None:
+    """RuntimeError when Triton's interpreter would fail on this numpy: triton <= 3.6's interpreter turns
+    runtime loop bounds into 1-element arrays and converts them with ``int()``, which numpy >= 2.4 refuses
+    ("only 0-dimensional arrays can be converted to Python scalars"). The versions default to the installed
+    ones. Called only when interpreting (compiled GPU kernels do not use numpy)."""
+    if numpy_version is None:
+        import numpy
+
+        numpy_version = numpy.__version__
+    triton_version = triton.__version__ if triton_version is None else triton_version
+    if _version_tuple(numpy_version) >= (2, 4) and _version_tuple(triton_version) < (3, 7):
+        raise RuntimeError(
+            f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1, the CPU path) does not work with "
+            f"numpy {numpy_version}: install numpy<2.4 (pip install 'numpy<2.4'), as the fusedrnn package's "
+            "dependencies require"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_numpy_checked() -> bool:
+    check_interpreter_numpy()  # raises (and so is not cached) until numpy is fixed
+    return True
 
 
 def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -142,6 +175,7 @@ def launch(kernel, tuned, grid_fn, **kwargs):
     the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
     with that group's first config instead (no benchmarking: faster test runs)."""
     if interpreting():
+        _interpreter_numpy_checked()
         c = INTERPRETER_CONFIG
         meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)

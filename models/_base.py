@@ -48,8 +48,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def check_triton_dtype(dtype: torch.dtype) -> None:
-    from kernels._common import SUPPORTED_DTYPES
+    """RuntimeError for a dtype the kernels lack, or (CPU interpreter) a numpy that Triton's interpreter
+    cannot run with."""
+    from kernels._common import SUPPORTED_DTYPES, check_interpreter_numpy, interpreting
 
+    if interpreting():
+        check_interpreter_numpy()
     if dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
             f"fusedrnn backend 'triton' does not support dtype {dtype}; "
