@@ -235,3 +235,22 @@ def test_usegate_cn_requires_grad_like_reference():
         x = torch.randn(T, 2, 2, dtype=torch.float64, device=DEVICE)
         c_r, c = ref(x)[1][1], ours(x)[1][1]
         assert c.requires_grad == c_r.requires_grad == (T > 1), T
+
+
+def test_inplace_change_of_the_output_raises_in_backward():
+    """Documented difference (README): the fused backward reads the returned output, so modifying it in place
+    before backward is an error, as with cuDNN's nn.LSTM on CUDA."""
+    _, ours = _pair("lstm")
+    x = x3(5, 2, 3).requires_grad_(True)
+    out, _ = ours(x)
+    out += 1.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.pow(2).sum().backward()
+    out, _ = ours(x)
+    (out + 1.0).pow(2).sum().backward()  # the out-of-place form works
+    assert x.grad is not None
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    differences = readme[readme.index("- Differences from `torch.nn`:"):readme.index("## How it works")]
+    assert "modified by an" in differences and "cuDNN" in differences
