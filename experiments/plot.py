@@ -27,9 +27,25 @@ AXES = ("B", "H", "T")
 FIXED = ("layers", "directions", "I_eq_H")
 
 
+def check_readable(path) -> None:
+    """ValueError with a one-line reason when ``path`` is not a complete sweep CSV of this version: missing,
+    empty, a damaged or foreign header, or an incomplete or malformed record (what the sweep's resume sets
+    aside)."""
+    from .results import read_rows
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: empty file, no header and no rows")
+    read_rows(p)
+
+
 def load(paths) -> pd.DataFrame:
     """Concatenate sweep CSVs; keep rows without error and with a time (the last of duplicate keys), and add
-    ``impl`` = backend or backend/strategy."""
+    ``impl`` = backend or backend/strategy. Raises ValueError for a file that ``check_readable`` rejects."""
+    for p in paths:
+        check_readable(p)
     frames = [pd.read_csv(p, dtype={"strategy": str, "error": str, "cudnn_algo": str}, keep_default_na=False,
                           na_values={"ms_p50": [""], "ms_p20": [""], "ms_p80": [""], "speedup": [""],
                                      "frac_floor": [""]}) for p in paths]
@@ -173,7 +189,11 @@ def main(argv=None) -> int:
     p.add_argument("csv", nargs="+", type=Path, help="sweep CSV file(s)")
     p.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: the first CSV's folder)")
     args = p.parse_args(argv)
-    written = make_plots(args.csv, args.out or args.csv[0].parent)
+    try:
+        written = make_plots(args.csv, args.out or args.csv[0].parent)
+    except (ValueError, OSError) as e:  # a damaged or unreadable CSV: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for path, _ in written:
         print(path)
     return 0 if written else 1

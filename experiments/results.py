@@ -1,19 +1,25 @@
-"""The sweep's long-format CSV: columns, append-only writing, resume keys, and the provenance of a run.
+"""The sweep's long-format CSV: columns, append-only writing, resume keys, integrity checks, the writer's
+lock, and the provenance of a run.
 
 One row per (backend, strategy, config, dtype, pass) on one device. Rows are appended and flushed one at a
 time, so an interrupted sweep loses at most the row in flight; a rerun skips every key already in the file.
+A record that is incomplete or malformed (a crash of the machine or a full disk mid-write, a truncated copy)
+is never taken for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and
+drops it from the CSV (the sweep then measures that row again), and ``read_rows`` refuses a damaged file.
+One sweep at a time writes a CSV: ``lock_csv`` holds an advisory ``fcntl.flock`` on it.
 """
 from __future__ import annotations
 
 import csv
 import datetime
+import io
 import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 KEY = ("gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
 
@@ -39,22 +45,199 @@ ALWAYS = [c for c in COLUMNS if c not in CPU_EMPTY and c not in {
     "max_rel_err", "error", "strategy"}]
 
 
+# value checks that catch a record glued from two (a row appended onto a partial line)
+INT_COLUMNS = ("B", "T", "H", "I", "layers", "directions")
+FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "peak_mb",
+                 "floor_ms", "frac_floor", "max_rel_err", "peak_hbm_gbs", "peak_l2_gbs", "l2_mb",
+                 "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32", "peak_tflops_fp32")
+DEVICES = ("cpu", "cuda")
+
+
 def key_of(row: dict) -> tuple[str, ...]:
     """The resume key of a row (values as the strings the CSV holds)."""
     return tuple(str(row[k]) for k in KEY)
 
 
+@dataclass
+class Scan:
+    """What ``scan_csv`` found: the header's verdict, the byte spans (start, end) of the good records after
+    the header, and the bad ones as (start, end, line number, reason)."""
+
+    header_ok: bool = True
+    header_end: int = 0
+    good: list = field(default_factory=list)
+    bad: list = field(default_factory=list)
+
+
+def _physical_lines(data: bytes, start: int):
+    """(start, end) of each line from ``start``, the newline included (the last one may lack it)."""
+    while start < len(data):
+        nl = data.find(b"\n", start)
+        end = len(data) if nl < 0 else nl + 1
+        yield start, end
+        start = end
+
+
+def _next_record(data: bytes, start: int) -> int:
+    """End of the CSV record starting at ``start``: the first newline outside quotes (quotes inside a field
+    are doubled, so the parity of the quote count says whether a newline is inside one), or the end of data."""
+    quotes = 0
+    for s, e in _physical_lines(data, start):
+        quotes += data.count(b'"', s, e)
+        if quotes % 2 == 0 and data[e - 1:e] == b"\n":
+            return e
+    return len(data)
+
+
+def _record_problem(raw: bytes) -> str | None:
+    """Why ``raw`` (one record, its newline included) is not a finished row, or None when it is."""
+    if not raw.endswith(b"\n"):
+        return "incomplete (no end of line)"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as e:
+        return f"not CSV ({e})"
+    if len(rows) != 1:
+        return "not one CSV record"
+    if len(rows[0]) != len(COLUMNS):
+        return f"{len(rows[0])} fields instead of {len(COLUMNS)}"
+    row = dict(zip(COLUMNS, rows[0]))
+    if row["device"] not in DEVICES and row["device"] != "":
+        return f"device {row['device']!r}"
+    for c in INT_COLUMNS:
+        if row[c] and not row[c].isdigit():
+            return f"{c} {row[c]!r} is not an integer"
+    for c in FLOAT_COLUMNS:
+        if row[c]:
+            try:
+                float(row[c])
+            except ValueError:
+                return f"{c} {row[c]!r} is not a number"
+    return None
+
+
+def scan_csv(data: bytes) -> Scan:
+    """Check a sweep CSV's bytes record by record. A bad record that spans several lines (an unclosed quote
+    swallowing later rows) counts as its first line only, and the scan goes on at the next line, so the
+    finished rows after it are kept."""
+    scan = Scan()
+    if not data:
+        return scan
+    header_end = _next_record(data, 0)
+    header = data[:header_end]
+    scan.header_end = header_end
+    scan.header_ok = header == (",".join(COLUMNS) + "\r\n").encode() or header == (",".join(COLUMNS) + "\n").encode()
+    pos = header_end
+    while pos < len(data):
+        end = _next_record(data, pos)
+        problem = _record_problem(data[pos:end])
+        if problem is None:
+            scan.good.append((pos, end))
+        else:
+            first_line_end = next(_physical_lines(data, pos))[1]
+            if first_line_end < end:  # resynchronize on the next line
+                end = first_line_end
+                problem = _record_problem(data[pos:end]) or problem
+            scan.bad.append((pos, end, data.count(b"\n", 0, pos) + 1, problem))
+        pos = end
+    return scan
+
+
+def _bad_summary(scan: Scan, limit: int = 3) -> str:
+    parts = [f"line {line}: {why}" for _, _, line, why in scan.bad[:limit]]
+    more = len(scan.bad) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _header_error(p: Path) -> ValueError:
+    return ValueError(f"{p}: the header is damaged or its columns differ from this version's; "
+                      "write to a new --out file")
+
+
 def read_rows(path: str | os.PathLike) -> list[dict]:
     """All rows of ``path`` as dicts of strings ([] when the file does not exist or is empty). Raises
-    ValueError when the header is not this version's (write to a new file instead of mixing)."""
+    ValueError when the header is not this version's (write to a new file instead of mixing) or a record is
+    incomplete or malformed (``repair_csv`` sets such records aside)."""
     p = Path(path)
     if not p.exists() or p.stat().st_size == 0:
         return []
-    with p.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
-            raise ValueError(f"{p}: columns differ from this version's; write to a new --out file")
-        return list(reader)
+    data = p.read_bytes()
+    scan = scan_csv(data)
+    if not scan.header_ok:
+        raise _header_error(p)
+    if scan.bad:
+        raise ValueError(f"{p}: {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); "
+                         "rerun the sweep on this file to set them aside and measure those rows again")
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def repair_csv(path: str | os.PathLike) -> str | None:
+    """Set the incomplete or malformed records of ``path`` aside: their bytes go to a new file beside it,
+    ``<name>.damaged-<UTC time>``, and the CSV is rewritten in place (same file, so a lock on it holds) with
+    the header and the good records only, fsynced. Returns a message saying so, or None when nothing was
+    wrong. Raises ValueError for a damaged or foreign header (nothing is changed then). Call it holding
+    ``lock_csv``."""
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return None
+    with p.open("r+b") as f:
+        data = f.read()
+        scan = scan_csv(data)
+        if not scan.header_ok:
+            raise _header_error(p)
+        if not scan.bad:
+            return None
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        side = p.with_name(f"{p.name}.damaged-{stamp}")
+        n = 1
+        while side.exists():
+            n += 1
+            side = p.with_name(f"{p.name}.damaged-{stamp}-{n}")
+        with side.open("xb") as g:
+            for s, e, _, _ in scan.bad:
+                g.write(data[s:e])
+            g.flush()
+            os.fsync(g.fileno())
+        kept = data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good)
+        f.seek(0)
+        f.write(kept)
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+    return (f"{p}: set aside {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); their "
+            f"bytes are in {side}; those rows will be measured again")
+
+
+class CsvLocked(RuntimeError):
+    """Another process holds the sweep lock on this CSV."""
+
+
+@contextmanager
+def lock_csv(path: str | os.PathLike):
+    """Hold an exclusive advisory lock (``fcntl.flock``) on the CSV itself, creating it (empty) when missing,
+    for the whole read-measure-append span of a sweep. Raises CsvLocked at once when another process holds
+    it: two sweeps never both append to one file. Without fcntl (not POSIX), no lock is taken."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with p.open("ab") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CsvLocked(f"{p} is being written by another sweep (its fcntl lock is held); wait for that "
+                            "sweep to finish, then rerun this command to resume, or give another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _fmt(v) -> str:
@@ -70,17 +253,24 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     fsynced so that a kill after this call keeps the row."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    new = not p.exists() or p.stat().st_size == 0
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown CSV columns {sorted(unknown)}")
-    with p.open("a", newline="") as f:
+    with p.open("a+b") as raw:
+        raw.seek(0, os.SEEK_END)
+        size = raw.tell()
+        if size:
+            raw.seek(size - 1)
+            if raw.read(1) != b"\n":  # never glue a row onto a partial line: it stays a separate bad record
+                raw.write(b"\n")
+        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
+        if size == 0:
             w.writeheader()
         w.writerow({c: _fmt(row.get(c)) for c in COLUMNS})
         f.flush()
         os.fsync(f.fileno())
+        f.detach()
 
 
 def git_commit() -> str:
@@ -97,14 +287,18 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine() or 'unknown'})"
 
 
-def provenance(device: torch.device) -> dict:
+def provenance(device) -> dict:
     """Columns describing where and with what a run happened."""
+    import torch
+
     try:
         import triton
 

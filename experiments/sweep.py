@@ -30,7 +30,9 @@ from . import backends as bk  # noqa: E402
 from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
 from .grids import GRIDS, Config, grid_configs  # noqa: E402
 from .measure import Peaks, bench, elem_bytes, floor_ms, lstm_flops, max_rel_error, measure_peaks  # noqa: E402
-from .results import append_row, key_of, progress, provenance, read_rows  # noqa: E402
+from .results import (  # noqa: E402
+    CsvLocked, append_row, key_of, lock_csv, progress, provenance, read_rows, repair_csv,
+)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 PASSES = ("fwd", "fwdbwd")
@@ -349,10 +351,24 @@ def main(argv=None) -> int:
                            bidirectional=args.bidirectional)
     jobs = make_jobs(configs, dtypes, args.passes, names)
     try:
+        with lock_csv(out):  # one sweep at a time per CSV: the second one refuses
+            return _run(args, out, grid, device, jobs, names, tf32)
+    except CsvLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args, out, grid, device, jobs, names, tf32) -> int:
+    """The sweep proper, holding the CSV's lock: set damaged records aside, skip done rows, measure the rest
+    and append them one at a time."""
+    try:
+        note = repair_csv(out)
         existing = read_rows(out)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     gpu = provenance(device)["gpu"] if existing else None
     done = {key_of(r) for r in existing if not (args.retry_errors and r["error"])}
     ref_name = bk.reference_for(device)

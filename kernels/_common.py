@@ -5,6 +5,7 @@ Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -18,6 +19,38 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    out = []
+    for part in v.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def check_interpreter_numpy(numpy_version: str | None = None, triton_version: str | None = None) -> None:
+    """RuntimeError when Triton's interpreter would fail on this numpy: triton <= 3.6's interpreter turns
+    runtime loop bounds into 1-element arrays and converts them with ``int()``, which numpy >= 2.4 refuses
+    ("only 0-dimensional arrays can be converted to Python scalars"). The versions default to the installed
+    ones. Called only when interpreting (compiled GPU kernels do not use numpy)."""
+    if numpy_version is None:
+        import numpy
+
+        numpy_version = numpy.__version__
+    triton_version = triton.__version__ if triton_version is None else triton_version
+    if _version_tuple(numpy_version) >= (2, 4) and _version_tuple(triton_version) < (3, 7):
+        raise RuntimeError(
+            f"Triton {triton_version}'s interpreter (TRITON_INTERPRET=1, the CPU path) does not work with "
+            f"numpy {numpy_version}: install numpy<2.4 (pip install 'numpy<2.4'), as the fusedrnn package's "
+            "dependencies require"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_numpy_checked() -> bool:
+    check_interpreter_numpy()  # raises (and so is not cached) until numpy is fixed
+    return True
 
 
 def acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -142,6 +175,7 @@ def launch(kernel, tuned, grid_fn, **kwargs):
     the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
     with that group's first config instead (no benchmarking: faster test runs)."""
     if interpreting():
+        _interpreter_numpy_checked()
         c = INTERPRETER_CONFIG
         meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
@@ -173,12 +207,18 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
     return out
 
 
-def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias):
+def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None):
     """Post-loop GEMMs shared by every cell: given dz (T, B, G*H) returns
-    (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after."""
+    (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after. With ``lengths`` (B,),
+    h_{t-1} is zeroed at the steps past a row's length: dz is 0 there, and 0 * a non-finite last output would
+    otherwise put NaN into every entry of dW_hh."""
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
-    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0).reshape(T * B, -1)
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0)
+    if lengths is not None:
+        t = torch.arange(T, device=h_prev.device).unsqueeze(1)
+        h_prev = h_prev.masked_fill((t >= lengths.to(t.dtype).unsqueeze(0)).unsqueeze(2), 0)
+    h_prev = h_prev.reshape(T * B, -1)
     dw_hh = dz2.t() @ h_prev.to(dz2.dtype)
     dw_ih = dz2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
     dx = (dz2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
@@ -188,20 +228,43 @@ def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias):
 
 
 # ----------------------------------------------------------------------------------------------
-# Activations in plain exp form: exact enough for fp64 checks, identical in the interpreter and on
-# the GPU (no libdevice dependency).
+# Activations from tl.exp alone (no libdevice dependency: the same code in the interpreter and on the
+# GPU), accurate to a few ulp relative to the result over the whole range, in fp32 and fp64 (16-bit
+# inputs are computed in fp32 by every kernel).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def sigmoid(x):
+    # No cancellation anywhere: for x < 0 the relative error stays at a few ulp until the result leaves the
+    # normal range (e^{-x} overflows only where sigmoid(x) is below the smallest normal).
     return 1.0 / (1.0 + tl.exp(-x))
 
 
 @triton.jit
 def tanh(x):
-    # tanh(|x|) = (1 - e^{-2|x|}) / (1 + e^{-2|x|}); no overflow for large |x|.
-    e = tl.exp(-2.0 * tl.abs(x))
+    # Large |x|: tanh(|x|) = (1 - e) / (1 + e) with e = e^{-2|x|} (no overflow). Near 0, 1 - e cancels
+    # (relative error ~ eps / |x|, and 0 below |x| ~ eps / 2), so there the odd Taylor series is used,
+    # x (1 + x^2 p(x^2)), truncated where its remainder is below the dtype's rounding: through x^13 for
+    # |x| < 0.1 in fp64 (remainder < 1e-17), through x^9 for |x| < 0.2 in fp32 (remainder < 1e-9). At the
+    # switch the exp form is within ~5 ulp (fp64) / ~3 ulp (fp32) and improves with |x|.
+    a = tl.abs(x)
+    e = tl.exp(-2.0 * a)
     t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+    t = tl.where(x < 0, -t, t)
+    x2 = x * x
+    if x.dtype == tl.float64:
+        p = 21844.0 / 6081075.0
+        p = p * x2 - 1382.0 / 155925.0
+        p = p * x2 + 62.0 / 2835.0
+        p = p * x2 - 17.0 / 315.0
+        p = p * x2 + 2.0 / 15.0
+        p = p * x2 - 1.0 / 3.0
+        small = a < 0.1
+    else:
+        p = 62.0 / 2835.0 * x2 - 17.0 / 315.0
+        p = p * x2 + 2.0 / 15.0
+        p = p * x2 - 1.0 / 3.0
+        small = a < 0.2
+    return tl.where(small, x + x * (x2 * p), t)
 
 
 # ----------------------------------------------------------------------------------------------

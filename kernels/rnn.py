@@ -81,7 +81,7 @@ def _rnn_fwd_step(
                    BLOCK_B, BLOCK_H, BLOCK_K)
     b_z += tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     if RELU:
-        b_hn = tl.maximum(b_z, 0.0)
+        b_hn = tl.where(b_z < 0.0, 0.0, b_z)  # NaN stays NaN as in torch.relu (a GPU max drops it)
     else:
         b_hn = tanh(b_z)
     if HAS_LENGTHS:
@@ -120,7 +120,7 @@ def _rnn_bwd_step(
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     if RELU:
-        b_dz = tl.where(b_h > 0.0, b_dh, 0.0)
+        b_dz = tl.where(b_h <= 0.0, 0.0, b_dh)  # as torch's threshold_backward: NaN outputs pass dh
     else:
         b_dz = b_dh * (1.0 - b_h * b_h)
     if HAS_LENGTHS:
@@ -241,7 +241,7 @@ def rnn_layer_bwd(dy, x, h0, y, w_ih, w_hh, lengths=None, *, has_bias=True, nonl
     """Gradients of one RNN layer: fused backward recurrence, then the weight GEMMs.
     Returns (dx, dh0, dW_ih, dW_hh, db or None)."""
     dz = rnn_bwd_sequence(dy, w_hh, y, lengths, nonlinearity=nonlinearity, strategy=strategy)
-    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias)
+    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths)
 
 
 __all__ = [

@@ -48,8 +48,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def check_triton_dtype(dtype: torch.dtype) -> None:
-    from kernels._common import SUPPORTED_DTYPES
+    """RuntimeError for a dtype the kernels lack, or (CPU interpreter) a numpy that Triton's interpreter
+    cannot run with."""
+    from kernels._common import SUPPORTED_DTYPES, check_interpreter_numpy, interpreting
 
+    if interpreting():
+        check_interpreter_numpy()
     if dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(
             f"fusedrnn backend 'triton' does not support dtype {dtype}; "
@@ -130,6 +134,15 @@ class FusedRNNBase(nn.RNNBase):
                     f"Expected {name} to have dtype {input.dtype} like the input, got {s.dtype}"
                 )
 
+    def _check_weight_dtypes(self, layer: int, direction: int, weights, dtype: torch.dtype) -> None:
+        """RuntimeError (as torch.nn's matmuls give) when a parameter's dtype is not the input's, e.g. one
+        parameter cast on its own."""
+        names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
+        for n, w in zip(names, weights):
+            if w.dtype != dtype:
+                raise RuntimeError(f"{type(self).__name__}: parameter {n} has dtype {w.dtype}, expected {dtype} "
+                                   "like the input")
+
     def _layer_weights(self, layer: int, direction: int):
         names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
         return [getattr(self, n) for n in names]
@@ -172,9 +185,13 @@ class FusedRNNBase(nn.RNNBase):
             hx = (zeros(real_hidden), zeros(self.hidden_size)) if self._has_cell else zeros(real_hidden)
             self._check_args(check_input, hx, batch_sizes)
         else:
+            if self._has_cell and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                # torch.nn.LSTM: IndexError when hx[1] does not exist, RuntimeError for extra states
+                if isinstance(hx, (tuple, list)) and len(hx) > 2:
+                    raise RuntimeError(f"{name} expects two hidden states (h_0, c_0), got {len(hx)}")
+                got = f"{len(hx)} state" if isinstance(hx, (tuple, list)) else f"a {type(hx).__name__}"
+                raise IndexError(f"{name}: hx must be a tuple (h_0, c_0), got {got}")
             states = hx if self._has_cell else (hx,)
-            if self._has_cell and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-                raise RuntimeError(f"{name}: hx must be a tuple (h_0, c_0)")
             if not packed:
                 want = 3 if is_batched else 2
                 if any(s.dim() != want for s in states):
@@ -214,6 +231,8 @@ class FusedRNNBase(nn.RNNBase):
                     w = self._layer_weights(layer, d)
                     if weights_cast is not None:
                         w = [p.to(weights_cast) for p in w]
+                    else:
+                        self._check_weight_dtypes(layer, d, w, x.dtype)
                     xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
                     y, hn, cn = self._layer(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
                     outs.append(y if d == 0 else reverse_time(y, lengths))

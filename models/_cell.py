@@ -15,6 +15,12 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     if hx is not None:
+        if n_states > 1:
+            # torch.nn.LSTMCell: a tuple (or list) of exactly two tensors
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"{name}: hx must be a tuple of Tensors (h_0, c_0), not {type(hx).__name__}")
+            if len(hx) != n_states:
+                raise RuntimeError(f"{name} expects two hidden states (h_0, c_0), got {len(hx)}")
         states = tuple(hx) if n_states > 1 else (hx,)
         for i, s in enumerate(states):
             if s.dim() not in (1, 2):
@@ -34,9 +40,12 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
     else:
         states = tuple(s if is_batched else s.unsqueeze(0) for s in states)
         for i, s in enumerate(states):
-            if tuple(s.shape) != (B, cell.hidden_size):
+            # torch.nn's checks and wording, batch size first
+            if s.shape[0] != B:
+                raise RuntimeError(f"Input batch size {B} doesn't match hidden{i} batch size {s.shape[0]}")
+            if s.shape[1] != cell.hidden_size:
                 raise RuntimeError(
-                    f"{name}: Expected hidden state {i} of shape {(B, cell.hidden_size)}, got {tuple(s.shape)}"
+                    f"hidden{i} has inconsistent hidden_size: got {s.shape[1]}, expected {cell.hidden_size}"
                 )
             if s.device != input.device:
                 raise RuntimeError(f"{name}: input on {input.device} but hidden state {i} on {s.device}")
@@ -50,10 +59,10 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
         for i, s in enumerate(states):
             if s.dtype != input.dtype:
                 raise RuntimeError(f"{name}: hidden state {i} has dtype {s.dtype}, expected {input.dtype}")
-        if weights[0].dtype != input.dtype:
-            raise RuntimeError(
-                f"{name}: input dtype ({input.dtype}) does not match weight dtype ({weights[0].dtype})"
-            )
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if cell.bias else [])
+        for n, w in zip(names, weights):
+            if w.dtype != input.dtype:
+                raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match {n} dtype ({w.dtype})")
     with torch.autocast(input.device.type, enabled=False) if ac is not None else nullcontext():
         out = step(input.unsqueeze(0), states, weights)
     if not is_batched:

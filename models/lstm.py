@@ -29,6 +29,10 @@ def lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
     y, c_n, *_ = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy)
+    if store and x.shape[0] == 1 and not needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        # one step: c_1 does not depend on w_hr (it acts on h_1 only), so when w_hr is the only input that
+        # requires grad, c_n must not require it either (as in torch.nn); its gradient would be zero anyway
+        c_n = c_n.detach()
     return y, last_step(y, lengths), c_n
 
 

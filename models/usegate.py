@@ -136,6 +136,10 @@ def usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
     y, c_n, *_ = usegate_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
+    if store and x.shape[0] == 1 and not needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        # one step: c_1 does not depend on the use gate (w_u, b_u act on h_1 only), so when those are the only
+        # inputs that require grad, c_n must not require it (as the reference); its gradient would be zero
+        c_n = c_n.detach()
     return y, last_step(y, lengths), c_n
 
 

@@ -137,3 +137,120 @@ def test_lstm_launcher_checks_shapes_and_dtypes():
         lstm_fwd_sequence(xp.to(torch.int32), w, h0, c0)
     with pytest.raises(ValueError, match="strategy"):
         lstm_fwd_sequence(xp, w, h0, c0, strategy="nope")
+
+
+def _cells(kind):
+    from models import LSTMCell, RNNCell
+
+    torch.manual_seed(0)
+    ref_cls, cls = (torch.nn.LSTMCell, LSTMCell) if kind == "lstm" else (torch.nn.RNNCell, RNNCell)
+    ref, ours = ref_cls(3, 4), cls(3, 4, backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    return ref.to(DEVICE), ours.to(DEVICE)
+
+
+def test_lstmcell_hx_must_be_a_pair():
+    ref, ours = _cells("lstm")
+    x, h, c = x3(2, 3), x3(2, 4), x3(2, 4)
+    assert isinstance(_same_error(ref, ours, x, torch.stack([h, c])), TypeError)
+    assert isinstance(_same_error(ref, ours, x, h), TypeError)
+    assert isinstance(_same_error(ref, ours, x, (h, c, h)), RuntimeError)
+    assert isinstance(_same_error(ref, ours, x, (h,)), RuntimeError)
+    h1, c1 = ours(x, [h, c])  # a list of two works, as in torch.nn
+    assert h1.shape == c1.shape == (2, 4)
+
+
+def test_lstm_hx_not_a_pair_like_nn():
+    ref, ours = _pair("lstm")
+    x, h0 = x3(5, 2, 3), x3(1, 2, 4)
+    assert isinstance(_same_error(ref, ours, x, (h0,), match="hx"), IndexError)
+    assert isinstance(_same_error(ref, ours, x, h0, match="hx"), IndexError)
+    assert isinstance(_same_error(ref, ours, x, (h0, h0, h0), match="two hidden states"), RuntimeError)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+def test_cell_hidden_shape_messages_like_nn(kind):
+    ref, ours = _cells(kind)
+    x = x3(2, 3)
+
+    def hx(h):
+        return (h, x3(*h.shape)) if kind == "lstm" else h
+
+    for args in [(x, hx(x3(2, 5))), (x, hx(x3(3, 4))), (x[0], hx(x3(5)))]:
+        with pytest.raises(Exception) as e_ref:
+            ref(*args)
+        with pytest.raises(type(e_ref.value)) as e_ours:
+            ours(*args)
+        assert str(e_ours.value) == str(e_ref.value)
+    if kind == "lstm":  # the cell state is hidden1
+        with pytest.raises(RuntimeError) as e_ref:
+            ref(x, (x3(2, 4), x3(2, 5)))
+        with pytest.raises(RuntimeError) as e_ours:
+            ours(x, (x3(2, 4), x3(2, 5)))
+        assert str(e_ours.value) == str(e_ref.value)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "lstm_cell", "rnn_cell"])
+def test_one_parameter_cast_raises_runtime_error(kind):
+    if kind.endswith("cell"):
+        ref, ours = _cells(kind.split("_")[0])
+        name, x = "weight_hh", x3(2, 3)
+    else:
+        ref, ours = _pair(kind, num_layers=2)
+        name, x = "weight_hh_l1", x3(4, 2, 3)
+    for m in (ref, ours):
+        getattr(m, name).data = getattr(m, name).data.double()
+    e = _same_error(ref, ours, x)
+    assert isinstance(e, RuntimeError) and name in str(e)
+
+
+def test_cn_requires_grad_like_nn():
+    """c_n cannot depend on weight_hr after one step: then it does not require grad, as in torch.nn."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(2, 3, proj_size=1).double().to(DEVICE)
+    ours = LSTM(2, 3, proj_size=1, backend="triton").double().to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        for n, p in m.named_parameters():
+            p.requires_grad_(n == "weight_hr_l0")
+    for T in (1, 3):
+        x = torch.randn(T, 2, 2, dtype=torch.float64, device=DEVICE)
+        (y_r, (h_r, c_r)), (y, (h, c)) = ref(x), ours(x)
+        assert (y.requires_grad, h.requires_grad, c.requires_grad) == (
+            y_r.requires_grad, h_r.requires_grad, c_r.requires_grad), T
+        assert c.requires_grad == (T > 1)
+
+
+def test_usegate_cn_requires_grad_like_reference():
+    from models import UseGateLSTM
+
+    torch.manual_seed(0)
+    ref = UseGateLSTM(2, 3, backend="reference").double().to(DEVICE)
+    ours = UseGateLSTM(2, 3, backend="triton").double().to(DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    for m in (ref, ours):
+        for n, p in m.named_parameters():
+            p.requires_grad_(n.startswith(("weight_u", "bias_u")))
+    for T in (1, 3):
+        x = torch.randn(T, 2, 2, dtype=torch.float64, device=DEVICE)
+        c_r, c = ref(x)[1][1], ours(x)[1][1]
+        assert c.requires_grad == c_r.requires_grad == (T > 1), T
+
+
+def test_inplace_change_of_the_output_raises_in_backward():
+    """Documented difference (README): the fused backward reads the returned output, so modifying it in place
+    before backward is an error, as with cuDNN's nn.LSTM on CUDA."""
+    _, ours = _pair("lstm")
+    x = x3(5, 2, 3).requires_grad_(True)
+    out, _ = ours(x)
+    out += 1.0
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.pow(2).sum().backward()
+    out, _ = ours(x)
+    (out + 1.0).pow(2).sum().backward()  # the out-of-place form works
+    assert x.grad is not None
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    differences = readme[readme.index("- Differences from `torch.nn`:"):readme.index("## How it works")]
+    assert "modified by an" in differences and "cuDNN" in differences

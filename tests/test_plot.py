@@ -70,3 +70,26 @@ def test_plot_without_rows(tmp_path):
     assert plot.make_plots([csv_path], tmp_path / "o") == []
     assert plot.main([str(csv_path), "--out", str(tmp_path / "o")]) == 1
 
+
+
+def test_damaged_csv_gives_a_clear_error_not_a_traceback(tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    _fixture_csv(good, dtypes=("fp16",))
+    data = good.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    cases = {
+        "truncated": data[: last + (len(data) - last) // 2],  # last record cut, no newline
+        "header_cut": data[:50],
+        "binary": data + b"\xff\xfe\x00garbage\n",
+        "glued": data[: last + 30] + data[last:],  # a row appended onto a partial line
+        "empty": b"",
+    }
+    for name, content in cases.items():
+        p = tmp_path / f"{name}.csv"
+        p.write_bytes(content)
+        capsys.readouterr()
+        assert plot.main([str(p), "--out", str(tmp_path / "o")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(p) in err and "Traceback" not in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+    assert plot.main([str(tmp_path / "missing.csv")]) == 2

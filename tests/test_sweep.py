@@ -1,8 +1,12 @@
 """The sweep CLI on CPU: the smoke grid writes every column, reruns add nothing, a failing backend leaves an
-error row and the sweep completes, Ctrl-C keeps finished rows; the cuDNN-algorithm mirror and the floor."""
+error row and the sweep completes, Ctrl-C keeps finished rows, a damaged last record is set aside and
+measured again, a second sweep on a CSV being written refuses; the cuDNN-algorithm mirror and the floor."""
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +16,9 @@ from experiments import sweep
 from experiments.cudnn_algo import PERSIST, SMALL_H, STANDARD, classify_kernels, predict_algo
 from experiments.grids import Config, grid_configs
 from experiments.measure import Peaks, floor_ms, lstm_flops
-from experiments.results import ALWAYS, COLUMNS, CPU_EMPTY
+from experiments.results import (
+    ALWAYS, COLUMNS, CPU_EMPTY, CsvLocked, append_row, key_of, lock_csv, read_rows, repair_csv, scan_csv,
+)
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-path sweep (the GPU path runs in gpu_run.sh)")
 
@@ -199,3 +205,152 @@ def test_strategy_fallback_becomes_an_error_not_a_mislabelled_row():
         bk._no_fallback(run, "persistent")(1, 2, 3)
     assert bk._no_fallback(lambda x, h, c: (x, h, c), "persistent")(1, 2, 3) == (1, 2, 3)
     assert logging.getLogger("fusedrnn").level == logging.NOTSET
+
+
+# --- the CSV: damaged records, the writers' lock ------------------------------------------------------------
+_FAST = ["--grid", "smoke", "--B", "1", "--passes", "fwd", "--min-reps", "1", "--rep-ms", "1"]
+
+
+def _fast_sweep(out, backends="torch_cpu,torch_loop", extra=()):
+    return sweep.main(_FAST + ["--backends", backends, "--out", str(out), *extra])
+
+
+def _cut_last_record(path, keep):
+    """Cut the last record: ``keep(record bytes) -> bytes kept of it``."""
+    data = path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    path.write_bytes(data[:start] + keep(data[start:]))
+    return data[start:]
+
+
+def _sound(path):
+    """Every record parses as a full row with valid values, and pandas reads the file."""
+    import pandas as pd
+
+    header, rows = _rows(path)
+    assert header == COLUMNS
+    for r in rows:
+        assert None not in r and None not in r.values(), r
+        assert r["device"] == "cpu", r["device"]
+        float(r["ms_p50"]), float(r["max_rel_err"])
+    assert len(pd.read_csv(path)) == len(rows)
+    return rows
+
+
+@cpu_only
+@pytest.mark.parametrize("how", ["half_no_newline", "three_bytes", "field_boundary_newline"])
+def test_damaged_last_record_is_set_aside_and_measured_again(tmp_path, capsys, how):
+    out = tmp_path / "s.csv"
+    assert _fast_sweep(out) == 0
+    before = _sound(out)
+    keep = {"half_no_newline": lambda r: r[: len(r) // 2],
+            "three_bytes": lambda r: r[:3],
+            "field_boundary_newline": lambda r: r[: r.index(b",", len(r) // 2)] + b"\r\n"}[how]
+    cut = _cut_last_record(out, keep)
+    capsys.readouterr()
+    assert _fast_sweep(out) == 0
+    err = capsys.readouterr().err
+    assert "set aside 1 incomplete or malformed record" in err and "1 to run" in err, err
+    rows = _sound(out)
+    assert [key_of(r) for r in rows] == [key_of(r) for r in before]  # the cut row measured again
+    (side,) = tmp_path.glob("s.csv.damaged-*")
+    assert side.read_bytes() == keep(cut) and str(side) in err
+    # a resume with more points appends after a full line
+    assert _fast_sweep(out, "torch_cpu,torch_loop", ["--B", "1,4"]) == 0
+    assert len(_sound(out)) == 4
+
+
+@cpu_only
+def test_cut_inside_a_quoted_field_loses_no_later_row(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(bk.REGISTRY, "boom", bk.Backend("boom", _comma_boom_build, devices=("cpu",),
+                                                        default_on=()))
+    out = tmp_path / "q.csv"
+    assert _fast_sweep(out, "torch_cpu,boom") == 0
+    _, rows = _rows(out)
+    assert rows[-1]["error"] == "RuntimeError: broken, with a comma"  # written quoted
+    _cut_last_record(out, lambda r: r[: r.index(b'"') + 8])  # inside the quotes, no newline
+    capsys.readouterr()
+    assert _fast_sweep(out, "torch_cpu,boom") == 0
+    assert "set aside 1" in capsys.readouterr().err
+    _, rows = _rows(out)
+    assert [r["backend"] for r in rows] == ["torch_cpu", "boom"]
+    assert _fast_sweep(out, "torch_cpu,boom,torch_loop") == 0  # later rows are visible, every run converges
+    _, rows = _rows(out)
+    assert [r["backend"] for r in rows] == ["torch_cpu", "boom", "torch_loop"]
+    capsys.readouterr()
+    assert _fast_sweep(out, "torch_cpu,boom,torch_loop") == 0
+    assert "0 to run" in capsys.readouterr().err
+
+
+def _comma_boom_build(ref, strategy):
+    raise RuntimeError("broken, with a comma")
+
+
+def test_scan_keeps_rows_after_an_unclosed_quote_and_flags_glued_records(tmp_path):
+    def row(**kw):
+        base = {"device": "cpu", "gpu": "cpu (x86_64)", "B": 1, "T": 8, "H": 32, "I": 32, "layers": 1,
+                "directions": 1, "dtype": "fp32", "pass": "fwd", "backend": "torch_cpu", "ms_p50": 0.25,
+                "max_rel_err": 2.64368e-07, "error": ""}
+        return {**base, **kw}
+
+    p = tmp_path / "r.csv"
+    append_row(p, row())
+    with p.open("ab") as f:
+        f.write(b'cpu,cpu (x86_64),4,8,32,32,1,1,fp32,fwd,boom,,"RuntimeError: bro\r\n')  # unclosed quote
+    append_row(p, row(B=4))
+    with p.open("ab") as f:
+        f.write(b"cpu")  # a partial line: append_row must not glue the next row onto it
+    append_row(p, row(B=16))
+    data = p.read_bytes()
+    scan = scan_csv(data)
+    assert scan.header_ok and len(scan.good) == 3 and len(scan.bad) == 2
+    assert [line for _, _, line, _ in scan.bad] == [3, 5]
+    with pytest.raises(ValueError, match="2 incomplete or malformed"):
+        read_rows(p)
+    note = repair_csv(p)
+    assert "set aside 2" in note
+    assert [r["B"] for r in read_rows(p)] == ["1", "4", "16"]
+    (side,) = tmp_path.glob("r.csv.damaged-*")
+    assert side.read_bytes() == b'cpu,cpu (x86_64),4,8,32,32,1,1,fp32,fwd,boom,,"RuntimeError: bro\r\ncpu\n'
+    assert repair_csv(p) is None  # clean now
+    # a record glued onto a partial line by an older writer: 70 fields, or 44 with a nonsense value
+    glued = data[: scan.header_end] + data[scan.good[0][0]:scan.good[0][1]]
+    for junk in (b"cpu" + glued[scan.header_end:], glued[scan.header_end:-20] + glued[scan.header_end:]):
+        assert len(scan_csv(glued + junk).bad) == 1, junk
+
+
+def test_header_damage_and_non_utf8_are_refused(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_bytes(",".join(COLUMNS).encode()[:40])
+    with pytest.raises(ValueError, match="header is damaged"):
+        read_rows(p)
+    with pytest.raises(ValueError, match="header is damaged"):
+        repair_csv(p)
+    q = tmp_path / "g.csv"
+    append_row(q, {"device": "cpu", "B": 1})
+    with q.open("ab") as f:
+        f.write(b"\xff\xfe garbage\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_rows(q)
+
+
+@cpu_only
+def test_second_sweep_on_a_locked_csv_refuses(tmp_path, capsys):
+    out = tmp_path / "l.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom experiments.results import lock_csv\n"
+         f"with lock_csv({str(out)!r}):\n    print('locked', flush=True)\n    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        capsys.readouterr()
+        assert _fast_sweep(out) == 2
+        assert "being written by another sweep" in capsys.readouterr().err
+        assert out.read_bytes() == b""
+        with pytest.raises(CsvLocked):
+            with lock_csv(out):
+                pass
+    finally:
+        holder.communicate("", timeout=30)
+    assert _fast_sweep(out) == 0  # the lock is gone with its holder
+    assert len(_sound(out)) == 2
