@@ -38,7 +38,11 @@ class RNN(FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto"):
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto", **kwargs):
+        if "proj_size" in kwargs:  # nn.RNN's check and message, whatever the value
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"RNN.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[_check_nonlinearity(nonlinearity)]
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, backend=backend, strategy=strategy)
