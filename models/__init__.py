@@ -5,6 +5,8 @@
 ``UseGateLSTM`` is the use-gate LSTM (issue 4), with nn.LSTM's interface but its own cell.
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
 """
+import torch
+
 from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
 from kernels._graphs import clear as clear_cuda_graphs
 
@@ -13,5 +15,8 @@ from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 from .swap import swap_rnns
 from .usegate import UseGateLSTM
+
+# whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
+torch.serialization.add_safe_globals([LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM])
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns", "clear_cuda_graphs"]
