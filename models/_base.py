@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ._autocast import autocast_plan, cast_outputs
+
 BACKENDS = ("auto", "triton", "reference")
 STRATEGIES = ("auto", "per_step", "persistent")
 # cells without a persistent kernel (RNN, use-gate LSTM) accept only these
@@ -192,19 +194,20 @@ class FusedRNNBase(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        # autocast: run in the autocast dtype, as nn.LSTM does
-        weights_cast = None
-        ac = autocast_dtype(x.device)
-        if ac is not None:
-            x, h_all = x.to(ac), h_all.to(ac)
-            c_all = c_all.to(ac) if c_all is not None else None
-            weights_cast = ac
+        # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
+        plan = autocast_plan("lstm" if self._has_cell else "rnn", x.device, x.dtype, packed=packed,
+                             proj=self.proj_size > 0)
+        ac = plan is not None
+        weights_cast = plan.run if ac else None
+        if weights_cast is not None:
+            x, h_all = x.to(weights_cast), h_all.to(weights_cast)
+            c_all = c_all.to(weights_cast) if c_all is not None else None
 
         lengths = None
         if lengths_cpu is not None and bool((lengths_cpu != lengths_cpu[0]).any()):
             lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
 
-        with torch.autocast(x.device.type, enabled=False) if ac is not None else nullcontext():
+        with torch.autocast(x.device.type, enabled=False) if ac else nullcontext():
             layer_in = x
             h_n, c_n = [], []
             for layer in range(self.num_layers):
@@ -225,6 +228,8 @@ class FusedRNNBase(nn.RNNBase):
         output = layer_in
         h_n = torch.stack(h_n)
         hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
+        if ac:
+            output, hidden = cast_outputs(plan, output, hidden)
 
         if packed:
             out_packed = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True)

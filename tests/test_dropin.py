@@ -42,3 +42,88 @@ def test_whole_model_checkpoint_loads_with_weights_only():
     x = rand(5, 2, 3, dtype=torch.float32)
     for a, b in ((model[0](x)[0], back[0](x)[0]), (model[2](x[0])[0], back[2](x[0])[0])):
         assert torch.equal(a, b)
+
+
+# --- autocast: torch's casting rules ------------------------------------------------------------------------
+def _dtypes(o):
+    if isinstance(o, torch.nn.utils.rnn.PackedSequence):
+        return ("packed", o.data.dtype)
+    if isinstance(o, torch.Tensor):
+        return o.dtype
+    return tuple(_dtypes(t) for t in o)
+
+
+def _flat(o):
+    if isinstance(o, torch.nn.utils.rnn.PackedSequence):
+        return [o.data]
+    if isinstance(o, torch.Tensor):
+        return [o]
+    return [t for x in o for t in _flat(x)]
+
+
+AUTOCAST_CASES = [
+    pytest.param(kind, kw, packed, id=f"{name}-{'packed' if packed else 'padded'}")
+    for name, kind, kw in [("lstm", "lstm", {}), ("lstm-proj", "lstm", dict(proj_size=2)), ("rnn", "rnn", {})]
+    for packed in (False, True)
+] + [pytest.param("lstm_cell", {}, False, id="lstm_cell"), pytest.param("rnn_cell", {}, False, id="rnn_cell")]
+
+
+def _pair(kind, dtype, backend, **kw):
+    torch.manual_seed(0)
+    if kind in ("lstm", "rnn"):
+        cls_nn, cls = (nn.LSTM, LSTM) if kind == "lstm" else (nn.RNN, RNN)
+        kw = dict(num_layers=2, bidirectional=True, **kw)
+    else:
+        cls_nn, cls = (nn.LSTMCell, LSTMCell) if kind == "lstm_cell" else (nn.RNNCell, RNNCell)
+    ref = cls_nn(3, 5, **kw).to(dtype)
+    ours = cls(3, 5, backend=backend, **kw).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("kind, kw, packed", AUTOCAST_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype):
+    """Under CPU autocast every output has nn's dtype (float64 is never cast) and nn's values to the
+    precision of the dtype it ran in."""
+    ref, ours = _pair(kind, dtype, "reference", **kw)
+    if kind.endswith("cell"):
+        x = rand(4, 3, dtype=dtype)
+    else:
+        x = rand(6, 3, 3, dtype=dtype)
+        if packed:
+            x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4, 2]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = ref(x), ours(x)
+    assert _dtypes(got) == _dtypes(want)
+    for g, w in zip(_flat(got), _flat(want)):
+        if dtype == torch.float64:  # untouched by autocast: nn's float64 result
+            assert_close(g, w, torch.float64)
+        else:
+            assert_close(g.double(), w.double(), torch.bfloat16)
+
+
+def test_cpu_autocast_keeps_float64_on_the_triton_backend():
+    ref, ours = _pair("lstm_cell", torch.float64, "triton")
+    lin = nn.Linear(5, 1).double()
+    x = rand(4, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = ref(x), ours(x)
+        lin(got[0])  # a float64 program goes on in float64
+    assert _dtypes(got) == _dtypes(want) == (torch.float64, torch.float64)
+    assert_close(got[0], want[0], torch.float64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast needs a GPU")
+@pytest.mark.parametrize("kind, kw, packed", AUTOCAST_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_cuda_autocast_dtypes_as_nn(kind, kw, packed, dtype):
+    ref, ours = _pair(kind, dtype, "auto", **kw)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = rand(4, 3, dtype=dtype, device="cuda") if kind.endswith("cell") else rand(6, 3, 3, dtype=dtype, device="cuda")
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4, 2]))
+    with torch.autocast("cuda", dtype=torch.float16):
+        want, got = ref(x), ours(x)
+    assert _dtypes(got) == _dtypes(want)
