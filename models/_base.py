@@ -50,7 +50,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def check_triton_dtype(dtype: torch.dtype) -> None:
-    from kernels._common import SUPPORTED_DTYPES
+    from ..kernels._common import SUPPORTED_DTYPES
 
     if dtype not in SUPPORTED_DTYPES:
         raise RuntimeError(

@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kernels import lstm as _lstm
-from kernels import rnn as _rnn
-from kernels._common import acc_torch_dtype
+from ..kernels import lstm as _lstm
+from ..kernels import rnn as _rnn
+from ..kernels._common import acc_torch_dtype
 
 _EMPTY = (0,)
 

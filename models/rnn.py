@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kernels.reference import rnn_layer_ref
+from ..kernels.reference import rnn_layer_ref
 
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend

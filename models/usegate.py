@@ -22,9 +22,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kernels import usegate as _ug
-from kernels._common import acc_torch_dtype
-from kernels.usegate import usegate_layer_ref
+from ..kernels import usegate as _ug
+from ..kernels._common import acc_torch_dtype
+from ..kernels.usegate import usegate_layer_ref
 
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
 from .ops import _EMPTY, _no_autocast, _none_if_empty, _or_empty, double_backward_error

@@ -127,3 +127,75 @@ def test_cuda_autocast_dtypes_as_nn(kind, kw, packed, dtype):
     with torch.autocast("cuda", dtype=torch.float16):
         want, got = ref(x), ours(x)
     assert _dtypes(got) == _dtypes(want)
+
+
+# --- the public name: fusedrnn, next to a program's own models / kernels packages ---------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+USER_PROGRAM = r'''
+import io, pickle, sys
+import torch
+from torch import nn
+
+import models                                   # the program's own package, first on sys.path
+from models.encoder import Encoder
+import kernels
+from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM, swap_rnns
+import fusedrnn.models, fusedrnn.kernels.reference
+from models.decoder import Decoder              # still the program's own, after fusedrnn was imported
+
+assert models.WHOSE == "user" and kernels.WHOSE == "user", (models.__file__, kernels.__file__)
+assert Encoder.WHOSE == "user" and Decoder.WHOSE == "user"
+assert sys.modules["models"] is models and fusedrnn.models is not models
+assert LSTM.__module__ == "fusedrnn.models.lstm"
+enc = swap_rnns(Encoder())
+assert type(enc.rnn) is LSTM
+y, _ = enc.rnn(torch.randn(4, 2, 3))
+buf = io.BytesIO(); torch.save(enc, buf); buf.seek(0)
+with torch.serialization.safe_globals([Encoder]):
+    back = torch.load(buf, weights_only=True)
+assert type(back.rnn) is LSTM and torch.equal(back.rnn.weight_hh_l0, enc.rnn.weight_hh_l0)
+print("ok")
+'''
+
+
+def _user_packages(tmp_path):
+    for pkg in ("models", "kernels"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text('WHOSE = "user"\n')
+    (tmp_path / "models" / "encoder.py").write_text(
+        "from torch import nn\n\n\nclass Encoder(nn.Module):\n    WHOSE = 'user'\n\n"
+        "    def __init__(self):\n        super().__init__()\n        self.rnn = nn.LSTM(3, 4)\n")
+    (tmp_path / "models" / "decoder.py").write_text("class Decoder:\n    WHOSE = 'user'\n")
+    (tmp_path / "prog.py").write_text(USER_PROGRAM)
+
+
+def _run(tmp_path, *pythonpath, code=None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in pythonpath), TRITON_INTERPRET="1")
+    args = [sys.executable, "-c", code] if code else [sys.executable, str(tmp_path / "prog.py")]
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_user_models_package_and_fusedrnn_in_one_program(tmp_path):
+    """A program with its own ``models`` and ``kernels`` packages, first on sys.path, imports ours as
+    ``fusedrnn`` from a source checkout (PYTHONPATH=<repo>, no install); both work side by side."""
+    _user_packages(tmp_path)
+    r = _run(tmp_path, tmp_path, ROOT)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_checkout_short_names_are_fusedrnn_modules(tmp_path):
+    """Without a package of the program's own, the checkout's ``models`` / ``kernels`` are the very modules of
+    ``fusedrnn.models`` / ``fusedrnn.kernels`` (one copy: one registration of the custom ops)."""
+    code = ("import models, models.lstm, kernels.lstm, fusedrnn, fusedrnn.kernels.lstm\n"
+            "from models.usegate import UseGateLSTM\n"
+            "assert models is fusedrnn.models and models.lstm is fusedrnn.models.lstm\n"
+            "assert kernels.lstm is fusedrnn.kernels.lstm and UseGateLSTM is fusedrnn.UseGateLSTM\n"
+            "assert models.LSTM is fusedrnn.LSTM and models.lstm.__spec__.name == 'fusedrnn.models.lstm'\n"
+            "print('ok')\n")
+    r = _run(tmp_path, ROOT, code=code)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
