@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._autocast import autocast_plan, cast_outputs
+from ._packed import dropout_packed_rows, packed_rows
 
 BACKENDS = ("auto", "triton", "reference")
 STRATEGIES = ("auto", "per_step", "persistent")
@@ -210,6 +211,7 @@ class FusedRNNBase(nn.RNNBase):
         with torch.autocast(x.device.type, enabled=False) if ac else nullcontext():
             layer_in = x
             h_n, c_n = [], []
+            rows = None
             for layer in range(self.num_layers):
                 outs = []
                 for d in range(num_directions):
@@ -224,7 +226,12 @@ class FusedRNNBase(nn.RNNBase):
                     c_n.append(cn)
                 layer_in = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    layer_in = F.dropout(layer_in, p=self.dropout, training=True)
+                    if packed:  # on the packed rows, as nn does (same mask for the same seed)
+                        if rows is None:
+                            rows = packed_rows(lengths_cpu.to(x.device), x.shape[0], data.shape[0])
+                        layer_in = dropout_packed_rows(layer_in, rows, self.dropout)
+                    else:
+                        layer_in = F.dropout(layer_in, p=self.dropout, training=True)
         output = layer_in
         h_n = torch.stack(h_n)
         hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n

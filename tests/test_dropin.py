@@ -199,3 +199,32 @@ def test_checkout_short_names_are_fusedrnn_modules(tmp_path):
             "print('ok')\n")
     r = _run(tmp_path, ROOT, code=code)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+# --- PackedSequence and dropout between layers: nn.LSTM's masks ----------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+def test_packed_dropout_draws_nn_masks(kind, backend, enforce_sorted):
+    """nn drops the packed data rows between layers: with the same seed the outputs, the final states, the
+    gradients and the next random number are nn's."""
+    torch.manual_seed(0)
+    cls_nn, cls = (nn.LSTM, LSTM) if kind == "lstm" else (nn.RNN, RNN)
+    kw = dict(num_layers=3, dropout=0.4, bidirectional=True, batch_first=True, dtype=torch.float64)
+    ref, ours = cls_nn(4, 3, **kw), cls(4, 3, backend=backend, **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = rand(3, 5, 4)
+    lengths = torch.tensor([5, 3, 2] if enforce_sorted else [3, 5, 2])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=enforce_sorted)
+    results = []
+    for m in (ref, ours):
+        torch.manual_seed(1)
+        out, hidden = m(packed)
+        hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+        grads = torch.autograd.grad((out.data ** 2).sum() + sum((h * 1.5).sum() for h in hidden),
+                                    list(m.parameters()))
+        results.append(([out.data, *hidden, *grads], torch.rand(3)))
+    (want, want_next), (got, got_next) = results
+    assert torch.equal(got_next, want_next), "the RNG moved on differently"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert_close(g, w, torch.float64, f"tensor {i}")
