@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ._autocast import autocast_plan, cast_outputs
+from ._export import NoScript
 from ._packed import dropout_packed_rows, packed_rows
 
 BACKENDS = ("auto", "triton", "reference")
@@ -44,7 +45,10 @@ def check_backend(backend: str, strategy: str, strategies: tuple = PER_STEP_STRA
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"auto" is our kernels on CUDA and the pure-PyTorch reference elsewhere (the interpreter is too slow
-    to be a default)."""
+    to be a default). During ``torch.onnx.export`` every backend is the reference: the exported model is the
+    same function written in standard ops."""
+    if torch.onnx.is_in_onnx_export():
+        return "reference"  # standard ops, which ONNX has; the fused ops have no ONNX translation
     if backend == "auto":
         return "triton" if device.type == "cuda" else "reference"
     return backend
@@ -68,6 +72,10 @@ def autocast_dtype(device: torch.device):
 
 
 def needs_grad(*tensors) -> bool:
+    """Whether the fused forward must keep what its backward reads. Always under ``torch.jit.trace``: the
+    traced graph is replayed with and without grad, so the answer cannot be a constant of one run."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -91,7 +99,7 @@ def last_step(y: Tensor, lengths: Tensor | None) -> Tensor:
     return y.gather(0, idx).squeeze(0)
 
 
-class FusedRNNBase(nn.RNNBase):
+class FusedRNNBase(NoScript, nn.RNNBase):
     """Base of the drop-in recurrent modules (see the module docstring)."""
 
     _has_cell = False

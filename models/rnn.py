@@ -8,6 +8,7 @@ from ..kernels.reference import rnn_layer_ref
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend
 from ._cell import cell_forward
+from ._export import NoScript
 
 
 def _check_nonlinearity(nonlinearity: str) -> str:
@@ -53,7 +54,7 @@ class RNN(FusedRNNBase):
                          backend=self.backend, strategy=self.strategy)
 
 
-class RNNCell(nn.RNNCellBase):
+class RNNCell(NoScript, nn.RNNCellBase):
     """One Elman RNN step with the constructor, parameters, inputs and outputs of ``torch.nn.RNNCell``, on
     the fused kernels. ``backend``/``strategy`` as for ``models.LSTM``. Returns ``h_1``."""
 

@@ -228,3 +228,67 @@ def test_packed_dropout_draws_nn_masks(kind, backend, enforce_sorted):
     assert torch.equal(got_next, want_next), "the RNG moved on differently"
     for i, (g, w) in enumerate(zip(got, want)):
         assert_close(g, w, torch.float64, f"tensor {i}")
+
+
+# --- export and legacy paths: ONNX, torch.jit.trace, torch.jit.script ----------------------------------------
+EXPORT_MODULES = [
+    pytest.param(lambda b: LSTM(3, 5, num_layers=2, bidirectional=True, backend=b), (6, 2, 3), id="lstm"),
+    pytest.param(lambda b: LSTM(3, 5, proj_size=2, batch_first=True, backend=b), (2, 6, 3), id="lstm-proj"),
+    pytest.param(lambda b: RNN(3, 5, num_layers=2, nonlinearity="relu", backend=b), (6, 2, 3), id="rnn-relu"),
+    pytest.param(lambda b: LSTMCell(3, 5, backend=b), (2, 3), id="lstm_cell"),
+    pytest.param(lambda b: RNNCell(3, 5, backend=b), (2, 3), id="rnn_cell"),
+    pytest.param(lambda b: UseGateLSTM(3, 5, backend=b), (6, 2, 3), id="usegate"),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("make, shape", EXPORT_MODULES)
+def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
+    """The fused path (backend="triton", what "auto" is on CUDA) exports to ONNX and onnxruntime computes
+    what the module computes."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    m = make("triton").eval()
+    x = rand(*shape, dtype=torch.float32)
+    with torch.no_grad():
+        want = _flat(m(x))
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x2 = rand(*shape, dtype=torch.float32)  # fresh values: nothing of the first input baked in
+    got = sess.run(None, {sess.get_inputs()[0].name: x2.numpy()})
+    with torch.no_grad():
+        want = _flat(m(x2))
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_close(torch.from_numpy(g), w, torch.float32)
+
+
+@pytest.mark.parametrize("grad_at_trace", [True, False], ids=["traced-with-grad", "traced-under-no_grad"])
+def test_jit_trace_of_the_fused_path(grad_at_trace):
+    """torch.jit.trace passes its own check (no grad-dependent constant in the graph), generalises to a new
+    sequence length, and a module traced under no_grad still backprops to nn's gradients."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, num_layers=2, dtype=torch.float64)
+    m = LSTM(3, 4, num_layers=2, backend="triton", dtype=torch.float64)
+    m.load_state_dict(ref.state_dict())
+    with torch.set_grad_enabled(grad_at_trace):
+        traced = torch.jit.trace(m, (rand(5, 2, 3),))  # check_trace=True: reruns and compares the graphs
+    x = rand(7, 2, 3, requires_grad=True)
+    (y, (h, c)), (y_ref, (h_ref, c_ref)) = traced(x), ref(x)
+    for g, w in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        assert_close(g.detach(), w.detach(), torch.float64)
+    loss, loss_ref = (y ** 2).sum() + c.sum(), (y_ref ** 2).sum() + c_ref.sum()
+    got = torch.autograd.grad(loss, [x, *m.parameters()])
+    want = torch.autograd.grad(loss_ref, [x, *ref.parameters()])
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.float64)
+
+
+@pytest.mark.parametrize("make, shape", EXPORT_MODULES)
+def test_jit_script_fails_at_once_naming_what_works(make, shape):
+    m = make("auto")
+    for target in (m, nn.Sequential(m)):
+        with pytest.raises(RuntimeError, match=r"torch\.jit\.script.*torch\.compile.*torch\.export"):
+            torch.jit.script(target)
