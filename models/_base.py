@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
-from ._packed import dropout_packed_rows, packed_rows
+from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
 
 BACKENDS = ("auto", "triton", "reference")
 STRATEGIES = ("auto", "per_step", "persistent")
@@ -156,14 +156,19 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
+        compiling = packed and torch.compiler.is_compiling()
         batch_sizes = sorted_indices = unsorted_indices = None
         is_batched = True
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            padded, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
-            x = padded
-            max_batch = int(batch_sizes[0])
-            check_input = data
+            if compiling:  # no host read of batch_sizes (models/_packed.py); lengths on the data's device
+                B = batch_from_shapes(sorted_indices, hx, self._has_cell)
+                x, lengths_cpu = unpack_traceable(data, batch_sizes, B)
+                check_input, batch_sizes = (x.transpose(0, 1) if self.batch_first else x), None
+            else:
+                x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
+                check_input = data
+            max_batch = x.shape[1]
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -213,7 +218,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
             c_all = c_all.to(weights_cast) if c_all is not None else None
 
         lengths = None
-        if lengths_cpu is not None and bool((lengths_cpu != lengths_cpu[0]).any()):
+        if lengths_cpu is not None and (compiling or bool((lengths_cpu != lengths_cpu[0]).any())):
             lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
 
         with torch.autocast(x.device.type, enabled=False) if ac else nullcontext():
@@ -247,8 +252,12 @@ class FusedRNNBase(NoScript, nn.RNNBase):
             output, hidden = cast_outputs(plan, output, hidden)
 
         if packed:
-            out_packed = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True)
-            return (PackedSequence(out_packed.data, batch_sizes, sorted_indices, unsorted_indices),
+            if compiling:
+                rows = rows if rows is not None else packed_rows(lengths_cpu, x.shape[0], data.shape[0])
+                out_data = pack_rows(output, rows)
+            else:
+                out_data = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True).data
+            return (PackedSequence(out_data, input.batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:
             output = output.transpose(0, 1)

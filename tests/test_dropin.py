@@ -292,3 +292,35 @@ def test_jit_script_fails_at_once_naming_what_works(make, shape):
     for target in (m, nn.Sequential(m)):
         with pytest.raises(RuntimeError, match=r"torch\.jit\.script.*torch\.compile.*torch\.export"):
             torch.jit.script(target)
+
+
+# --- PackedSequence under torch.compile ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("case", ["sorted-fullgraph", "unsorted", "sorted-with-h0"])
+def test_compile_packed_sequence_without_graph_break(case, backend):
+    """A PackedSequence through the compiled module: one graph, no graph break from our code, nn's outputs and
+    gradients. Sorted input without h_0 has its batch size only in batch_sizes' values (data-dependent):
+    ``fullgraph=True`` traces it; with a shape that holds it (unsorted input, h_0) even default mode does."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    ref = nn.LSTM(2, 3, bidirectional=True, dtype=torch.float64)
+    m = LSTM(2, 3, bidirectional=True, backend=backend, dtype=torch.float64)
+    m.load_state_dict(ref.state_dict())
+    lengths = torch.tensor([4, 3, 2] if case.startswith("sorted") else [3, 4, 2])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(rand(4, 3, 2), lengths,
+                                                     enforce_sorted=case.startswith("sorted"))
+    hx = (rand(2, 3, 3), rand(2, 3, 3)) if case.endswith("h0") else None
+    torch._dynamo.reset()
+    counters.clear()
+    cnt = CompileCounter()
+    compiled = torch.compile(m, backend=cnt, fullgraph=case.endswith("fullgraph"))
+    got, want = compiled(packed, hx), ref(packed, hx)
+    assert cnt.frame_count == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    (out, (h, c)), (out_ref, (h_ref, c_ref)) = got, want
+    for g, w in ((out.data, out_ref.data), (h, h_ref), (c, c_ref)):
+        assert_close(g.detach(), w.detach(), torch.float64)
+    loss, loss_ref = (out.data ** 2).sum() + h.sum() + c.sum(), (out_ref.data ** 2).sum() + h_ref.sum() + c_ref.sum()
+    for g, w in zip(torch.autograd.grad(loss, list(m.parameters())), torch.autograd.grad(loss_ref, list(ref.parameters()))):
+        assert_close(g, w, torch.float64)
