@@ -82,6 +82,8 @@ def unpack_traceable(data: Tensor, batch_sizes: Tensor, B=None) -> tuple[Tensor,
         B = padded.shape[1]
         torch._check(data.shape[0] <= T * B)
         return padded, lengths_of(batch_sizes.to(data.device), B)
+    # B read from h_0 must be the packed batch (nn checks it against batch_sizes[0]): an in-graph assert
+    torch._assert_async(batch_sizes[0] == B, "the batch size of h_0 does not match the PackedSequence's")
     lengths = lengths_of(batch_sizes.to(data.device), B)
     rows = packed_rows(lengths, T, data.shape[0])
     padded = data.new_zeros(T * B, data.shape[1]).index_copy(0, rows, data).view(T, B, data.shape[1])
