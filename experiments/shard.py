@@ -73,7 +73,8 @@ def merge(out: str | Path, shards: list[str | Path]) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.shard", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("merge", help="merge shard CSVs into a new CSV")
     m.add_argument("out", type=Path)

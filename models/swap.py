@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import nn
 
 from ._base import PER_STEP_STRATEGIES, STRATEGIES, check_backend

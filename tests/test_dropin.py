@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import models
-from models import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM
+from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM
 
 from .helpers import assert_close, rand
 
@@ -321,6 +320,8 @@ def test_compile_packed_sequence_without_graph_break(case, backend):
     (out, (h, c)), (out_ref, (h_ref, c_ref)) = got, want
     for g, w in ((out.data, out_ref.data), (h, h_ref), (c, c_ref)):
         assert_close(g.detach(), w.detach(), torch.float64)
-    loss, loss_ref = (out.data ** 2).sum() + h.sum() + c.sum(), (out_ref.data ** 2).sum() + h_ref.sum() + c_ref.sum()
-    for g, w in zip(torch.autograd.grad(loss, list(m.parameters())), torch.autograd.grad(loss_ref, list(ref.parameters()))):
+    loss = (out.data ** 2).sum() + h.sum() + c.sum()
+    loss_ref = (out_ref.data ** 2).sum() + h_ref.sum() + c_ref.sum()
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    for g, w in zip(grads, torch.autograd.grad(loss_ref, list(ref.parameters()))):
         assert_close(g, w, torch.float64)
