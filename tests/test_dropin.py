@@ -8,7 +8,12 @@ from torch import nn
 
 from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM
 
-from .helpers import assert_close, rand
+from .helpers import DEVICE, assert_close, rand
+
+CPU = torch.device("cpu")
+# the triton backend on CPU tensors needs the interpreter, which conftest switches on only without CUDA
+cpu_triton = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors on the triton backend need the "
+                                "interpreter (no CUDA)")
 
 
 @pytest.mark.parametrize("proj_size", [0, 3])
@@ -38,7 +43,7 @@ def test_whole_model_checkpoint_loads_with_weights_only():
         back = torch.load(buf, weights_only=True)
     assert [type(m) for m in back] == [type(m) for m in model]
     assert back[0].backend == "reference" and back[1].nonlinearity == "relu"
-    x = rand(5, 2, 3, dtype=torch.float32)
+    x = rand(5, 2, 3, dtype=torch.float32, device=CPU)
     for a, b in ((model[0](x)[0], back[0](x)[0]), (model[2](x[0])[0], back[2](x[0])[0])):
         assert torch.equal(a, b)
 
@@ -88,9 +93,9 @@ def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype):
     precision of the dtype it ran in."""
     ref, ours = _pair(kind, dtype, "reference", **kw)
     if kind.endswith("cell"):
-        x = rand(4, 3, dtype=dtype)
+        x = rand(4, 3, dtype=dtype, device=CPU)
     else:
-        x = rand(6, 3, 3, dtype=dtype)
+        x = rand(6, 3, 3, dtype=dtype, device=CPU)
         if packed:
             x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4, 2]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -103,11 +108,12 @@ def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype):
             assert_close(g.double(), w.double(), torch.bfloat16)
 
 
-def test_cpu_autocast_keeps_float64_on_the_triton_backend():
+def test_autocast_keeps_float64_on_the_triton_backend():
     ref, ours = _pair("lstm_cell", torch.float64, "triton")
-    lin = nn.Linear(5, 1).double()
+    ref, ours = ref.to(DEVICE), ours.to(DEVICE)
+    lin = nn.Linear(5, 1).double().to(DEVICE)
     x = rand(4, 3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         want, got = ref(x), ours(x)
         lin(got[0])  # a float64 program goes on in float64
     assert _dtypes(got) == _dtypes(want) == (torch.float64, torch.float64)
@@ -201,18 +207,18 @@ def test_checkout_short_names_are_fusedrnn_modules(tmp_path):
 
 
 # --- PackedSequence and dropout between layers: nn.LSTM's masks ----------------------------------------------
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=cpu_triton)])
 @pytest.mark.parametrize("kind", ["lstm", "rnn"])
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
 def test_packed_dropout_draws_nn_masks(kind, backend, enforce_sorted):
     """nn drops the packed data rows between layers: with the same seed the outputs, the final states, the
-    gradients and the next random number are nn's."""
+    gradients and the next random number are nn's (on CPU: on CUDA nn's dropout is cuDNN's own)."""
     torch.manual_seed(0)
     cls_nn, cls = (nn.LSTM, LSTM) if kind == "lstm" else (nn.RNN, RNN)
     kw = dict(num_layers=3, dropout=0.4, bidirectional=True, batch_first=True, dtype=torch.float64)
     ref, ours = cls_nn(4, 3, **kw), cls(4, 3, backend=backend, **kw)
     ours.load_state_dict(ref.state_dict())
-    x = rand(3, 5, 4)
+    x = rand(3, 5, 4, device=CPU)
     lengths = torch.tensor([5, 3, 2] if enforce_sorted else [3, 5, 2])
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=enforce_sorted)
     results = []
@@ -248,7 +254,7 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     torch.manual_seed(0)
-    m = make("triton").eval()
+    m = make("triton").to(DEVICE).eval()
     x = rand(*shape, dtype=torch.float32)
     with torch.no_grad():
         want = _flat(m(x))
@@ -256,12 +262,12 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x2 = rand(*shape, dtype=torch.float32)  # fresh values: nothing of the first input baked in
-    got = sess.run(None, {sess.get_inputs()[0].name: x2.numpy()})
+    got = sess.run(None, {sess.get_inputs()[0].name: x2.cpu().numpy()})
     with torch.no_grad():
         want = _flat(m(x2))
     assert len(got) == len(want)
     for g, w in zip(got, want):
-        assert_close(torch.from_numpy(g), w, torch.float32)
+        assert_close(torch.from_numpy(g), w.cpu(), torch.float32)
 
 
 @pytest.mark.parametrize("grad_at_trace", [True, False], ids=["traced-with-grad", "traced-under-no_grad"])
@@ -269,8 +275,8 @@ def test_jit_trace_of_the_fused_path(grad_at_trace):
     """torch.jit.trace passes its own check (no grad-dependent constant in the graph), generalises to a new
     sequence length, and a module traced under no_grad still backprops to nn's gradients."""
     torch.manual_seed(0)
-    ref = nn.LSTM(3, 4, num_layers=2, dtype=torch.float64)
-    m = LSTM(3, 4, num_layers=2, backend="triton", dtype=torch.float64)
+    ref = nn.LSTM(3, 4, num_layers=2, dtype=torch.float64, device=DEVICE)
+    m = LSTM(3, 4, num_layers=2, backend="triton", dtype=torch.float64, device=DEVICE)
     m.load_state_dict(ref.state_dict())
     with torch.set_grad_enabled(grad_at_trace):
         traced = torch.jit.trace(m, (rand(5, 2, 3),))  # check_trace=True: reruns and compares the graphs
@@ -304,8 +310,8 @@ def test_compile_packed_sequence_without_graph_break(case, backend):
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    ref = nn.LSTM(2, 3, bidirectional=True, dtype=torch.float64)
-    m = LSTM(2, 3, bidirectional=True, backend=backend, dtype=torch.float64)
+    ref = nn.LSTM(2, 3, bidirectional=True, dtype=torch.float64, device=DEVICE)
+    m = LSTM(2, 3, bidirectional=True, backend=backend, dtype=torch.float64, device=DEVICE)
     m.load_state_dict(ref.state_dict())
     lengths = torch.tensor([4, 3, 2] if case.startswith("sorted") else [3, 4, 2])
     packed = torch.nn.utils.rnn.pack_padded_sequence(rand(4, 3, 2), lengths,
