@@ -34,7 +34,7 @@ def _config(m: nn.Module) -> tuple[type, dict]:
 
 SWAPPABLE = (nn.LSTM, nn.RNN, nn.LSTMCell, nn.RNNCell)
 UNSWAPPABLE = (nn.GRU, nn.GRUCell)
-# per-module hook dicts of nn.Module: shared with the new module (the same dict objects, so the handles the
+# nn.Module's per-module hook state: shared with the new module (the same dict objects, so the handles the
 # user holds still remove their hooks)
 _HOOK_DICTS = (
     "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
