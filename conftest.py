@@ -9,3 +9,7 @@ if not torch.cuda.is_available():
 
 torch.backends.cuda.matmul.allow_tf32 = False  # tight fp32 checks on the GPU
 torch.backends.cudnn.allow_tf32 = False
+
+# after TRITON_INTERPRET: the checkout's short names (models, kernels, experiments) become fusedrnn's modules
+# before any test imports one of them, so a test and the library share one copy of each module
+import fusedrnn  # noqa: E402,F401

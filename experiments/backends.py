@@ -81,14 +81,14 @@ register(Backend("torch_cpu", _build_nn, devices=("cpu",), reference=True,
 
 # --- fusedrnn through its public module API --------------------------------------------------------------------
 def _fusedrnn_strategies() -> tuple[str, ...]:
-    import models
+    from fusedrnn import models
 
     listed = getattr(models, "STRATEGIES", None) or ("per_step",)
     return tuple(s for s in listed if s != "auto") or ("auto",)
 
 
 def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
-    import models
+    from fusedrnn import models
 
     p = next(ref.parameters())
     m = models.LSTM(ref.input_size, ref.hidden_size, ref.num_layers, bidirectional=ref.bidirectional,

@@ -27,6 +27,7 @@ from pathlib import Path  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import backends as bk  # noqa: E402
+from . import shard  # noqa: E402
 from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
 from .grids import GRIDS, Config, grid_configs  # noqa: E402
 from .measure import Peaks, bench, elem_bytes, floor_ms, lstm_flops, max_rel_error, measure_peaks  # noqa: E402
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no new row after this (the rest waits for a rerun)")
     p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
+    p.add_argument("--shard", type=shard.parse_shard, default=None,
+                   help="i/n: run every n-th configuration from the i-th (0-based); merge with experiments.shard")
     p.add_argument("--plot", action="store_true",
                    help="draw the plots from the CSV when done (python -m experiments.plot CSV): next to the CSV, "
                         "or under scratch/ for a CPU run")
@@ -300,7 +303,7 @@ def run_job(job: Job, ctx: Context) -> dict:
     finally:
         del built, ref, sets
         if cuda:
-            import models
+            from fusedrnn import models
 
             models.clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
             torch.cuda.empty_cache()
@@ -349,7 +352,7 @@ def main(argv=None) -> int:
 
     configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
                            bidirectional=args.bidirectional)
-    jobs = make_jobs(configs, dtypes, args.passes, names)
+    jobs = shard.select(make_jobs(configs, dtypes, args.passes, names), args.shard)
     try:
         with lock_csv(out):  # one sweep at a time per CSV: the second one refuses
             return _run(args, out, grid, device, jobs, names, tf32)

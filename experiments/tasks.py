@@ -125,7 +125,7 @@ def setup_backend(backend: str) -> None:
 
 
 def _models():
-    import models  # imported late: see setup_backend
+    from fusedrnn import models  # imported late: see setup_backend
 
     return models
 

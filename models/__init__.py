@@ -2,16 +2,30 @@
 
 ``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
-``UseGateLSTM`` is the use-gate LSTM (issue 4), with nn.LSTM's interface but its own cell.
+``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell.
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
+
+This package is ``fusedrnn.models`` (import the public names from ``fusedrnn``). In a source checkout the folder
+is also importable as ``models``; that name is then the same module object (see ``fusedrnn/_layout.py``).
 """
-from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
-from kernels._graphs import clear as clear_cuda_graphs
+if __name__ != "fusedrnn.models":
+    import importlib as _importlib
+    import sys as _sys
 
-from ._base import BACKENDS, STRATEGIES
-from .lstm import LSTM, LSTMCell
-from .rnn import RNN, RNNCell
-from .swap import swap_rnns
-from .usegate import UseGateLSTM
+    _sys.modules[__name__] = _importlib.import_module("fusedrnn.models")
+else:
+    import torch
 
-__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns", "clear_cuda_graphs"]
+    from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
+    from ..kernels._graphs import clear as clear_cuda_graphs
+    from ._base import BACKENDS, STRATEGIES
+    from .lstm import LSTM, LSTMCell
+    from .rnn import RNN, RNNCell
+    from .swap import swap_rnns
+    from .usegate import UseGateLSTM
+
+    # whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
+    torch.serialization.add_safe_globals([LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM])
+
+    __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns",
+               "clear_cuda_graphs"]

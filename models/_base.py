@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ._autocast import autocast_plan, cast_outputs
+from ._export import NoScript
+from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
+
 BACKENDS = ("auto", "triton", "reference")
 STRATEGIES = ("auto", "per_step", "persistent")
 # cells without a persistent kernel (RNN, use-gate LSTM) accept only these
@@ -41,7 +45,10 @@ def check_backend(backend: str, strategy: str, strategies: tuple = PER_STEP_STRA
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"auto" is our kernels on CUDA and the pure-PyTorch reference elsewhere (the interpreter is too slow
-    to be a default)."""
+    to be a default). During ``torch.onnx.export`` every backend is the reference: the exported model is the
+    same function written in standard ops."""
+    if torch.onnx.is_in_onnx_export():
+        return "reference"  # standard ops, which ONNX has; the fused ops have no ONNX translation
     if backend == "auto":
         return "triton" if device.type == "cuda" else "reference"
     return backend
@@ -50,7 +57,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def check_triton_dtype(dtype: torch.dtype) -> None:
     """RuntimeError for a dtype the kernels lack, or (CPU interpreter) a numpy that Triton's interpreter
     cannot run with."""
-    from kernels._common import SUPPORTED_DTYPES, check_interpreter_numpy, interpreting
+    from ..kernels._common import SUPPORTED_DTYPES, check_interpreter_numpy, interpreting
 
     if interpreting():
         check_interpreter_numpy()
@@ -69,6 +76,10 @@ def autocast_dtype(device: torch.device):
 
 
 def needs_grad(*tensors) -> bool:
+    """Whether the fused forward must keep what its backward reads. Always under ``torch.jit.trace``: the
+    traced graph is replayed with and without grad, so the answer cannot be a constant of one run."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -92,7 +103,7 @@ def last_step(y: Tensor, lengths: Tensor | None) -> Tensor:
     return y.gather(0, idx).squeeze(0)
 
 
-class FusedRNNBase(nn.RNNBase):
+class FusedRNNBase(NoScript, nn.RNNBase):
     """Base of the drop-in recurrent modules (see the module docstring)."""
 
     _has_cell = False
@@ -158,14 +169,19 @@ class FusedRNNBase(nn.RNNBase):
         num_directions = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
+        compiling = packed and torch.compiler.is_compiling()
         batch_sizes = sorted_indices = unsorted_indices = None
         is_batched = True
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            padded, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
-            x = padded
-            max_batch = int(batch_sizes[0])
-            check_input = data
+            if compiling:  # no host read of batch_sizes (models/_packed.py); lengths on the data's device
+                B = batch_from_shapes(sorted_indices, hx, self._has_cell)
+                x, lengths_cpu = unpack_traceable(data, batch_sizes, B)
+                check_input, batch_sizes = (x.transpose(0, 1) if self.batch_first else x), None
+            else:
+                x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
+                check_input = data
+            max_batch = x.shape[1]
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -209,21 +225,23 @@ class FusedRNNBase(nn.RNNBase):
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
-        # autocast: run in the autocast dtype, as nn.LSTM does
-        weights_cast = None
-        ac = autocast_dtype(x.device)
-        if ac is not None:
-            x, h_all = x.to(ac), h_all.to(ac)
-            c_all = c_all.to(ac) if c_all is not None else None
-            weights_cast = ac
+        # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
+        plan = autocast_plan("lstm" if self._has_cell else "rnn", x.device, x.dtype, packed=packed,
+                             proj=self.proj_size > 0)
+        ac = plan is not None
+        weights_cast = plan.run if ac else None
+        if weights_cast is not None:
+            x, h_all = x.to(weights_cast), h_all.to(weights_cast)
+            c_all = c_all.to(weights_cast) if c_all is not None else None
 
         lengths = None
-        if lengths_cpu is not None and bool((lengths_cpu != lengths_cpu[0]).any()):
+        if lengths_cpu is not None and (compiling or bool((lengths_cpu != lengths_cpu[0]).any())):
             lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
 
-        with torch.autocast(x.device.type, enabled=False) if ac is not None else nullcontext():
+        with torch.autocast(x.device.type, enabled=False) if ac else nullcontext():
             layer_in = x
             h_n, c_n = [], []
+            rows = None
             for layer in range(self.num_layers):
                 outs = []
                 for d in range(num_directions):
@@ -240,14 +258,25 @@ class FusedRNNBase(nn.RNNBase):
                     c_n.append(cn)
                 layer_in = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
                 if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    layer_in = F.dropout(layer_in, p=self.dropout, training=True)
+                    if packed:  # on the packed rows, as nn does (same mask for the same seed)
+                        if rows is None:
+                            rows = packed_rows(lengths_cpu.to(x.device), x.shape[0], data.shape[0])
+                        layer_in = dropout_packed_rows(layer_in, rows, self.dropout)
+                    else:
+                        layer_in = F.dropout(layer_in, p=self.dropout, training=True)
         output = layer_in
         h_n = torch.stack(h_n)
         hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
+        if ac:
+            output, hidden = cast_outputs(plan, output, hidden)
 
         if packed:
-            out_packed = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True)
-            return (PackedSequence(out_packed.data, batch_sizes, sorted_indices, unsorted_indices),
+            if compiling:
+                rows = rows if rows is not None else packed_rows(lengths_cpu, x.shape[0], data.shape[0])
+                out_data = pack_rows(output, rows)
+            else:
+                out_data = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True).data
+            return (PackedSequence(out_data, input.batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
         if self.batch_first:
             output = output.transpose(0, 1)

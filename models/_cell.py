@@ -1,12 +1,12 @@
 """Shared forward of the single-step cell modules (LSTMCell, RNNCell): input/state checks as torch.nn's,
-unbatched handling, autocast, then one step of the layer function on a length-1 sequence."""
+unbatched handling, autocast (models/_autocast.py), then one step of the layer function on a length-1 sequence."""
 from __future__ import annotations
 
 from contextlib import nullcontext
 
 import torch
 
-from ._base import autocast_dtype
+from ._autocast import autocast_plan
 
 
 def cell_forward(cell, name: str, input, hx, n_states: int, step):
@@ -50,11 +50,12 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
             if s.device != input.device:
                 raise RuntimeError(f"{name}: input on {input.device} but hidden state {i} on {s.device}")
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    ac = autocast_dtype(input.device)
-    if ac is not None:
-        input = input.to(ac)
-        states = tuple(s.to(ac) for s in states)
-        weights = [w.to(ac) for w in weights]
+    plan = autocast_plan("lstm_cell" if n_states > 1 else "rnn_cell", input.device, input.dtype)
+    ac = plan is not None
+    if ac and plan.run is not None:
+        input = input.to(plan.run)
+        states = tuple(s.to(plan.run) for s in states)
+        weights = [w.to(plan.run) for w in weights]
     else:
         for i, s in enumerate(states):
             if s.dtype != input.dtype:
@@ -63,8 +64,10 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
         for n, w in zip(names, weights):
             if w.dtype != input.dtype:
                 raise RuntimeError(f"{name}: input dtype ({input.dtype}) does not match {n} dtype ({w.dtype})")
-    with torch.autocast(input.device.type, enabled=False) if ac is not None else nullcontext():
+    with torch.autocast(input.device.type, enabled=False) if ac else nullcontext():
         out = step(input.unsqueeze(0), states, weights)
+    if ac and plan.h is not None:
+        out = tuple(o.to(plan.h) for o in out)
     if not is_batched:
         out = tuple(o.squeeze(0) for o in out)
     return out if n_states > 1 else out[0]

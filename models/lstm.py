@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kernels.reference import lstm_layer_ref
+from ..kernels.reference import lstm_layer_ref
 
 from . import ops
 from ._base import (
@@ -16,6 +16,7 @@ from ._base import (
     resolve_backend,
 )
 from ._cell import cell_forward
+from ._export import NoScript
 
 
 def lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
@@ -66,7 +67,7 @@ class LSTM(FusedRNNBase):
                           backend=self.backend, strategy=self.strategy)
 
 
-class LSTMCell(nn.RNNCellBase):
+class LSTMCell(NoScript, nn.RNNCellBase):
     """One LSTM step with the constructor, parameters, inputs and outputs of ``torch.nn.LSTMCell``, on the
     fused kernels (a sequence of length 1). ``backend``/``strategy`` as for ``LSTM``.
 

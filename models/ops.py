@@ -3,8 +3,12 @@
 Each op is a ``torch.library.custom_op`` with a fake (meta) implementation and a registered autograd formula,
 so it runs in eager mode, under ``torch.compile(fullgraph=True)`` (opaque to the compiler, dynamic shapes
 through the fake impl) and under ``torch.autograd.gradcheck``. The forward op returns what backward needs;
-with ``store=False`` (no grad needed) those outputs are empty and nothing is kept. Backward is itself an op,
-whose own backward raises: double backward is not supported.
+with ``store=False`` (no grad needed) those outputs are empty and nothing is kept. Backward is itself an op.
+
+Double backward: when backward runs with ``create_graph=True`` (gradient penalties, meta-learning,
+``gradgradcheck``), the first backward is computed instead by differentiating the reference math
+(``kernels/reference.py``) of the same layer, whose graph autograd can differentiate again; a plain backward
+stays on the fused backward op.
 
 B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
 """
@@ -15,9 +19,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kernels import lstm as _lstm
-from kernels import rnn as _rnn
-from kernels._common import acc_torch_dtype
+from ..kernels import lstm as _lstm
+from ..kernels import rnn as _rnn
+from ..kernels._common import acc_torch_dtype
+from ..kernels.reference import lstm_layer_ref, rnn_layer_ref
 
 _EMPTY = (0,)
 
@@ -36,9 +41,25 @@ def _none_if_empty(t: Tensor) -> Optional[Tensor]:
 
 def double_backward_error(*args, **kwargs):
     raise RuntimeError(
-        "fusedrnn: double backward (gradients of gradients) is not supported by the fused kernels; "
-        "use backend='reference' for higher-order gradients"
+        "fusedrnn: the backward op itself has no derivative; a differentiable backward runs when "
+        "torch.autograd.grad / backward is called with create_graph=True"
     )
+
+
+def differentiable_vjp(ref_fn, inputs, needs_grad, outputs_grads):
+    """Backward with ``create_graph=True``: the vector-Jacobian product of ``ref_fn(*inputs)`` (a tuple of
+    outputs matching ``outputs_grads``; None grads count as zero) with respect to the ``inputs`` flagged in
+    ``needs_grad``, as a differentiable graph. Returns one gradient (or None) per input."""
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs_grad)) if need and t is not None]
+    with torch.enable_grad():
+        outs = ref_fn(*inputs)
+        pairs = [(o, g) for o, g in zip(outs, outputs_grads) if g is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+    result = [None] * len(inputs)
+    for i, g in zip(wanted, grads):
+        result[i] = torch.zeros_like(inputs[i]) if g is None else g
+    return result
 
 
 # ------------------------------------------------------------------------------------------------- LSTM
@@ -106,15 +127,24 @@ def _lstm_setup(ctx, inputs, output):
         ctx.stored = False
         return
     ctx.stored = True
-    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths)
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, b_ih, b_hh)
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.strategy = strategy
+
+
+def _lstm_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+    y, _, c_n = lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    return y, c_n
 
 
 def _lstm_backward(ctx, dy, dc_n, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: lstm_layer ran with store=False (no grad was needed) and cannot backprop")
-    x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths = ctx.saved_tensors
+    x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, b_ih, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+        grads = differentiable_vjp(_lstm_ref_outputs, inputs, ctx.needs_input_grad[:9], (dy, dc_n))
+        return (*grads[:8], None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_bwd(
@@ -168,14 +198,21 @@ def _(dy, x, h0, y, w_ih, w_hh, lengths, has_bias, nonlinearity, strategy):
 
 def _rnn_setup(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy = inputs
-    ctx.save_for_backward(x, h0, output, w_ih, w_hh, lengths)
+    ctx.save_for_backward(x, h0, output, w_ih, w_hh, lengths, b_ih, b_hh)
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.nonlinearity = nonlinearity
     ctx.strategy = strategy
 
 
 def _rnn_backward(ctx, dy):
-    x, h0, y, w_ih, w_hh, lengths = ctx.saved_tensors
+    x, h0, y, w_ih, w_hh, lengths, b_ih, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+
+        def ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+            return (rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, lengths)[0],)
+
+        grads = differentiable_vjp(ref, (x, h0, w_ih, w_hh, b_ih, b_hh, lengths), ctx.needs_input_grad[:7], (dy,))
+        return (*grads[:6], None, None, None)
     dx, dh0, dw_ih, dw_hh, db = rnn_layer_bwd(
         dy, x, h0, y, w_ih, w_hh, lengths, any(ctx.bias), ctx.nonlinearity, ctx.strategy
     )

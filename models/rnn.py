@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kernels.reference import rnn_layer_ref
+from ..kernels.reference import rnn_layer_ref
 
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend
 from ._cell import cell_forward
+from ._export import NoScript
 
 
 def _check_nonlinearity(nonlinearity: str) -> str:
@@ -38,7 +39,11 @@ class RNN(FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto"):
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto", **kwargs):
+        if "proj_size" in kwargs:  # nn.RNN's check and message, whatever the value
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"RNN.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[_check_nonlinearity(nonlinearity)]
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, backend=backend, strategy=strategy)
@@ -49,7 +54,7 @@ class RNN(FusedRNNBase):
                          backend=self.backend, strategy=self.strategy)
 
 
-class RNNCell(nn.RNNCellBase):
+class RNNCell(NoScript, nn.RNNCellBase):
     """One Elman RNN step with the constructor, parameters, inputs and outputs of ``torch.nn.RNNCell``, on
     the fused kernels. ``backend``/``strategy`` as for ``models.LSTM``. Returns ``h_1``."""
 

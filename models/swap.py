@@ -1,9 +1,13 @@
-"""Replace torch.nn recurrent modules inside a user's model by the fused ones, weights kept."""
+"""Replace torch.nn recurrent modules inside a user's model by the fused ones, changing nothing but the kernels.
+
+The new module is built on the meta device (no initialisation, no draw from any RNG), then takes over the old
+module's own Parameter objects, buffers, hooks and extra attributes, so that tied weights, optimizers and
+parameter hooks created before the swap keep working, and a seeded program draws the same random numbers.
+"""
 from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import nn
 
 from ._base import PER_STEP_STRATEGIES, STRATEGIES, check_backend
@@ -30,12 +34,54 @@ def _config(m: nn.Module) -> tuple[type, dict]:
 
 SWAPPABLE = (nn.LSTM, nn.RNN, nn.LSTMCell, nn.RNNCell)
 UNSWAPPABLE = (nn.GRU, nn.GRUCell)
+# nn.Module's per-module hook state: shared with the new module (the same dict objects, so the handles the
+# user holds still remove their hooks)
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks", "_is_full_backward_hook",
+    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+)
+
+
+def _convert(m: nn.Module, backend: str, strategy: str) -> nn.Module:
+    cls, cfg = _config(m)
+    strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell) else "auto"
+    # meta device: the constructor's reset_parameters() allocates nothing and draws no random number
+    new = cls(**cfg, device="meta", backend=backend, strategy=strat)
+    if list(new._parameters) != list(m._parameters):
+        raise RuntimeError(f"swap_rnns: parameters of {type(m).__name__} ({list(m._parameters)}) do not match "
+                           f"{cls.__name__}'s ({list(new._parameters)})")
+    new._parameters = m._parameters  # the same Parameter objects, in the same order
+    new._buffers = m._buffers
+    new._non_persistent_buffers_set = m._non_persistent_buffers_set
+    new._modules = m._modules
+    for name in _HOOK_DICTS:
+        if name in m.__dict__:
+            setattr(new, name, m.__dict__[name])
+    # attributes the user set on the old module (nn's own are the same in both)
+    for name, value in m.__dict__.items():
+        if name not in new.__dict__:
+            new.__dict__[name] = value
+    new.training = m.training
+    if isinstance(new, nn.RNNBase):
+        new._init_flat_weights()
+    return new
 
 
 def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -> nn.Module:
     """Replace, in place, every ``nn.LSTM``, ``nn.RNN``, ``nn.LSTMCell`` and ``nn.RNNCell`` inside ``model``
-    (the model itself included) by ``models.LSTM`` / ``RNN`` / ``LSTMCell`` / ``RNNCell`` with the same
-    configuration, weights, device, dtype and train/eval mode. Warns about modules it cannot swap (GRU).
+    (the model itself included) by ``fusedrnn.LSTM`` / ``RNN`` / ``LSTMCell`` / ``RNNCell`` with the same
+    configuration, changing nothing but the kernels:
+
+    - the new module holds the old module's **Parameter objects** (not copies): tied weights, optimizers
+      built before the swap, parameter hooks, ``requires_grad``, device and dtype are kept;
+    - no random number is drawn (the new modules are built on the meta device), so a seeded program's
+      dropout masks and shuffles are those it draws without the swap;
+    - a module used in several places is replaced by one new module, used in the same places;
+    - the module's forward / backward / state_dict hooks, its train/eval mode and attributes the user set on
+      it move over.
+
+    Warns about modules it cannot swap (GRU, subclasses of the nn classes).
 
     Args:
         model: any nn.Module.
@@ -43,33 +89,31 @@ def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -
             to the LSTMs only; the RNNs get "auto" (their kernels have no persistent variant).
     Returns:
         The model (a new module when ``model`` itself was an nn.LSTM/RNN/cell; otherwise the same object).
+        The old recurrent modules must not be used afterwards: their parameters now belong to the new ones.
     """
 
     check_backend(backend, strategy, STRATEGIES)
-
-    def convert(m: nn.Module) -> nn.Module:
-        cls, cfg = _config(m)
-        p = next(m.parameters())
-        strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell) else "auto"
-        new = cls(**cfg, device=p.device, dtype=p.dtype, backend=backend, strategy=strat)
-        with torch.no_grad():
-            new.load_state_dict(m.state_dict())
-        for name, param in m.named_parameters():
-            getattr(new, name).requires_grad_(param.requires_grad)
-        new.train(m.training)
-        return new
-
     if type(model) in SWAPPABLE:
-        return convert(model)
+        return _convert(model, backend, strategy)
+    done: dict[int, nn.Module] = {}  # id(old module) -> its replacement, for modules used more than once
+    warned: set[int] = set()
     for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
             full = f"{parent_name}.{name}" if parent_name else name
             if type(child) in SWAPPABLE:
-                setattr(parent, name, convert(child))
+                if id(child) not in done:
+                    done[id(child)] = _convert(child, backend, strategy)
+                parent._modules[name] = done[id(child)]
+            elif id(child) in warned:
+                continue
             elif isinstance(child, UNSWAPPABLE):
+                warned.add(id(child))
                 warnings.warn(f"swap_rnns: {full} ({type(child).__name__}) has no fused kernel; left as it is",
                               stacklevel=2)
             elif isinstance(child, SWAPPABLE) and not isinstance(child, (LSTM, RNN, LSTMCell, RNNCell)):
+                warned.add(id(child))
                 warnings.warn(f"swap_rnns: {full} is a subclass of {type(child).__mro__[1].__name__}; "
                               "left as it is (its forward may differ)", stacklevel=2)
     return model

@@ -10,7 +10,8 @@ The cell, per layer and direction, gates stacked along W's rows in the order N, 
     h_t = u_t * v
 
 Ops: ``fusedrnn::usegate_layer`` (forward, returns what backward needs) and ``fusedrnn::usegate_layer_bwd``,
-registered like ``models/ops.py``'s (custom_op + register_fake + register_autograd; no double backward).
+registered like ``models/ops.py``'s (custom_op + register_fake + register_autograd; double backward through
+the reference math, as there).
 
 B batch, T steps, I input, H hidden.
 """
@@ -22,12 +23,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kernels import usegate as _ug
-from kernels._common import acc_torch_dtype
-from kernels.usegate import usegate_layer_ref
+from ..kernels import usegate as _ug
+from ..kernels._common import acc_torch_dtype
+from ..kernels.usegate import usegate_layer_ref
 
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
-from .ops import _EMPTY, _no_autocast, _none_if_empty, _or_empty, double_backward_error
+from .ops import _EMPTY, _no_autocast, _none_if_empty, _or_empty, differentiable_vjp, double_backward_error
 
 
 # --------------------------------------------------------------------------------------------------- ops
@@ -92,15 +93,24 @@ def _setup(ctx, inputs, output):
     ctx.stored = bool(store)
     if not store:
         return
-    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths)
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u)
     ctx.bias = (b_ih is not None, b_hh is not None, b_u is not None)
     ctx.strategy = strategy
+
+
+def _usegate_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths):
+    y, _, c_n = usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+    return y, c_n
 
 
 def _backward(ctx, dy, dc_n, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: usegate_layer ran with store=False (no grad was needed) and cannot backprop")
-    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths = ctx.saved_tensors
+    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the reference math, differentiable (models/ops.py)
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+        grads = differentiable_vjp(_usegate_ref_outputs, inputs, ctx.needs_input_grad[:10], (dy, dc_n))
+        return (*grads[:9], None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     has_ih, has_hh, has_u = ctx.bias

@@ -92,3 +92,109 @@ def test_persistent_strategy_goes_to_lstms_only():
     assert model[0].strategy == "persistent" and model[1].strategy == "auto" and model[2].strategy == "auto"
     with pytest.raises(ValueError, match="strategy"):
         swap_rnns(nn.Sequential(nn.LSTM(3, 4)), strategy="fastest")
+
+
+# --- swapping changes nothing but the kernels ---------------------------------------------------------------
+class Tied(nn.Module):
+    """The same LSTM used twice (a siamese encoder) and an LSTMCell whose input weight is tied to a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        enc = nn.LSTM(3, 5, num_layers=2, dropout=0.5)
+        self.left, self.right = nn.Sequential(enc), nn.Sequential(enc)
+        self.cell = nn.LSTMCell(5, 4)
+        self.proj = nn.Linear(5, 16, bias=False)
+        self.proj.weight = self.cell.weight_ih
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, a, b):
+        ya, _ = self.left[0](a)
+        yb, _ = self.right[0](b)
+        h, c = self.cell(ya[-1] * yb[-1])
+        return self.head(h).sum() + self.proj(yb[-1]).sum() * 0.1
+
+
+def _train(model, steps, swap_after_optimizer, backend="auto"):
+    """A seeded program: batches and dropout masks come from the global RNG after the model is built."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    if swap_after_optimizer:
+        model = swap_rnns(model, backend=backend)
+    losses = []
+    for _ in range(steps):
+        a, b = torch.randn(4, 2, 3, dtype=torch.float64), torch.randn(4, 2, 3, dtype=torch.float64)
+        loss = model(a, b)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return model, losses
+
+
+def test_swap_draws_no_random_number():
+    def program(swap):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Embedding(10, 8), nn.LSTM(8, 8, num_layers=2, dropout=0.5), nn.RNNCell(8, 3))
+        if swap:
+            m = swap_rnns(m)
+        return torch.rand(5)
+
+    assert torch.equal(program(True), program(False))
+
+
+def test_shared_module_stays_one_module_with_the_same_parameters():
+    torch.manual_seed(0)
+    m = Tied()
+    params = list(m.parameters())
+    n_before = sum(p.numel() for p in params)
+    swap_rnns(m)
+    assert type(m.left[0]) is models.LSTM and m.left[0] is m.right[0]
+    assert type(m.cell) is models.LSTMCell and m.proj.weight is m.cell.weight_ih
+    after = list(m.parameters())
+    assert len(after) == len(params) and all(p is q for p, q in zip(after, params))
+    assert sum(p.numel() for p in after) == n_before
+
+
+def test_seeded_training_with_dropout_and_an_earlier_optimizer_matches_nn():
+    """Losses of a seeded dropout program whose optimizer is built before the swap equal nn's step for step
+    (the same masks and batches are drawn, and the optimizer updates the weights the swapped model uses)."""
+    torch.manual_seed(0)
+    ref, want = _train(Tied().double().train(), 4, swap_after_optimizer=False)
+    torch.manual_seed(0)
+    got_model, got = _train(Tied().double().train(), 4, swap_after_optimizer=True)
+    assert type(got_model.left[0]) is models.LSTM
+    assert len(set(want)) == 4  # the weights did move
+    for step, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= 1e-10 * abs(w), (step, g, w)
+    for (n, p), (_, q) in zip(ref.named_parameters(), got_model.named_parameters()):
+        assert_close(q.detach(), p.detach(), torch.float64, n)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors on the triton backend need the interpreter")
+def test_seeded_training_triton_backend_matches_nn():
+    torch.manual_seed(1)
+    _, want = _train(Tied().double().train(), 2, swap_after_optimizer=False)
+    torch.manual_seed(1)
+    _, got = _train(Tied().double().train(), 2, swap_after_optimizer=True, backend="triton")
+    for step, (g, w) in enumerate(zip(got, want)):
+        assert abs(g - w) <= 1e-10 * abs(w), (step, g, w)
+
+
+def test_hooks_and_mode_move_to_the_new_module():
+    m = nn.Sequential(nn.LSTM(3, 4), nn.RNNCell(4, 2)).eval()
+    m[0].train()  # a mode different from the parent's is kept
+    calls = []
+    h1 = m[0].register_forward_hook(lambda mod, inp, out: calls.append(("fwd", type(mod).__name__)))
+    m[0].register_forward_pre_hook(lambda mod, inp: calls.append(("pre", type(mod).__name__)))
+    m[1].register_full_backward_hook(lambda mod, gin, gout: calls.append(("bwd", type(mod).__name__)))
+    m[0].weight_hh_l0.register_hook(lambda g: calls.append(("param", None)))
+    m[0].note = "user attribute"
+    swap_rnns(m)
+    assert m[0].training and not m[1].training and m[0].note == "user attribute"
+    x = torch.randn(2, 3, 3, requires_grad=True)
+    y, _ = m[0](x)
+    m[1](y[-1]).sum().backward()
+    assert calls == [("pre", "LSTM"), ("fwd", "LSTM"), ("bwd", "RNNCell"), ("param", None)]
+    h1.remove()
+    calls.clear()
+    m[0](x)
+    assert calls == [("pre", "LSTM")]

@@ -1,0 +1,30 @@
+"""fusedrnn: fused Triton kernels for LSTM and Elman RNN cells behind drop-in torch.nn modules.
+
+Public API::
+
+    from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
+
+``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
+``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
+Subpackages: ``fusedrnn.models`` (the modules and autograd ops), ``fusedrnn.kernels`` (Triton kernels and
+pure-PyTorch references), ``fusedrnn.experiments`` (sweeps and plots). ``fusedrnn`` is the only top-level name
+an installed copy adds, so a program's own ``models`` package does not collide with ours.
+"""
+from ._layout import install as _install
+
+_install(__path__[0])
+
+from .models import (  # noqa: E402
+    BACKENDS,
+    LSTM,
+    RNN,
+    STRATEGIES,
+    LSTMCell,
+    RNNCell,
+    UseGateLSTM,
+    clear_cuda_graphs,
+    swap_rnns,
+)
+
+__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns",
+           "clear_cuda_graphs"]

@@ -1,0 +1,64 @@
+"""The sweep split across processes: ``--shard i/n`` runs disjoint parts of the grid (every backend of a
+configuration in the same shard), and ``experiments.shard merge`` joins the shard CSVs, de-duplicated, each
+row with its own provenance."""
+from __future__ import annotations
+
+import argparse
+import csv
+
+import pytest
+import torch
+
+from experiments import shard, sweep
+from experiments.results import COLUMNS, append_row, key_of, read_rows
+
+cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-path sweep (the GPU path runs in gpu_run.sh)")
+CONFIG = ("B", "T", "H", "I", "layers", "directions", "dtype", "pass")
+
+
+def test_parse_shard():
+    assert shard.parse_shard("1/3") == (1, 3)
+    for bad in ("3/3", "-1/2", "1/0", "a/2", "1", "1/2/3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            shard.parse_shard(bad)
+
+
+@cpu_only
+def test_two_shards_cover_the_grid_once_and_merge(tmp_path, capsys):
+    base = ["--grid", "smoke", "--backends", "torch_cpu,fusedrnn", "--min-reps", "1", "--rep-ms", "1"]
+    paths = [tmp_path / f"smoke.{i}.csv" for i in range(2)]
+    for i, path in enumerate(paths):
+        assert sweep.main(base + ["--shard", f"{i}/2", "--out", str(path)]) == 0
+    assert sweep.main(base + ["--shard", "0/2", "--out", str(paths[0])]) == 0  # a resumed shard adds nothing
+    assert "0 to run" in capsys.readouterr().err
+    shards = [read_rows(p) for p in paths]
+    keys = [{key_of(r) for r in rows} for rows in shards]
+    configs = [{tuple(r[c] for c in CONFIG) for r in rows} for rows in shards]
+    assert keys[0] and keys[1] and not keys[0] & keys[1]
+    assert not configs[0] & configs[1]  # a configuration lives in one shard, with all its backends
+    for rows in shards:
+        assert all(r["error"] == "" for r in rows), [r["error"] for r in rows]
+        assert {r["backend"] for r in rows} == {"torch_cpu", "fusedrnn"}
+        assert all(r["speedup"] != "" for r in rows)  # the reference row of each config is in the same shard
+
+    # the same grid unsharded has exactly the union of the shards' keys
+    whole = tmp_path / "whole.csv"
+    assert sweep.main(base + ["--out", str(whole), "--passes", "fwd"]) == 0
+    fwd_keys = {key_of(r) for r in read_rows(whole)}
+    assert fwd_keys == {k for k in keys[0] | keys[1] if k[8] == "fwd"}
+
+    # merge: repeats dropped (a row without an error wins), provenance kept as written by each shard
+    failed = tmp_path / "failed.csv"
+    first = dict(shards[1][0], error="RuntimeError: an earlier failed attempt")
+    append_row(failed, first)
+    merged = tmp_path / "merged.csv"
+    assert shard.main(["merge", str(merged), str(failed), str(paths[0]), str(paths[1]), str(paths[0])]) == 0
+    rows = read_rows(merged)
+    assert len(rows) == len(keys[0] | keys[1])
+    by_key = {key_of(r): r for r in rows}
+    assert by_key[key_of(first)]["error"] == ""
+    for r in shards[0] + shards[1]:
+        assert by_key[key_of(r)] == r  # every column, provenance included (gpu, commit, date, versions)
+    with open(merged, newline="") as f:
+        assert csv.DictReader(f).fieldnames == COLUMNS
+    assert shard.main(["merge", str(merged), str(paths[0])]) == 2  # never over an existing file
