@@ -252,5 +252,5 @@ def test_inplace_change_of_the_output_raises_in_backward():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    differences = readme[readme.index("- Differences from `torch.nn`:"):readme.index("## How it works")]
+    differences = readme[readme.index("### Differences from torch.nn"):readme.index("## How it works")]
     assert "modified by an" in differences and "cuDNN" in differences
