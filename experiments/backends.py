@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -80,15 +82,36 @@ register(Backend("torch_cpu", _build_nn, devices=("cpu",), reference=True,
 
 
 # --- fusedrnn through its public module API --------------------------------------------------------------------
+IMPL_DIR_ENV = "FUSEDRNN_IMPL_DIR"
+
+
+def fusedrnn_models():
+    """The ``models`` package whose modules the fusedrnn rows time: this tree's (``fusedrnn.models``), or, with
+    ``FUSEDRNN_IMPL_DIR`` set, the top-level ``models`` package of another source tree (e.g. an earlier commit's
+    ``kernels/`` and ``models/`` unpacked there, to time it beside this one). Use that in a process of its own:
+    both trees register the same custom-op names."""
+    other = os.environ.get(IMPL_DIR_ENV)
+    if not other:
+        from fusedrnn import models
+        return models
+    other = os.path.realpath(other)
+    if other not in sys.path:
+        sys.path.insert(0, other)
+    import models  # noqa: PLC0415 - the other tree's, first on sys.path
+    if not os.path.realpath(models.__file__).startswith(other + os.sep):
+        raise RuntimeError(f"{IMPL_DIR_ENV}={other}: imported models from {models.__file__} instead")
+    return models
+
+
 def _fusedrnn_strategies() -> tuple[str, ...]:
-    from fusedrnn import models
+    models = fusedrnn_models()
 
     listed = getattr(models, "STRATEGIES", None) or ("per_step",)
     return tuple(s for s in listed if s != "auto") or ("auto",)
 
 
 def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
-    from fusedrnn import models
+    models = fusedrnn_models()
 
     p = next(ref.parameters())
     m = models.LSTM(ref.input_size, ref.hidden_size, ref.num_layers, bidirectional=ref.bidirectional,

@@ -8,13 +8,15 @@
 #
 # From a session with a GPU (the `run` tool), from the repository root here:
 #   git rev-parse HEAD > REVISION        # the copy sent has no .git: REVISION names the measured commit
-#   run(command="experiments/gpu_run.sh $OUT quick", timeout_s=480, carry=["REVISION"])
+#   experiments/gpu_baseline.sh COMMIT   # optional: that commit's kernels/ and models/ in gpu_baseline/, timed
+#                                        # beside this tree on the B = 16 and B = 1 cells (variant "baseline")
+#   run(command="experiments/gpu_run.sh $OUT quick", timeout_s=480, carry=["REVISION", "gpu_baseline"])
 #   -> look at the end of output_tail (correctness counts, the speedup table), then at files_at:
 #      quick.log env.json correctness.csv failures.log headline.csv plots.tar.gz summary.md
 #   optional follow-up, SECONDS = status's budget_left_s - 150 (a fresh machine's start) - 60, if >= 180:
 #   mkdir -p gpu_prev && cp FILES_AT/* gpu_prev/   # gpu_prev/ is git-ignored
 #   run(command="experiments/gpu_run.sh $OUT more gpu_prev SECONDS", timeout_s=SECONDS+60,
-#       carry=["REVISION", "gpu_prev"])
+#       carry=["REVISION", "gpu_prev", "gpu_baseline"])
 #   then give_back, and commit as docs/GPU_RUN.md says (results/, README table via experiments.report).
 #
 # Everything lands in OUT as it happens: the CSVs are appended and fsynced row by row, the log line by line,
@@ -95,10 +97,16 @@ case "$STAGE" in
     step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
     FUSEDRNN_AUTOTUNE=0 step $(( CHECK_S + 30 )) "correctness subset" \
       "$PY" -m experiments.gpu_check --out "$OUT/correctness.csv" --failures "$OUT/failures.log" --time-limit $CHECK_S
-    BUDGET=$(( TOTAL - $(el) - PLOT_S - ROW_S ))
+    BASE_S=0; [ -s gpu_baseline/models/__init__.py ] && BASE_S=$(( GPU == 1 ? 60 : 30 ))
+    BUDGET=$(( TOTAL - $(el) - PLOT_S - ROW_S - BASE_S ))
     [ $BUDGET -lt 20 ] && BUDGET=20
     step $(( BUDGET + ROW_S + 15 )) "headline timings (budget ${BUDGET}s)" \
       "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $BUDGET --peaks-from "$OUT/env.json"
+    if [ -s gpu_baseline/models/__init__.py ]; then  # the commit every change is held to, same cells
+      step $(( BASE_S + ROW_S + 15 )) "headline, baseline $(head -c 12 gpu_baseline/REVISION 2>/dev/null) (budget ${BASE_S}s)" \
+        "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $BASE_S --peaks-from "$OUT/env.json" \
+        --baseline gpu_baseline --B 16,1 --dtypes bf16,fp16
+    fi
     plots "$OUT/headline.csv"
     summary "$OUT/headline.csv" ;;
   more)
@@ -113,6 +121,11 @@ case "$STAGE" in
     [ $GPU = 0 ] && { HB=30; SB=20; BB=20; }
     step $(( HB + 45 )) "headline, every variant (budget ${HB}s)" \
       "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
+    if [ -s gpu_baseline/models/__init__.py ]; then
+      step $(( HB / 3 + 45 )) "headline, baseline (budget $(( HB / 3 ))s)" \
+        "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $(( HB / 3 )) --peaks-from "$OUT/env.json" \
+        --baseline gpu_baseline
+    fi
     if [ $GPU = 1 ]; then
       SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
       step $(( SB + 45 )) "hidden grid (budget ${SB}s)" \

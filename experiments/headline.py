@@ -12,7 +12,9 @@ gradients checked against cuDNN, the floor, peak memory, provenance), appended a
 
 A variant is a named set of environment variables set around its rows only (kernel knobs read at call
 time); its rows carry ``strategy`` = "<strategy>@<variant>" ("main", the code as it is, keeps the bare
-strategy name). A rerun with the CSV in place skips the rows already there (resume), so a second call picks
+strategy name). ``--baseline DIR`` times another source tree instead (its ``kernels/`` and ``models/``
+unpacked in DIR, e.g. the commit every change is held to), in this process only, as the variant
+"baseline": run it as a second process on the same CSV (both trees register the same custom ops). A rerun with the CSV in place skips the rows already there (resume), so a second call picks
 up where the budget stopped the first.
 
 Without CUDA this is the CPU dry run: a tiny grid (B in {1, 2}, H = 16, T = 4) in Triton's interpreter
@@ -46,6 +48,8 @@ from .sweep import Context, Job, run_job  # noqa: E402
 VARIANTS: dict[str, dict[str, str]] = {
     "main": {},
 }
+
+BASELINE = "baseline"  # the variant name of --baseline rows
 
 B_ORDER = (16, 1, 64, 256)
 H_ORDER = (1024, 768)
@@ -132,7 +136,9 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    unknown = [v for v in variants if v not in VARIANTS]
+    if os.environ.get(bk.IMPL_DIR_ENV):
+        variants = [BASELINE]  # another tree's code, as it is
+    unknown = [v for v in variants if v not in VARIANTS and v != BASELINE]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; declared: {sorted(VARIANTS)}")
     torch.backends.cuda.matmul.allow_tf32 = True  # cuDNN's default; the headline is fp16/bf16 anyway
@@ -142,6 +148,10 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     t_start = time.perf_counter()
     prov = provenance(device)
     prov["commit"] = revision()
+    other = os.environ.get(bk.IMPL_DIR_ENV)
+    if other:  # the timed code is the other tree's: its REVISION file names it
+        rev = Path(other) / "REVISION"
+        prov["commit"] = rev.read_text().split()[0] if rev.is_file() and rev.read_text().split() else "unknown"
     existing = read_rows(out)
     done = {key_of(r) for r in existing if not (retry_errors and r["error"])}
     todo = [(j, v) for j, v in plan(cuda, variants, **grid) if _row_key(prov["gpu"], j, v) not in done]
@@ -166,7 +176,7 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
                       "for a rerun (resume)", file=sys.stderr, flush=True)
                 break
             t0 = time.perf_counter()
-            with environment(VARIANTS[variant] if job.backend == "fusedrnn" else {}):
+            with environment(VARIANTS.get(variant, {}) if job.backend == "fusedrnn" else {}):
                 row = run_job(job, ctx)
             if job.backend == "fusedrnn":
                 row["strategy"] = label(job.strategy, variant)
@@ -195,7 +205,15 @@ def main(argv=None) -> int:
     p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per row (default 100)")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (default 25)")
     p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="time the kernels/ and models/ of the source tree in this folder instead (variant "
+                        "'baseline'; cuDNN rows already in the CSV are reused)")
     args = p.parse_args(argv)
+    if args.baseline is not None:
+        if not (args.baseline / "models" / "__init__.py").is_file():
+            print(f"error: --baseline {args.baseline}: no models/ package there", file=sys.stderr)
+            return 2
+        os.environ[bk.IMPL_DIR_ENV] = str(args.baseline.resolve())
     variants = list(VARIANTS) if args.variants == "all" else [v for v in args.variants.split(",") if v]
 
     def ints(s):

@@ -303,9 +303,7 @@ def run_job(job: Job, ctx: Context) -> dict:
     finally:
         del built, ref, sets
         if cuda:
-            from fusedrnn import models
-
-            models.clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
+            bk.fusedrnn_models().clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
             torch.cuda.empty_cache()
     return row
 
