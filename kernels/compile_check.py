@@ -752,6 +752,10 @@ def write_markdown(path: str, rows: list[dict], results: list[Result], command: 
     fails = failed(results)
     regs = max_registers(rows)
     summary = "\n".join(f"| {k} | {a} | {v} |" for (k, a), v in sorted(regs.items()))
+    reps = repeated(results)
+    repeat_line = (f"\n{len(reps)} {'/'.join(REPEAT_DTYPES)} compiles replicate MMA work (`mma_repeat > 1`):\n\n"
+                   + "\n".join(sorted({f"- {r.kernel} {r.arch} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} w{r.num_warps} "
+                                        f"s{r.num_stages}: {r.dots}" for r in reps})) + "\n") if reps else ""
     text = f"""# Static compile check of the step kernels
 
 - triton: {triton.__version__}
@@ -767,6 +771,14 @@ specializes on when H is a multiple of 16) / none of them. Spill bytes (cuobjdum
 precision "tf32"; fp64 accumulates in fp64. Heaviest constexpr variant of each kernel (lengths, stored gates,
 a next step, tanh).
 
+MMA columns (module docstring of `kernels/compile_check.py`): `mma` is the matrix instruction in the SASS
+(HGMMA = wgmma, HMMA = mma.sync, DMMA; FFMA / DFMA = no MMA instruction); `mma_per_iter` / `ldsm_per_iter`
+count it and the LDSM (ldmatrix) instructions per warp in one pass of the innermost SASS loop that holds it
+(one K slice of a per-step kernel, one batch tile of a persistent step); `mma_repeat` is how many warps
+compute the same element of a dot result (TTGIR layout warpsPerCTA x per-warp tile against the result shape;
+1 = none, max over the kernel's dots and both alignments). Values differing between the aligned and unaligned
+variants are shown `aligned/unaligned`.
+{repeat_line}
 Max registers per kernel and arch:
 
 | kernel | arch | max registers |
