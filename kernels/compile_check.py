@@ -75,6 +75,7 @@ and drops that variable for the modules it imports itself.
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import datetime
 import importlib
@@ -133,6 +134,54 @@ def kernel_modules() -> list[str]:
             if re.search(r"^COMPILE_CHECK\b|^def COMPILE_CHECK\b", f.read(), re.MULTILINE):
                 names.append(f"{__package__ or 'kernels'}.{info.name}")
     return sorted(names)
+
+
+def _is_jit(decorator: ast.expr) -> bool:
+    """``@triton.jit``, ``@triton.jit(...)``, ``@jit``, ``@jit(...)``."""
+    node = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (isinstance(node, ast.Attribute) and node.attr == "jit") or (isinstance(node, ast.Name) and node.id == "jit")
+
+
+def jit_kernels(sources: dict[str, str]) -> dict[str, str]:
+    """The launchable kernels among ``sources`` (module name -> Python source): every function decorated with
+    ``triton.jit`` that no jit function of ``sources`` calls (those are device helpers, inlined into their
+    callers and compiled with them). Returns ``{function name: module name}``."""
+    defined, called = {}, set()
+    for module, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and any(_is_jit(d) for d in node.decorator_list):
+                defined[node.name] = module
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Call):
+                        f = sub.func
+                        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                        if name != node.name:
+                            called.add(name)
+    return {name: mod for name, mod in defined.items() if name not in called}
+
+
+def package_kernels() -> dict[str, str]:
+    """``jit_kernels`` of every module in this package (``kernels/*.py``), by their qualified module names."""
+    pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    pkg = __package__ or "kernels"
+    sources = {}
+    for info in pkgutil.iter_modules([pkg_dir]):
+        if not info.ispkg:
+            with open(os.path.join(pkg_dir, info.name + ".py"), encoding="utf-8") as f:
+                sources[f"{pkg}.{info.name}"] = f.read()
+    return jit_kernels(sources)
+
+
+def checked_kernels() -> dict[str, str]:
+    """``{function name: defining module}`` of every kernel in the COMPILE_CHECK registry (importable with or
+    without the interpreter: only names are read)."""
+    out = {}
+    for module_name in kernel_modules():
+        for entry in _entries(module_name):
+            fn = entry["kernel"]
+            inner = getattr(fn, "fn", fn)
+            out[getattr(fn, "__name__", None) or inner.__name__] = inner.__module__
+    return out
 
 
 def _entries(module_name: str) -> list[dict]:
