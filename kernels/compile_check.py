@@ -69,6 +69,10 @@ Registry: every module ``kernels/<name>.py`` whose source defines ``COMPILE_CHEC
         dtypes=("fp16", ...),                # optional subset of the dtypes
     )
 
+Coverage: ``package_kernels()`` reads every ``kernels/*.py`` and lists each ``@triton.jit`` function that no
+other jit function calls (a launchable kernel; the helpers are compiled inside their callers);
+tests/test_compile_check.py requires each of them to have an entry here (``checked_kernels()``).
+
 The check must see the real compiler: it refuses to run on kernels decorated under ``TRITON_INTERPRET=1``
 and drops that variable for the modules it imports itself.
 """

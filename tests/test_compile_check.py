@@ -103,12 +103,19 @@ def test_no_replicated_mma_work_in_16bit_hot_kernels(table):
 
     _, rows = table
     assert {r["kernel"] for r in rows} >= set(cc.checked_kernels())
-    bad = sorted({(r["kernel"], r["arch"], r["dtype"], r["align"], int(r["BLOCK_B"]), int(r["BLOCK_H"]),
-                   int(r["BLOCK_K"]), int(r["num_warps"]), int(r["num_stages"]), int(r["mma_repeat"]), r["dots"])
-                  for r in rows if r["dtype"] in cc.REPEAT_DTYPES and int(r["mma_repeat"]) > 1})
-    assert not bad, f"{len(bad)} fp16/bf16 compiles replicate MMA work across warps:\n" + "\n".join(
-        f"{k} {a} {d} {al} {b}x{h}x{kk} w{w} s{st}: mma_repeat={rep} ({dots})"
-        for k, a, d, al, b, h, kk, w, st, rep, dots in bad)
+    bad: dict = {}  # (kernel, arch, config) -> [dtype/align variants], repeat, dots
+    for r in rows:
+        if r["dtype"] in cc.REPEAT_DTYPES and int(r["mma_repeat"]) > 1:
+            key = (r["kernel"], r["arch"], f"{r['BLOCK_B']}x{r['BLOCK_H']}x{r['BLOCK_K']} w{r['num_warps']} "
+                                           f"s{r['num_stages']}")
+            v = bad.setdefault(key, [[], 0, set()])
+            v[0].append(f"{r['dtype']} {r['align']}")
+            v[1] = max(v[1], int(r["mma_repeat"]))
+            v[2].add(r["dots"])
+    n = sum(len(v[0]) for v in bad.values())
+    assert not bad, f"{n} fp16/bf16 compiles ({len(bad)} kernel/arch/configs) replicate MMA work across " \
+        "warps:\n" + "\n".join(f"{k} {a} {c}: mma_repeat={rep} ({'; '.join(sorted(dots))}) in {', '.join(vs)}"
+                               for (k, a, c), (vs, rep, dots) in sorted(bad.items()))
 
 
 # ----------------------------------------------------------------------------------------------
