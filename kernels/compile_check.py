@@ -1,14 +1,52 @@
-"""Static resource check of every step kernel and tile config for sm_90a and sm_80, without a GPU.
+"""Static resource and MMA check of every hot kernel and tile config for sm_90a and sm_80, without a GPU.
 
-    python -m kernels.compile_check [--arch 90,80] [--kernels lstm,_rnn_fwd_step,...]
-                                    [--dtypes fp16,bf16,fp32,tf32,fp64] [--align aligned,unaligned]
-                                    [--config B,H,K,WARPS,STAGES] [--jobs N] [--csv out.csv] [--markdown out.md]
+    python -m kernels.compile_check [--arch(s) 90,80] [--kernels lstm,_rnn_fwd_step,...]
+                                    [--dtypes fp16,bf16,fp32,tf32,fp64] [--align(s) aligned,unaligned]
+                                    [--config B,H,K,WARPS,STAGES | --config NAME=VALUE,...] [--jobs N]
+                                    [--csv out.csv] [--markdown out.md] [--dump DIR] [--quiet]
 
 Each kernel is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` for every
 config of its list, in its heaviest constexpr variant (the kernel module says which). Registers and stack
 (spill) bytes come from the ``cuobjdump --dump-resource-usage`` bundled with triton, shared memory from
 ``kernel.metadata.shared``. A config fails when it spills (stack or local bytes > 0), exceeds the shared memory
 of the arch (227 KB sm_90, 163 KB sm_80) or does not compile; the exit status is 1 if any config fails.
+
+MMA columns (``analyze_compiled``), per compile:
+
+- ``mma``: the matrix instruction the dots became, read from the SASS (``cuobjdump -sass``): ``HGMMA``
+  (wgmma, sm_90 only), ``HMMA`` (mma.sync), ``DMMA`` / ``IMMA``, or ``FFMA`` / ``DFMA`` when no MMA instruction
+  is emitted (fp32 "ieee", fp64).
+- ``mma_per_iter`` and ``ldsm_per_iter``: instructions of that kind, and LDSM (ldmatrix) instructions, in one
+  pass of the hot loop's body, counted from the SASS, i.e. per warp. The hot loop is the innermost SASS loop (a
+  backward branch and its target) that holds instructions of the kind; if several do, the one with the most.
+  Per-step kernels: one K slice (BLOCK_K) of the product, all gates. Persistent kernels: one batch tile of one
+  time step. A loop that ptxas unrolled counts its unrolled body; a kernel with no such loop counts the whole
+  kernel.
+- ``mma_repeat``: how many warps compute the same element of a dot result, from the TTGIR. For each ``tt.dot``
+  / ``ttng.warp_group_dot`` the result's layout (``#mma``: ``warpsPerCTA`` and the per-warp ``instrShape``,
+  v2 or v3, 2-D or 3-D; ``#blocked`` for FMA dots: ``sizePerThread x threadsPerWarp``) is laid over the result
+  shape: along each dimension the warps take ceil(extent / per-warp tile) distinct positions and the surplus
+  wraps onto the same elements (``warp_repeat``). The kernel's value is the max over its dots; 1 = no
+  replicated work, 0 = no dot. Example: ``warpsPerCTA = [4, 4]``, ``instrShape = [16, 8]`` on a 16x32 result ->
+  4 (the four warps of each column group compute the same 16 rows). ``--dump DIR`` writes the TTGIR, PTX and
+  SASS that these columns were read from.
+
+Fast path for one kernel, e.g. while reworking it::
+
+    python -m kernels.compile_check --kernels _lstm_fwd_persistent --archs 90 --dtypes bf16 --aligns aligned
+
+prints registers, spill, shared memory and the MMA columns for each of its configs (a few seconds), then a
+``REPEAT`` line for every fp16/bf16 compile with ``mma_repeat > 1``. From a script (without TRITON_INTERPRET
+in the environment when the kernels are imported)::
+
+    from kernels import compile_check as cc
+    cc._drop_interpreter()
+    from kernels.lstm_persistent import _lstm_fwd_persistent
+    for r in cc.analyze_source(_lstm_fwd_persistent, "_lstm_fwd_persistent", arch=90, dtype="bf16"):
+        print(r.BLOCK_H, r.BLOCK_K, r.registers, r.spill_bytes, r.mma, r.mma_per_iter, r.mma_repeat, r.dots)
+
+``analyze_source(kernel, entry, configs)`` takes a COMPILE_CHECK entry (a dict as below, or a registry kernel's
+name); a different ``kernel`` with the same parameters (a prototype) is compiled under that entry.
 
 dtypes: fp16, bf16, fp32 (``tl.dot`` precision "ieee"), tf32 (fp32 tensors, precision "tf32", what runs on a
 GPU when ``torch.backends.cudnn.allow_tf32`` is on), fp64 (fp64 accumulator; reported n/a if it does not
@@ -31,12 +69,17 @@ Registry: every module ``kernels/<name>.py`` whose source defines ``COMPILE_CHEC
         dtypes=("fp16", ...),                # optional subset of the dtypes
     )
 
+Coverage: ``package_kernels()`` reads every ``kernels/*.py`` and lists each ``@triton.jit`` function that no
+other jit function calls (a launchable kernel; the helpers are compiled inside their callers);
+tests/test_compile_check.py requires each of them to have an entry here (``checked_kernels()``).
+
 The check must see the real compiler: it refuses to run on kernels decorated under ``TRITON_INTERPRET=1``
 and drops that variable for the modules it imports itself.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import datetime
 import importlib
@@ -97,6 +140,54 @@ def kernel_modules() -> list[str]:
     return sorted(names)
 
 
+def _is_jit(decorator: ast.expr) -> bool:
+    """``@triton.jit``, ``@triton.jit(...)``, ``@jit``, ``@jit(...)``."""
+    node = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (isinstance(node, ast.Attribute) and node.attr == "jit") or (isinstance(node, ast.Name) and node.id == "jit")
+
+
+def jit_kernels(sources: dict[str, str]) -> dict[str, str]:
+    """The launchable kernels among ``sources`` (module name -> Python source): every function decorated with
+    ``triton.jit`` that no jit function of ``sources`` calls (those are device helpers, inlined into their
+    callers and compiled with them). Returns ``{function name: module name}``."""
+    defined, called = {}, set()
+    for module, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef) and any(_is_jit(d) for d in node.decorator_list):
+                defined[node.name] = module
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Call):
+                        f = sub.func
+                        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+                        if name != node.name:
+                            called.add(name)
+    return {name: mod for name, mod in defined.items() if name not in called}
+
+
+def package_kernels() -> dict[str, str]:
+    """``jit_kernels`` of every module in this package (``kernels/*.py``), by their qualified module names."""
+    pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    pkg = __package__ or "kernels"
+    sources = {}
+    for info in pkgutil.iter_modules([pkg_dir]):
+        if not info.ispkg:
+            with open(os.path.join(pkg_dir, info.name + ".py"), encoding="utf-8") as f:
+                sources[f"{pkg}.{info.name}"] = f.read()
+    return jit_kernels(sources)
+
+
+def checked_kernels() -> dict[str, str]:
+    """``{function name: defining module}`` of every kernel in the COMPILE_CHECK registry (importable with or
+    without the interpreter: only names are read)."""
+    out = {}
+    for module_name in kernel_modules():
+        for entry in _entries(module_name):
+            fn = entry["kernel"]
+            inner = getattr(fn, "fn", fn)
+            out[getattr(fn, "__name__", None) or inner.__name__] = inner.__module__
+    return out
+
+
 def _entries(module_name: str) -> list[dict]:
     mod = importlib.import_module(module_name)
     entries = mod.COMPILE_CHECK
@@ -127,6 +218,13 @@ def _config_fields(cfg) -> dict:
 
 
 def _parse_config(text: str) -> dict:
+    """``B,H,K,WARPS,STAGES`` or ``NAME=VALUE,...`` (any constexprs, e.g. a persistent backward's KSPLIT, plus
+    num_warps and num_stages, which default to 4 and 1)."""
+    if "=" in text:
+        cfg = {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+        cfg.setdefault("num_warps", 4)
+        cfg.setdefault("num_stages", 1)
+        return cfg
     b, h, k, w, s = (int(v) for v in text.split(","))
     return dict(BLOCK_B=b, BLOCK_H=h, BLOCK_K=k, num_warps=w, num_stages=s)
 
@@ -161,6 +259,11 @@ class Result:
     spill_bytes: int = -1
     shared_bytes: int = -1
     shared_limit: int = 0
+    mma: str = ""  # HGMMA, HMMA, DMMA, IMMA, or FFMA / DFMA when the dots compile without MMA instructions
+    mma_per_iter: int = -1  # instructions of that kind in the hot loop's body (per warp, from SASS)
+    ldsm_per_iter: int = -1  # LDSM (ldmatrix) instructions in the same loop body
+    mma_repeat: int = -1  # warps computing the same tile of a dot result (1 = none; max over the dots)
+    dots: str = ""  # each dot's result shape, layout kind, warpsPerCTA and per-warp tile, ';'-separated
     status: str = "ERROR"  # OK, SPILL, SMEM, SPILL+SMEM, ERROR, N/A
     error: str = ""
     seconds: float = 0.0
@@ -215,16 +318,20 @@ def cuobjdump_path() -> str:
 _RES_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
 
-def resource_usage(cubin: bytes, name: str) -> dict:
-    """Registers, stack, static shared and local bytes of kernel ``name`` in a cubin (cuobjdump)."""
+def cuobjdump(cubin: bytes, *flags: str) -> str:
+    """The output of the bundled ``cuobjdump FLAGS`` on a cubin."""
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
         path = f.name
     try:
-        out = subprocess.run([cuobjdump_path(), "--dump-resource-usage", path], capture_output=True, text=True,
-                             check=True).stdout
+        return subprocess.run([cuobjdump_path(), *flags, path], capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(path)
+
+
+def resource_usage(cubin: bytes, name: str) -> dict:
+    """Registers, stack, static shared and local bytes of kernel ``name`` in a cubin (cuobjdump)."""
+    out = cuobjdump(cubin, "--dump-resource-usage")
     lines = out.splitlines()
     for i, line in enumerate(lines):
         if re.search(rf"Function {re.escape(name)}\b", line):
@@ -234,6 +341,175 @@ def resource_usage(cubin: bytes, name: str) -> dict:
                     reg, stack, shared, local = (int(v) for v in m.groups())
                     return dict(registers=reg, stack_bytes=stack, static_shared=shared, local_bytes=local)
     raise RuntimeError(f"no resource usage for {name} in cuobjdump output:\n{out}")
+
+
+# ----------------------------------------------------------------------------------------------
+# MMA analysis: replicated work (TTGIR layouts) and the hot loop's instruction counts (SASS)
+# ----------------------------------------------------------------------------------------------
+_LAYOUT_DEF_RE = re.compile(r"^(#[\w.$-]+)\s*=\s*#(?:ttg|triton_gpu)\.(nvidia_mma|blocked)<\{(.*)\}>", re.MULTILINE)
+_DOT_RE = re.compile(r"=\s*(tt\.dot|ttng\.warp_group_dot)\s")
+_TENSOR_RE = re.compile(r"->\s*tensor<((?:\d+x)+)(\w+)\s*,\s*(#[\w.$-]+)")
+
+
+def _int_list(attrs: str, name: str) -> list[int] | None:
+    m = re.search(rf"\b{name}\s*=\s*\[([\d,\s]*)\]", attrs)
+    return [int(v) for v in m.group(1).split(",") if v.strip()] if m else None
+
+
+def parse_layouts(ttgir: str) -> dict:
+    """``#name -> layout`` for the nvidia_mma and blocked layout aliases of a TTGIR module. A layout is a dict:
+    ``kind`` ("mma v2", "mma v3" or "blocked"), ``warps`` (warpsPerCTA) and ``tile`` (the extent one warp covers
+    per dimension: the MMA layout's instrShape, whose v3 form carries K last; sizePerThread x threadsPerWarp for
+    blocked)."""
+    out = {}
+    for m in _LAYOUT_DEF_RE.finditer(ttgir):
+        name, kind, attrs = m.groups()
+        warps = _int_list(attrs, "warpsPerCTA")
+        if warps is None:
+            continue
+        if kind == "nvidia_mma":
+            major = re.search(r"versionMajor\s*=\s*(\d+)", attrs)
+            tile = _int_list(attrs, "instrShape") or []
+            out[name] = dict(kind=f"mma v{major.group(1) if major else '?'}", warps=warps, tile=tile)
+        else:
+            spt = _int_list(attrs, "sizePerThread") or []
+            tpw = _int_list(attrs, "threadsPerWarp") or []
+            out[name] = dict(kind="blocked", warps=warps, tile=[a * b for a, b in zip(spt, tpw)])
+    return out
+
+
+def warp_repeat(shape: list[int], warps: list[int], tile: list[int]) -> int:
+    """How many warps compute each element of a ``shape`` result laid out with ``warps`` (warpsPerCTA) warps of
+    ``tile`` elements per dimension: along dimension d the warps take min(warps[d], ceil(shape[d] / tile[d]))
+    distinct positions and the rest wrap around onto the same elements, so the repeat is the product over d of
+    warps[d] / distinct[d] (1 = every warp has its own part). ``tile`` may be longer than ``shape`` (mma v3's
+    instrShape is [M, N, K]): its leading entries are used."""
+    if len(tile) < len(shape) or len(warps) != len(shape):
+        raise ValueError(f"layout rank mismatch: shape {shape}, warpsPerCTA {warps}, tile {tile}")
+    rep = 1
+    for n, w, t in zip(shape, warps, tile):
+        distinct = min(w, max(1, -(-n // max(1, t))))
+        rep *= max(1, w // distinct)
+    return rep
+
+
+def dot_repeats(ttgir: str) -> list[dict]:
+    """Every ``tt.dot`` / ``ttng.warp_group_dot`` of a TTGIR module: its result ``shape``, ``layout`` name, the
+    layout's ``kind``, ``warps``, ``tile`` and the ``repeat`` (``warp_repeat``; -1 when the result layout is
+    neither an MMA nor a blocked layout)."""
+    layouts = parse_layouts(ttgir)
+    dots = []
+    for line in ttgir.splitlines():
+        if not _DOT_RE.search(line):
+            continue
+        m = None
+        for m in _TENSOR_RE.finditer(line):  # the last "-> tensor<...>" is the result type
+            pass
+        if m is None:
+            continue
+        shape = [int(v) for v in m.group(1).rstrip("x").split("x")]
+        lay = layouts.get(m.group(3))
+        d = dict(shape=shape, layout=m.group(3), kind=lay["kind"] if lay else "?",
+                 warps=lay["warps"] if lay else [], tile=lay["tile"][:len(shape)] if lay else [], repeat=-1)
+        if lay:
+            d["repeat"] = warp_repeat(shape, lay["warps"], lay["tile"])
+        dots.append(d)
+    return dots
+
+
+def mma_repeat(ttgir: str) -> int:
+    """The largest ``repeat`` over a kernel's dots (0 when it has no dot)."""
+    return max((d["repeat"] for d in dot_repeats(ttgir)), default=0)
+
+
+def describe_dots(dots: list[dict]) -> str:
+    """Distinct dots as ``SHAPE kind warps/tile xREPEAT``, e.g. ``16x32 mma v2 [4,4]/[16,8] x4``."""
+    fmt = lambda v: "[" + ",".join(map(str, v)) + "]"  # noqa: E731
+    seen = []
+    for d in dots:
+        s = f"{'x'.join(map(str, d['shape']))} {d['kind']} {fmt(d['warps'])}/{fmt(d['tile'])} x{d['repeat']}"
+        if s not in seen:
+            seen.append(s)
+    return "; ".join(seen)
+
+
+_SASS_RE = re.compile(r"/\*([0-9a-fA-F]{4,})\*/\s+(?:@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+_MMA_KINDS = ("HGMMA", "HMMA", "DMMA", "IMMA")  # in order of preference when a kernel has several
+_FMA_KINDS = ("DFMA", "FFMA")
+
+
+def sass_instructions(sass: str, function: str | None = None) -> list[tuple[int, str, str]]:
+    """``(address, opcode, operands)`` of every instruction of ``function`` (default: the first) in a
+    ``cuobjdump -sass`` listing; the opcode keeps its modifiers (``HMMA.16816.F32.BF16``)."""
+    out, inside = [], False
+    for line in sass.splitlines():
+        head = re.match(r"\s*Function\s*:\s*(\S+)", line)
+        if head:
+            if inside:
+                break
+            inside = function is None or head.group(1) == function
+            continue
+        if not inside:
+            continue
+        m = _SASS_RE.search(line)
+        if m:
+            out.append((int(m.group(1), 16), m.group(2) + m.group(3), m.group(4).strip()))
+    return out
+
+
+def sass_loops(instrs: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
+    """Loops as ``(first, last)`` address ranges, one per backward branch (a ``BRA`` to an address at or before
+    its own): the body runs from the branch target to the branch."""
+    loops = set()
+    for addr, op, operands in instrs:
+        if op.split(".")[0] != "BRA":
+            continue
+        m = re.search(r"(?:^|[\s,])(?:`\()?(0x[0-9a-fA-F]+)", operands)
+        if m and int(m.group(1), 16) <= addr:
+            loops.add((int(m.group(1), 16), addr))
+    return sorted(loops)
+
+
+def hot_loop_counts(sass: str, function: str | None = None) -> dict:
+    """The MMA kind of a kernel and its instruction counts per iteration of the hot loop, from SASS.
+
+    kind: the first of HGMMA, HMMA, DMMA, IMMA present in the kernel, else DFMA or FFMA (the dots compiled to
+    FMA). Hot loop: of the loops (``sass_loops``) that hold an instruction of that kind, those that hold no
+    other such loop (the innermost), and of these the one with the most instructions of the kind. Counts are
+    the instructions of the kind (``mma_per_iter``) and the LDSM (ldmatrix) instructions (``ldsm_per_iter``)
+    between the loop's first address and its backward branch: one pass of the loop body as ptxas laid it out,
+    executed once per warp (an unrolled source loop shows up as a multiple). With no such loop, the whole
+    kernel is counted (``loop`` is None)."""
+    instrs = sass_instructions(sass, function)
+    base = [op.split(".")[0] for _, op, _ in instrs]
+    kind = next((k for k in _MMA_KINDS if k in base), None) or next((k for k in _FMA_KINDS if k in base), "")
+    if not kind:
+        return dict(mma="", mma_per_iter=0, ldsm_per_iter=0, loop=None)
+
+    def count(lo, hi, what):
+        return sum(1 for (a, _, _), b in zip(instrs, base) if lo <= a <= hi and b == what)
+
+    cands = [lp for lp in sass_loops(instrs) if count(lp[0], lp[1], kind)]
+    inner = [lp for lp in cands if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1] for o in cands)]
+    if inner:
+        loop = max(inner, key=lambda lp: (count(lp[0], lp[1], kind), -(lp[1] - lp[0])))
+    else:
+        loop = None
+    lo, hi = loop if loop else (0, float("inf"))
+    return dict(mma=kind, mma_per_iter=count(lo, hi, kind), ldsm_per_iter=count(lo, hi, "LDSM"), loop=loop)
+
+
+def analyze_compiled(kernel) -> dict:
+    """The MMA columns of a ``triton.compile`` result: ``mma``, ``mma_per_iter``, ``ldsm_per_iter`` (SASS,
+    ``hot_loop_counts``), ``mma_repeat`` and ``dots`` (TTGIR, ``dot_repeats``), plus the raw ``ttgir`` and
+    ``sass`` texts."""
+    ttgir = kernel.asm["ttgir"]
+    sass = cuobjdump(kernel.asm["cubin"], "-sass")
+    counts = hot_loop_counts(sass, kernel.metadata.name)
+    dots = dot_repeats(ttgir)
+    return dict(mma=counts["mma"], mma_per_iter=counts["mma_per_iter"], ldsm_per_iter=counts["ldsm_per_iter"],
+                mma_repeat=max((d["repeat"] for d in dots), default=0), dots=describe_dots(dots),
+                ttgir=ttgir, sass=sass)
 
 
 def _signature(fn, entry: dict, dtype: str, align: str):
@@ -281,24 +557,26 @@ def _ast_source(fn, sig, consts, attrs):
     return ASTSource(fn, sig, constants={idx[k]: v for k, v in consts.items()}, attrs=attrs)
 
 
-def compile_job(job: Job) -> Result:
-    """Compile one job in this process and measure it (never raises: errors become status ERROR / N/A)."""
+def compile_entry(entry: dict, config: dict, arch: int = 90, dtype: str = "bf16", align: str = "aligned", *,
+                  module: str = "", name: str = "", dump_dir: str = "") -> Result:
+    """Compile ``entry`` (a COMPILE_CHECK dict) at one ``config`` (constexpr sizes + num_warps / num_stages) in
+    this process and measure it: resources, status and the MMA columns. Never raises: errors become status
+    ERROR (N/A for fp64). With ``dump_dir``, the TTGIR, PTX and SASS are written there."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    cfg = dict(job.config)
+    cfg = dict(config)
     res = Result(
-        kernel=job.kernel, module=job.module, arch=ARCHS[job.arch], dtype=job.dtype,
-        precision=_DTYPE_INFO[job.dtype][2], align=job.align, BLOCK_B=cfg.get("BLOCK_B", 0),
+        kernel=name or _entry_name(entry), module=module, arch=ARCHS[arch], dtype=dtype,
+        precision=_DTYPE_INFO[dtype][2], align=align, BLOCK_B=cfg.get("BLOCK_B", 0),
         BLOCK_H=cfg.get("BLOCK_H", 0), BLOCK_K=cfg.get("BLOCK_K", 0), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"], shared_limit=SHARED_LIMIT[job.arch],
+        num_stages=cfg["num_stages"], shared_limit=SHARED_LIMIT[arch],
     )
     t0 = time.perf_counter()
     try:
-        entry = _entries(job.module)[job.index]
         fn = entry["kernel"]
-        _check_not_interpreted(entry, job.module)
-        sig, consts, attrs, missing = _signature(fn, entry, job.dtype, job.align)
+        _check_not_interpreted(entry, module or "compile_entry")
+        sig, consts, attrs, missing = _signature(fn, entry, dtype, align)
         names = {p.name for p in fn.params if p.is_constexpr}
         for k in list(cfg):
             if k in names:
@@ -308,7 +586,7 @@ def compile_job(job: Job) -> Result:
             raise ValueError(f"COMPILE_CHECK entry leaves constexprs {sorted(missing)} unset")
         kernel = triton.compile(
             _ast_source(fn, sig, consts, attrs),
-            target=GPUTarget("cuda", job.arch, 32),
+            target=GPUTarget("cuda", arch, 32),
             options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
         )
         usage = resource_usage(kernel.asm["cubin"], kernel.metadata.name)
@@ -317,6 +595,16 @@ def compile_job(job: Job) -> Result:
         res.local_bytes = usage["local_bytes"]
         res.spill_bytes = usage["stack_bytes"] + usage["local_bytes"]
         res.shared_bytes = int(kernel.metadata.shared)
+        mma = analyze_compiled(kernel)
+        for k in ("mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "dots"):
+            setattr(res, k, mma[k])
+        if dump_dir:
+            os.makedirs(dump_dir, exist_ok=True)
+            stem = os.path.join(dump_dir, f"{res.kernel}_{arch}_{dtype}_{align}_{res.BLOCK_B}x{res.BLOCK_H}x"
+                                          f"{res.BLOCK_K}_w{res.num_warps}_s{res.num_stages}")
+            for ext, text in (("ttgir", mma["ttgir"]), ("ptx", kernel.asm.get("ptx", "")), ("sass", mma["sass"])):
+                with open(f"{stem}.{ext}", "w") as f:
+                    f.write(text)
         bad = []
         if res.spill_bytes > 0:
             bad.append("SPILL")
@@ -327,21 +615,56 @@ def compile_job(job: Job) -> Result:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is a row
         res.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
-        res.status = "N/A" if job.dtype == "fp64" else "ERROR"
+        res.status = "N/A" if dtype == "fp64" else "ERROR"
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
+
+
+def compile_job(job: Job, dump_dir: str = "") -> Result:
+    """Compile one registry job in this process (``compile_entry`` on its module's entry)."""
+    entry = _entries(job.module)[job.index]
+    return compile_entry(entry, job.config, job.arch, job.dtype, job.align, module=job.module, name=job.kernel,
+                         dump_dir=dump_dir)
+
+
+def find_entry(kernel: str, dtype: str = "bf16") -> dict:
+    """The registry's COMPILE_CHECK entry for kernel (or entry) name ``kernel`` that covers ``dtype``."""
+    for module_name in kernel_modules():
+        for entry in _entries(module_name):
+            if kernel in (_entry_name(entry), entry["kernel"].__name__) and dtype in entry.get("dtypes", DTYPES):
+                return dict(entry, module=module_name)
+    raise KeyError(f"no COMPILE_CHECK entry for {kernel!r} with dtype {dtype}")
+
+
+def analyze_source(kernel=None, entry: dict | None = None, configs=None, *, arch: int = 90, dtype: str = "bf16",
+                   align: str = "aligned", dump_dir: str = "") -> list[Result]:
+    """Compile ``kernel`` (a @triton.jit function) as ``entry`` describes it (a COMPILE_CHECK dict, or the
+    name of a registry kernel: ``find_entry``) for every config of ``configs`` (default: the entry's), and
+    return one ``Result`` each, MMA columns included. ``kernel=None`` takes the entry's kernel; passing another
+    kernel with the same parameters checks a variant (a prototype) against an existing entry. The kernel must
+    have been decorated without ``TRITON_INTERPRET`` (call ``_drop_interpreter()`` before importing it)."""
+    if entry is None or isinstance(entry, str):
+        entry = find_entry(entry or kernel.__name__, dtype)
+    entry = dict(entry)
+    if kernel is not None:
+        entry["kernel"] = kernel
+    cfgs = configs if configs is not None else entry["configs"]
+    cfgs = [c if isinstance(c, dict) else _config_fields(c) for c in cfgs]
+    name = entry.get("name") or entry["kernel"].__name__
+    return [compile_entry(entry, c, arch, dtype, align, module=entry.get("module", ""), name=name,
+                          dump_dir=dump_dir) for c in cfgs]
 
 
 def _worker_init():
     _drop_interpreter()
 
 
-def run_jobs(jobs: list[Job], n_jobs: int = 1, progress=None) -> list[Result]:
+def run_jobs(jobs: list[Job], n_jobs: int = 1, progress=None, dump_dir: str = "") -> list[Result]:
     """Compile every job, in a pool of ``n_jobs`` spawned processes when > 1; results in job order."""
     if n_jobs <= 1 or len(jobs) <= 1:
         out = []
         for job in jobs:
-            out.append(compile_job(job))
+            out.append(compile_job(job, dump_dir))
             if progress:
                 progress(out[-1], len(out), len(jobs))
         return out
@@ -353,7 +676,7 @@ def run_jobs(jobs: list[Job], n_jobs: int = 1, progress=None) -> list[Result]:
     order = sorted(range(len(jobs)), key=lambda i: -(jobs[i].config.get("BLOCK_B", 1) * jobs[i].config.get(
         "BLOCK_H", 1) * jobs[i].config.get("BLOCK_K", 1)))
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-        futures = {pool.submit(compile_job, jobs[i]): i for i in order}
+        futures = {pool.submit(compile_job, jobs[i], dump_dir): i for i in order}
         from concurrent.futures import as_completed
 
         done = 0
@@ -396,6 +719,10 @@ def summarize(results: list[Result]) -> list[dict]:
             row["status"] = "FAIL (" + ", ".join(f"{v.align} {v.status}" for v in vs if v.status != "OK") + ")"
             row["why"] = why
         row["error"] = "; ".join(sorted({v.error for v in vs if v.error}))
+        for k in ("mma", "mma_per_iter", "ldsm_per_iter"):
+            vals = [str(getattr(v, k)) if getattr(v, k) not in ("", -1) else "-" for v in vs]
+            row[k] = vals[0] if len(set(vals)) == 1 else "/".join(vals)
+        row["mma_repeat"] = max(v.mma_repeat for v in vs)
     return rows
 
 
@@ -403,15 +730,25 @@ def failed(results: list[Result]) -> list[Result]:
     return [r for r in results if r.status not in ("OK", "N/A")]
 
 
+# dtypes whose hot kernels must not replicate MMA work (the 16-bit group: the tensor-core fast path)
+REPEAT_DTYPES = ("fp16", "bf16")
+
+
+def repeated(results: list[Result], dtypes=REPEAT_DTYPES) -> list[Result]:
+    """Compiles of ``dtypes`` whose dots replicate work across warps (``mma_repeat > 1``)."""
+    return [r for r in results if r.dtype in dtypes and r.mma_repeat > 1]
+
+
 _COLUMNS = ("kernel", "arch", "dtype", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "stages", "registers",
-            "spill B", "shared KB", "status")
+            "spill B", "shared KB", "mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "status")
 
 
 def _cells(row: dict) -> list[str]:
     return [row["kernel"], row["arch"], row["dtype"], str(row["BLOCK_B"]), str(row["BLOCK_H"]), str(row["BLOCK_K"]),
             str(row["warps"]), str(row["stages"]), row["registers"],
             str(row["spill_bytes"]) if row["spill_bytes"] >= 0 else "-",
-            f"{row['shared_kb']:.1f}" if row["shared_kb"] >= 0 else "-", row["status"]]
+            f"{row['shared_kb']:.1f}" if row["shared_kb"] >= 0 else "-", row["mma"], row["mma_per_iter"],
+            row["ldsm_per_iter"], str(row["mma_repeat"]) if row["mma_repeat"] >= 0 else "-", row["status"]]
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
@@ -470,6 +807,10 @@ def write_markdown(path: str, rows: list[dict], results: list[Result], command: 
     fails = failed(results)
     regs = max_registers(rows)
     summary = "\n".join(f"| {k} | {a} | {v} |" for (k, a), v in sorted(regs.items()))
+    reps = repeated(results)
+    repeat_line = (f"\n{len(reps)} {'/'.join(REPEAT_DTYPES)} compiles replicate MMA work (`mma_repeat > 1`):\n\n"
+                   + "\n".join(sorted({f"- {r.kernel} {r.arch} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} w{r.num_warps} "
+                                        f"s{r.num_stages}: {r.dots}" for r in reps})) + "\n") if reps else ""
     text = f"""# Static compile check of the step kernels
 
 - triton: {triton.__version__}
@@ -485,6 +826,14 @@ specializes on when H is a multiple of 16) / none of them. Spill bytes (cuobjdum
 precision "tf32"; fp64 accumulates in fp64. Heaviest constexpr variant of each kernel (lengths, stored gates,
 a next step, tanh).
 
+MMA columns (module docstring of `kernels/compile_check.py`): `mma` is the matrix instruction in the SASS
+(HGMMA = wgmma, HMMA = mma.sync, DMMA; FFMA / DFMA = no MMA instruction); `mma_per_iter` / `ldsm_per_iter`
+count it and the LDSM (ldmatrix) instructions per warp in one pass of the innermost SASS loop that holds it
+(one K slice of a per-step kernel, one batch tile of a persistent step); `mma_repeat` is how many warps
+compute the same element of a dot result (TTGIR layout warpsPerCTA x per-warp tile against the result shape;
+1 = none, max over the kernel's dots and both alignments). Values differing between the aligned and unaligned
+variants are shown `aligned/unaligned`.
+{repeat_line}
 Max registers per kernel and arch:
 
 | kernel | arch | max registers |
@@ -501,12 +850,16 @@ Max registers per kernel and arch:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="90,80", help="compute capabilities, comma separated (default 90,80)")
+    ap.add_argument("--arch", "--archs", dest="arch", default="90,80",
+                    help="compute capabilities, comma separated (default 90,80)")
     ap.add_argument("--kernels", default="", help="kernel names or modules (lstm, rnn, _lstm_fwd_step, ...)")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"subset of {','.join(DTYPES)}")
-    ap.add_argument("--align", default=",".join(ALIGNS), help="aligned,unaligned (see module doc)")
+    ap.add_argument("--align", "--aligns", dest="align", default=",".join(ALIGNS),
+                    help="aligned,unaligned (see module doc)")
     ap.add_argument("--config", action="append", default=None, metavar="B,H,K,WARPS,STAGES",
-                    help="compile these tile configs instead of the kernels' lists (repeatable)")
+                    help="compile these tile configs instead of the kernels' lists (repeatable); also "
+                         "NAME=VALUE,... (e.g. BLOCK_B=8,BLOCK_H=8,BLOCK_K=1024,KSPLIT=2,num_warps=16)")
+    ap.add_argument("--dump", default="", metavar="DIR", help="write each compile's TTGIR, PTX and SASS here")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
     ap.add_argument("--csv", default="", help="write one row per compile here")
     ap.add_argument("--markdown", default="", help="write the table with its provenance here")
@@ -541,10 +894,11 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(f"[{done}/{total}] {r.kernel} {r.arch} {r.dtype} {r.align} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} "
                   f"w{r.num_warps} s{r.num_stages}: {r.status} regs={r.registers} spill={r.spill_bytes} "
-                  f"smem={r.shared_bytes} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+                  f"smem={r.shared_bytes} {r.mma or '-'} {r.mma_per_iter}/{r.ldsm_per_iter} "
+                  f"repeat={r.mma_repeat} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    results = run_jobs(jobs, args.jobs, progress)
+    results = run_jobs(jobs, args.jobs, progress, args.dump)
     seconds = time.perf_counter() - t0
     rows = summarize(results)
     print(format_table(rows))
@@ -554,8 +908,13 @@ def main(argv=None) -> int:
     for r in fails:
         if r.error:
             print(f"ERROR {r.kernel} {r.arch} {r.dtype} {r.align} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K}: {r.error}")
+    reps = repeated(results)
+    for r in reps:
+        print(f"REPEAT {r.kernel} {r.arch} {r.dtype} {r.align} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} "
+              f"w{r.num_warps} s{r.num_stages}: mma_repeat={r.mma_repeat} ({r.dots})")
     print(f"{len(results)} compiles in {seconds:.1f} s; {len(fails)} failing "
-          f"({sum(r.status == 'N/A' for r in results)} n/a)")
+          f"({sum(r.status == 'N/A' for r in results)} n/a); {len(reps)} {'/'.join(REPEAT_DTYPES)} compiles "
+          f"with mma_repeat > 1")
     if args.csv and results:
         write_csv(args.csv, results)
     if args.markdown and results:

@@ -1,7 +1,8 @@
-"""Static performance check without a GPU: every step kernel, for every tile config its autotuner may pick,
-in every dtype, compiles for sm_90a and sm_80 (aligned and unaligned arguments) with 0 bytes of spill and
-shared memory within the chip's limit. Runs ``python -m kernels.compile_check`` in a fresh process (the real
-compiler: the test session's kernels are decorated by the interpreter)."""
+"""Static performance check without a GPU: every kernel, for every tile config its autotuner may pick, in
+every dtype, compiles for sm_90a and sm_80 (aligned and unaligned arguments) with 0 bytes of spill, shared
+memory within the chip's limit and, in fp16/bf16, no MMA work replicated across warps. The table tests run
+``python -m kernels.compile_check`` in a fresh process (the real compiler: the test session's kernels are
+decorated by the interpreter); the layout / SASS / coverage tests below it need no compile."""
 import csv
 import os
 import subprocess
@@ -76,3 +77,197 @@ def test_every_autotune_config_is_checked(table):
                         n += 1
                         assert (kname, dt, c.BLOCK_B, c.BLOCK_H, c.BLOCK_K, c.num_warps, c.num_stages) in compiled
     assert n > 20
+
+
+_HOT_KINDS = {"HGMMA", "HMMA", "DMMA", "IMMA", "FFMA", "DFMA"}
+
+
+def test_mma_columns_filled(table):
+    _, rows = table
+    assert rows
+    for r in rows:
+        if r["status"] == "N/A":
+            continue
+        what = f"{r['kernel']} {r['arch']} {r['dtype']} {r['align']} {r['BLOCK_B']}x{r['BLOCK_H']}x{r['BLOCK_K']}"
+        assert r["mma"] in _HOT_KINDS, what
+        assert int(r["mma_per_iter"]) > 0 and int(r["ldsm_per_iter"]) >= 0, what
+        assert int(r["mma_repeat"]) >= 1 and r["dots"], what
+        if r["dtype"] in ("fp16", "bf16"):
+            assert r["mma"] in ("HGMMA", "HMMA"), what
+
+
+def test_no_replicated_mma_work_in_16bit_hot_kernels(table):
+    """Every kernel of the registry runs once per time step or persists over the sequence (the hot path);
+    in fp16/bf16 no warp may recompute another warp's part of a dot (``mma_repeat`` == 1)."""
+    from kernels import compile_check as cc
+
+    _, rows = table
+    assert {r["kernel"] for r in rows} >= set(cc.checked_kernels())
+    bad: dict = {}  # (kernel, arch, config) -> [dtype/align variants], repeat, dots
+    for r in rows:
+        if r["dtype"] in cc.REPEAT_DTYPES and int(r["mma_repeat"]) > 1:
+            key = (r["kernel"], r["arch"], f"{r['BLOCK_B']}x{r['BLOCK_H']}x{r['BLOCK_K']} w{r['num_warps']} "
+                                           f"s{r['num_stages']}")
+            v = bad.setdefault(key, [[], 0, set()])
+            v[0].append(f"{r['dtype']} {r['align']}")
+            v[1] = max(v[1], int(r["mma_repeat"]))
+            v[2].add(r["dots"])
+    n = sum(len(v[0]) for v in bad.values())
+    assert not bad, f"{n} fp16/bf16 compiles ({len(bad)} kernel/arch/configs) replicate MMA work across " \
+        "warps:\n" + "\n".join(f"{k} {a} {c}: mma_repeat={rep} ({'; '.join(sorted(dots))}) in {', '.join(vs)}"
+                               for (k, a, c), (vs, rep, dots) in sorted(bad.items()))
+
+
+# ----------------------------------------------------------------------------------------------
+# the analysis on hand-written TTGIR / SASS (no compile)
+# ----------------------------------------------------------------------------------------------
+def _ttgir(layouts: str, *results: str) -> str:
+    ops = "\n".join(f"    %z{i} = tt.dot %a, %b, %c : tensor<16x64xbf16, #ttg.dot_op<{{opIdx = 0, parent = #mma, "
+                     f"kWidth = 2}}>> * tensor<64x16xbf16, #ttg.dot_op<{{opIdx = 1, parent = #mma, kWidth = 2}}>> "
+                     f"-> tensor<{res}> loc(#loc{i})" for i, res in enumerate(results))
+    return f"{layouts}\nmodule {{\n  tt.func public @k() {{\n{ops}\n  }}\n}}\n"
+
+
+def _mma(name, major, warps, instr):
+    return (f"#{name} = #ttg.nvidia_mma<{{versionMajor = {major}, versionMinor = 0, warpsPerCTA = {warps}, "
+            f"instrShape = {instr}}}>")
+
+
+@pytest.mark.parametrize("major,warps,instr,result,expected", [
+    (2, "[4, 4]", "[16, 8]", "16x32xf32", 4),  # persistent forward, H_PAD 1024: 4 warps per 16-row block
+    (2, "[8, 2]", "[16, 8]", "16x16xf32", 8),  # persistent backward, H_PAD 1024
+    (2, "[4, 1]", "[16, 8]", "16x16xf32", 4),  # per-step forward (16, 16, 64, 4, 2)
+    (2, "[1, 4]", "[16, 8]", "16x32xf32", 1),  # warps along N, one 16x8 column block each
+    (2, "[1, 8]", "[16, 8]", "16x32xf32", 2),  # 8 warps on 4 column blocks
+    (2, "[2, 4]", "[16, 8]", "32x32xf32", 1),
+    (3, "[4, 2]", "[16, 16, 16]", "64x32xf32", 1),  # wgmma per-step forward (64, 32, 32, 8, 2)
+    (3, "[4, 1]", "[16, 32, 16]", "64x32xf32", 1),
+    (3, "[8, 1]", "[16, 32, 16]", "64x32xf32", 2),  # two warpgroups on one 64-row tile
+    (2, "[16, 1, 1]", "[1, 16, 8]", "16x16x32xf32", 1),  # 3-D split-K: one reduction slice per warp
+    (2, "[1, 4, 4]", "[1, 16, 8]", "16x16x32xf32", 4),  # 3-D, warps along M of a 16-row slice
+    (2, "[4, 1, 1]", "[1, 16, 8]", "2x16x16xf32", 2),  # 3-D, more warps than slices
+])
+def test_mma_repeat_of_hand_written_layouts(major, warps, instr, result, expected):
+    from kernels import compile_check as cc
+
+    text = _ttgir(_mma("mma", major, warps, instr), f"{result}, #mma")
+    assert cc.mma_repeat(text) == expected
+    (dot,) = cc.dot_repeats(text)
+    assert dot["kind"] == f"mma v{major}" and dot["repeat"] == expected
+    assert dot["shape"] == [int(v) for v in result.split("x")[:-1]]
+
+
+def test_mma_repeat_max_over_dots_and_blocked_and_none():
+    from kernels import compile_check as cc
+
+    layouts = "\n".join([_mma("mma", 2, "[1, 4]", "[16, 8]"), _mma("mma1", 2, "[8, 2]", "[16, 8]"),
+                         "#blocked = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [8, 4], "
+                         "warpsPerCTA = [4, 1], order = [1, 0]}>"])
+    text = _ttgir(layouts, "16x32xf32, #mma", "16x16xf32, #mma1")
+    assert [d["repeat"] for d in cc.dot_repeats(text)] == [1, 8]
+    assert cc.mma_repeat(text) == 8
+    assert "16x16 mma v2 [8,2]/[16,8] x8" in cc.describe_dots(cc.dot_repeats(text))
+    # an FMA dot in a blocked layout: 8x16 elements per warp; 16 rows take 2 of the 4 warps along M
+    assert cc.mma_repeat(_ttgir(layouts, "16x16xf32, #blocked")) == 2
+    assert cc.mma_repeat(_ttgir(layouts)) == 0  # no dot
+    # warp_group_dot results are read the same way
+    wg = _mma("mma", 3, "[4, 2]", "[16, 16, 16]") + "\n  %z = ttng.warp_group_dot %a, %b, %c {isAsync = true} : " \
+        "!ttg.memdesc<64x32xbf16, #shared, #smem> * !ttg.memdesc<32x16xbf16, #shared1, #smem> -> " \
+        "tensor<64x16xf32, #mma> loc(#loc1)\n  %w = ttng.warp_group_dot_wait %z {pendings = 0 : i32} : " \
+        "tensor<64x16xf32, #mma>\n"
+    assert [d["repeat"] for d in cc.dot_repeats(wg)] == [2]  # 2 warpgroups along N on one 16-wide tile
+
+
+def test_warp_repeat_rank_mismatch_raises():
+    from kernels import compile_check as cc
+
+    assert cc.warp_repeat([16, 32], [4, 4], [16, 8, 16]) == 4
+    with pytest.raises(ValueError):
+        cc.warp_repeat([16, 32, 8], [4, 4], [16, 8])
+
+
+_SASS = """
+        code for sm_90a
+                Function : _k
+        .headerflags    @"EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                          /* 0x00000a00ff017b82 */
+        /*0010*/                   HMMA.16816.F32.BF16 R4, R8, R12, RZ ;           /* 0x0000000c0804723c */
+        /*0020*/                   LDSM.16.M88.4 R8, [R2] ;                        /* 0x000000000208783b */
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;                   /* 0x0000000000007b1d */
+        /*0040*/                   LDSM.16.M88.4 R8, [R2+0x80] ;                   /* 0x000080000208783b */
+        /*0050*/                   LDSM.16.MT88.4 R12, [R3] ;                      /* 0x000000000318783b */
+        /*0060*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;           /* 0x0000000c0804723c */
+        /*0070*/                   HMMA.16816.F32.BF16 R4, R10, R14, R4 ;          /* 0x0000000e0a04723c */
+        /*0080*/              @!P0 BRA 0x40 ;                                      /* 0xfffffff800008947 */
+        /*0090*/                   FFMA R4, R4, R5, R6 ;                           /* 0x0000000504047223 */
+        /*00a0*/                   LDG.E.STRONG.GPU R7, desc[UR4][R2.64] ;         /* 0x0000000402077981 */
+        /*00b0*/               @P1 BRA 0xa0 ;                                      /* 0x0000000000001947 */
+        /*00c0*/                   ISETP.NE.AND P2, PT, R0, RZ, PT ;               /* 0x000000ff0000720c */
+        /*00d0*/               @P2 BRA 0x10 ;                                      /* 0x0000000000002947 */
+        /*00e0*/                   EXIT ;                                          /* 0x000000000000794d */
+        /*00f0*/                   BRA 0xf0;                                       /* 0xfffffffc00fc7947 */
+                ..........
+"""
+
+
+def test_hot_loop_counts_of_hand_written_sass():
+    from kernels import compile_check as cc
+
+    instrs = cc.sass_instructions(_SASS)
+    assert instrs[1] == (0x10, "HMMA.16816.F32.BF16", "R4, R8, R12, RZ")
+    assert cc.sass_loops(instrs) == [(0x10, 0xd0), (0x40, 0x80), (0xa0, 0xb0), (0xf0, 0xf0)]
+    # innermost loop holding HMMA: 0x40..0x80 (not the outer 0x10..0xd0, not the spin loop 0xa0..0xb0)
+    got = cc.hot_loop_counts(_SASS)
+    assert got == dict(mma="HMMA", mma_per_iter=2, ldsm_per_iter=2, loop=(0x40, 0x80))
+    # FMA fallback and HGMMA precedence
+    ffma = "\n".join(line for line in _SASS.splitlines() if "HMMA" not in line)
+    assert cc.hot_loop_counts(ffma)["mma"] == "FFMA"
+    assert cc.hot_loop_counts(ffma)["loop"] == (0x10, 0xd0)  # the only loop holding the FFMA
+    hg = _SASS.replace("HMMA.16816.F32.BF16 R4, R10, R14, R4", "HGMMA.64x16x16.F32.BF16 R24, gdesc[UR4], R24")
+    assert cc.hot_loop_counts(hg) == dict(mma="HGMMA", mma_per_iter=1, ldsm_per_iter=2, loop=(0x40, 0x80))
+    # no loop at all: the whole kernel is counted
+    flat = "\n".join(line for line in _SASS.splitlines() if "BRA" not in line)
+    assert cc.hot_loop_counts(flat) == dict(mma="HMMA", mma_per_iter=3, ldsm_per_iter=3, loop=None)
+    # a second function in the listing is not mixed in
+    two = _SASS + _SASS.replace("Function : _k", "Function : _other").replace("HMMA.16816", "IMMA.16816")
+    assert cc.hot_loop_counts(two, "_k")["mma"] == "HMMA"
+    assert cc.hot_loop_counts(two, "_other")["mma"] == "IMMA"
+
+
+# ----------------------------------------------------------------------------------------------
+# coverage: the registry is derived from the kernels' sources
+# ----------------------------------------------------------------------------------------------
+# @triton.jit kernels of kernels/ that the compile check does not compile, with the reason (none today).
+NOT_CHECKED: dict[str, str] = {}
+
+
+def test_every_jit_kernel_is_compile_checked():
+    """Every launchable @triton.jit function in kernels/ (a jit function no other jit function calls) has a
+    COMPILE_CHECK entry, or is in NOT_CHECKED with its reason; removing an entry fails here."""
+    from kernels import compile_check as cc
+
+    defined = cc.package_kernels()
+    checked = cc.checked_kernels()
+    assert len(defined) >= 10, defined
+    missing = {k: m for k, m in defined.items() if k not in checked and k not in NOT_CHECKED}
+    assert not missing, f"@triton.jit kernels without a COMPILE_CHECK entry: {missing}"
+    assert {k: checked[k] for k in defined if k in checked} == {k: m for k, m in defined.items() if k in checked}
+    stale = {k for k in NOT_CHECKED if k not in defined or k in checked}
+    assert not stale, f"NOT_CHECKED names kernels that are gone or checked: {stale}"
+    # helpers (called from kernels) are compiled inside their callers, not on their own
+    assert "lstm_cell_fwd" not in defined and "_grid_barrier" not in defined
+
+
+def test_jit_kernels_tells_kernels_from_helpers():
+    from kernels import compile_check as cc
+
+    src = (
+        "import triton\nfrom triton import jit\n"
+        "@triton.jit\ndef helper(x):\n    return x\n"
+        "@jit\ndef helper2(x):\n    return helper(x)\n"
+        "@triton.jit(do_not_specialize=['t'])\ndef kernel_a(p, t):\n    y = helper2(p)\n"
+        "@triton.jit\ndef kernel_b(p):\n    mod.other_helper(p)\n"
+        "def host(p):\n    kernel_a[(1,)](p, 0)\n    helper(p)\n"
+    )
+    other = "import triton\n@triton.jit\ndef other_helper(p):\n    pass\n"
+    assert cc.jit_kernels({"m": src, "o": other}) == {"kernel_a": "m", "kernel_b": "m"}
