@@ -24,8 +24,8 @@ Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U +
 - step t, for each batch tile: h_{t-1} as (S, BB, KS), four split-K dots (one per gate) plus xp[t],
   activations, cell update; h_t into the per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into
   ``cbuf`` and the gates (as the per-step path stores them, so either backward can follow either forward);
-- batch tile 0 keeps c_t in registers, and its xp[t+1] is loaded between this program's arrival at the barrier
-  and its wait (no other program writes xp), off the step's critical path;
+- batch tile 0's xp[t+1] is loaded between this program's arrival at the barrier and its wait (no other
+  program writes xp), off the step's critical path;
 - grid barrier after every step (after the last too): ``_arrive`` (``tl.debug_barrier()``: every thread's stores
   issued, then one release atomic add on a step counter, ``red.release.gpu``) and ``_wait`` (acquire loads,
   ``ld.acquire.gpu``, which also invalidate L1, until the counter reaches (t+1)*P, then ``tl.debug_barrier()``).
@@ -162,7 +162,7 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g,
               PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, S: tl.constexpr,
               KS: tl.constexpr):
     """One forward step of one batch tile: z = h_{t-1} @ W^T slice (split-K) + xp[t], the cell, h_t into
-    hbuf[t+1], c_t into its cbuf slot, the gates. Returns c_t (the next step's c_{t-1} of this tile)."""
+    hbuf[t+1], c_t into its cbuf slot, the gates."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
@@ -184,7 +184,6 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g,
     tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
     if STORE_GATES:
         store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
-    return b_c
 
 
 @triton.jit(do_not_specialize=["T", "B", "NSLOT", "spin_cap"])
@@ -225,16 +224,18 @@ def _lstm_fwd_persistent(
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
     m_bj0 = (o_b0 < B)[:, None] & m_j[None, :]
-    # batch tile 0: its c_{t-1} stays in registers and its xp[t] is loaded during the previous step's barrier
-    c0 = tl.load(cbuf + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
+    # batch tile 0: its xp[t] is loaded during the previous step's barrier
     x_i, x_f, x_g, x_o = _fwd_xp(xp, 0, T, 0, B, H, o_j, m_j, BLOCK_B)
     alive = 1
     for t in tl.range(0, T, num_stages=1):
         # 32-bit remainders (a 64-bit one is a subroutine call with a stack frame)
         slot_prev = tl.cast(t % NSLOT, tl.int64)
         slot_next = tl.cast((t + 1) % NSLOT, tl.int64)
-        c0 = _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o,
-                       c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
+        # barrier, or loading it there, spilled at H_PAD 1024)
+        c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
+        _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o,
+                  c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
         for b0 in range(BLOCK_B, B, BLOCK_B):
             o_b = b0 + o_b0
             c_prev = tl.load(cbuf + slot_prev * s_t + o_b[:, None] * H + o_j[None, :],
@@ -243,7 +244,8 @@ def _lstm_fwd_persistent(
             _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, y_i, y_f, y_g, y_o,
                       c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
         _arrive(counter)
-        x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)  # needs no other program
+        # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
+        x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
         alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
 
 
