@@ -24,6 +24,7 @@ from ._common import (
     check_tensor,
     compile_check_entries,
     dot_rows,
+    dot_rows_split,
     dot_precision,
     launch,
     rowmajor,
@@ -37,22 +38,28 @@ NONLINEARITIES = ("tanh", "relu")
 
 # Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
 # required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
-_ALL = [
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 64, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 64, 32, 8, 2),
-]
+# As in kernels/lstm.py: the warps fit the (BLOCK_B, BLOCK_H) result (no replicated MMA work), num_stages >= 3
+# (a K slice in flight while the current one is multiplied), 64/128-row tiles are wgmma on sm_90a; backward
+# tiles under 64 rows split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there
+# num_warps <= BLOCK_K / 16.
 FWD_CONFIGS = {
-    "16bit": _ALL,
-    "fp32": [c for c in _ALL if c != TileConfig(16, 64, 64, 4, 3)],
-    "fp64": [TileConfig(16, 32, 64, 4, 2), TileConfig(32, 64, 64, 8, 2), TileConfig(64, 64, 32, 8, 2)],
+    "16bit": [TileConfig(16, 16, 128, 2, 3), TileConfig(16, 32, 128, 4, 3), TileConfig(16, 64, 64, 4, 4),
+              TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 64, 32, 8, 3),
+              TileConfig(128, 64, 32, 8, 3)],
+    "fp32": [TileConfig(16, 32, 128, 4, 3), TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3),
+             TileConfig(64, 64, 32, 8, 3)],
+    "fp64": [TileConfig(16, 32, 64, 4, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 32, 32, 8, 3)],
 }
+_BWD = [
+    TileConfig(16, 16, 128, 4, 3),
+    TileConfig(16, 16, 64, 4, 3),
+    TileConfig(16, 32, 128, 4, 3),
+    TileConfig(64, 32, 64, 8, 3),
+]
 BWD_CONFIGS = {
-    "16bit": _ALL,
-    "fp32": _ALL,
-    "fp64": [TileConfig(16, 64, 64, 4, 3), TileConfig(64, 64, 32, 8, 2)],
+    "16bit": _BWD + [TileConfig(16, 16, 128, 2, 3)],
+    "fp32": _BWD + [TileConfig(16, 16, 128, 2, 3)],
+    "fp64": _BWD[:3],
 }
 
 
@@ -76,10 +83,12 @@ def _rnn_fwd_step(
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # xp[t] does not depend on the product: its load is issued before the K loop to overlap it.
+    b_x = tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0)
     # h_{t-1} @ W_hh[j, :]^T
     b_z = dot_rows(h_prev, s_hp, w, s_w, 0, o_b, m_b, o_j, m_j, K, True, CAST_F32, PRECISION, ACC,
                    BLOCK_B, BLOCK_H, BLOCK_K)
-    b_z += tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_z += b_x.to(ACC)
     if RELU:
         b_hn = tl.maximum(b_z, 0.0)
     else:
@@ -112,13 +121,16 @@ def _rnn_bwd_step(
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # dy_t and h_t do not depend on the product: loads issued before the K loop to overlap it.
+    b_dy = tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0)
+    b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0)
     if HAS_NEXT:  # dz_{t+1} @ W_hh[:, j] over the full dz rows
-        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
-                        BLOCK_B, BLOCK_H, BLOCK_K)
+        b_dh = dot_rows_split(dz_next, s_dzn, w, s_w, o_b, m_b, o_j, m_j, K, CAST_F32, PRECISION, ACC,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
     else:
         b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dh += b_dy.to(ACC)
+    b_h = b_h.to(ACC)
     if RELU:
         b_dz = tl.where(b_h > 0.0, b_dh, 0.0)
     else:
