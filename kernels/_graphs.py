@@ -16,10 +16,11 @@ No whole-sequence copies where they can be avoided:
   inputs are copied into the graph's static input buffers (e.g. xp forward and dy backward).
 
 Memory bound: the cache holds at most ``budget()`` bytes of graph memory (static input buffers plus what the
-capture allocated: outputs and the private pool's intermediates), default 2 GiB, set with the environment
-variable ``FUSEDRNN_GRAPH_CACHE_MB`` or ``set_budget``. The least recently used instances are dropped first
+capture allocated: outputs and the private pool's intermediates): by default a quarter of the device's
+memory (20 GB on an 80 GB H100; 2 GiB when no CUDA device is visible), or what the environment variable
+``FUSEDRNN_GRAPH_CACHE_MB`` or ``set_budget`` says. The least recently used instances are dropped first
 (memory still held by a caller's tensors is released when they are); a loop larger than the whole budget
-runs eagerly, uncaptured. ``clear()`` drops everything.
+runs eagerly, uncaptured (one host launch per step). ``clear()`` drops everything.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from typing import Callable, Sequence
 
 import torch
 
-DEFAULT_BUDGET_MB = 2048
+DEFAULT_BUDGET_MB = 2048  # without a CUDA device
+DEFAULT_BUDGET_FRACTION = 0.25  # of the device's total memory
 _ENABLED = True
 _BUDGET: int | None = None  # bytes; None: from the environment / default
 
@@ -41,12 +43,17 @@ def set_enabled(flag: bool) -> None:
 
 
 def budget() -> int:
-    """Bytes of graph memory the cache may hold (``set_budget``, else ``FUSEDRNN_GRAPH_CACHE_MB``, else
-    ``DEFAULT_BUDGET_MB``)."""
+    """Bytes of graph memory the cache may hold: ``set_budget``, else ``FUSEDRNN_GRAPH_CACHE_MB``, else
+    ``DEFAULT_BUDGET_FRACTION`` of the current CUDA device's memory (``DEFAULT_BUDGET_MB`` without one)."""
     if _BUDGET is not None:
         return _BUDGET
     mb = os.environ.get("FUSEDRNN_GRAPH_CACHE_MB", "")
-    return int(float(mb) * 2**20) if mb.strip() else DEFAULT_BUDGET_MB * 2**20
+    if mb.strip():
+        return int(float(mb) * 2**20)
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+                   * DEFAULT_BUDGET_FRACTION)
+    return DEFAULT_BUDGET_MB * 2**20
 
 
 def set_budget(nbytes: int | None) -> None:

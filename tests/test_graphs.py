@@ -95,10 +95,19 @@ def test_shrink_and_clear():
     assert len(cache) == 0 and cache.nbytes == 0
 
 
+class _Props:
+    total_memory = 80 * 2**30
+
+
 def test_budget_from_environment_and_setter(monkeypatch):
     monkeypatch.setattr(_graphs, "_BUDGET", None)
     monkeypatch.delenv("FUSEDRNN_GRAPH_CACHE_MB", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _graphs.budget() == _graphs.DEFAULT_BUDGET_MB * MB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: _Props())
+    assert _graphs.budget() == 20 * 2**30  # a quarter of an 80 GB device
     monkeypatch.setenv("FUSEDRNN_GRAPH_CACHE_MB", "64")
     assert _graphs.budget() == 64 * MB
     _graphs.set_budget(5 * MB)
