@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -137,19 +138,42 @@ def autotuned(kernel, configs, key=("B", "H", "K")):
     }
 
 
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch for the step kernels: opt-in with ``FUSEDRNN_PDL=1`` (off until a GPU
+    has measured it), CUDA devices of compute capability 9.0 or more only (``griddepcontrol`` is sm_90+)."""
+    if os.environ.get("FUSEDRNN_PDL", "0") != "1" or device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def launch(kernel, tuned, grid_fn, **kwargs):
     """Launch with the fixed interpreter config, or on a GPU through the autotuner of the dtype group of
     the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
-    with that group's first config instead (no benchmarking: faster test runs)."""
+    with that group's first config instead (no benchmarking: faster test runs). A kernel called with
+    ``PDL=True`` is launched with ``launch_pdl=True`` (see ``pdl_enabled``)."""
+    extra = {"launch_pdl": True} if kwargs.get("PDL") else {}
     if interpreting():
         c = INTERPRETER_CONFIG
         meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
     elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
         c = fixed_config(tuned[dtype_group(kwargs["w"].dtype)], kwargs)
-        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, **extra)
     else:
-        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs)
+        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs, **extra)
+
+
+@triton.jit
+def wait_prior_step(PDL: tl.constexpr):
+    """Under programmatic dependent launch a step starts while the previous one still runs: this waits until
+    it has finished (its writes visible), then lets the next step start. Every load before this call may
+    read only what was complete before the previous step began (W, xp, the forward's saved tensors, dy);
+    everything the previous step writes (h, c, dz, dc) is loaded after it, and every store comes after it.
+    A loop's first step follows some other kernel, which may signal its dependents before it is done: it is
+    launched without PDL (and then waits for everything before it, as a plain launch does)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def fixed_config(autotuner, kwargs) -> triton.Config:

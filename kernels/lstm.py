@@ -36,6 +36,8 @@ from ._common import (
     gate_products,
     lstm_cell_bwd,
     lstm_cell_fwd,
+    pdl_enabled,
+    wait_prior_step,
     compile_check_entries,
     dot_precision,
     weight_grads,
@@ -80,8 +82,9 @@ _BWD_16 = [
 ]
 BWD_CONFIGS = {
     "16bit": _BWD_16,
-    "fp32": [TileConfig(16, 16, 128, 4, 3), TileConfig(16, 16, 64, 4, 3), TileConfig(16, 16, 256, 4, 3),
-             TileConfig(64, 32, 64, 8, 3), TileConfig(64, 32, 32, 8, 3)],
+    # (16, 16, 256, 4, 3) spilled 8 B for tf32 (sm_90a, unaligned) in the PDL variant
+    "fp32": [TileConfig(16, 16, 128, 4, 3), TileConfig(16, 16, 64, 4, 3), TileConfig(64, 32, 64, 8, 3),
+             TileConfig(64, 32, 32, 8, 3)],
     "fp64": [TileConfig(16, 16, 64, 4, 3), TileConfig(16, 16, 128, 4, 3)],
 }
 
@@ -103,6 +106,7 @@ def _lstm_fwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -116,6 +120,7 @@ def _lstm_fwd_step(
     b_xf = tl.load(p_x + H, mask=m_bj, other=0.0)
     b_xg = tl.load(p_x + 2 * H, mask=m_bj, other=0.0)
     b_xo = tl.load(p_x + 3 * H, mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # h_{t-1}, c_{t-1} come from the previous step
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0)
 
     # h_{t-1} @ W_hh[g*H + j, :]^T for the four gates of this program's units
@@ -153,6 +158,7 @@ def _lstm_bwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -168,6 +174,7 @@ def _lstm_bwd_step(
     b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.0)
     b_c = tl.load(c_cur + o_b[:, None] * s_cc + o_j[None, :], mask=m_bj, other=0.0)
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # dz_{t+1} and dc come from the previous step
     b_dcin = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0)
 
     # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows: the full dz row is read,
@@ -216,7 +223,7 @@ def lstm_fwd_step(xp_t, h_prev, c_prev, w_hh, r_out, c_out, gates=None, lengths=
         t=t, B=B, H=H, K=K,
         HAS_LENGTHS=lengths is not None, STORE_GATES=gates is not None,
         CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
-        ACC=acc_tl_dtype(w_hh.dtype),
+        ACC=acc_tl_dtype(w_hh.dtype), PDL=t > 0 and pdl_enabled(w_hh.device),
     )
 
 
@@ -236,6 +243,8 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
         HAS_NEXT=dz_next is not None, DR_GIVEN=dr_given, HAS_LENGTHS=lengths is not None,
         CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
         ACC=acc_tl_dtype(w_hh.dtype),
+        # with proj_size dr_t (read before the wait) comes from the cuBLAS GEMM launched just before
+        PDL=dz_next is not None and not dr_given and pdl_enabled(w_hh.device),
     )
 
 
@@ -415,10 +424,10 @@ def _proj_grad(dh_seq, r_seq):
 COMPILE_CHECK = compile_check_entries(
     _lstm_fwd_step, FWD_CONFIGS,
     args=dict(xp="x", h_prev="x", c_prev="acc", w="x", r_out="x", c_out="acc", gates="x", lengths="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, PDL=False),
 ) + compile_check_entries(
     _lstm_bwd_step, BWD_CONFIGS,
     args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
               dz="x", lengths="*i32"),
-    constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 )

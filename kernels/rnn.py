@@ -27,9 +27,11 @@ from ._common import (
     dot_rows_split,
     dot_precision,
     launch,
+    pdl_enabled,
     rowmajor,
     tanh,
     tile_offsets,
+    wait_prior_step,
     weight_grads,
 )
 from .reference import input_projection
@@ -77,6 +79,7 @@ def _rnn_fwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -85,6 +88,7 @@ def _rnn_fwd_step(
 
     # xp[t] does not depend on the product: its load is issued before the K loop to overlap it.
     b_x = tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # h_{t-1} comes from the previous step
     # h_{t-1} @ W_hh[j, :]^T
     b_z = dot_rows(h_prev, s_hp, w, s_w, 0, o_b, m_b, o_j, m_j, K, True, CAST_F32, PRECISION, ACC,
                    BLOCK_B, BLOCK_H, BLOCK_K)
@@ -115,6 +119,7 @@ def _rnn_bwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -124,6 +129,7 @@ def _rnn_bwd_step(
     # dy_t and h_t do not depend on the product: loads issued before the K loop to overlap it.
     b_dy = tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0)
     b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # dz_{t+1} comes from the previous step
     if HAS_NEXT:  # dz_{t+1} @ W_hh[:, j] over the full dz rows
         b_dh = dot_rows_split(dz_next, s_dzn, w, s_w, o_b, m_b, o_j, m_j, K, CAST_F32, PRECISION, ACC,
                               BLOCK_B, BLOCK_H, BLOCK_K)
@@ -149,11 +155,14 @@ def _grid(B, H):
     return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
 
 
-def _common_meta(w_hh):
+def _common_meta(w_hh, chained):
+    """``chained``: the previous launch in the stream is this loop's previous step, so programmatic dependent
+    launch may overlap with it (see ``_common.wait_prior_step``); the loop's first step never does."""
     return dict(
         CAST_F32=cast_dot_inputs(w_hh.dtype),
         PRECISION=dot_precision(w_hh.dtype, w_hh.device),
         ACC=acc_tl_dtype(w_hh.dtype),
+        PDL=chained and pdl_enabled(w_hh.device),
     )
 
 
@@ -164,7 +173,8 @@ def rnn_fwd_step(xp_t, h_prev, w_hh, h_out, nonlinearity="tanh", lengths=None, t
         _rnn_fwd_step, _rnn_fwd_step_tuned, _grid(B, H),
         xp=xp_t, h_prev=h_prev, w=w_hh, h_out=h_out, lengths=lengths if lengths is not None else h_out,
         s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_w=w_hh.stride(0), s_ho=h_out.stride(0),
-        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
+        **_common_meta(w_hh, t > 0),
     )
 
 
@@ -178,7 +188,7 @@ def rnn_bwd_step(dz_next, w_hh, dy_t, h_t, dz_t, nonlinearity="tanh", lengths=No
         s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
         s_h=h_t.stride(0), s_dz=dz_t.stride(0),
         t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_NEXT=dz_next is not None,
-        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh, dz_next is not None),
     )
 
 
@@ -265,9 +275,9 @@ __all__ = [
 COMPILE_CHECK = compile_check_entries(
     _rnn_fwd_step, FWD_CONFIGS,
     args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 ) + compile_check_entries(
     _rnn_bwd_step, BWD_CONFIGS,
     args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 )

@@ -61,3 +61,17 @@ def test_backward_tiles_give_every_warp_its_own_k_chunks():
 def test_k_loops_keep_a_slice_in_flight():
     """num_stages 2 drains every cp.async group at the top of each K iteration; the lists use 3 or more."""
     assert not [(n, c) for n, _, c in _lists() if c.num_stages < 3]
+
+
+def test_programmatic_dependent_launch_is_opt_in_and_cuda_sm90_only(monkeypatch):
+    monkeypatch.delenv("FUSEDRNN_PDL", raising=False)
+    assert not _common.pdl_enabled(torch.device("cpu"))
+    monkeypatch.setenv("FUSEDRNN_PDL", "1")
+    assert not _common.pdl_enabled(torch.device("cpu"))  # the interpreter / CPU never
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (8, 0))
+    assert not _common.pdl_enabled(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: (9, 0))
+    assert _common.pdl_enabled(torch.device("cuda", 0))
+    monkeypatch.setenv("FUSEDRNN_PDL", "0")
+    assert not _common.pdl_enabled(torch.device("cuda", 0))
