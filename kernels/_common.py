@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -170,10 +171,20 @@ def autotuned(kernel, configs, key=("B", "H", "K")):
     }
 
 
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch for the step kernels: opt-in with ``FUSEDRNN_PDL=1`` (off until a GPU
+    has measured it), CUDA devices of compute capability 9.0 or more only (``griddepcontrol`` is sm_90+)."""
+    if os.environ.get("FUSEDRNN_PDL", "0") != "1" or device.type != "cuda" or interpreting():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
 def launch(kernel, tuned, grid_fn, **kwargs):
     """Launch with the fixed interpreter config, or on a GPU through the autotuner of the dtype group of
     the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
-    with that group's first config instead (no benchmarking: faster test runs)."""
+    with that group's first config instead (no benchmarking: faster test runs). A kernel called with
+    ``PDL=True`` is launched with ``launch_pdl=True`` (see ``pdl_enabled``)."""
+    extra = {"launch_pdl": True} if kwargs.get("PDL") else {}
     if interpreting():
         _interpreter_numpy_checked()
         c = INTERPRETER_CONFIG
@@ -181,9 +192,22 @@ def launch(kernel, tuned, grid_fn, **kwargs):
         kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
     elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
         c = fixed_config(tuned[dtype_group(kwargs["w"].dtype)], kwargs)
-        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, **extra)
     else:
-        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs)
+        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs, **extra)
+
+
+@triton.jit
+def wait_prior_step(PDL: tl.constexpr):
+    """Under programmatic dependent launch a step starts while the previous one still runs: this waits until
+    it has finished (its writes visible), then lets the next step start. Every load before this call may
+    read only what was complete before the previous step began (W, xp, the forward's saved tensors, dy);
+    everything the previous step writes (h, c, dz, dc) is loaded after it, and every store comes after it.
+    A loop's first step follows some other kernel, which may signal its dependents before it is done: it is
+    launched without PDL (and then waits for everything before it, as a plain launch does)."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 def fixed_config(autotuner, kwargs) -> triton.Config:
@@ -315,33 +339,64 @@ def dot_rows(a, s_a, w, s_w, w_off, o_b, m_b, o_j, m_j, K, TRANS_W: tl.constexpr
 
 
 @triton.jit
+def dot_rows_split(a, s_a, w, s_w, o_b, m_b, o_j, m_j, K,
+                   CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``dot_rows`` with TRANS_W False (``a[o_b, :K] @ w[:K, o_j]``, the backward's product) for long K.
+
+    Tiles of fewer than 64 rows compile to mma.sync, where a (16, BLOCK_H) tile gives each warp one or two
+    accumulators and K/16 dependent MMAs in a row (192 at K = 3072: the step's critical path). Here each
+    K slice is cut into BLOCK_K/16 chunks of 16 that accumulate separately, a batched (3-D) dot whose warps
+    take different chunks (no warp repeats another's work), and the chunks are summed once after the loop in
+    a fixed order (deterministic). 64-row tiles and more keep the 2-D dot, which is wgmma on sm_90a."""
+    if BLOCK_B >= 64:
+        acc2 = dot_rows(a, s_a, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
+                        BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        SPLIT: tl.constexpr = BLOCK_K // 16
+        acc = tl.zeros((SPLIT, BLOCK_B, BLOCK_H), ACC)
+        o_c = tl.arange(0, SPLIT)[:, None] * 16 + tl.arange(0, 16)[None, :]  # (SPLIT, 16): chunk, offset
+        p_a = a + o_b[None, :, None] * s_a
+        p_w = w + o_j[None, None, :]
+        for k0 in range(0, K, BLOCK_K):
+            o_k = k0 + o_c
+            m_k = o_k < K
+            b_a = tl.load(p_a + o_k[:, None, :], mask=m_b[None, :, None] & m_k[:, None, :], other=0.0)
+            b_w = tl.load(p_w + o_k[:, :, None].to(tl.int64) * s_w, mask=m_k[:, :, None] & m_j[None, None, :],
+                          other=0.0)
+            acc = _dot_in(b_a, b_w, acc, CAST_F32, PRECISION, ACC)
+        acc2 = tl.sum(acc, 0)
+    return acc2
+
+
+@triton.jit
 def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
                   CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
     """The four gate pre-activation tiles ``h_prev[o_b, :K] @ W[g*H + o_j, :K]^T`` for g = 0..3 (gate blocks
-    stacked along W's rows, as nn.LSTM), in one K loop that loads each h tile once. Returns (z0, z1, z2, z3)."""
-    z0 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    z1 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    z2 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    z3 = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    # W tiles loaded transposed, (BLOCK_K, BLOCK_H): rows g*H + j of W, columns k.
-    p_w = w + o_j[None, :].to(tl.int64) * s_w
-    gate_rows = H * s_w
+    stacked along W's rows, as nn.LSTM). Returns (z0, z1, z2, z3).
+
+    One ``tl.dot`` of N = 4 * BLOCK_H per K slice (column n is unit o_j[n % BLOCK_H] of gate n // BLOCK_H),
+    not four dots of N = BLOCK_H: with four dots that share an operand Triton lays every dot's warps along a
+    single axis, so a (16, 16) tile on 4 warps has every warp compute the whole tile (4x repeated MMA work);
+    the wide dot spreads the warps over all four gates. The gates are split apart once, after the loop."""
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
+    o_n = tl.arange(0, 4 * BLOCK_H)
+    o_jn = tl.reshape(tl.broadcast_to(o_j[None, :], (4, BLOCK_H)), (4 * BLOCK_H,))
+    m_n = tl.reshape(tl.broadcast_to(m_j[None, :], (4, BLOCK_H)), (4 * BLOCK_H,))
+    # W tile loaded transposed, (BLOCK_K, 4 * BLOCK_H): rows g*H + j of W, columns k.
+    p_w = w + ((o_n // BLOCK_H) * H + o_jn)[None, :].to(tl.int64) * s_w
     for k0 in range(0, K, BLOCK_K):
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < K
         b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_j[None, :]
-        b_w0 = tl.load(p_w + o_k[:, None], mask=m_w, other=0.0)
-        b_w1 = tl.load(p_w + gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_w2 = tl.load(p_w + 2 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        b_w3 = tl.load(p_w + 3 * gate_rows + o_k[:, None], mask=m_w, other=0.0)
-        if CAST_F32:
-            b_h = b_h.to(tl.float32)
-        z0 = _dot_in(b_h, b_w0, z0, CAST_F32, PRECISION, ACC)
-        z1 = _dot_in(b_h, b_w1, z1, CAST_F32, PRECISION, ACC)
-        z2 = _dot_in(b_h, b_w2, z2, CAST_F32, PRECISION, ACC)
-        z3 = _dot_in(b_h, b_w3, z3, CAST_F32, PRECISION, ACC)
+        b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0)
+        acc = _dot_in(b_h, b_w, acc, CAST_F32, PRECISION, ACC)
+    # (B, 4, H) -> (B, H, 4) -> (B, H, 2, 2) with gate g = 2a + b: the first split takes b, the second a.
+    z = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
+    z_even, z_odd = tl.split(z)
+    z0, z2 = tl.split(z_even)
+    z1, z3 = tl.split(z_odd)
     return z0, z1, z2, z3
 
 

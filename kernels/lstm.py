@@ -32,10 +32,12 @@ from ._common import (
     cast_dot_inputs,
     check_dtype,
     check_tensor,
-    dot_rows,
+    dot_rows_split,
     gate_products,
     lstm_cell_bwd,
     lstm_cell_fwd,
+    pdl_enabled,
+    wait_prior_step,
     compile_check_entries,
     dot_precision,
     weight_grads,
@@ -48,29 +50,42 @@ from .reference import input_projection
 
 # Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
 # required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
+# Rules of the 16-bit lists (read from the compiled TTGIR / SASS, sm_90a):
+# - no replicated MMA work: the forward's gate product is one dot of N = 4 * BLOCK_H, and every entry's warps
+#   fit its (BLOCK_B, 4 * BLOCK_H) (forward) or (BLOCK_B, BLOCK_H) (backward) result: #mma warpsPerCTA x
+#   instrShape never exceeds the result shape;
+# - num_stages >= 3, so the K loop waits for one K slice while the next ones are in flight (num_stages = 2
+#   compiles to a full cp.async drain, ``DEPBAR.LE SB0, 0x0``, at the top of every iteration);
+# - 64- and 128-row tiles compile to wgmma (HGMMA) on sm_90a; ``prune_by_batch`` offers them only from B > 32
+#   and B > 64 on.
 _FWD_16 = [
-    TileConfig(16, 16, 64, 4, 2),
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 32, 32, 4, 3),
-    TileConfig(16, 64, 64, 8, 2),
-    TileConfig(32, 32, 64, 8, 2),
-    TileConfig(64, 32, 32, 8, 2),
+    TileConfig(16, 16, 64, 4, 4),
+    TileConfig(16, 16, 128, 4, 3),
+    TileConfig(16, 64, 32, 8, 3),
+    TileConfig(32, 32, 64, 8, 3),
+    TileConfig(64, 32, 32, 8, 3),
+    TileConfig(128, 16, 32, 8, 3),
 ]
 FWD_CONFIGS = {
     "16bit": _FWD_16,
-    "fp32": [TileConfig(16, 16, 64, 4, 2), TileConfig(16, 32, 32, 4, 3), TileConfig(64, 32, 32, 8, 2)],
-    "fp64": [TileConfig(16, 16, 32, 4, 2), TileConfig(16, 32, 32, 4, 3)],
+    "fp32": [TileConfig(16, 16, 32, 4, 3), TileConfig(16, 32, 16, 4, 3), TileConfig(64, 32, 16, 8, 3)],
+    "fp64": [TileConfig(16, 16, 32, 4, 3), TileConfig(16, 32, 16, 4, 3)],
 }
+# Backward tiles under 64 rows cut each K slice into BLOCK_K / 16 chunks (``_common.dot_rows_split``) whose
+# warps must not outnumber the chunks: num_warps <= BLOCK_K / 16.
 _BWD_16 = [
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 64, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
+    TileConfig(16, 16, 128, 4, 3),
+    TileConfig(16, 16, 256, 4, 3),
+    TileConfig(16, 16, 128, 2, 3),
+    TileConfig(16, 32, 128, 4, 3),
+    TileConfig(64, 32, 64, 8, 3),
 ]
 BWD_CONFIGS = {
     "16bit": _BWD_16,
-    "fp32": _BWD_16,
-    "fp64": [TileConfig(16, 16, 32, 4, 2), TileConfig(16, 32, 64, 4, 2)],
+    # (16, 16, 256, 4, 3) spilled 8 B for tf32 (sm_90a, unaligned) in the PDL variant
+    "fp32": [TileConfig(16, 16, 128, 4, 3), TileConfig(16, 16, 64, 4, 3), TileConfig(64, 32, 64, 8, 3),
+             TileConfig(64, 32, 32, 8, 3)],
+    "fp64": [TileConfig(16, 16, 64, 4, 3), TileConfig(16, 16, 128, 4, 3)],
 }
 
 
@@ -91,22 +106,31 @@ def _lstm_fwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # The epilogue's inputs do not depend on the product: their loads are issued before the K loop so that
+    # their HBM latency overlaps it (kept in the input dtype until used, a few registers per thread).
+    p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
+    b_xi = tl.load(p_x, mask=m_bj, other=0.0)
+    b_xf = tl.load(p_x + H, mask=m_bj, other=0.0)
+    b_xg = tl.load(p_x + 2 * H, mask=m_bj, other=0.0)
+    b_xo = tl.load(p_x + 3 * H, mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # h_{t-1}, c_{t-1} come from the previous step
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0)
+
     # h_{t-1} @ W_hh[g*H + j, :]^T for the four gates of this program's units
     b_zi, b_zf, b_zg, b_zo = gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K, CAST_F32, PRECISION,
                                            ACC, BLOCK_B, BLOCK_H, BLOCK_K)
-
-    p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
-    b_zi += tl.load(p_x, mask=m_bj, other=0.0).to(ACC)
-    b_zf += tl.load(p_x + H, mask=m_bj, other=0.0).to(ACC)
-    b_zg += tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC)
-    b_zo += tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC)
-    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_zi += b_xi.to(ACC)
+    b_zf += b_xf.to(ACC)
+    b_zg += b_xg.to(ACC)
+    b_zo += b_xo.to(ACC)
+    b_cp = b_cp.to(ACC)
     b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(b_zi, b_zf, b_zg, b_zo, b_cp, lengths, t, o_b, m_b, HAS_LENGTHS)
     tl.store(c_out + o_b[:, None] * s_co + o_j[None, :], b_c, mask=m_bj)
     tl.store(r_out + o_b[:, None] * s_r + o_j[None, :], b_r.to(r_out.dtype.element_ty), mask=m_bj)
@@ -134,29 +158,40 @@ def _lstm_bwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # The epilogue's inputs do not depend on the product: loads issued before the K loop (see the forward).
+    b_dy = tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0)
+    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
+    b_i = tl.load(p_g, mask=m_bj, other=0.0)
+    b_f = tl.load(p_g + H, mask=m_bj, other=0.0)
+    b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.0)
+    b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.0)
+    b_c = tl.load(c_cur + o_b[:, None] * s_cc + o_j[None, :], mask=m_bj, other=0.0)
+    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # dz_{t+1} and dc come from the previous step
+    b_dcin = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0)
+
     # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows: the full dz row is read,
     # so no cross-program reduction is needed.
     if HAS_NEXT and not DR_GIVEN:
-        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
-                        BLOCK_B, BLOCK_H, BLOCK_K)
+        b_dh = dot_rows_split(dz_next, s_dzn, w, s_w, o_b, m_b, o_j, m_j, K, CAST_F32, PRECISION, ACC,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
     else:
         b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-
-    p_g = gates + o_b[:, None] * s_g + o_j[None, :]
-    b_i = tl.load(p_g, mask=m_bj, other=0.0).to(ACC)
-    b_f = tl.load(p_g + H, mask=m_bj, other=0.0).to(ACC)
-    b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.0).to(ACC)
-    b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.0).to(ACC)
-    b_c = tl.load(c_cur + o_b[:, None] * s_cc + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    b_dcin = tl.load(dc_in + o_b[:, None] * s_dci + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dh += b_dy.to(ACC)
+    b_i = b_i.to(ACC)
+    b_f = b_f.to(ACC)
+    b_g = b_g.to(ACC)
+    b_o = b_o.to(ACC)
+    b_c = b_c.to(ACC)
+    b_cp = b_cp.to(ACC)
+    b_dcin = b_dcin.to(ACC)
 
     b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, b_dcin, lengths, t, o_b,
                                                       m_b, HAS_LENGTHS)
@@ -188,7 +223,7 @@ def lstm_fwd_step(xp_t, h_prev, c_prev, w_hh, r_out, c_out, gates=None, lengths=
         t=t, B=B, H=H, K=K,
         HAS_LENGTHS=lengths is not None, STORE_GATES=gates is not None,
         CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
-        ACC=acc_tl_dtype(w_hh.dtype),
+        ACC=acc_tl_dtype(w_hh.dtype), PDL=t > 0 and pdl_enabled(w_hh.device),
     )
 
 
@@ -208,6 +243,8 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
         HAS_NEXT=dz_next is not None, DR_GIVEN=dr_given, HAS_LENGTHS=lengths is not None,
         CAST_F32=cast_dot_inputs(w_hh.dtype), PRECISION=dot_precision(w_hh.dtype, w_hh.device),
         ACC=acc_tl_dtype(w_hh.dtype),
+        # with proj_size dr_t (read before the wait) comes from the cuBLAS GEMM launched just before
+        PDL=dz_next is not None and not dr_given and pdl_enabled(w_hh.device),
     )
 
 
@@ -387,10 +424,10 @@ def _proj_grad(dh_seq, r_seq):
 COMPILE_CHECK = compile_check_entries(
     _lstm_fwd_step, FWD_CONFIGS,
     args=dict(xp="x", h_prev="x", c_prev="acc", w="x", r_out="x", c_out="acc", gates="x", lengths="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, PDL=False),
 ) + compile_check_entries(
     _lstm_bwd_step, BWD_CONFIGS,
     args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
               dz="x", lengths="*i32"),
-    constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(HAS_NEXT=True, DR_GIVEN=False, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 )

@@ -19,10 +19,14 @@ def _bias(w_ih, b_ih, b_hh):
 
 
 def input_projection(x, w_ih, b_ih=None, b_hh=None):
-    """Xp = x @ W_ih^T + b_ih + b_hh for all steps at once. x: (T, B, I) -> (T, B, G*H)."""
-    xp = torch.matmul(x, w_ih.t())
+    """Xp = x @ W_ih^T + b_ih + b_hh for all steps at once. x: (T, B, I) -> (T, B, G*H).
+
+    The bias is the GEMM's own addend (``torch.addmm``: cuBLAS adds it in its epilogue, before rounding to the
+    output dtype), not a second pass that reads and writes all of xp again."""
     b = _bias(w_ih, b_ih, b_hh)
-    return xp if b is None else xp + b
+    x2 = x.reshape(-1, x.shape[-1])
+    xp = torch.mm(x2, w_ih.t()) if b is None else torch.addmm(b, x2, w_ih.t())
+    return xp.reshape(*x.shape[:-1], w_ih.shape[0])
 
 
 def _active(lengths, t, like):

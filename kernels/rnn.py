@@ -24,11 +24,14 @@ from ._common import (
     check_tensor,
     compile_check_entries,
     dot_rows,
+    dot_rows_split,
     dot_precision,
     launch,
+    pdl_enabled,
     rowmajor,
     tanh,
     tile_offsets,
+    wait_prior_step,
     weight_grads,
 )
 from .reference import input_projection
@@ -37,22 +40,28 @@ NONLINEARITIES = ("tanh", "relu")
 
 # Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
 # required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
-_ALL = [
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 64, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 64, 32, 8, 2),
-]
+# As in kernels/lstm.py: the warps fit the (BLOCK_B, BLOCK_H) result (no replicated MMA work), num_stages >= 3
+# (a K slice in flight while the current one is multiplied), 64/128-row tiles are wgmma on sm_90a; backward
+# tiles under 64 rows split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there
+# num_warps <= BLOCK_K / 16.
 FWD_CONFIGS = {
-    "16bit": _ALL,
-    "fp32": [c for c in _ALL if c != TileConfig(16, 64, 64, 4, 3)],
-    "fp64": [TileConfig(16, 32, 64, 4, 2), TileConfig(32, 64, 64, 8, 2), TileConfig(64, 64, 32, 8, 2)],
+    "16bit": [TileConfig(16, 16, 128, 2, 3), TileConfig(16, 32, 128, 4, 3), TileConfig(16, 64, 64, 4, 4),
+              TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 64, 32, 8, 3),
+              TileConfig(128, 64, 32, 8, 3)],
+    "fp32": [TileConfig(16, 32, 128, 4, 3), TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3),
+             TileConfig(64, 64, 32, 8, 3)],
+    "fp64": [TileConfig(16, 32, 64, 4, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 32, 32, 8, 3)],
 }
+_BWD = [
+    TileConfig(16, 16, 128, 4, 3),
+    TileConfig(16, 16, 64, 4, 3),
+    TileConfig(16, 32, 128, 4, 3),
+    TileConfig(64, 32, 64, 8, 3),
+]
 BWD_CONFIGS = {
-    "16bit": _ALL,
-    "fp32": _ALL,
-    "fp64": [TileConfig(16, 64, 64, 4, 3), TileConfig(64, 64, 32, 8, 2)],
+    "16bit": _BWD + [TileConfig(16, 16, 128, 2, 3)],
+    "fp32": _BWD + [TileConfig(16, 16, 128, 2, 3)],
+    "fp64": _BWD[:3],
 }
 
 
@@ -70,16 +79,20 @@ def _rnn_fwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # xp[t] does not depend on the product: its load is issued before the K loop to overlap it.
+    b_x = tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # h_{t-1} comes from the previous step
     # h_{t-1} @ W_hh[j, :]^T
     b_z = dot_rows(h_prev, s_hp, w, s_w, 0, o_b, m_b, o_j, m_j, K, True, CAST_F32, PRECISION, ACC,
                    BLOCK_B, BLOCK_H, BLOCK_K)
-    b_z += tl.load(xp + o_b[:, None] * s_xp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_z += b_x.to(ACC)
     if RELU:
         b_hn = tl.where(b_z < 0.0, 0.0, b_z)  # NaN stays NaN as in torch.relu (a GPU max drops it)
     else:
@@ -106,19 +119,24 @@ def _rnn_bwd_step(
     CAST_F32: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
+    PDL: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    # dy_t and h_t do not depend on the product: loads issued before the K loop to overlap it.
+    b_dy = tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0)
+    b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0)
+    wait_prior_step(PDL)  # dz_{t+1} comes from the previous step
     if HAS_NEXT:  # dz_{t+1} @ W_hh[:, j] over the full dz rows
-        b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
-                        BLOCK_B, BLOCK_H, BLOCK_K)
+        b_dh = dot_rows_split(dz_next, s_dzn, w, s_w, o_b, m_b, o_j, m_j, K, CAST_F32, PRECISION, ACC,
+                              BLOCK_B, BLOCK_H, BLOCK_K)
     else:
         b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
-    b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    b_h = tl.load(h + o_b[:, None] * s_h + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    b_dh += b_dy.to(ACC)
+    b_h = b_h.to(ACC)
     if RELU:
         b_dz = tl.where(b_h <= 0.0, 0.0, b_dh)  # as torch's threshold_backward: NaN outputs pass dh
     else:
@@ -137,11 +155,14 @@ def _grid(B, H):
     return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
 
 
-def _common_meta(w_hh):
+def _common_meta(w_hh, chained):
+    """``chained``: the previous launch in the stream is this loop's previous step, so programmatic dependent
+    launch may overlap with it (see ``_common.wait_prior_step``); the loop's first step never does."""
     return dict(
         CAST_F32=cast_dot_inputs(w_hh.dtype),
         PRECISION=dot_precision(w_hh.dtype, w_hh.device),
         ACC=acc_tl_dtype(w_hh.dtype),
+        PDL=chained and pdl_enabled(w_hh.device),
     )
 
 
@@ -152,7 +173,8 @@ def rnn_fwd_step(xp_t, h_prev, w_hh, h_out, nonlinearity="tanh", lengths=None, t
         _rnn_fwd_step, _rnn_fwd_step_tuned, _grid(B, H),
         xp=xp_t, h_prev=h_prev, w=w_hh, h_out=h_out, lengths=lengths if lengths is not None else h_out,
         s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_w=w_hh.stride(0), s_ho=h_out.stride(0),
-        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
+        **_common_meta(w_hh, t > 0),
     )
 
 
@@ -166,7 +188,7 @@ def rnn_bwd_step(dz_next, w_hh, dy_t, h_t, dz_t, nonlinearity="tanh", lengths=No
         s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
         s_h=h_t.stride(0), s_dz=dz_t.stride(0),
         t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_NEXT=dz_next is not None,
-        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh),
+        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh, dz_next is not None),
     )
 
 
@@ -253,9 +275,9 @@ __all__ = [
 COMPILE_CHECK = compile_check_entries(
     _rnn_fwd_step, FWD_CONFIGS,
     args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 ) + compile_check_entries(
     _rnn_bwd_step, BWD_CONFIGS,
     args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
+    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
 )

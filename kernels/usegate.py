@@ -56,6 +56,7 @@ from ._common import (
     check_dtype,
     check_tensor,
     dot_precision,
+    compile_check_entries,
     dot_rows,
     gate_products,
     launch,
@@ -73,10 +74,10 @@ from .reference import _active, input_projection
 # Launch A forward holds four gate accumulators (as the LSTM forward step), so its tiles are the smallest:
 # BLOCK_K = 64 spilled there (unaligned fp32/tf32/fp64), as did (64, 32, 32) at 255 registers with no margin.
 # The other three kernels hold one accumulator. A few small fp64 tiles showed 8-24 bytes of stack and were
-# replaced (e.g. (16, 32, 64, 4, 2) in the backward use-gate launch), and so did (16, 64, 16, 8, 2) in launch A
-# (8 bytes at 80 registers, fp32 aligned on sm_90a, once tanh gained its small-argument branch): it runs with one
-# stage, which compiles without stack everywhere (3 stages spilled on sm_80).
-FWD_CONFIGS = [
+# replaced (e.g. (16, 32, 64, 4, 2) in the backward use-gate launch). Launch A's gate product is one dot over
+# the four gate blocks (``_common.gate_products``); (16, 64, 16, 8, *) runs with one stage (with 2 it kept 8 bytes
+# of stack for fp32, once tanh gained its small-argument branch) and not for fp32 (it spilled 8 bytes on sm_80).
+_FWD_ALL = [
     TileConfig(16, 16, 32, 4, 2),
     TileConfig(16, 32, 16, 4, 2),
     TileConfig(16, 32, 32, 4, 3),
@@ -84,6 +85,11 @@ FWD_CONFIGS = [
     TileConfig(16, 64, 16, 8, 1),
     TileConfig(32, 32, 16, 8, 2),
 ]
+FWD_CONFIGS = {
+    "16bit": _FWD_ALL,
+    "fp32": [c for c in _FWD_ALL if c != TileConfig(16, 64, 16, 8, 1)],
+    "fp64": _FWD_ALL,
+}
 FWD_USE_CONFIGS = [
     TileConfig(16, 32, 64, 4, 2),
     TileConfig(16, 64, 32, 4, 3),
@@ -594,8 +600,8 @@ def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_s
 # "x" are in the input dtype, "acc" in the accumulator dtype. c_prev is "acc" (c_{t-1} from c_seq; c0 at t = 0
 # comes in the input dtype, a lighter load).
 COMPILE_CHECK = [
-    dict(
-        kernel=_usegate_fwd_gates, configs=FWD_CONFIGS,
+    *compile_check_entries(
+        _usegate_fwd_gates, FWD_CONFIGS,
         args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32"),
         constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
     ),
