@@ -71,6 +71,7 @@ reads one int after each eager launch (a host sync per layer and direction).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -126,6 +127,36 @@ def _wait(counter, flag, target, cap, alive):
 
 
 @triton.jit
+def _unwritten(b):
+    """How many elements of ``b`` still hold the launcher's "not written yet" marker: every bit set (a NaN
+    payload that arithmetic never produces: NVIDIA's NaNs are positive and canonical)."""
+    if b.dtype.primitive_bitwidth == 16:
+        bits = b.to(tl.int16, bitcast=True)
+    elif b.dtype.primitive_bitwidth == 32:
+        bits = b.to(tl.int32, bitcast=True)
+    else:
+        bits = b.to(tl.int64, bitcast=True)
+    return tl.sum((bits == -1).to(tl.int32))
+
+
+@triton.jit
+def _load_written(ptrs, mask, flag, cap, alive):
+    """Load a block that other programs are writing (each element once, into a slot the launcher filled with the
+    marker), polling until every element is written: synchronisation through the data, no counter, no fence
+    (nothing else of theirs is read). After ``cap * alive`` polls: the sticky flag, alive = 0."""
+    b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
+    it = 0
+    lim = cap * alive
+    while (_unwritten(b) > 0) & (it < lim):
+        b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
+        it += 1
+    if _unwritten(b) > 0:
+        tl.atomic_xchg(flag, 1)
+        alive = 0
+    return b, alive
+
+
+@triton.jit
 def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """sum_s a3[s] @ w3[s]: a (M, K) x (K, N) product whose K axis is cut into the leading axis of a3 (S, M, K/S)
     and w3 (S, K/S, N). The batched ``tl.dot`` puts each slice s on its own warp (no two warps compute the same
@@ -157,12 +188,13 @@ def _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c_prev,
-              alive, o_j, m_j, HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr, CAST_F32: tl.constexpr,
-              PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, S: tl.constexpr,
-              KS: tl.constexpr):
+def _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f,
+              x_g, x_o, c_prev, alive, o_j, m_j, HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr,
+              CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
+              S: tl.constexpr, KS: tl.constexpr, DATA_SYNC: tl.constexpr):
     """One forward step of one batch tile: z = h_{t-1} @ W^T slice (split-K) + xp[t], the cell, h_t into
-    hbuf[t+1], c_t into its cbuf slot, the gates."""
+    hbuf[t+1], c_t into its cbuf slot, the gates. With DATA_SYNC the h_{t-1} load itself waits until every
+    element is written. Returns alive."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
@@ -171,7 +203,12 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g,
     # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k]
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
-    b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
+    p_h = hbuf + t64 * s_t + b3 * H + kk
+    m_h = (b3 < B) & (kk < H)
+    if DATA_SYNC:
+        b_h, alive = _load_written(p_h, m_h, flag, spin_cap, alive)
+    else:
+        b_h = tl.load(p_h, mask=m_h, other=0.0, cache_modifier=".cg")
     z_i = x_i.to(ACC) + _splitk_dot(b_h, w_i, CAST_F32, PRECISION, ACC)
     z_f = x_f.to(ACC) + _splitk_dot(b_h, w_f, CAST_F32, PRECISION, ACC)
     z_g = x_g.to(ACC) + _splitk_dot(b_h, w_g, CAST_F32, PRECISION, ACC)
@@ -184,6 +221,7 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g,
     tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
     if STORE_GATES:
         store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
+    return alive
 
 
 @triton.jit(do_not_specialize=["T", "B", "NSLOT", "spin_cap"])
@@ -207,6 +245,7 @@ def _lstm_fwd_persistent(
     BLOCK_H: tl.constexpr,  # U: hidden units per program
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
+    DATA_SYNC: tl.constexpr = False,  # wait on the h data itself (hbuf[1:] filled with the marker), no counter
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -234,19 +273,25 @@ def _lstm_fwd_persistent(
         # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
         # barrier, or loading it there, spilled at H_PAD 1024)
         c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
-        _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o,
-                  c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o,
+                          x_i, x_f, x_g, x_o, c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION,
+                          ACC, BLOCK_B, S, KS, DATA_SYNC)
         for b0 in range(BLOCK_B, B, BLOCK_B):
             o_b = b0 + o_b0
             c_prev = tl.load(cbuf + slot_prev * s_t + o_b[:, None] * H + o_j[None, :],
                              mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
             y_i, y_f, y_g, y_o = _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B)
-            _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, y_i, y_f, y_g, y_o,
-                      c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
-        _arrive(counter)
-        # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
-        x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
-        alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
+            alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g,
+                              w_o, y_i, y_f, y_g, y_o, c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32,
+                              PRECISION, ACC, BLOCK_B, S, KS, DATA_SYNC)
+        if DATA_SYNC:
+            tl.debug_barrier()  # this program's c_t stores are seen by all its threads at step t+1
+            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
+        else:
+            _arrive(counter)
+            # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
+            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
+            alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
 
 
 @triton.jit
@@ -616,6 +661,23 @@ def check_errors(device=None) -> None:
             check_flag(_ERROR_FLAGS[d], "(earlier launch)")
 
 
+SYNC_ENV = "FUSEDRNN_PERSISTENT_SYNC"
+_INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+           torch.float64: torch.int64}
+
+
+def sync_mode() -> str:
+    """How the persistent forward's programs wait for each other's h_{t-1}, read from ``FUSEDRNN_PERSISTENT_SYNC``
+    at each launch: "counter" (default: the grid barrier, a release add and acquire polls of one step counter)
+    or "data" (each program polls the h block it needs until no element holds the marker the launcher filled
+    it with: no counter, no fence, the last poll is the gather; see docs/PERFORMANCE.md). The default stays
+    "counter" until a GPU has timed both (experiments/headline.py's variants)."""
+    mode = os.environ.get(SYNC_ENV, "counter")
+    if mode not in ("counter", "data"):
+        raise ValueError(f"{SYNC_ENV} must be 'counter' or 'data', got {mode!r}")
+    return mode
+
+
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
@@ -635,6 +697,9 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     xp, w_hh = xp.contiguous(), w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
     hbuf = xp.new_empty(T + 1, B, H)
     hbuf[0].copy_(h0)
+    data_sync = sync_mode() == "data"
+    if data_sync:  # every h_t slot starts as the "not written yet" marker (all bits set)
+        hbuf[1:].view(_INT_OF[xp.dtype]).fill_(-1)
     nslot = T + 1 if store else 2
     cbuf = xp.new_empty(nslot, B, H, dtype=acc)
     cbuf[0].copy_(c0)
@@ -648,7 +713,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
                 s_w=w_hh.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
                 PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
-    meta = cfg.meta("fwd")
+    meta = dict(cfg.meta("fwd"), DATA_SYNC=data_sync)
     _check_coresident(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
     _lstm_fwd_persistent[grid](**args, **meta, num_warps=cfg.fwd_warps, num_stages=1, **_cooperative())
     check_flag(flag, "forward")
@@ -713,6 +778,11 @@ COMPILE_CHECK = compile_check_entries(
     _lstm_fwd_persistent, _triton_configs("fwd"),
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
     constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False), aligns=("aligned",),
+) + compile_check_entries(
+    _lstm_fwd_persistent, _triton_configs("fwd"),
+    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True), aligns=("aligned",),
+    name="_lstm_fwd_persistent[data_sync]",
 ) + compile_check_entries(
     _lstm_bwd_persistent, _triton_configs("bwd"),
     args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x", lengths="*i32",
