@@ -6,7 +6,7 @@ Autotuning happens in the warm-up run, before capture. When the caller is itself
 torch.compile's "reduce-overhead"), the loop runs inline and is captured by the caller's graph instead.
 
 No whole-sequence copies where they can be avoided:
-- Outputs are returned as they are, the graph's own static buffers, without a clone. A graph is replayed
+- Outputs are returned as views of the graph's own static buffers, without a clone. A graph is replayed
   only while nothing outside the cache still references one of its previous outputs (the storages' use
   counts are back to what the cache itself holds); otherwise another instance is captured for the same key
   (within the budget) or the loop runs eagerly. So a tensor handed out is never overwritten behind its
@@ -158,6 +158,13 @@ def _uses(t) -> int:
     return _use_count(t.untyped_storage()._cdata)
 
 
+def handout(outputs: Sequence) -> tuple:
+    """The graph's outputs as new tensor objects over the same storage (views). A caller holding the very
+    tensor objects the cache holds would add nothing to the storages' use counts, so ``busy`` could not see
+    it and a replay would overwrite what the caller still reads; a view is one more use while it lives."""
+    return tuple(None if o is None else o.view(o.shape) for o in outputs)
+
+
 class _Captured:
     """One captured time loop: static input buffers (for inputs not read in place), the graph, its outputs."""
 
@@ -200,7 +207,7 @@ class _Captured:
         self.graph.replay()
         if self._baseline is None:
             return tuple(None if o is None else o.clone() for o in self.outputs)
-        return self.outputs
+        return handout(self.outputs)
 
 
 def run(name: str, fn: Callable, inputs: Sequence, flags: tuple = ()):

@@ -128,3 +128,19 @@ def test_cpu_inputs_run_the_loop_directly():
     x = torch.zeros(3)
     out = _graphs.run("cpu", fn, (x, None))
     assert calls == [1] and torch.equal(out[0], torch.ones(3)) and len(_graphs._CACHE) == 0
+
+
+@pytest.mark.skipif(_graphs._use_count is None, reason="this torch has no storage use counts (outputs are cloned)")
+def test_handed_out_outputs_count_as_uses_while_held():
+    """What a replay returns must count as a use of the graph's storage while the caller holds it: the very
+    tensor objects the cache keeps would not (same TensorImpl), and busy() would let a replay overwrite them."""
+    kept = (torch.randn(3, 4), None, torch.randn(2))
+    base = [_graphs._uses(o) for o in kept if o is not None]
+    out = _graphs.handout(kept)
+    assert out[1] is None and all(a is not b for a, b in zip(out, kept) if a is not None)
+    assert all(torch.equal(a, b) for a, b in zip(out, kept) if a is not None)
+    assert [_graphs._uses(o) for o in kept if o is not None] == [n + 1 for n in base]
+    same = kept[0]  # the same object: invisible to the use count
+    assert _graphs._uses(kept[0]) == base[0] + 1 and same is kept[0]
+    del out
+    assert [_graphs._uses(o) for o in kept if o is not None] == base
