@@ -661,6 +661,17 @@ def check_errors(device=None) -> None:
             check_flag(_ERROR_FLAGS[d], "(earlier launch)")
 
 
+def _launch(kernel, grid, args: dict, meta: dict, num_warps: int) -> None:
+    """Launch a persistent kernel (cooperatively on CUDA). A cooperative launch the driver refuses (more programs
+    than can be resident at once) raises NotCoresident, so the caller runs per_step instead."""
+    try:
+        kernel[grid](**args, **meta, num_warps=num_warps, num_stages=1, **_cooperative())
+    except RuntimeError as e:
+        if "cooperative" in str(e).lower():
+            raise NotCoresident(f"the driver refused the cooperative launch: {e}") from e
+        raise
+
+
 SYNC_ENV = "FUSEDRNN_PERSISTENT_SYNC"
 _INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
            torch.float64: torch.int64}
@@ -715,7 +726,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
                 PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
     meta = dict(cfg.meta("fwd"), DATA_SYNC=data_sync)
     _check_coresident(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
-    _lstm_fwd_persistent[grid](**args, **meta, num_warps=cfg.fwd_warps, num_stages=1, **_cooperative())
+    _launch(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps)
     check_flag(flag, "forward")
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
@@ -749,7 +760,7 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
                 PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
     meta = cfg.meta("bwd")
     _check_coresident(_lstm_bwd_persistent, grid, args, meta, cfg.bwd_warps, dy.device)
-    _lstm_bwd_persistent[grid](**args, **meta, num_warps=cfg.bwd_warps, num_stages=1, **_cooperative())
+    _launch(_lstm_bwd_persistent, grid, args, meta, cfg.bwd_warps)
     check_flag(flag, "backward")
     return dz, dcbuf[T % 2], None
 

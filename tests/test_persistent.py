@@ -362,3 +362,22 @@ def test_compile_check_covers_the_persistent_configs():
                 for kind in ("fwd", "bwd"):
                     assert (dt, c.H_PAD, c.UNITS, c.warps(kind)) in entries[f"_lstm_{kind}_persistent"]
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}
+
+
+def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
+    """The driver's refusal of a cooperative launch (too many programs to be resident at once) is a fallback
+    to per_step, not an error; other launch errors propagate."""
+    class Refusing:
+        def __init__(self, msg):
+            self.msg = msg
+
+        def __getitem__(self, grid):
+            def launch(**kw):
+                raise RuntimeError(self.msg)
+            return launch
+
+    with pytest.raises(P.NotCoresident, match="cooperative"):
+        P._launch(Refusing("Triton Error [CUDA]: too many blocks in cooperative launch"), (2,), {}, {}, 4)
+    with pytest.raises(RuntimeError, match="out of resources") as e:
+        P._launch(Refusing("out of resources"), (2,), {}, {}, 4)
+    assert not isinstance(e.value, P.Fallback)
