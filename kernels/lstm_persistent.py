@@ -97,6 +97,7 @@ log = logging.getLogger("fusedrnn")
 # Spin iterations of one barrier before giving up (each is one acquire load of the counter, ~1 us when
 # contended): ~seconds, far beyond any legitimate step.
 SPIN_CAP = 1 << 24
+_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit())
 
 
 @triton.jit
@@ -517,6 +518,8 @@ def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: in
         return interpreter_config(H), ""
     if device_type != "cuda":
         return None, f"persistent runs on CUDA (device type {device_type!r})"
+    if _TRITON < (3, 6):
+        return None, f"persistent needs triton >= 3.6 (dots with N = 8; compile-checked with 3.6), have {triton.__version__}"
     if strategy == "auto" and B > AUTO_MAX_BATCH[kind]:
         return None, f"B={B} > {AUTO_MAX_BATCH[kind]} ({kind}): per_step parallelizes the batch better"
     if H % 16:

@@ -381,3 +381,9 @@ def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
     with pytest.raises(RuntimeError, match="out of resources") as e:
         P._launch(Refusing("out of resources"), (2,), {}, {}, 4)
     assert not isinstance(e.value, P.Fallback)
+
+
+def test_older_triton_runs_per_step(monkeypatch):
+    monkeypatch.setattr(P, "_TRITON", (3, 2))
+    cfg, why = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, **H100)
+    assert cfg is None and "triton >= 3.6" in why
