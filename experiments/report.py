@@ -162,11 +162,28 @@ def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True)
     return f"{BEGIN}\n{body}\n{END}"
 
 
-def _split(text: str, path: Path) -> tuple[str, str, str]:
-    i, j = text.find(BEGIN), text.find(END)
+def _split(text: str, path: Path, begin: str = BEGIN, end: str = END) -> tuple[str, str, str]:
+    i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ReportError(f"{path} has no headline block (a line {BEGIN!r} ... {END!r})")
-    return text[:i], text[i:j + len(END)], text[j + len(END):]
+        raise ReportError(f"{path} has no generated block (a line {begin!r} ... {end!r})")
+    return text[:i], text[i:j + len(end)], text[j + len(end):]
+
+
+def write_or_check(target: Path, new: str, *, check: bool, command: str, what: str,
+                   begin: str = BEGIN, end: str = END) -> int:
+    """Replace the block between ``begin`` and ``end`` in ``target`` by ``new`` (markers included), or with
+    ``check`` only compare: 0 when it is (now) up to date, 1 when ``check`` finds it differs. ``command`` is
+    the command line that writes it, named in the message."""
+    before, old, after = _split(target.read_text(), target, begin, end)
+    if check:
+        if old != new:
+            print(f"{target}: the {what} differs from what `{command}` generates; run that", file=sys.stderr)
+            return 1
+        print(f"{target}: {what} up to date")
+        return 0
+    target.write_text(before + new + after)
+    print(f"{target}: {what} written")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -182,17 +199,8 @@ def main(argv=None) -> int:
         new = block(args.csv, args.gpu, allow_cpu=not (args.write or args.check))
         if args.write or args.check:
             target = args.write or args.check
-            before, old, after = _split(target.read_text(), target)
-            if args.check:
-                if old != new:
-                    print(f"{target}: the headline block differs from what `python -m experiments.report "
-                          f"{args.csv} --write {target}` generates; run that", file=sys.stderr)
-                    return 1
-                print(f"{target}: headline block up to date with {args.csv}")
-                return 0
-            target.write_text(before + new + after)
-            print(f"{target}: headline block written from {args.csv}")
-            return 0
+            return write_or_check(target, new, check=args.check is not None, what="headline block",
+                                  command=f"python -m experiments.report {args.csv} --write {target}")
     except (ReportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory (issue 4).
+"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory.
 
     python -m experiments.tasks --smoke                  # CPU, under 10 minutes on 2 cores
     python -m experiments.tasks                          # full setting, meant for a GPU
@@ -25,7 +25,7 @@ Tasks (``T`` is the length that grows):
   per step (T = 64), or bilinearly upsampled to s x s (T = s^2) for longer sequences; classification from the
   last step; metric: accuracy on a fixed held-out 20 % split (chance 0.1).
 
-The picture the seed is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
+The picture the study is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
 at initialisation and after training, per model. The fused op does not expose the inner h_t, so this runs the
 model one step at a time with ``backend="reference"`` and retains the gradient of each h_t.
 
@@ -89,10 +89,10 @@ class Setting:
     gradnorm_batch: int = 64
 
 
-# The smoke grid was sized on 2 CPU cores (reference backend, one process per core): about 4 minutes. Its
-# lengths are where the contrast shows within a few hundred Adam steps at lr 1e-2 (measured here): the RNN
-# learns adding at T = 10 but not at T = 20; the LSTM learns T = 50 (~350 steps). At T = 100 no model left the
-# predict-the-mean plateau within 400 steps, so T = 100 is for the full setting.
+# The smoke grid fits a few minutes on 2 CPU cores (reference backend, one process per core). Its lengths are
+# where the contrast shows within a few hundred Adam steps at lr 1e-2: the RNN learns adding at T = 10 but not
+# at T = 20, the LSTM learns T = 50 (~350 steps); at T = 100 no model leaves the predict-the-mean plateau within
+# 400 steps, so T = 100 belongs to the full setting.
 SMOKE = Setting(
     name="smoke",
     lengths={"adding": (10, 20, 50), "copy": (10, 20), "digits": (64,)},
@@ -102,7 +102,7 @@ SMOKE = Setting(
     eval_every=50,
     eval_batch=256,
 )
-# Full setting, for a GPU (backend "auto" = the fused kernels); not run on this CPU-only machine.
+# Full setting, sized for a GPU (backend "auto" = the fused kernels).
 FULL = Setting(
     name="full",
     lengths={"adding": (10, 20, 50, 100, 200, 400, 750), "copy": (10, 20, 50, 100, 200), "digits": (64, 256)},

@@ -1,6 +1,6 @@
-"""The use-gate LSTM (issue 4): its autograd ops over ``kernels/usegate.py`` and the module ``UseGateLSTM``.
+"""The use-gate LSTM: its autograd ops over ``kernels/usegate.py`` and the module ``UseGateLSTM``.
 
-The cell, per layer and direction, gates stacked along W's rows in the order N, i, f, V (shared/MATH.md)::
+The cell, per layer and direction, gates stacked along W's rows in the order N, i, f, V (docs/MATH.md)::
 
     z_t = x_t @ W_ih^T + b_ih + h_{t-1} @ W_hh^T + b_hh
     n = tanh(z_N), i = s(z_i), f = s(z_f), v = s(z_V)

@@ -1,7 +1,7 @@
-"""UseGateLSTM (issue 4): the fused use-gate kernels (backend="triton"; the interpreter on CPU) against the
-float64 reference (``kernels.usegate.usegate_layer_ref``), which is itself checked against the issue's
-equations written out naively. Every output (y, h_n, c_n) and every gradient (all parameters, input, h0, c0)
-is compared with per-dtype tolerances (tests/helpers.py)."""
+"""UseGateLSTM: the fused use-gate kernels (backend="triton"; the interpreter on CPU) against the
+float64 reference (``kernels.usegate.usegate_layer_ref``), which is itself checked against the cell's
+equations written out naively (README, "LSTM vs RNN, and the use-gate LSTM"). Every output (y, h_n, c_n)
+and every gradient (all parameters, input, h0, c0) is compared with per-dtype tolerances (tests/helpers.py)."""
 from __future__ import annotations
 
 import warnings
@@ -136,7 +136,7 @@ def test_low_precision_matches_reference(cfg_id, dtype_name):
 
 # ---------------------------------------------------------------------------------------------- oracle
 def _naive(x, h, c, W, b, W_u, b_u):
-    """The issue's equations with [STM_{t-1}, E_t] concatenated; W (4H, H + I) rows N, i, f, V."""
+    """The cell's equations (STM/LTM notation) with [STM_{t-1}, E_t] concatenated; W (4H, H + I) rows N, i, f, V."""
     H = h.shape[1]
     ys = []
     for t in range(x.shape[0]):
@@ -154,7 +154,7 @@ def _naive(x, h, c, W, b, W_u, b_u):
     return torch.stack(ys), h, c
 
 
-def test_reference_is_the_issue_cell():
+def test_reference_is_the_stm_ltm_cell():
     T, B, I, H = 5, 3, 4, 6
     x, h0, c0 = rand(T, B, I), rand(B, H), rand(B, H)
     w_ih, w_hh, b_ih, b_hh = rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H)
