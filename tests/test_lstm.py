@@ -135,12 +135,26 @@ def test_dropout_between_layers_only_in_training():
     assert torch.allclose(ref(x)[0], y1, rtol=0, atol=1e-12)
 
 
-def test_triton_dropout_training_step_runs_and_differs_from_eval():
-    torch.manual_seed(4)
-    m = LSTM(3, 16, num_layers=2, dropout=0.6, dtype=torch.float64, backend="triton", device=DEVICE).train()
-    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    y, (h, c) = m(x)
-    (y.sum() + c.sum()).backward()
-    assert torch.isfinite(x.grad).all()
+def test_triton_dropout_draws_the_twins_masks():
+    """Training-mode dropout between layers on the fused path: with the same seed it draws the same masks as
+    torch.nn.LSTM on CPU (on CUDA, where cuDNN draws its own, as our reference backend), so outputs, final
+    states and every gradient match; eval mode and another seed give other outputs."""
+    case = Case("dropout", T=3, B=2, I=3, H=16, layers=2, extra=dict(dropout=0.6))
+    kw = dict(**case.module_kwargs(True), dtype=torch.float64, device=DEVICE)
+    m = LSTM(case.I, case.H, backend="triton", **kw).train()
+    if DEVICE.type == "cpu":
+        twin = torch.nn.LSTM(case.I, case.H, **kw).train()
+    else:
+        twin = LSTM(case.I, case.H, backend="reference", **kw).train()
+    twin.load_state_dict(m.state_dict())
+    x, hx = make_inputs(case, True)
+
+    def seeded(module, seed=4):
+        torch.manual_seed(seed)
+        return run(module, case, x, hx)
+
+    got = seeded(m)
+    compare(got, seeded(twin), torch.float64, "dropout")
+    assert not torch.allclose(seeded(m, seed=5)["out"], got["out"])  # another mask
     m.eval()
-    assert not torch.allclose(m(x)[0], y)
+    assert not torch.allclose(m(x, hx)[0], got["out"])
