@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -128,9 +129,9 @@ def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
 
 
 class _FallbackSeen(logging.Handler):
-    def __init__(self):
+    def __init__(self, reasons: list):
         super().__init__(logging.DEBUG)
-        self.reasons: list[str] = []
+        self.reasons = reasons
 
     def emit(self, record):
         msg = record.getMessage()
@@ -138,22 +139,31 @@ class _FallbackSeen(logging.Handler):
             self.reasons.append(msg)
 
 
+@contextmanager
+def fallback_reasons():
+    """Collect, while the block runs, every reason fusedrnn logs (DEBUG, "fusedrnn" logger) for running a
+    launch per_step instead of the strategy it was asked for; yields the list they are appended to."""
+    log = logging.getLogger("fusedrnn")
+    reasons: list[str] = []
+    seen, level = _FallbackSeen(reasons), log.level
+    log.addHandler(seen)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield reasons
+    finally:
+        log.removeHandler(seen)
+        log.setLevel(level)
+
+
 def _no_fallback(run, strategy: str):
     """Wrap ``run`` so that a strategy that falls back to per_step (fusedrnn logs the reason on its "fusedrnn"
     logger) raises instead: its row then carries the reason as an error rather than per_step timings under
     the wrong strategy name."""
     def checked(x, h0, c0):
-        log = logging.getLogger("fusedrnn")
-        seen, level = _FallbackSeen(), log.level
-        log.addHandler(seen)
-        log.setLevel(logging.DEBUG)
-        try:
+        with fallback_reasons() as reasons:
             out = run(x, h0, c0)
-        finally:
-            log.removeHandler(seen)
-            log.setLevel(level)
-        if seen.reasons:
-            raise RuntimeError(f"strategy {strategy!r} not applicable here: {seen.reasons[0]}")
+        if reasons:
+            raise RuntimeError(f"strategy {strategy!r} not applicable here: {reasons[0]}")
         return out
 
     return checked

@@ -38,7 +38,6 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
-import logging  # noqa: E402
 import math  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -129,43 +128,18 @@ def _metrics(got: dict, want: dict, dtype, plain: dict | None = None) -> list:
     return rows
 
 
-class _Fallbacks(logging.Handler):
-    """Collects fusedrnn's "runs per_step" messages: a persistent check that fell back says so."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.reasons: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        if "runs per_step" in msg:
-            self.reasons.append(msg)
-
-
-def _planned(dtype, H: int, B: int) -> bool:
-    """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``)."""
-    from kernels import lstm_persistent as P
-
-    return P.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B, has_proj=False) is not None
-
-
 @contextmanager
 def _no_fallback(strategy: str, planned: bool = False):
     """For strategy "persistent": a fallback to per_step is a skip where the plan says persistent does not
     apply (out of scope), and a failure where it says it does (the launch refused, e.g. not co-resident)."""
-    log = logging.getLogger("fusedrnn")
-    seen, level = _Fallbacks(), log.level
-    log.addHandler(seen)
-    log.setLevel(logging.DEBUG)
-    try:
+    from experiments.backends import fallback_reasons
+
+    with fallback_reasons() as reasons:
         yield
-    finally:
-        log.removeHandler(seen)
-        log.setLevel(level)
-    if strategy == "persistent" and seen.reasons:
+    if strategy == "persistent" and reasons:
         if planned:
-            raise AssertionError(f"persistent applies here by plan but fell back at launch: {seen.reasons[0]}")
-        raise Skip(f"persistent does not apply here: {seen.reasons[0]}")
+            raise AssertionError(f"persistent applies here by plan but fell back at launch: {reasons[0]}")
+        raise Skip(f"persistent does not apply here: {reasons[0]}")
 
 
 # ------------------------------------------------------------------------------------------------ shapes

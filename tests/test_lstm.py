@@ -5,7 +5,7 @@ import torch
 
 from models import LSTM
 
-from .compare import Case, compare, compare_lowp, make_inputs, recast, run
+from .compare import Case, check_lowp_against_oracle, compare, make_inputs, run
 from .helpers import DEVICE, DTYPES
 
 CASES = [
@@ -78,19 +78,7 @@ LOWP_CASES = [Case("lowp_base", T=6, B=5), Case("lowp_2layers_bidir_packed", lay
 @pytest.mark.parametrize("case", LOWP_CASES, ids=lambda c: c.id)
 def test_half_precision_against_fp64_reference(case, dtype):
     """fp16/bf16 kernels against the float64 reference run on the same (rounded) weights and inputs."""
-    dt = DTYPES[dtype]
-    torch.manual_seed(12)
-    ours = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="triton")
-    oracle = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, dtype=torch.float64,
-                  backend="reference")
-    ours.to(dt)
-    oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    plain = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="reference").to(dt)
-    plain.load_state_dict(ours.state_dict())
-    x, hx = make_inputs(case, True, dt)
-    got = run(ours, case, x, hx)
-    want = run(oracle, case, *recast(x, hx, torch.float64))
-    compare_lowp(got, want, run(plain, case, *recast(x, hx, dt)), dt, f"{case.id} {dtype}")
+    check_lowp_against_oracle(LSTM, case, DTYPES[dtype], f"{case.id} {dtype}")
 
 
 def test_reference_backend_matches_nn_lstm():
