@@ -186,26 +186,42 @@ def write_or_check(target: Path, new: str, *, check: bool, command: str, what: s
     return 0
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+def block_cli(argv, *, module: str, doc: str, source: tuple[str, str], make, what: str,
+              begin: str = BEGIN, end: str = END, extra=None) -> int:
+    """The command line shared by the README's generated blocks: ``python -m <module> SOURCE [--write README |
+    --check README]``. ``make(args)`` returns the block (markers included); ``args.readme`` is True when it goes
+    into a README. ``extra(parser)`` adds more options. Exit 0 (printed, written, up to date), 1 (a stale
+    block under --check), 2 (an error)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("csv", type=Path, help="headline CSV (a missing file gives the placeholder)")
-    p.add_argument("--gpu", default=None, help="the GPU's rows to use when the CSV holds several")
+    p.add_argument("source", type=Path, metavar=source[0], help=source[1])
+    if extra is not None:
+        extra(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", type=Path, metavar="README", help="replace the block in this file")
     g.add_argument("--check", type=Path, metavar="README", help="exit 1 if this file's block is not the generated one")
     args = p.parse_args(argv)
+    target = args.write or args.check
+    args.readme = target is not None
     try:
-        new = block(args.csv, args.gpu, allow_cpu=not (args.write or args.check))
-        if args.write or args.check:
-            target = args.write or args.check
-            return write_or_check(target, new, check=args.check is not None, what="headline block",
-                                  command=f"python -m experiments.report {args.csv} --write {target}")
-    except (ReportError, OSError) as e:
+        new = make(args)
+        if target is not None:
+            return write_or_check(target, new, check=args.check is not None, what=what, begin=begin, end=end,
+                                  command=f"python -m {module} {args.source} --write {target}")
+    except (ReportError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(new)
     return 0
+
+
+def main(argv=None) -> int:
+    return block_cli(
+        argv, module="experiments.report", doc=__doc__, what="headline block",
+        source=("csv", "headline CSV (a missing file gives the placeholder)"),
+        make=lambda a: block(a.source, a.gpu, allow_cpu=not a.readme),
+        extra=lambda p: p.add_argument("--gpu", default=None, help="the GPU's rows to use when the CSV holds several"),
+    )
 
 
 if __name__ == "__main__":
