@@ -128,6 +128,13 @@ def _metrics(got: dict, want: dict, dtype, plain: dict | None = None) -> list:
     return rows
 
 
+def _planned(dtype, H: int, B: int) -> bool:
+    """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``)."""
+    from kernels import lstm_persistent as P
+
+    return P.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B, has_proj=False) is not None
+
+
 @contextmanager
 def _no_fallback(strategy: str, planned: bool = False):
     """For strategy "persistent": a fallback to per_step is a skip where the plan says persistent does not

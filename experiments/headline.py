@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 from . import backends as bk  # noqa: E402
 from .grids import Config  # noqa: E402
 from .measure import Peaks, measure_peaks  # noqa: E402
-from .results import append_row, key_of, provenance, read_rows  # noqa: E402
+from .results import append_row, baseline_ms, commit_of, job_fields, key_of, provenance, read_rows  # noqa: E402
 from .sweep import Context, Job, run_job  # noqa: E402
 
 # Variants: name -> environment variables set while that variant's rows run. The one table to extend for
@@ -116,11 +116,7 @@ def plan(cuda: bool, variants: list[str], B=None, H=None, T=None, dtypes=None, p
 
 
 def _row_key(gpu: str, job: Job, variant: str) -> tuple:
-    row = dict(gpu=gpu, B=job.cfg.B, T=job.cfg.T, H=job.cfg.H, I=job.cfg.I, layers=job.cfg.layers,
-               directions=job.cfg.directions, dtype=job.dtype, backend=job.backend,
-               strategy=label(job.strategy, variant) if job.backend == "fusedrnn" else job.strategy)
-    row["pass"] = job.pass_
-    return key_of(row)
+    return key_of(job_fields(job, gpu, label(job.strategy, variant) if job.backend == "fusedrnn" else None))
 
 
 def _peaks(path: Path | None, device: torch.device) -> Peaks:
@@ -158,8 +154,7 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     prov["commit"] = revision()
     other = os.environ.get(bk.IMPL_DIR_ENV)
     if other:  # the timed code is the other tree's: its REVISION file names it
-        rev = Path(other) / "REVISION"
-        prov["commit"] = rev.read_text().split()[0] if rev.is_file() and rev.read_text().split() else "unknown"
+        prov["commit"] = commit_of(other, git=False)  # never the git of the tree it sits in
     existing = read_rows(out)
     done = {key_of(r) for r in existing if not (retry_errors and r["error"])}
     todo = [(j, v) for j, v in plan(cuda, variants, **grid) if _row_key(prov["gpu"], j, v) not in done]
@@ -168,12 +163,9 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     if not todo:
         return 0
     peaks = _peaks(peaks_from, device)
-    ref = bk.reference_for(device)
-    ctx = Context(device, peaks, prov, True, warmup_ms, rep_ms, 3, ref)
-    for r in existing:
-        if r["backend"] == ref and not r["error"] and r["gpu"] == prov["gpu"] and r["ms_p50"]:
-            ctx.ref_ms[tuple(r[k] for k in ("B", "T", "H", "I", "layers", "directions", "dtype", "pass"))] = \
-                float(r["ms_p50"])
+    baseline = bk.baseline_for(device)
+    ctx = Context(device, peaks, prov, True, warmup_ms, rep_ms, 3, baseline,
+                  baseline_ms(existing, baseline, prov["gpu"]))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     written = 0
     try:

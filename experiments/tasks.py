@@ -46,7 +46,6 @@ import datetime
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import zlib
@@ -54,6 +53,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from .results import commit_of
 
 MODELS = ("rnn", "lstm", "usegate")
 MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM"}
@@ -402,15 +403,9 @@ def gradient_norms(model: SeqModel, job: Job, s: Setting, phase: str, device, dt
 
 # ------------------------------------------------------------------------------------------ provenance
 def provenance(device) -> dict:
-    """Columns that say where and how a row was produced."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout
-        commit += "-dirty" if dirty.strip() else ""
-    except Exception:  # noqa: BLE001 - no git: leave it empty
-        commit = ""
+    """Columns that say where and how a row was produced (the commit as ``results.commit_of`` reads it,
+    abbreviated; the date in UTC)."""
+    commit = commit_of(short=True)
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -419,8 +414,8 @@ def provenance(device) -> dict:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
-    return dict(commit=commit, torch=torch.__version__, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                cpu=cpu, device=dev)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return dict(commit=commit, torch=torch.__version__, date=date, cpu=cpu, device=dev)
 
 
 # ------------------------------------------------------------------------------------------------- CSV
