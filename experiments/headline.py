@@ -5,7 +5,7 @@ important rows first, under a time budget. One sweep-format CSV row per measurem
 
 Grid (1 layer, unidirectional, I = H, T = 1024): B in {16, 1, 64, 256} x H in {1024, 768} x {bf16, fp16} x
 {fwd, fwdbwd}, in that order of priority (B = 16 and 1 before 64 and 256). Per (B, H, dtype, pass): cuDNN
-(torch.nn.LSTM, the reference of the speedups; its algorithm predicted and seen in the profiler), then each
+(torch.nn.LSTM, the comparison baseline of the speedups; its algorithm predicted and seen in the profiler), then each
 fusedrnn strategy (``models.STRATEGIES`` without "auto") under each variant of ``VARIANTS``. Every row is
 measured by ``experiments.sweep.run_job`` (do_bench medians with p20/p80, the first call's outputs and
 gradients checked against cuDNN, the floor, peak memory, provenance), appended and fsynced at once.
@@ -14,8 +14,9 @@ A variant is a named set of environment variables set around its rows only (kern
 time); its rows carry ``strategy`` = "<strategy>@<variant>" ("main", the code as it is, keeps the bare
 strategy name). ``--baseline DIR`` times another source tree instead (its ``kernels/`` and ``models/``
 unpacked in DIR, e.g. the commit every change is held to), in this process only, as the variant
-"baseline": run it as a second process on the same CSV (both trees register the same custom ops). A rerun with the CSV in place skips the rows already there (resume), so a second call picks
-up where the budget stopped the first.
+"baseline": run it as a second process on the same CSV (both trees register the same custom ops). This
+baseline *commit* is not the comparison baseline (cuDNN) every row's speedup is against. A rerun with the CSV
+in place skips the rows already there (resume), so a second call picks up where the budget stopped the first.
 
 Without CUDA this is the CPU dry run: a tiny grid (B in {1, 2}, H = 16, T = 4) in Triton's interpreter
 against torch.nn.LSTM on CPU; its rows say device=cpu and are no benchmark.
