@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..kernels.lstm import STRATEGIES
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
 from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
 
 BACKENDS = ("auto", "triton", "reference")
-STRATEGIES = ("auto", "per_step", "persistent")
-# cells without a persistent kernel (RNN, use-gate LSTM) accept only these
+# every strategy, as the LSTM's kernels define them; cells without a persistent kernel (RNN, use-gate LSTM)
+# accept PER_STEP_STRATEGIES only. check_backend is the one place a module's arguments are validated.
 PER_STEP_STRATEGIES = ("auto", "per_step")
 
 
