@@ -16,7 +16,6 @@ import io
 import os
 import platform
 import subprocess
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,29 +365,7 @@ def provenance(device) -> dict:
 
 
 def progress(total: int, desc: str = "sweep"):
-    """A progress bar with an ETA: tqdm when installed, else a plain line printer on stderr. The returned
-    object has ``update(n=1)``, ``set_postfix_str(s)`` and ``close()``."""
-    try:
-        from tqdm import tqdm
+    """A progress bar with an ETA on stderr (tqdm, a dependency of the package), one step per row."""
+    from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)
-    except ImportError:
-        return _Printer(total, desc)
-
-
-class _Printer:
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n, self.t0, self.note = total, desc, 0, datetime.datetime.now(), ""
-
-    def set_postfix_str(self, s: str) -> None:
-        self.note = s
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        el = (datetime.datetime.now() - self.t0).total_seconds()
-        eta = el / self.n * (self.total - self.n) if self.n else float("nan")
-        print(f"{self.desc}: {self.n}/{self.total} elapsed {el:.0f}s ETA {eta:.0f}s {self.note}",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
+    return tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)

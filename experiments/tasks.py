@@ -435,9 +435,9 @@ def _append_csv(path, rows, columns):
         w.writerows(rows)
 
 
-def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> set:
-    """(model, task, T, seed) of jobs already complete in the CSVs (final step logged, and gradient norms when
-    that job records them)."""
+def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> dict[str, set]:
+    """The (model, task, T, seed) of jobs already in the CSVs: ``"finals"``, those whose final step is logged;
+    ``"grads"``, those whose trained gradient norms are (for the jobs that record them)."""
     finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(curves_csv)
               if r["setting"] == s.name and int(r["step"]) == s.steps[r["task"]]}
     grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(grad_csv)
@@ -500,11 +500,9 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
 
 
 def _progress(total, enabled):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and tqdm and total) else None
+    from tqdm import tqdm
+
+    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and total) else None
 
     def update(job, rows):
         if pbar is not None:
