@@ -559,38 +559,48 @@ def plot(out: str) -> list[str]:
     hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
     sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM), "
            f"seeds {df['seed'].nunique()}, commit {df['commit'].iloc[-1]}")
-    paths = []
     models = [m for m in MODELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
-    for task in tasks:
-        d = df[df["task"] == task]
-        Ts = sorted(d["T"].unique())
-        fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
-        for c, T in enumerate(Ts):
-            for m in models:
-                g = d[(d["T"] == T) & (d["model"] == m)].groupby("step")
-                if not len(g):
-                    continue
-                for r, col in enumerate(("eval_loss", "eval_metric")):
-                    mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
-                    ax = axes[r, c]
-                    ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
-                    if d["seed"].nunique() > 1:
-                        ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
-            loss_ref, acc_ref = CHANCE[task]
-            axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
-            if acc_ref is not None:
-                axes[1, c].axhline(acc_ref, color="gray", ls="--", lw=0.8)
-            axes[0, c].set_title(f"{task}, T = {T}")
-            axes[0, c].set_yscale("log")
-            axes[1, c].set_ylim(-0.02, 1.02)
-            axes[1, c].set_xlabel("training step")
-        axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
-        axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
-        axes[0, 0].legend(fontsize=8)
-        paths.append(_save(fig, out, f"curves_{task}.png", f"{task}: learning curves\n{sub}"))
+    paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]
+    paths.append(_plot_final_vs_T(plt, df, tasks, models, out, sub))
+    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
+    if grows:
+        paths.append(_plot_gradnorm(plt, _frame(grows, keys_int=("T", "seed", "distance"),
+                                                keys_float=("grad_norm",)), models, out, sub))
+    return paths
 
-    # final score vs T
+
+def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
+    """curves_<task>.png: eval loss (top) and accuracy (bottom) against the training step, one column per T."""
+    Ts = sorted(d["T"].unique())
+    fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
+    for c, T in enumerate(Ts):
+        for m in models:
+            g = d[(d["T"] == T) & (d["model"] == m)].groupby("step")
+            if not len(g):
+                continue
+            for r, col in enumerate(("eval_loss", "eval_metric")):
+                mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
+                ax = axes[r, c]
+                ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
+                if d["seed"].nunique() > 1:
+                    ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
+        loss_ref, acc_ref = CHANCE[task]
+        axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
+        if acc_ref is not None:
+            axes[1, c].axhline(acc_ref, color="gray", ls="--", lw=0.8)
+        axes[0, c].set_title(f"{task}, T = {T}")
+        axes[0, c].set_yscale("log")
+        axes[1, c].set_ylim(-0.02, 1.02)
+        axes[1, c].set_xlabel("training step")
+    axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
+    axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, out, f"curves_{task}.png", f"{task}: learning curves\n{sub}")
+
+
+def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
+    """final_vs_T.png: each run's accuracy at its last step against T, one panel per task."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
     for c, task in enumerate(tasks):
         d = df[df["task"] == task]
@@ -614,27 +624,25 @@ def plot(out: str) -> list[str]:
         ax.set_title(task)
         ax.set_ylabel("final eval accuracy")
     axes[0, 0].legend(fontsize=8)
-    paths.append(_save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}"))
+    return _save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}")
 
-    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
-    if grows:
-        g = _frame(grows, keys_int=("T", "seed", "distance"), keys_float=("grad_norm",))
-        phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
-        fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
-        for c, ph in enumerate(phases):
-            ax = axes[0, c]
-            for m in models:
-                d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
-                if len(d):
-                    ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
-            task, T = g["task"].iloc[0], int(g["T"].max())
-            ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
-            ax.set_xlabel("distance from the loss, T-1-t (steps)")
-        axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
-        axes[0, 0].legend(fontsize=8)
-        paths.append(_save(fig, out, "gradnorm.png",
-                           f"gradient reaching h_t from the loss at the last step\n{sub}"))
-    return paths
+
+def _plot_gradnorm(plt, g, models, out: str, sub: str) -> str:
+    """gradnorm.png: ||dL/dh_t|| against the distance from the loss, at initialisation and after training."""
+    phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
+    for c, ph in enumerate(phases):
+        ax = axes[0, c]
+        for m in models:
+            d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
+            if len(d):
+                ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
+        task, T = g["task"].iloc[0], int(g["T"].max())
+        ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
+        ax.set_xlabel("distance from the loss, T-1-t (steps)")
+    axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, out, "gradnorm.png", f"gradient reaching h_t from the loss at the last step\n{sub}")
 
 
 # -------------------------------------------------------------------------------------------------- CLI
