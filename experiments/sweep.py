@@ -240,56 +240,13 @@ def run_job(job: Job, ctx: Context) -> dict:
         built = bk.REGISTRY[job.backend].build(src, job.strategy)
         sets = _input_sets(job.cfg, dtype, dev, _n_sets(job.cfg, dtype, train, ctx.peaks.l2_bytes), train)
         params = {n: p for n, p in built.params.items() if p.requires_grad}
-
-        # first call: compilation, autotuning, graph capture; its outputs are checked against the baseline
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        got = _check_outputs(built, sets[0], train, params)
-        if cuda:
-            torch.cuda.synchronize()
-        row["compile_s"] = time.perf_counter() - t0
-        if job.backend == ctx.baseline:
-            row["max_rel_err"] = 0.0
-        else:
-            base = bk.REGISTRY[ctx.baseline].build(src, "")
-            base_params = {n: p for n, p in base.params.items() if n in params}
-            want = _check_outputs(base, sets[0], train, base_params)
-            got = got[:6] + [params[n].grad for n in sorted(base_params)] if train else got
-            row["max_rel_err"] = max_rel_error(got, want)
-            del want, base
-        del got
-
+        _first_call(row, job, ctx, src, built, sets[0], train, params)
         if job.backend == "cudnn" and cuda:
             names = profiled_kernels(lambda: _call(built, sets[0], train))
             rnn_names = [n for n in names if "rnn" in n.lower() or "lstm" in n.lower()]
             row["cudnn_algo_seen"] = classify_kernels(names)
             row["cudnn_kernels"] = "|".join(n[:80] for n in rnn_names[:6])
-
-        order = iter(range(10**12))
-
-        def fn():
-            return _call(built, sets[next(order) % len(sets)], train)
-
-        grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
-        p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
-                              min_reps=ctx.min_reps)
-        if cuda:
-            # one call on its own: do_bench's 256 MB L2-flush buffer must not count
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
-        row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
-        row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
-        row["frac_floor"] = row["floor_ms"] / p50
-        key = problem_of(row)
-        if job.backend == ctx.baseline:
-            ctx.baseline_ms[key] = p50
-        if key in ctx.baseline_ms:
-            row["speedup"] = ctx.baseline_ms[key] / p50
+        _timings(row, job, ctx, built, sets, train, params)
     except Exception as e:  # noqa: BLE001 - a failing backend must not stop the sweep
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
         msg = " ".join(str(e).split())[:300]
@@ -300,6 +257,58 @@ def run_job(job: Job, ctx: Context) -> dict:
             bk.fusedrnn_models().clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
             torch.cuda.empty_cache()
     return row
+
+
+def _first_call(row: dict, job: Job, ctx: Context, src: nn.LSTM, built: bk.Built, s: dict, train: bool,
+                params: dict) -> None:
+    """The first call (compilation, autotuning, graph capture): its seconds in ``compile_s``, and its outputs
+    and gradients against the comparison baseline's on the same inputs in ``max_rel_err``."""
+    cuda = ctx.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    got = _check_outputs(built, s, train, params)
+    if cuda:
+        torch.cuda.synchronize()
+    row["compile_s"] = time.perf_counter() - t0
+    if job.backend == ctx.baseline:
+        row["max_rel_err"] = 0.0
+        return
+    base = bk.REGISTRY[ctx.baseline].build(src, "")
+    base_params = {n: p for n, p in base.params.items() if n in params}
+    want = _check_outputs(base, s, train, base_params)
+    got = got[:6] + [params[n].grad for n in sorted(base_params)] if train else got
+    row["max_rel_err"] = max_rel_error(got, want)
+
+
+def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, train: bool, params: dict) -> None:
+    """Median and p20/p80 over the rotating input sets, then peak memory (CUDA), throughput, floor fraction
+    and the speedup against the comparison baseline of the same problem."""
+    dev = ctx.device
+    order = iter(range(10**12))
+
+    def fn():
+        return _call(built, sets[next(order) % len(sets)], train)
+
+    grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
+    p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
+                          min_reps=ctx.min_reps)
+    if dev.type == "cuda":
+        # one call on its own: do_bench's 256 MB L2-flush buffer must not count
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
+    row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
+    row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
+    row["frac_floor"] = row["floor_ms"] / p50
+    key = problem_of(row)
+    if job.backend == ctx.baseline:
+        ctx.baseline_ms[key] = p50
+    if key in ctx.baseline_ms:
+        row["speedup"] = ctx.baseline_ms[key] / p50
 
 
 def _raise_interrupt(signum, frame):
@@ -383,12 +392,21 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
     ctx = Context(device, peaks, prov, tf32, args.warmup_ms, args.rep_ms, args.min_reps, baseline,
                   baseline_ms(existing, baseline, prov["gpu"]))
 
+    if _measure(todo, ctx, out, grid, args.time_budget, t_start) == "interrupted":
+        return 130
+    return _finish(args, out)
+
+
+def _measure(todo: list, ctx: Context, out: Path, grid: str, time_budget: float | None, t_start: float) -> str:
+    """Run and append the rows of ``todo`` one at a time, starting none after ``time_budget`` seconds from
+    ``t_start``. Returns "done" (all rows or out of time) or "interrupted" (Ctrl-C or SIGTERM; the rows so far
+    stay)."""
     bar = progress(len(todo), desc=f"sweep {grid}")
     written = errors = 0
     try:
         for job in todo:
-            if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
-                print(f"\ntime budget of {args.time_budget:.0f}s reached after {written} rows; rerun the same "
+            if time_budget is not None and time.perf_counter() - t_start > time_budget:
+                print(f"\ntime budget of {time_budget:.0f}s reached after {written} rows; rerun the same "
                       "command to resume", file=sys.stderr)
                 break
             bar.set_postfix_str(f"{job.backend}{'/' + job.strategy if job.strategy else ''} {job.cfg.label} "
@@ -402,10 +420,10 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
         bar.close()
         print(f"\ninterrupted: {written} rows written to {out}; rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return "interrupted"
     bar.close()
     print(f"wrote {written} rows ({errors} with errors) to {out}", file=sys.stderr)
-    return _finish(args, out)
+    return "done"
 
 
 def _finish(args, out) -> int:
