@@ -168,6 +168,12 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     ctx = Context(device, peaks, prov, True, warmup_ms, rep_ms, 3, baseline,
                   baseline_ms(existing, baseline, prov["gpu"]))
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    return _measure(todo, ctx, out, budget, t_start)
+
+
+def _measure(todo: list, ctx: Context, out: Path, budget: float | None, t_start: float) -> int:
+    """Run and append the (job, variant) rows of ``todo`` in order, each variant's environment set around its
+    rows, starting none after ``budget`` seconds from ``t_start``. Returns the number of rows written."""
     written = 0
     try:
         for job, variant in todo:
