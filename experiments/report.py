@@ -77,17 +77,45 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
     """The Markdown of the block (without markers)."""
     rows, gpu = _headline_rows(rows, gpu)
     cpu = any(r.get("device") == "cpu" for r in rows)
-    ref_name = "cudnn" if not cpu else "torch_cpu"
+    baseline = "cudnn" if not cpu else "torch_cpu"  # the comparison baseline of the speedups
     cols = sorted({(r["dtype"], r["pass"]) for r in rows},
                   key=lambda c: (DTYPE_ORDER.index(c[0]) if c[0] in DTYPE_ORDER else 9, c[1] != "fwd", c))
     cells = sorted({(int(r["B"]), int(r["H"])) for r in rows})
-    ref, ours = {}, {}
+    base, ours = {}, {}
     for r in rows:
         k = (int(r["B"]), int(r["H"]), r["dtype"], r["pass"])
-        if r["backend"] == ref_name:
-            ref[k] = r
+        if r["backend"] == baseline:
+            base[k] = r
         elif r["backend"] == "fusedrnn":
             ours.setdefault(k, []).append(r)
+    first = rows[0]
+    head = (f"**fusedrnn speedup over {'cuDNN' if not cpu else 'torch.nn.LSTM on CPU (CPU, not a GPU benchmark)'}** "
+            f"(median time of {baseline} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
+            f"T = {first['T']}, 1 layer, unidirectional, I = H; {_provenance(rows, gpu)}.")
+    colnames = [f"{dt} {PASS_NAMES.get(ps, ps)}" for dt, ps in cols]
+    header = ["| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
+    out = [head, "", *header]
+    flagged = False
+    for b, h in cells:
+        line = []
+        for dt, ps in cols:
+            text, bad = _speedup_cell(base.get((b, h, dt, ps)), ours.get((b, h, dt, ps), []))
+            line.append(text)
+            flagged |= bad
+        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
+    out += ["", f"{baseline} median ms (algorithm: predicted from PyTorch's rule / seen in the profiler):", "",
+            *header]
+    for b, h in cells:
+        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), cpu) for dt, ps in cols)
+                   + " |")
+    if flagged:
+        out += ["", f"† the first call's outputs or gradients differed from {baseline}'s by more than "
+                f"{FLAG_REL_ERR:g} (max relative difference, column `max_rel_err`)."]
+    return "\n".join(out)
+
+
+def _provenance(rows: list[dict], gpu: str) -> str:
+    """GPU, commit, versions and first date of the rows (those of the first row)."""
     first = rows[0]
     prov = [f"{gpu}", f"commit {str(first.get('commit', ''))[:12]}", f"torch {first.get('torch', '')}",
             f"triton {first.get('triton', '')}"]
@@ -98,56 +126,40 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
     dates = sorted(r["date"] for r in rows if r.get("date"))
     if dates:
         prov.append(dates[0][:10])
-    head = (f"**fusedrnn speedup over {'cuDNN' if not cpu else 'torch.nn.LSTM on CPU (CPU, not a GPU benchmark)'}** "
-            f"(median time of {ref_name} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
-            f"T = {first['T']}, 1 layer, unidirectional, I = H; {', '.join(prov)}.")
-    colnames = [f"{dt} {PASS_NAMES.get(ps, ps)}" for dt, ps in cols]
-    out = [head, "", "| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
-    flagged = False
-    for b, h in cells:
-        line = []
-        for dt, ps in cols:
-            k = (b, h, dt, ps)
-            base = _ms(ref.get(k, {})) if k in ref else None
-            entries = []
-            for r in sorted(ours.get(k, []), key=lambda r: r["strategy"]):
-                ms = _ms(r)
-                if r.get("error") or ms is None or base is None:
-                    entries.append((None, f"err {r['strategy']}" if r.get("error") else f"– {r['strategy']}"))
-                    continue
-                try:
-                    bad = float(r.get("max_rel_err") or 0) > FLAG_REL_ERR
-                except ValueError:
-                    bad = False
-                flagged |= bad
-                entries.append((base / ms, f"{_fmt_speedup(base / ms)}{'†' if bad else ''} {r['strategy']}"))
-            if not entries:
-                line.append("–" if k not in ref else ("cuDNN err" if ref[k].get("error") else "–"))
-                continue
-            best = max((e[0] for e in entries if e[0] is not None), default=None)
-            parts = [(f"**{t}**" if e is not None and e == best else t) for e, t in entries]
-            line.append(" · ".join(parts))
-        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    out += ["", f"{ref_name} median ms (algorithm: predicted from PyTorch's rule / seen in the profiler):", "",
-            "| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
-    for b, h in cells:
-        line = []
-        for dt, ps in cols:
-            r = ref.get((b, h, dt, ps))
-            ms = _ms(r) if r else None
-            if r is None:
-                line.append("–")
-            elif ms is None:
-                line.append("err")
-            else:
-                algo = r.get("cudnn_algo", "")
-                seen = r.get("cudnn_algo_seen", "")
-                line.append(f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else ""))
-        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    if flagged:
-        out += ["", f"† the first call's outputs or gradients differed from {ref_name}'s by more than "
-                f"{FLAG_REL_ERR:g} (max relative difference, column `max_rel_err`)."]
-    return "\n".join(out)
+    return ", ".join(prov)
+
+
+def _speedup_cell(base_row: dict | None, ours: list[dict]) -> tuple[str, bool]:
+    """One cell of the speedup table: every fusedrnn strategy's speedup over the baseline row, the best in
+    bold, a dagger where its first call differed by more than FLAG_REL_ERR. Returns (text, any dagger)."""
+    base = _ms(base_row) if base_row is not None else None
+    entries, flagged = [], False
+    for r in sorted(ours, key=lambda r: r["strategy"]):
+        ms = _ms(r)
+        if r.get("error") or ms is None or base is None:
+            entries.append((None, f"err {r['strategy']}" if r.get("error") else f"– {r['strategy']}"))
+            continue
+        try:
+            bad = float(r.get("max_rel_err") or 0) > FLAG_REL_ERR
+        except ValueError:
+            bad = False
+        flagged |= bad
+        entries.append((base / ms, f"{_fmt_speedup(base / ms)}{'†' if bad else ''} {r['strategy']}"))
+    if not entries:
+        return ("–" if base_row is None else ("cuDNN err" if base_row.get("error") else "–")), False
+    best = max((e[0] for e in entries if e[0] is not None), default=None)
+    return " · ".join((f"**{t}**" if e is not None and e == best else t) for e, t in entries), flagged
+
+
+def _baseline_cell(r: dict | None, cpu: bool) -> str:
+    """One cell of the baseline's table: its median ms and, on a GPU, cuDNN's algorithm."""
+    ms = _ms(r) if r else None
+    if r is None:
+        return "–"
+    if ms is None:
+        return "err"
+    algo, seen = r.get("cudnn_algo", ""), r.get("cudnn_algo_seen", "")
+    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else "")
 
 
 def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True) -> str:
