@@ -253,15 +253,17 @@ def _seq_len(task, T, s: Setting):
 class TaskData:
     """Training batches from a seeded stream and a fixed evaluation set, for one (task, T, seed)."""
 
-    def __init__(self, task: str, T: int, seed: int, s: Setting, device, dtype):
+    def __init__(self, task: str, T: int, seed: int, s: Setting, device, dtype, with_eval: bool = True):
         self.task, self.T, self.s, self.device, self.dtype = task, T, s, device, dtype
         self.gen = torch.Generator().manual_seed(_seed("data", task, T, seed))
-        eval_gen = torch.Generator().manual_seed(_seed("eval", task, T))
         if task == "digits":
             self.digits = Digits(T)
+        if not with_eval:  # batches only (the gradient-norm probe draws its own)
+            return
+        if task == "digits":
             self.eval = self._to(*self.digits.test_set())
         else:
-            self.eval = self._to(*self._make(s.eval_batch, eval_gen))
+            self.eval = self._to(*self._make(s.eval_batch, torch.Generator().manual_seed(_seed("eval", task, T))))
 
     def _make(self, batch, gen):
         if self.task == "adding":
@@ -371,10 +373,7 @@ def gradient_norms(model: SeqModel, job: Job, s: Setting, phase: str, device, dt
     rnn.backend = "reference"
     try:
         gen = torch.Generator().manual_seed(_seed("gradnorm", job.task, job.T, job.seed))
-        data = TaskData.__new__(TaskData)
-        data.task, data.T, data.s, data.device, data.dtype, data.gen = job.task, job.T, s, device, dtype, gen
-        if job.task == "digits":
-            data.digits = Digits(job.T)
+        data = TaskData(job.task, job.T, job.seed, s, device, dtype, with_eval=False)
         x, y = data._to(*data._make(s.gradnorm_batch, gen))
         model.eval()
         xe = model.embed(x) if model.embed is not None else x
