@@ -33,7 +33,7 @@ from .ops import _EMPTY, _no_autocast, _none_if_empty, _or_empty, differentiable
 
 # --------------------------------------------------------------------------------------------------- ops
 @torch.library.custom_op("fusedrnn::usegate_layer", mutates_args=())
-def usegate_layer_op(
+def usegate_layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
     w_u: Tensor, b_u: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -49,7 +49,7 @@ def usegate_layer_op(
             _or_empty(u_seq, x))
 
 
-@usegate_layer_op.register_fake
+@usegate_layer.register_fake
 def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
     T, B, _ = x.shape
     H = c0.shape[1]
@@ -64,7 +64,7 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
 
 
 @torch.library.custom_op("fusedrnn::usegate_layer_bwd", mutates_args=())
-def usegate_layer_bwd_op(
+def usegate_layer_bwd(
     dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
     w_u: Tensor, c_seq: Tensor, gates: Tensor, k_seq: Tensor, u_seq: Tensor, lengths: Optional[Tensor],
     has_bias: bool, strategy: str,
@@ -79,7 +79,7 @@ def usegate_layer_bwd_op(
     return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), dw_u, _or_empty(db_u, x))
 
 
-@usegate_layer_bwd_op.register_fake
+@usegate_layer_bwd.register_fake
 def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_bias, strategy):
     db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
     db_u = x.new_empty(w_u.shape[0]) if has_bias else x.new_empty(_EMPTY)
@@ -87,7 +87,7 @@ def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengt
             torch.empty_like(w_hh), db, torch.empty_like(w_u), db_u)
 
 
-def _setup(ctx, inputs, output):
+def _usegate_setup(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy = inputs
     y, c_n, c_seq, gates, k_seq, u_seq = output
     ctx.stored = bool(store)
@@ -103,7 +103,7 @@ def _usegate_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths):
     return y, c_n
 
 
-def _backward(ctx, dy, dc_n, *unused):
+def _usegate_backward(ctx, dy, dc_n, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: usegate_layer ran with store=False (no grad was needed) and cannot backprop")
     x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u = ctx.saved_tensors
@@ -114,7 +114,7 @@ def _backward(ctx, dy, dc_n, *unused):
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     has_ih, has_hh, has_u = ctx.bias
-    dx, dh0, dc0, dw_ih, dw_hh, db, dw_u, db_u = usegate_layer_bwd_op(
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_u, db_u = usegate_layer_bwd(
         dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_ih or has_hh or has_u,
         ctx.strategy,
     )
@@ -123,12 +123,12 @@ def _backward(ctx, dy, dc_n, *unused):
             db_u if has_u else None, None, None, None)
 
 
-usegate_layer_op.register_autograd(_backward, setup_context=_setup)
-usegate_layer_bwd_op.register_autograd(double_backward_error)
+usegate_layer.register_autograd(_usegate_backward, setup_context=_usegate_setup)
+usegate_layer_bwd.register_autograd(double_backward_error)
 
 
 # ---------------------------------------------------------------------------------------------- module
-def usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
+def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
     """One use-gate LSTM layer and direction through the chosen backend.
 
     Args:
@@ -145,7 +145,7 @@ def usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
         return usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
-    y, c_n, *_ = usegate_layer_op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
+    y, c_n, *_ = usegate_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
     if store and x.shape[0] == 1 and not needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         # one step: c_1 does not depend on the use gate (w_u, b_u act on h_1 only), so when those are the only
         # inputs that require grad, c_n must not require it (as the reference); its gradient would be zero
@@ -218,8 +218,8 @@ class UseGateLSTM(FusedRNNBase):
         return None
 
     def _layer(self, x, h0, c0, weights, lengths):
-        return usegate_layer(x, h0, c0, weights, lengths, has_bias=self.bias, backend=self.backend,
+        return run_usegate_layer(x, h0, c0, weights, lengths, has_bias=self.bias, backend=self.backend,
                              strategy=self.strategy)
 
 
-__all__ = ["UseGateLSTM", "usegate_layer", "usegate_layer_op", "usegate_layer_bwd_op"]
+__all__ = ["UseGateLSTM", "run_usegate_layer", "usegate_layer", "usegate_layer_bwd"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from kernels.usegate import usegate_cell_ref, usegate_layer_ref
 from models import LSTM, UseGateLSTM, swap_rnns
-from models.usegate import usegate_layer_op
+from models.usegate import usegate_layer
 
 from .compare import Case, compare, make_inputs, recast, run
 from .helpers import DEVICE, DTYPES, assert_close, rand
@@ -115,7 +115,7 @@ def test_gradcheck_triton_fp64():
     args = _op_args(lengths=torch.tensor([2, 1], dtype=torch.int32, device=DEVICE))
 
     def f(*a):
-        y, c_n, *_ = usegate_layer_op(*a, True, "auto")
+        y, c_n, *_ = usegate_layer(*a, True, "auto")
         return y, c_n
 
     assert torch.autograd.gradcheck(f, args, fast_mode=True, atol=1e-8, rtol=1e-6)
@@ -123,10 +123,10 @@ def test_gradcheck_triton_fp64():
 
 def test_opcheck():
     args = _op_args(requires_grad=True)
-    torch.library.opcheck(usegate_layer_op, args + (True, "auto"),
+    torch.library.opcheck(usegate_layer, args + (True, "auto"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     no_grad = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    torch.library.opcheck(usegate_layer_op, no_grad + (False, "auto"), test_utils=("test_faketensor",))
+    torch.library.opcheck(usegate_layer, no_grad + (False, "auto"), test_utils=("test_faketensor",))
 
 
 def test_gradgradcheck_triton_fp64():
@@ -134,7 +134,7 @@ def test_gradgradcheck_triton_fp64():
     args = _op_args(T=2, B=2, I=2, H=3, lengths=torch.tensor([2, 1], dtype=torch.int32, device=DEVICE))
 
     def f(*a):
-        y, c_n, *_ = usegate_layer_op(*a, True, "auto")
+        y, c_n, *_ = usegate_layer(*a, True, "auto")
         return y, c_n
 
     assert torch.autograd.gradgradcheck(f, args, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
@@ -146,14 +146,14 @@ def test_no_grad_stores_nothing_and_matches(monkeypatch):
     import models.usegate as mu
 
     stored = []
-    op = mu.usegate_layer_op
+    op = mu.usegate_layer
 
     def recording(*args):
         out = op(*args)
         stored.append([t.numel() for t in out[2:]])  # c_seq, gates, k_seq, u_seq
         return out
 
-    monkeypatch.setattr(mu, "usegate_layer_op", recording)
+    monkeypatch.setattr(mu, "usegate_layer", recording)
     case = Case("nograd", T=3, B=2, I=3, H=4)
     m = _make(case, "triton")
     x = rand(3, 2, 3)
