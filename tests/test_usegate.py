@@ -12,7 +12,7 @@ from torch import nn
 
 from kernels.usegate import usegate_cell_ref, usegate_layer_ref
 from models import LSTM, UseGateLSTM, swap_rnns
-from models.usegate import usegate_layer
+from models.ops import usegate_layer
 
 from .compare import Case, compare, make_inputs, recast, run
 from .helpers import DEVICE, DTYPES, assert_close, rand
@@ -146,7 +146,7 @@ def test_no_grad_stores_nothing_and_matches(monkeypatch):
     import models.usegate as mu
 
     stored = []
-    op = mu.usegate_layer
+    op = usegate_layer
 
     def recording(*args):
         out = op(*args)
