@@ -1,6 +1,6 @@
 """The registry of LSTM implementations a sweep compares. Adding a peer is one ``register(Backend(...))``.
 
-Every backend builds, from a reference ``torch.nn.LSTM`` holding the weights, a runner with one signature:
+Every backend builds, from a source ``torch.nn.LSTM`` (``src``) holding the weights, a runner with one signature:
 ``run(x (T, B, I), h0 (L*D, B, H), c0 (L*D, B, H)) -> (y (T, B, D*H), h_n (L*D, B, H), c_n (L*D, B, H))``,
 and exposes its trainable tensors under nn.LSTM's parameter names (so gradients can be compared).
 Imports of optional or heavy packages (models, flashrnn) happen inside ``build``, after the sweep has set
@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,10 +31,11 @@ class Built:
 
 @dataclass
 class Backend:
-    """One implementation. ``build(ref, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
+    """One implementation. ``build(src, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
     ``strategies()``: the row variants ("" when it has none); ``unavailable()``: None, or why it cannot run
-    here; ``default_on``: devices where it is in the default backend set; ``reference``: it is the baseline
-    of speedups and errors on its device (cudnn on CUDA, torch_cpu on CPU)."""
+    here; ``default_on``: devices where it is in the default backend set; ``baseline``: it is the comparison
+    baseline on its device (cudnn on CUDA, torch_cpu on CPU): every row's speedup and error are against it,
+    and its name is the row's ``speedup_ref`` column."""
 
     name: str
     build: Callable[[nn.LSTM, str], Built]
@@ -41,7 +43,7 @@ class Backend:
     strategies: Callable[[], tuple[str, ...]] = lambda: ("",)
     unavailable: Callable[[], str | None] = lambda: None
     default_on: tuple[str, ...] = ("cuda", "cpu")
-    reference: bool = False
+    baseline: bool = False
     notes: str = field(default="")
 
 
@@ -54,12 +56,12 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def reference_for(device: torch.device) -> str:
-    """Name of the baseline backend on ``device``'s type."""
+def baseline_for(device: torch.device) -> str:
+    """Name of the comparison baseline on ``device``'s type."""
     for b in REGISTRY.values():
-        if b.reference and device.type in b.devices:
+        if b.baseline and device.type in b.devices:
             return b.name
-    raise LookupError(f"no reference backend for {device.type}")
+    raise LookupError(f"no comparison baseline for {device.type}")
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -67,17 +69,17 @@ def _suffix(layer: int, direction: int) -> str:
 
 
 # --- torch.nn.LSTM: cuDNN on CUDA, ATen's CPU kernels on CPU -------------------------------------------------
-def _build_nn(ref: nn.LSTM, strategy: str) -> Built:
+def _build_nn(src: nn.LSTM, strategy: str) -> Built:
     def run(x, h0, c0):
-        y, (h, c) = ref(x, (h0, c0))
+        y, (h, c) = src(x, (h0, c0))
         return y, h, c
 
-    return Built(run, dict(ref.named_parameters()))
+    return Built(run, dict(src.named_parameters()))
 
 
-register(Backend("cudnn", _build_nn, devices=("cuda",), reference=True,
+register(Backend("cudnn", _build_nn, devices=("cuda",), baseline=True,
                  notes="torch.nn.LSTM on CUDA (cuDNN)"))
-register(Backend("torch_cpu", _build_nn, devices=("cpu",), reference=True,
+register(Backend("torch_cpu", _build_nn, devices=("cpu",), baseline=True,
                  notes="torch.nn.LSTM on CPU (not cuDNN)"))
 
 
@@ -105,18 +107,18 @@ def fusedrnn_models():
 
 def _fusedrnn_strategies() -> tuple[str, ...]:
     models = fusedrnn_models()
-
+    # an earlier commit's models (FUSEDRNN_IMPL_DIR) may predate STRATEGIES: it then had per_step only
     listed = getattr(models, "STRATEGIES", None) or ("per_step",)
     return tuple(s for s in listed if s != "auto") or ("auto",)
 
 
-def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
+def _build_fusedrnn(src: nn.LSTM, strategy: str) -> Built:
     models = fusedrnn_models()
 
-    p = next(ref.parameters())
-    m = models.LSTM(ref.input_size, ref.hidden_size, ref.num_layers, bidirectional=ref.bidirectional,
+    p = next(src.parameters())
+    m = models.LSTM(src.input_size, src.hidden_size, src.num_layers, bidirectional=src.bidirectional,
                     device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto")
-    m.load_state_dict(ref.state_dict())
+    m.load_state_dict(src.state_dict())
 
     def run(x, h0, c0):
         y, (h, c) = m(x, (h0, c0))
@@ -128,9 +130,9 @@ def _build_fusedrnn(ref: nn.LSTM, strategy: str) -> Built:
 
 
 class _FallbackSeen(logging.Handler):
-    def __init__(self):
+    def __init__(self, reasons: list):
         super().__init__(logging.DEBUG)
-        self.reasons: list[str] = []
+        self.reasons = reasons
 
     def emit(self, record):
         msg = record.getMessage()
@@ -138,22 +140,31 @@ class _FallbackSeen(logging.Handler):
             self.reasons.append(msg)
 
 
+@contextmanager
+def fallback_reasons():
+    """Collect, while the block runs, every reason fusedrnn logs (DEBUG, "fusedrnn" logger) for running a
+    launch per_step instead of the strategy it was asked for; yields the list they are appended to."""
+    log = logging.getLogger("fusedrnn")
+    reasons: list[str] = []
+    seen, level = _FallbackSeen(reasons), log.level
+    log.addHandler(seen)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield reasons
+    finally:
+        log.removeHandler(seen)
+        log.setLevel(level)
+
+
 def _no_fallback(run, strategy: str):
     """Wrap ``run`` so that a strategy that falls back to per_step (fusedrnn logs the reason on its "fusedrnn"
     logger) raises instead: its row then carries the reason as an error rather than per_step timings under
     the wrong strategy name."""
     def checked(x, h0, c0):
-        log = logging.getLogger("fusedrnn")
-        seen, level = _FallbackSeen(), log.level
-        log.addHandler(seen)
-        log.setLevel(logging.DEBUG)
-        try:
+        with fallback_reasons() as reasons:
             out = run(x, h0, c0)
-        finally:
-            log.removeHandler(seen)
-            log.setLevel(level)
-        if seen.reasons:
-            raise RuntimeError(f"strategy {strategy!r} not applicable here: {seen.reasons[0]}")
+        if reasons:
+            raise RuntimeError(f"strategy {strategy!r} not applicable here: {reasons[0]}")
         return out
 
     return checked
@@ -164,19 +175,19 @@ register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategie
 
 
 # --- eager and compiled cell loops ------------------------------------------------------------------------------
-def _cells_from(ref: nn.LSTM) -> tuple[list[nn.LSTMCell], dict[str, Tensor]]:
-    """One nn.LSTMCell per (layer, direction), holding copies of ref's weights; params under nn.LSTM names."""
-    p = next(ref.parameters())
-    dirs = 2 if ref.bidirectional else 1
+def _cells_from(src: nn.LSTM) -> tuple[list[nn.LSTMCell], dict[str, Tensor]]:
+    """One nn.LSTMCell per (layer, direction), holding copies of src's weights; params under nn.LSTM names."""
+    p = next(src.parameters())
+    dirs = 2 if src.bidirectional else 1
     cells, params = [], {}
-    for layer in range(ref.num_layers):
+    for layer in range(src.num_layers):
         for d in range(dirs):
-            in_size = ref.input_size if layer == 0 else ref.hidden_size * dirs
-            cell = nn.LSTMCell(in_size, ref.hidden_size, device=p.device, dtype=p.dtype)
+            in_size = src.input_size if layer == 0 else src.hidden_size * dirs
+            cell = nn.LSTMCell(in_size, src.hidden_size, device=p.device, dtype=p.dtype)
             sfx = _suffix(layer, d)
             with torch.no_grad():
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(cell, name).copy_(getattr(ref, name + sfx))
+                    getattr(cell, name).copy_(getattr(src, name + sfx))
                     params[name + sfx] = getattr(cell, name)
             cells.append(cell)
     return cells, params
@@ -203,12 +214,12 @@ def _loop(step, n_layers: int, dirs: int, x: Tensor, h0: Tensor, c0: Tensor):
     return layer_in, torch.stack(hs), torch.stack(cs)
 
 
-def _build_torch_loop(ref: nn.LSTM, strategy: str) -> Built:
-    cells, params = _cells_from(ref)
-    dirs = 2 if ref.bidirectional else 1
+def _build_torch_loop(src: nn.LSTM, strategy: str) -> Built:
+    cells, params = _cells_from(src)
+    dirs = 2 if src.bidirectional else 1
 
     def run(x, h0, c0):
-        return _loop(lambda k, xt, h, c: cells[k](xt, (h, c)), ref.num_layers, dirs, x, h0, c0)
+        return _loop(lambda k, xt, h, c: cells[k](xt, (h, c)), src.num_layers, dirs, x, h0, c0)
 
     return Built(run, params)
 
@@ -225,10 +236,10 @@ def lstm_cell_math(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, 
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _build_torch_compile(ref: nn.LSTM, strategy: str) -> Built:
+def _build_torch_compile(src: nn.LSTM, strategy: str) -> Built:
     # Only the cell is compiled: compiling the 1024-step loop would unroll it for minutes.
-    cells, params = _cells_from(ref)
-    dirs = 2 if ref.bidirectional else 1
+    cells, params = _cells_from(src)
+    dirs = 2 if src.bidirectional else 1
     step_fn = torch.compile(lstm_cell_math, dynamic=False)
 
     def step(k, xt, h, c):
@@ -236,7 +247,7 @@ def _build_torch_compile(ref: nn.LSTM, strategy: str) -> Built:
         return step_fn(xt, h, c, cl.weight_ih, cl.weight_hh, cl.bias_ih, cl.bias_hh)
 
     def run(x, h0, c0):
-        return _loop(step, ref.num_layers, dirs, x, h0, c0)
+        return _loop(step, src.num_layers, dirs, x, h0, c0)
 
     return Built(run, params)
 
@@ -253,20 +264,20 @@ def _flashrnn_unavailable() -> str | None:
     return None
 
 
-def _build_flashrnn(ref: nn.LSTM, strategy: str) -> Built:
+def _build_flashrnn(src: nn.LSTM, strategy: str) -> Built:
     """FlashRNN's fused LSTM; the input projection x @ W_ih^T is timed inside ``run`` so the work equals
     nn.LSTM's. Layout mapping (Wx (B, T, 4, 1, H), R (4, 1, H, H), b (4, 1, H)) is checked by the error column
-    only (not yet run on a GPU here)."""
-    if ref.num_layers != 1 or ref.bidirectional:
+    of every row (the error against the comparison baseline)."""
+    if src.num_layers != 1 or src.bidirectional:
         raise NotImplementedError("flashrnn backend: 1 layer, unidirectional only")
     from flashrnn import flashrnn
 
     dtype_name = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-    p = next(ref.parameters())
+    p = next(src.parameters())
     if p.dtype not in dtype_name:
         raise NotImplementedError(f"flashrnn backend: dtype {p.dtype} unsupported")
-    H = ref.hidden_size
-    params = {n: t.detach().clone().requires_grad_(True) for n, t in ref.named_parameters()}
+    H = src.hidden_size
+    params = {n: t.detach().clone().requires_grad_(True) for n, t in src.named_parameters()}
 
     def run(x, h0, c0):
         T, B, _ = x.shape

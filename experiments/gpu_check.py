@@ -38,7 +38,6 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import io  # noqa: E402
-import logging  # noqa: E402
 import math  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -129,19 +128,6 @@ def _metrics(got: dict, want: dict, dtype, plain: dict | None = None) -> list:
     return rows
 
 
-class _Fallbacks(logging.Handler):
-    """Collects fusedrnn's "runs per_step" messages: a persistent check that fell back says so."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.reasons: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        if "runs per_step" in msg:
-            self.reasons.append(msg)
-
-
 def _planned(dtype, H: int, B: int) -> bool:
     """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``)."""
     from kernels import lstm_persistent as P
@@ -153,19 +139,14 @@ def _planned(dtype, H: int, B: int) -> bool:
 def _no_fallback(strategy: str, planned: bool = False):
     """For strategy "persistent": a fallback to per_step is a skip where the plan says persistent does not
     apply (out of scope), and a failure where it says it does (the launch refused, e.g. not co-resident)."""
-    log = logging.getLogger("fusedrnn")
-    seen, level = _Fallbacks(), log.level
-    log.addHandler(seen)
-    log.setLevel(logging.DEBUG)
-    try:
+    from experiments.backends import fallback_reasons
+
+    with fallback_reasons() as reasons:
         yield
-    finally:
-        log.removeHandler(seen)
-        log.setLevel(level)
-    if strategy == "persistent" and seen.reasons:
+    if strategy == "persistent" and reasons:
         if planned:
-            raise AssertionError(f"persistent applies here by plan but fell back at launch: {seen.reasons[0]}")
-        raise Skip(f"persistent does not apply here: {seen.reasons[0]}")
+            raise AssertionError(f"persistent applies here by plan but fell back at launch: {reasons[0]}")
+        raise Skip(f"persistent does not apply here: {reasons[0]}")
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -417,24 +398,7 @@ def _streams_body(seed: int) -> int:
     real_check = P.check_flag
     P.check_flag = lambda flag, what: flags.append((flag, what))  # read after both launches, not in between
     try:
-        streams = [torch.cuda.Stream() for _ in range(2)] if CUDA else [None, None]
-        if CUDA:
-            torch.cuda.synchronize()
-
-        def on(s):
-            return torch.cuda.stream(s) if s is not None else _null()
-
-        both_f, both_b = [], []
-        for s, p in zip(streams, probs):
-            with on(s):
-                both_f.append(fwd(p))
-        if CUDA:
-            torch.cuda.synchronize()
-        for s, f, p, d in zip(streams, both_f, probs, dys):
-            with on(s):
-                both_b.append(bwd(f, p, d))
-        if CUDA:
-            torch.cuda.synchronize()
+        both_f, both_b = _on_two_streams(probs, dys, fwd, bwd)
     finally:
         P.check_flag = real_check
     try:
@@ -444,15 +408,44 @@ def _streams_body(seed: int) -> int:
         print(f"raised: {e}", file=sys.stderr)
         print("RESULT raised 0")
         return 0
+    print(f"RESULT finished {_max_diff(alone_f + alone_b, both_f + both_b):.6g}")
+    return 0
+
+
+def _on_two_streams(probs, dys, fwd, bwd):
+    """The two problems' forwards in flight at once (one stream each), then their backwards likewise."""
+    streams = [torch.cuda.Stream() for _ in range(2)] if CUDA else [None, None]
+    if CUDA:
+        torch.cuda.synchronize()
+
+    def on(s):
+        return torch.cuda.stream(s) if s is not None else _null()
+
+    both_f, both_b = [], []
+    for s, p in zip(streams, probs):
+        with on(s):
+            both_f.append(fwd(p))
+    if CUDA:
+        torch.cuda.synchronize()
+    for s, f, p, d in zip(streams, both_f, probs, dys):
+        with on(s):
+            both_b.append(bwd(f, p, d))
+    if CUDA:
+        torch.cuda.synchronize()
+    return both_f, both_b
+
+
+def _max_diff(alone: list, both: list) -> float:
+    """Largest max-relative difference between the outputs run alone and in flight together (inf for any
+    non-finite output)."""
     from tests.helpers import max_rel
 
     diff = 0.0
-    for a, b in zip(alone_f + alone_b, both_f + both_b):
+    for a, b in zip(alone, both):
         for x, y in zip(a, b):
             if x is not None:
                 diff = max(diff, max_rel(y, x) if torch.isfinite(y.double()).all() else math.inf)
-    print(f"RESULT finished {diff:.6g}")
-    return 0
+    return diff
 
 
 @contextmanager
@@ -632,31 +625,42 @@ def main(argv=None) -> int:
     if n == 1:
         run_checks(checks, args.out, args.failures, seed, deadline - 5)
     else:
-        procs = []
+        _run_workers(args, n, seed, deadline)
+    return _summary(args, checks)
 
-        def stop(signum=None, frame=None):  # workers run in their own sessions: end them with us
-            for pr in procs:
-                if pr.poll() is None:
-                    os.killpg(pr.pid, signal.SIGKILL)
-                    pr.wait()
-            if signum is not None:
-                raise SystemExit(128 + signum)
 
-        signal.signal(signal.SIGTERM, stop)
-        for k in range(n):
-            cmd = [sys.executable, "-m", "experiments.gpu_check", "--out", str(args.out), "--workers", str(n),
-                   "--shard", str(k), "--seed", str(seed), "--deadline", str(deadline - 10)]
-            if args.failures:
-                cmd += ["--failures", str(args.failures)]
-            if args.only:
-                cmd += ["--only", *args.only]
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, start_new_session=True))
+def _run_workers(args, n: int, seed: int, deadline: float) -> None:
+    """The checks in ``n`` worker processes (one shard each), ended at the deadline or with us."""
+    procs = []
+
+    def stop(signum=None, frame=None):  # workers run in their own sessions: end them with us
         for pr in procs:
-            try:
-                pr.wait(timeout=max(1.0, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                pass
-        stop()
+            if pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGKILL)
+                pr.wait()
+        if signum is not None:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    for k in range(n):
+        cmd = [sys.executable, "-m", "experiments.gpu_check", "--out", str(args.out), "--workers", str(n),
+               "--shard", str(k), "--seed", str(seed), "--deadline", str(deadline - 10)]
+        if args.failures:
+            cmd += ["--failures", str(args.failures)]
+        if args.only:
+            cmd += ["--only", *args.only]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, start_new_session=True))
+    for pr in procs:
+        try:
+            pr.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            pass
+    stop()
+
+
+def _summary(args, checks) -> int:
+    """A timeout row for every check without a row, the counts and the failures printed; exit 0 when none
+    failed or timed out, else 1."""
     rows = read_rows(args.out)
     done = {r["name"] for r in rows}
     for c in checks:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .results import git_commit as _git_commit  # bound here: gpu_sweep replaces results.git_commit with revision
+from .results import commit_of
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("kernels", "models", "experiments", "tests")
@@ -32,13 +32,8 @@ SMI_FIELDS = ("name", "driver_version", "pstate", "clocks.sm", "clocks.max.sm", 
 
 
 def revision() -> str:
-    """The measured commit: REVISION's first line when the file exists, else git's HEAD (+dirty)."""
-    f = ROOT / "REVISION"
-    if f.is_file():
-        text = f.read_text().strip()
-        if text:
-            return text.splitlines()[0].strip()
-    return _git_commit()
+    """The measured commit: REVISION's first word when the file exists, else git's HEAD (+dirty)."""
+    return commit_of(ROOT)
 
 
 def source_sha256() -> str:

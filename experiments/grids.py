@@ -1,6 +1,6 @@
 """Named sweep grids. Every grid has I = H, one layer and one direction unless the command line says otherwise.
 
-# B batch, T steps, I input, H hidden
+Dimensions: B batch, T steps, I input, H hidden.
 """
 from __future__ import annotations
 

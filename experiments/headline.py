@@ -5,7 +5,7 @@ important rows first, under a time budget. One sweep-format CSV row per measurem
 
 Grid (1 layer, unidirectional, I = H, T = 1024): B in {16, 1, 64, 256} x H in {1024, 768} x {bf16, fp16} x
 {fwd, fwdbwd}, in that order of priority (B = 16 and 1 before 64 and 256). Per (B, H, dtype, pass): cuDNN
-(torch.nn.LSTM, the reference of the speedups; its algorithm predicted and seen in the profiler), then each
+(torch.nn.LSTM, the comparison baseline of the speedups; its algorithm predicted and seen in the profiler), then each
 fusedrnn strategy (``models.STRATEGIES`` without "auto") under each variant of ``VARIANTS``. Every row is
 measured by ``experiments.sweep.run_job`` (do_bench medians with p20/p80, the first call's outputs and
 gradients checked against cuDNN, the floor, peak memory, provenance), appended and fsynced at once.
@@ -14,8 +14,9 @@ A variant is a named set of environment variables set around its rows only (kern
 time); its rows carry ``strategy`` = "<strategy>@<variant>" ("main", the code as it is, keeps the bare
 strategy name). ``--baseline DIR`` times another source tree instead (its ``kernels/`` and ``models/``
 unpacked in DIR, e.g. the commit every change is held to), in this process only, as the variant
-"baseline": run it as a second process on the same CSV (both trees register the same custom ops). A rerun with the CSV in place skips the rows already there (resume), so a second call picks
-up where the budget stopped the first.
+"baseline": run it as a second process on the same CSV (both trees register the same custom ops). This
+baseline *commit* is not the comparison baseline (cuDNN) every row's speedup is against. A rerun with the CSV
+in place skips the rows already there (resume), so a second call picks up where the budget stopped the first.
 
 Without CUDA this is the CPU dry run: a tiny grid (B in {1, 2}, H = 16, T = 4) in Triton's interpreter
 against torch.nn.LSTM on CPU; its rows say device=cpu and are no benchmark.
@@ -40,7 +41,7 @@ from pathlib import Path  # noqa: E402
 from . import backends as bk  # noqa: E402
 from .grids import Config  # noqa: E402
 from .measure import Peaks, measure_peaks  # noqa: E402
-from .results import append_row, key_of, provenance, read_rows  # noqa: E402
+from .results import append_row, baseline_ms, commit_of, job_fields, key_of, provenance, read_rows  # noqa: E402
 from .sweep import Context, Job, run_job  # noqa: E402
 
 # Variants: name -> environment variables set while that variant's rows run. The one table to extend for
@@ -116,11 +117,7 @@ def plan(cuda: bool, variants: list[str], B=None, H=None, T=None, dtypes=None, p
 
 
 def _row_key(gpu: str, job: Job, variant: str) -> tuple:
-    row = dict(gpu=gpu, B=job.cfg.B, T=job.cfg.T, H=job.cfg.H, I=job.cfg.I, layers=job.cfg.layers,
-               directions=job.cfg.directions, dtype=job.dtype, backend=job.backend,
-               strategy=label(job.strategy, variant) if job.backend == "fusedrnn" else job.strategy)
-    row["pass"] = job.pass_
-    return key_of(row)
+    return key_of(job_fields(job, gpu, label(job.strategy, variant) if job.backend == "fusedrnn" else None))
 
 
 def _peaks(path: Path | None, device: torch.device) -> Peaks:
@@ -158,8 +155,7 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     prov["commit"] = revision()
     other = os.environ.get(bk.IMPL_DIR_ENV)
     if other:  # the timed code is the other tree's: its REVISION file names it
-        rev = Path(other) / "REVISION"
-        prov["commit"] = rev.read_text().split()[0] if rev.is_file() and rev.read_text().split() else "unknown"
+        prov["commit"] = commit_of(other, git=False)  # never the git of the tree it sits in
     existing = read_rows(out)
     done = {key_of(r) for r in existing if not (retry_errors and r["error"])}
     todo = [(j, v) for j, v in plan(cuda, variants, **grid) if _row_key(prov["gpu"], j, v) not in done]
@@ -168,13 +164,16 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     if not todo:
         return 0
     peaks = _peaks(peaks_from, device)
-    ref = bk.reference_for(device)
-    ctx = Context(device, peaks, prov, True, warmup_ms, rep_ms, 3, ref)
-    for r in existing:
-        if r["backend"] == ref and not r["error"] and r["gpu"] == prov["gpu"] and r["ms_p50"]:
-            ctx.ref_ms[tuple(r[k] for k in ("B", "T", "H", "I", "layers", "directions", "dtype", "pass"))] = \
-                float(r["ms_p50"])
+    baseline = bk.baseline_for(device)
+    ctx = Context(device, peaks, prov, True, warmup_ms, rep_ms, 3, baseline,
+                  baseline_ms(existing, baseline, prov["gpu"]))
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    return _measure(todo, ctx, out, budget, t_start)
+
+
+def _measure(todo: list, ctx: Context, out: Path, budget: float | None, t_start: float) -> int:
+    """Run and append the (job, variant) rows of ``todo`` in order, each variant's environment set around its
+    rows, starting none after ``budget`` seconds from ``t_start``. Returns the number of rows written."""
     written = 0
     try:
         for job, variant in todo:

@@ -1,6 +1,6 @@
 """Measurement: timing (median and p20/p80), hardware peaks, the memory/compute floor, FLOP counts, errors.
 
-# B batch, T steps, I input, H hidden, L layers, D directions
+Dimensions: B batch, T steps, I input, H hidden, L layers, D directions.
 
 On CUDA, kernels are timed with ``triton.testing.do_bench`` (it flushes L2 between calls); on CPU with a
 perf_counter loop (the CPU path exists for the smoke grid only; its numbers are not benchmarks).

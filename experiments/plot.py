@@ -44,6 +44,8 @@ def check_readable(path) -> None:
 def load(paths) -> pd.DataFrame:
     """Concatenate sweep CSVs; keep rows without error and with a time (the last of duplicate keys), and add
     ``impl`` = backend or backend/strategy. Raises ValueError for a file that ``check_readable`` rejects."""
+    from .results import KEY
+
     for p in paths:
         check_readable(p)
     frames = [pd.read_csv(p, dtype={"strategy": str, "error": str, "cudnn_algo": str}, keep_default_na=False,
@@ -55,8 +57,7 @@ def load(paths) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["impl"] = np.where(df["strategy"] != "", df["backend"] + "/" + df["strategy"], df["backend"])
     df["I_eq_H"] = df["I"] == df["H"]
-    key = ["gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy"]
-    return df.drop_duplicates(key, keep="last")
+    return df.drop_duplicates(list(KEY), keep="last")
 
 
 def _footer(df: pd.DataFrame) -> str:

@@ -77,17 +77,45 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
     """The Markdown of the block (without markers)."""
     rows, gpu = _headline_rows(rows, gpu)
     cpu = any(r.get("device") == "cpu" for r in rows)
-    ref_name = "cudnn" if not cpu else "torch_cpu"
+    baseline = "cudnn" if not cpu else "torch_cpu"  # the comparison baseline of the speedups
     cols = sorted({(r["dtype"], r["pass"]) for r in rows},
                   key=lambda c: (DTYPE_ORDER.index(c[0]) if c[0] in DTYPE_ORDER else 9, c[1] != "fwd", c))
     cells = sorted({(int(r["B"]), int(r["H"])) for r in rows})
-    ref, ours = {}, {}
+    base, ours = {}, {}
     for r in rows:
         k = (int(r["B"]), int(r["H"]), r["dtype"], r["pass"])
-        if r["backend"] == ref_name:
-            ref[k] = r
+        if r["backend"] == baseline:
+            base[k] = r
         elif r["backend"] == "fusedrnn":
             ours.setdefault(k, []).append(r)
+    first = rows[0]
+    head = (f"**fusedrnn speedup over {'cuDNN' if not cpu else 'torch.nn.LSTM on CPU (CPU, not a GPU benchmark)'}** "
+            f"(median time of {baseline} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
+            f"T = {first['T']}, 1 layer, unidirectional, I = H; {_provenance(rows, gpu)}.")
+    colnames = [f"{dt} {PASS_NAMES.get(ps, ps)}" for dt, ps in cols]
+    header = ["| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
+    out = [head, "", *header]
+    flagged = False
+    for b, h in cells:
+        line = []
+        for dt, ps in cols:
+            text, bad = _speedup_cell(base.get((b, h, dt, ps)), ours.get((b, h, dt, ps), []))
+            line.append(text)
+            flagged |= bad
+        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
+    out += ["", f"{baseline} median ms (algorithm: predicted from PyTorch's rule / seen in the profiler):", "",
+            *header]
+    for b, h in cells:
+        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), cpu) for dt, ps in cols)
+                   + " |")
+    if flagged:
+        out += ["", f"† the first call's outputs or gradients differed from {baseline}'s by more than "
+                f"{FLAG_REL_ERR:g} (max relative difference, column `max_rel_err`)."]
+    return "\n".join(out)
+
+
+def _provenance(rows: list[dict], gpu: str) -> str:
+    """GPU, commit, versions and first date of the rows (those of the first row)."""
     first = rows[0]
     prov = [f"{gpu}", f"commit {str(first.get('commit', ''))[:12]}", f"torch {first.get('torch', '')}",
             f"triton {first.get('triton', '')}"]
@@ -98,56 +126,40 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
     dates = sorted(r["date"] for r in rows if r.get("date"))
     if dates:
         prov.append(dates[0][:10])
-    head = (f"**fusedrnn speedup over {'cuDNN' if not cpu else 'torch.nn.LSTM on CPU (CPU, not a GPU benchmark)'}** "
-            f"(median time of {ref_name} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
-            f"T = {first['T']}, 1 layer, unidirectional, I = H; {', '.join(prov)}.")
-    colnames = [f"{dt} {PASS_NAMES.get(ps, ps)}" for dt, ps in cols]
-    out = [head, "", "| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
-    flagged = False
-    for b, h in cells:
-        line = []
-        for dt, ps in cols:
-            k = (b, h, dt, ps)
-            base = _ms(ref.get(k, {})) if k in ref else None
-            entries = []
-            for r in sorted(ours.get(k, []), key=lambda r: r["strategy"]):
-                ms = _ms(r)
-                if r.get("error") or ms is None or base is None:
-                    entries.append((None, f"err {r['strategy']}" if r.get("error") else f"– {r['strategy']}"))
-                    continue
-                try:
-                    bad = float(r.get("max_rel_err") or 0) > FLAG_REL_ERR
-                except ValueError:
-                    bad = False
-                flagged |= bad
-                entries.append((base / ms, f"{_fmt_speedup(base / ms)}{'†' if bad else ''} {r['strategy']}"))
-            if not entries:
-                line.append("–" if k not in ref else ("cuDNN err" if ref[k].get("error") else "–"))
-                continue
-            best = max((e[0] for e in entries if e[0] is not None), default=None)
-            parts = [(f"**{t}**" if e is not None and e == best else t) for e, t in entries]
-            line.append(" · ".join(parts))
-        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    out += ["", f"{ref_name} median ms (algorithm: predicted from PyTorch's rule / seen in the profiler):", "",
-            "| B | H | " + " | ".join(colnames) + " |", "|---:|---:|" + "---|" * len(cols)]
-    for b, h in cells:
-        line = []
-        for dt, ps in cols:
-            r = ref.get((b, h, dt, ps))
-            ms = _ms(r) if r else None
-            if r is None:
-                line.append("–")
-            elif ms is None:
-                line.append("err")
-            else:
-                algo = r.get("cudnn_algo", "")
-                seen = r.get("cudnn_algo_seen", "")
-                line.append(f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else ""))
-        out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    if flagged:
-        out += ["", f"† the first call's outputs or gradients differed from {ref_name}'s by more than "
-                f"{FLAG_REL_ERR:g} (max relative difference, column `max_rel_err`)."]
-    return "\n".join(out)
+    return ", ".join(prov)
+
+
+def _speedup_cell(base_row: dict | None, ours: list[dict]) -> tuple[str, bool]:
+    """One cell of the speedup table: every fusedrnn strategy's speedup over the baseline row, the best in
+    bold, a dagger where its first call differed by more than FLAG_REL_ERR. Returns (text, any dagger)."""
+    base = _ms(base_row) if base_row is not None else None
+    entries, flagged = [], False
+    for r in sorted(ours, key=lambda r: r["strategy"]):
+        ms = _ms(r)
+        if r.get("error") or ms is None or base is None:
+            entries.append((None, f"err {r['strategy']}" if r.get("error") else f"– {r['strategy']}"))
+            continue
+        try:
+            bad = float(r.get("max_rel_err") or 0) > FLAG_REL_ERR
+        except ValueError:
+            bad = False
+        flagged |= bad
+        entries.append((base / ms, f"{_fmt_speedup(base / ms)}{'†' if bad else ''} {r['strategy']}"))
+    if not entries:
+        return ("–" if base_row is None else ("cuDNN err" if base_row.get("error") else "–")), False
+    best = max((e[0] for e in entries if e[0] is not None), default=None)
+    return " · ".join((f"**{t}**" if e is not None and e == best else t) for e, t in entries), flagged
+
+
+def _baseline_cell(r: dict | None, cpu: bool) -> str:
+    """One cell of the baseline's table: its median ms and, on a GPU, cuDNN's algorithm."""
+    ms = _ms(r) if r else None
+    if r is None:
+        return "–"
+    if ms is None:
+        return "err"
+    algo, seen = r.get("cudnn_algo", ""), r.get("cudnn_algo_seen", "")
+    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else "")
 
 
 def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True) -> str:
@@ -162,42 +174,66 @@ def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True)
     return f"{BEGIN}\n{body}\n{END}"
 
 
-def _split(text: str, path: Path) -> tuple[str, str, str]:
-    i, j = text.find(BEGIN), text.find(END)
+def _split(text: str, path: Path, begin: str = BEGIN, end: str = END) -> tuple[str, str, str]:
+    i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ReportError(f"{path} has no headline block (a line {BEGIN!r} ... {END!r})")
-    return text[:i], text[i:j + len(END)], text[j + len(END):]
+        raise ReportError(f"{path} has no generated block (a line {begin!r} ... {end!r})")
+    return text[:i], text[i:j + len(end)], text[j + len(end):]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+def write_or_check(target: Path, new: str, *, check: bool, command: str, what: str,
+                   begin: str = BEGIN, end: str = END) -> int:
+    """Replace the block between ``begin`` and ``end`` in ``target`` by ``new`` (markers included), or with
+    ``check`` only compare: 0 when it is (now) up to date, 1 when ``check`` finds it differs. ``command`` is
+    the command line that writes it, named in the message."""
+    before, old, after = _split(target.read_text(), target, begin, end)
+    if check:
+        if old != new:
+            print(f"{target}: the {what} differs from what `{command}` generates; run that", file=sys.stderr)
+            return 1
+        print(f"{target}: {what} up to date")
+        return 0
+    target.write_text(before + new + after)
+    print(f"{target}: {what} written")
+    return 0
+
+
+def block_cli(argv, *, module: str, doc: str, source: tuple[str, str], make, what: str,
+              begin: str = BEGIN, end: str = END, extra=None) -> int:
+    """The command line shared by the README's generated blocks: ``python -m <module> SOURCE [--write README |
+    --check README]``. ``make(args)`` returns the block (markers included); ``args.readme`` is True when it goes
+    into a README. ``extra(parser)`` adds more options. Exit 0 (printed, written, up to date), 1 (a stale
+    block under --check), 2 (an error)."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("csv", type=Path, help="headline CSV (a missing file gives the placeholder)")
-    p.add_argument("--gpu", default=None, help="the GPU's rows to use when the CSV holds several")
+    p.add_argument("source", type=Path, metavar=source[0], help=source[1])
+    if extra is not None:
+        extra(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", type=Path, metavar="README", help="replace the block in this file")
     g.add_argument("--check", type=Path, metavar="README", help="exit 1 if this file's block is not the generated one")
     args = p.parse_args(argv)
+    target = args.write or args.check
+    args.readme = target is not None
     try:
-        new = block(args.csv, args.gpu, allow_cpu=not (args.write or args.check))
-        if args.write or args.check:
-            target = args.write or args.check
-            before, old, after = _split(target.read_text(), target)
-            if args.check:
-                if old != new:
-                    print(f"{target}: the headline block differs from what `python -m experiments.report "
-                          f"{args.csv} --write {target}` generates; run that", file=sys.stderr)
-                    return 1
-                print(f"{target}: headline block up to date with {args.csv}")
-                return 0
-            target.write_text(before + new + after)
-            print(f"{target}: headline block written from {args.csv}")
-            return 0
-    except (ReportError, OSError) as e:
+        new = make(args)
+        if target is not None:
+            return write_or_check(target, new, check=args.check is not None, what=what, begin=begin, end=end,
+                                  command=f"python -m {module} {args.source} --write {target}")
+    except (ReportError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(new)
     return 0
+
+
+def main(argv=None) -> int:
+    return block_cli(
+        argv, module="experiments.report", doc=__doc__, what="headline block",
+        source=("csv", "headline CSV (a missing file gives the placeholder)"),
+        make=lambda a: block(a.source, a.gpu, allow_cpu=not a.readme),
+        extra=lambda p: p.add_argument("--gpu", default=None, help="the GPU's rows to use when the CSV holds several"),
+    )
 
 
 if __name__ == "__main__":

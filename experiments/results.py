@@ -16,12 +16,14 @@ import io
 import os
 import platform
 import subprocess
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KEY = ("gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
+# a row's problem: the cell of a speedup (the comparison baseline and every backend share it)
+PROBLEM = ("B", "T", "H", "I", "layers", "directions", "dtype", "pass")
+# the resume key: one row per GPU, problem, backend and strategy
+KEY = ("gpu", *PROBLEM, "backend", "strategy")
 
 COLUMNS = [
     # what was run
@@ -56,6 +58,30 @@ DEVICES = ("cpu", "cuda")
 def key_of(row: dict) -> tuple[str, ...]:
     """The resume key of a row (values as the strings the CSV holds)."""
     return tuple(str(row[k]) for k in KEY)
+
+
+def problem_of(row: dict) -> tuple[str, ...]:
+    """The ``PROBLEM`` part of a row's key (values as the strings the CSV holds)."""
+    return tuple(str(row[k]) for k in PROBLEM)
+
+
+def job_fields(job, gpu: str | None = None, strategy: str | None = None) -> dict:
+    """The key columns of the row a sweep job (``grids.Job``) writes, ``gpu`` included when given;
+    ``strategy`` replaces the job's (a headline variant's label)."""
+    c = job.cfg
+    row = {"B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers, "directions": c.directions,
+           "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
+           "strategy": job.strategy if strategy is None else strategy}
+    if gpu is not None:
+        row["gpu"] = gpu
+    return row
+
+
+def baseline_ms(rows: list[dict], baseline: str, gpu: str) -> dict:
+    """{problem: ms_p50} of the comparison baseline's finished rows on ``gpu`` (for the speedups of a resumed
+    run)."""
+    return {problem_of(r): float(r["ms_p50"]) for r in rows
+            if r["backend"] == baseline and not r["error"] and r["gpu"] == gpu and r["ms_p50"]}
 
 
 @dataclass
@@ -273,18 +299,35 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         f.detach()
 
 
-def git_commit() -> str:
-    """HEAD's commit of the repository holding this file, "+dirty" when tracked files changed; "unknown"
-    outside git."""
-    root = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit_of(tree: str | os.PathLike = ROOT, *, revision: bool = True, git: bool = True,
+              short: bool = False) -> str:
+    """The commit a source tree holds: with ``revision``, the first word of ``tree``/REVISION when that file
+    exists (a tree copied without .git carries it: ``git rev-parse HEAD > REVISION``); else, with ``git``,
+    HEAD of the repository around ``tree`` (abbreviated with ``short``), "+dirty" when tracked files changed;
+    "unknown" when neither says."""
+    tree = Path(tree)
+    rev = tree / "REVISION"
+    if revision and rev.is_file() and rev.read_text().split():
+        return rev.read_text().split()[0]
+    if not git:
+        return "unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        sha = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=tree,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if sha and dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def git_commit() -> str:
+    """The commit column of a sweep row: git's HEAD of this repository (``commit_of`` without REVISION;
+    ``experiments.gpu_sweep`` swaps in ``gpu_env.revision``, which reads REVISION first)."""
+    return commit_of(revision=False)
 
 
 def device_name(device) -> str:
@@ -322,29 +365,7 @@ def provenance(device) -> dict:
 
 
 def progress(total: int, desc: str = "sweep"):
-    """A progress bar with an ETA: tqdm when installed, else a plain line printer on stderr. The returned
-    object has ``update(n=1)``, ``set_postfix_str(s)`` and ``close()``."""
-    try:
-        from tqdm import tqdm
+    """A progress bar with an ETA on stderr (tqdm, a dependency of the package), one step per row."""
+    from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)
-    except ImportError:
-        return _Printer(total, desc)
-
-
-class _Printer:
-    def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.n, self.t0, self.note = total, desc, 0, datetime.datetime.now(), ""
-
-    def set_postfix_str(self, s: str) -> None:
-        self.note = s
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        el = (datetime.datetime.now() - self.t0).total_seconds()
-        eta = el / self.n * (self.total - self.n) if self.n else float("nan")
-        print(f"{self.desc}: {self.n}/{self.total} elapsed {el:.0f}s ETA {eta:.0f}s {self.note}",
-              file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
+    return tqdm(total=total, desc=desc, unit="row", dynamic_ncols=True)

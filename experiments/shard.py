@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .results import COLUMNS, append_row, key_of, read_rows
+from .results import COLUMNS, append_row, job_fields, key_of, problem_of, read_rows
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -34,8 +34,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def config_key(job) -> tuple:
-    c = job.cfg
-    return (c.B, c.T, c.H, c.I, c.layers, c.directions, job.dtype, job.pass_)
+    """A job's problem (``results.PROBLEM``): the shard unit, so a problem's backends stay together."""
+    return problem_of(job_fields(job))
 
 
 def select(jobs: list, shard: tuple[int, int] | None) -> list:

@@ -32,7 +32,8 @@ from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # 
 from .grids import GRIDS, Config, grid_configs  # noqa: E402
 from .measure import Peaks, bench, elem_bytes, floor_ms, lstm_flops, max_rel_error, measure_peaks  # noqa: E402
 from .results import (  # noqa: E402
-    CsvLocked, append_row, key_of, lock_csv, progress, provenance, read_rows, repair_csv,
+    CsvLocked, append_row, baseline_ms, job_fields, key_of, lock_csv, problem_of, progress, provenance, read_rows,
+    repair_csv,
 )
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
@@ -64,8 +65,8 @@ class Context:
     warmup_ms: float
     rep_ms: float
     min_reps: int
-    ref_backend: str
-    ref_ms: dict = field(default_factory=dict)  # (config key, dtype, pass) -> reference ms_p50
+    baseline: str  # the comparison baseline's backend name (cudnn, or torch_cpu on CPU)
+    baseline_ms: dict = field(default_factory=dict)  # results.problem_of(row) -> the baseline's ms_p50
 
 
 def _csv_list(s: str) -> list[str]:
@@ -131,7 +132,7 @@ def _under_results(path: Path) -> bool:
 
 def available_backends(names, device: torch.device) -> tuple[list[str], list[str]]:
     """Split requested backend names (None: the device's defaults) into (usable, messages for the rest).
-    The reference backend of the device comes first. Unknown names raise ValueError."""
+    The device's comparison baseline comes first. Unknown names raise ValueError."""
     if names is None:
         names = [b.name for b in bk.REGISTRY.values() if device.type in b.default_on and device.type in b.devices]
     usable, skipped = [], []
@@ -142,13 +143,13 @@ def available_backends(names, device: torch.device) -> tuple[list[str], list[str
         why = None if device.type in b.devices else f"runs on {', '.join(b.devices)} only"
         why = why or b.unavailable()
         (skipped.append(f"skipping {n}: {why}") if why else usable.append(n))
-    ref = bk.reference_for(device)
-    usable.sort(key=lambda n: n != ref)
+    baseline = bk.baseline_for(device)
+    usable.sort(key=lambda n: n != baseline)
     return usable, skipped
 
 
 def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
-    """Jobs ordered dtype, pass, config, backend (the reference first), one per strategy; a sweep cut short
+    """Jobs ordered dtype, pass, config, backend (the comparison baseline first), one per strategy; a sweep cut short
     still leaves whole curves."""
     jobs = []
     for dt in dtypes:
@@ -160,18 +161,11 @@ def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
     return jobs
 
 
-def _cfg_key(cfg: Config, dtype: str, pass_: str) -> tuple:
-    return tuple(str(v) for v in (cfg.B, cfg.T, cfg.H, cfg.I, cfg.layers, cfg.directions, dtype, pass_))
-
-
 def _base_row(job: Job, ctx: Context) -> dict:
     cfg = job.cfg
     row = dict(ctx.prov)
     row.update(ctx.peaks.as_row())
-    row.update(B=cfg.B, T=cfg.T, H=cfg.H, I=cfg.I, layers=cfg.layers, directions=cfg.directions,
-               dtype=job.dtype, backend=job.backend, strategy=job.strategy, speedup_ref=ctx.ref_backend,
-               error="")
-    row["pass"] = job.pass_
+    row.update(job_fields(job), speedup_ref=ctx.baseline, error="")
     row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
     try:
         row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device)
@@ -180,7 +174,7 @@ def _base_row(job: Job, ctx: Context) -> dict:
     return row
 
 
-def _reference_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.LSTM:
+def _source_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.LSTM:
     torch.manual_seed(zlib.crc32(cfg.label.encode()))
     m = nn.LSTM(cfg.I, cfg.H, cfg.layers, bidirectional=cfg.directions == 2)
     return m.to(device=device, dtype=dtype).train(train)
@@ -240,72 +234,81 @@ def run_job(job: Job, ctx: Context) -> dict:
     row = _base_row(job, ctx)
     dev, dtype, train = ctx.device, DTYPES[job.dtype], job.pass_ == "fwdbwd"
     cuda = dev.type == "cuda"
-    built = ref = sets = None
+    built = src = sets = None
     try:
-        ref = _reference_module(job.cfg, dtype, dev, train)
-        built = bk.REGISTRY[job.backend].build(ref, job.strategy)
+        src = _source_module(job.cfg, dtype, dev, train)
+        built = bk.REGISTRY[job.backend].build(src, job.strategy)
         sets = _input_sets(job.cfg, dtype, dev, _n_sets(job.cfg, dtype, train, ctx.peaks.l2_bytes), train)
         params = {n: p for n, p in built.params.items() if p.requires_grad}
-
-        # first call: compilation, autotuning, graph capture; its outputs are checked against the baseline
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        got = _check_outputs(built, sets[0], train, params)
-        if cuda:
-            torch.cuda.synchronize()
-        row["compile_s"] = time.perf_counter() - t0
-        if job.backend == ctx.ref_backend:
-            row["max_rel_err"] = 0.0
-        else:
-            ref_built = bk.REGISTRY[ctx.ref_backend].build(ref, "")
-            ref_params = {n: p for n, p in ref_built.params.items() if n in params}
-            want = _check_outputs(ref_built, sets[0], train, ref_params)
-            got = got[:6] + [params[n].grad for n in sorted(ref_params)] if train else got
-            row["max_rel_err"] = max_rel_error(got, want)
-            del want, ref_built
-        del got
-
+        _first_call(row, job, ctx, src, built, sets[0], train, params)
         if job.backend == "cudnn" and cuda:
             names = profiled_kernels(lambda: _call(built, sets[0], train))
             rnn_names = [n for n in names if "rnn" in n.lower() or "lstm" in n.lower()]
             row["cudnn_algo_seen"] = classify_kernels(names)
             row["cudnn_kernels"] = "|".join(n[:80] for n in rnn_names[:6])
-
-        order = iter(range(10**12))
-
-        def fn():
-            return _call(built, sets[next(order) % len(sets)], train)
-
-        grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
-        p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
-                              min_reps=ctx.min_reps)
-        if cuda:
-            # one call on its own: do_bench's 256 MB L2-flush buffer must not count
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
-        row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
-        row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
-        row["frac_floor"] = row["floor_ms"] / p50
-        key = _cfg_key(job.cfg, job.dtype, job.pass_)
-        if job.backend == ctx.ref_backend:
-            ctx.ref_ms[key] = p50
-        if key in ctx.ref_ms:
-            row["speedup"] = ctx.ref_ms[key] / p50
+        _timings(row, job, ctx, built, sets, train, params)
     except Exception as e:  # noqa: BLE001 - a failing backend must not stop the sweep
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
         msg = " ".join(str(e).split())[:300]
         row["error"] = ("OOM: " if oom else "") + f"{type(e).__name__}: {msg}"
     finally:
-        del built, ref, sets
+        del built, src, sets
         if cuda:
             bk.fusedrnn_models().clear_cuda_graphs()  # captured time loops hold static buffers of this config's size
             torch.cuda.empty_cache()
     return row
+
+
+def _first_call(row: dict, job: Job, ctx: Context, src: nn.LSTM, built: bk.Built, s: dict, train: bool,
+                params: dict) -> None:
+    """The first call (compilation, autotuning, graph capture): its seconds in ``compile_s``, and its outputs
+    and gradients against the comparison baseline's on the same inputs in ``max_rel_err``."""
+    cuda = ctx.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    got = _check_outputs(built, s, train, params)
+    if cuda:
+        torch.cuda.synchronize()
+    row["compile_s"] = time.perf_counter() - t0
+    if job.backend == ctx.baseline:
+        row["max_rel_err"] = 0.0
+        return
+    base = bk.REGISTRY[ctx.baseline].build(src, "")
+    base_params = {n: p for n, p in base.params.items() if n in params}
+    want = _check_outputs(base, s, train, base_params)
+    got = got[:6] + [params[n].grad for n in sorted(base_params)] if train else got
+    row["max_rel_err"] = max_rel_error(got, want)
+
+
+def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, train: bool, params: dict) -> None:
+    """Median and p20/p80 over the rotating input sets, then peak memory (CUDA), throughput, floor fraction
+    and the speedup against the comparison baseline of the same problem."""
+    dev = ctx.device
+    order = iter(range(10**12))
+
+    def fn():
+        return _call(built, sets[next(order) % len(sets)], train)
+
+    grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
+    p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
+                          min_reps=ctx.min_reps)
+    if dev.type == "cuda":
+        # one call on its own: do_bench's 256 MB L2-flush buffer must not count
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
+    row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
+    row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
+    row["frac_floor"] = row["floor_ms"] / p50
+    key = problem_of(row)
+    if job.backend == ctx.baseline:
+        ctx.baseline_ms[key] = p50
+    if key in ctx.baseline_ms:
+        row["speedup"] = ctx.baseline_ms[key] / p50
 
 
 def _raise_interrupt(signum, frame):
@@ -372,13 +375,8 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
         print(f"warning: {note}", file=sys.stderr)
     gpu = provenance(device)["gpu"] if existing else None
     done = {key_of(r) for r in existing if not (args.retry_errors and r["error"])}
-    ref_name = bk.reference_for(device)
-
-    def job_key(j: Job):
-        return tuple(str(v) for v in (gpu, j.cfg.B, j.cfg.T, j.cfg.H, j.cfg.I, j.cfg.layers, j.cfg.directions,
-                                      j.dtype, j.pass_, j.backend, j.strategy))
-
-    todo = [j for j in jobs if job_key(j) not in done]
+    baseline = bk.baseline_for(device)
+    todo = [j for j in jobs if key_of(job_fields(j, str(gpu))) not in done]
     print(f"sweep '{grid}' on {device.type}: {len(jobs)} rows in the grid, {len(jobs) - len(todo)} already in "
           f"{out}, {len(todo)} to run; backends {', '.join(names)}", file=sys.stderr)
     if not todo:
@@ -391,18 +389,24 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
           f"fp16 {peaks.tflops_fp16:.3g} / bf16 {peaks.tflops_bf16:.3g} / tf32 {peaks.tflops_tf32:.3g} / "
           f"fp32 {peaks.tflops_fp32:.3g} TFLOP/s", file=sys.stderr)
     prov = provenance(device)
-    ctx = Context(device, peaks, prov, tf32, args.warmup_ms, args.rep_ms, args.min_reps, ref_name)
-    for r in existing:
-        if r["backend"] == ref_name and not r["error"] and r["gpu"] == prov["gpu"] and r["ms_p50"]:
-            key = tuple(r[k] for k in ("B", "T", "H", "I", "layers", "directions", "dtype", "pass"))
-            ctx.ref_ms[key] = float(r["ms_p50"])
+    ctx = Context(device, peaks, prov, tf32, args.warmup_ms, args.rep_ms, args.min_reps, baseline,
+                  baseline_ms(existing, baseline, prov["gpu"]))
 
+    if _measure(todo, ctx, out, grid, args.time_budget, t_start) == "interrupted":
+        return 130
+    return _finish(args, out)
+
+
+def _measure(todo: list, ctx: Context, out: Path, grid: str, time_budget: float | None, t_start: float) -> str:
+    """Run and append the rows of ``todo`` one at a time, starting none after ``time_budget`` seconds from
+    ``t_start``. Returns "done" (all rows or out of time) or "interrupted" (Ctrl-C or SIGTERM; the rows so far
+    stay)."""
     bar = progress(len(todo), desc=f"sweep {grid}")
     written = errors = 0
     try:
         for job in todo:
-            if args.time_budget is not None and time.perf_counter() - t_start > args.time_budget:
-                print(f"\ntime budget of {args.time_budget:.0f}s reached after {written} rows; rerun the same "
+            if time_budget is not None and time.perf_counter() - t_start > time_budget:
+                print(f"\ntime budget of {time_budget:.0f}s reached after {written} rows; rerun the same "
                       "command to resume", file=sys.stderr)
                 break
             bar.set_postfix_str(f"{job.backend}{'/' + job.strategy if job.strategy else ''} {job.cfg.label} "
@@ -416,10 +420,10 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
         bar.close()
         print(f"\ninterrupted: {written} rows written to {out}; rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return "interrupted"
     bar.close()
     print(f"wrote {written} rows ({errors} with errors) to {out}", file=sys.stderr)
-    return _finish(args, out)
+    return "done"
 
 
 def _finish(args, out) -> int:

@@ -1,4 +1,4 @@
-"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory (issue 4).
+"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory.
 
     python -m experiments.tasks --smoke                  # CPU, under 10 minutes on 2 cores
     python -m experiments.tasks                          # full setting, meant for a GPU
@@ -25,7 +25,7 @@ Tasks (``T`` is the length that grows):
   per step (T = 64), or bilinearly upsampled to s x s (T = s^2) for longer sequences; classification from the
   last step; metric: accuracy on a fixed held-out 20 % split (chance 0.1).
 
-The picture the seed is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
+The picture the study is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
 at initialisation and after training, per model. The fused op does not expose the inner h_t, so this runs the
 model one step at a time with ``backend="reference"`` and retains the gradient of each h_t.
 
@@ -46,7 +46,6 @@ import datetime
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 import zlib
@@ -54,6 +53,8 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
+from .results import commit_of
 
 MODELS = ("rnn", "lstm", "usegate")
 MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM"}
@@ -89,10 +90,10 @@ class Setting:
     gradnorm_batch: int = 64
 
 
-# The smoke grid was sized on 2 CPU cores (reference backend, one process per core): about 4 minutes. Its
-# lengths are where the contrast shows within a few hundred Adam steps at lr 1e-2 (measured here): the RNN
-# learns adding at T = 10 but not at T = 20; the LSTM learns T = 50 (~350 steps). At T = 100 no model left the
-# predict-the-mean plateau within 400 steps, so T = 100 is for the full setting.
+# The smoke grid fits a few minutes on 2 CPU cores (reference backend, one process per core). Its lengths are
+# where the contrast shows within a few hundred Adam steps at lr 1e-2: the RNN learns adding at T = 10 but not
+# at T = 20, the LSTM learns T = 50 (~350 steps); at T = 100 no model leaves the predict-the-mean plateau within
+# 400 steps, so T = 100 belongs to the full setting.
 SMOKE = Setting(
     name="smoke",
     lengths={"adding": (10, 20, 50), "copy": (10, 20), "digits": (64,)},
@@ -102,7 +103,7 @@ SMOKE = Setting(
     eval_every=50,
     eval_batch=256,
 )
-# Full setting, for a GPU (backend "auto" = the fused kernels); not run on this CPU-only machine.
+# Full setting, sized for a GPU (backend "auto" = the fused kernels).
 FULL = Setting(
     name="full",
     lengths={"adding": (10, 20, 50, 100, 200, 400, 750), "copy": (10, 20, 50, 100, 200), "digits": (64, 256)},
@@ -252,15 +253,17 @@ def _seq_len(task, T, s: Setting):
 class TaskData:
     """Training batches from a seeded stream and a fixed evaluation set, for one (task, T, seed)."""
 
-    def __init__(self, task: str, T: int, seed: int, s: Setting, device, dtype):
+    def __init__(self, task: str, T: int, seed: int, s: Setting, device, dtype, with_eval: bool = True):
         self.task, self.T, self.s, self.device, self.dtype = task, T, s, device, dtype
         self.gen = torch.Generator().manual_seed(_seed("data", task, T, seed))
-        eval_gen = torch.Generator().manual_seed(_seed("eval", task, T))
         if task == "digits":
             self.digits = Digits(T)
+        if not with_eval:  # batches only (the gradient-norm probe draws its own)
+            return
+        if task == "digits":
             self.eval = self._to(*self.digits.test_set())
         else:
-            self.eval = self._to(*self._make(s.eval_batch, eval_gen))
+            self.eval = self._to(*self._make(s.eval_batch, torch.Generator().manual_seed(_seed("eval", task, T))))
 
     def _make(self, batch, gen):
         if self.task == "adding":
@@ -370,10 +373,7 @@ def gradient_norms(model: SeqModel, job: Job, s: Setting, phase: str, device, dt
     rnn.backend = "reference"
     try:
         gen = torch.Generator().manual_seed(_seed("gradnorm", job.task, job.T, job.seed))
-        data = TaskData.__new__(TaskData)
-        data.task, data.T, data.s, data.device, data.dtype, data.gen = job.task, job.T, s, device, dtype, gen
-        if job.task == "digits":
-            data.digits = Digits(job.T)
+        data = TaskData(job.task, job.T, job.seed, s, device, dtype, with_eval=False)
         x, y = data._to(*data._make(s.gradnorm_batch, gen))
         model.eval()
         xe = model.embed(x) if model.embed is not None else x
@@ -402,15 +402,9 @@ def gradient_norms(model: SeqModel, job: Job, s: Setting, phase: str, device, dt
 
 # ------------------------------------------------------------------------------------------ provenance
 def provenance(device) -> dict:
-    """Columns that say where and how a row was produced."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout
-        commit += "-dirty" if dirty.strip() else ""
-    except Exception:  # noqa: BLE001 - no git: leave it empty
-        commit = ""
+    """Columns that say where and how a row was produced (the commit as ``results.commit_of`` reads it,
+    abbreviated; the date in UTC)."""
+    commit = commit_of(short=True)
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -419,8 +413,8 @@ def provenance(device) -> dict:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
-    return dict(commit=commit, torch=torch.__version__, date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-                cpu=cpu, device=dev)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return dict(commit=commit, torch=torch.__version__, date=date, cpu=cpu, device=dev)
 
 
 # ------------------------------------------------------------------------------------------------- CSV
@@ -440,9 +434,9 @@ def _append_csv(path, rows, columns):
         w.writerows(rows)
 
 
-def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> set:
-    """(model, task, T, seed) of jobs already complete in the CSVs (final step logged, and gradient norms when
-    that job records them)."""
+def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> dict[str, set]:
+    """The (model, task, T, seed) of jobs already in the CSVs: ``"finals"``, those whose final step is logged;
+    ``"grads"``, those whose trained gradient norms are (for the jobs that record them)."""
     finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(curves_csv)
               if r["setting"] == s.name and int(r["step"]) == s.steps[r["task"]]}
     grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(grad_csv)
@@ -505,11 +499,9 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
 
 
 def _progress(total, enabled):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and tqdm and total) else None
+    from tqdm import tqdm
+
+    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and total) else None
 
     def update(job, rows):
         if pbar is not None:
@@ -566,38 +558,48 @@ def plot(out: str) -> list[str]:
     hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
     sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM), "
            f"seeds {df['seed'].nunique()}, commit {df['commit'].iloc[-1]}")
-    paths = []
     models = [m for m in MODELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
-    for task in tasks:
-        d = df[df["task"] == task]
-        Ts = sorted(d["T"].unique())
-        fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
-        for c, T in enumerate(Ts):
-            for m in models:
-                g = d[(d["T"] == T) & (d["model"] == m)].groupby("step")
-                if not len(g):
-                    continue
-                for r, col in enumerate(("eval_loss", "eval_metric")):
-                    mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
-                    ax = axes[r, c]
-                    ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
-                    if d["seed"].nunique() > 1:
-                        ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
-            loss_ref, acc_ref = CHANCE[task]
-            axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
-            if acc_ref is not None:
-                axes[1, c].axhline(acc_ref, color="gray", ls="--", lw=0.8)
-            axes[0, c].set_title(f"{task}, T = {T}")
-            axes[0, c].set_yscale("log")
-            axes[1, c].set_ylim(-0.02, 1.02)
-            axes[1, c].set_xlabel("training step")
-        axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
-        axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
-        axes[0, 0].legend(fontsize=8)
-        paths.append(_save(fig, out, f"curves_{task}.png", f"{task}: learning curves\n{sub}"))
+    paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]
+    paths.append(_plot_final_vs_T(plt, df, tasks, models, out, sub))
+    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
+    if grows:
+        paths.append(_plot_gradnorm(plt, _frame(grows, keys_int=("T", "seed", "distance"),
+                                                keys_float=("grad_norm",)), models, out, sub))
+    return paths
 
-    # final score vs T
+
+def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
+    """curves_<task>.png: eval loss (top) and accuracy (bottom) against the training step, one column per T."""
+    Ts = sorted(d["T"].unique())
+    fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
+    for c, T in enumerate(Ts):
+        for m in models:
+            g = d[(d["T"] == T) & (d["model"] == m)].groupby("step")
+            if not len(g):
+                continue
+            for r, col in enumerate(("eval_loss", "eval_metric")):
+                mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
+                ax = axes[r, c]
+                ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
+                if d["seed"].nunique() > 1:
+                    ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
+        loss_ref, acc_ref = CHANCE[task]
+        axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
+        if acc_ref is not None:
+            axes[1, c].axhline(acc_ref, color="gray", ls="--", lw=0.8)
+        axes[0, c].set_title(f"{task}, T = {T}")
+        axes[0, c].set_yscale("log")
+        axes[1, c].set_ylim(-0.02, 1.02)
+        axes[1, c].set_xlabel("training step")
+    axes[0, 0].set_ylabel("eval loss" + (" (MSE)" if task == "adding" else " (cross-entropy)"))
+    axes[1, 0].set_ylabel("eval accuracy" + (f" (|err| < {ADDING_TOL})" if task == "adding" else ""))
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, out, f"curves_{task}.png", f"{task}: learning curves\n{sub}")
+
+
+def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
+    """final_vs_T.png: each run's accuracy at its last step against T, one panel per task."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
     for c, task in enumerate(tasks):
         d = df[df["task"] == task]
@@ -621,27 +623,25 @@ def plot(out: str) -> list[str]:
         ax.set_title(task)
         ax.set_ylabel("final eval accuracy")
     axes[0, 0].legend(fontsize=8)
-    paths.append(_save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}"))
+    return _save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}")
 
-    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
-    if grows:
-        g = _frame(grows, keys_int=("T", "seed", "distance"), keys_float=("grad_norm",))
-        phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
-        fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
-        for c, ph in enumerate(phases):
-            ax = axes[0, c]
-            for m in models:
-                d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
-                if len(d):
-                    ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
-            task, T = g["task"].iloc[0], int(g["T"].max())
-            ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
-            ax.set_xlabel("distance from the loss, T-1-t (steps)")
-        axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
-        axes[0, 0].legend(fontsize=8)
-        paths.append(_save(fig, out, "gradnorm.png",
-                           f"gradient reaching h_t from the loss at the last step\n{sub}"))
-    return paths
+
+def _plot_gradnorm(plt, g, models, out: str, sub: str) -> str:
+    """gradnorm.png: ||dL/dh_t|| against the distance from the loss, at initialisation and after training."""
+    phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
+    for c, ph in enumerate(phases):
+        ax = axes[0, c]
+        for m in models:
+            d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
+            if len(d):
+                ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
+        task, T = g["task"].iloc[0], int(g["T"].max())
+        ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
+        ax.set_xlabel("distance from the loss, T-1-t (steps)")
+    axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
+    axes[0, 0].legend(fontsize=8)
+    return _save(fig, out, "gradnorm.png", f"gradient reaching h_t from the loss at the last step\n{sub}")
 
 
 # -------------------------------------------------------------------------------------------------- CLI

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..kernels.lstm import STRATEGIES
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
 from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
 
 BACKENDS = ("auto", "triton", "reference")
-STRATEGIES = ("auto", "per_step", "persistent")
-# cells without a persistent kernel (RNN, use-gate LSTM) accept only these
+# every strategy, as the LSTM's kernels define them; cells without a persistent kernel (RNN, use-gate LSTM)
+# accept PER_STEP_STRATEGIES only. check_backend is the one place a module's arguments are validated.
 PER_STEP_STRATEGIES = ("auto", "per_step")
 
 
@@ -165,38 +166,63 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     def forward(self, input, hx=None):
         """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
         self._update_flat_weights()
-        name = type(self).__name__
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()
-        batch_sizes = sorted_indices = unsorted_indices = None
-        is_batched = True
+        x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, hx, packed, compiling)
+        h_all, c_all = self._initial_states(hx, x, check_input, batch_sizes, is_batched, packed,
+                                            input.sorted_indices if packed else None)
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+        # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
+        plan = autocast_plan("lstm" if self._has_cell else "rnn", x.device, x.dtype, packed=packed,
+                             proj=self.proj_size > 0)
+        weights_cast = plan.run if plan is not None else None
+        if weights_cast is not None:
+            x, h_all = x.to(weights_cast), h_all.to(weights_cast)
+            c_all = c_all.to(weights_cast) if c_all is not None else None
+
+        lengths = None
+        if lengths_cpu is not None and (compiling or bool((lengths_cpu != lengths_cpu[0]).any())):
+            lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
+
+        with torch.autocast(x.device.type, enabled=False) if plan is not None else nullcontext():
+            output, h_n, c_n, rows = self._run_layers(x, h_all, c_all, lengths, lengths_cpu, weights_cast,
+                                                      input.data.shape[0] if packed else None)
+        h_n = torch.stack(h_n)
+        hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
+        if plan is not None:
+            output, hidden = cast_outputs(plan, output, hidden)
+        return self._restore_layout(input, output, hidden, is_batched, compiling, rows, lengths_cpu, x.shape[0])
+
+    def _as_time_major(self, input, hx, packed: bool, compiling: bool):
+        """The input as a padded time-major (T, B, I) tensor. Returns (x, lengths on the CPU or None, the
+        tensor and batch_sizes torch's argument checks see, whether the input had a batch dimension)."""
         if packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
+            data, batch_sizes, sorted_indices, _ = input
             if compiling:  # no host read of batch_sizes (models/_packed.py); lengths on the data's device
                 B = batch_from_shapes(sorted_indices, hx, self._has_cell)
                 x, lengths_cpu = unpack_traceable(data, batch_sizes, B)
-                check_input, batch_sizes = (x.transpose(0, 1) if self.batch_first else x), None
-            else:
-                x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
-                check_input = data
-            max_batch = x.shape[1]
-        else:
-            if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-            x = input.transpose(0, 1) if self.batch_first else input
-            max_batch = x.shape[1]
-            lengths_cpu = None
-            check_input = input
+                return x, lengths_cpu, (x.transpose(0, 1) if self.batch_first else x), None, True
+            x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
+            return x, lengths_cpu, data, batch_sizes, True
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(0 if self.batch_first else 1)
+        x = input.transpose(0, 1) if self.batch_first else input
+        return x, None, input, None, is_batched
 
+    def _initial_states(self, hx, x, check_input, batch_sizes, is_batched: bool, packed: bool, sorted_indices):
+        """(h_0, c_0 or None) of every layer and direction, (L*D, B, ·): zeros without ``hx``, else ``hx``
+        checked as torch.nn checks it, unbatched states given their batch dimension, packed input's states
+        put in the sorted order."""
+        name = type(self).__name__
         if hx is None:
+            real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
             zeros = lambda n: torch.zeros(  # noqa: E731
-                self.num_layers * num_directions, max_batch, n, dtype=x.dtype, device=x.device
+                self.num_layers * (2 if self.bidirectional else 1), x.shape[1], n, dtype=x.dtype, device=x.device
             )
             hx = (zeros(real_hidden), zeros(self.hidden_size)) if self._has_cell else zeros(real_hidden)
             self._check_args(check_input, hx, batch_sizes)
@@ -222,62 +248,51 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                 hx = self.permute_hidden(hx, sorted_indices)
         h_all, c_all = (hx[0], hx[1]) if self._has_cell else (hx, None)
         self._check_state_tensors(x, [("h_0", h_all)] + ([("c_0", c_all)] if c_all is not None else []))
-        if x.shape[0] == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        return h_all, c_all
 
-        # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
-        plan = autocast_plan("lstm" if self._has_cell else "rnn", x.device, x.dtype, packed=packed,
-                             proj=self.proj_size > 0)
-        ac = plan is not None
-        weights_cast = plan.run if ac else None
-        if weights_cast is not None:
-            x, h_all = x.to(weights_cast), h_all.to(weights_cast)
-            c_all = c_all.to(weights_cast) if c_all is not None else None
+    def _run_layers(self, x, h_all, c_all, lengths, lengths_cpu, weights_cast, n_packed):
+        """Every layer and direction in turn, dropout between layers in training. ``n_packed``: the packed
+        input's row count (None when not packed). Returns (output (T, B, D*P), [h_n], [c_n], the packed rows
+        the dropout masks were drawn on, or None)."""
+        num_directions = 2 if self.bidirectional else 1
+        layer_in = x
+        h_n, c_n = [], []
+        rows = None
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(num_directions):
+                k = layer * num_directions + d
+                w = self._layer_weights(layer, d)
+                if weights_cast is not None:
+                    w = [p.to(weights_cast) for p in w]
+                else:
+                    self._check_weight_dtypes(layer, d, w, x.dtype)
+                xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
+                y, hn, cn = self._layer(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
+                outs.append(y if d == 0 else reverse_time(y, lengths))
+                h_n.append(hn)
+                c_n.append(cn)
+            layer_in = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                if n_packed is not None:  # on the packed rows, as nn does (same mask for the same seed)
+                    if rows is None:
+                        rows = packed_rows(lengths_cpu.to(x.device), x.shape[0], n_packed)
+                    layer_in = dropout_packed_rows(layer_in, rows, self.dropout)
+                else:
+                    layer_in = F.dropout(layer_in, p=self.dropout, training=True)
+        return layer_in, h_n, c_n, rows
 
-        lengths = None
-        if lengths_cpu is not None and (compiling or bool((lengths_cpu != lengths_cpu[0]).any())):
-            lengths = lengths_cpu.to(device=x.device, dtype=torch.int32)
-
-        with torch.autocast(x.device.type, enabled=False) if ac else nullcontext():
-            layer_in = x
-            h_n, c_n = [], []
-            rows = None
-            for layer in range(self.num_layers):
-                outs = []
-                for d in range(num_directions):
-                    k = layer * num_directions + d
-                    w = self._layer_weights(layer, d)
-                    if weights_cast is not None:
-                        w = [p.to(weights_cast) for p in w]
-                    else:
-                        self._check_weight_dtypes(layer, d, w, x.dtype)
-                    xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
-                    y, hn, cn = self._layer(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
-                    outs.append(y if d == 0 else reverse_time(y, lengths))
-                    h_n.append(hn)
-                    c_n.append(cn)
-                layer_in = outs[0] if num_directions == 1 else torch.cat(outs, dim=2)
-                if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                    if packed:  # on the packed rows, as nn does (same mask for the same seed)
-                        if rows is None:
-                            rows = packed_rows(lengths_cpu.to(x.device), x.shape[0], data.shape[0])
-                        layer_in = dropout_packed_rows(layer_in, rows, self.dropout)
-                    else:
-                        layer_in = F.dropout(layer_in, p=self.dropout, training=True)
-        output = layer_in
-        h_n = torch.stack(h_n)
-        hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
-        if ac:
-            output, hidden = cast_outputs(plan, output, hidden)
-
-        if packed:
+    def _restore_layout(self, input, output, hidden, is_batched: bool, compiling: bool, rows, lengths_cpu, T: int):
+        """The outputs in the input's layout: packed again (states back in the caller's batch order),
+        batch_first, or without the batch dimension."""
+        if isinstance(input, PackedSequence):
             if compiling:
-                rows = rows if rows is not None else packed_rows(lengths_cpu, x.shape[0], data.shape[0])
+                rows = rows if rows is not None else packed_rows(lengths_cpu, T, input.data.shape[0])
                 out_data = pack_rows(output, rows)
             else:
                 out_data = pack_padded_sequence(output, lengths_cpu, enforce_sorted=True).data
-            return (PackedSequence(out_data, input.batch_sizes, sorted_indices, unsorted_indices),
-                    self.permute_hidden(hidden, unsorted_indices))
+            return (PackedSequence(out_data, input.batch_sizes, input.sorted_indices, input.unsorted_indices),
+                    self.permute_hidden(hidden, input.unsorted_indices))
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:

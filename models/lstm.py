@@ -19,7 +19,7 @@ from ._cell import cell_forward
 from ._export import NoScript
 
 
-def lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
+def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
     """One LSTM layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh), (w_hr)].
     Returns y (T, B, P), h_n (B, P), c_n (B, H)."""
     w_ih, w_hh = weights[0], weights[1]
@@ -63,7 +63,7 @@ class LSTM(FusedRNNBase):
         super().__init__("LSTM", *args, backend=backend, strategy=strategy, **kwargs)
 
     def _layer(self, x, h0, c0, weights, lengths):
-        return lstm_layer(x, h0, c0, weights, lengths, has_bias=self.bias, proj=self.proj_size > 0,
+        return run_lstm_layer(x, h0, c0, weights, lengths, has_bias=self.bias, proj=self.proj_size > 0,
                           backend=self.backend, strategy=self.strategy)
 
 
@@ -83,7 +83,7 @@ class LSTMCell(NoScript, nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         def step(x, states, weights):
-            y, h, c = lstm_layer(x, states[0], states[1], weights, None, has_bias=self.bias, proj=False,
+            y, h, c = run_lstm_layer(x, states[0], states[1], weights, None, has_bias=self.bias, proj=False,
                                  backend=self.backend, strategy=self.strategy)
             return h, c
 

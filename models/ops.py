@@ -21,8 +21,10 @@ from torch import Tensor
 
 from ..kernels import lstm as _lstm
 from ..kernels import rnn as _rnn
+from ..kernels import usegate as _ug
 from ..kernels._common import acc_torch_dtype
 from ..kernels.reference import lstm_layer_ref, rnn_layer_ref
+from ..kernels.usegate import usegate_layer_ref
 
 _EMPTY = (0,)
 
@@ -222,3 +224,99 @@ def _rnn_backward(ctx, dy):
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup)
 rnn_layer_bwd.register_autograd(double_backward_error)
+
+
+# ------------------------------------------------------------------------------------------ use-gate LSTM
+@torch.library.custom_op("fusedrnn::usegate_layer", mutates_args=())
+def usegate_layer(
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    w_u: Tensor, b_u: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One use-gate LSTM layer, forward in time. x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H),
+    b_ih, b_hh (4H,) or None, w_u (H, H), b_u (H,) or None, lengths (B,) int32 or None.
+    Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H) (accumulator dtype), gates (T, B, 4H),
+    k_seq (T, B, H), u_seq (T, B, H) (empty tensors when ``store`` is False)."""
+    with _no_autocast(x):
+        y, c_n, c_seq, gates, k_seq, u_seq = _ug.usegate_layer_fwd(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store=store, strategy=strategy
+        )
+    return (y, c_n.to(x.dtype, copy=True), _or_empty(c_seq, c_n), _or_empty(gates, x), _or_empty(k_seq, x),
+            _or_empty(u_seq, x))
+
+
+@usegate_layer.register_fake
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
+    T, B, _ = x.shape
+    H = c0.shape[1]
+    acc = acc_torch_dtype(x.dtype)
+    y = x.new_empty(T, B, H)
+    c_n = x.new_empty(B, H)
+    if store:
+        return (y, c_n, x.new_empty(T, B, H, dtype=acc), x.new_empty(T, B, 4 * H), x.new_empty(T, B, H),
+                x.new_empty(T, B, H))
+    return (y, c_n, x.new_empty(_EMPTY, dtype=acc), x.new_empty(_EMPTY), x.new_empty(_EMPTY),
+            x.new_empty(_EMPTY))
+
+
+@torch.library.custom_op("fusedrnn::usegate_layer_bwd", mutates_args=())
+def usegate_layer_bwd(
+    dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
+    w_u: Tensor, c_seq: Tensor, gates: Tensor, k_seq: Tensor, u_seq: Tensor, lengths: Optional[Tensor],
+    has_bias: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``usegate_layer``: returns dx, dh0, dc0, dW_ih, dW_hh, db (the gradient of b_ih and of b_hh;
+    empty without bias), dW_u, db_u (empty without bias)."""
+    with _no_autocast(x):
+        dx, dh0, dw_ih, dw_hh, db, dc0, dw_u, db_u = _ug.usegate_layer_bwd(
+            dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths,
+            has_bias=has_bias, strategy=strategy,
+        )
+    return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), dw_u, _or_empty(db_u, x))
+
+
+@usegate_layer_bwd.register_fake
+def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_bias, strategy):
+    db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    db_u = x.new_empty(w_u.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), db, torch.empty_like(w_u), db_u)
+
+
+def _usegate_setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy = inputs
+    y, c_n, c_seq, gates, k_seq, u_seq = output
+    ctx.stored = bool(store)
+    if not store:
+        return
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u)
+    ctx.bias = (b_ih is not None, b_hh is not None, b_u is not None)
+    ctx.strategy = strategy
+
+
+def _usegate_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths):
+    y, _, c_n = usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+    return y, c_n
+
+
+def _usegate_backward(ctx, dy, dc_n, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: usegate_layer ran with store=False (no grad was needed) and cannot backprop")
+    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the reference math, differentiable (models/ops.py)
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+        grads = differentiable_vjp(_usegate_ref_outputs, inputs, ctx.needs_input_grad[:10], (dy, dc_n))
+        return (*grads[:9], None, None, None)
+    dy = torch.zeros_like(y) if dy is None else dy
+    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
+    has_ih, has_hh, has_u = ctx.bias
+    dx, dh0, dc0, dw_ih, dw_hh, db, dw_u, db_u = usegate_layer_bwd(
+        dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_ih or has_hh or has_u,
+        ctx.strategy,
+    )
+    db, db_u = _none_if_empty(db), _none_if_empty(db_u)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, dw_u,
+            db_u if has_u else None, None, None, None)
+
+
+usegate_layer.register_autograd(_usegate_backward, setup_context=_usegate_setup)
+usegate_layer_bwd.register_autograd(double_backward_error)

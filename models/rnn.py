@@ -17,7 +17,7 @@ def _check_nonlinearity(nonlinearity: str) -> str:
     return nonlinearity
 
 
-def rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, strategy):
+def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, strategy):
     """One RNN layer and direction through the chosen backend. Returns y (T, B, H), h_n (B, H), None."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
@@ -50,7 +50,7 @@ class RNN(FusedRNNBase):
         self.nonlinearity = nonlinearity
 
     def _layer(self, x, h0, c0, weights, lengths):
-        return rnn_layer(x, h0, weights, lengths, has_bias=self.bias, nonlinearity=self.nonlinearity,
+        return run_rnn_layer(x, h0, weights, lengths, has_bias=self.bias, nonlinearity=self.nonlinearity,
                          backend=self.backend, strategy=self.strategy)
 
 
@@ -68,7 +68,7 @@ class RNNCell(NoScript, nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         def step(x, states, weights):
-            y, h, _ = rnn_layer(x, states[0], weights, None, has_bias=self.bias, nonlinearity=self.nonlinearity,
+            y, h, _ = run_rnn_layer(x, states[0], weights, None, has_bias=self.bias, nonlinearity=self.nonlinearity,
                                 backend=self.backend, strategy=self.strategy)
             return (h,)
 

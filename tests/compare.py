@@ -150,3 +150,20 @@ def compare_lowp(got: dict, want: dict, plain: dict, dtype, what: str = ""):
         err = rel_rms(got[k], want[k])
         bound = max(RELRMS_TOL[dtype], 1.5 * rel_rms(plain[k], want[k]))
         assert err <= bound, f"{what} {k}: rel RMS err {err:.3g} > {bound:.3g}"
+
+
+def check_lowp_against_oracle(cls, case: Case, dtype, what: str, seed: int = 12, **ours_kw):
+    """fp16/bf16: module class ``cls`` with backend="triton" (and ``ours_kw``, e.g. a strategy) in ``dtype``,
+    against the float64 reference on the same rounded weights and inputs, bounded as ``compare_lowp`` says
+    (the reference computed in ``dtype`` gives PyTorch's own error)."""
+    torch.manual_seed(seed)
+    kw = dict(**case.module_kwargs(True), device=DEVICE)
+    ours = cls(case.I, case.H, **kw, backend="triton", **ours_kw).to(dtype)
+    oracle = cls(case.I, case.H, **kw, dtype=torch.float64, backend="reference")
+    oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    plain = cls(case.I, case.H, **kw, backend="reference").to(dtype)
+    plain.load_state_dict(ours.state_dict())
+    x, hx = make_inputs(case, True, dtype)
+    got = run(ours, case, x, hx)
+    want = run(oracle, case, *recast(x, hx, torch.float64))
+    compare_lowp(got, want, run(plain, case, *recast(x, hx, dtype)), dtype, what)

@@ -47,15 +47,18 @@ def rand(*shape, dtype=torch.float64, device=DEVICE, scale=1.0, requires_grad=Fa
     return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
 
 
-def loss_of(outputs, weights_cache={}):
-    """A loss that depends on every output with distinct random weights (deterministic per shape)."""
+def loss_weights(i: int, shape: tuple) -> torch.Tensor:
+    """The fixed random weights ``loss_of`` gives its ``i``-th output of ``shape`` (the same on every call)."""
+    g = torch.Generator().manual_seed(1000 + i + 7 * len(shape) + int(math.prod(shape)))
+    return torch.randn(shape, generator=g, dtype=torch.float64)
+
+
+def loss_of(outputs):
+    """A loss that depends on every output with distinct random weights (deterministic per position and
+    shape), so that every gradient, the final states' included, is exercised."""
     total = 0.0
     for i, o in enumerate(outputs):
         if o is None:
             continue
-        key = (i, tuple(o.shape))
-        if key not in weights_cache:
-            g = torch.Generator().manual_seed(1000 + i + 7 * len(o.shape) + int(math.prod(o.shape)))
-            weights_cache[key] = torch.randn(o.shape, generator=g, dtype=torch.float64)
-        total = total + (o.double() * weights_cache[key].to(o.device)).sum()
+        total = total + (o.double() * loss_weights(i, tuple(o.shape)).to(o.device)).sum()
     return total

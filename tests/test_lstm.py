@@ -5,7 +5,7 @@ import torch
 
 from models import LSTM
 
-from .compare import Case, compare, compare_lowp, make_inputs, recast, run
+from .compare import Case, check_lowp_against_oracle, compare, make_inputs, run
 from .helpers import DEVICE, DTYPES
 
 CASES = [
@@ -78,19 +78,7 @@ LOWP_CASES = [Case("lowp_base", T=6, B=5), Case("lowp_2layers_bidir_packed", lay
 @pytest.mark.parametrize("case", LOWP_CASES, ids=lambda c: c.id)
 def test_half_precision_against_fp64_reference(case, dtype):
     """fp16/bf16 kernels against the float64 reference run on the same (rounded) weights and inputs."""
-    dt = DTYPES[dtype]
-    torch.manual_seed(12)
-    ours = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="triton")
-    oracle = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, dtype=torch.float64,
-                  backend="reference")
-    ours.to(dt)
-    oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    plain = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="reference").to(dt)
-    plain.load_state_dict(ours.state_dict())
-    x, hx = make_inputs(case, True, dt)
-    got = run(ours, case, x, hx)
-    want = run(oracle, case, *recast(x, hx, torch.float64))
-    compare_lowp(got, want, run(plain, case, *recast(x, hx, dt)), dt, f"{case.id} {dtype}")
+    check_lowp_against_oracle(LSTM, case, DTYPES[dtype], f"{case.id} {dtype}")
 
 
 def test_reference_backend_matches_nn_lstm():
@@ -135,12 +123,26 @@ def test_dropout_between_layers_only_in_training():
     assert torch.allclose(ref(x)[0], y1, rtol=0, atol=1e-12)
 
 
-def test_triton_dropout_training_step_runs_and_differs_from_eval():
-    torch.manual_seed(4)
-    m = LSTM(3, 16, num_layers=2, dropout=0.6, dtype=torch.float64, backend="triton", device=DEVICE).train()
-    x = torch.randn(3, 2, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    y, (h, c) = m(x)
-    (y.sum() + c.sum()).backward()
-    assert torch.isfinite(x.grad).all()
+def test_triton_dropout_draws_the_twins_masks():
+    """Training-mode dropout between layers on the fused path: with the same seed it draws the same masks as
+    torch.nn.LSTM on CPU (on CUDA, where cuDNN draws its own, as our reference backend), so outputs, final
+    states and every gradient match; eval mode and another seed give other outputs."""
+    case = Case("dropout", T=3, B=2, I=3, H=16, layers=2, extra=dict(dropout=0.6))
+    kw = dict(**case.module_kwargs(True), dtype=torch.float64, device=DEVICE)
+    m = LSTM(case.I, case.H, backend="triton", **kw).train()
+    if DEVICE.type == "cpu":
+        twin = torch.nn.LSTM(case.I, case.H, **kw).train()
+    else:
+        twin = LSTM(case.I, case.H, backend="reference", **kw).train()
+    twin.load_state_dict(m.state_dict())
+    x, hx = make_inputs(case, True)
+
+    def seeded(module, seed=4):
+        torch.manual_seed(seed)
+        return run(module, case, x, hx)
+
+    got = seeded(m)
+    compare(got, seeded(twin), torch.float64, "dropout")
+    assert not torch.allclose(seeded(m, seed=5)["out"], got["out"])  # another mask
     m.eval()
-    assert not torch.allclose(m(x)[0], y)
+    assert not torch.allclose(m(x, hx)[0], got["out"])

@@ -17,7 +17,7 @@ from kernels import lstm as L
 from kernels import lstm_persistent as P
 from models import LSTM
 
-from .compare import Case, compare, compare_lowp, make_inputs, recast, run
+from .compare import Case, check_lowp_against_oracle, compare, make_inputs, run
 from .helpers import DEVICE, DTYPES, max_rel
 
 interpreter_only = pytest.mark.skipif(
@@ -131,20 +131,8 @@ def test_module_fp32_matches_nn_lstm():
 def test_module_half_precision_against_fp64_reference(dtype):
     """bf16 (cast to fp32 before tl.dot in the interpreter, triton#11584) and fp16 against the float64
     reference on the same rounded weights and inputs."""
-    dt = DTYPES[dtype]
-    case = Case("lowp", T=5, B=5, bidirectional=True)
-    torch.manual_seed(12)
-    ours = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="triton",
-                strategy="persistent").to(dt)
-    oracle = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, dtype=torch.float64,
-                  backend="reference")
-    oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    plain = LSTM(case.I, case.H, **case.module_kwargs(True), device=DEVICE, backend="reference").to(dt)
-    plain.load_state_dict(ours.state_dict())
-    x, hx = make_inputs(case, True, dt)
-    got = run(ours, case, x, hx)
-    want = run(oracle, case, *recast(x, hx, torch.float64))
-    compare_lowp(got, want, run(plain, case, *recast(x, hx, dt)), dt, f"persistent {dtype}")
+    check_lowp_against_oracle(LSTM, Case("lowp", T=5, B=5, bidirectional=True), DTYPES[dtype],
+                              f"persistent {dtype}", strategy="persistent")
 
 
 def test_proj_size_falls_back_to_per_step_with_logged_reason(caplog):

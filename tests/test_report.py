@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments import report
+from experiments import report, tasks_report
 from experiments.results import append_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +75,30 @@ def test_the_readme_block_is_the_generated_one():
     """README.md's headline block is what `python -m experiments.report results/headline.csv` generates (the
     placeholder while results/headline.csv does not exist)."""
     assert report.main([str(ROOT / "results" / "headline.csv"), "--check", str(ROOT / "README.md")]) == 0
+
+
+# ---------------------------------------------------------------------------------------------- tasks summary
+def test_the_readme_tasks_summary_is_the_generated_one():
+    """README.md's LSTM-vs-RNN figures are what `python -m experiments.tasks_report results/tasks_smoke`
+    generates from the committed CSVs."""
+    folder = ROOT / "results" / "tasks_smoke"
+    assert tasks_report.main([str(folder), "--check", str(ROOT / "README.md")]) == 0
+
+
+def test_tasks_summary_reads_the_last_step_and_the_gradient_ratio(tmp_path):
+    (tmp_path / "curves.csv").write_text(
+        "model,task,T,seed,step,eval_metric,setting,device,commit,torch,hidden,batch,lr,forget_bias\n"
+        + "".join(f"{m},adding,10,0,{step},{acc},smoke,cpu,abc1234,2.13.0,8,4,0.01,1.0\n"
+                  for m, step, acc in (("rnn", 100, 0.5), ("rnn", 50, 0.9), ("lstm", 100, 0.25))))
+    (tmp_path / "gradnorm.csv").write_text(
+        "model,task,T,seed,phase,distance,grad_norm\n"
+        "rnn,adding,10,0,init,0,2.0\nrnn,adding,10,0,init,9,1e-6\nrnn,adding,10,0,trained,9,5.0\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{tasks_report.BEGIN}\nold\n{tasks_report.END}\nb\n")
+    assert tasks_report.main([str(tmp_path), "--check", str(readme)]) == 1
+    assert tasks_report.main([str(tmp_path), "--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert "| adding | 10 | 0.50 | 0.25 |" in text  # the last step, not the best one
+    assert "RNN 5.0e-07." in text  # init phase only, far over near
+    assert text.startswith("a\n") and text.endswith("\nb\n")
+    assert tasks_report.main([str(tmp_path), "--check", str(readme)]) == 0

@@ -1,7 +1,7 @@
-"""UseGateLSTM (issue 4): the fused use-gate kernels (backend="triton"; the interpreter on CPU) against the
-float64 reference (``kernels.usegate.usegate_layer_ref``), which is itself checked against the issue's
-equations written out naively. Every output (y, h_n, c_n) and every gradient (all parameters, input, h0, c0)
-is compared with per-dtype tolerances (tests/helpers.py)."""
+"""UseGateLSTM: the fused use-gate kernels (backend="triton"; the interpreter on CPU) against the
+float64 reference (``kernels.usegate.usegate_layer_ref``), which is itself checked against the cell's
+equations written out naively (README, "LSTM vs RNN, and the use-gate LSTM"). Every output (y, h_n, c_n)
+and every gradient (all parameters, input, h0, c0) is compared with per-dtype tolerances (tests/helpers.py)."""
 from __future__ import annotations
 
 import warnings
@@ -9,134 +9,68 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from kernels.usegate import usegate_cell_ref, usegate_layer_ref
 from models import LSTM, UseGateLSTM, swap_rnns
-from models.usegate import usegate_layer_op
+from models.ops import usegate_layer
 
-from .helpers import DEVICE, DTYPES, assert_close, loss_of, rand
+from .compare import Case, compare, make_inputs, recast, run
+from .helpers import DEVICE, DTYPES, assert_close, rand
 
 
-def _make(dtype, backend, seed=0, **kw):
+def _make(case: Case, backend: str, seed=0) -> UseGateLSTM:
+    """A float64 UseGateLSTM for ``case`` with fresh random parameters (no exact zeros)."""
     torch.manual_seed(seed)
-    m = UseGateLSTM(kw.pop("I"), kw.pop("H"), dtype=torch.float64, device=DEVICE, backend=backend, **kw)
-    with torch.no_grad():  # fresh values, no exact zeros
+    m = UseGateLSTM(case.I, case.H, **case.module_kwargs(lstm=False), dtype=torch.float64, device=DEVICE,
+                    backend=backend)
+    with torch.no_grad():
         for p in m.parameters():
             p.copy_(rand(*p.shape, scale=0.4))
-    return m.to(dtype)
+    return m
 
 
-# id -> (module kwargs, input kind, T, B, with_state)
-CONFIGS = {
-    "B1-T3-H20-I7": (dict(I=7, H=20), "plain", 3, 1, True),
-    "B5-T1-H20-I7": (dict(I=7, H=20), "plain", 1, 5, True),
-    "B5-T4-H20-I7-noh0": (dict(I=7, H=20), "plain", 4, 5, False),
-    "B3-T3-H12-I5-L2": (dict(I=5, H=12, num_layers=2), "plain", 3, 3, True),
-    "B3-T3-H12-I5-bidir": (dict(I=5, H=12, bidirectional=True), "plain", 3, 3, True),
-    "B5-T3-H20-I7-batch_first": (dict(I=7, H=20, batch_first=True), "plain", 3, 5, True),
-    "B4-T4-H12-I5-packed_sorted-bidir": (dict(I=5, H=12, bidirectional=True), "packed_sorted", 4, 4, True),
-    "B5-T4-H20-I7-packed_unsorted": (dict(I=7, H=20), "packed_unsorted", 4, 5, True),
-    "T3-H20-I7-unbatched": (dict(I=7, H=20), "unbatched", 3, 1, True),
-    "B5-T3-H20-I7-nobias": (dict(I=7, H=20, bias=False), "plain", 3, 5, True),
-}
+CASES = [
+    Case("B1-T3-H20-I7", T=3, B=1),
+    Case("B5-T1-H20-I7", T=1, B=5),
+    Case("B5-T4-H20-I7-noh0", T=4, B=5, h0=False),
+    Case("B3-T3-H12-I5-L2", T=3, B=3, I=5, H=12, layers=2),
+    Case("B3-T3-H12-I5-bidir", T=3, B=3, I=5, H=12, bidirectional=True),
+    Case("B5-T3-H20-I7-batch_first", T=3, B=5, batch_first=True),
+    Case("B4-T4-H12-I5-packed_sorted-bidir", T=4, B=4, I=5, H=12, bidirectional=True, packed="sorted"),
+    Case("B5-T4-H20-I7-packed_unsorted", T=4, B=5, packed="unsorted"),
+    Case("T3-H20-I7-unbatched", T=3, unbatched=True),
+    Case("B5-T3-H20-I7-nobias", T=3, B=5, bias=False),
+]
+BY_ID = {c.id: c for c in CASES}
 
 
-def _inputs(m, kind, T, B, with_state, dtype):
-    """(input, hx, leaves): fresh random input (and state); ``leaves`` are the tensors whose gradients are
-    compared."""
-    dirs = 2 if m.bidirectional else 1
-    I, H, L = m.input_size, m.hidden_size, m.num_layers
-    x = rand(T, B, I, dtype=dtype, requires_grad=True)
-    leaves = [x]
-    hx = None
-    if with_state:
-        shape = (L * dirs, B, H) if kind != "unbatched" else (L * dirs, H)
-        h0 = rand(*shape, dtype=dtype, requires_grad=True)
-        c0 = rand(*shape, dtype=dtype, requires_grad=True)
-        hx, leaves = (h0, c0), leaves + [h0, c0]
-    if kind == "unbatched":
-        return x[:, 0], hx, leaves
-    if kind == "plain":
-        return (x.transpose(0, 1) if m.batch_first else x), hx, leaves
-    lengths = torch.tensor([T, T - 1, T - 1, 2, 1][:B]) if kind == "packed_sorted" else \
-        torch.tensor([2, T, 1, T - 1, 3][:B])
-    return pack_padded_sequence(x, lengths, enforce_sorted=kind == "packed_sorted"), hx, leaves
-
-
-def _outputs(out):
-    y, (h, c) = out
-    if isinstance(y, torch.nn.utils.rnn.PackedSequence):
-        y = y.data
-    return [y, h, c]
-
-
-def _run(m, inp, hx, leaves):
-    outs = _outputs(m(inp, hx))
-    params = list(m.parameters())
-    grads = torch.autograd.grad(loss_of(outs), leaves + params)
-    names = ["x", "h0", "c0"][: len(leaves)] + [n for n, _ in m.named_parameters()]
-    return outs, dict(zip(names, grads))
-
-
-def _compare(dtype, cfg, kind, T, B, with_state, seed=0):
-    torch.manual_seed(seed + 1)
-    fused = _make(torch.float64, "triton", seed, **dict(cfg))
-    inp64, hx64, leaves64 = _inputs(fused, kind, T, B, with_state, torch.float64)
-    # the low-precision run sees the rounded inputs and weights; the reference gets them back in fp64
-    fused = fused.to(dtype)
-    ref = _make(torch.float64, "reference", seed, **dict(cfg))
+def _compare(case: Case, dtype, seed=0):
+    """The fused module in ``dtype`` against the float64 reference on the same (rounded) weights and inputs:
+    outputs, final states and every gradient (tests/compare.py)."""
+    fused = _make(case, "triton", seed).to(dtype)
+    ref = _make(case, "reference", seed)
     ref.load_state_dict({k: v.double() for k, v in fused.state_dict().items()})
-
-    def cast(leaves, dt):
-        return [v.detach().to(dtype).to(dt).requires_grad_() for v in leaves]
-
-    lo_leaves, ref_leaves = cast(leaves64, dtype), cast(leaves64, torch.float64)
-    inp_lo, hx_lo, _ = _rebuild(fused, kind, T, B, lo_leaves, inp64)
-    inp_ref, hx_ref, _ = _rebuild(ref, kind, T, B, ref_leaves, inp64)
-    outs, grads = _run(fused, inp_lo, hx_lo, lo_leaves)
-    routs, rgrads = _run(ref, inp_ref, hx_ref, ref_leaves)
-    for what, a, b in zip(("y", "h_n", "c_n"), outs, routs):
-        assert a.dtype == dtype
-        assert_close(a, b, dtype, what)
-    assert set(grads) == set(rgrads)
-    for name in rgrads:
-        assert grads[name].dtype == dtype, name
-        assert_close(grads[name], rgrads[name], dtype, f"grad {name}")
+    x, hx = make_inputs(case, True, dtype, seed=seed + 1)
+    got = run(fused, case, x, hx)
+    for name, v in got.items():
+        assert v.dtype == dtype, f"{case.id} {name}: dtype {v.dtype}, expected {dtype}"
+    compare(got, run(ref, case, *recast(x, hx, torch.float64)), dtype, case.id)
 
 
-def _rebuild(m, kind, T, B, leaves, like):
-    """The same input structure as ``_inputs`` around new leaves (for a second module)."""
-    x = leaves[0]
-    hx = (leaves[1], leaves[2]) if len(leaves) == 3 else None
-    if kind == "unbatched":
-        return x[:, 0], hx, leaves
-    if kind == "plain":
-        return (x.transpose(0, 1) if m.batch_first else x), hx, leaves
-    # the same lengths as the original PackedSequence
-    from torch.nn.utils.rnn import pad_packed_sequence
-
-    _, lengths = pad_packed_sequence(like)
-    lengths = lengths[like.unsorted_indices] if like.unsorted_indices is not None else lengths
-    return pack_padded_sequence(x, lengths, enforce_sorted=kind == "packed_sorted"), hx, leaves
-
-
-@pytest.mark.parametrize("cfg_id", list(CONFIGS))
-def test_fp64_matches_reference(cfg_id):
-    cfg, kind, T, B, with_state = CONFIGS[cfg_id]
-    _compare(torch.float64, cfg, kind, T, B, with_state)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_fp64_matches_reference(case):
+    _compare(case, torch.float64)
 
 
 @pytest.mark.parametrize("dtype_name", ["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("cfg_id", ["B5-T4-H20-I7-noh0", "B4-T4-H12-I5-packed_sorted-bidir"])
 def test_low_precision_matches_reference(cfg_id, dtype_name):
-    cfg, kind, T, B, with_state = CONFIGS[cfg_id]
-    _compare(DTYPES[dtype_name], cfg, kind, T, B, with_state, seed=3)
+    _compare(BY_ID[cfg_id], DTYPES[dtype_name], seed=3)
 
 
 # ---------------------------------------------------------------------------------------------- oracle
 def _naive(x, h, c, W, b, W_u, b_u):
-    """The issue's equations with [STM_{t-1}, E_t] concatenated; W (4H, H + I) rows N, i, f, V."""
+    """The cell's equations (STM/LTM notation) with [STM_{t-1}, E_t] concatenated; W (4H, H + I) rows N, i, f, V."""
     H = h.shape[1]
     ys = []
     for t in range(x.shape[0]):
@@ -154,7 +88,7 @@ def _naive(x, h, c, W, b, W_u, b_u):
     return torch.stack(ys), h, c
 
 
-def test_reference_is_the_issue_cell():
+def test_reference_is_the_stm_ltm_cell():
     T, B, I, H = 5, 3, 4, 6
     x, h0, c0 = rand(T, B, I), rand(B, H), rand(B, H)
     w_ih, w_hh, b_ih, b_hh = rand(4 * H, I), rand(4 * H, H), rand(4 * H), rand(4 * H)
@@ -181,7 +115,7 @@ def test_gradcheck_triton_fp64():
     args = _op_args(lengths=torch.tensor([2, 1], dtype=torch.int32, device=DEVICE))
 
     def f(*a):
-        y, c_n, *_ = usegate_layer_op(*a, True, "auto")
+        y, c_n, *_ = usegate_layer(*a, True, "auto")
         return y, c_n
 
     assert torch.autograd.gradcheck(f, args, fast_mode=True, atol=1e-8, rtol=1e-6)
@@ -189,10 +123,10 @@ def test_gradcheck_triton_fp64():
 
 def test_opcheck():
     args = _op_args(requires_grad=True)
-    torch.library.opcheck(usegate_layer_op, args + (True, "auto"),
+    torch.library.opcheck(usegate_layer, args + (True, "auto"),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     no_grad = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
-    torch.library.opcheck(usegate_layer_op, no_grad + (False, "auto"), test_utils=("test_faketensor",))
+    torch.library.opcheck(usegate_layer, no_grad + (False, "auto"), test_utils=("test_faketensor",))
 
 
 def test_gradgradcheck_triton_fp64():
@@ -200,19 +134,36 @@ def test_gradgradcheck_triton_fp64():
     args = _op_args(T=2, B=2, I=2, H=3, lengths=torch.tensor([2, 1], dtype=torch.int32, device=DEVICE))
 
     def f(*a):
-        y, c_n, *_ = usegate_layer_op(*a, True, "auto")
+        y, c_n, *_ = usegate_layer(*a, True, "auto")
         return y, c_n
 
     assert torch.autograd.gradgradcheck(f, args, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
 
 
-def test_no_grad_stores_nothing_and_matches():
-    m = _make(torch.float64, "triton", I=3, H=4)
+def test_no_grad_stores_nothing_and_matches(monkeypatch):
+    """Without grad the module runs the op with store=False, which returns empty tensors where backward's
+    saved state would be; with grad the same call keeps them, and the outputs are the same."""
+    import models.usegate as mu
+
+    stored = []
+    op = usegate_layer
+
+    def recording(*args):
+        out = op(*args)
+        stored.append([t.numel() for t in out[2:]])  # c_seq, gates, k_seq, u_seq
+        return out
+
+    monkeypatch.setattr(mu, "usegate_layer", recording)
+    case = Case("nograd", T=3, B=2, I=3, H=4)
+    m = _make(case, "triton")
     x = rand(3, 2, 3)
     with torch.no_grad():
         y, (h, c) = m(x)
-    ref = _make(torch.float64, "reference", I=3, H=4)
-    ry, (rh, rc) = ref(x)
+    assert stored == [[0, 0, 0, 0]]
+    y1, (h1, c1) = m(x)
+    assert len(stored) == 2 and all(n > 0 for n in stored[1])
+    assert y1.requires_grad and torch.equal(y, y1.detach()) and torch.equal(c, c1.detach())
+    ry, (rh, rc) = _make(case, "reference")(x)
     for a, b in ((y, ry), (h, rh), (c, rc)):
         assert_close(a, b, torch.float64)
 
@@ -262,7 +213,7 @@ def test_swap_rnns_leaves_usegate_alone():
 
 
 def test_pickle_roundtrip(tmp_path):
-    m = _make(torch.float64, "reference", I=3, H=4, num_layers=2)
+    m = _make(Case("pickle", I=3, H=4, layers=2), "reference")
     torch.save(m, tmp_path / "m.pt")
     m2 = torch.load(tmp_path / "m.pt", weights_only=False)
     x = rand(3, 2, 3)
