@@ -55,12 +55,14 @@ the generated code a lot (vectorized loads and wgmma vs. scalar loads and mma), 
 ``aligned`` (every pointer and integer argument divisible by 16) and ``unaligned`` (none).
 
 Registry: every module ``kernels/<name>.py`` whose source defines ``COMPILE_CHECK`` is imported, and its
-``COMPILE_CHECK`` (a list, or a function returning one) lists dicts::
+``COMPILE_CHECK`` (a list, or a function returning one) lists dicts. A per-step kernel declares its entry once,
+with ``@_common.step_kernel(configs=..., args=..., optional=..., heaviest=...)`` on its ``@triton.jit``, and
+its module sets ``COMPILE_CHECK = step_kernel_checks(__name__)``; other kernels write the dicts::
 
     dict(
-        kernel=_lstm_fwd_step,               # the @triton.jit function
-        configs=FWD_CONFIGS,                 # TileConfig or triton.Config entries
-        args={"xp": "x", "c_out": "acc", "lengths": "*i32"},  # pointer args: "x" = the input dtype,
+        kernel=_lstm_fwd_persistent,         # the @triton.jit function
+        configs=configs,                     # TileConfig or triton.Config entries
+        args={"xp": "x", "cbuf": "acc", "lengths": "*i32"},  # pointer args: "x" = the input dtype,
                                              # "acc" = the accumulator dtype, or a triton type string;
                                              # unlisted non-constexpr args are "i32" scalars
         constexprs=dict(HAS_LENGTHS=True),   # heaviest variant; PRECISION, ACC and the BLOCK_* sizes
