@@ -1,8 +1,8 @@
 """Persistent whole-sequence LSTM kernels: one launch per layer and direction, W_hh held on chip across steps.
 
-# B batch, T steps, H hidden, H_PAD = next power of two >= H (constexpr BLOCK_K), U hidden units per program
-# (constexpr BLOCK_H), BB batch tile (BLOCK_B), S K slices of each dot (SPLIT_K, one per warp), KS = H_PAD / S,
-# P number of programs = cdiv(H, U).
+Dimensions: B batch, T steps, H hidden, H_PAD = next power of two >= H (constexpr BLOCK_K), U hidden units per
+program (constexpr BLOCK_H), BB batch tile (BLOCK_B), S K slices of each dot (SPLIT_K, one per warp),
+KS = H_PAD / S, P number of programs = cdiv(H, U).
 
 Why: at small batch a per-step kernel is bound by reading W_hh (4H x H) from L2 once per step plus the gaps
 between launches. Here each program loads its slice of W_hh once, before the time loop, and keeps it on chip
@@ -79,7 +79,6 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    DTYPE_GROUPS,  # noqa: F401  (re-exported for tests)
     acc_tl_dtype,
     acc_torch_dtype,
     cast_dot_inputs,
@@ -326,7 +325,8 @@ def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, B
 
 
 @triton.jit
-def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, alive, o_j, m_j,
+def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in,
+              alive, o_j, m_j,
               HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
               BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
     """One backward step of one batch tile: dh = dy[t] + dz_{t+1} @ W_hh[:, units] (split-K, after the first
@@ -368,7 +368,7 @@ def _lstm_bwd_persistent(
     w,  # (4H, H) W_hh
     gates,  # (T, B, 4H) i, f, g, o
     c_seq,  # (T, B, H) c_t, accumulator dtype
-    c0,  # (B, H) accumulator dtype
+    c0,  # (B, H) c0, input dtype
     dcbuf,  # (2, B, H) accumulator dtype; slot 0 = dc_n on entry, dc_0 in slot T % 2 on exit
     dz,  # (T, B, 4H) output dz_t
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
@@ -421,7 +421,7 @@ def _lstm_bwd_persistent(
 # Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
 # for sm_90a and sm_80 (aligned) with 0 spills; only listed entries ever run on a GPU.
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PersistentConfig:
     """One persistent launch shape. Both kernels split their dot's reduction axis into ``split(kind)`` slices,
     one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile."""
@@ -448,20 +448,26 @@ class PersistentConfig:
         return triton.Config(self.meta(kind), num_warps=self.warps(kind), num_stages=1)
 
 
-def _cfgs(spec):
-    return [PersistentConfig(*c) for c in spec]
-
-
-# (H_PAD, UNITS, BLOCK_B, forward warps, backward warps), per H_PAD in order of preference (fewest units per
-# program first). ``pick_config`` takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs
-# (H100/H200: 132; A100: 108, where H in (864, 1024] has no config: it would need 16 units per program).
-# Smaller H runs in the H_PAD = 128 tile, masked. Triton keeps the loop-invariant W slice in shared memory (one
-# local_alloc hoisted out of the time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
+# Per dtype group, in order of preference within each H_PAD (fewest units per program first). ``pick_config``
+# takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
+# where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
+# tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
+# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
 CONFIGS = {
-    "16bit": _cfgs([(1024, 8, 16, 16, 16), (512, 4, 16, 16, 8), (512, 8, 16, 16, 8), (256, 4, 16, 4, 8),
-                    (128, 4, 16, 4, 4)]),
-    "fp32": _cfgs([(512, 4, 16, 8, 16), (512, 8, 16, 8, 8), (256, 4, 16, 8, 8), (128, 4, 16, 4, 4)]),
-    "fp64": _cfgs([(128, 4, 16, 8, 8)]),
+    "16bit": [
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    "fp32": [
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
 
 
@@ -484,7 +490,8 @@ def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentCo
     small batch tile (the interpreter allows tl.dot with M < 16) so that B = 5 runs the batch-tile loop;
     ``split`` K slices in both kernels (the interpreter allows slices shallower than 16)."""
     h_pad = max(16, triton.next_power_of_2(H))
-    return PersistentConfig(h_pad, h_pad, block_b, 4, 4, split, split)
+    return PersistentConfig(H_PAD=h_pad, UNITS=h_pad, BLOCK_B=block_b, fwd_warps=4, bwd_warps=4, fwd_split=split,
+                            bwd_split=split)
 
 
 def pick_config(dtype: torch.dtype, H: int, sm_count: int):
@@ -708,8 +715,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
     flag = error_flag(xp.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates if store else hbuf,
-                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
+    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
                 PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
@@ -742,8 +748,8 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
     flag = error_flag(dy.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz,
-                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
+    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
+                counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
                 PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
