@@ -783,7 +783,7 @@ def fallback(strategy: str, err: Fallback) -> None:
 COMPILE_CHECK = compile_check_entries(
     _lstm_fwd_persistent, _triton_configs("fwd"),
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False), aligns=("aligned",),
+    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False), aligns=("aligned",),
 ) + compile_check_entries(
     _lstm_fwd_persistent, _triton_configs("fwd"),
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
