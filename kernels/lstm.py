@@ -226,10 +226,9 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
 STRATEGIES = ("auto", "per_step", "persistent")
 
 
-def _check_strategy(strategy: str) -> str:
+def _check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    return strategy
 
 
 def _persistent_plan(strategy, x, H, B, has_proj, kind):
@@ -299,7 +298,7 @@ def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, 
         try:
             return _persistent.lstm_fwd_persistent(xp, w_hh, h0, c0, lengths, store=store, cfg=cfg)
         except _persistent.Fallback as e:
-            _persistent.fallback(strategy, e)
+            _persistent.log_fallback(strategy, e)
     return _graphs.run(
         "lstm_fwd",
         lambda *a: _fwd_loop(*a, store),
@@ -357,7 +356,7 @@ def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, l
         try:
             return _persistent.lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths, cfg=cfg)
         except _persistent.Fallback as e:
-            _persistent.fallback(strategy, e)
+            _persistent.log_fallback(strategy, e)
     return _graphs.run(
         "lstm_bwd",
         _bwd_loop,

@@ -270,7 +270,7 @@ def _lstm_fwd_persistent(
         slot_prev = tl.cast(t % NSLOT, tl.int64)
         slot_next = tl.cast((t + 1) % NSLOT, tl.int64)
         # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
-        # barrier, or loading it there, spilled at H_PAD 1024)
+        # barrier, or loading it there, spills at H_PAD 1024)
         c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
         alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o,
                           x_i, x_f, x_g, x_o, c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION,
@@ -404,7 +404,7 @@ def _lstm_bwd_persistent(
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
         # One plain loop over the batch tiles. Its step inputs are loaded after the barrier, beside the dz gather
-        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spilled at H_PAD 1024.
+        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spills at H_PAD 1024.
         for b0 in range(0, B, BLOCK_B):
             o_b = b0 + o_b0
             dc_in = tl.load(dcbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
@@ -478,10 +478,10 @@ def _triton_configs(kind):
 # ----------------------------------------------------------------------------------------------
 # Planning: which config, or why not (then per_step)
 # ----------------------------------------------------------------------------------------------
-# "auto" picks persistent only up to this batch, per pass. Static model, not yet measured on a GPU (see
-# docs/PERFORMANCE.md): a persistent program walks the batch serially in BLOCK_B = 16-row tiles while per_step
-# spreads the batch over its grid, so beyond one tile per_step is predicted faster in both passes. Replace these
-# with measured crossovers once a GPU has timed both strategies per pass.
+# "auto" picks persistent only up to this batch, per pass. The values come from a static model
+# (docs/PERFORMANCE.md), not from timings: a persistent program walks the batch serially in BLOCK_B = 16-row
+# tiles while per_step spreads the batch over its grid, so beyond one tile per_step is predicted faster in both
+# passes. Measured crossovers per pass, once a GPU has timed both strategies, replace these.
 AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
 
 
@@ -772,7 +772,8 @@ def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: 
     return cfg
 
 
-def fallback(strategy: str, err: Fallback) -> None:
+def log_fallback(strategy: str, err: Fallback) -> None:
+    """Log at DEBUG level why a launch planned as persistent runs per_step (the caller then runs it)."""
     log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", strategy, err)
 
 

@@ -65,7 +65,7 @@ from ._common import (
     tile_offsets,
     weight_grads,
 )
-from .reference import _active, input_projection
+from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
 
 # Only configs that compile with 0 spills (no stack bytes) for sm_90a and sm_80, fp16/bf16/fp32/tf32/fp64,
 # aligned and unaligned, are listed (kernels/compile_check.py checks every entry; results/compile_table.csv).
@@ -93,59 +93,6 @@ BWD_CONFIGS = [
     TileConfig(B=64, H=32, K=32, warps=8, stages=2),
 ]
 BWD_USE_CONFIGS = [TileConfig(B=16, H=32, K=32, warps=4, stages=3), *BWD_CONFIGS[1:]]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference (pure torch, float64-capable, autograd does backward): the test oracle and the
-# backend="reference" path of models.UseGateLSTM.
-# ----------------------------------------------------------------------------------------------
-def usegate_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None):
-    """One use-gate LSTM step. x: (B, I); h, c: (B, H); w_ih (4H, I), w_hh (4H, H) with rows N, i, f, V;
-    w_u (H, H); biases (4H,) / (H,) or None. Returns (h', c')."""
-    z = x @ w_ih.t() + h @ w_hh.t()
-    for b in (b_ih, b_hh):
-        if b is not None:
-            z = z + b
-    return _usegate_pointwise(z, c, w_u, b_u)
-
-
-def _usegate_pointwise(z, c, w_u, b_u):
-    zn, zi, zf, zv = z.chunk(4, dim=1)
-    n, i, f, v = torch.tanh(zn), torch.sigmoid(zi), torch.sigmoid(zf), torch.sigmoid(zv)
-    k = f * c
-    a = k @ w_u.t()
-    if b_u is not None:
-        a = a + b_u
-    u = torch.tanh(a)
-    return u * v, k + n * i
-
-
-def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None):
-    """One use-gate LSTM layer, one direction (forward in time).
-
-    Args:
-        x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
-        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros).
-    Returns:
-        y (T, B, H), h_n (B, H), c_n (B, H).
-    """
-    if w_u is None:
-        raise TypeError("usegate_layer_ref: w_u (H, H) is required")
-    # unbind, not xp[t]: the backward of each xp[t] would allocate a zero tensor of xp's full size (O(T^2))
-    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)
-    h, c = h0, c0
-    ys = []
-    for t in range(x.shape[0]):
-        h_new, c_new = _usegate_pointwise(xs[t] + h @ w_hh.t(), c, w_u, b_u)
-        act = _active(lengths, t, x)
-        if act is None:
-            h, c = h_new, c_new
-            ys.append(h_new)
-        else:
-            h, c = torch.where(act, h_new, h), torch.where(act, c_new, c)
-            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
-    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
-    return y, h, c
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,10 +332,9 @@ def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengt
     )
 
 
-def _check_strategy(strategy: str) -> str:
+def _check_strategy(strategy: str) -> None:
     if strategy not in ("auto", "per_step"):
         raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
-    return "per_step"
 
 
 def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
@@ -421,7 +367,7 @@ def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True
         xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
         w_hh: (4H, H); w_u: (H, H); b_u: (H,) or None; h0, c0: (B, H); lengths: (B,) int32 or None.
         store: keep what backward needs (every c_t, gates, k_t, u_t); False under no_grad.
-        strategy: "auto" or "per_step" (the only one so far).
+        strategy: "auto" or "per_step" (the only strategy of this cell).
     Returns:
         y (T, B, H), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H) (accumulator dtype),
         gates (T, B, 4H), k_seq (T, B, H), u_seq (T, B, H) -- the last four None when not ``store``.
