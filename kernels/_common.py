@@ -1,4 +1,6 @@
-"""Pieces shared by every cell family: dtype rules, tile configs, activations, launch checks.
+"""Pieces shared by every cell family: dtype rules, argument checks, tile configs and the declaration of a
+per-step kernel (``step_kernel``: configs, autotuners, launch, compile-check entries), the weight-gradient
+GEMMs, and the @triton.jit helpers inlined into the kernels (activations, tile offsets, dots, the LSTM cell).
 
 Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, P projected hidden
 (P = H without proj_size), G gates per cell (LSTM 4, RNN 1).
@@ -94,6 +96,21 @@ def check_dtype(name: str, dtype: torch.dtype):
             f"{name}: dtype {dtype} is not supported by the triton backend "
             f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
         )
+
+
+PER_STEP_STRATEGIES = ("auto", "per_step")
+
+
+def check_strategy(strategy: str, allowed: tuple = PER_STEP_STRATEGIES) -> None:
+    """ValueError unless ``strategy`` is one of the ``allowed`` strategies of a cell's kernels."""
+    if strategy not in allowed:
+        raise ValueError(f"strategy must be one of {allowed}, got {strategy!r}")
+
+
+def check_steps(T: int) -> None:
+    """torch.nn's error for a sequence of no steps."""
+    if T < 1:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
 
 def rowmajor(t: torch.Tensor) -> torch.Tensor:

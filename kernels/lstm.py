@@ -25,23 +25,9 @@ import triton.language as tl
 from . import _graphs
 from . import lstm_persistent as _persistent
 from ._common import (
-    TileConfig,
-    acc_torch_dtype,
-    check_dtype,
-    check_tensor,
-    dot_precision,
-    dot_rows_split,
-    gate_products,
-    lstm_cell_bwd,
-    lstm_cell_fwd,
-    row_stride,
-    rowmajor,
-    step_kernel,
-    step_kernel_checks,
-    store_blocks,
-    tile_offsets,
-    wait_prior_step,
-    weight_grads,
+    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows_split,
+    gate_products, lstm_cell_bwd, lstm_cell_fwd, row_stride, rowmajor, step_kernel, step_kernel_checks, store_blocks,
+    tile_offsets, wait_prior_step, weight_grads,
 )
 from .reference import input_projection
 
@@ -226,11 +212,6 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
 STRATEGIES = ("auto", "per_step", "persistent")
 
 
-def _check_strategy(strategy: str) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-
-
 def _persistent_plan(strategy, x, H, B, has_proj, kind):
     """The persistent config for this layer, or None for per_step (kernels/lstm_persistent.py decides and
     logs why at DEBUG level on the "fusedrnn" logger)."""
@@ -276,11 +257,10 @@ def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, *, store=True, 
         y (T, B, P), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H), gates (T, B, 4H),
         r_seq (T, B, H) or None -- the last three None when not ``store``.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy, STRATEGIES)
     check_dtype("xp", xp.dtype)
     T, B, G4 = xp.shape
-    if T < 1:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_steps(T)
     H = G4 // 4
     P = w_hr.shape[0] if w_hr is not None else H
     dev, dt = xp.device, xp.dtype
@@ -347,7 +327,7 @@ def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, l
         dz (T, B, 4H) gate pre-activation gradients, dc0 (B, H) in the accumulator dtype, and dh_seq
         (T, B, P) the gradient of every h_t (only with proj_size, for dW_hr; else None).
     """
-    _check_strategy(strategy)
+    check_strategy(strategy, STRATEGIES)
     dy, w_hh, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(c0)
     dc_n = rowmajor(dc_n.to(acc_torch_dtype(dy.dtype)))
     T, B, _ = dy.shape

@@ -781,18 +781,18 @@ def log_fallback(strategy: str, err: Fallback) -> None:
 # heaviest constexpr variant (lengths, stored gates); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).
-COMPILE_CHECK = compile_check_entries(
-    _lstm_fwd_persistent, _triton_configs("fwd"),
+_FWD_CHECK = dict(
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False), aligns=("aligned",),
-) + compile_check_entries(
-    _lstm_fwd_persistent, _triton_configs("fwd"),
-    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True), aligns=("aligned",),
-    name="_lstm_fwd_persistent[data_sync]",
-) + compile_check_entries(
-    _lstm_bwd_persistent, _triton_configs("bwd"),
-    args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x", lengths="*i32",
-              counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, CAST_F32=False), aligns=("aligned",),
+    aligns=("aligned",),
 )
+COMPILE_CHECK = [
+    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
+                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
+    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
+                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
+                           name="_lstm_fwd_persistent[data_sync]"),
+    *compile_check_entries(_lstm_bwd_persistent, _triton_configs("bwd"), aligns=("aligned",),
+                           args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
+                                     lengths="*i32", counter="*i32", flag="*i32"),
+                           constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+]

@@ -16,20 +16,8 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig,
-    check_dtype,
-    check_tensor,
-    dot_precision,
-    dot_rows,
-    dot_rows_split,
-    row_stride,
-    rowmajor,
-    step_kernel,
-    step_kernel_checks,
-    tanh,
-    tile_offsets,
-    wait_prior_step,
-    weight_grads,
+    TileConfig, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows, dot_rows_split,
+    row_stride, rowmajor, step_kernel, step_kernel_checks, tanh, tile_offsets, wait_prior_step, weight_grads,
 )
 from .reference import input_projection
 
@@ -174,8 +162,7 @@ def rnn_bwd_step(dz_next, w_hh, dy_t, h_t, dz_t, nonlinearity="tanh", lengths=No
 def _check_args(nonlinearity, strategy):
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if strategy not in ("auto", "per_step"):
-        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
+    check_strategy(strategy)
 
 
 def _fwd_loop(xp, w_hh, h0, lengths, nonlinearity):
@@ -197,8 +184,7 @@ def rnn_fwd_sequence(xp, w_hh, h0, lengths=None, *, nonlinearity="tanh", strateg
     _check_args(nonlinearity, strategy)
     check_dtype("xp", xp.dtype)
     T, B, H = xp.shape
-    if T < 1:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_steps(T)
     check_tensor("w_hh", w_hh, (H, H), xp.dtype, xp.device)
     check_tensor("h0", h0, (B, H), xp.dtype, xp.device)
     if lengths is not None:

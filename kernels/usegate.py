@@ -48,21 +48,8 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig,
-    acc_torch_dtype,
-    check_dtype,
-    check_tensor,
-    dot_precision,
-    dot_rows,
-    gate_products,
-    row_stride,
-    rowmajor,
-    sigmoid,
-    step_kernel,
-    step_kernel_checks,
-    store_blocks,
-    tanh,
-    tile_offsets,
+    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows,
+    gate_products, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks, store_blocks, tanh, tile_offsets,
     weight_grads,
 )
 from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
@@ -332,11 +319,6 @@ def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengt
     )
 
 
-def _check_strategy(strategy: str) -> None:
-    if strategy not in ("auto", "per_step"):
-        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
-
-
 def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
     T, B, G4 = xp.shape
     H = G4 // 4
@@ -372,13 +354,12 @@ def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True
         y (T, B, H), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H) (accumulator dtype),
         gates (T, B, 4H), k_seq (T, B, H), u_seq (T, B, H) -- the last four None when not ``store``.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     check_dtype("xp", xp.dtype)
     if xp.dim() != 3 or xp.shape[2] % 4 != 0:
         raise RuntimeError(f"xp: expected shape (T, B, 4H), got {tuple(xp.shape)}")
     T, B, G4 = xp.shape
-    if T < 1:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_steps(T)
     H = G4 // 4
     dev, dt = xp.device, xp.dtype
     check_tensor("w_hh", w_hh, (G4, H), dt, dev)
@@ -427,7 +408,7 @@ def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=N
         dz (T, B, 4H) gate pre-activation gradients, dzu (T, B, H) the gradient of the use gate's
         pre-activation, dc0 (B, H) in the accumulator dtype.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     T, B, H = dy.shape
     dt, dev = dy.dtype, dy.device
     check_dtype("dy", dt)
