@@ -1,4 +1,6 @@
-"""Pieces shared by every cell family: dtype rules, tile configs, activations, launch checks.
+"""Pieces shared by every cell family: dtype rules, argument checks, tile configs and the declaration of a
+per-step kernel (``step_kernel``: configs, autotuners, launch, compile-check entries), the weight-gradient
+GEMMs, and the @triton.jit helpers inlined into the kernels (activations, tile offsets, dots, the LSTM cell).
 
 Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, P projected hidden
 (P = H without proj_size), G gates per cell (LSTM 4, RNN 1).
@@ -6,6 +8,7 @@ Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -95,33 +98,52 @@ def check_dtype(name: str, dtype: torch.dtype):
         )
 
 
+PER_STEP_STRATEGIES = ("auto", "per_step")
+
+
+def check_strategy(strategy: str, allowed: tuple = PER_STEP_STRATEGIES) -> None:
+    """ValueError unless ``strategy`` is one of the ``allowed`` strategies of a cell's kernels."""
+    if strategy not in allowed:
+        raise ValueError(f"strategy must be one of {allowed}, got {strategy!r}")
+
+
+def check_steps(T: int) -> None:
+    """torch.nn's error for a sequence of no steps."""
+    if T < 1:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+
 def rowmajor(t: torch.Tensor) -> torch.Tensor:
     """Kernels take a row stride and assume unit stride along the last dimension."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
-# Tile configs. One list per kernel kind; the compile check (kernels/compile_check.py) compiles
-# every entry for sm_90a and sm_80 and asserts 0 spills, so only entries listed here may run.
+# Tile configs and the declaration of a per-step kernel. The compile check (kernels/compile_check.py)
+# compiles every config of every declared kernel for sm_90a and sm_80 and requires 0 spills, so only
+# configs listed in a declaration ever run.
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TileConfig:
-    BLOCK_B: int
-    BLOCK_H: int
-    BLOCK_K: int
-    num_warps: int
-    num_stages: int
+    """One config of a per-step kernel: a program computes a tile of ``B`` batch rows by ``H`` hidden units
+    (constexprs BLOCK_B, BLOCK_H), stepping ``K`` deep through its dots (BLOCK_K), on ``warps`` warps with
+    ``stages`` software-pipeline stages."""
+    B: int
+    H: int
+    K: int
+    warps: int
+    stages: int
+
+    def meta(self) -> dict:
+        """The tile constexprs."""
+        return {"BLOCK_B": self.B, "BLOCK_H": self.H, "BLOCK_K": self.K}
 
     def as_triton(self) -> triton.Config:
-        return triton.Config(
-            {"BLOCK_B": self.BLOCK_B, "BLOCK_H": self.BLOCK_H, "BLOCK_K": self.BLOCK_K},
-            num_warps=self.num_warps,
-            num_stages=self.num_stages,
-        )
+        return triton.Config(self.meta(), num_warps=self.warps, num_stages=self.stages)
 
 
 # The interpreter's config: smallest legal tl.dot tiles (>= 16), so masks and K loops get exercised.
-INTERPRETER_CONFIG = TileConfig(16, 16, 16, 4, 1)
+INTERPRETER_CONFIG = TileConfig(B=16, H=16, K=16, warps=4, stages=1)
 
 
 def prune_by_batch(configs, named_args, **kwargs):
@@ -147,28 +169,13 @@ def dtype_group(dtype: torch.dtype) -> str:
 
 
 def per_group(configs) -> dict:
-    """Normalize a config spec to {group: [TileConfig]}: a plain list applies to every group."""
+    """Normalize a config spec to {group: [config]}: a plain list applies to every group."""
     if isinstance(configs, dict):
         missing = set(DTYPE_GROUPS) - set(configs)
         if missing:
             raise ValueError(f"config lists missing for dtype groups {sorted(missing)}")
         return {g: list(configs[g]) for g in DTYPE_GROUPS}
     return {g: list(configs) for g in DTYPE_GROUPS}
-
-
-def autotuned(kernel, configs, key=("B", "H", "K")):
-    """Autotuned twins of a step kernel, one per dtype group, keyed on the sizes but never on T or t.
-    ``configs``: a list of TileConfig (every dtype) or a dict {group: list} (see ``DTYPE_GROUPS``). ``key``:
-    the arguments whose values select a tuning; add a constexpr that changes the work (a backward step's
-    HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the cheap variant."""
-    return {
-        g: triton.autotune(
-            configs=[c.as_triton() for c in cfgs],
-            key=list(key),
-            prune_configs_by={"early_config_prune": prune_by_batch},
-        )(kernel)
-        for g, cfgs in per_group(configs).items()
-    }
 
 
 def pdl_enabled(device: torch.device) -> bool:
@@ -179,22 +186,125 @@ def pdl_enabled(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
-def launch(kernel, tuned, grid_fn, **kwargs):
-    """Launch with the fixed interpreter config, or on a GPU through the autotuner of the dtype group of
-    the weight argument ``w`` (every step kernel has one); with ``FUSEDRNN_AUTOTUNE=0`` in the environment,
-    with that group's first config instead (no benchmarking: faster test runs). A kernel called with
-    ``PDL=True`` is launched with ``launch_pdl=True`` (see ``pdl_enabled``)."""
-    extra = {"launch_pdl": True} if kwargs.get("PDL") else {}
-    if interpreting():
-        _interpreter_numpy_checked()
-        c = INTERPRETER_CONFIG
-        meta = {"BLOCK_B": c.BLOCK_B, "BLOCK_H": c.BLOCK_H, "BLOCK_K": c.BLOCK_K}
-        kernel[grid_fn(meta)](**kwargs, **meta, num_warps=c.num_warps, num_stages=c.num_stages)
-    elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
-        c = fixed_config(tuned[dtype_group(kwargs["w"].dtype)], kwargs)
-        kernel[grid_fn(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages, **extra)
-    else:
-        tuned[dtype_group(kwargs["w"].dtype)][grid_fn](**kwargs, **extra)
+def fixed_config(autotuner, kwargs) -> triton.Config:
+    """The config used without autotuning (``FUSEDRNN_AUTOTUNE=0``, e.g. a quick GPU test run): the first of
+    the autotuner's list that survives the batch pruning (every entry is compile-checked)."""
+    return prune_by_batch(list(autotuner.configs), {}, **kwargs)[0]
+
+
+def row_stride(t: torch.Tensor | None) -> int:
+    """The row stride of an optional (rows, cols) tensor; 0 when absent (the kernel does not read it)."""
+    return t.stride(0) if t is not None else 0
+
+
+def _given(arg: str):
+    return lambda args: args[arg] is not None
+
+
+# Constexprs every step launch derives from its weight argument ``w`` (dtype and device) and, for PDL, from
+# whether the previous launch in the stream is the same loop's previous step.
+_LAUNCH_META = ("CAST_F32", "PRECISION", "ACC", "PDL")
+_TILE_META = ("BLOCK_B", "BLOCK_H", "BLOCK_K")
+_STEP_KERNELS: list = []
+
+
+class StepKernel:
+    """A per-step kernel declared once, by ``@step_kernel(...)`` on its ``@triton.jit`` function: its configs,
+    autotune key, optional inputs and compile-check signature. The launcher (``launch``), the autotuners (one
+    per dtype group) and the compile check (``compile_check``) all read this declaration.
+
+    Every step kernel takes the weight ``w``, the sizes ``B``, ``H`` (the grid: unit tiles on axis 0, batch tiles
+    on axis 1) and ``K``, and the tile constexprs BLOCK_B, BLOCK_H, BLOCK_K. Its other constexprs are each
+    derived in exactly one way:
+
+    - CAST_F32, PRECISION, ACC (and PDL where the kernel has it) from ``w`` at launch;
+    - a flag of ``optional`` ({flag: argument}) is True when that argument is not None
+      (``triton.heuristics``); the absent tensor is passed as None and never read;
+    - any other constexpr is a launcher argument, and ``heaviest`` gives the value the compile check compiles.
+
+    A constexpr that is none of these is a TypeError at import. The compile check compiles the heaviest variant:
+    every optional input present, ``heaviest`` for the rest, CAST_F32 and PDL False (what runs on a GPU without
+    PDL). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
+    dtype, or a triton type ("*i32"); the other non-constexpr arguments are i32 scalars.
+    ``key``: the arguments whose values select a tuning; it must include a constexpr that changes the work
+    (a backward step's HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the
+    cheap variant. ``configs``: a list of TileConfig (every dtype) or {group: list} (``DTYPE_GROUPS``).
+    """
+
+    def __init__(self, fn, *, configs, args: dict, key=("B", "H", "K"), optional=None, heaviest=None):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.module = getattr(fn, "fn", fn).__module__
+        self.configs = per_group(configs)
+        self.args = dict(args)
+        self.key = tuple(key)
+        self.optional = dict(optional or {})
+        self.heaviest = dict(heaviest or {})
+        params = inspect.signature(getattr(fn, "fn", fn)).parameters  # GPU-decorated or interpreted
+        constexprs = {n for n, p in params.items() if "constexpr" in str(p.annotation)}
+        self.launch_meta = tuple(m for m in _LAUNCH_META if m in constexprs)
+        undeclared = constexprs - set(_TILE_META) - set(self.launch_meta) - set(self.optional) - set(self.heaviest)
+        unknown = ({a for a in self.optional.values() if a not in params}
+                   | {k for k in self.key if k not in params} | {a for a in self.args if a not in params})
+        if undeclared or unknown:
+            raise TypeError(f"{fn.__name__}: constexprs {sorted(undeclared)} are not declared (optional= or "
+                            f"heaviest=); unknown arguments {sorted(unknown)}")
+        flags = {flag: _given(arg) for flag, arg in self.optional.items()}
+        self.plain = triton.heuristics(flags)(fn)
+        self.autotuners = {
+            g: triton.autotune(configs=[c.as_triton() for c in cfgs], key=list(self.key),
+                               prune_configs_by={"early_config_prune": prune_by_batch})(fn)
+            for g, cfgs in self.configs.items()
+        }
+        # the heuristics wrap the autotuner, so the flags are set before it reads its key
+        self.tuned = {g: triton.heuristics(flags)(a) for g, a in self.autotuners.items()}
+        _STEP_KERNELS.append(self)
+
+    def launch(self, *, chained: bool = False, **kwargs):
+        """Launch on the (cdiv(H, BLOCK_H), cdiv(B, BLOCK_B)) grid with the fixed interpreter config, or on a
+        GPU through the autotuner of ``w``'s dtype group; with ``FUSEDRNN_AUTOTUNE=0`` in the environment, with
+        that group's first config that fits the batch instead (no benchmarking: faster test runs).
+        ``chained``: the previous launch in the stream is this loop's previous step, so programmatic dependent
+        launch may overlap with it (``pdl_enabled``, ``wait_prior_step``); a loop's first step never is."""
+        w = kwargs["w"]
+        meta = dict(CAST_F32=cast_dot_inputs(w.dtype), PRECISION=dot_precision(w.dtype, w.device),
+                    ACC=acc_tl_dtype(w.dtype), PDL=chained and pdl_enabled(w.device))
+        kwargs.update({m: meta[m] for m in self.launch_meta})
+        B, H = kwargs["B"], kwargs["H"]
+
+        def grid(m):
+            return triton.cdiv(H, m["BLOCK_H"]), triton.cdiv(B, m["BLOCK_B"])
+
+        extra = {"launch_pdl": True} if kwargs.get("PDL") else {}
+        if interpreting():
+            _interpreter_numpy_checked()
+            c = INTERPRETER_CONFIG
+            self.plain[grid(c.meta())](**kwargs, **c.meta(), num_warps=c.warps, num_stages=c.stages)
+        elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
+            c = fixed_config(self.autotuners[dtype_group(w.dtype)], kwargs)
+            self.plain[grid(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
+                                       **extra)
+        else:
+            self.tuned[dtype_group(w.dtype)][grid](**kwargs, **extra)
+
+    def compile_check(self) -> list[dict]:
+        """``COMPILE_CHECK`` entries (kernels/compile_check.py): the heaviest variant, one entry per dtype
+        group with the configs that group may run."""
+        constexprs = {flag: True for flag in self.optional}
+        constexprs.update(self.heaviest)
+        constexprs.update({m: False for m in ("CAST_F32", "PDL") if m in self.launch_meta})
+        return compile_check_entries(self.fn, self.configs, args=self.args, constexprs=constexprs)
+
+
+def step_kernel(**declaration):
+    """Decorator form of ``StepKernel``: ``@step_kernel(configs=..., args=..., optional=...)`` above
+    ``@triton.jit``."""
+    return lambda fn: StepKernel(fn, **declaration)
+
+
+def step_kernel_checks(module: str) -> list[dict]:
+    """The COMPILE_CHECK entries of every step kernel declared in ``module`` (a module name)."""
+    return [e for k in _STEP_KERNELS if k.module == module for e in k.compile_check()]
 
 
 @triton.jit
@@ -208,12 +318,6 @@ def wait_prior_step(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-
-
-def fixed_config(autotuner, kwargs) -> triton.Config:
-    """The config used without autotuning (``FUSEDRNN_AUTOTUNE=0``, e.g. a quick GPU test run): the first of
-    the autotuner's list that survives the batch pruning (every entry is compile-checked)."""
-    return prune_by_batch(list(autotuner.configs), {}, **kwargs)[0]
 
 
 def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None,
@@ -412,7 +516,7 @@ def store_blocks(p, H, b0, b1, b2, b3, mask):
 
 
 # ----------------------------------------------------------------------------------------------
-# The LSTM cell's pointwise work (shared/MATH.md), shared by the per-step and the persistent kernels.
+# The LSTM cell's pointwise work (docs/MATH.md), shared by the per-step and the persistent kernels.
 # With HAS_LENGTHS, a row whose sequence has ended (t >= lengths[b]) does not move at step t.
 # ----------------------------------------------------------------------------------------------
 @triton.jit

@@ -32,14 +32,7 @@ import torch
 
 DEFAULT_BUDGET_MB = 2048  # without a CUDA device
 DEFAULT_BUDGET_FRACTION = 0.25  # of the device's total memory
-_ENABLED = True
 _BUDGET: int | None = None  # bytes; None: from the environment / default
-
-
-def set_enabled(flag: bool) -> None:
-    """Turn CUDA-graph capture of the time loops on or off (on by default; debugging aid)."""
-    global _ENABLED
-    _ENABLED = bool(flag)
 
 
 def budget() -> int:
@@ -212,11 +205,10 @@ class _Captured:
 
 def run(name: str, fn: Callable, inputs: Sequence, flags: tuple = ()):
     """Run ``fn(*inputs)`` (which returns a tuple of tensors or None), through a cached CUDA graph
-    when the inputs live on CUDA, capture is enabled, and nobody is capturing already."""
+    when the inputs live on CUDA and nobody is capturing already."""
     first = next((t for t in inputs if t is not None), None)
     if (
-        not _ENABLED
-        or first is None
+        first is None
         or first.device.type != "cuda"
         or torch.cuda.is_current_stream_capturing()
     ):

@@ -55,12 +55,14 @@ the generated code a lot (vectorized loads and wgmma vs. scalar loads and mma), 
 ``aligned`` (every pointer and integer argument divisible by 16) and ``unaligned`` (none).
 
 Registry: every module ``kernels/<name>.py`` whose source defines ``COMPILE_CHECK`` is imported, and its
-``COMPILE_CHECK`` (a list, or a function returning one) lists dicts::
+``COMPILE_CHECK`` (a list, or a function returning one) lists dicts. A per-step kernel declares its entry once,
+with ``@_common.step_kernel(configs=..., args=..., optional=..., heaviest=...)`` on its ``@triton.jit``, and
+its module sets ``COMPILE_CHECK = step_kernel_checks(__name__)``; other kernels write the dicts::
 
     dict(
-        kernel=_lstm_fwd_step,               # the @triton.jit function
-        configs=FWD_CONFIGS,                 # TileConfig or triton.Config entries
-        args={"xp": "x", "c_out": "acc", "lengths": "*i32"},  # pointer args: "x" = the input dtype,
+        kernel=_lstm_fwd_persistent,         # the @triton.jit function
+        configs=configs,                     # TileConfig or triton.Config entries
+        args={"xp": "x", "cbuf": "acc", "lengths": "*i32"},  # pointer args: "x" = the input dtype,
                                              # "acc" = the accumulator dtype, or a triton type string;
                                              # unlisted non-constexpr args are "i32" scalars
         constexprs=dict(HAS_LENGTHS=True),   # heaviest variant; PRECISION, ACC and the BLOCK_* sizes
@@ -92,7 +94,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 ARCHS = {90: "sm_90a", 80: "sm_80"}
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}  # max dynamic shared memory per block (opt-in)
@@ -267,7 +269,6 @@ class Result:
     status: str = "ERROR"  # OK, SPILL, SMEM, SPILL+SMEM, ERROR, N/A
     error: str = ""
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, configs=None) -> list[Job]:
@@ -589,28 +590,9 @@ def compile_entry(entry: dict, config: dict, arch: int = 90, dtype: str = "bf16"
             target=GPUTarget("cuda", arch, 32),
             options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
         )
-        usage = resource_usage(kernel.asm["cubin"], kernel.metadata.name)
-        res.registers = usage["registers"]
-        res.stack_bytes = usage["stack_bytes"]
-        res.local_bytes = usage["local_bytes"]
-        res.spill_bytes = usage["stack_bytes"] + usage["local_bytes"]
-        res.shared_bytes = int(kernel.metadata.shared)
-        mma = analyze_compiled(kernel)
-        for k in ("mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "dots"):
-            setattr(res, k, mma[k])
+        mma = _measure(res, kernel)
         if dump_dir:
-            os.makedirs(dump_dir, exist_ok=True)
-            stem = os.path.join(dump_dir, f"{res.kernel}_{arch}_{dtype}_{align}_{res.BLOCK_B}x{res.BLOCK_H}x"
-                                          f"{res.BLOCK_K}_w{res.num_warps}_s{res.num_stages}")
-            for ext, text in (("ttgir", mma["ttgir"]), ("ptx", kernel.asm.get("ptx", "")), ("sass", mma["sass"])):
-                with open(f"{stem}.{ext}", "w") as f:
-                    f.write(text)
-        bad = []
-        if res.spill_bytes > 0:
-            bad.append("SPILL")
-        if res.shared_bytes > res.shared_limit:
-            bad.append("SMEM")
-        res.status = "+".join(bad) or "OK"
+            _dump(dump_dir, res, arch, kernel, mma)
     except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001 - every failure is a row
@@ -618,6 +600,37 @@ def compile_entry(entry: dict, config: dict, arch: int = 90, dtype: str = "bf16"
         res.status = "N/A" if dtype == "fp64" else "ERROR"
     res.seconds = round(time.perf_counter() - t0, 3)
     return res
+
+
+def _measure(res: Result, kernel) -> dict:
+    """Fill ``res`` from a compiled kernel: resources (cuobjdump), the MMA columns and the status. Returns
+    ``analyze_compiled``'s dict (with the TTGIR and SASS texts)."""
+    usage = resource_usage(kernel.asm["cubin"], kernel.metadata.name)
+    res.registers = usage["registers"]
+    res.stack_bytes = usage["stack_bytes"]
+    res.local_bytes = usage["local_bytes"]
+    res.spill_bytes = usage["stack_bytes"] + usage["local_bytes"]
+    res.shared_bytes = int(kernel.metadata.shared)
+    mma = analyze_compiled(kernel)
+    for k in ("mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "dots"):
+        setattr(res, k, mma[k])
+    bad = []
+    if res.spill_bytes > 0:
+        bad.append("SPILL")
+    if res.shared_bytes > res.shared_limit:
+        bad.append("SMEM")
+    res.status = "+".join(bad) or "OK"
+    return mma
+
+
+def _dump(dump_dir: str, res: Result, arch: int, kernel, mma: dict):
+    """Write the TTGIR, PTX and SASS of one compile to ``dump_dir``."""
+    os.makedirs(dump_dir, exist_ok=True)
+    stem = os.path.join(dump_dir, f"{res.kernel}_{arch}_{res.dtype}_{res.align}_{res.BLOCK_B}x{res.BLOCK_H}x"
+                                  f"{res.BLOCK_K}_w{res.num_warps}_s{res.num_stages}")
+    for ext, text in (("ttgir", mma["ttgir"]), ("ptx", kernel.asm.get("ptx", "")), ("sass", mma["sass"])):
+        with open(f"{stem}.{ext}", "w") as f:
+            f.write(text)
 
 
 def compile_job(job: Job, dump_dir: str = "") -> Result:
@@ -715,9 +728,7 @@ def summarize(results: list[Result]) -> list[dict]:
         elif statuses == {"N/A"}:
             row["status"] = "n/a"
         else:
-            why = sorted(s for s in statuses if s != "OK")
             row["status"] = "FAIL (" + ", ".join(f"{v.align} {v.status}" for v in vs if v.status != "OK") + ")"
-            row["why"] = why
         row["error"] = "; ".join(sorted({v.error for v in vs if v.error}))
         for k in ("mma", "mma_per_iter", "ldsm_per_iter"):
             vals = [str(getattr(v, k)) if getattr(v, k) not in ("", -1) else "-" for v in vs]
@@ -778,15 +789,13 @@ def write_csv(path: str, results: list[Result]):
 
     prov = dict(triton=triton.__version__, commit=_git_commit(),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    cols = [k for k in asdict(results[0]) if k != "extra"] + list(prov)
+    cols = list(asdict(results[0])) + list(prov)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for r in results:
-            d = asdict(r)
-            d.pop("extra")
-            w.writerow(dict(d, **prov))
+            w.writerow(dict(asdict(r), **prov))
 
 
 def _git_commit() -> str:
@@ -847,7 +856,7 @@ Max registers per kernel and arch:
         f.write(text)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", "--archs", dest="arch", default="90,80",
@@ -864,43 +873,28 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", default="", help="write one row per compile here")
     ap.add_argument("--markdown", default="", help="write the table with its provenance here")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = ap.parse_args(argv)
+    return ap
 
-    if _interpret_env_on():
-        print("compile_check: ignoring TRITON_INTERPRET=1 (the check needs the real compiler)", file=sys.stderr)
-    _drop_interpreter()
-    archs = [int(a) for a in args.arch.split(",") if a]
-    for a in archs:
-        if a not in ARCHS:
-            ap.error(f"--arch {a}: supported {sorted(ARCHS)}")
-    dtypes = [d for d in args.dtypes.split(",") if d]
-    for d in dtypes:
-        if d not in DTYPES:
-            ap.error(f"--dtypes {d}: supported {DTYPES}")
-    aligns = [a for a in args.align.split(",") if a]
-    for a in aligns:
-        if a not in ALIGNS:
-            ap.error(f"--align {a}: supported {ALIGNS}")
-    configs = [_parse_config(c) for c in args.config] if args.config else None
-    kernels = [k for k in args.kernels.split(",") if k]
 
-    import triton
+def _choices(ap, option: str, text: str, allowed) -> list:
+    """A comma-separated option's values, each checked against ``allowed`` (an argparse error otherwise)."""
+    values = [v for v in text.split(",") if v]
+    for v in values:
+        if v not in allowed:
+            ap.error(f"{option} {v}: supported {list(allowed)}")
+    return values
 
-    jobs = collect_jobs(kernels, archs, dtypes, aligns, configs)
-    print(f"compile_check: triton {triton.__version__}, {len(jobs)} compiles, {args.jobs} process(es)",
-          file=sys.stderr)
 
-    def progress(r: Result, done: int, total: int):
-        if not args.quiet:
-            print(f"[{done}/{total}] {r.kernel} {r.arch} {r.dtype} {r.align} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} "
-                  f"w{r.num_warps} s{r.num_stages}: {r.status} regs={r.registers} spill={r.spill_bytes} "
-                  f"smem={r.shared_bytes} {r.mma or '-'} {r.mma_per_iter}/{r.ldsm_per_iter} "
-                  f"repeat={r.mma_repeat} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+def _print_progress(r: Result, done: int, total: int):
+    print(f"[{done}/{total}] {r.kernel} {r.arch} {r.dtype} {r.align} {r.BLOCK_B}x{r.BLOCK_H}x{r.BLOCK_K} "
+          f"w{r.num_warps} s{r.num_stages}: {r.status} regs={r.registers} spill={r.spill_bytes} "
+          f"smem={r.shared_bytes} {r.mma or '-'} {r.mma_per_iter}/{r.ldsm_per_iter} "
+          f"repeat={r.mma_repeat} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
 
-    t0 = time.perf_counter()
-    results = run_jobs(jobs, args.jobs, progress, args.dump)
-    seconds = time.perf_counter() - t0
-    rows = summarize(results)
+
+def _report(results: list[Result], rows: list[dict], seconds: float) -> list[Result]:
+    """Print the table, the largest register counts, the errors and the replicated-MMA compiles; returns the
+    failing results."""
     print(format_table(rows))
     regs = max_registers(rows)
     print("\nmax registers: " + ", ".join(f"{k}@{a}={v}" for (k, a), v in sorted(regs.items())))
@@ -915,6 +909,31 @@ def main(argv=None) -> int:
     print(f"{len(results)} compiles in {seconds:.1f} s; {len(fails)} failing "
           f"({sum(r.status == 'N/A' for r in results)} n/a); {len(reps)} {'/'.join(REPEAT_DTYPES)} compiles "
           f"with mma_repeat > 1")
+    return fails
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if _interpret_env_on():
+        print("compile_check: ignoring TRITON_INTERPRET=1 (the check needs the real compiler)", file=sys.stderr)
+    _drop_interpreter()
+    archs = [int(a) for a in _choices(ap, "--arch", args.arch, [str(a) for a in sorted(ARCHS)])]
+    dtypes = _choices(ap, "--dtypes", args.dtypes, DTYPES)
+    aligns = _choices(ap, "--align", args.align, ALIGNS)
+    configs = [_parse_config(c) for c in args.config] if args.config else None
+    kernels = [k for k in args.kernels.split(",") if k]
+
+    import triton
+
+    jobs = collect_jobs(kernels, archs, dtypes, aligns, configs)
+    print(f"compile_check: triton {triton.__version__}, {len(jobs)} compiles, {args.jobs} process(es)",
+          file=sys.stderr)
+    t0 = time.perf_counter()
+    results = run_jobs(jobs, args.jobs, None if args.quiet else _print_progress, args.dump)
+    seconds = time.perf_counter() - t0
+    rows = summarize(results)
+    fails = _report(results, rows, seconds)
     if args.csv and results:
         write_csv(args.csv, results)
     if args.markdown and results:

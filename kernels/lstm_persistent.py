@@ -1,8 +1,8 @@
 """Persistent whole-sequence LSTM kernels: one launch per layer and direction, W_hh held on chip across steps.
 
-# B batch, T steps, H hidden, H_PAD = next power of two >= H (constexpr BLOCK_K), U hidden units per program
-# (constexpr BLOCK_H), BB batch tile (BLOCK_B), S K slices of each dot (SPLIT_K, one per warp), KS = H_PAD / S,
-# P number of programs = cdiv(H, U).
+Dimensions: B batch, T steps, H hidden, H_PAD = next power of two >= H (constexpr BLOCK_K), U hidden units per
+program (constexpr BLOCK_H), BB batch tile (BLOCK_B), S K slices of each dot (SPLIT_K, one per warp),
+KS = H_PAD / S, P number of programs = cdiv(H, U).
 
 Why: at small batch a per-step kernel is bound by reading W_hh (4H x H) from L2 once per step plus the gaps
 between launches. Here each program loads its slice of W_hh once, before the time loop, and keeps it on chip
@@ -79,7 +79,6 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    DTYPE_GROUPS,  # noqa: F401  (re-exported for tests)
     acc_tl_dtype,
     acc_torch_dtype,
     cast_dot_inputs,
@@ -272,7 +271,7 @@ def _lstm_fwd_persistent(
         slot_prev = tl.cast(t % NSLOT, tl.int64)
         slot_next = tl.cast((t + 1) % NSLOT, tl.int64)
         # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
-        # barrier, or loading it there, spilled at H_PAD 1024)
+        # barrier, or loading it there, spills at H_PAD 1024)
         c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
         alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o,
                           x_i, x_f, x_g, x_o, c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION,
@@ -327,7 +326,8 @@ def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, B
 
 
 @triton.jit
-def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, alive, o_j, m_j,
+def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in,
+              alive, o_j, m_j,
               HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
               BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
     """One backward step of one batch tile: dh = dy[t] + dz_{t+1} @ W_hh[:, units] (split-K, after the first
@@ -369,7 +369,7 @@ def _lstm_bwd_persistent(
     w,  # (4H, H) W_hh
     gates,  # (T, B, 4H) i, f, g, o
     c_seq,  # (T, B, H) c_t, accumulator dtype
-    c0,  # (B, H) accumulator dtype
+    c0,  # (B, H) c0, input dtype
     dcbuf,  # (2, B, H) accumulator dtype; slot 0 = dc_n on entry, dc_0 in slot T % 2 on exit
     dz,  # (T, B, 4H) output dz_t
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
@@ -405,7 +405,7 @@ def _lstm_bwd_persistent(
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
         # One plain loop over the batch tiles. Its step inputs are loaded after the barrier, beside the dz gather
-        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spilled at H_PAD 1024.
+        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spills at H_PAD 1024.
         for b0 in range(0, B, BLOCK_B):
             o_b = b0 + o_b0
             dc_in = tl.load(dcbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
@@ -422,7 +422,7 @@ def _lstm_bwd_persistent(
 # Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
 # for sm_90a and sm_80 (aligned) with 0 spills; only listed entries ever run on a GPU.
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PersistentConfig:
     """One persistent launch shape. Both kernels split their dot's reduction axis into ``split(kind)`` slices,
     one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile."""
@@ -449,20 +449,26 @@ class PersistentConfig:
         return triton.Config(self.meta(kind), num_warps=self.warps(kind), num_stages=1)
 
 
-def _cfgs(spec):
-    return [PersistentConfig(*c) for c in spec]
-
-
-# (H_PAD, UNITS, BLOCK_B, forward warps, backward warps), per H_PAD in order of preference (fewest units per
-# program first). ``pick_config`` takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs
-# (H100/H200: 132; A100: 108, where H in (864, 1024] has no config: it would need 16 units per program).
-# Smaller H runs in the H_PAD = 128 tile, masked. Triton keeps the loop-invariant W slice in shared memory (one
-# local_alloc hoisted out of the time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
+# Per dtype group, in order of preference within each H_PAD (fewest units per program first). ``pick_config``
+# takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
+# where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
+# tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
+# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
 CONFIGS = {
-    "16bit": _cfgs([(1024, 8, 16, 16, 16), (512, 4, 16, 16, 8), (512, 8, 16, 16, 8), (256, 4, 16, 4, 8),
-                    (128, 4, 16, 4, 4)]),
-    "fp32": _cfgs([(512, 4, 16, 8, 16), (512, 8, 16, 8, 8), (256, 4, 16, 8, 8), (128, 4, 16, 4, 4)]),
-    "fp64": _cfgs([(128, 4, 16, 8, 8)]),
+    "16bit": [
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    "fp32": [
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
 
 
@@ -473,10 +479,10 @@ def _triton_configs(kind):
 # ----------------------------------------------------------------------------------------------
 # Planning: which config, or why not (then per_step)
 # ----------------------------------------------------------------------------------------------
-# "auto" picks persistent only up to this batch, per pass. Static model, not yet measured on a GPU (see
-# docs/PERFORMANCE.md): a persistent program walks the batch serially in BLOCK_B = 16-row tiles while per_step
-# spreads the batch over its grid, so beyond one tile per_step is predicted faster in both passes. Replace these
-# with measured crossovers once a GPU has timed both strategies per pass.
+# "auto" picks persistent only up to this batch, per pass. The values come from a static model
+# (docs/PERFORMANCE.md), not from timings: a persistent program walks the batch serially in BLOCK_B = 16-row
+# tiles while per_step spreads the batch over its grid, so beyond one tile per_step is predicted faster in both
+# passes. Measured crossovers per pass, once a GPU has timed both strategies, replace these.
 AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
 
 
@@ -485,7 +491,8 @@ def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentCo
     small batch tile (the interpreter allows tl.dot with M < 16) so that B = 5 runs the batch-tile loop;
     ``split`` K slices in both kernels (the interpreter allows slices shallower than 16)."""
     h_pad = max(16, triton.next_power_of_2(H))
-    return PersistentConfig(h_pad, h_pad, block_b, 4, 4, split, split)
+    return PersistentConfig(H_PAD=h_pad, UNITS=h_pad, BLOCK_B=block_b, fwd_warps=4, bwd_warps=4, fwd_split=split,
+                            bwd_split=split)
 
 
 def pick_config(dtype: torch.dtype, H: int, sm_count: int):
@@ -722,8 +729,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
     flag = error_flag(xp.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates if store else hbuf,
-                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
+    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
                 PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
@@ -756,8 +762,8 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
     flag = error_flag(dy.device)
     grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz,
-                lengths=lengths if lengths is not None else counter, counter=counter, flag=flag,
+    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
+                counter=counter, flag=flag,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
                 HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
                 PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
@@ -780,7 +786,8 @@ def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: 
     return cfg
 
 
-def fallback(strategy: str, err: Fallback) -> None:
+def log_fallback(strategy: str, err: Fallback) -> None:
+    """Log at DEBUG level why a launch planned as persistent runs per_step (the caller then runs it)."""
     log.debug("fusedrnn: LSTM strategy=%r runs per_step: %s", strategy, err)
 
 
@@ -788,18 +795,18 @@ def fallback(strategy: str, err: Fallback) -> None:
 # heaviest constexpr variant (lengths, stored gates); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).
-COMPILE_CHECK = compile_check_entries(
-    _lstm_fwd_persistent, _triton_configs("fwd"),
+_FWD_CHECK = dict(
     args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False), aligns=("aligned",),
-) + compile_check_entries(
-    _lstm_fwd_persistent, _triton_configs("fwd"),
-    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True), aligns=("aligned",),
-    name="_lstm_fwd_persistent[data_sync]",
-) + compile_check_entries(
-    _lstm_bwd_persistent, _triton_configs("bwd"),
-    args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x", lengths="*i32",
-              counter="*i32", flag="*i32"),
-    constexprs=dict(HAS_LENGTHS=True, CAST_F32=False), aligns=("aligned",),
+    aligns=("aligned",),
 )
+COMPILE_CHECK = [
+    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
+                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
+    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
+                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
+                           name="_lstm_fwd_persistent[data_sync]"),
+    *compile_check_entries(_lstm_bwd_persistent, _triton_configs("bwd"), aligns=("aligned",),
+                           args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
+                                     lengths="*i32", counter="*i32", flag="*i32"),
+                           constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+]

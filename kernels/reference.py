@@ -1,7 +1,7 @@
 """Pure-PyTorch references of one layer and direction of each cell: the float64 test oracle and the
 ``backend="reference"`` path of the modules. Written for clarity, not speed; autograd does backward.
 
-B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
+Dimensions: B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
 ``lengths`` (B,) int, optional: sequence b is active at step t iff t < lengths[b]; an inactive row keeps
 its state and outputs zeros (the layout of a padded PackedSequence, longest first or not).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-def _bias(w_ih, b_ih, b_hh):
+def _bias(b_ih, b_hh):
     b = None
     for v in (b_ih, b_hh):
         if v is not None:
@@ -23,16 +23,29 @@ def input_projection(x, w_ih, b_ih=None, b_hh=None):
 
     The bias is the GEMM's own addend (``torch.addmm``: cuBLAS adds it in its epilogue, before rounding to the
     output dtype), not a second pass that reads and writes all of xp again."""
-    b = _bias(w_ih, b_ih, b_hh)
+    b = _bias(b_ih, b_hh)
     x2 = x.reshape(-1, x.shape[-1])
     xp = torch.mm(x2, w_ih.t()) if b is None else torch.addmm(b, x2, w_ih.t())
     return xp.reshape(*x.shape[:-1], w_ih.shape[0])
 
 
 def _active(lengths, t, like):
+    """(B, 1) bool: the rows still active at step t; None without lengths (every row)."""
     if lengths is None:
         return None
     return (t < lengths).to(like.device).unsqueeze(1)
+
+
+def _advance(act, new, old):
+    """The states after one step: ``new`` on active rows, ``old`` on finished ones (``act`` from ``_active``)."""
+    if act is None:
+        return new
+    return tuple(torch.where(act, n, o) for n, o in zip(new, old))
+
+
+def _output(act, h_new):
+    """One step's output: ``h_new`` on active rows, zeros on finished ones."""
+    return h_new if act is None else torch.where(act, h_new, torch.zeros_like(h_new))
 
 
 def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None):
@@ -57,12 +70,8 @@ def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengt
         if w_hr is not None:
             h_new = h_new @ w_hr.t()
         act = _active(lengths, t, x)
-        if act is None:
-            h, c = h_new, c_new
-            ys.append(h_new)
-        else:
-            h, c = torch.where(act, h_new, h), torch.where(act, c_new, c)
-            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
+        h, c = _advance(act, (h_new, c_new), (h, c))
+        ys.append(_output(act, h_new))
     y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
     return y, h, c
 
@@ -76,22 +85,53 @@ def rnn_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", 
     for t in range(x.shape[0]):
         h_new = act_fn(xs[t] + h @ w_hh.t())
         act = _active(lengths, t, x)
-        if act is None:
-            h = h_new
-            ys.append(h_new)
-        else:
-            h = torch.where(act, h_new, h)
-            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
+        (h,) = _advance(act, (h_new,), (h,))
+        ys.append(_output(act, h_new))
     y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
     return y, h
 
 
-def lstm_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
-    """One LSTM step. x: (B, I); h, c: (B, H). Returns (h', c')."""
-    y, h1, c1 = lstm_layer_ref(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh)
-    return h1, c1
+# The use-gate LSTM (gates N, i, f, V; docs/MATH.md): the test oracle and the backend="reference" path of
+# models.UseGateLSTM.
+def usegate_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None):
+    """One use-gate LSTM step. x: (B, I); h, c: (B, H); w_ih (4H, I), w_hh (4H, H) with rows N, i, f, V;
+    w_u (H, H); biases (4H,) / (H,) or None. Returns (h', c')."""
+    z = x @ w_ih.t() + h @ w_hh.t()
+    for b in (b_ih, b_hh):
+        if b is not None:
+            z = z + b
+    return _usegate_pointwise(z, c, w_u, b_u)
 
 
-def rnn_cell_ref(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
-    """One RNN step. x: (B, I); h: (B, H). Returns h'."""
-    return rnn_layer_ref(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh, nonlinearity)[1]
+def _usegate_pointwise(z, c, w_u, b_u):
+    zn, zi, zf, zv = z.chunk(4, dim=1)
+    n, i, f, v = torch.tanh(zn), torch.sigmoid(zi), torch.sigmoid(zf), torch.sigmoid(zv)
+    k = f * c
+    a = k @ w_u.t()
+    if b_u is not None:
+        a = a + b_u
+    u = torch.tanh(a)
+    return u * v, k + n * i
+
+
+def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None):
+    """One use-gate LSTM layer, one direction (forward in time).
+
+    Args:
+        x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
+        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros).
+    Returns:
+        y (T, B, H), h_n (B, H), c_n (B, H).
+    """
+    if w_u is None:
+        raise TypeError("usegate_layer_ref: w_u (H, H) is required")
+    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)  # unbind: see lstm_layer_ref
+    h, c = h0, c0
+    ys = []
+    for t in range(x.shape[0]):
+        h_new, c_new = _usegate_pointwise(xs[t] + h @ w_hh.t(), c, w_u, b_u)
+        act = _active(lengths, t, x)
+        h, c = _advance(act, (h_new, c_new), (h, c))
+        ys.append(_output(act, h_new))
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
+    return y, h, c

@@ -1,6 +1,6 @@
 """Fused Elman RNN kernels (tanh or relu), one launch per time step forward and backward.
 
-# B batch, T steps, I input, H hidden, K = H (dot depth), G = 1.
+Dimensions: B batch, T steps, I input, H hidden, K = H (dot depth), G = 1.
 
 Same split as kernels/lstm.py: ``xp = x @ W_ih^T + b_ih + b_hh`` for all steps at once; a forward step
 where each program computes ``h_{t-1} @ W_hh[j, :]^T`` for its tile of units (``tl.dot`` over K tiles, fp32
@@ -16,55 +16,52 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig,
-    acc_tl_dtype,
-    autotuned,
-    cast_dot_inputs,
-    check_dtype,
-    check_tensor,
-    compile_check_entries,
-    dot_rows,
-    dot_rows_split,
-    dot_precision,
-    launch,
-    pdl_enabled,
-    rowmajor,
-    tanh,
-    tile_offsets,
-    wait_prior_step,
-    weight_grads,
+    TileConfig, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows, dot_rows_split,
+    row_stride, rowmajor, step_kernel, step_kernel_checks, tanh, tile_offsets, wait_prior_step, weight_grads,
 )
 from .reference import input_projection
 
 NONLINEARITIES = ("tanh", "relu")
 
-# Every config here is compiled by kernels/compile_check.py for sm_90a and sm_80 in both alignments (0 spills
-# required), per dtype group; entries were dropped from a group where they spilled (triton 3.6.0).
+# Only configs that compile with 0 spills for sm_90a and sm_80 in both alignments are listed, per dtype group
+# (kernels/compile_check.py checks every entry; results/compile_table.csv).
 # As in kernels/lstm.py: the warps fit the (BLOCK_B, BLOCK_H) result (no replicated MMA work), num_stages >= 3
 # (a K slice in flight while the current one is multiplied), 64/128-row tiles are wgmma on sm_90a; backward
 # tiles under 64 rows split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there
 # num_warps <= BLOCK_K / 16.
 FWD_CONFIGS = {
-    "16bit": [TileConfig(16, 16, 128, 2, 3), TileConfig(16, 32, 128, 4, 3), TileConfig(16, 64, 64, 4, 4),
-              TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 64, 32, 8, 3),
-              TileConfig(128, 64, 32, 8, 3)],
-    "fp32": [TileConfig(16, 32, 128, 4, 3), TileConfig(16, 128, 64, 8, 3), TileConfig(32, 64, 64, 8, 3),
-             TileConfig(64, 64, 32, 8, 3)],
-    "fp64": [TileConfig(16, 32, 64, 4, 3), TileConfig(32, 64, 64, 8, 3), TileConfig(64, 32, 32, 8, 3)],
+    "16bit": [
+        TileConfig(B=16, H=16, K=128, warps=2, stages=3), TileConfig(B=16, H=32, K=128, warps=4, stages=3),
+        TileConfig(B=16, H=64, K=64, warps=4, stages=4), TileConfig(B=16, H=128, K=64, warps=8, stages=3),
+        TileConfig(B=32, H=64, K=64, warps=8, stages=3), TileConfig(B=64, H=64, K=32, warps=8, stages=3),
+        TileConfig(B=128, H=64, K=32, warps=8, stages=3),
+    ],
+    "fp32": [
+        TileConfig(B=16, H=32, K=128, warps=4, stages=3), TileConfig(B=16, H=128, K=64, warps=8, stages=3),
+        TileConfig(B=32, H=64, K=64, warps=8, stages=3), TileConfig(B=64, H=64, K=32, warps=8, stages=3),
+    ],
+    "fp64": [
+        TileConfig(B=16, H=32, K=64, warps=4, stages=3), TileConfig(B=32, H=64, K=64, warps=8, stages=3),
+        TileConfig(B=64, H=32, K=32, warps=8, stages=3),
+    ],
 }
 _BWD = [
-    TileConfig(16, 16, 128, 4, 3),
-    TileConfig(16, 16, 64, 4, 3),
-    TileConfig(16, 32, 128, 4, 3),
-    TileConfig(64, 32, 64, 8, 3),
+    TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=16, K=64, warps=4, stages=3),
+    TileConfig(B=16, H=32, K=128, warps=4, stages=3), TileConfig(B=64, H=32, K=64, warps=8, stages=3),
 ]
 BWD_CONFIGS = {
-    "16bit": _BWD + [TileConfig(16, 16, 128, 2, 3)],
-    "fp32": _BWD + [TileConfig(16, 16, 128, 2, 3)],
+    "16bit": _BWD + [TileConfig(B=16, H=16, K=128, warps=2, stages=3)],
+    "fp32": _BWD + [TileConfig(B=16, H=16, K=128, warps=2, stages=3)],
     "fp64": _BWD[:3],
 }
 
 
+@step_kernel(
+    configs=FWD_CONFIGS,
+    optional=dict(HAS_LENGTHS="lengths"),
+    heaviest=dict(RELU=False),
+    args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _rnn_fwd_step(
     xp,  # (B, H) xp[t]
@@ -74,15 +71,9 @@ def _rnn_fwd_step(
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     s_xp, s_hp, s_w, s_ho,
     t, B, H, K,
-    RELU: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    PDL: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -103,6 +94,13 @@ def _rnn_fwd_step(
     tl.store(h_out + o_b[:, None] * s_ho + o_j[None, :], b_hn.to(h_out.dtype.element_ty), mask=m_bj)
 
 
+@step_kernel(
+    configs=BWD_CONFIGS,
+    key=("B", "H", "K", "HAS_NEXT"),
+    optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths"),
+    heaviest=dict(RELU=False),
+    args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _rnn_bwd_step(
     dz_next,  # (B, H) dz_{t+1} (only if HAS_NEXT)
@@ -113,16 +111,9 @@ def _rnn_bwd_step(
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     s_dzn, s_w, s_dy, s_h, s_dz,
     t, B, H, K,
-    RELU: tl.constexpr,
-    HAS_NEXT: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    PDL: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    RELU: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -147,56 +138,31 @@ def _rnn_bwd_step(
     tl.store(dz + o_b[:, None] * s_dz + o_j[None, :], b_dz.to(dz.dtype.element_ty), mask=m_bj)
 
 
-_rnn_fwd_step_tuned = autotuned(_rnn_fwd_step, FWD_CONFIGS)
-_rnn_bwd_step_tuned = autotuned(_rnn_bwd_step, BWD_CONFIGS, key=("B", "H", "K", "HAS_NEXT"))
-
-
-def _grid(B, H):
-    return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
-
-
-def _common_meta(w_hh, chained):
-    """``chained``: the previous launch in the stream is this loop's previous step, so programmatic dependent
-    launch may overlap with it (see ``_common.wait_prior_step``); the loop's first step never does."""
-    return dict(
-        CAST_F32=cast_dot_inputs(w_hh.dtype),
-        PRECISION=dot_precision(w_hh.dtype, w_hh.device),
-        ACC=acc_tl_dtype(w_hh.dtype),
-        PDL=chained and pdl_enabled(w_hh.device),
-    )
-
-
 def rnn_fwd_step(xp_t, h_prev, w_hh, h_out, nonlinearity="tanh", lengths=None, t=0):
     """One fused forward step (launcher): h_out (B, H) <- act(xp_t + h_prev @ w_hh^T), in place."""
     B, H = xp_t.shape
-    launch(
-        _rnn_fwd_step, _rnn_fwd_step_tuned, _grid(B, H),
-        xp=xp_t, h_prev=h_prev, w=w_hh, h_out=h_out, lengths=lengths if lengths is not None else h_out,
+    _rnn_fwd_step.launch(
+        xp=xp_t, h_prev=h_prev, w=w_hh, h_out=h_out, lengths=lengths,
         s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_w=w_hh.stride(0), s_ho=h_out.stride(0),
-        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_LENGTHS=lengths is not None,
-        **_common_meta(w_hh, t > 0),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", chained=t > 0,
     )
 
 
 def rnn_bwd_step(dz_next, w_hh, dy_t, h_t, dz_t, nonlinearity="tanh", lengths=None, t=0):
     """One fused backward step (launcher): dz_t (B, H) <- (dy_t + dz_next @ w_hh) * act'(h_t), in place."""
     B, H = h_t.shape
-    launch(
-        _rnn_bwd_step, _rnn_bwd_step_tuned, _grid(B, H),
-        dz_next=dz_next if dz_next is not None else dz_t, w=w_hh, dy=dy_t, h=h_t, dz=dz_t,
-        lengths=lengths if lengths is not None else dz_t,
-        s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
-        s_h=h_t.stride(0), s_dz=dz_t.stride(0),
-        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", HAS_NEXT=dz_next is not None,
-        HAS_LENGTHS=lengths is not None, **_common_meta(w_hh, dz_next is not None),
+    _rnn_bwd_step.launch(
+        dz_next=dz_next, w=w_hh, dy=dy_t, h=h_t, dz=dz_t, lengths=lengths,
+        s_dzn=row_stride(dz_next), s_w=w_hh.stride(0), s_dy=dy_t.stride(0), s_h=h_t.stride(0),
+        s_dz=dz_t.stride(0),
+        t=t, B=B, H=H, K=H, RELU=nonlinearity == "relu", chained=dz_next is not None,
     )
 
 
 def _check_args(nonlinearity, strategy):
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    if strategy not in ("auto", "per_step"):
-        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
+    check_strategy(strategy)
 
 
 def _fwd_loop(xp, w_hh, h0, lengths, nonlinearity):
@@ -218,8 +184,7 @@ def rnn_fwd_sequence(xp, w_hh, h0, lengths=None, *, nonlinearity="tanh", strateg
     _check_args(nonlinearity, strategy)
     check_dtype("xp", xp.dtype)
     T, B, H = xp.shape
-    if T < 1:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_steps(T)
     check_tensor("w_hh", w_hh, (H, H), xp.dtype, xp.device)
     check_tensor("h0", h0, (B, H), xp.dtype, xp.device)
     if lengths is not None:
@@ -271,13 +236,5 @@ __all__ = [
 ]
 
 
-# Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each step kernel.
-COMPILE_CHECK = compile_check_entries(
-    _rnn_fwd_step, FWD_CONFIGS,
-    args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
-) + compile_check_entries(
-    _rnn_bwd_step, BWD_CONFIGS,
-    args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32"),
-    constexprs=dict(RELU=False, HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False, PDL=False),
-)
+# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+COMPILE_CHECK = step_kernel_checks(__name__)

@@ -1,9 +1,9 @@
 """Fused use-gate LSTM kernels: two launches per time step forward and two backward, gates N, i, f, V.
 
-# B batch, T steps, I input, H hidden, K = dot depth (H for W_hh's and W_u's columns forward, 4H backward
-# through W_hh, H backward through W_u), G = 4 gates stacked along W's rows in the order N, i, f, V.
+Dimensions: B batch, T steps, I input, H hidden, K = dot depth (H for W_hh's and W_u's columns forward, 4H
+backward through W_hh, H backward through W_u), G = 4 gates stacked along W's rows in the order N, i, f, V.
 
-The cell (issue 4, shared/MATH.md), with ``z_t = xp_t + h_{t-1} @ W_hh^T``:
+The cell (docs/MATH.md), with ``z_t = xp_t + h_{t-1} @ W_hh^T``:
     n = tanh(z_N), i = s(z_i), f = s(z_f), v = s(z_V)
     k_t = f * c_{t-1}                     (the kept memory)
     c_t = k_t + n * i                     (remember gate)
@@ -48,127 +48,48 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig,
-    acc_tl_dtype,
-    acc_torch_dtype,
-    autotuned,
-    cast_dot_inputs,
-    check_dtype,
-    check_tensor,
-    dot_precision,
-    compile_check_entries,
-    dot_rows,
-    gate_products,
-    launch,
-    rowmajor,
-    sigmoid,
-    store_blocks,
-    tanh,
-    tile_offsets,
+    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows,
+    gate_products, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks, store_blocks, tanh, tile_offsets,
     weight_grads,
 )
-from .reference import _active, input_projection
+from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
 
-# Every config here is compiled by kernels/compile_check.py (triton 3.6, the GPU machine's) for sm_90a and
-# sm_80, fp16/bf16/fp32/tf32/fp64, aligned and unaligned: 0 spill bytes, shared memory within the limit.
-# Launch A forward holds four gate accumulators (as the LSTM forward step), so its tiles are the smallest:
-# BLOCK_K = 64 spilled there (unaligned fp32/tf32/fp64), as did (64, 32, 32) at 255 registers with no margin.
-# The other three kernels hold one accumulator. A few small fp64 tiles showed 8-24 bytes of stack and were
-# replaced (e.g. (16, 32, 64, 4, 2) in the backward use-gate launch). Launch A's gate product is one dot over
-# the four gate blocks (``_common.gate_products``); (16, 64, 16, 8, *) runs with one stage (with 2 it kept 8 bytes
-# of stack for fp32, once tanh gained its small-argument branch) and not for fp32 (it spilled 8 bytes on sm_80).
+# Only configs that compile with 0 spills (no stack bytes) for sm_90a and sm_80, fp16/bf16/fp32/tf32/fp64,
+# aligned and unaligned, are listed (kernels/compile_check.py checks every entry; results/compile_table.csv).
+# Launch A forward holds four gate accumulators (as the LSTM forward step) and does its gate product as one dot
+# over the four gate blocks (``_common.gate_products``), so its tiles are the smallest: BLOCK_K <= 32, and the
+# (B=16, H=64, K=16) tile with one stage only and not for fp32. The other three kernels hold one accumulator.
 _FWD_ALL = [
-    TileConfig(16, 16, 32, 4, 2),
-    TileConfig(16, 32, 16, 4, 2),
-    TileConfig(16, 32, 32, 4, 3),
-    TileConfig(16, 32, 32, 8, 2),
-    TileConfig(16, 64, 16, 8, 1),
-    TileConfig(32, 32, 16, 8, 2),
+    TileConfig(B=16, H=16, K=32, warps=4, stages=2), TileConfig(B=16, H=32, K=16, warps=4, stages=2),
+    TileConfig(B=16, H=32, K=32, warps=4, stages=3), TileConfig(B=16, H=32, K=32, warps=8, stages=2),
+    TileConfig(B=16, H=64, K=16, warps=8, stages=1), TileConfig(B=32, H=32, K=16, warps=8, stages=2),
 ]
 FWD_CONFIGS = {
     "16bit": _FWD_ALL,
-    "fp32": [c for c in _FWD_ALL if c != TileConfig(16, 64, 16, 8, 1)],
+    "fp32": [c for c in _FWD_ALL if c != TileConfig(B=16, H=64, K=16, warps=8, stages=1)],
     "fp64": _FWD_ALL,
 }
+# the one-accumulator kernels share their wide tiles
+_WIDE = [TileConfig(B=16, H=128, K=64, warps=8, stages=2), TileConfig(B=32, H=64, K=64, warps=8, stages=2)]
 FWD_USE_CONFIGS = [
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 32, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 64, 32, 8, 2),
+    TileConfig(B=16, H=32, K=64, warps=4, stages=2), TileConfig(B=16, H=64, K=32, warps=4, stages=3), *_WIDE,
+    TileConfig(B=64, H=64, K=32, warps=8, stages=2),
 ]
 BWD_CONFIGS = [
-    TileConfig(16, 32, 64, 4, 2),
-    TileConfig(16, 64, 64, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 32, 32, 8, 2),
+    TileConfig(B=16, H=32, K=64, warps=4, stages=2), TileConfig(B=16, H=64, K=64, warps=4, stages=3), *_WIDE,
+    TileConfig(B=64, H=32, K=32, warps=8, stages=2),
 ]
-BWD_USE_CONFIGS = [
-    TileConfig(16, 32, 32, 4, 3),
-    TileConfig(16, 64, 64, 4, 3),
-    TileConfig(16, 128, 64, 8, 2),
-    TileConfig(32, 64, 64, 8, 2),
-    TileConfig(64, 32, 32, 8, 2),
-]
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference (pure torch, float64-capable, autograd does backward): the test oracle and the
-# backend="reference" path of models.UseGateLSTM.
-# ----------------------------------------------------------------------------------------------
-def usegate_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None):
-    """One use-gate LSTM step. x: (B, I); h, c: (B, H); w_ih (4H, I), w_hh (4H, H) with rows N, i, f, V;
-    w_u (H, H); biases (4H,) / (H,) or None. Returns (h', c')."""
-    z = x @ w_ih.t() + h @ w_hh.t()
-    for b in (b_ih, b_hh):
-        if b is not None:
-            z = z + b
-    return _usegate_pointwise(z, c, w_u, b_u)
-
-
-def _usegate_pointwise(z, c, w_u, b_u):
-    zn, zi, zf, zv = z.chunk(4, dim=1)
-    n, i, f, v = torch.tanh(zn), torch.sigmoid(zi), torch.sigmoid(zf), torch.sigmoid(zv)
-    k = f * c
-    a = k @ w_u.t()
-    if b_u is not None:
-        a = a + b_u
-    u = torch.tanh(a)
-    return u * v, k + n * i
-
-
-def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None):
-    """One use-gate LSTM layer, one direction (forward in time).
-
-    Args:
-        x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
-        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros).
-    Returns:
-        y (T, B, H), h_n (B, H), c_n (B, H).
-    """
-    if w_u is None:
-        raise TypeError("usegate_layer_ref: w_u (H, H) is required")
-    # unbind, not xp[t]: the backward of each xp[t] would allocate a zero tensor of xp's full size (O(T^2))
-    xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)
-    h, c = h0, c0
-    ys = []
-    for t in range(x.shape[0]):
-        h_new, c_new = _usegate_pointwise(xs[t] + h @ w_hh.t(), c, w_u, b_u)
-        act = _active(lengths, t, x)
-        if act is None:
-            h, c = h_new, c_new
-            ys.append(h_new)
-        else:
-            h, c = torch.where(act, h_new, h), torch.where(act, c_new, c)
-            ys.append(torch.where(act, h_new, torch.zeros_like(h_new)))
-    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
-    return y, h, c
+BWD_USE_CONFIGS = [TileConfig(B=16, H=32, K=32, warps=4, stages=3), *BWD_CONFIGS[1:]]
 
 
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
+@step_kernel(
+    configs=FWD_CONFIGS,
+    optional=dict(HAS_LENGTHS="lengths"),
+    args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _usegate_fwd_gates(
     xp,  # (B, 4H) xp[t], row stride s_xp
@@ -182,12 +103,8 @@ def _usegate_fwd_gates(
     s_xp, s_hp, s_cp, s_w, s_co, s_k, s_g,
     t, B, H, K,
     HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -213,6 +130,11 @@ def _usegate_fwd_gates(
     store_blocks(gates + o_b[:, None] * s_g + o_j[None, :], H, b_n, b_i, b_f, b_v, m_bj)
 
 
+@step_kernel(
+    configs=FWD_USE_CONFIGS,
+    optional=dict(HAS_BIAS="bias", STORE_U="u_out", HAS_LENGTHS="lengths"),
+    args=dict(k="x", w="x", bias="x", gates="x", h_out="x", u_out="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _usegate_fwd_use(
     k,  # (B, K) k_t, the full row written by launch A
@@ -224,15 +146,9 @@ def _usegate_fwd_use(
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     s_k, s_w, s_g, s_h, s_u,
     t, B, H, K,
-    HAS_BIAS: tl.constexpr,
-    STORE_U: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, STORE_U: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -253,6 +169,12 @@ def _usegate_fwd_use(
         tl.store(u_out + o_b[:, None] * s_u + o_j[None, :], b_u.to(u_out.dtype.element_ty), mask=m_bj)
 
 
+@step_kernel(
+    configs=BWD_CONFIGS,
+    key=("B", "H", "K", "HAS_NEXT"),
+    optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths"),
+    args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _usegate_bwd_gates(
     dz_next,  # (B, 4H) dz_{t+1} (only if HAS_NEXT)
@@ -266,14 +188,9 @@ def _usegate_bwd_gates(
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     s_dzn, s_w, s_dy, s_g, s_u, s_dci, s_dz, s_dzu,
     t, B, H, K,
-    HAS_NEXT: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    HAS_NEXT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -311,6 +228,11 @@ def _usegate_bwd_gates(
     tl.store(p_dz + 3 * H, b_dzv.to(dty), mask=m_bj)
 
 
+@step_kernel(
+    configs=BWD_USE_CONFIGS,
+    optional=dict(HAS_LENGTHS="lengths"),
+    args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32"),
+)
 @triton.jit(do_not_specialize=["t"])
 def _usegate_bwd_use(
     dzu,  # (B, K) dzu_t, the full row written by launch A
@@ -324,12 +246,8 @@ def _usegate_bwd_use(
     s_dzu, s_w, s_g, s_cp, s_dci, s_dco, s_dz,
     t, B, H, K,
     HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
@@ -350,40 +268,19 @@ def _usegate_bwd_use(
     tl.store(dz + o_b[:, None] * s_dz + 2 * H + o_j[None, :], b_dzf.to(dz.dtype.element_ty), mask=m_bj)
 
 
-_usegate_fwd_gates_tuned = autotuned(_usegate_fwd_gates, FWD_CONFIGS)
-_usegate_fwd_use_tuned = autotuned(_usegate_fwd_use, FWD_USE_CONFIGS)
-_usegate_bwd_gates_tuned = autotuned(_usegate_bwd_gates, BWD_CONFIGS, key=("B", "H", "K", "HAS_NEXT"))
-_usegate_bwd_use_tuned = autotuned(_usegate_bwd_use, BWD_USE_CONFIGS)
-
-
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _grid(B, H):
-    return lambda meta: (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, meta["BLOCK_B"]))
-
-
-def _meta(w):
-    return dict(
-        CAST_F32=cast_dot_inputs(w.dtype),
-        PRECISION=dot_precision(w.dtype, w.device),
-        ACC=acc_tl_dtype(w.dtype),
-    )
-
-
 def usegate_fwd_gates_step(xp_t, h_prev, c_prev, w_hh, c_out, k_out, gates, lengths=None, t=0):
     """Forward launch A of step t. Shapes: xp_t (B, 4H); h_prev (B, H); c_prev (B, H); w_hh (4H, H);
     outputs c_out (B, H) in the accumulator dtype, k_out (B, H) and gates (B, 4H) in the input dtype.
     lengths (B,) int32 or None with step index t. Writes the outputs in place."""
     B, G4 = xp_t.shape
-    H = G4 // 4
-    launch(
-        _usegate_fwd_gates, _usegate_fwd_gates_tuned, _grid(B, H),
-        xp=xp_t, h_prev=h_prev, c_prev=c_prev, w=w_hh, c_out=c_out, k_out=k_out, gates=gates,
-        lengths=lengths if lengths is not None else c_out,
+    _usegate_fwd_gates.launch(
+        xp=xp_t, h_prev=h_prev, c_prev=c_prev, w=w_hh, c_out=c_out, k_out=k_out, gates=gates, lengths=lengths,
         s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_cp=c_prev.stride(0), s_w=w_hh.stride(0),
         s_co=c_out.stride(0), s_k=k_out.stride(0), s_g=gates.stride(0),
-        t=t, B=B, H=H, K=h_prev.shape[1], HAS_LENGTHS=lengths is not None, **_meta(w_hh),
+        t=t, B=B, H=G4 // 4, K=h_prev.shape[1],
     )
 
 
@@ -391,14 +288,10 @@ def usegate_fwd_use_step(k_t, w_u, b_u, gates_t, h_out, u_out=None, lengths=None
     """Forward launch B of step t: h_out (B, H) <- tanh(k_t @ w_u^T + b_u) * v, and u_out (B, H) <- the tanh
     when given. k_t (B, H); w_u (H, H); b_u (H,) or None; gates_t (B, 4H). Writes in place."""
     B, H = k_t.shape
-    launch(
-        _usegate_fwd_use, _usegate_fwd_use_tuned, _grid(B, H),
-        k=k_t, w=w_u, bias=b_u if b_u is not None else w_u, gates=gates_t, h_out=h_out,
-        u_out=u_out if u_out is not None else h_out, lengths=lengths if lengths is not None else h_out,
-        s_k=k_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_h=h_out.stride(0),
-        s_u=u_out.stride(0) if u_out is not None else 0,
-        t=t, B=B, H=H, K=H, HAS_BIAS=b_u is not None, STORE_U=u_out is not None,
-        HAS_LENGTHS=lengths is not None, **_meta(w_u),
+    _usegate_fwd_use.launch(
+        k=k_t, w=w_u, bias=b_u, gates=gates_t, h_out=h_out, u_out=u_out, lengths=lengths,
+        s_k=k_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_h=h_out.stride(0), s_u=row_stride(u_out),
+        t=t, B=B, H=H, K=H,
     )
 
 
@@ -406,15 +299,11 @@ def usegate_bwd_gates_step(dz_next, w_hh, dy_t, gates_t, u_t, dc_in, dz_t, dzu_t
     """Backward launch A of step t. dz_next (B, 4H) or None at t = T-1; dy_t (B, H); u_t (B, H); dc_in (B, H)
     accumulator dtype. Writes dzu_t (B, H) and the N, i, V blocks of dz_t (B, 4H) in place."""
     B, G4 = gates_t.shape
-    H = G4 // 4
-    launch(
-        _usegate_bwd_gates, _usegate_bwd_gates_tuned, _grid(B, H),
-        dz_next=dz_next if dz_next is not None else dz_t, w=w_hh, dy=dy_t, gates=gates_t, u=u_t, dc_in=dc_in,
-        dz=dz_t, dzu=dzu_t, lengths=lengths if lengths is not None else dz_t,
-        s_dzn=dz_next.stride(0) if dz_next is not None else 0, s_w=w_hh.stride(0), s_dy=dy_t.stride(0),
-        s_g=gates_t.stride(0), s_u=u_t.stride(0), s_dci=dc_in.stride(0), s_dz=dz_t.stride(0),
-        s_dzu=dzu_t.stride(0),
-        t=t, B=B, H=H, K=G4, HAS_NEXT=dz_next is not None, HAS_LENGTHS=lengths is not None, **_meta(w_hh),
+    _usegate_bwd_gates.launch(
+        dz_next=dz_next, w=w_hh, dy=dy_t, gates=gates_t, u=u_t, dc_in=dc_in, dz=dz_t, dzu=dzu_t, lengths=lengths,
+        s_dzn=row_stride(dz_next), s_w=w_hh.stride(0), s_dy=dy_t.stride(0), s_g=gates_t.stride(0),
+        s_u=u_t.stride(0), s_dci=dc_in.stride(0), s_dz=dz_t.stride(0), s_dzu=dzu_t.stride(0),
+        t=t, B=B, H=G4 // 4, K=G4,
     )
 
 
@@ -422,20 +311,12 @@ def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengt
     """Backward launch B of step t: dk = dc_in + dzu_t @ w_u; writes the f block of dz_t (B, 4H) and
     dc_out (B, H) (accumulator dtype) in place."""
     B, H = dzu_t.shape
-    launch(
-        _usegate_bwd_use, _usegate_bwd_use_tuned, _grid(B, H),
-        dzu=dzu_t, w=w_u, gates=gates_t, c_prev=c_prev, dc_in=dc_in, dc_out=dc_out, dz=dz_t,
-        lengths=lengths if lengths is not None else dz_t,
+    _usegate_bwd_use.launch(
+        dzu=dzu_t, w=w_u, gates=gates_t, c_prev=c_prev, dc_in=dc_in, dc_out=dc_out, dz=dz_t, lengths=lengths,
         s_dzu=dzu_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_cp=c_prev.stride(0),
         s_dci=dc_in.stride(0), s_dco=dc_out.stride(0), s_dz=dz_t.stride(0),
-        t=t, B=B, H=H, K=H, HAS_LENGTHS=lengths is not None, **_meta(w_u),
+        t=t, B=B, H=H, K=H,
     )
-
-
-def _check_strategy(strategy: str) -> str:
-    if strategy not in ("auto", "per_step"):
-        raise ValueError(f"strategy must be 'auto' or 'per_step', got {strategy!r}")
-    return "per_step"
 
 
 def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
@@ -468,18 +349,17 @@ def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True
         xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
         w_hh: (4H, H); w_u: (H, H); b_u: (H,) or None; h0, c0: (B, H); lengths: (B,) int32 or None.
         store: keep what backward needs (every c_t, gates, k_t, u_t); False under no_grad.
-        strategy: "auto" or "per_step" (the only one so far).
+        strategy: "auto" or "per_step" (the only strategy of this cell).
     Returns:
         y (T, B, H), c_n (B, H) in the accumulator dtype, and c_seq (T, B, H) (accumulator dtype),
         gates (T, B, 4H), k_seq (T, B, H), u_seq (T, B, H) -- the last four None when not ``store``.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     check_dtype("xp", xp.dtype)
     if xp.dim() != 3 or xp.shape[2] % 4 != 0:
         raise RuntimeError(f"xp: expected shape (T, B, 4H), got {tuple(xp.shape)}")
     T, B, G4 = xp.shape
-    if T < 1:
-        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    check_steps(T)
     H = G4 // 4
     dev, dt = xp.device, xp.dtype
     check_tensor("w_hh", w_hh, (G4, H), dt, dev)
@@ -528,7 +408,7 @@ def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=N
         dz (T, B, 4H) gate pre-activation gradients, dzu (T, B, H) the gradient of the use gate's
         pre-activation, dc0 (B, H) in the accumulator dtype.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     T, B, H = dy.shape
     dt, dev = dy.dtype, dy.device
     check_dtype("dy", dt)
@@ -578,7 +458,7 @@ def usegate_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u
 def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths=None, *,
                       has_bias=True, strategy="auto"):
     """Gradients of one use-gate LSTM layer from the saved forward state: the fused backward recurrence, then
-    the weight and input gradients as large GEMMs over all steps (shared/MATH.md).
+    the weight and input gradients as large GEMMs over all steps (docs/MATH.md).
 
     Args:
         dy: (T, B, H) gradient of y with the gradient of h_n added at each row's last active step;
@@ -596,31 +476,9 @@ def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_s
     return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, dw_u, db_u)
 
 
-# Static compile check (kernels/compile_check.py): the heaviest constexpr variant of each kernel; pointer args
-# "x" are in the input dtype, "acc" in the accumulator dtype. c_prev is "acc" (c_{t-1} from c_seq; c0 at t = 0
-# comes in the input dtype, a lighter load).
-COMPILE_CHECK = [
-    *compile_check_entries(
-        _usegate_fwd_gates, FWD_CONFIGS,
-        args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32"),
-        constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
-    ),
-    dict(
-        kernel=_usegate_fwd_use, configs=FWD_USE_CONFIGS,
-        args=dict(k="x", w="x", bias="x", gates="x", h_out="x", u_out="x", lengths="*i32"),
-        constexprs=dict(HAS_BIAS=True, STORE_U=True, HAS_LENGTHS=True, CAST_F32=False),
-    ),
-    dict(
-        kernel=_usegate_bwd_gates, configs=BWD_CONFIGS,
-        args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32"),
-        constexprs=dict(HAS_NEXT=True, HAS_LENGTHS=True, CAST_F32=False),
-    ),
-    dict(
-        kernel=_usegate_bwd_use, configs=BWD_USE_CONFIGS,
-        args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32"),
-        constexprs=dict(HAS_LENGTHS=True, CAST_F32=False),
-    ),
-]
+# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+# The t = 0 launch A passes c0 in the input dtype as c_prev, a lighter load than the checked accumulator dtype.
+COMPILE_CHECK = step_kernel_checks(__name__)
 
 
 __all__ = [

@@ -44,39 +44,51 @@ def test_every_config_compiles_without_spills(table):
 
 
 def test_table_covers_every_kernel_arch_dtype(table):
+    """Every registry entry is compiled for both archs in each of its dtypes and alignments; the per-step
+    kernels in every dtype and both alignments (their launchers run both), the persistent ones aligned (the only
+    variant ``decide`` lets run)."""
     from kernels import compile_check as cc
 
     _, rows = table
     seen = {(r["kernel"], r["arch"], r["dtype"], r["align"]) for r in rows}
     kernels = {r["kernel"] for r in rows}
     assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step"} <= kernels
+    declared = set()
+    for module in cc.kernel_modules():
+        for e in cc._entries(module):
+            for dt in e.get("dtypes", cc.DTYPES):
+                for al in e.get("aligns", cc.ALIGNS):
+                    declared |= {(cc._entry_name(e), arch, dt, al) for arch in cc.ARCHS.values()}
+    assert declared <= seen, f"not compiled: {sorted(declared - seen)[:10]}"
     for k in kernels:
+        aligns = ("aligned",) if "persistent" in k else cc.ALIGNS
         for arch in cc.ARCHS.values():
             for dt in cc.DTYPES:
-                for al in cc.ALIGNS:
+                for al in aligns:
                     assert (k, arch, dt, al) in seen, f"missing {k} {arch} {dt} {al}"
 
 
 def test_every_autotune_config_is_checked(table):
-    """The configs the autotuners hold are exactly the ones compiled (per dtype group)."""
-    import importlib
+    """The configs every declared step kernel's autotuners hold are exactly the ones compiled (per dtype
+    group), for every kernel declared with ``_common.step_kernel``."""
+    from kernels import _common, compile_check as cc
 
-    from kernels._common import DTYPE_GROUPS, per_group
-
+    for module in cc.kernel_modules():  # importing them declares their step kernels
+        cc._entries(module)
     _, rows = table
     compiled = {(r["kernel"], r["dtype"], int(r["BLOCK_B"]), int(r["BLOCK_H"]), int(r["BLOCK_K"]),
                  int(r["num_warps"]), int(r["num_stages"])) for r in rows}
-    n = 0
-    for mod_name in ("kernels.lstm", "kernels.rnn"):
-        mod = importlib.import_module(mod_name)
-        for kind in ("fwd", "bwd"):
-            kname = f"_{mod_name.split('.')[1]}_{kind}_step"
-            for g, cfgs in per_group(getattr(mod, f"{kind.upper()}_CONFIGS")).items():
-                for c in cfgs:
-                    for dt in DTYPE_GROUPS[g]:
-                        n += 1
-                        assert (kname, dt, c.BLOCK_B, c.BLOCK_H, c.BLOCK_K, c.num_warps, c.num_stages) in compiled
-    assert n > 20
+    names = set()
+    for kernel in _common._STEP_KERNELS:
+        names.add(kernel.__name__)
+        for g, tuner in kernel.autotuners.items():
+            assert [c.kwargs for c in tuner.configs] == [c.meta() for c in kernel.configs[g]]
+            for c in tuner.configs:
+                for dt in _common.DTYPE_GROUPS[g]:
+                    assert (kernel.__name__, dt, c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"], c.kwargs["BLOCK_K"],
+                            c.num_warps, c.num_stages) in compiled, (kernel.__name__, dt, c)
+    assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_usegate_fwd_gates",
+            "_usegate_fwd_use", "_usegate_bwd_gates", "_usegate_bwd_use"} <= names
 
 
 _HOT_KINDS = {"HGMMA", "HMMA", "DMMA", "IMMA", "FFMA", "DFMA"}
@@ -254,6 +266,11 @@ def test_every_jit_kernel_is_compile_checked():
     assert {k: checked[k] for k in defined if k in checked} == {k: m for k, m in defined.items() if k in checked}
     stale = {k for k in NOT_CHECKED if k not in defined or k in checked}
     assert not stale, f"NOT_CHECKED names kernels that are gone or checked: {stale}"
+    # every kernel declared with step_kernel gets its entries from that declaration
+    from kernels import _common
+
+    declared = {k.__name__: k.module for k in _common._STEP_KERNELS}
+    assert len(declared) >= 8 and {k: checked.get(k) for k in declared} == declared
     # helpers (called from kernels) are compiled inside their callers, not on their own
     assert "lstm_cell_fwd" not in defined and "_grid_barrier" not in defined
 

@@ -15,6 +15,7 @@ import torch
 
 from kernels import lstm as L
 from kernels import lstm_persistent as P
+from kernels._common import DTYPE_GROUPS
 from models import LSTM
 
 from .compare import Case, check_lowp_against_oracle, compare, make_inputs, run
@@ -317,7 +318,7 @@ def test_data_sync_waits_for_the_other_programs_data_and_times_out_without_it():
     half written (NaN) and goes on."""
     T, B, H = 3, 2, 16
     xp, w, h0, c0 = _rand_seq(T, B, H)
-    half = P.PersistentConfig(16, 8, 4, 4, 4, 4, 4)
+    half = P.PersistentConfig(H_PAD=16, UNITS=8, BLOCK_B=4, fwd_warps=4, bwd_warps=4, fwd_split=4, bwd_split=4)
     os.environ[P.SYNC_ENV] = "data"
     try:
         with pytest.raises(RuntimeError, match="timed out"):
@@ -346,7 +347,7 @@ def test_compile_check_covers_the_persistent_configs():
                     (dt, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_H"], c.num_warps))
     for group, cfgs in P.CONFIGS.items():
         for c in cfgs:
-            for dt in P.DTYPE_GROUPS[group]:
+            for dt in DTYPE_GROUPS[group]:
                 for kind in ("fwd", "bwd"):
                     assert (dt, c.H_PAD, c.UNITS, c.warps(kind)) in entries[f"_lstm_{kind}_persistent"]
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}

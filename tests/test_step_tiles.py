@@ -10,10 +10,10 @@ from kernels._common import TileConfig
 from models import LSTM, RNN
 
 TILES = [
-    TileConfig(16, 16, 16, 4, 1),  # one chunk per K slice
-    TileConfig(16, 16, 64, 4, 1),  # 4 chunks per slice, K = 4H = 80 ends inside the second slice (LSTM)
-    TileConfig(16, 32, 128, 4, 1),  # 8 chunks, one slice; one unit tile with masked units
-    TileConfig(64, 16, 32, 4, 1),  # 64 rows: the backward's 2-D dot, most rows masked
+    TileConfig(B=16, H=16, K=16, warps=4, stages=1),  # one chunk per K slice
+    TileConfig(B=16, H=16, K=64, warps=4, stages=1),  # 4 chunks per slice, K = 4H = 80 ends inside the second slice (LSTM)
+    TileConfig(B=16, H=32, K=128, warps=4, stages=1),  # 8 chunks, one slice; one unit tile with masked units
+    TileConfig(B=64, H=16, K=32, warps=4, stages=1),  # 64 rows: the backward's 2-D dot, most rows masked
 ]
 
 
@@ -34,7 +34,7 @@ def _run(model_cls, cfg, monkeypatch, **kw):
     return outs
 
 
-@pytest.mark.parametrize("cfg", TILES, ids=lambda c: "x".join(map(str, (c.BLOCK_B, c.BLOCK_H, c.BLOCK_K))))
+@pytest.mark.parametrize("cfg", TILES, ids=lambda c: f"{c.B}x{c.H}x{c.K}")
 @pytest.mark.parametrize("model_cls", [LSTM, RNN])
 def test_step_tiles_match_nn(model_cls, cfg, monkeypatch):
     got, want = _run(model_cls, cfg, monkeypatch)
@@ -44,23 +44,23 @@ def test_step_tiles_match_nn(model_cls, cfg, monkeypatch):
 
 def _lists():
     from kernels import lstm, rnn
-    for mod in (lstm, rnn):
-        for kind, spec in (("fwd", mod.FWD_CONFIGS), ("bwd", mod.BWD_CONFIGS)):
-            for group, cfgs in _common.per_group(spec).items():
-                for c in cfgs:
-                    yield f"{mod.__name__}.{kind}.{group}", kind, c
+    for kind, kernel in (("fwd", lstm._lstm_fwd_step), ("bwd", lstm._lstm_bwd_step), ("fwd", rnn._rnn_fwd_step),
+                         ("bwd", rnn._rnn_bwd_step)):
+        for group, cfgs in kernel.configs.items():
+            for c in cfgs:
+                yield f"{kernel.__name__}.{group}", kind, c
 
 
 def test_backward_tiles_give_every_warp_its_own_k_chunks():
     """Under 64 rows the backward's warps split the BLOCK_K/16 chunks of a K slice: more warps than chunks
     would repeat each other's MMA work."""
-    bad = [(n, c) for n, kind, c in _lists() if kind == "bwd" and c.BLOCK_B < 64 and c.num_warps > c.BLOCK_K // 16]
+    bad = [(n, c) for n, kind, c in _lists() if kind == "bwd" and c.B < 64 and c.warps > c.K // 16]
     assert not bad
 
 
 def test_k_loops_keep_a_slice_in_flight():
     """num_stages 2 drains every cp.async group at the top of each K iteration; the lists use 3 or more."""
-    assert not [(n, c) for n, _, c in _lists() if c.num_stages < 3]
+    assert not [(n, c) for n, _, c in _lists() if c.stages < 3]
 
 
 def test_programmatic_dependent_launch_is_opt_in_and_cuda_sm90_only(monkeypatch):
