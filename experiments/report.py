@@ -174,6 +174,15 @@ def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True)
     return f"{BEGIN}\n{body}\n{END}"
 
 
+def csv_rows(path: Path) -> list[dict]:
+    """The rows of a CSV as dicts; ReportError when it has none."""
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ReportError(f"{path} has no rows")
+    return rows
+
+
 def _split(text: str, path: Path, begin: str = BEGIN, end: str = END) -> tuple[str, str, str]:
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
