@@ -220,7 +220,7 @@ def _config_fields(cfg) -> dict:
 
 
 def _parse_config(text: str) -> dict:
-    """``B,H,K,WARPS,STAGES`` or ``NAME=VALUE,...`` (any constexprs, e.g. a persistent backward's KSPLIT, plus
+    """``B,H,K,WARPS,STAGES`` or ``NAME=VALUE,...`` (any constexprs, e.g. a persistent kernel's SPLIT_K, plus
     num_warps and num_stages, which default to 4 and 1)."""
     if "=" in text:
         cfg = {k.strip(): int(v) for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
@@ -867,7 +867,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="aligned,unaligned (see module doc)")
     ap.add_argument("--config", action="append", default=None, metavar="B,H,K,WARPS,STAGES",
                     help="compile these tile configs instead of the kernels' lists (repeatable); also "
-                         "NAME=VALUE,... (e.g. BLOCK_B=8,BLOCK_H=8,BLOCK_K=1024,KSPLIT=2,num_warps=16)")
+                         "NAME=VALUE,... (e.g. BLOCK_B=16,BLOCK_H=8,BLOCK_K=1024,SPLIT_K=8,num_warps=8)")
     ap.add_argument("--dump", default="", metavar="DIR", help="write each compile's TTGIR, PTX and SASS here")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
     ap.add_argument("--csv", default="", help="write one row per compile here")
