@@ -20,7 +20,7 @@ one slice on each warp (``warpsPerCTA = [S, 1, 1]``), so no two warps compute th
 16 x 8 result over 16 warps would repeat it 16 times).
 
 Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U + U):
-- before the loop it loads, per gate g, W_hh[g*H + j, :]^T as (S, KS, U) (``_fwd_w``);
+- before the loop it loads, per gate g, W_hh[g*H + j, :]^T as (S, KS, U) (``_w_split``);
 - step t, for each batch tile: h_{t-1} as (S, BB, KS), four split-K dots (one per gate) plus xp[t],
   activations, cell update; h_t into the per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into
   ``cbuf`` and the gates (as the per-step path stores them, so either backward can follow either forward);
@@ -36,7 +36,7 @@ Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U +
 - the time loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
 
 Backward (``_lstm_bwd_persistent``), program p owns unit columns j of W_hh: the slice W_hh[:, j] (all 4H rows,
-one (S, KS, U) block per gate, ``_bwd_w``). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1}
+one (S, KS, U) block per gate, ``_w_split``). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1}
 row, available after one barrier per step, and no cross-program reduction: four split-K dots, one per gate block
 of the reduction axis (one block of dz in registers at a time). Then the pointwise LSTM backward of its units
 (docs/MATH.md), dz_t written to global memory, dc kept in a private ping-pong buffer. Weight gradients stay the
@@ -167,12 +167,18 @@ def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl
 
 
 @triton.jit
-def _fwd_w(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr):
-    """One gate's W_hh^T slice for units j0 .. j0+U-1, split along K: [s, k, u] = W_hh[gate*H + j0 + u, s*KS + k]
-    (zero past H)."""
+def _w_split(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr,
+             UNITS_ARE_ROWS: tl.constexpr):
+    """One gate's block of W_hh for units j0 .. j0+U-1, split along K into (S, KS, U): [s, k, u] is
+    W_hh[gate*H + j0 + u, s*KS + k] with UNITS_ARE_ROWS (the forward's W^T: K runs along a row) and
+    W_hh[gate*H + s*KS + k, j0 + u] without (the backward's W: K runs down the gate's rows); zero past H."""
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
     j = j0 + tl.arange(0, U)[None, None, :]
-    b = tl.load(w + (gate * H + j).to(tl.int64) * s_w + kk, mask=(kk < H) & (j < H), other=0.0)
+    if UNITS_ARE_ROWS:
+        p = w + (gate * H + j).to(tl.int64) * s_w + kk
+    else:
+        p = w + (gate * H + kk).to(tl.int64) * s_w + j
+    b = tl.load(p, mask=(kk < H) & (j < H), other=0.0)
     return b.to(tl.float32) if CAST_F32 else b
 
 
@@ -254,10 +260,10 @@ def _lstm_fwd_persistent(
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
     # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_i = _fwd_w(w, s_w, 0, j0, H, S, KS, U, CAST_F32)
-    w_f = _fwd_w(w, s_w, 1, j0, H, S, KS, U, CAST_F32)
-    w_g = _fwd_w(w, s_w, 2, j0, H, S, KS, U, CAST_F32)
-    w_o = _fwd_w(w, s_w, 3, j0, H, S, KS, U, CAST_F32)
+    w_i = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, True)
+    w_f = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, True)
+    w_g = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, True)
+    w_o = _w_split(w, s_w, 3, j0, H, S, KS, U, CAST_F32, True)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
     s_t = B * H
@@ -292,16 +298,6 @@ def _lstm_fwd_persistent(
             # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
             x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
             alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
-
-
-@triton.jit
-def _bwd_w(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr):
-    """One gate's rows of W_hh for units j0 .. j0+U-1, split along K: [s, k, u] = W_hh[gate*H + s*KS + k, j0 + u]
-    (zero past H)."""
-    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
-    j = j0 + tl.arange(0, U)[None, None, :]
-    b = tl.load(w + (gate * H + kk).to(tl.int64) * s_w + j, mask=(kk < H) & (j < H), other=0.0)
-    return b.to(tl.float32) if CAST_F32 else b
 
 
 @triton.jit
@@ -393,10 +389,10 @@ def _lstm_bwd_persistent(
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
     # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_i = _bwd_w(w, s_w, 0, j0, H, S, KS, U, CAST_F32)
-    w_f = _bwd_w(w, s_w, 1, j0, H, S, KS, U, CAST_F32)
-    w_g = _bwd_w(w, s_w, 2, j0, H, S, KS, U, CAST_F32)
-    w_o = _bwd_w(w, s_w, 3, j0, H, S, KS, U, CAST_F32)
+    w_i = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, False)
+    w_f = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, False)
+    w_g = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, False)
+    w_o = _w_split(w, s_w, 3, j0, H, S, KS, U, CAST_F32, False)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
     s_t = B * H
