@@ -556,3 +556,44 @@ def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b
         dz_o = tl.where(m_act, dz_o, 0.0)
         dc_prev = tl.where(m_act, dc_prev, dc_in)
     return dz_i, dz_f, dz_g, dz_o, dc_prev
+
+
+# ----------------------------------------------------------------------------------------------
+# The GRU cell's pointwise work (docs/MATH.md), shared by the per-step and the persistent kernels.
+# Saved per step (the layout of ``gates``): r, z, n, hn, four (B, H) blocks of a (B, 4H) row. The backward's
+# per-step gradients (``dg``) are da_r, da_z, dhn, dn in that order, so the first 3H columns are the gradient of
+# the recurrent product (the next step's dot reads them with K = 3H) and columns 0:2H + 3H:4H that of xp.
+# With HAS_LENGTHS, a row whose sequence has ended (t >= lengths[b]) outputs zeros and gets no gradient.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def gru_cell_fwd(a_r, a_z, x_n, hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+    """From a_r = xp_r + hp_r, a_z = xp_z + hp_z, x_n = xp_n, hn = hp_n + b_hn and h_{t-1}: the gates r, z, n and
+    h_t = (1 - z) * n + z * h_{t-1} (zeros on finished rows)."""
+    b_r = sigmoid(a_r)
+    b_z = sigmoid(a_z)
+    b_n = tanh(x_n + b_r * hn)
+    b_h = b_n + b_z * (h_prev - b_n)
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        b_h = tl.where(m_act, b_h, 0.0)
+    return b_r, b_z, b_n, b_h
+
+
+@triton.jit
+def gru_cell_bwd(dh, b_r, b_z, b_n, b_hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+    """Backward of one step's pointwise work given dh_t (dy_t, the carry and dg_{t+1} @ W_hh already summed), the
+    saved gates and h_{t-1}: returns (da_r, da_z, dhn, dn, carry) with carry = dh * z, the direct part of dh_{t-1}.
+    A finished row gets zeros everywhere (its output is a constant zero)."""
+    dn = dh * (1.0 - b_z) * (1.0 - b_n * b_n)
+    da_z = dh * (h_prev - b_n) * b_z * (1.0 - b_z)
+    dhn = dn * b_r
+    da_r = dn * b_hn * b_r * (1.0 - b_r)
+    carry = dh * b_z
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        da_r = tl.where(m_act, da_r, 0.0)
+        da_z = tl.where(m_act, da_z, 0.0)
+        dhn = tl.where(m_act, dhn, 0.0)
+        dn = tl.where(m_act, dn, 0.0)
+        carry = tl.where(m_act, carry, 0.0)
+    return da_r, da_z, dhn, dn, carry

@@ -135,3 +135,59 @@ def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u
         ys.append(_output(act, h_new))
     y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[1])
     return y, h, c
+
+
+# The GRU (gates r, z, n stacked in W's rows in that order, exactly as torch.nn.GRU; docs/MATH.md). b_hn sits
+# inside the reset gate's product, so only b_ih and the r, z blocks of b_hh can go into the input projection.
+def gru_input_projection(x, w_ih, b_ih=None, b_hh=None):
+    """Xp = x @ W_ih^T + b_ih + [b_hr, b_hz, 0] for all steps at once. x: (T, B, I) -> (T, B, 3H). b_hn is left
+    out: it is added to the recurrent product inside the reset gate (``gru_layer_ref``)."""
+    if b_hh is not None:
+        H = b_hh.shape[0] // 3
+        b_hh = torch.cat([b_hh[: 2 * H], b_hh.new_zeros(H)])
+    return input_projection(x, w_ih, b_ih, b_hh)
+
+
+def gru_pointwise(xp, hp, h, b_hn=None):
+    """One GRU step from the input projection ``xp`` (B, 3H; ``gru_input_projection``), the recurrent product
+    ``hp = h @ W_hh^T`` (B, 3H, no bias) and h_{t-1} (B, H). Returns (h_t, r, z, n, hn) with
+    hn = hp_n + b_hn, the recurrent part of n's pre-activation that r multiplies."""
+    xr, xz, xn = xp.chunk(3, dim=1)
+    hr, hz, hn = hp.chunk(3, dim=1)
+    if b_hn is not None:
+        hn = hn + b_hn
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h, r, z, n, hn
+
+
+def gru_cell_ref(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step as torch.nn.GRUCell. x: (B, I); h: (B, H); w_ih (3H, I), w_hh (3H, H); biases (3H,) or None.
+    Returns h'."""
+    xp = gru_input_projection(x.unsqueeze(0), w_ih, b_ih, b_hh)[0]
+    b_hn = None if b_hh is None else b_hh[2 * h.shape[1]:]
+    return gru_pointwise(xp, h @ w_hh.t(), h, b_hn)[0]
+
+
+def gru_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+    """One GRU layer, one direction (forward in time).
+
+    Args:
+        x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H) (rows r, z, n); b_ih, b_hh: (3H,) or None;
+        lengths: (B,) or None (inactive rows keep their state and output zeros).
+    Returns:
+        y (T, B, H), h_n (B, H).
+    """
+    H = h0.shape[1]
+    xs = gru_input_projection(x, w_ih, b_ih, b_hh).unbind(0)  # unbind: see lstm_layer_ref
+    b_hn = None if b_hh is None else b_hh[2 * H:]
+    h = h0
+    ys = []
+    for t in range(x.shape[0]):
+        h_new = gru_pointwise(xs[t], h @ w_hh.t(), h, b_hn)[0]
+        act = _active(lengths, t, x)
+        (h,) = _advance(act, (h_new,), (h,))
+        ys.append(_output(act, h_new))
+    y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], H)
+    return y, h
