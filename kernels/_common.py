@@ -335,21 +335,23 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
     return out
 
 
-def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None):
+def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None, dz_ih=None):
     """Post-loop GEMMs shared by every cell: given dz (T, B, G*H) returns
     (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after. With ``lengths`` (B,),
     h_{t-1} is zeroed at the steps past a row's length: dz is 0 there, and 0 * a non-finite last output would
-    otherwise put NaN into every entry of dW_hh."""
+    otherwise put NaN into every entry of dW_hh. ``dz_ih``: the gradient of the input projection where it is not
+    dz (the GRU's, whose n block differs); dx and dW_ih come from it, everything else from dz (db = dz's sum)."""
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
+    dzi2 = dz2 if dz_ih is None else dz_ih.reshape(T * B, -1)
     h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0)
     if lengths is not None:
         t = torch.arange(T, device=h_prev.device).unsqueeze(1)
         h_prev = h_prev.masked_fill((t >= lengths.to(t.dtype).unsqueeze(0)).unsqueeze(2), 0)
     h_prev = h_prev.reshape(T * B, -1)
     dw_hh = dz2.t() @ h_prev.to(dz2.dtype)
-    dw_ih = dz2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
-    dx = (dz2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
+    dw_ih = dzi2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
+    dx = (dzi2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
     dh0 = dz[0] @ w_hh.to(dz2.dtype)
     db = dz2.sum(0, dtype=acc_torch_dtype(dz2.dtype)).to(dz2.dtype) if has_bias else None
     return dx, dh0, dw_ih, dw_hh, db
@@ -476,18 +478,24 @@ def dot_rows_split(a, s_a, w, s_w, o_b, m_b, o_j, m_j, K,
 @triton.jit
 def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
                   CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, GATES: tl.constexpr = 4):
     """The four gate pre-activation tiles ``h_prev[o_b, :K] @ W[g*H + o_j, :K]^T`` for g = 0..3 (gate blocks
     stacked along W's rows, as nn.LSTM). Returns (z0, z1, z2, z3).
 
     One ``tl.dot`` of N = 4 * BLOCK_H per K slice (column n is unit o_j[n % BLOCK_H] of gate n // BLOCK_H),
     not four dots of N = BLOCK_H: with four dots that share an operand Triton lays every dot's warps along a
     single axis, so a (16, 16) tile on 4 warps has every warp compute the whole tile (4x repeated MMA work);
-    the wide dot spreads the warps over all four gates. The gates are split apart once, after the loop."""
+    the wide dot spreads the warps over all four gates. The gates are split apart once, after the loop.
+
+    ``GATES = 3`` (the GRU's r, z, n; W has 3H rows): tensor sizes are powers of two, so the dot stays four
+    blocks wide and the fourth block's W rows are masked (never loaded; z3 is 0, for the caller to drop). That
+    costs a quarter of the MMA instructions, not memory traffic, and keeps the warps spread over every gate."""
     acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), ACC)
     o_n = tl.arange(0, 4 * BLOCK_H)
     o_jn = tl.reshape(tl.broadcast_to(o_j[None, :], (4, BLOCK_H)), (4 * BLOCK_H,))
     m_n = tl.reshape(tl.broadcast_to(m_j[None, :], (4, BLOCK_H)), (4 * BLOCK_H,))
+    if GATES < 4:  # constexpr: the four-gate code is unchanged
+        m_n = m_n & (o_n < GATES * BLOCK_H)
     # W tile loaded transposed, (BLOCK_K, 4 * BLOCK_H): rows g*H + j of W, columns k.
     p_w = w + ((o_n // BLOCK_H) * H + o_jn)[None, :].to(tl.int64) * s_w
     for k0 in range(0, K, BLOCK_K):
