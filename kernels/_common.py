@@ -3,7 +3,7 @@ per-step kernel (``step_kernel``: configs, autotuners, launch, compile-check ent
 GEMMs, and the @triton.jit helpers inlined into the kernels (activations, tile offsets, dots, the LSTM cell).
 
 Dimension legend used across ``kernels/``: B batch, T steps, I input, H hidden, P projected hidden
-(P = H without proj_size), G gates per cell (LSTM 4, RNN 1).
+(P = H without proj_size), G gates per cell (LSTM 4, GRU 3, RNN 1).
 """
 from __future__ import annotations
 

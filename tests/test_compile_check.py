@@ -52,7 +52,8 @@ def test_table_covers_every_kernel_arch_dtype(table):
     _, rows = table
     seen = {(r["kernel"], r["arch"], r["dtype"], r["align"]) for r in rows}
     kernels = {r["kernel"] for r in rows}
-    assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step"} <= kernels
+    assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_gru_fwd_step",
+            "_gru_bwd_step"} <= kernels
     declared = set()
     for module in cc.kernel_modules():
         for e in cc._entries(module):
@@ -87,8 +88,8 @@ def test_every_autotune_config_is_checked(table):
                 for dt in _common.DTYPE_GROUPS[g]:
                     assert (kernel.__name__, dt, c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"], c.kwargs["BLOCK_K"],
                             c.num_warps, c.num_stages) in compiled, (kernel.__name__, dt, c)
-    assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_usegate_fwd_gates",
-            "_usegate_fwd_use", "_usegate_bwd_gates", "_usegate_bwd_use"} <= names
+    assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_gru_fwd_step", "_gru_bwd_step",
+            "_usegate_fwd_gates", "_usegate_fwd_use", "_usegate_bwd_gates", "_usegate_bwd_use"} <= names
 
 
 _HOT_KINDS = {"HGMMA", "HMMA", "DMMA", "IMMA", "FFMA", "DFMA"}

@@ -43,9 +43,9 @@ def test_step_tiles_match_nn(model_cls, cfg, monkeypatch):
 
 
 def _lists():
-    from kernels import lstm, rnn
+    from kernels import gru, lstm, rnn
     for kind, kernel in (("fwd", lstm._lstm_fwd_step), ("bwd", lstm._lstm_bwd_step), ("fwd", rnn._rnn_fwd_step),
-                         ("bwd", rnn._rnn_bwd_step)):
+                         ("bwd", rnn._rnn_bwd_step), ("fwd", gru._gru_fwd_step), ("bwd", gru._gru_bwd_step)):
         for group, cfgs in kernel.configs.items():
             for c in cfgs:
                 yield f"{kernel.__name__}.{group}", kind, c
