@@ -2,9 +2,9 @@
 
 Public API::
 
-    from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
+    from fusedrnn import LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
 
-``LSTM``, ``RNN``, ``LSTMCell``, ``RNNCell`` take torch.nn's constructor arguments plus keyword-only
+``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
 Subpackages: ``fusedrnn.models`` (the modules and autograd ops), ``fusedrnn.kernels`` (Triton kernels and
 pure-PyTorch references), ``fusedrnn.experiments`` (sweeps and plots). ``fusedrnn`` is the only top-level name
@@ -16,9 +16,11 @@ _install(__path__[0])
 
 from .models import (  # noqa: E402
     BACKENDS,
+    GRU,
     LSTM,
     RNN,
     STRATEGIES,
+    GRUCell,
     LSTMCell,
     RNNCell,
     UseGateLSTM,
@@ -26,5 +28,5 @@ from .models import (  # noqa: E402
     swap_rnns,
 )
 
-__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "LSTMCell", "RNNCell", "UseGateLSTM", "swap_rnns",
+__all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
            "clear_cuda_graphs"]

@@ -19,11 +19,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..kernels import gru as _gru
 from ..kernels import lstm as _lstm
 from ..kernels import rnn as _rnn
 from ..kernels import usegate as _ug
 from ..kernels._common import acc_torch_dtype
-from ..kernels.reference import lstm_layer_ref, rnn_layer_ref
+from ..kernels.reference import gru_layer_ref, lstm_layer_ref, rnn_layer_ref
 from ..kernels.usegate import usegate_layer_ref
 
 _EMPTY = (0,)
@@ -320,3 +321,80 @@ def _usegate_backward(ctx, dy, dc_n, *unused):
 
 usegate_layer.register_autograd(_usegate_backward, setup_context=_usegate_setup)
 usegate_layer_bwd.register_autograd(double_backward_error)
+
+
+# -------------------------------------------------------------------------------------------------- GRU
+@torch.library.custom_op("fusedrnn::gru_layer", mutates_args=())
+def gru_layer(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+    lengths: Optional[Tensor], store: bool, strategy: str,
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer, forward in time. x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), biases (3H,) or None,
+    lengths (B,) int32 or None. Returns y (T, B, H) and, for backward, gates (T, B, 4H) = [r, z, n, hn] (empty
+    when ``store`` is False)."""
+    with _no_autocast(x):
+        y, gates = _gru.gru_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store=store, strategy=strategy)
+    return y, _or_empty(gates, x)
+
+
+@gru_layer.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy):
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    return x.new_empty(T, B, H), (x.new_empty(T, B, 4 * H) if store else x.new_empty(_EMPTY))
+
+
+@torch.library.custom_op("fusedrnn::gru_layer_bwd", mutates_args=())
+def gru_layer_bwd(
+    dy: Tensor, x: Tensor, h0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor, gates: Tensor,
+    lengths: Optional[Tensor], has_bias: bool, strategy: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``gru_layer``: dx, dh0, dW_ih, dW_hh, db_ih, db_hh (the two bias gradients differ in the n
+    block; empty without bias)."""
+    with _no_autocast(x):
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _gru.gru_layer_bwd(
+            dy, x, h0, y, w_ih, w_hh, gates, lengths, has_bias=has_bias, strategy=strategy
+        )
+    return dx, dh0.to(h0.dtype), dw_ih, dw_hh, _or_empty(db_ih, x), _or_empty(db_hh, x)
+
+
+@gru_layer_bwd.register_fake
+def _(dy, x, h0, y, w_ih, w_hh, gates, lengths, has_bias, strategy):
+    db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh), db,
+            torch.empty_like(db))
+
+
+def _gru_setup(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy = inputs
+    y, gates = output
+    ctx.stored = bool(store)
+    if not store:
+        return
+    ctx.save_for_backward(x, h0, y, w_ih, w_hh, gates, lengths, b_ih, b_hh)
+    ctx.bias = (b_ih is not None, b_hh is not None)
+    ctx.strategy = strategy
+
+
+def _gru_ref_outputs(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
+    return (gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)[0],)
+
+
+def _gru_backward(ctx, dy, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: gru_layer ran with store=False (no grad was needed) and cannot backprop")
+    x, h0, y, w_ih, w_hh, gates, lengths, b_ih, b_hh = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        grads = differentiable_vjp(_gru_ref_outputs, inputs, ctx.needs_input_grad[:7], (dy,))
+        return (*grads[:6], None, None, None)
+    dy = torch.zeros_like(y) if dy is None else dy
+    has_ih, has_hh = ctx.bias
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = gru_layer_bwd(
+        dy, x, h0, y, w_ih, w_hh, gates, lengths, has_ih or has_hh, ctx.strategy
+    )
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None, None, None, None)
+
+
+gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup)
+gru_layer_bwd.register_autograd(double_backward_error)

@@ -11,6 +11,7 @@ import warnings
 from torch import nn
 
 from ._base import PER_STEP_STRATEGIES, STRATEGIES, check_backend
+from .gru import GRU, GRUCell
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 
@@ -24,6 +25,11 @@ def _config(m: nn.Module) -> tuple[type, dict]:
         return RNN, dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
                          nonlinearity=m.nonlinearity, bias=m.bias, batch_first=m.batch_first,
                          dropout=m.dropout, bidirectional=m.bidirectional)
+    if type(m) is nn.GRU:
+        return GRU, dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
+                         bias=m.bias, batch_first=m.batch_first, dropout=m.dropout, bidirectional=m.bidirectional)
+    if type(m) is nn.GRUCell:
+        return GRUCell, dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
     if type(m) is nn.LSTMCell:
         return LSTMCell, dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
     if type(m) is nn.RNNCell:
@@ -32,8 +38,7 @@ def _config(m: nn.Module) -> tuple[type, dict]:
     raise TypeError(type(m).__name__)
 
 
-SWAPPABLE = (nn.LSTM, nn.RNN, nn.LSTMCell, nn.RNNCell)
-UNSWAPPABLE = (nn.GRU, nn.GRUCell)
+SWAPPABLE = (nn.LSTM, nn.RNN, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell)
 # nn.Module's per-module hook state: shared with the new module (the same dict objects, so the handles the
 # user holds still remove their hooks)
 _HOOK_DICTS = (
@@ -45,7 +50,7 @@ _HOOK_DICTS = (
 
 def _convert(m: nn.Module, backend: str, strategy: str) -> nn.Module:
     cls, cfg = _config(m)
-    strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell) else "auto"
+    strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell, GRU, GRUCell) else "auto"
     # meta device: the constructor's reset_parameters() allocates nothing and draws no random number
     new = cls(**cfg, device="meta", backend=backend, strategy=strat)
     if list(new._parameters) != list(m._parameters):
@@ -69,8 +74,9 @@ def _convert(m: nn.Module, backend: str, strategy: str) -> nn.Module:
 
 
 def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -> nn.Module:
-    """Replace, in place, every ``nn.LSTM``, ``nn.RNN``, ``nn.LSTMCell`` and ``nn.RNNCell`` inside ``model``
-    (the model itself included) by ``fusedrnn.LSTM`` / ``RNN`` / ``LSTMCell`` / ``RNNCell`` with the same
+    """Replace, in place, every ``nn.LSTM``, ``nn.RNN``, ``nn.GRU``, ``nn.LSTMCell``, ``nn.RNNCell`` and ``nn.GRUCell``
+    inside ``model`` (the model itself included) by ``fusedrnn.LSTM`` / ``RNN`` / ``GRU`` / ``LSTMCell`` / ``RNNCell`` /
+    ``GRUCell`` with the same
     configuration, changing nothing but the kernels:
 
     - the new module holds the old module's **Parameter objects** (not copies): tied weights, optimizers
@@ -81,12 +87,12 @@ def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -
     - the module's forward / backward / state_dict hooks, its train/eval mode and attributes the user set on
       it move over.
 
-    Warns about modules it cannot swap (GRU, subclasses of the nn classes).
+    Warns about modules it cannot swap (subclasses of the nn classes).
 
     Args:
         model: any nn.Module.
-        backend, strategy: passed to the new modules. A strategy only the LSTM has ("persistent") is passed
-            to the LSTMs only; the RNNs get "auto" (their kernels have no persistent variant).
+        backend, strategy: passed to the new modules. A strategy only the LSTM and GRU have ("persistent") is
+            passed to those only; the RNNs get "auto" (their kernels have no persistent variant).
     Returns:
         The model (a new module when ``model`` itself was an nn.LSTM/RNN/cell; otherwise the same object).
         The old recurrent modules must not be used afterwards: their parameters now belong to the new ones.
@@ -108,11 +114,7 @@ def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -
                 parent._modules[name] = done[id(child)]
             elif id(child) in warned:
                 continue
-            elif isinstance(child, UNSWAPPABLE):
-                warned.add(id(child))
-                warnings.warn(f"swap_rnns: {full} ({type(child).__name__}) has no fused kernel; left as it is",
-                              stacklevel=2)
-            elif isinstance(child, SWAPPABLE) and not isinstance(child, (LSTM, RNN, LSTMCell, RNNCell)):
+            elif isinstance(child, SWAPPABLE) and not isinstance(child, (LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell)):
                 warned.add(id(child))
                 warnings.warn(f"swap_rnns: {full} is a subclass of {type(child).__mro__[1].__name__}; "
                               "left as it is (its forward may differ)", stacklevel=2)

@@ -67,12 +67,11 @@ def test_swap_top_level_module_and_train_mode():
         assert torch.equal(a, b), n
 
 
-def test_gru_is_left_with_a_warning_and_ours_untouched():
+def test_gru_is_swapped_and_ours_untouched():
     model = nn.Sequential(nn.GRU(3, 4), models.LSTM(3, 4))
     ours = model[1]
-    with pytest.warns(UserWarning, match="GRU"):
-        swap_rnns(model)
-    assert type(model[0]) is nn.GRU and model[1] is ours
+    swap_rnns(model)
+    assert type(model[0]) is models.GRU and model[1] is ours
 
 
 def test_swap_warns_on_subclass():

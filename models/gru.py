@@ -1,0 +1,72 @@
+"""Drop-in GRU modules on the fused kernels: ``GRU`` (as torch.nn.GRU) and ``GRUCell`` (as nn.GRUCell)."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..kernels.gru import STRATEGIES
+from ..kernels.reference import gru_layer_ref
+
+from . import ops
+from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, needs_grad, resolve_backend
+from ._cell import cell_forward
+from ._export import NoScript
+
+
+def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
+    """One GRU layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh)].
+    Returns y (T, B, H), h_n (B, H), None."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
+    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        y, h_n = gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        return y, h_n, None
+    check_triton_dtype(x.dtype)
+    store = needs_grad(x, h0, *weights)
+    y, _ = ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy)
+    return y, last_step(y, lengths), None
+
+
+class GRU(FusedRNNBase):
+    """Multi-layer GRU with the constructor, parameters, inputs and outputs of ``torch.nn.GRU`` (gates r, z, n;
+    a ``torch.nn.GRU`` state_dict loads unchanged), plus keyword-only ``backend`` and ``strategy`` as for
+    ``models.LSTM`` ("persistent": kernels/gru_persistent.py, falling back to per_step where it does not apply).
+
+    Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
+    (layers * directions, B, H). Returns ``output, h_n``.
+    """
+
+    _strategies = STRATEGIES
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, backend: str = "auto", strategy: str = "auto", **kwargs):
+        if "proj_size" in kwargs:  # nn.GRU's check and message, whatever the value
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device=device, dtype=dtype, backend=backend, strategy=strategy)
+
+    def _layer(self, x, h0, c0, weights, lengths):
+        return run_gru_layer(x, h0, weights, lengths, has_bias=self.bias, backend=self.backend,
+                             strategy=self.strategy)
+
+
+class GRUCell(NoScript, nn.RNNCellBase):
+    """One GRU step with the constructor, parameters, inputs and outputs of ``torch.nn.GRUCell``, on the fused
+    kernels. ``backend``/``strategy`` as for ``models.GRU``. Returns ``h_1``."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto", strategy: str = "auto"):
+        check_backend(backend, strategy, STRATEGIES)
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+        self.backend = backend
+        self.strategy = strategy
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        def step(x, states, weights):
+            _, h, _ = run_gru_layer(x, states[0], weights, None, has_bias=self.bias, backend=self.backend,
+                                    strategy=self.strategy)
+            return (h,)
+
+        return cell_forward(self, "GRUCell", input, hx, 1, step)
