@@ -48,6 +48,34 @@ def test_table_gives_every_cell_its_speedups(tmp_path):
     assert "TESTGPU, commit abc123def456, torch 2.11.0, triton 3.6.0, CUDA 13.0, cuDNN 91000, 2026-12-01" in md
 
 
+def test_gru_rows_get_their_own_tables_after_the_lstm(tmp_path):
+    csv = tmp_path / "headline.csv"
+    _fixture(csv)
+    lstm_only = report.block(csv)
+    for dt in ("bf16", "fp16"):
+        for ps in ("fwd", "fwdbwd"):
+            append_row(csv, _row(16, 1024, dt, ps, "cudnn", "", 3.0, cell="gru"))
+            append_row(csv, _row(16, 1024, dt, ps, "fusedrnn", "per_step", 1.5, cell="gru"))
+    md = report.block(csv)
+    assert md.startswith(lstm_only[: -len(report.END)].rstrip())  # the LSTM's tables as they were, first
+    gru = md[len(lstm_only) - len(report.END):]
+    assert "**fusedrnn GRU speedup over cuDNN (nn.GRU)**" in gru and "**fusedrnn GRU" not in lstm_only
+    assert "| 16 | 1024 | " + " | ".join(["**2× per_step**"] * 4) + " |" in gru.splitlines()
+    assert "| 1 | 1024 |" not in gru  # only the GRU's own rows
+    assert "cudnn nn.GRU median ms" in gru and "| 16 | 1024 | 3 (standard) |" in gru
+    # a CSV without the cell column (before it existed): LSTM rows
+    import csv as _csv
+
+    old = tmp_path / "old.csv"
+    with csv.open(newline="") as f:
+        rows = [r for r in _csv.DictReader(f) if r["cell"] == "lstm"]
+    with old.open("w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "cell"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert report.block(old) == lstm_only
+
+
 def test_write_then_check_and_a_stale_block_fails(tmp_path, capsys):
     csv, readme = tmp_path / "headline.csv", tmp_path / "README.md"
     _fixture(csv)
