@@ -685,7 +685,7 @@ def plot(out: str) -> list[str]:
     n_seeds = df.groupby(["model", "task", "T"])["seed"].nunique()
     seeds = str(n_seeds.min()) if n_seeds.min() == n_seeds.max() else f"{n_seeds.min()}-{n_seeds.max()}"
     sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM; none in "
-           f"RNN, GRU), lines: mean of {seeds} seeds, shading / bars: {SPREAD}, commit {df['commit'].iloc[-1]}")
+           f"RNN, GRU)\nlines: mean of {seeds} seeds, shading / bars: {SPREAD}, commit {df['commit'].iloc[-1]}")
     models = [m for m in MODELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
     paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]

@@ -73,9 +73,13 @@ def _acc(st) -> str:
     return f"{mean:.2f}" if n == 1 else f"{mean:.2f} ({lo:.2f}-{hi:.2f})"
 
 
+def _num(x: float) -> str:
+    return "0" if x == 0 else f"{x:.1e}"
+
+
 def _ratio(st) -> str:
     mean, lo, hi, n = st
-    return f"{mean:.1e}" if n == 1 else f"{mean:.1e} ({lo:.1e}-{hi:.1e})"
+    return _num(mean) if n == 1 else f"{_num(mean)} ({_num(lo)}-{_num(hi)})"
 
 
 def tables(curves: list[dict], gradnorm: list[dict]) -> str:
@@ -107,7 +111,9 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
         many_g = max(st[3] for st in decay.values()) > 1
         out += ["", f"Gradient reaching the first step at initialisation, ||dL/dh_t|| at distance {dist} over "
                     "distance 0" + (" (geometric mean over seeds, min-max)" if many_g else "") + ": "
-                + ", ".join(f"{MODEL_NAMES.get(m, m)} {_ratio(decay[m])}" for m in models if m in decay) + "."]
+                + ", ".join(f"{MODEL_NAMES.get(m, m)} {_ratio(decay[m])}" for m in models if m in decay) + "."
+                + (" (0: the gradient underflowed to zero in the run's dtype.)"
+                   if any(st[1] == 0 for st in decay.values()) else "")]
     return "\n".join(out)
 
 
