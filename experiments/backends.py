@@ -45,9 +45,9 @@ class Built:
 class Backend:
     """One implementation. ``build(src, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
     ``cells``: the cells it implements; ``strategies(cell="lstm")``: the row variants of that cell ("" when it
-    has none); ``unavailable()``: None, or why it cannot run here; ``default_on``: devices where it is in the default backend set; ``baseline``: it is the comparison
-    baseline on its device (cudnn on CUDA, torch_cpu on CPU): every row's speedup and error are against it,
-    and its name is the row's ``speedup_ref`` column."""
+    has none); ``unavailable()``: None, or why it cannot run here; ``default_on``: devices where it is in the
+    default backend set; ``baseline``: it is the comparison baseline on its device (cudnn on CUDA, torch_cpu
+    on CPU): every row's speedup and error are against it, and its name is the row's ``speedup_ref`` column."""
 
     name: str
     build: Callable[[nn.LSTM, str], Built]

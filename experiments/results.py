@@ -3,8 +3,9 @@ lock, and the provenance of a run.
 
 One row per (backend, strategy, cell, config, dtype, pass) on one device. The ``cell`` column ("lstm", "gru",
 "rnn") came after the first CSVs: a file with the earlier header (``LEGACY_COLUMNS``, no ``cell``) is read as
-LSTM rows, and the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are appended and flushed one at a
-time, so an interrupted sweep loses at most the row in flight; a rerun skips every key already in the file.
+LSTM rows, and the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are
+appended and flushed one at a time, so an interrupted sweep loses at most the row in flight; a rerun skips
+every key already in the file.
 A record that is incomplete or malformed (a crash of the machine or a full disk mid-write, a truncated copy)
 is never taken for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and
 drops it from the CSV (the sweep then measures that row again), and ``read_rows`` refuses a damaged file.
@@ -81,8 +82,8 @@ def job_fields(job, gpu: str | None = None, strategy: str | None = None) -> dict
     """The key columns of the row a sweep job (``grids.Job``) writes, ``gpu`` included when given;
     ``strategy`` replaces the job's (a headline variant's label)."""
     c = job.cfg
-    row = {"cell": getattr(c, "cell", LEGACY_CELL), "B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers, "directions": c.directions,
-           "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
+    row = {"cell": getattr(c, "cell", LEGACY_CELL), "B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers,
+           "directions": c.directions, "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
            "strategy": job.strategy if strategy is None else strategy}
     if gpu is not None:
         row["gpu"] = gpu

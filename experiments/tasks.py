@@ -113,7 +113,8 @@ class Setting:
 # at lr 1e-2: in one-seed runs the RNN got part of the way at T = 10 (0.45 accuracy) and stayed at chance from
 # T = 20 on (T = 100: 0.06 after 2000 steps), while at T = 100 the LSTM sat on the predict-the-mean plateau for
 # ~1000-1250 steps and then solved it (0.92-0.99 by step 2000, two seeds), the use-gate LSTM left it at ~1000
-# (0.98 and 0.80 by step 2000) and the GRU at ~250-500 (1.00). So T = 100 gets 2000 steps and shorter T fewer (shorter plateaus).
+# (0.98 and 0.80 by step 2000) and the GRU at ~250-500 (1.00). So T = 100 gets 2000 steps, shorter T fewer
+# (shorter plateaus).
 # Copy and digits are one point each (copy at delay 10, digits pixel by pixel).
 SMOKE = Setting(
     name="smoke",

@@ -76,7 +76,8 @@ def test_each_cell_gets_its_own_figures(tmp_path):
     lstm = [n for n in EXPECTED if "_fp16_" in n]
     assert names == sorted(lstm + [n.replace("_fp16_", "_gru_fp16_") for n in lstm])
     titles = dict((p.name, t) for p, t in written)
-    assert "GRU" in titles["heatmap_speedup_gru_fp16_fwd.png"] and "nn.GRU" in titles["heatmap_speedup_gru_fp16_fwd.png"]
+    gru_title = titles["heatmap_speedup_gru_fp16_fwd.png"]
+    assert "GRU" in gru_title and "nn.GRU" in gru_title
     assert "GRU" not in titles["heatmap_speedup_fp16_fwd.png"] and "LSTM" in titles["ms_vs_B_fp16_fwd.png"]
     df = plot.load([csv_path])
     assert len(df) == 2 * 7 * 2 * 3 and set(df["cell"]) == {"lstm", "gru"}

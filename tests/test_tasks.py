@@ -136,8 +136,9 @@ def test_every_plot_draws_the_spread_over_seeds(tmp_path, monkeypatch):
     rows, grows = [], []
     for seed, acc in ((0, 0.2), (1, 0.6), (2, 1.0)):
         for step in (10, 20):
-            rows.append(dict(model="lstm", task="adding", T=5, seed=seed, step=step, train_loss=0.1, eval_loss=0.1 * (seed + 1),
-                             eval_metric=acc * step / 20, setting="x", hidden=8, commit="c"))
+            rows.append(dict(model="lstm", task="adding", T=5, seed=seed, step=step, train_loss=0.1,
+                             eval_loss=0.1 * (seed + 1), eval_metric=acc * step / 20, setting="x", hidden=8,
+                             commit="c"))
         for dist in range(3):
             grows.append(dict(model="lstm", task="adding", T=3, seed=seed, phase="init", distance=dist,
                               grad_norm=math.exp(-dist * (seed + 1))))
