@@ -1,8 +1,11 @@
-"""The registry of LSTM implementations a sweep compares. Adding a peer is one ``register(Backend(...))``.
+"""The registry of recurrent-layer implementations a sweep compares. Adding a peer is one ``register(Backend(...))``.
 
-Every backend builds, from a source ``torch.nn.LSTM`` (``src``) holding the weights, a runner with one signature:
-``run(x (T, B, I), h0 (L*D, B, H), c0 (L*D, B, H)) -> (y (T, B, D*H), h_n (L*D, B, H), c_n (L*D, B, H))``,
-and exposes its trainable tensors under nn.LSTM's parameter names (so gradients can be compared).
+Every backend builds, from a source module holding the weights (``src``: ``torch.nn.LSTM``, ``torch.nn.GRU`` or
+``torch.nn.RNN`` (tanh), the cell of the sweep, ``cell_of(src)``), a runner with one signature:
+``run(x (T, B, I), h0 (L*D, B, H), c0 (L*D, B, H) or None) -> (y (T, B, D*H), h_n (L*D, B, H), c_n or None)``
+(c0 and c_n are the LSTM's cell state; None for the GRU and the RNN), and exposes its trainable tensors under
+the source module's parameter names (so gradients can be compared). ``Backend.cells`` says which cells a
+backend implements.
 Imports of optional or heavy packages (models, flashrnn) happen inside ``build``, after the sweep has set
 TRITON_INTERPRET on a machine without CUDA.
 """
@@ -19,32 +22,42 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+CELLS = ("lstm", "gru", "rnn")
+# the fusedrnn module of each cell (looked up when a row is built: models.GRU may not exist in a tree)
+FUSEDRNN_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def cell_of(src: nn.RNNBase) -> str:
+    """"lstm", "gru" or "rnn" for a source torch.nn.LSTM / GRU / RNN (tanh or relu)."""
+    return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}[src.mode]
+
 
 @dataclass
 class Built:
     """A ready-to-run backend instance: ``run`` as in the module docstring; ``params`` name -> leaf tensor
     (nn.LSTM names, e.g. "weight_hh_l0") whose gradients a training step produces."""
 
-    run: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+    run: Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Tensor, Tensor | None]]
     params: dict[str, Tensor]
 
 
 @dataclass
 class Backend:
     """One implementation. ``build(src, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
-    ``strategies()``: the row variants ("" when it has none); ``unavailable()``: None, or why it cannot run
-    here; ``default_on``: devices where it is in the default backend set; ``baseline``: it is the comparison
-    baseline on its device (cudnn on CUDA, torch_cpu on CPU): every row's speedup and error are against it,
-    and its name is the row's ``speedup_ref`` column."""
+    ``cells``: the cells it implements; ``strategies(cell="lstm")``: the row variants of that cell ("" when it
+    has none); ``unavailable()``: None, or why it cannot run here; ``default_on``: devices where it is in the
+    default backend set; ``baseline``: it is the comparison baseline on its device (cudnn on CUDA, torch_cpu
+    on CPU): every row's speedup and error are against it, and its name is the row's ``speedup_ref`` column."""
 
     name: str
     build: Callable[[nn.LSTM, str], Built]
     devices: tuple[str, ...]
-    strategies: Callable[[], tuple[str, ...]] = lambda: ("",)
+    strategies: Callable[..., tuple[str, ...]] = lambda cell="lstm": ("",)
     unavailable: Callable[[], str | None] = lambda: None
     default_on: tuple[str, ...] = ("cuda", "cpu")
     baseline: bool = False
     notes: str = field(default="")
+    cells: tuple[str, ...] = CELLS
 
 
 REGISTRY: dict[str, Backend] = {}
@@ -68,19 +81,24 @@ def _suffix(layer: int, direction: int) -> str:
     return f"_l{layer}" + ("_reverse" if direction else "")
 
 
-# --- torch.nn.LSTM: cuDNN on CUDA, ATen's CPU kernels on CPU -------------------------------------------------
-def _build_nn(src: nn.LSTM, strategy: str) -> Built:
-    def run(x, h0, c0):
-        y, (h, c) = src(x, (h0, c0))
-        return y, h, c
+# --- torch.nn.LSTM / GRU / RNN: cuDNN on CUDA, ATen's CPU kernels on CPU ----------------------------------------
+def _build_nn(src: nn.RNNBase, strategy: str) -> Built:
+    lstm = cell_of(src) == "lstm"
+
+    def run(x, h0, c0=None):
+        if lstm:
+            y, (h, c) = src(x, (h0, c0))
+            return y, h, c
+        y, h = src(x, h0)
+        return y, h, None
 
     return Built(run, dict(src.named_parameters()))
 
 
 register(Backend("cudnn", _build_nn, devices=("cuda",), baseline=True,
-                 notes="torch.nn.LSTM on CUDA (cuDNN)"))
+                 notes="torch.nn.LSTM / GRU / RNN on CUDA (cuDNN)"))
 register(Backend("torch_cpu", _build_nn, devices=("cpu",), baseline=True,
-                 notes="torch.nn.LSTM on CPU (not cuDNN)"))
+                 notes="torch.nn.LSTM / GRU / RNN on CPU (not cuDNN)"))
 
 
 # --- fusedrnn through its public module API --------------------------------------------------------------------
@@ -105,24 +123,42 @@ def fusedrnn_models():
     return models
 
 
-def _fusedrnn_strategies() -> tuple[str, ...]:
+def fusedrnn_class(cell: str):
+    """The fusedrnn module class of ``cell`` (models.LSTM, models.GRU, models.RNN); NotImplementedError when the
+    tree's models has none (models.GRU before it exists), which a sweep row records as its error."""
     models = fusedrnn_models()
-    # an earlier commit's models (FUSEDRNN_IMPL_DIR) may predate STRATEGIES: it then had per_step only
-    listed = getattr(models, "STRATEGIES", None) or ("per_step",)
+    cls = getattr(models, FUSEDRNN_CLASSES[cell], None)
+    if cls is None:
+        raise NotImplementedError(f"this tree's models has no {FUSEDRNN_CLASSES[cell]} ({cell} cell)")
+    return cls
+
+
+def _fusedrnn_strategies(cell: str = "lstm") -> tuple[str, ...]:
+    models = fusedrnn_models()
+    cls = getattr(models, FUSEDRNN_CLASSES[cell], None)
+    # the strategies the cell's module accepts (models._base: ``_strategies``); an earlier commit's models
+    # (FUSEDRNN_IMPL_DIR) may predate them: it then had per_step only (and STRATEGIES for the LSTM, if any)
+    listed = getattr(cls, "_strategies", None)
+    if listed is None:
+        listed = (getattr(models, "STRATEGIES", None) if cell == "lstm" else None) or ("per_step",)
     return tuple(s for s in listed if s != "auto") or ("auto",)
 
 
-def _build_fusedrnn(src: nn.LSTM, strategy: str) -> Built:
-    models = fusedrnn_models()
+def _build_fusedrnn(src: nn.RNNBase, strategy: str) -> Built:
+    cell = cell_of(src)
+    cls = fusedrnn_class(cell)
 
     p = next(src.parameters())
-    m = models.LSTM(src.input_size, src.hidden_size, src.num_layers, bidirectional=src.bidirectional,
-                    device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto")
+    m = cls(src.input_size, src.hidden_size, src.num_layers, bidirectional=src.bidirectional,
+            device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto")
     m.load_state_dict(src.state_dict())
 
-    def run(x, h0, c0):
-        y, (h, c) = m(x, (h0, c0))
-        return y, h, c
+    def run(x, h0, c0=None):
+        if cell == "lstm":
+            y, (h, c) = m(x, (h0, c0))
+            return y, h, c
+        y, h = m(x, h0)
+        return y, h, None
 
     if strategy not in ("", "auto", "per_step"):
         run = _no_fallback(run, strategy)
@@ -160,7 +196,7 @@ def _no_fallback(run, strategy: str):
     """Wrap ``run`` so that a strategy that falls back to per_step (fusedrnn logs the reason on its "fusedrnn"
     logger) raises instead: its row then carries the reason as an error rather than per_step timings under
     the wrong strategy name."""
-    def checked(x, h0, c0):
+    def checked(x, h0, c0=None):
         with fallback_reasons() as reasons:
             out = run(x, h0, c0)
         if reasons:
@@ -171,19 +207,24 @@ def _no_fallback(run, strategy: str):
 
 
 register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategies=_fusedrnn_strategies,
-                 notes="models.LSTM(backend='triton'); on CPU the Triton interpreter"))
+                 notes="models.LSTM / GRU / RNN(backend='triton'); on CPU the Triton interpreter"))
 
 
 # --- eager and compiled cell loops ------------------------------------------------------------------------------
-def _cells_from(src: nn.LSTM) -> tuple[list[nn.LSTMCell], dict[str, Tensor]]:
-    """One nn.LSTMCell per (layer, direction), holding copies of src's weights; params under nn.LSTM names."""
+CELL_MODULES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+
+def _cells_from(src: nn.RNNBase) -> tuple[list[nn.RNNCellBase], dict[str, Tensor]]:
+    """One nn.LSTMCell / GRUCell / RNNCell per (layer, direction), holding copies of src's weights; params
+    under src's names."""
     p = next(src.parameters())
+    cell_cls = CELL_MODULES[cell_of(src)]
     dirs = 2 if src.bidirectional else 1
     cells, params = [], {}
     for layer in range(src.num_layers):
         for d in range(dirs):
             in_size = src.input_size if layer == 0 else src.hidden_size * dirs
-            cell = nn.LSTMCell(in_size, src.hidden_size, device=p.device, dtype=p.dtype)
+            cell = cell_cls(in_size, src.hidden_size, device=p.device, dtype=p.dtype)
             sfx = _suffix(layer, d)
             with torch.no_grad():
                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
@@ -193,14 +234,15 @@ def _cells_from(src: nn.LSTM) -> tuple[list[nn.LSTMCell], dict[str, Tensor]]:
     return cells, params
 
 
-def _loop(step, n_layers: int, dirs: int, x: Tensor, h0: Tensor, c0: Tensor):
-    """Run ``step(k, x_t, h, c) -> (h, c)`` over time for every layer k and direction, as nn.LSTM does."""
+def _loop(step, n_layers: int, dirs: int, x: Tensor, h0: Tensor, c0: Tensor | None):
+    """Run ``step(k, x_t, h, c) -> (h, c)`` over time for every layer k and direction, as nn.LSTM does
+    (c is None throughout for the cells without a cell state; c_n is then None)."""
     layer_in, hs, cs = x, [], []
     for layer in range(n_layers):
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            h, c = h0[k], c0[k]
+            h, c = h0[k], (None if c0 is None else c0[k])
             ys = []
             for t in (range(x.shape[0]) if d == 0 else reversed(range(x.shape[0]))):
                 h, c = step(k, layer_in[t], h, c)
@@ -211,21 +253,24 @@ def _loop(step, n_layers: int, dirs: int, x: Tensor, h0: Tensor, c0: Tensor):
             hs.append(h)
             cs.append(c)
         layer_in = outs[0] if dirs == 1 else torch.cat(outs, dim=2)
-    return layer_in, torch.stack(hs), torch.stack(cs)
+    return layer_in, torch.stack(hs), (None if c0 is None else torch.stack(cs))
 
 
-def _build_torch_loop(src: nn.LSTM, strategy: str) -> Built:
+def _build_torch_loop(src: nn.RNNBase, strategy: str) -> Built:
     cells, params = _cells_from(src)
     dirs = 2 if src.bidirectional else 1
 
-    def run(x, h0, c0):
-        return _loop(lambda k, xt, h, c: cells[k](xt, (h, c)), src.num_layers, dirs, x, h0, c0)
+    def step(k, xt, h, c):
+        return cells[k](xt, (h, c)) if c is not None else (cells[k](xt, h), None)
+
+    def run(x, h0, c0=None):
+        return _loop(step, src.num_layers, dirs, x, h0, c0)
 
     return Built(run, params)
 
 
 register(Backend("torch_loop", _build_torch_loop, devices=("cuda", "cpu"),
-                 notes="nn.LSTMCell stepped in a Python loop, eager"))
+                 notes="nn.LSTMCell / GRUCell / RNNCell stepped in a Python loop, eager"))
 
 
 def lstm_cell_math(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
@@ -236,17 +281,37 @@ def lstm_cell_math(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor, 
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-def _build_torch_compile(src: nn.LSTM, strategy: str) -> Built:
+def gru_cell_math(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+    """One GRU step written out (gates r, z, n, as nn.GRU: n = tanh(x_n + r * (h W_hn^T + b_hn)))."""
+    xr, xz, xn = (x @ w_ih.t() + b_ih).chunk(3, dim=1)
+    hr, hz, hn = (h @ w_hh.t() + b_hh).chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def rnn_cell_math(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor):
+    """One tanh RNN step written out."""
+    return torch.tanh(x @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh)
+
+
+def _build_torch_compile(src: nn.RNNBase, strategy: str) -> Built:
     # Only the cell is compiled: compiling the 1024-step loop would unroll it for minutes.
     cells, params = _cells_from(src)
     dirs = 2 if src.bidirectional else 1
-    step_fn = torch.compile(lstm_cell_math, dynamic=False)
+    cell = cell_of(src)
+    if cell == "rnn" and src.nonlinearity != "tanh":
+        raise NotImplementedError("torch_compile backend: tanh RNN only")
+    math_fn = {"lstm": lstm_cell_math, "gru": gru_cell_math, "rnn": rnn_cell_math}[cell]
+    step_fn = torch.compile(math_fn, dynamic=False)
 
     def step(k, xt, h, c):
         cl = cells[k]
-        return step_fn(xt, h, c, cl.weight_ih, cl.weight_hh, cl.bias_ih, cl.bias_hh)
+        if c is not None:
+            return step_fn(xt, h, c, cl.weight_ih, cl.weight_hh, cl.bias_ih, cl.bias_hh)
+        return step_fn(xt, h, cl.weight_ih, cl.weight_hh, cl.bias_ih, cl.bias_hh), None
 
-    def run(x, h0, c0):
+    def run(x, h0, c0=None):
         return _loop(step, src.num_layers, dirs, x, h0, c0)
 
     return Built(run, params)
@@ -264,10 +329,12 @@ def _flashrnn_unavailable() -> str | None:
     return None
 
 
-def _build_flashrnn(src: nn.LSTM, strategy: str) -> Built:
+def _build_flashrnn(src: nn.RNNBase, strategy: str) -> Built:
     """FlashRNN's fused LSTM; the input projection x @ W_ih^T is timed inside ``run`` so the work equals
     nn.LSTM's. Layout mapping (Wx (B, T, 4, 1, H), R (4, 1, H, H), b (4, 1, H)) is checked by the error column
     of every row (the error against the comparison baseline)."""
+    if cell_of(src) != "lstm":
+        raise NotImplementedError("flashrnn backend: the LSTM only")
     if src.num_layers != 1 or src.bidirectional:
         raise NotImplementedError("flashrnn backend: 1 layer, unidirectional only")
     from flashrnn import flashrnn
@@ -295,4 +362,4 @@ def _build_flashrnn(src: nn.LSTM, strategy: str) -> Built:
 
 
 register(Backend("flashrnn", _build_flashrnn, devices=("cuda",), unavailable=_flashrnn_unavailable,
-                 notes="FlashRNN cuda_fused LSTM, input projection included"))
+                 notes="FlashRNN cuda_fused LSTM, input projection included", cells=("lstm",)))

@@ -67,15 +67,15 @@ def predict_algo(*, B: int, T: int, H: int, I: int, layers: int = 1, directions:
     return STANDARD
 
 
-def predict_for_pass(cfg, dtype: torch.dtype, pass_: str, device: torch.device) -> str:
-    """The algorithm(s) cuDNN runs for ``cfg`` on ``device``: one name for "fwd", "FWD/BWD" for "fwdbwd"
-    (e.g. "persist_small_h/standard"). "n/a (cpu)" off CUDA."""
+def predict_for_pass(cfg, dtype: torch.dtype, pass_: str, device: torch.device, mode: str = "LSTM") -> str:
+    """The algorithm(s) cuDNN runs for ``cfg`` (a ``mode`` module: "LSTM", "GRU", "RNN_TANH") on ``device``:
+    one name for "fwd", "FWD/BWD" for "fwdbwd" (e.g. "persist_small_h/standard"). "n/a (cpu)" off CUDA."""
     if device.type != "cuda":
         return "n/a (cpu)"
     props = torch.cuda.get_device_properties(device)
     kw = dict(B=cfg.B, T=cfg.T, H=cfg.H, I=cfg.I, layers=cfg.layers, directions=cfg.directions, dtype=dtype,
               capability=(props.major, props.minor), sm_count=props.multi_processor_count,
-              cudnn_version=torch.backends.cudnn.version())
+              cudnn_version=torch.backends.cudnn.version(), mode=mode)
     fwd = predict_algo(forward=True, **kw)
     if pass_ == "fwd":
         return fwd
@@ -87,7 +87,7 @@ def classify_kernels(names) -> str:
     small-H variant is taken to say "small" too. This pattern is a best guess, so the names themselves are
     recorded beside the guess (column cudnn_kernels). Returns SMALL_H, PERSIST, STANDARD or "unknown"."""
     low = [n.lower() for n in names]
-    rnn = [n for n in low if "rnn" in n or "lstm" in n]
+    rnn = [n for n in low if "rnn" in n or "lstm" in n or "gru" in n]
     if any("small" in n for n in rnn):
         return SMALL_H
     if any("persist" in n for n in rnn):

@@ -1,16 +1,25 @@
 """Named sweep grids. Every grid has I = H, one layer and one direction unless the command line says otherwise.
 
-Dimensions: B batch, T steps, I input, H hidden.
+Dimensions: B batch, T steps, I input, H hidden. The recurrent cell (``CELLS``: "lstm", "gru", "rnn" = tanh
+Elman) is part of a problem; a grid is run for one cell at a time (``--cell``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
 
+CELLS = ("lstm", "gru", "rnn")
+# gate blocks of W_hh per cell: W_hh is (GATES * H, H), a step's recurrent product 2 * GATES * B * H^2 FLOPs
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN (tanh)"}
+# the torch.nn module every cell's rows are compared with (cuDNN on CUDA)
+NN_MODULES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
+
 
 @dataclass(frozen=True)
 class Config:
-    """One LSTM problem size: batch B, steps T, hidden H, input I, layers, directions (1 or 2)."""
+    """One problem: batch B, steps T, hidden H, input I, layers, directions (1 or 2), and the cell ("lstm",
+    "gru" or "rnn")."""
 
     B: int
     T: int
@@ -18,6 +27,11 @@ class Config:
     I: int
     layers: int = 1
     directions: int = 1
+    cell: str = "lstm"
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose from {CELLS}")
 
     @property
     def label(self) -> str:
@@ -28,6 +42,8 @@ class Config:
             s += f"-L{self.layers}"
         if self.directions != 1:
             s += "-bi"
+        if self.cell != "lstm":  # LSTM labels (and the source weights seeded from them) as before cells existed
+            s += f"-{self.cell}"
         return s
 
 
@@ -45,8 +61,9 @@ GRIDS = {
 }
 
 
-def grid_configs(name: str, *, B=None, T=None, H=None, layers: int = 1, bidirectional: bool = False) -> list[Config]:
-    """The configs of grid ``name``; ``B``/``T``/``H`` (sequences of ints) replace that axis's values.
+def grid_configs(name: str, *, B=None, T=None, H=None, layers: int = 1, bidirectional: bool = False,
+                 cell: str = "lstm") -> list[Config]:
+    """The configs of grid ``name`` for ``cell``; ``B``/``T``/``H`` (sequences of ints) replace that axis's values.
 
     Returns: configs in the order B, then T, then H (I = H).
     """
@@ -55,4 +72,4 @@ def grid_configs(name: str, *, B=None, T=None, H=None, layers: int = 1, bidirect
     bs, ts, hs, _ = GRIDS[name]
     bs, ts, hs = (tuple(B) if B else bs), (tuple(T) if T else ts), (tuple(H) if H else hs)
     dirs = 2 if bidirectional else 1
-    return [Config(b, t, h, h, layers, dirs) for b, t, h in product(bs, ts, hs)]
+    return [Config(b, t, h, h, layers, dirs, cell) for b, t, h in product(bs, ts, hs)]

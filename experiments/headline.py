@@ -1,7 +1,7 @@
 """The headline timings: cuDNN against every fusedrnn strategy and variant on the headline grid, the most
 important rows first, under a time budget. One sweep-format CSV row per measurement (``experiments.results``).
 
-    python -m experiments.headline --out OUT/headline.csv --budget 180 [--peaks-from OUT/env.json]
+    python -m experiments.headline --out OUT/headline.csv --budget 180 [--peaks-from OUT/env.json] [--cells lstm,gru]
 
 Grid (1 layer, unidirectional, I = H, T = 1024): B in {16, 1, 64, 256} x H in {1024, 768} x {bf16, fp16} x
 {fwd, fwdbwd}, in that order of priority (B = 16 and 1 before 64 and 256). Per (B, H, dtype, pass): cuDNN
@@ -9,6 +9,10 @@ Grid (1 layer, unidirectional, I = H, T = 1024): B in {16, 1, 64, 256} x H in {1
 fusedrnn strategy (``models.STRATEGIES`` without "auto") under each variant of ``VARIANTS``. Every row is
 measured by ``experiments.sweep.run_job`` (do_bench medians with p20/p80, the first call's outputs and
 gradients checked against cuDNN, the floor, peak memory, provenance), appended and fsynced at once.
+
+Cells (``--cells``, default lstm,gru): every LSTM row above comes first; then the same grid, in the same order,
+for the GRU: cuDNN's nn.GRU, then each strategy of ``models.GRU`` under "main" only (the variants are knobs of
+the LSTM kernels). The GRU rows are the lowest priority: they run when the budget leaves time after the LSTM's.
 
 A variant is a named set of environment variables set around its rows only (kernel knobs read at call
 time); its rows carry ``strategy`` = "<strategy>@<variant>" ("main", the code as it is, keeps the bare
@@ -93,26 +97,34 @@ def environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def plan(cuda: bool, variants: list[str], B=None, H=None, T=None, dtypes=None, passes=None) -> list[tuple[Job, str]]:
-    """(job, variant) pairs in priority order: cell by cell (B, then H, dtype, pass), the reference first."""
+CELLS = ("lstm", "gru")
+
+
+def plan(cuda: bool, variants: list[str], B=None, H=None, T=None, dtypes=None, passes=None,
+         cells=CELLS) -> list[tuple[Job, str]]:
+    """(job, variant) pairs in priority order: the LSTM's, then each other cell's of ``cells``; within a cell
+    problem by problem (B, then H, dtype, pass), the reference first. Cells other than the LSTM run the variant
+    "main" only."""
     if cuda:
         bs, hs, t, dts = B or B_ORDER, H or H_ORDER, T or T_HEADLINE, dtypes or DTYPE_ORDER
         ref = "cudnn"
     else:
         bs, hs, t, dts = B or CPU_GRID["B"], H or CPU_GRID["H"], T or CPU_GRID["T"], dtypes or CPU_GRID["dtypes"]
         ref = "torch_cpu"
-    strategies = bk.REGISTRY["fusedrnn"].strategies()
     out = []
-    for b in bs:
-        for h in hs:
-            cfg = Config(b, t, h, h)
-            for dt in dts:
-                for ps in passes or PASS_ORDER:
-                    out.append((Job(cfg, dt, ps, ref, ""), "main"))
-                    for v in variants:
-                        for s in strategies:
-                            if s in VARIANT_STRATEGIES.get(v, strategies):
-                                out.append((Job(cfg, dt, ps, "fusedrnn", s), v))
+    for cell in sorted(cells, key=lambda c: c != "lstm"):
+        strategies = bk.REGISTRY["fusedrnn"].strategies(cell)
+        cell_variants = variants if cell == "lstm" else [v for v in variants if v in ("main", BASELINE)]
+        for b in bs:
+            for h in hs:
+                cfg = Config(b, t, h, h, cell=cell)
+                for dt in dts:
+                    for ps in passes or PASS_ORDER:
+                        out.append((Job(cfg, dt, ps, ref, ""), "main"))
+                        for v in cell_variants:
+                            for s in strategies:
+                                if s in VARIANT_STRATEGIES.get(v, strategies):
+                                    out.append((Job(cfg, dt, ps, "fusedrnn", s), v))
     return out
 
 
@@ -189,7 +201,7 @@ def _measure(todo: list, ctx: Context, out: Path, budget: float | None, t_start:
                 row["strategy"] = label(job.strategy, variant)
             append_row(out, row)
             written += 1
-            what = f"{job.backend}{'/' + row['strategy'] if row['strategy'] else ''}"
+            what = f"{job.cfg.cell} {job.backend}{'/' + row['strategy'] if row['strategy'] else ''}"
             res = (f"ERROR {row['error'][:150]}" if row["error"] else
                    f"{row['ms_p50']:.4g} ms" + (f" x{row['speedup']:.3g}" if row.get("speedup") else ""))
             print(f"[{el:5.0f}s +{time.perf_counter() - t0:4.1f}s] {job.cfg.label} {job.dtype} {job.pass_} "
@@ -209,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--B", default=None, help="comma list replacing the batch sizes (in priority order)")
     p.add_argument("--H", default=None, help="comma list replacing the hidden sizes")
     p.add_argument("--dtypes", default=None, help="comma list replacing the dtypes")
+    p.add_argument("--cells", default=",".join(CELLS),
+                   help="comma list of cells, the LSTM's rows first whatever the order (default lstm,gru)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per row (default 100)")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (default 25)")
     p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
@@ -226,9 +240,15 @@ def main(argv=None) -> int:
     def ints(s):
         return tuple(int(v) for v in s.split(",")) if s else None
 
+    cells = tuple(c for c in args.cells.split(",") if c)
+    bad = [c for c in cells if c not in ("lstm", "gru", "rnn")]
+    if bad:
+        print(f"error: unknown cells {bad}; choose from lstm, gru, rnn", file=sys.stderr)
+        return 2
     try:
         run(args.out, args.budget, variants, args.peaks_from, args.warmup_ms, args.rep_ms, args.retry_errors,
-            B=ints(args.B), H=ints(args.H), dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None)
+            B=ints(args.B), H=ints(args.H), dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None,
+            cells=cells)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

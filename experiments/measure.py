@@ -171,40 +171,52 @@ def _layer_inputs(cfg):
             for layer in range(cfg.layers) for _ in range(cfg.directions)]
 
 
-def lstm_flops(cfg, pass_: str) -> float:
-    """Matmul FLOPs: forward 8*B*T*H*(H + I_l) per layer and direction (recurrent + input projection);
+def _gates(cfg) -> int:
+    from .grids import GATES
+
+    return GATES[getattr(cfg, "cell", "lstm")]
+
+
+def rnn_flops(cfg, pass_: str) -> float:
+    """Matmul FLOPs of ``cfg``'s cell with g gate blocks (``grids.GATES``: LSTM 4, GRU 3, RNN 1): forward
+    2g*B*T*H*(H + I_l) per layer and direction (recurrent + input projection; 8*B*T*H*(H + I_l) for the LSTM);
     a training step counts 3x forward (backward = data + weight gradients)."""
-    fwd = sum(8 * cfg.B * cfg.T * cfg.H * (cfg.H + i) for i in _layer_inputs(cfg))
+    g2 = 2 * _gates(cfg)
+    fwd = sum(g2 * cfg.B * cfg.T * cfg.H * (cfg.H + i) for i in _layer_inputs(cfg))
     return fwd if pass_ == "fwd" else 3 * fwd
+
+
+lstm_flops = rnn_flops  # the name from before the sweep had cells: the cell comes from cfg
 
 
 def floor_ms(cfg, dtype: torch.dtype, pass_: str, peaks: Peaks, tf32: bool) -> float:
     """A lower bound on the time of one call, in ms.
 
-    Per step and per layer/direction: max(W_hh bytes / bandwidth, 8*B*H^2 / matmul peak), with L2 bandwidth
-    when W_hh (4H x H) fits in L2 and HBM bandwidth otherwise: the recurrence must stream W_hh every step.
-    Plus the input projection, a GEMM of 8*T*B*I*H FLOPs bounded by the matmul peak and by HBM traffic.
-    A training step doubles the recurrent part (dh = dz @ W_hh streams W_hh again), adds two projection-sized
-    GEMMs (dX, dW_ih) and the dW_hh GEMM (8*T*B*H^2).
+    With g gate blocks (``grids.GATES``: LSTM 4, GRU 3, RNN 1), per step and per layer/direction:
+    max(W_hh bytes / bandwidth, 2g*B*H^2 / matmul peak), with L2 bandwidth when W_hh (gH x H) fits in L2 and
+    HBM bandwidth otherwise: the recurrence must stream W_hh every step. Plus the input projection, a GEMM of
+    2g*T*B*I*H FLOPs bounded by the matmul peak and by HBM traffic. A training step doubles the recurrent part
+    (dh = dz @ W_hh streams W_hh again), adds two projection-sized GEMMs (dX, dW_ih) and the dW_hh GEMM
+    (2g*T*B*H^2). (The GRU's saved gates are 4H wide; the bound counts the gH of the products only.)
     """
     e = elem_bytes(dtype)
     rate = peaks.matmul_tflops(dtype, tf32) * 1e12 / 1e3  # FLOP per ms
     hbm = peaks.hbm_gbs * 1e9 / 1e3  # bytes per ms
-    B, T, H = cfg.B, cfg.T, cfg.H
-    w_bytes = 4 * H * H * e
+    B, T, H, g = cfg.B, cfg.T, cfg.H, _gates(cfg)
+    w_bytes = g * H * H * e
     bw = (peaks.l2_gbs if w_bytes <= peaks.l2_bytes else peaks.hbm_gbs) * 1e9 / 1e3
-    step = max(w_bytes / bw, 8 * B * H * H / rate)
+    step = max(w_bytes / bw, 2 * g * B * H * H / rate)
 
     def gemm(flops, nbytes):
         return max(flops / rate, nbytes / hbm)
 
     total = 0.0
     for i in _layer_inputs(cfg):
-        proj = gemm(8 * T * B * i * H, (T * B * i + 4 * H * i + T * B * 4 * H) * e)
+        proj = gemm(2 * g * T * B * i * H, (T * B * i + g * H * i + T * B * g * H) * e)
         if pass_ == "fwd":
             total += T * step + proj
         else:
-            dw_hh = gemm(8 * T * B * H * H, (T * B * 4 * H + T * B * H + 4 * H * H) * e)
+            dw_hh = gemm(2 * g * T * B * H * H, (T * B * g * H + T * B * H + g * H * H) * e)
             total += 2 * T * step + 3 * proj + dw_hh
     return total
 

@@ -2,8 +2,11 @@
 
     python -m experiments.plot results/batch.csv [more.csv ...] --out results/
 
-Per dtype and pass: a speedup heatmap of fusedrnn over B x H (vs cuDNN; vs torch_cpu on CPU), ms vs B, vs H
-and vs T with p20/p80 bands (one line per backend/strategy), and the fraction of the hardware floor reached.
+Per cell, dtype and pass: a speedup heatmap of fusedrnn over B x H (vs cuDNN; vs torch_cpu on CPU: the torch.nn
+module of the cell, nn.LSTM / nn.GRU / nn.RNN), ms vs B, vs H and vs T with p20/p80 bands (one line per
+backend/strategy), and the fraction of the hardware floor reached. Files are named ``<kind>_<dtype>_<pass>.png``
+for the LSTM (as before the sweep had cells) and ``<kind>_<cell>_<dtype>_<pass>.png`` for the GRU and the RNN;
+a CSV from before the ``cell`` column is LSTM rows.
 Rows with an error are left out. A CSV made on CPU is drawn into scratch/plots/ (never results/) with
 "CPU, not a GPU benchmark" in every title.
 """
@@ -25,6 +28,8 @@ CPU_TAG = "CPU, not a GPU benchmark"
 CPU_OUT = Path("scratch/plots")
 AXES = ("B", "H", "T")
 FIXED = ("layers", "directions", "I_eq_H")
+CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN (tanh)"}
+NN_MODULES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
 
 
 def check_readable(path) -> None:
@@ -43,15 +48,21 @@ def check_readable(path) -> None:
 
 def load(paths) -> pd.DataFrame:
     """Concatenate sweep CSVs; keep rows without error and with a time (the last of duplicate keys), and add
-    ``impl`` = backend or backend/strategy. Raises ValueError for a file that ``check_readable`` rejects."""
-    from .results import KEY
+    ``impl`` = backend or backend/strategy; rows without a cell (a CSV from before the column) are "lstm".
+    Raises ValueError for a file that ``check_readable`` rejects."""
+    from .results import KEY, LEGACY_CELL
 
     for p in paths:
         check_readable(p)
-    frames = [pd.read_csv(p, dtype={"strategy": str, "error": str, "cudnn_algo": str}, keep_default_na=False,
+    frames = [pd.read_csv(p, dtype={"strategy": str, "error": str, "cudnn_algo": str, "cell": str},
+                          keep_default_na=False,
                           na_values={"ms_p50": [""], "ms_p20": [""], "ms_p80": [""], "speedup": [""],
                                      "frac_floor": [""]}) for p in paths]
+    for f in frames:
+        if "cell" not in f:
+            f["cell"] = LEGACY_CELL
     df = pd.concat(frames, ignore_index=True)
+    df["cell"] = df["cell"].replace("", LEGACY_CELL)
     df = df[(df["error"] == "") & df["ms_p50"].notna()].copy()
     for c in ("ms_p50", "ms_p20", "ms_p80", "speedup", "frac_floor"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -167,19 +178,21 @@ def make_plots(csv_paths, out_dir) -> list[tuple[Path, str]]:
     tag = f" ({CPU_TAG})" if cpu else ""
     footer = _footer(df)
     written: list = []
-    for (dtype, ps), sub in df.groupby(["dtype", "pass"]):
+    for (cell, dtype, ps), sub in df.groupby(["cell", "dtype", "pass"]):
         ref = str(sub["speedup_ref"].iloc[0]) or "cudnn"
-        stem = f"{dtype}_{ps}"
-        _heatmap(sub, ref, f"fusedrnn speedup vs {ref}, {dtype} {ps}{tag}", out / f"heatmap_speedup_{stem}.png",
-                 footer, written)
+        stem = f"{dtype}_{ps}" if cell == "lstm" else f"{cell}_{dtype}_{ps}"
+        name = CELL_LABELS.get(cell, cell)
+        what = f"{name} {dtype} {ps}"
+        _heatmap(sub, ref, f"fusedrnn {name} speedup vs {ref} ({NN_MODULES.get(cell, cell)}), {dtype} {ps}{tag}",
+                 out / f"heatmap_speedup_{stem}.png", footer, written)
         for axis in AXES:
             fam = _family(sub, axis)
             if fam is None:
                 continue
             fixed = ", ".join(f"{a}={fam[a].iloc[0]}" for a in AXES if a != axis)
-            _lines(fam, axis, f"time vs {axis} ({fixed}), {dtype} {ps}{tag}", out / f"ms_vs_{axis}_{stem}.png",
+            _lines(fam, axis, f"time vs {axis} ({fixed}), {what}{tag}", out / f"ms_vs_{axis}_{stem}.png",
                    footer, written)
-        _floor(sub, f"fraction of the floor, {dtype} {ps}{tag}", out / f"floor_fraction_{stem}.png", footer,
+        _floor(sub, f"fraction of the floor, {what}{tag}", out / f"floor_fraction_{stem}.png", footer,
                written)
     return written
 

@@ -9,7 +9,9 @@ cuDNN's median over fusedrnn's median (``ms_p50``) on the same GPU, shape, dtype
 A second table gives cuDNN's median and the algorithm it ran. Rows: 1 layer, unidirectional, I = H, at the
 CSV's most common T; the last row of a repeated key wins (a rerun replaces). An error row shows "err"; a
 fusedrnn row whose first call differed from cuDNN's outputs or gradients by more than ``FLAG_REL_ERR``
-(max relative difference, column max_rel_err) is marked with a dagger.
+(max relative difference, column max_rel_err) is marked with a dagger. The LSTM's tables come first; a CSV
+holding GRU (or RNN) rows (column ``cell``; a CSV without the column is LSTM rows) gets the same two tables for
+that cell after them, against cuDNN's nn.GRU (nn.RNN).
 
 The block sits between ``BEGIN`` and ``END`` markers; without the CSV it is a placeholder saying there are
 no GPU results yet. A CSV made on CPU is refused for --write/--check (CPU timings never go in the README).
@@ -30,7 +32,9 @@ PLACEHOLDER = ("No GPU results yet: `results/headline.csv` does not exist. A GPU
 FLAG_REL_ERR = 0.1
 PASS_NAMES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 DTYPE_ORDER = ("bf16", "fp16", "fp32", "fp64")
-KEY = ("gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
+KEY = ("gpu", "cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
+CELL_ORDER = ("lstm", "gru", "rnn")
+CELL_NAMES = {"lstm": ("LSTM", "nn.LSTM"), "gru": ("GRU", "nn.GRU"), "rnn": ("RNN (tanh)", "nn.RNN")}
 
 
 class ReportError(ValueError):
@@ -38,9 +42,12 @@ class ReportError(ValueError):
 
 
 def load(path: Path) -> list[dict]:
-    """Rows of a sweep-format CSV, the last of each repeated key kept (in file order)."""
+    """Rows of a sweep-format CSV, the last of each repeated key kept (in file order); a row without a cell
+    (a CSV from before the column) gets cell = "lstm"."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
+    for r in rows:
+        r["cell"] = r.get("cell") or "lstm"
     last = {tuple(r.get(k, "") for k in KEY): r for r in rows}
     return list(last.values())
 
@@ -74,9 +81,21 @@ def _fmt_speedup(x: float) -> str:
 
 
 def tables(rows: list[dict], gpu: str | None = None) -> str:
-    """The Markdown of the block (without markers)."""
+    """The Markdown of the block (without markers): the LSTM's tables, then those of every other cell present."""
+    for r in rows:
+        r["cell"] = r.get("cell") or "lstm"
+    cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in rows)]
+    cells += sorted({r["cell"] for r in rows} - set(CELL_ORDER))
+    if not cells:
+        raise ReportError("no rows")
+    return "\n\n".join(_cell_tables([r for r in rows if r["cell"] == c], gpu, c) for c in cells)
+
+
+def _cell_tables(rows: list[dict], gpu: str | None, cell: str) -> str:
+    """The speedup and baseline tables of one cell's rows."""
     rows, gpu = _headline_rows(rows, gpu)
     cpu = any(r.get("device") == "cpu" for r in rows)
+    name, module = CELL_NAMES.get(cell, (cell, cell))
     baseline = "cudnn" if not cpu else "torch_cpu"  # the comparison baseline of the speedups
     cols = sorted({(r["dtype"], r["pass"]) for r in rows},
                   key=lambda c: (DTYPE_ORDER.index(c[0]) if c[0] in DTYPE_ORDER else 9, c[1] != "fwd", c))
@@ -89,7 +108,10 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
         elif r["backend"] == "fusedrnn":
             ours.setdefault(k, []).append(r)
     first = rows[0]
-    head = (f"**fusedrnn speedup over {'cuDNN' if not cpu else 'torch.nn.LSTM on CPU (CPU, not a GPU benchmark)'}** "
+    what = "fusedrnn" if cell == "lstm" else f"fusedrnn {name}"
+    over = (("cuDNN" if cell == "lstm" else f"cuDNN ({module})") if not cpu
+            else f"torch.{module} on CPU (CPU, not a GPU benchmark)")
+    head = (f"**{what} speedup over {over}** "
             f"(median time of {baseline} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
             f"T = {first['T']}, 1 layer, unidirectional, I = H; {_provenance(rows, gpu)}.")
     colnames = [f"{dt} {PASS_NAMES.get(ps, ps)}" for dt, ps in cols]
@@ -103,7 +125,8 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
             line.append(text)
             flagged |= bad
         out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    out += ["", f"{baseline} median ms (algorithm: predicted from PyTorch's rule / seen in the profiler):", "",
+    out += ["", f"{baseline}{'' if cell == 'lstm' else ' ' + module} median ms (algorithm: predicted from "
+            "PyTorch's rule / seen in the profiler):", "",
             *header]
     for b, h in cells:
         out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), cpu) for dt, ps in cols)

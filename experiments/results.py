@@ -1,8 +1,11 @@
 """The sweep's long-format CSV: columns, append-only writing, resume keys, integrity checks, the writer's
 lock, and the provenance of a run.
 
-One row per (backend, strategy, config, dtype, pass) on one device. Rows are appended and flushed one at a
-time, so an interrupted sweep loses at most the row in flight; a rerun skips every key already in the file.
+One row per (backend, strategy, cell, config, dtype, pass) on one device. The ``cell`` column ("lstm", "gru",
+"rnn") came after the first CSVs: a file with the earlier header (``LEGACY_COLUMNS``, no ``cell``) is read as
+LSTM rows, and the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are
+appended and flushed one at a time, so an interrupted sweep loses at most the row in flight; a rerun skips
+every key already in the file.
 A record that is incomplete or malformed (a crash of the machine or a full disk mid-write, a truncated copy)
 is never taken for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and
 drops it from the CSV (the sweep then measures that row again), and ``read_rows`` refuses a damaged file.
@@ -21,13 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # a row's problem: the cell of a speedup (the comparison baseline and every backend share it)
-PROBLEM = ("B", "T", "H", "I", "layers", "directions", "dtype", "pass")
+PROBLEM = ("cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass")
 # the resume key: one row per GPU, problem, backend and strategy
 KEY = ("gpu", *PROBLEM, "backend", "strategy")
+# the cell of a row written before the column existed
+LEGACY_CELL = "lstm"
 
 COLUMNS = [
     # what was run
-    "device", "gpu", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy",
+    "device", "gpu", "cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy",
     "cudnn_algo", "cudnn_algo_seen", "cudnn_kernels",
     # measurements
     "ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "speedup_ref",
@@ -38,6 +43,9 @@ COLUMNS = [
     # provenance
     "cuda", "cudnn", "torch", "triton", "python", "tf32_matmul", "tf32_cudnn", "commit", "date",
 ]
+
+# the columns of a CSV written before the cell column (every row an LSTM's)
+LEGACY_COLUMNS = [c for c in COLUMNS if c != "cell"]
 
 # left empty on CPU rows (no CUDA, no cuDNN, no CUDA allocator)
 CPU_EMPTY = {"cudnn_algo_seen", "cudnn_kernels", "peak_mb", "cuda", "cudnn"}
@@ -53,24 +61,29 @@ FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tfl
                  "floor_ms", "frac_floor", "max_rel_err", "peak_hbm_gbs", "peak_l2_gbs", "l2_mb",
                  "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32", "peak_tflops_fp32")
 DEVICES = ("cpu", "cuda")
+CELLS = ("lstm", "gru", "rnn")
+
+
+def _value(row: dict, k: str) -> str:
+    return str(row.get("cell") or LEGACY_CELL) if k == "cell" else str(row[k])
 
 
 def key_of(row: dict) -> tuple[str, ...]:
-    """The resume key of a row (values as the strings the CSV holds)."""
-    return tuple(str(row[k]) for k in KEY)
+    """The resume key of a row (values as the strings the CSV holds; no or an empty cell reads as lstm)."""
+    return tuple(_value(row, k) for k in KEY)
 
 
 def problem_of(row: dict) -> tuple[str, ...]:
     """The ``PROBLEM`` part of a row's key (values as the strings the CSV holds)."""
-    return tuple(str(row[k]) for k in PROBLEM)
+    return tuple(_value(row, k) for k in PROBLEM)
 
 
 def job_fields(job, gpu: str | None = None, strategy: str | None = None) -> dict:
     """The key columns of the row a sweep job (``grids.Job``) writes, ``gpu`` included when given;
     ``strategy`` replaces the job's (a headline variant's label)."""
     c = job.cfg
-    row = {"B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers, "directions": c.directions,
-           "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
+    row = {"cell": getattr(c, "cell", LEGACY_CELL), "B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers,
+           "directions": c.directions, "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
            "strategy": job.strategy if strategy is None else strategy}
     if gpu is not None:
         row["gpu"] = gpu
@@ -87,9 +100,11 @@ def baseline_ms(rows: list[dict], baseline: str, gpu: str) -> dict:
 @dataclass
 class Scan:
     """What ``scan_csv`` found: the header's verdict, the byte spans (start, end) of the good records after
-    the header, and the bad ones as (start, end, line number, reason)."""
+    the header, and the bad ones as (start, end, line number, reason); ``legacy`` when the header is the one
+    from before the cell column (``LEGACY_COLUMNS``)."""
 
     header_ok: bool = True
+    legacy: bool = False
     header_end: int = 0
     good: list = field(default_factory=list)
     bad: list = field(default_factory=list)
@@ -115,7 +130,7 @@ def _next_record(data: bytes, start: int) -> int:
     return len(data)
 
 
-def _record_problem(raw: bytes) -> str | None:
+def _record_problem(raw: bytes, columns: list[str] = COLUMNS) -> str | None:
     """Why ``raw`` (one record, its newline included) is not a finished row, or None when it is."""
     if not raw.endswith(b"\n"):
         return "incomplete (no end of line)"
@@ -129,11 +144,13 @@ def _record_problem(raw: bytes) -> str | None:
         return f"not CSV ({e})"
     if len(rows) != 1:
         return "not one CSV record"
-    if len(rows[0]) != len(COLUMNS):
-        return f"{len(rows[0])} fields instead of {len(COLUMNS)}"
-    row = dict(zip(COLUMNS, rows[0]))
+    if len(rows[0]) != len(columns):
+        return f"{len(rows[0])} fields instead of {len(columns)}"
+    row = dict(zip(columns, rows[0]))
     if row["device"] not in DEVICES and row["device"] != "":
         return f"device {row['device']!r}"
+    if row.get("cell", LEGACY_CELL) not in CELLS:
+        return f"cell {row['cell']!r}"
     for c in INT_COLUMNS:
         if row[c] and not row[c].isdigit():
             return f"{c} {row[c]!r} is not an integer"
@@ -156,18 +173,23 @@ def scan_csv(data: bytes) -> Scan:
     header_end = _next_record(data, 0)
     header = data[:header_end]
     scan.header_end = header_end
-    scan.header_ok = header == (",".join(COLUMNS) + "\r\n").encode() or header == (",".join(COLUMNS) + "\n").encode()
+    def is_header(cols):
+        return header in ((",".join(cols) + "\r\n").encode(), (",".join(cols) + "\n").encode())
+
+    scan.legacy = is_header(LEGACY_COLUMNS)
+    scan.header_ok = scan.legacy or is_header(COLUMNS)
+    columns = LEGACY_COLUMNS if scan.legacy else COLUMNS
     pos = header_end
     while pos < len(data):
         end = _next_record(data, pos)
-        problem = _record_problem(data[pos:end])
+        problem = _record_problem(data[pos:end], columns)
         if problem is None:
             scan.good.append((pos, end))
         else:
             first_line_end = next(_physical_lines(data, pos))[1]
             if first_line_end < end:  # resynchronize on the next line
                 end = first_line_end
-                problem = _record_problem(data[pos:end]) or problem
+                problem = _record_problem(data[pos:end], columns) or problem
             scan.bad.append((pos, end, data.count(b"\n", 0, pos) + 1, problem))
         pos = end
     return scan
@@ -185,9 +207,10 @@ def _header_error(p: Path) -> ValueError:
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
-    """All rows of ``path`` as dicts of strings ([] when the file does not exist or is empty). Raises
-    ValueError when the header is not this version's (write to a new file instead of mixing) or a record is
-    incomplete or malformed (``repair_csv`` sets such records aside)."""
+    """All rows of ``path`` as dicts of strings ([] when the file does not exist or is empty); the rows of a
+    file from before the cell column get cell = "lstm". Raises ValueError when the header is neither this
+    version's nor that earlier one (write to a new file instead of mixing) or a record is incomplete or
+    malformed (``repair_csv`` sets such records aside)."""
     p = Path(path)
     if not p.exists() or p.stat().st_size == 0:
         return []
@@ -198,7 +221,40 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     if scan.bad:
         raise ValueError(f"{p}: {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); "
                          "rerun the sweep on this file to set them aside and measure those rows again")
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    if scan.legacy:
+        rows = [{c: (LEGACY_CELL if c == "cell" else r[c]) for c in COLUMNS} for r in rows]
+    return rows
+
+
+def _csv_text(rows: list[dict]) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+def upgrade_csv(path: str | os.PathLike) -> str | None:
+    """Rewrite a CSV from before the cell column in this version's columns, every row with cell = "lstm",
+    in place (same file, so a lock on it holds), fsynced. Returns a message saying so, or None when the file
+    is missing, empty or already current. Raises ValueError as ``read_rows`` does (repair first). Call it
+    holding ``lock_csv``, or where no sweep writes the file."""
+    p = Path(path)
+    if not p.exists() or p.stat().st_size == 0:
+        return None
+    with p.open("r+b") as f:
+        data = f.read()
+        scan = scan_csv(data)
+        if not scan.legacy:
+            return None
+        rows = read_rows(p)
+        f.seek(0)
+        f.write(_csv_text(rows))
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+    return f"{p}: rewrote {len(rows)} row(s) from before the cell column with the column added (cell = lstm)"
 
 
 def repair_csv(path: str | os.PathLike) -> str | None:
@@ -275,13 +331,21 @@ def _fmt(v) -> str:
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one row (missing columns empty), writing the header first into a new file; flushed and
-    fsynced so that a kill after this call keeps the row."""
+    """Append one row (missing columns empty; no cell: lstm), writing the header first into a new file;
+    flushed and fsynced so that a kill after this call keeps the row. A file from before the cell column is
+    first rewritten with it (``upgrade_csv``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise KeyError(f"unknown CSV columns {sorted(unknown)}")
+    row = dict(row)
+    row["cell"] = row.get("cell") or LEGACY_CELL
+    if p.exists() and p.stat().st_size:
+        with p.open("rb") as f:
+            first = f.readline()
+        if first.rstrip(b"\r\n") == ",".join(LEGACY_COLUMNS).encode():
+            upgrade_csv(p)
     with p.open("a+b") as raw:
         raw.seek(0, os.SEEK_END)
         size = raw.tell()

@@ -1,9 +1,13 @@
-"""Benchmark sweep: fusedrnn against cuDNN and the other ways to run an LSTM, one CSV row per measurement.
+"""Benchmark sweep: fusedrnn against cuDNN and the other ways to run an LSTM, GRU or RNN, one CSV row per
+measurement.
 
     python -m experiments.sweep --grid batch --dtypes fp16,bf16 --passes fwd,fwdbwd --out results/batch.csv
+    python -m experiments.sweep --cell gru --grid batch ...   # models.GRU against nn.GRU (cuDNN); rnn: nn.RNN
 
-Without CUDA the Triton kernels run in the interpreter, the default grid is ``smoke``, the baseline is
-torch.nn.LSTM on CPU (``torch_cpu``), and output goes to scratch/: a check that everything runs, not a
+``--cell`` (lstm, the default; gru; rnn = tanh) picks the recurrent cell: the comparison baseline is the
+torch.nn module of that cell (nn.LSTM, nn.GRU, nn.RNN) and the rows carry it in their ``cell`` column.
+Without CUDA the Triton kernels run in the interpreter, the default grid is ``smoke``, the baseline is that
+torch.nn module on CPU (``torch_cpu``), and output goes to scratch/: a check that everything runs, not a
 benchmark. See ``--help`` for grids and backends.
 """
 from __future__ import annotations
@@ -29,17 +33,19 @@ from torch import nn  # noqa: E402
 from . import backends as bk  # noqa: E402
 from . import shard  # noqa: E402
 from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
-from .grids import GRIDS, Config, grid_configs  # noqa: E402
-from .measure import Peaks, bench, elem_bytes, floor_ms, lstm_flops, max_rel_error, measure_peaks  # noqa: E402
+from .grids import CELLS, GRIDS, NN_MODULES, Config, grid_configs  # noqa: E402
+from .measure import Peaks, bench, elem_bytes, floor_ms, max_rel_error, measure_peaks, rnn_flops  # noqa: E402
 from .results import (  # noqa: E402
     CsvLocked, append_row, baseline_ms, job_fields, key_of, lock_csv, problem_of, progress, provenance, read_rows,
-    repair_csv,
+    repair_csv, upgrade_csv,
 )
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 PASSES = ("fwd", "fwdbwd")
 CPU_NOTE = ("No CUDA device: CPU smoke run. Triton kernels run in the interpreter and the baseline is "
-            "torch.nn.LSTM on CPU; these timings are NOT GPU benchmarks.")
+            "torch.nn.{module} on CPU; these timings are NOT GPU benchmarks.")
+STATES = ("x", "h0", "c0")  # the inputs that get gradients (c0: the LSTM only)
+NN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MAX_INPUT_SETS = 4
 
 
@@ -82,13 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     backs = "\n".join(f"  {b.name:<14} {b.notes} (devices: {', '.join(b.devices)})" for b in bk.REGISTRY.values())
     p = argparse.ArgumentParser(
         prog="python -m experiments.sweep",
-        description="Time fusedrnn against cuDNN and other LSTM implementations; append one CSV row per "
-                    "(backend, strategy, config, dtype, pass). Reruns skip rows already in the CSV.",
+        description="Time fusedrnn against cuDNN and other LSTM, GRU or RNN implementations; append one CSV row "
+                    "per (backend, strategy, cell, config, dtype, pass). Reruns skip rows already in the CSV.",
         epilog=f"grids (I = H, 1 layer, unidirectional unless --layers/--bidirectional):\n{grids}\n\n"
                f"backends:\n{backs}\n\nWithout CUDA: grid 'smoke', output under scratch/, and the timings are "
                "not GPU benchmarks.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), help="named grid (default: batch on CUDA, smoke on CPU)")
+    p.add_argument("--cell", choices=CELLS, default="lstm",
+                   help="recurrent cell: lstm (default), gru or rnn (tanh); the baseline is torch.nn.LSTM / GRU / "
+                        "RNN (cuDNN on CUDA) and fusedrnn runs models.LSTM / GRU / RNN")
     p.add_argument("--B", type=_int_list, help="comma list replacing the grid's batch sizes")
     p.add_argument("--T", type=_int_list, help="comma list replacing the grid's sequence lengths")
     p.add_argument("--H", type=_int_list, help="comma list replacing the grid's hidden sizes (I = H)")
@@ -130,9 +139,10 @@ def _under_results(path: Path) -> bool:
     return "results" in path.resolve().parts
 
 
-def available_backends(names, device: torch.device) -> tuple[list[str], list[str]]:
-    """Split requested backend names (None: the device's defaults) into (usable, messages for the rest).
-    The device's comparison baseline comes first. Unknown names raise ValueError."""
+def available_backends(names, device: torch.device, cell: str = "lstm") -> tuple[list[str], list[str]]:
+    """Split requested backend names (None: the device's defaults) into (usable, messages for the rest):
+    a backend runs when it runs on the device and implements ``cell``. The device's comparison baseline
+    comes first. Unknown names raise ValueError."""
     if names is None:
         names = [b.name for b in bk.REGISTRY.values() if device.type in b.default_on and device.type in b.devices]
     usable, skipped = [], []
@@ -141,6 +151,7 @@ def available_backends(names, device: torch.device) -> tuple[list[str], list[str
             raise ValueError(f"unknown backend {n!r}; known: {sorted(bk.REGISTRY)}")
         b = bk.REGISTRY[n]
         why = None if device.type in b.devices else f"runs on {', '.join(b.devices)} only"
+        why = why or (None if cell in b.cells else f"implements {', '.join(b.cells)} only, not {cell}")
         why = why or b.unavailable()
         (skipped.append(f"skipping {n}: {why}") if why else usable.append(n))
     baseline = bk.baseline_for(device)
@@ -156,7 +167,7 @@ def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
         for ps in passes:
             for cfg in configs:
                 for name in backend_names:
-                    for strat in bk.REGISTRY[name].strategies():
+                    for strat in bk.REGISTRY[name].strategies(cfg.cell):
                         jobs.append(Job(cfg, dt, ps, name, strat))
     return jobs
 
@@ -168,32 +179,38 @@ def _base_row(job: Job, ctx: Context) -> dict:
     row.update(job_fields(job), speedup_ref=ctx.baseline, error="")
     row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
     try:
-        row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device)
+        row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device,
+                                             mode={"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[cfg.cell])
     except Exception as e:  # noqa: BLE001 - never lose a row over a label
         row["cudnn_algo"] = f"unknown ({type(e).__name__})"
     return row
 
 
-def _source_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.LSTM:
+def _source_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.RNNBase:
+    """The torch.nn module of ``cfg``'s cell (nn.LSTM, nn.GRU, nn.RNN tanh) whose weights every backend copies."""
     torch.manual_seed(zlib.crc32(cfg.label.encode()))
-    m = nn.LSTM(cfg.I, cfg.H, cfg.layers, bidirectional=cfg.directions == 2)
+    m = NN_CLASSES[cfg.cell](cfg.I, cfg.H, cfg.layers, bidirectional=cfg.directions == 2)
     return m.to(device=device, dtype=dtype).train(train)
 
 
 def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, train: bool) -> list[dict]:
-    """``n`` sets of fresh random inputs (normal, never zeros) and, for training, output cotangents."""
+    """``n`` sets of fresh random inputs (normal, never zeros) and, for training, output cotangents; c0 and
+    its cotangent gc for the LSTM only."""
     LD, out = cfg.layers * cfg.directions, cfg.H * cfg.directions
+    lstm = cfg.cell == "lstm"
     sets = []
     for _ in range(n):
         s = {"x": torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype),
-             "h0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype),
-             "c0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)}
+             "h0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)}
+        if lstm:
+            s["c0"] = 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)
         if train:
             for k in s:
                 s[k].requires_grad_(True)
             s.update(gy=torch.randn(cfg.T, cfg.B, out, device=device, dtype=dtype),
-                     gh=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype),
-                     gc=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype))
+                     gh=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype))
+            if lstm:
+                s["gc"] = torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)
         sets.append(s)
     return sets
 
@@ -201,29 +218,35 @@ def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, t
 def _n_sets(cfg: Config, dtype: torch.dtype, train: bool, l2_bytes: int) -> int:
     """Rotate input sets when one set fits in L2 (so a call never finds its inputs there from the last)."""
     LD = cfg.layers * cfg.directions
-    per = (cfg.T * cfg.B * cfg.I + 2 * LD * cfg.B * cfg.H) * elem_bytes(dtype)
+    per = (cfg.T * cfg.B * cfg.I + (2 if cfg.cell == "lstm" else 1) * LD * cfg.B * cfg.H) * elem_bytes(dtype)
     if train:
         per *= 2
     return 1 if per >= l2_bytes else min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / per))
 
 
 def _call(built: bk.Built, s: dict, train: bool):
+    """One call: (y, h_n, c_n or None); for training, then the backward of the outputs against the set's
+    cotangents (c_n's for the LSTM only)."""
     if not train:
         with torch.no_grad():
-            return built.run(s["x"], s["h0"], s["c0"])
-    y, h, c = built.run(s["x"], s["h0"], s["c0"])
-    torch.autograd.backward((y, h, c), (s["gy"], s["gh"], s["gc"]))
+            return built.run(s["x"], s["h0"], s.get("c0"))
+    y, h, c = built.run(s["x"], s["h0"], s.get("c0"))
+    outs, grads = (y, h), (s["gy"], s["gh"])
+    if c is not None:
+        outs, grads = (y, h, c), (*grads, s["gc"])
+    torch.autograd.backward(outs, grads)
     return y, h, c
 
 
 def _check_outputs(built: bk.Built, s: dict, train: bool, params: dict) -> list:
-    """Run once on fresh leaf copies of ``s``; return outputs (+ input and parameter gradients, by name)."""
-    leaves = {k: (v.detach().clone().requires_grad_(train) if k in ("x", "h0", "c0") else v) for k, v in s.items()}
+    """Run once on fresh leaf copies of ``s``; return outputs (y, h_n, c_n) (+ the gradients of x, h0, c0 and
+    of the parameters, by name); None where a cell has no such tensor (c_n, c0 of the GRU and the RNN)."""
+    leaves = {k: (v.detach().clone().requires_grad_(train) if k in STATES else v) for k, v in s.items()}
     for p in params.values():
         p.grad = None
     out = list(_call(built, leaves, train))
     if train:
-        out += [leaves[k].grad for k in ("x", "h0", "c0")]
+        out += [leaves[k].grad if k in leaves else None for k in STATES]
         out += [params[n].grad for n in sorted(params)]
     return out
 
@@ -243,7 +266,7 @@ def run_job(job: Job, ctx: Context) -> dict:
         _first_call(row, job, ctx, src, built, sets[0], train, params)
         if job.backend == "cudnn" and cuda:
             names = profiled_kernels(lambda: _call(built, sets[0], train))
-            rnn_names = [n for n in names if "rnn" in n.lower() or "lstm" in n.lower()]
+            rnn_names = [n for n in names if any(w in n.lower() for w in ("rnn", "lstm", "gru"))]
             row["cudnn_algo_seen"] = classify_kernels(names)
             row["cudnn_kernels"] = "|".join(n[:80] for n in rnn_names[:6])
         _timings(row, job, ctx, built, sets, train, params)
@@ -259,7 +282,7 @@ def run_job(job: Job, ctx: Context) -> dict:
     return row
 
 
-def _first_call(row: dict, job: Job, ctx: Context, src: nn.LSTM, built: bk.Built, s: dict, train: bool,
+def _first_call(row: dict, job: Job, ctx: Context, src: nn.RNNBase, built: bk.Built, s: dict, train: bool,
                 params: dict) -> None:
     """The first call (compilation, autotuning, graph capture): its seconds in ``compile_s``, and its outputs
     and gradients against the comparison baseline's on the same inputs in ``max_rel_err``."""
@@ -290,7 +313,7 @@ def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, tra
     def fn():
         return _call(built, sets[next(order) % len(sets)], train)
 
-    grad_to_none = (list(params.values()) + [s[k] for s in sets for k in ("x", "h0", "c0")]) if train else None
+    grad_to_none = (list(params.values()) + [s[k] for s in sets for k in STATES if k in s]) if train else None
     p50, p20, p80 = bench(fn, dev, warmup_ms=ctx.warmup_ms, rep_ms=ctx.rep_ms, grad_to_none=grad_to_none,
                           min_reps=ctx.min_reps)
     if dev.type == "cuda":
@@ -302,7 +325,7 @@ def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, tra
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
     row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
-    row["tflops"] = lstm_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
+    row["tflops"] = rnn_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
     row["frac_floor"] = row["floor_ms"] / p50
     key = problem_of(row)
     if job.backend == ctx.baseline:
@@ -322,7 +345,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:
-        print(CPU_NOTE, file=sys.stderr)
+        print(CPU_NOTE.format(module=NN_MODULES[args.cell].split(".")[1]), file=sys.stderr)
     grid = args.grid or ("batch" if cuda else "smoke")
     if not cuda and args.grid is None:
         print("No --grid given: running the 'smoke' grid.", file=sys.stderr)
@@ -340,7 +363,7 @@ def main(argv=None) -> int:
             print(f"error: unknown pass {ps!r}; choose from {list(PASSES)}", file=sys.stderr)
             return 2
     try:
-        names, skipped = available_backends(args.backends, device)
+        names, skipped = available_backends(args.backends, device, args.cell)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -352,7 +375,7 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = tf32
 
     configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
-                           bidirectional=args.bidirectional)
+                           bidirectional=args.bidirectional, cell=args.cell)
     jobs = shard.select(make_jobs(configs, dtypes, args.passes, names), args.shard)
     try:
         with lock_csv(out):  # one sweep at a time per CSV: the second one refuses
@@ -367,12 +390,15 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
     and append them one at a time."""
     try:
         note = repair_csv(out)
+        upgraded = upgrade_csv(out)
         existing = read_rows(out)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if note:
         print(f"warning: {note}", file=sys.stderr)
+    if upgraded:
+        print(upgraded, file=sys.stderr)
     gpu = provenance(device)["gpu"] if existing else None
     done = {key_of(r) for r in existing if not (args.retry_errors and r["error"])}
     baseline = bk.baseline_for(device)

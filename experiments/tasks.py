@@ -1,18 +1,21 @@
-"""LSTM vs RNN vs use-gate LSTM on tasks that need long memory.
+"""RNN vs LSTM vs use-gate LSTM vs GRU on tasks that need long memory.
 
-    python -m experiments.tasks --smoke                  # CPU, under 10 minutes on 2 cores
+    python -m experiments.tasks --smoke --fresh --out results/tasks_smoke  # CPU setting, ~20 min on 2 idle cores
     python -m experiments.tasks                          # full setting, meant for a GPU
     python -m experiments.tasks --plot-only --out DIR    # redraw the PNGs from DIR's CSVs
 
-Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM`` or ``models.UseGateLSTM``, one layer,
-``hidden`` units) -> linear head. Continuous inputs (adding, digits) enter the recurrent layer directly (its
-W_ih is the linear input layer); the copy task's tokens go through an ``nn.Embedding`` first.
+Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM``, ``models.UseGateLSTM`` or ``models.GRU``,
+one layer, ``hidden`` units, the same ``backend`` for all) -> linear head. Continuous inputs (adding, digits)
+enter the recurrent layer directly (its W_ih is the linear input layer); the copy task's tokens go through an
+``nn.Embedding`` first.
 
 Initialisation: torch's default uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, then the
-**forget-gate bias is set to 1.0** in both gated models: ``bias_ih``'s f block = 1.0 and ``bias_hh``'s f block
-= 0.0 (rows H:2H of LSTM's i, f, g, o; rows 2H:3H of the use-gate LSTM's N, i, f, V). The RNN has no forget
-gate and keeps the default. The copy task depends on this bias: with f ~ s(0) = 0.5 the memory halves at every
-step. Training: Adam, gradient-norm clipping at 1.0, fixed seeds (data stream shared by the three models).
+**forget-gate bias is set to 1.0** in both LSTMs: ``bias_ih``'s f block = 1.0 and ``bias_hh``'s f block = 0.0
+(rows H:2H of LSTM's i, f, g, o; rows 2H:3H of the use-gate LSTM's N, i, f, V). The RNN has no forget gate and
+keeps the default. **The GRU has no forget gate to bias either**: its update gate z (h' = (1 - z) n + z h) plays
+that part and keeps torch's default init (its bias near 0, so z ~ 0.5 at the start), as nn.GRU's does. The copy
+task depends on the LSTMs' bias: with f ~ s(0) = 0.5 the memory halves at every step. Training: Adam,
+gradient-norm clipping at 1.0, fixed seeds (the data stream of a (task, T, seed) is shared by the four models).
 
 Tasks (``T`` is the length that grows):
 - ``adding`` (Hochreiter & Schmidhuber 1997): T steps of (value ~ U[0, 1], marker); one marker in each half;
@@ -25,14 +28,20 @@ Tasks (``T`` is the length that grows):
   per step (T = 64), or bilinearly upsampled to s x s (T = s^2) for longer sequences; classification from the
   last step; metric: accuracy on a fixed held-out 20 % split (chance 0.1).
 
-The picture the study is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T),
-at initialisation and after training, per model. The fused op does not expose the inner h_t, so this runs the
-model one step at a time with ``backend="reference"`` and retains the gradient of each h_t.
+Seeds: every (model, task, T) is trained from ``len(seeds)`` seeds (3 in both settings; each seed its own
+init and data stream). Every plotted point is the mean over the seeds, and every plot draws their spread as the
+**min-max range** (a band for curves and gradient norms, an error bar for final_vs_T).
+
+The picture the study is about: ``||dL/dh_t||`` against the distance T-1-t from the loss (adding task, largest T,
+every seed), at initialisation and after training, per model. The fused op does not expose the inner h_t, so
+this runs the model one step at a time with ``backend="reference"`` and retains the gradient of each h_t.
 
 Outputs in ``--out``: ``curves.csv`` (long format: one row per model, task, T, seed, step, with train loss, eval
-loss, eval metric, setting and provenance), ``gradnorm.csv``, and PNGs drawn from those CSVs only:
-``curves_<task>.png``, ``final_vs_T.png``, ``gradnorm.png``. A rerun skips (model, task, T, seed) jobs that are
-already complete in ``curves.csv``.
+loss, eval metric, setting and provenance), ``gradnorm.csv``, PNGs drawn from those CSVs only
+(``curves_<task>.png``, ``final_vs_T.png``, ``gradnorm.png``) and ``PROVENANCE.md`` (the command, setting,
+machine, versions and wall time of the run). A rerun skips (model, task, T, seed) jobs that are already complete
+in ``curves.csv``; rows of another setting (name, hidden size, batch, lr or steps) in the folder are refused:
+``--fresh`` deletes the folder's study files first.
 
 ``--backend``: "auto" (our kernels on a GPU, the PyTorch reference on CPU: the Triton interpreter is far too slow
 to train with), "triton" (on CPU: the interpreter, switched on here before ``models`` is imported) or
@@ -56,8 +65,10 @@ from torch import nn
 
 from .results import commit_of
 
-MODELS = ("rnn", "lstm", "usegate")
-MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM"}
+MODELS = ("rnn", "lstm", "usegate", "gru")
+MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM", "gru": "GRU"}
+# the fusedrnn module of each model, looked up when a model is built
+MODEL_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "usegate": "UseGateLSTM", "gru": "GRU"}
 TASKS = ("adding", "copy", "digits")
 FORGET_BIAS = 1.0
 COPY_ALPHABET = 8
@@ -67,6 +78,7 @@ CURVE_COLUMNS = [
     "hidden", "batch", "lr", "forget_bias", "backend", "dtype", "setting", "wall_s", "commit", "torch", "date",
     "cpu", "device",
 ]
+SPREAD = "min-max over seeds"
 GRAD_COLUMNS = ["model", "task", "T", "seed", "phase", "distance", "grad_norm", "setting", "commit", "date"]
 
 
@@ -78,7 +90,7 @@ class Setting:
     name: str
     lengths: dict  # task -> tuple of T
     hidden: int
-    steps: dict  # task -> training steps
+    steps: dict  # task -> training steps, an int or {T: steps} (longer sequences train longer)
     batch: int = 64
     lr: float = 3e-3
     seeds: tuple = (0,)
@@ -89,17 +101,28 @@ class Setting:
     gradnorm_task: str = "adding"
     gradnorm_batch: int = 64
 
+    def steps_for(self, task: str, T: int) -> int:
+        """Training steps of (task, T)."""
+        v = self.steps[task]
+        return int(v[int(T)]) if isinstance(v, dict) else int(v)
 
-# The smoke grid fits a few minutes on 2 CPU cores (reference backend, one process per core). Its lengths are
-# where the contrast shows within a few hundred Adam steps at lr 1e-2: the RNN learns adding at T = 10 but not
-# at T = 20, the LSTM learns T = 50 (~350 steps); at T = 100 no model leaves the predict-the-mean plateau within
-# 400 steps, so T = 100 belongs to the full setting.
+
+# The smoke setting is the CPU study: 2 idle cores, reference backend, one process per core, about 20 minutes.
+# Measured single jobs (1 thread, adding T = 100, 2000 steps, hidden 64, batch 64): RNN ~42 s, LSTM ~140 s,
+# GRU ~125-140 s, use-gate LSTM ~165 s; cost is about linear in T. Lengths and steps are where the contrast shows
+# at lr 1e-2: in one-seed runs the RNN got part of the way at T = 10 (0.45 accuracy) and stayed at chance from
+# T = 20 on (T = 100: 0.06 after 2000 steps), while at T = 100 the LSTM sat on the predict-the-mean plateau for
+# ~1000-1250 steps and then solved it (0.92-0.99 by step 2000, two seeds), the use-gate LSTM left it at ~1000
+# (0.98 and 0.80 by step 2000) and the GRU at ~250-500 (1.00). So T = 100 gets 2000 steps, shorter T fewer
+# (shorter plateaus).
+# Copy and digits are one point each (copy at delay 10, digits pixel by pixel).
 SMOKE = Setting(
     name="smoke",
-    lengths={"adding": (10, 20, 50), "copy": (10, 20), "digits": (64,)},
+    lengths={"adding": (10, 20, 50, 100), "copy": (10,), "digits": (64,)},
     hidden=64,
-    steps={"adding": 800, "copy": 600, "digits": 300},
+    steps={"adding": {10: 800, 20: 800, 50: 1200, 100: 2000}, "copy": 600, "digits": 300},
     lr=1e-2,
+    seeds=(0, 1, 2),
     eval_every=50,
     eval_batch=256,
 )
@@ -208,7 +231,7 @@ class SeqModel(nn.Module):
             self.embed = None
             in_size = 2 if task == "adding" else 1
             n_out, self.n_out_steps = (1 if task == "adding" else 10), 1
-        cls = {"rnn": m.RNN, "lstm": m.LSTM, "usegate": m.UseGateLSTM}[kind]
+        cls = getattr(m, MODEL_CLASSES[kind])
         self.rnn = cls(in_size, hidden, backend=backend)
         self.head = nn.Linear(hidden, n_out)
         set_forget_bias(self.rnn, kind, FORGET_BIAS)
@@ -225,7 +248,7 @@ class SeqModel(nn.Module):
 def set_forget_bias(rnn: nn.Module, kind: str, value: float) -> None:
     """Forget-gate bias of every layer: bias_ih's f block = ``value``, bias_hh's f block = 0 (sum = value).
     The f block is rows H:2H for the LSTM (i, f, g, o) and 2H:3H for the use-gate LSTM (N, i, f, V)."""
-    if kind == "rnn" or not rnn.bias:
+    if kind in ("rnn", "gru") or not rnn.bias:
         return
     H = rnn.hidden_size
     lo = {"lstm": H, "usegate": 2 * H}[kind]
@@ -305,12 +328,12 @@ def train_job(job: Job, s: Setting, backend: str = "auto", device="cpu", dtype=t
     Args:
         job: model, task, T, seed (and whether to record gradient norms); s: the setting;
         backend: the recurrent layer's backend; device, dtype: where and in what precision to train;
-        steps: override of ``s.steps[task]``; provenance: extra columns copied into every row.
+        steps: override of ``s.steps_for(task, T)``; provenance: extra columns copied into every row.
     Returns:
         (curve rows, gradnorm rows): lists of dicts with CURVE_COLUMNS / GRAD_COLUMNS keys.
     """
     device = torch.device(device)
-    steps = s.steps[job.task] if steps is None else steps
+    steps = s.steps_for(job.task, job.T) if steps is None else steps
     data = TaskData(job.task, job.T, job.seed, s, device, dtype)
     model = build_model(job, s, backend, device, dtype)
     grad_rows = []
@@ -438,23 +461,24 @@ def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> dict[str, set]:
     """The (model, task, T, seed) of jobs already in the CSVs: ``"finals"``, those whose final step is logged;
     ``"grads"``, those whose trained gradient norms are (for the jobs that record them)."""
     finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(curves_csv)
-              if r["setting"] == s.name and int(r["step"]) == s.steps[r["task"]]}
+              if r["setting"] == s.name and int(r["step"]) == s.steps_for(r["task"], int(r["T"]))}
     grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(grad_csv)
              if r["setting"] == s.name and r["phase"] == "trained"}
     return {"finals": finals, "grads": grads}
 
 
 def make_jobs(s: Setting, models=MODELS, tasks=TASKS) -> list[Job]:
-    """Every (model, task, T, seed); the gradient-norm picture rides on the gradnorm task's largest T."""
+    """Every (model, task, T, seed); the gradient-norm picture rides on the gradnorm task's largest T (every
+    seed)."""
     jobs = []
     for task in tasks:
         for T in s.lengths[task]:
             for seed in s.seeds:
                 for model in models:
-                    gn = task == s.gradnorm_task and T == max(s.lengths[task]) and seed == s.seeds[0]
+                    gn = task == s.gradnorm_task and T == max(s.lengths[task])
                     jobs.append(Job(model, task, T, seed, gn))
     # longest first: a better balanced process pool
-    return sorted(jobs, key=lambda j: -_seq_len(j.task, j.T, s) * s.steps[j.task])
+    return sorted(jobs, key=lambda j: -_seq_len(j.task, j.T, s) * s.steps_for(j.task, j.T))
 
 
 def _worker(args):
@@ -464,13 +488,51 @@ def _worker(args):
     return job, train_job(job, s, backend, device, dtype, provenance=prov)
 
 
+STUDY_FILES = ("curves.csv", "gradnorm.csv", "final_vs_T.png", "gradnorm.png", "PROVENANCE.md")
+
+
+def clear_study(out: str) -> list[str]:
+    """Delete the study's files in ``out`` (CSVs, PNGs, PROVENANCE.md; nothing else). Returns what went."""
+    gone = []
+    if not os.path.isdir(out):
+        return gone
+    for name in sorted(os.listdir(out)):
+        if name in STUDY_FILES or (name.startswith("curves_") and name.endswith(".png")):
+            os.remove(os.path.join(out, name))
+            gone.append(name)
+    return gone
+
+
+def stale_rows(curves_csv: str, s: Setting) -> list[str]:
+    """Why rows already in ``curves_csv`` cannot sit beside this setting's (another setting name, hidden size,
+    batch, lr, or a (task, T) whose last logged step is past this setting's steps); [] when they can."""
+    why = set()
+    for r in _read_csv(curves_csv):
+        if r["setting"] != s.name:
+            why.add(f"setting {r['setting']!r}")
+            continue
+        for col, want in (("hidden", s.hidden), ("batch", s.batch), ("lr", s.lr)):
+            if float(r[col]) != float(want):
+                why.add(f"{col} {r[col]} (this setting: {want})")
+        task, T = r["task"], int(r["T"])
+        if task in s.steps and int(r["step"]) > s.steps_for(task, T):
+            why.add(f"{task} T={T} logged to step {r['step']} (this setting: {s.steps_for(task, T)})")
+    return sorted(why)
+
+
 def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=torch.float32, jobs: int = 1,
-              models=MODELS, tasks=TASKS, progress: bool = True) -> dict:
+              models=MODELS, tasks=TASKS, progress: bool = True, command: str | None = None) -> dict:
     """Train every job of the setting (skipping complete ones), append to ``out``/curves.csv and gradnorm.csv,
-    then draw the plots. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "seconds": wall}."""
+    then draw the plots and write ``out``/PROVENANCE.md (``command``: the command line it names). Returns
+    {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path, "seconds": wall}. Raises
+    ValueError when ``out`` holds rows of another setting (``stale_rows``)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
     curves_csv, grad_csv = os.path.join(out, "curves.csv"), os.path.join(out, "gradnorm.csv")
+    stale = stale_rows(curves_csv, s)
+    if stale:
+        raise ValueError(f"{curves_csv} holds rows of another setting ({'; '.join(stale[:3])}): give another "
+                         "--out, or --fresh to delete the folder's study files first")
     done = done_jobs(curves_csv, grad_csv, s)
     todo = [j for j in make_jobs(s, models, tasks)
             if (j.model, j.task, j.T, j.seed) not in done["finals"]
@@ -478,6 +540,7 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
     prov = provenance(device)
     t0 = time.perf_counter()
     bar = _progress(len(todo), progress)
+    threads = torch.get_num_threads()
     if jobs > 1 and device.type == "cpu" and len(todo) > 1:
         import multiprocessing as mp
 
@@ -495,7 +558,73 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
             _append_csv(grad_csv, grows, GRAD_COLUMNS)
             bar(job, rows)
     pngs = plot(out)
-    return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    prov_md = write_provenance(out, s, backend=backend, device=device, dtype=dtype, jobs=jobs, threads=threads,
+                               n_run=len(todo), seconds=seconds, command=command, prov=prov,
+                               models=models, tasks=tasks)
+    return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, provenance=prov_md, seconds=seconds)
+
+
+def describe_setting(s: Setting, tasks=TASKS) -> list[str]:
+    """One line per task of the setting: its lengths and steps, in words."""
+    out = []
+    for task in tasks:
+        if task not in s.lengths:
+            continue
+        Ts = s.lengths[task]
+        steps = (", ".join(f"T {T}: {s.steps_for(task, T)}" for T in Ts) if isinstance(s.steps[task], dict)
+                 else f"{s.steps[task]} each")
+        what = {"adding": "adding problem, T", "copy": f"copy-memory ({s.copy_symbols} symbols of "
+                f"{COPY_ALPHABET}), delay T", "digits": "sklearn digits pixel by pixel, T"}[task]
+        out.append(f"{what} {' / '.join(map(str, Ts))} (steps {steps})")
+    return out
+
+
+def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, threads, n_run, seconds, command,
+                     prov, models=MODELS, tasks=TASKS) -> str:
+    """Write ``out``/PROVENANCE.md: the command, setting, machine, versions, this invocation's wall time, and
+    the commits and dates found in the CSV rows. Returns its path."""
+    try:
+        import triton
+
+        triton_v = triton.__version__
+    except ImportError:
+        triton_v = "not installed"
+    rows = _read_csv(os.path.join(out, "curves.csv"))
+    commits = sorted({r["commit"] for r in rows}) or [prov["commit"]]
+    dates = sorted({r["date"] for r in rows}) or [prov["date"]]
+    dev = str(prov["device"])
+    lines = [
+        f"# {out}: provenance", "",
+        "Written by `experiments/tasks.py` at the end of the run (the CSV rows carry commit, torch, date, cpu and "
+        "setting too).", "",
+        f"- command: `{command or 'experiments.tasks.run_study(...)'}`, from the repository root.",
+        f"- backend \"{backend}\" on {device.type}"
+        + (" (\"auto\" = the PyTorch reference on CPU, the fused kernels on CUDA)" if backend == "auto" else "")
+        + f"; {jobs} worker process{'es' if jobs != 1 else ''}, {threads} thread{'s' if threads != 1 else ''} "
+        f"each; {str(dtype).replace('torch.', '')}.",
+        f"- setting **{s.name}** (experiments/tasks.py): " + "; ".join(describe_setting(s, tasks)) + f"; hidden "
+        f"{s.hidden}, batch {s.batch}, Adam lr {s.lr:g}, gradient clipping {s.clip:g}, seeds "
+        f"{', '.join(map(str, s.seeds))}, eval every {s.eval_every} steps on {s.eval_batch} fixed sequences "
+        "(digits: the held-out 20 %).",
+        f"- models: {', '.join(MODEL_LABELS[m] for m in models)}. Forget-gate bias {FORGET_BIAS:g} in the LSTM and "
+        "the use-gate LSTM (bias_ih f block 1, bias_hh f block 0); the RNN and the GRU have no forget gate "
+        "(the GRU's update gate keeps the default init); everything else torch's default "
+        "uniform(-1/sqrt(H), 1/sqrt(H)).",
+        f"- spread in every plot: {SPREAD} (band or error bar) around the mean over seeds.",
+        f"- machine: {prov['cpu']}, {os.cpu_count()} logical CPUs, device {dev}; torch {torch.__version__}, "
+        f"triton {triton_v}, Python {platform.python_version()}.",
+        f"- this invocation: {n_run} job{'s' if n_run != 1 else ''} trained in {seconds:.0f} s wall "
+        f"({seconds / 60:.1f} min), finished {prov['date']} UTC.",
+        f"- rows from commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, dates {dates[0]} to "
+        f"{dates[-1]} UTC.",
+        "- the PNGs are drawn from the CSVs only: `python -m experiments.tasks --plot-only --out "
+        f"{out}` redraws them.",
+    ]
+    path = os.path.join(out, "PROVENANCE.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
 
 
 def _progress(total, enabled):
@@ -528,7 +657,7 @@ def _frame(rows, keys_int=("T", "seed", "step"), keys_float=("train_loss", "eval
 
 
 CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_ALPHABET), "digits": (math.log(10), 0.1)}
-COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green"}
+COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple"}
 
 
 def _save(fig, out: str, name: str, title: str) -> str:
@@ -556,8 +685,10 @@ def plot(out: str) -> list[str]:
     df = _frame(rows)
     setting = ", ".join(sorted(df["setting"].unique()))
     hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
-    sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM), "
-           f"seeds {df['seed'].nunique()}, commit {df['commit'].iloc[-1]}")
+    n_seeds = df.groupby(["model", "task", "T"])["seed"].nunique()
+    seeds = str(n_seeds.min()) if n_seeds.min() == n_seeds.max() else f"{n_seeds.min()}-{n_seeds.max()}"
+    sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM; none in "
+           f"RNN, GRU)\nlines: mean of {seeds} seeds, shading / bars: {SPREAD}, commit {df['commit'].iloc[-1]}")
     models = [m for m in MODELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
     paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]
@@ -570,7 +701,8 @@ def plot(out: str) -> list[str]:
 
 
 def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
-    """curves_<task>.png: eval loss (top) and accuracy (bottom) against the training step, one column per T."""
+    """curves_<task>.png: eval loss (top) and accuracy (bottom) against the training step, one column per T;
+    per model the mean over seeds and the min-max band."""
     Ts = sorted(d["T"].unique())
     fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts) + 0.6, 6), squeeze=False, sharex="col")
     for c, T in enumerate(Ts):
@@ -582,8 +714,7 @@ def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
                 mean, lo, hi = g[col].mean(), g[col].min(), g[col].max()
                 ax = axes[r, c]
                 ax.plot(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
-                if d["seed"].nunique() > 1:
-                    ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2)
+                ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2, lw=0)
         loss_ref, acc_ref = CHANCE[task]
         axes[0, c].axhline(loss_ref, color="gray", ls="--", lw=0.8, label="predict-the-mean / chance")
         if acc_ref is not None:
@@ -599,7 +730,8 @@ def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
 
 
 def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
-    """final_vs_T.png: each run's accuracy at its last step against T, one panel per task."""
+    """final_vs_T.png: the accuracy at each run's last step against T, one panel per task: per model the mean
+    over seeds with min-max error bars."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
     for c, task in enumerate(tasks):
         d = df[df["task"] == task]
@@ -621,25 +753,29 @@ def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("T" + (" (delay)" if task == "copy" else " (sequence length)"))
         ax.set_title(task)
-        ax.set_ylabel("final eval accuracy")
+        ax.set_ylabel("final eval accuracy (mean, bars min-max)")
     axes[0, 0].legend(fontsize=8)
     return _save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}")
 
 
 def _plot_gradnorm(plt, g, models, out: str, sub: str) -> str:
-    """gradnorm.png: ||dL/dh_t|| against the distance from the loss, at initialisation and after training."""
+    """gradnorm.png: ||dL/dh_t|| against the distance from the loss, at initialisation and after training; per
+    model the mean over seeds and the min-max band."""
     phases = [ph for ph in ("init", "trained") if ph in set(g["phase"])]
     fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.8), squeeze=False, sharey=True)
     for c, ph in enumerate(phases):
         ax = axes[0, c]
         for m in models:
-            d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"].mean()
-            if len(d):
-                ax.semilogy(d.index, d.values, color=COLORS[m], label=MODEL_LABELS[m])
+            d = g[(g["phase"] == ph) & (g["model"] == m)].groupby("distance")["grad_norm"]
+            if not len(d):
+                continue
+            mean, lo, hi = d.mean(), d.min(), d.max()
+            ax.semilogy(mean.index, mean.values, color=COLORS[m], label=MODEL_LABELS[m])
+            ax.fill_between(mean.index, lo.values, hi.values, color=COLORS[m], alpha=0.2, lw=0)
         task, T = g["task"].iloc[0], int(g["T"].max())
         ax.set_title(f"{'at initialisation' if ph == 'init' else 'after training'} ({task}, T = {T})")
         ax.set_xlabel("distance from the loss, T-1-t (steps)")
-    axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch; 0 = underflow, not drawn)")
+    axes[0, 0].set_ylabel("||dL/dh_t|| (mean over batch, then seeds;\n0 = underflow, not drawn)")
     axes[0, 0].legend(fontsize=8)
     return _save(fig, out, "gradnorm.png", f"gradient reaching h_t from the loss at the last step\n{sub}")
 
@@ -648,8 +784,10 @@ def _plot_gradnorm(plt, g, models, out: str, sub: str) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="CPU-sized setting (adding T 10/20/50, copy 10/20, "
-                   "digits 64; hidden 64; one seed)")
+    p.add_argument("--smoke", action="store_true", help="the CPU setting (adding T 10/20/50/100, copy 10, "
+                   "digits 64; hidden 64; 3 seeds; ~20 min on 2 idle cores)")
+    p.add_argument("--fresh", action="store_true", help="delete the study files in --out first (CSVs, PNGs, "
+                   "PROVENANCE.md) instead of resuming")
     p.add_argument("--out", default=None, help="output folder (default results/tasks or results/tasks_smoke)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
                    help="recurrent implementation: auto = triton on CUDA, reference on CPU")
@@ -669,6 +807,8 @@ def main(argv=None) -> int:
         s = replace(s, seeds=tuple(range(a.seeds)))
     if a.steps is not None:
         s = replace(s, steps={k: a.steps for k in s.steps})
+    if len(s.seeds) < 3:
+        print(f"note: {len(s.seeds)} seed(s): the study's points are meant as means of at least 3", file=sys.stderr)
     if a.hidden is not None:
         s = replace(s, hidden=a.hidden)
     out = a.out or os.path.join("results", "tasks_smoke" if a.smoke else "tasks")
@@ -676,14 +816,24 @@ def main(argv=None) -> int:
         for path in plot(out):
             print(path)
         return 0
+    if a.fresh:
+        gone = clear_study(out)
+        if gone:
+            print(f"--fresh: deleted {', '.join(gone)} in {out}", file=sys.stderr)
     setup_backend(a.backend)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1 if device.type == "cpu" else 1)
     if a.backend == "triton" and device.type == "cpu":
         jobs = 1  # the interpreter: one process
-    res = run_study(s, out, backend=a.backend, device=device, dtype=getattr(torch, a.dtype), jobs=jobs,
-                    models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")))
-    print(f"wrote {res['curves']}, {res['gradnorm']} and {len(res['pngs'])} PNGs in {res['seconds']:.0f} s")
+    command = "PYTHONPATH=. python -m experiments.tasks " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        res = run_study(s, out, backend=a.backend, device=device, dtype=getattr(torch, a.dtype), jobs=jobs,
+                        models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")), command=command)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {res['curves']}, {res['gradnorm']}, {len(res['pngs'])} PNGs and {res['provenance']} in "
+          f"{res['seconds']:.0f} s")
     return 0
 
 

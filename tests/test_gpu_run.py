@@ -98,7 +98,21 @@ def test_checks_past_the_time_limit_get_timeout_rows(tmp_path):
 
 # ------------------------------------------------------------------------------------------ headline
 def test_headline_plan_puts_the_important_rows_first():
-    jobs = HL.plan(True, ["main"])
+    everything = HL.plan(True, ["main", "datasync", "pdl"])
+    gru_rows = [(j, v) for j, v in everything if j.cfg.cell == "gru"]
+    jobs = everything[: len(everything) - len(gru_rows)]
+    # the GRU's rows come after every LSTM row, variant "main" only, the same grid in the same order
+    assert {j.cfg.cell for j, _ in jobs} == {"lstm"} and everything[len(jobs):] == gru_rows
+    gru_strategies = HL.bk.REGISTRY["fusedrnn"].strategies("gru")
+    assert len(gru_rows) == 4 * 2 * 2 * 2 * (1 + len(gru_strategies))
+    assert {v for _, v in gru_rows} == {"main"} and {v for _, v in jobs} == {"main", "datasync", "pdl"}
+    g0 = gru_rows[0][0]
+    assert (g0.backend, g0.cfg.B, g0.cfg.H, g0.dtype, g0.pass_) == ("cudnn", 16, 1024, "bf16", "fwd")
+    assert [j.backend for j, _ in gru_rows[: 1 + len(gru_strategies)]] == ["cudnn"] + ["fusedrnn"] * len(gru_strategies)
+    assert HL.plan(True, ["main"], cells=("gru", "lstm"))[0][0].cfg.cell == "lstm"  # the LSTM first anyway
+    assert {j.cfg.cell for j, _ in HL.plan(True, ["main"], cells=("lstm",))} == {"lstm"}
+
+    jobs = HL.plan(True, ["main"], cells=("lstm",))
     strategies = HL.bk.REGISTRY["fusedrnn"].strategies()
     assert len(jobs) == 4 * 2 * 2 * 2 * (1 + len(strategies))
     first = jobs[0][0]
@@ -113,7 +127,8 @@ def test_headline_plan_puts_the_important_rows_first():
 
 def test_headline_variants_resume_and_labels(tmp_path, monkeypatch):
     """Each variant's environment is set around its fusedrnn rows only, its rows are labelled
-    strategy@variant, and a rerun skips every row already in the CSV."""
+    strategy@variant, the GRU's rows follow the LSTM's (variant main only, cell column gru), and a rerun skips
+    every row already in the CSV."""
     from experiments import sweep
 
     monkeypatch.setattr(HL, "VARIANTS", {"main": {}, "knob": {"FUSEDRNN_TEST_KNOB": "7"}})
@@ -132,12 +147,16 @@ def test_headline_variants_resume_and_labels(tmp_path, monkeypatch):
                      '"tflops_bf16": 1, "tflops_tf32": 1, "tflops_fp32": 1}}')
     out = tmp_path / "headline.csv"
     grid = dict(B=(1,), H=(16,), dtypes=("bf16",), passes=("fwd",))
-    assert HL.run(out, None, ["main", "knob"], peaks, **grid) == 5
+    gru = list(HL.bk.REGISTRY["fusedrnn"].strategies("gru"))
+    assert HL.run(out, None, ["main", "knob"], peaks, **grid) == 5 + 1 + len(gru)
     assert os.environ.get("FUSEDRNN_TEST_KNOB") is None
     assert seen == [("torch_cpu", "", None), ("fusedrnn", "per_step", None), ("fusedrnn", "persistent", None),
-                    ("fusedrnn", "per_step", "7"), ("fusedrnn", "persistent", "7")]
-    labels = [r["strategy"] for r in _rows(out)]
-    assert labels == ["", "per_step", "persistent", "per_step@knob", "persistent@knob"]
+                    ("fusedrnn", "per_step", "7"), ("fusedrnn", "persistent", "7"),
+                    ("torch_cpu", "", None)] + [("fusedrnn", s, None) for s in gru]
+    rows = _rows(out)
+    labels = [r["strategy"] for r in rows]
+    assert labels == ["", "per_step", "persistent", "per_step@knob", "persistent@knob", ""] + gru
+    assert [r["cell"] for r in rows] == ["lstm"] * 5 + ["gru"] * (1 + len(gru))
     assert HL.split_label("per_step@knob") == ("per_step", "knob")
     assert HL.split_label("persistent") == ("persistent", "main")
     assert HL.run(out, None, ["main", "knob"], peaks, **grid) == 0  # resume: nothing left

@@ -8,7 +8,7 @@ from experiments import plot
 from experiments.results import append_row
 
 
-def _fixture_csv(path, device="cuda", gpu="NVIDIA H200", dtypes=("fp16", "bf16")):
+def _fixture_csv(path, device="cuda", gpu="NVIDIA H200", dtypes=("fp16", "bf16"), cell=None):
     """A small synthetic GPU-like sweep: a B line, an H line and a T line, three backends, two dtypes and
     passes, plus one error row (which must be left out)."""
     configs = {(b, 1024, 1024) for b in (1, 16, 64)} | {(16, 1024, h) for h in (128, 512, 1024)} | \
@@ -24,7 +24,8 @@ def _fixture_csv(path, device="cuda", gpu="NVIDIA H200", dtypes=("fp16", "bf16")
                 "cudnn_algo": "standard", "ms_p50": ms, "ms_p20": 0.95 * ms, "ms_p80": 1.1 * ms,
                 "speedup": ref_ms / ms, "speedup_ref": "cudnn" if device == "cuda" else "torch_cpu",
                 "floor_ms": 0.2 * ref_ms, "frac_floor": 0.2 * ref_ms / ms, "error": "", "torch": "2.11.0",
-                "triton": "3.6.0", "cudnn": "91002", "commit": "abcdef0123", "date": "2026-01-02T03:04:05Z"})
+                "triton": "3.6.0", "cudnn": "91002", "commit": "abcdef0123", "date": "2026-01-02T03:04:05Z",
+                **({"cell": cell} if cell else {})})
     append_row(path, {"device": device, "gpu": gpu, "B": 256, "T": 1024, "H": 2048, "I": 2048, "layers": 1,
                       "directions": 1, "dtype": "fp16", "pass": "fwd", "backend": "fusedrnn",
                       "strategy": "per_step", "error": "OOM: OutOfMemoryError: CUDA out of memory",
@@ -62,6 +63,35 @@ def test_cpu_csv_is_tagged_and_kept_out_of_results(tmp_path, monkeypatch):
     for path, title in written:
         assert plot.CPU_TAG in title
         assert path.parent == plot.CPU_OUT and (tmp_path / path).stat().st_size > 0
+
+
+def test_each_cell_gets_its_own_figures(tmp_path):
+    """GRU rows beside the LSTM's: the LSTM's files keep their names, the GRU's carry the cell, and no figure
+    mixes the two cells' lines; a CSV from before the cell column is the LSTM's."""
+    csv_path = tmp_path / "cells.csv"
+    _fixture_csv(csv_path, dtypes=("fp16",))
+    _fixture_csv(csv_path, dtypes=("fp16",), cell="gru")
+    written = plot.make_plots([csv_path], tmp_path / "figs")
+    names = sorted(p.name for p, _ in written)
+    lstm = [n for n in EXPECTED if "_fp16_" in n]
+    assert names == sorted(lstm + [n.replace("_fp16_", "_gru_fp16_") for n in lstm])
+    titles = dict((p.name, t) for p, t in written)
+    gru_title = titles["heatmap_speedup_gru_fp16_fwd.png"]
+    assert "GRU" in gru_title and "nn.GRU" in gru_title
+    assert "GRU" not in titles["heatmap_speedup_fp16_fwd.png"] and "LSTM" in titles["ms_vs_B_fp16_fwd.png"]
+    df = plot.load([csv_path])
+    assert len(df) == 2 * 7 * 2 * 3 and set(df["cell"]) == {"lstm", "gru"}
+    # the same rows without the column (the header from before it): read as LSTM rows
+    import csv
+
+    from experiments.results import LEGACY_COLUMNS, read_rows
+
+    old = tmp_path / "old.csv"
+    with old.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LEGACY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(r for r in read_rows(csv_path) if r["cell"] == "lstm")
+    assert set(plot.load([old])["cell"]) == {"lstm"} and len(plot.load([old])) == 7 * 2 * 3
 
 
 def test_plot_without_rows(tmp_path):

@@ -48,6 +48,34 @@ def test_table_gives_every_cell_its_speedups(tmp_path):
     assert "TESTGPU, commit abc123def456, torch 2.11.0, triton 3.6.0, CUDA 13.0, cuDNN 91000, 2026-12-01" in md
 
 
+def test_gru_rows_get_their_own_tables_after_the_lstm(tmp_path):
+    csv = tmp_path / "headline.csv"
+    _fixture(csv)
+    lstm_only = report.block(csv)
+    for dt in ("bf16", "fp16"):
+        for ps in ("fwd", "fwdbwd"):
+            append_row(csv, _row(16, 1024, dt, ps, "cudnn", "", 3.0, cell="gru"))
+            append_row(csv, _row(16, 1024, dt, ps, "fusedrnn", "per_step", 1.5, cell="gru"))
+    md = report.block(csv)
+    assert md.startswith(lstm_only[: -len(report.END)].rstrip())  # the LSTM's tables as they were, first
+    gru = md[len(lstm_only) - len(report.END):]
+    assert "**fusedrnn GRU speedup over cuDNN (nn.GRU)**" in gru and "**fusedrnn GRU" not in lstm_only
+    assert "| 16 | 1024 | " + " | ".join(["**2× per_step**"] * 4) + " |" in gru.splitlines()
+    assert "| 1 | 1024 |" not in gru  # only the GRU's own rows
+    assert "cudnn nn.GRU median ms" in gru and "| 16 | 1024 | 3 (standard) |" in gru
+    # a CSV without the cell column (before it existed): LSTM rows
+    import csv as _csv
+
+    old = tmp_path / "old.csv"
+    with csv.open(newline="") as f:
+        rows = [r for r in _csv.DictReader(f) if r["cell"] == "lstm"]
+    with old.open("w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "cell"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert report.block(old) == lstm_only
+
+
 def test_write_then_check_and_a_stale_block_fails(tmp_path, capsys):
     csv, readme = tmp_path / "headline.csv", tmp_path / "README.md"
     _fixture(csv)
@@ -102,3 +130,25 @@ def test_tasks_summary_reads_the_last_step_and_the_gradient_ratio(tmp_path):
     assert "RNN 5.0e-07." in text  # init phase only, far over near
     assert text.startswith("a\n") and text.endswith("\nb\n")
     assert tasks_report.main([str(tmp_path), "--check", str(readme)]) == 0
+
+
+def test_tasks_summary_quotes_mean_and_min_max_over_seeds(tmp_path):
+    """Three seeds: each cell is the mean over seeds with the min-max range; the four cells in the study's order
+    (RNN, LSTM, use-gate LSTM, GRU), one row per (task, T); the gradient ratio is the geometric mean."""
+    head = "model,task,T,seed,step,eval_metric,setting,device,commit,torch,hidden,batch,lr,forget_bias\n"
+    runs = {("gru", 100): (0.9, 1.0, 0.95), ("rnn", 100): (0.05, 0.07, 0.06), ("lstm", 100): (0.2, 0.9, 1.0),
+            ("usegate", 100): (0.5, 0.5, 0.5), ("rnn", 10): (0.4, 0.5, 0.6)}
+    (tmp_path / "curves.csv").write_text(head + "".join(
+        f"{m},adding,{T},{sd},200,{acc},smoke,cpu,abc1234,2.13.0,64,64,0.01,1.0\n"
+        for (m, T), accs in runs.items() for sd, acc in enumerate(accs)))
+    (tmp_path / "gradnorm.csv").write_text("model,task,T,seed,phase,distance,grad_norm\n" + "".join(
+        f"rnn,adding,100,{sd},init,{d},{v}\n" for sd, far in enumerate((1e-12, 1e-10, 1e-8))
+        for d, v in ((0, 1.0), (99, far))))
+    md = tasks_report.block(tmp_path)
+    assert "3 seeds. Final eval accuracy, mean over seeds (min-max over seeds):" in md
+    assert "| task | T | RNN | LSTM | use-gate LSTM | GRU |" in md
+    assert "| adding | 10 | 0.50 (0.40-0.60) | - | - | - |" in md
+    assert "| adding | 100 | 0.06 (0.05-0.07) | 0.70 (0.20-1.00) | 0.50 (0.50-0.50) | 0.95 (0.90-1.00) |" in md
+    assert md.index("| adding | 10 |") < md.index("| adding | 100 |")
+    assert "forget-gate bias 1.0 (LSTM, use-gate LSTM)" in md
+    assert "(geometric mean over seeds, min-max): RNN 1.0e-10 (1.0e-12-1.0e-08)." in md

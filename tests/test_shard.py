@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from experiments import shard, sweep
-from experiments.results import COLUMNS, append_row, key_of, read_rows
+from experiments.results import COLUMNS, KEY, append_row, key_of, read_rows
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-path sweep (the GPU path runs in gpu_run.sh)")
 CONFIG = ("B", "T", "H", "I", "layers", "directions", "dtype", "pass")
@@ -45,7 +45,7 @@ def test_two_shards_cover_the_grid_once_and_merge(tmp_path, capsys):
     whole = tmp_path / "whole.csv"
     assert sweep.main(base + ["--out", str(whole), "--passes", "fwd"]) == 0
     fwd_keys = {key_of(r) for r in read_rows(whole)}
-    assert fwd_keys == {k for k in keys[0] | keys[1] if k[8] == "fwd"}
+    assert fwd_keys == {k for k in keys[0] | keys[1] if k[KEY.index("pass")] == "fwd"}
 
     # merge: repeats dropped (a row without an error wins), provenance kept as written by each shard
     failed = tmp_path / "failed.csv"

@@ -15,9 +15,10 @@ from experiments import backends as bk
 from experiments import sweep
 from experiments.cudnn_algo import PERSIST, SMALL_H, STANDARD, classify_kernels, predict_algo
 from experiments.grids import Config, grid_configs
-from experiments.measure import Peaks, floor_ms, lstm_flops
+from experiments.measure import Peaks, floor_ms, lstm_flops, rnn_flops
 from experiments.results import (
-    ALWAYS, COLUMNS, CPU_EMPTY, CsvLocked, append_row, key_of, lock_csv, read_rows, repair_csv, scan_csv,
+    ALWAYS, COLUMNS, CPU_EMPTY, LEGACY_COLUMNS, CsvLocked, append_row, key_of, lock_csv, read_rows, repair_csv,
+    scan_csv, upgrade_csv,
 )
 
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-path sweep (the GPU path runs in gpu_run.sh)")
@@ -54,6 +55,7 @@ def test_smoke_sweep_every_column_and_rerun_adds_nothing(tmp_path, capsys):
         if r["backend"] == "torch_cpu":
             assert float(r["speedup"]) == 1.0
     assert {r["strategy"] for r in rows if r["backend"] == "fusedrnn"} == set(strategies)
+    assert {r["cell"] for r in rows} == {"lstm"}
     capsys.readouterr()
 
     assert sweep.main(argv) == 0
@@ -65,6 +67,100 @@ def test_smoke_sweep_every_column_and_rerun_adds_nothing(tmp_path, capsys):
     assert len(_rows(out)[1]) == len(rows)
     for name in ("heatmap_speedup_fp32_fwd.png", "ms_vs_B_fp32_fwdbwd.png", "floor_fraction_fp32_fwd.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def _has_fusedrnn_gru() -> bool:
+    return hasattr(bk.fusedrnn_models(), "GRU")
+
+
+@cpu_only
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_smoke_sweep_of_another_cell(tmp_path, capsys, cell):
+    """``--cell gru`` / ``--cell rnn``: the baseline is nn.GRU / nn.RNN on CPU, fusedrnn runs models.GRU / RNN in
+    the interpreter (every strategy the module takes), outputs and gradients match the baseline's, the rows say
+    their cell, and the same CSV then takes the LSTM's rows beside them (the cell is part of the key)."""
+    if cell == "gru" and not _has_fusedrnn_gru():
+        pytest.skip("models.GRU is not in this tree yet")
+    out = tmp_path / f"{cell}.csv"
+    argv = ["--cell", cell, "--grid", "smoke", "--B", "4", "--out", str(out), "--min-reps", "1", "--rep-ms", "1"]
+    assert sweep.main(argv) == 0
+    assert f"torch.nn.{cell.upper()} on CPU" in capsys.readouterr().err
+    header, rows = _rows(out)
+    assert header == COLUMNS
+    strategies = bk.REGISTRY["fusedrnn"].strategies(cell)
+    assert strategies == (("per_step", "persistent") if cell == "gru" else ("per_step",))
+    assert len(rows) == 2 * (2 + len(strategies))  # (fwd, fwdbwd) x (torch_cpu, torch_loop, fusedrnn/...)
+    assert {r["cell"] for r in rows} == {cell}
+    for r in rows:
+        assert r["error"] == "", r["error"]
+        assert float(r["max_rel_err"]) < 1e-4, (r["backend"], r["strategy"], r["pass"], r["max_rel_err"])
+        assert r["speedup_ref"] == "torch_cpu" and float(r["speedup"]) > 0
+    g = {"gru": 3, "rnn": 1}[cell]
+    r0 = rows[0]
+    assert float(r0["tflops"]) == pytest.approx(2 * g * 4 * 8 * 32 * 64 / (float(r0["ms_p50"]) * 1e-3) / 1e12,
+                                                rel=1e-4)
+    # the LSTM's rows of the same problem are other rows; a rerun of either adds nothing
+    lstm = ["--grid", "smoke", "--B", "4", "--passes", "fwd", "--backends", "torch_cpu", "--out", str(out),
+            "--min-reps", "1", "--rep-ms", "1"]
+    assert sweep.main(lstm) == 0 and sweep.main(lstm) == 0 and sweep.main(argv) == 0
+    _, after = _rows(out)
+    assert len(after) == len(rows) + 1 and after[-1]["cell"] == "lstm"
+
+
+def test_backends_run_every_cell_like_its_torch_module():
+    """The eager backends on each cell's source module: outputs (c_n None but for the LSTM) and parameter
+    names as the torch.nn module's."""
+    torch.manual_seed(0)
+    for cell, cls in sweep.NN_CLASSES.items():
+        src = cls(5, 6, 2, bidirectional=True).double()
+        assert bk.cell_of(src) == cell
+        x, h0 = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 3, 6, dtype=torch.float64)
+        c0 = torch.randn(4, 3, 6, dtype=torch.float64) if cell == "lstm" else None
+        want = bk.REGISTRY["torch_cpu"].build(src, "").run(x, h0, c0)
+        loop = bk.REGISTRY["torch_loop"].build(src, "")
+        got = loop.run(x, h0, c0)
+        assert set(loop.params) == {n for n, _ in src.named_parameters()}
+        for a, b in zip(got, want):
+            assert (a is None) == (b is None) == (cell != "lstm" and a is None)
+            if a is not None:
+                assert torch.allclose(a, b, atol=1e-12), cell
+        assert (got[2] is None) == (cell != "lstm")
+
+
+def test_a_backend_without_the_cell_is_skipped(monkeypatch):
+    monkeypatch.setitem(bk.REGISTRY, "lstm_only", bk.Backend("lstm_only", _boom_build, devices=("cpu",),
+                                                             default_on=(), cells=("lstm",)))
+    usable, skipped = sweep.available_backends(["torch_cpu", "lstm_only"], torch.device("cpu"), "gru")
+    assert usable == ["torch_cpu"] and "lstm_only" in skipped[0] and "not gru" in skipped[0]
+    assert sweep.available_backends(["lstm_only"], torch.device("cpu"), "lstm")[0] == ["lstm_only"]
+    assert bk.REGISTRY["flashrnn"].cells == ("lstm",)
+
+
+@cpu_only
+def test_a_csv_from_before_the_cell_column_reads_as_lstm_and_is_upgraded(tmp_path, capsys):
+    out = tmp_path / "old.csv"
+    assert _fast_sweep(out, "torch_cpu") == 0
+    _, rows = _rows(out)
+    with out.open("w", newline="") as f:  # the file as the sweep wrote it before the cell column
+        w = csv.DictWriter(f, fieldnames=LEGACY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert scan_csv(out.read_bytes()).legacy
+    old = read_rows(out)
+    assert [r["cell"] for r in old] == ["lstm"] and [key_of(r) for r in old] == [key_of(r) for r in rows]
+    capsys.readouterr()
+    assert _fast_sweep(out) == 0  # torch_cpu's row is found (an LSTM row); torch_loop's is measured
+    err = capsys.readouterr().err
+    assert "1 to run" in err and "before the cell column" in err, err
+    header, new = _rows(out)
+    assert header == COLUMNS and [r["cell"] for r in new] == ["lstm", "lstm"]
+    assert {k: v for k, v in new[0].items() if k != "cell"} == {k: v for k, v in rows[0].items() if k != "cell"}
+    assert upgrade_csv(out) is None  # current already
+    # append_row upgrades a legacy file itself before writing a row with the cell column
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_text(",".join(LEGACY_COLUMNS) + "\n")
+    append_row(legacy, {"device": "cpu", "B": 1, "cell": "gru"})
+    assert [r["cell"] for r in read_rows(legacy)] == ["gru"] and _rows(legacy)[0] == COLUMNS
 
 
 def _boom_build(ref, strategy):
@@ -147,6 +243,11 @@ def test_grids():
     assert len(grid_configs("full")) == 9 * 7
     c = grid_configs("batch", B=[8], layers=2, bidirectional=True)
     assert c == [Config(8, 1024, 1024, 1024, 2, 2)]
+    assert c[0].cell == "lstm" and c[0].label == "B8-T1024-H1024-L2-bi"  # LSTM labels (weight seeds) as before
+    g = grid_configs("smoke", cell="gru")
+    assert {x.cell for x in g} == {"gru"} and g[0].label == "B1-T8-H32-gru"
+    with pytest.raises(ValueError, match="unknown cell"):
+        Config(1, 1, 1, 1, cell="lru")
 
 
 @pytest.mark.parametrize("kw, fwd, bwd", [
@@ -192,6 +293,11 @@ def test_floor_and_flops():
     assert floor_ms(small, torch.float16, "fwdbwd", peaks, True) > 2 * f
     assert lstm_flops(small, "fwd") == 8 * 16 * 1024 * 1024 * 2048
     assert lstm_flops(small, "fwdbwd") == 3 * lstm_flops(small, "fwd")
+    # the GRU streams a 3H x H W_hh (6 MiB, L2) and does 3/4 of the LSTM's products; the RNN 1/4
+    gru, rnn = Config(16, 1024, 1024, 1024, cell="gru"), Config(16, 1024, 1024, 1024, cell="rnn")
+    assert rnn_flops(gru, "fwd") == 6 * 16 * 1024 * 1024 * 2048 and rnn_flops(rnn, "fwd") == 2 * 16 * 1024 * 1024 * 2048
+    assert floor_ms(gru, torch.float16, "fwd", peaks, tf32=True) == pytest.approx(
+        1024 * 6 * 2**20 / 1e10 + 6 * 1024 * 16 * 1024 * 1024 / 7e11, rel=1e-6)
 
 
 def test_strategy_fallback_becomes_an_error_not_a_mislabelled_row():
