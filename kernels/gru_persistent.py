@@ -1,12 +1,412 @@
-"""Persistent GRU kernels: placeholder until the whole-sequence kernels land. ``plan`` always chooses
-per_step (None), so ``kernels.gru`` runs its per-step kernels for every strategy."""
+"""Persistent whole-sequence GRU kernels: one launch per layer and direction, W_hh held on chip across steps.
+
+The LSTM's design (kernels/lstm_persistent.py, whose docstring is the full description) with the GRU's cell;
+the barrier, the error flag, the cooperative launch, the co-residency check, the split-K dot, the W-slice loader
+and the decision skeleton are shared with it (kernels/_persistent.py). Dimensions as there: B batch, T steps,
+H hidden, H_PAD = next power of two >= H (BLOCK_K), U units per program (BLOCK_H), BB batch tile (BLOCK_B), S K
+slices of each dot (SPLIT_K, one per warp), KS = H_PAD / S, P = cdiv(H, U) programs. The equations: docs/MATH.md,
+"GRU"; the pointwise work is ``_common.gru_cell_fwd`` / ``gru_cell_bwd``, shared with the per-step kernels.
+
+Forward (``_gru_fwd_persistent``), program p owns hidden units j in [p*U, p*U + U):
+- before the loop it loads, per gate g in (r, z, n), W_hh[g*H + j, :]^T as (S, KS, U) (``_w_split``), and b_hn[j];
+- step t, for each batch tile: h_{t-1} as (S, BB, KS) (the split-K A operand) and its own units' h_{t-1} as
+  (BB, U) (the z * h_{t-1} term), three split-K dots plus xp[t] (r, z; n's input part stays apart) and b_hn
+  (hn = h_{t-1} W_hn^T + b_hn), the cell; h_t into ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), with ``store``
+  the gates [r, z, n, hn] (the per-step layout, so either backward can follow either forward);
+- batch tile 0's xp[t+1] is loaded between this program's arrival at the barrier and its wait;
+- grid barrier after every step (``_arrive`` / ``_wait``, a monotonic counter zeroed by the launcher). No
+  private state crosses steps (the GRU has no cell state): h_{t-1} of the own units is read back from hbuf[t].
+
+Backward (``_gru_bwd_persistent``), program p owns unit columns j of W_hh (all 3H rows, one (S, KS, U) block per
+gate, ``_w_split``): dh = dy_t + q + dg_{t+1}[:, :3H] @ W_hh[:, j], three split-K dots over the r, z, n row
+blocks of the reduction axis (dg's row stride is 4H: its fourth block, dn, is the input's gradient only), then
+``gru_cell_bwd``; dg_t = [da_r, da_z, dhn, dn] stored, the carry q_{t-1} = dh * z kept in a private ping-pong
+buffer (zero at t = T-1). h_{t-1} is read from y[t-1] (h0 at t = 0). The weight gradients, dx and dh0 =
+q0 + dg_0[:, :3H] @ W_hh are the large GEMMs after the loop (kernels/gru.py).
+
+Safety and scope as for the LSTM: a barrier that spins more than ``spin_cap`` iterations sets the device's sticky
+error flag and the program writes NaN from then on (h_t forward, dh backward); the launcher raises
+(``check_flag``), ``check_errors()`` after a CUDA-graph replay. Cooperative launch and co-residency check on CUDA;
+``decide``: fp16/bf16 up to H = 1024, fp32 up to 512, fp64 up to 128 (the compile-checked ``CONFIGS``), H % 16 == 0,
+16-byte aligned tensors, "auto" per pass up to ``AUTO_MAX_BATCH``; anything else runs per_step with the reason at
+DEBUG level. Synchronisation is the counter barrier only (the LSTM's opt-in data synchronisation is not built here).
+In the interpreter one program owns every unit (``interpreter_config``), so the same source is tested for its math;
+the many-program kernels are compile-checked (sm_90a and sm_80, 0 spills, no replicated MMA work).
+
+Not verified without a GPU: co-residency at run time, the barrier under real concurrency, and speed.
+"""
 from __future__ import annotations
 
-from .lstm_persistent import Fallback, log_fallback
+import torch
+import triton
+import triton.language as tl
 
-__all__ = ["Fallback", "log_fallback", "plan"]
+from . import _persistent as _p
+from ._common import (
+    acc_tl_dtype,
+    acc_torch_dtype,
+    cast_dot_inputs,
+    compile_check_entries,
+    dot_precision,
+    dtype_group,  # noqa: F401 - re-exported for callers that look the group up here
+    gru_cell_bwd,
+    gru_cell_fwd,
+    store_blocks,
+)
+from ._persistent import (  # noqa: F401 - re-exported: the GRU's public persistent names
+    SPIN_CAP,
+    Fallback,
+    Misaligned,
+    NotCoresident,
+    PersistentConfig,
+    _arrive,
+    _check_aligned,
+    _check_coresident,
+    _launch,
+    _splitk_dot,
+    _w_split,
+    _wait,
+    check_errors,
+    check_flag,
+    coresidency,
+    error_flag,
+    interpreter_config,
+)
 
 
-def plan(strategy, *, device, dtype, H, B, kind="fwd"):
-    """No persistent GRU kernel yet: per_step (None)."""
-    return None
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B: tl.constexpr):
+    """xp[t] (the r, z, n blocks) of the batch tile at b0 and this program's units; all zeros for t >= T (a
+    prefetch past the last step)."""
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m = (o_b < B)[:, None] & m_j[None, :] & (t < T)
+    p = xp + tl.cast(t, tl.int64) * B * 3 * H + o_b[:, None] * (3 * H) + o_j[None, :]
+    return tl.load(p, mask=m, other=0.0), tl.load(p + H, mask=m, other=0.0), tl.load(p + 2 * H, mask=m, other=0.0)
+
+
+@triton.jit
+def _fwd_tile(hbuf, gates, lengths, t, b0, B, H, w_r, w_z, w_n, v_hn, x_r, x_z, x_n, alive, o_j, m_j,
+              HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+              ACC: tl.constexpr, BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """One forward step of one batch tile: the three products h_{t-1} @ W^T slices (split-K), the cell, h_t into
+    hbuf[t+1], the gates [r, z, n, hn]."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    m_bj = m_b[:, None] & m_j[None, :]
+    # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k], read past L1 (written by other programs)
+    b3 = o_b[None, :, None]
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    h_prev = tl.load(hbuf + t64 * s_t + o_bj, mask=m_bj, other=0.0, cache_modifier=".cg").to(ACC)
+    a_r = x_r.to(ACC) + _splitk_dot(b_h, w_r, CAST_F32, PRECISION, ACC)
+    a_z = x_z.to(ACC) + _splitk_dot(b_h, w_z, CAST_F32, PRECISION, ACC)
+    b_hn = _splitk_dot(b_h, w_n, CAST_F32, PRECISION, ACC) + v_hn[None, :]
+    b_r, b_z, b_n, b_ht = gru_cell_fwd(a_r, a_z, x_n.to(ACC), b_hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS)
+    b_ht = tl.where(alive != 0, b_ht, float("nan"))
+    tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_ht.to(hbuf.dtype.element_ty), mask=m_bj)
+    if STORE_GATES:
+        store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_r, b_z, b_n, b_hn, m_bj)
+
+
+@triton.jit(do_not_specialize=["T", "B", "spin_cap"])
+def _gru_fwd_persistent(
+    xp,  # (T, B, 3H) input projection with b_ih and b_hr, b_hz (reference.gru_input_projection)
+    w,  # (3H, H) W_hh, rows r, z, n
+    b_hn,  # (H,) the n block of b_hh (only if HAS_BHN)
+    hbuf,  # (T+1, B, H) hbuf[0] = h0, hbuf[t+1] = h_t (= y[t])
+    gates,  # (T, B, 4H) r, z, n, hn (only if STORE_GATES)
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    counter,  # (1,) int32, zero at launch
+    flag,  # (1,) int32 sticky error flag: set to 1 on a barrier timeout, never cleared by a kernel
+    s_w,
+    T, B, H, spin_cap,
+    HAS_BHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    STORE_GATES: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,  # batch tile
+    BLOCK_H: tl.constexpr,  # U: hidden units per program
+    BLOCK_K: tl.constexpr,  # H_PAD
+    SPLIT_K: tl.constexpr,  # S: K slices, one per warp
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    U: tl.constexpr = BLOCK_H
+    S: tl.constexpr = SPLIT_K
+    KS: tl.constexpr = BLOCK_K // SPLIT_K
+    j0 = pid * U
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
+    w_r = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, True)
+    w_z = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, True)
+    w_n = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, True)
+    o_j = j0 + tl.arange(0, U)
+    m_j = o_j < H
+    if HAS_BHN:
+        v_hn = tl.load(b_hn + o_j, mask=m_j, other=0.0).to(ACC)
+    else:
+        v_hn = tl.zeros((U,), ACC)
+    # batch tile 0: its xp[t] is loaded during the previous step's barrier
+    x_r, x_z, x_n = _fwd_xp(xp, 0, T, 0, B, H, o_j, m_j, BLOCK_B)
+    alive = 1
+    for t in tl.range(0, T, num_stages=1):
+        _fwd_tile(hbuf, gates, lengths, t, 0, B, H, w_r, w_z, w_n, v_hn, x_r, x_z, x_n, alive, o_j, m_j,
+                  HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        for b0 in range(BLOCK_B, B, BLOCK_B):
+            y_r, y_z, y_n = _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B)
+            _fwd_tile(hbuf, gates, lengths, t, b0, B, H, w_r, w_z, w_n, v_hn, y_r, y_z, y_n, alive, o_j, m_j,
+                      HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        _arrive(counter)
+        # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
+        x_r, x_z, x_n = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
+        alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_loads(dy, gates, y, h0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, BLOCK_B: tl.constexpr):
+    """What step t's backward of the tile at b0 reads that no other program writes in this launch: dy[t], the
+    gates r, z, n, hn and h_{t-1} (y[t-1], h0 at t = 0)."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m = (o_b < B)[:, None] & m_j[None, :]
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    b_dy = tl.load(dy + t64 * s_t + o_bj, mask=m, other=0.0).to(ACC)
+    p_g = gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :]
+    b_r = tl.load(p_g, mask=m, other=0.0).to(ACC)
+    b_z = tl.load(p_g + H, mask=m, other=0.0).to(ACC)
+    b_n = tl.load(p_g + 2 * H, mask=m, other=0.0).to(ACC)
+    b_hn = tl.load(p_g + 3 * H, mask=m, other=0.0).to(ACC)
+    b_hp = tl.load(y + (t64 - 1) * s_t + o_bj, mask=m & (t > 0), other=0.0).to(ACC)
+    b_hp += tl.load(h0 + o_bj, mask=m & (t == 0), other=0.0).to(ACC)
+    return b_dy, b_r, b_z, b_n, b_hn, b_hp
+
+
+@triton.jit
+def _bwd_tile(dg, qbuf, lengths, t, step, b0, B, H, w_r, w_z, w_n, b_dy, b_r, b_z, b_n, b_hn, b_hp, q_in, alive,
+              o_j, m_j, HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+              ACC: tl.constexpr, BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """One backward step of one batch tile: dh = dy[t] + q + dg_{t+1}[:, :3H] @ W_hh[:, units] (split-K, after
+    the first step), the cell's backward, dg_t and q_{t-1} stored."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    m_bj = m_b[:, None] & m_j[None, :]
+    b_dh = b_dy + q_in
+    if step > 0:  # dh += dg_{t+1}[:, :3H] @ W_hh[:, units], one gate block of the reduction at a time
+        # a gate block of dg_{t+1} as (S, BB, KS): [s, b, k] = dg[t+1, b0 + b, gate*H + s*KS + k]; the offsets are
+        # shared by the three blocks, read past L1 (written by other programs)
+        b3 = o_b[None, :, None]
+        kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+        off = b3 * (4 * H) + kk
+        m3 = (b3 < B) & (kk < H)
+        p_dg = dg + (t64 + 1) * s_t * 4
+        b_dh += _splitk_dot(tl.load(p_dg + off, mask=m3, other=0.0, cache_modifier=".cg"), w_r, CAST_F32,
+                            PRECISION, ACC)
+        b_dh += _splitk_dot(tl.load(p_dg + H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_z, CAST_F32,
+                            PRECISION, ACC)
+        b_dh += _splitk_dot(tl.load(p_dg + 2 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_n, CAST_F32,
+                            PRECISION, ACC)
+    b_dh = tl.where(alive != 0, b_dh, float("nan"))  # after a timeout: dg and (q = dh * z) NaN from here on
+    da_r, da_z, dhn, dn, b_q = gru_cell_bwd(b_dh, b_r, b_z, b_n, b_hn, b_hp, lengths, t, o_b, m_b, HAS_LENGTHS)
+    o_bj = o_b[:, None] * H + o_j[None, :]
+    tl.store(qbuf + ((step + 1) % 2) * s_t + o_bj, b_q, mask=m_bj)
+    store_blocks(dg + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, da_r, da_z, dhn, dn, m_bj)
+
+
+@triton.jit(do_not_specialize=["T", "B", "spin_cap"])
+def _gru_bwd_persistent(
+    dy,  # (T, B, H) gradient of y (gradient of h_n already added at its step)
+    w,  # (3H, H) W_hh
+    gates,  # (T, B, 4H) r, z, n, hn
+    y,  # (T, B, H) the forward's outputs (h_{t-1} = y[t-1])
+    h0,  # (B, H)
+    qbuf,  # (2, B, H) accumulator dtype; slot 0 zero on entry (q at T-1), q_0 in slot T % 2 on exit
+    dg,  # (T, B, 4H) output dg_t = [da_r, da_z, dhn, dn]
+    lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    counter,  # (1,) int32, zero at launch
+    flag,  # (1,) int32 sticky error flag
+    s_w,
+    T, B, H, spin_cap,
+    HAS_LENGTHS: tl.constexpr,
+    CAST_F32: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # U
+    BLOCK_K: tl.constexpr,  # H_PAD
+    SPLIT_K: tl.constexpr,  # S: slices of each gate block (H_PAD) of the reduction axis, one per warp
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    U: tl.constexpr = BLOCK_H
+    S: tl.constexpr = SPLIT_K
+    KS: tl.constexpr = BLOCK_K // SPLIT_K
+    j0 = pid * U
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
+    w_r = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, False)
+    w_z = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, False)
+    w_n = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, False)
+    o_j = j0 + tl.arange(0, U)
+    m_j = o_j < H
+    s_t = B * H
+    o_b0 = tl.arange(0, BLOCK_B)
+    alive = 1
+    for step in tl.range(0, T, num_stages=1):
+        t = T - 1 - step
+        for b0 in range(0, B, BLOCK_B):
+            o_b = b0 + o_b0
+            q_in = tl.load(qbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
+                           mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
+            a_dy, a_r, a_z, a_n, a_hn, a_hp = _bwd_loads(dy, gates, y, h0, t, b0, B, H, o_j, m_j, ACC, BLOCK_B)
+            _bwd_tile(dg, qbuf, lengths, t, step, b0, B, H, w_r, w_z, w_n, a_dy, a_r, a_z, a_n, a_hn, a_hp, q_in,
+                      alive, o_j, m_j, HAS_LENGTHS, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        _arrive(counter)
+        alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
+# for sm_90a and sm_80 (aligned) with 0 spills and no replicated MMA work; only listed entries ever run on a GPU.
+# Selection as for the LSTM (``_persistent.pick_config``): the smallest H_PAD >= H, then the fewest units per
+# program whose grid fits in the SMs.
+# ----------------------------------------------------------------------------------------------
+CONFIGS = {
+    "16bit": [
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    # the LSTM's fp32 shapes, except 16 backward warps at (512, 8) and (256, 4): with 8 the fp32 (FFMA) backward
+    # keeps two loop scalars on the stack (8 B of spill, sm_80 and sm_90a respectively)
+    "fp32": [
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+    ],
+    "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
+}
+
+# "auto" picks persistent only up to this batch, per pass: the LSTM's static model (docs/PERFORMANCE.md) holds
+# for the GRU too (a program walks the batch serially in 16-row tiles). Measured crossovers replace these.
+AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+# ----------------------------------------------------------------------------------------------
+def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, sm_count: int = 0,
+           interpret: bool | None = None, kind: str = "fwd"):
+    """Whether the ``kind`` pass ("fwd" or "bwd") of a GRU layer runs persistent: ``(config, "")`` or
+    ``(None, reason)``; the rules of ``_persistent.decide_common`` with the GRU's ``CONFIGS`` and
+    ``AUTO_MAX_BATCH``. Pure function of its arguments."""
+    return _p.decide_common(strategy, device_type=device_type, dtype=dtype, H=H, B=B, sm_count=sm_count,
+                            interpret=interpret, kind=kind, configs=CONFIGS, auto_max_batch=AUTO_MAX_BATCH)
+
+
+def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: int, kind: str = "fwd"):
+    """``decide`` for a real device (SM count from torch); logs the reason of a fallback at DEBUG level on the
+    "fusedrnn" logger. Returns a config or None (per_step)."""
+    cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, sm_count=_p.sm_count_of(device),
+                      kind=kind)
+    if cfg is None:
+        _p.log_per_step("GRU", kind, strategy, why)
+    return cfg
+
+
+def log_fallback(strategy: str, err: Fallback) -> None:
+    """Log at DEBUG level why a GRU launch planned as persistent runs per_step (the caller then runs it)."""
+    _p.log_fallback(strategy, err, "GRU")
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths=None, *, store=True, cfg: PersistentConfig,
+                       spin_cap: int = SPIN_CAP, n_programs: int | None = None):
+    """The whole forward recurrence of one GRU layer and direction in one launch.
+
+    Args: xp (T, B, 3H) (``reference.gru_input_projection``: b_ih and b_hr, b_hz included); w_hh (3H, H); b_hn
+    (H,) or None; h0 (B, H); lengths (B,) int32 or None; ``cfg`` from ``decide``. ``n_programs`` overrides the
+    grid (tests of the barrier timeout only).
+    Returns y (T, B, H) and, with ``store``, gates (T, B, 4H) = [r, z, n, hn] in xp's dtype, else None.
+    Raises NotCoresident / Misaligned (before launching) or RuntimeError (barrier timeout).
+    """
+    T, B, G3 = xp.shape
+    H = G3 // 3
+    xp, w_hh = xp.contiguous(), w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
+    b_hn = None if b_hn is None else b_hn.contiguous()
+    hbuf = xp.new_empty(T + 1, B, H)
+    hbuf[0].copy_(h0)
+    gates = xp.new_empty(T, B, 4 * H) if store else None
+    _check_aligned(xp=xp, w_hh=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths)
+    counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
+    flag = error_flag(xp.device)
+    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
+    args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, counter=counter, flag=flag,
+                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None,
+                HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
+                PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
+    meta = cfg.meta("fwd")
+    _check_coresident(_gru_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
+    _launch(_gru_fwd_persistent, grid, args, meta, cfg.fwd_warps)
+    check_flag(flag, "GRU forward")
+    return hbuf[1:], gates
+
+
+def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentConfig, spin_cap: int = SPIN_CAP,
+                       n_programs: int | None = None):
+    """The whole backward recurrence of one GRU layer and direction in one launch.
+
+    Args: dy (T, B, H) (gradient of h_n added at each row's last step); w_hh (3H, H); h0 (B, H); y (T, B, H) and
+    gates (T, B, 4H) as saved by either forward strategy; lengths or None.
+    Returns dg (T, B, 4H) = [da_r, da_z, dhn, dn] in gates' dtype and q0 (B, H) in the accumulator dtype (the
+    direct part of dh0: dh0 = q0 + dg[0, :, :3H] @ W_hh).
+    """
+    T, B, H = dy.shape
+    acc = acc_torch_dtype(dy.dtype)
+    dy, y, gates, h0 = dy.contiguous(), y.contiguous(), gates.contiguous(), h0.contiguous()
+    w_hh = w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
+    dg = gates.new_empty(T, B, 4 * H)
+    qbuf = dy.new_zeros(2, B, H, dtype=acc)
+    _check_aligned(dy=dy, w_hh=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths)
+    counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
+    flag = error_flag(dy.device)
+    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
+    args = dict(dy=dy, w=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, counter=counter,
+                flag=flag, s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
+                HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
+                PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
+    meta = cfg.meta("bwd")
+    _check_coresident(_gru_bwd_persistent, grid, args, meta, cfg.bwd_warps, dy.device)
+    _launch(_gru_bwd_persistent, grid, args, meta, cfg.bwd_warps)
+    check_flag(flag, "GRU backward")
+    return dg, qbuf[T % 2]
+
+
+# Static compile check (kernels/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates),
+# aligned only (the variant ``decide`` lets run).
+COMPILE_CHECK = [
+    *compile_check_entries(_gru_fwd_persistent, _p.triton_configs(CONFIGS, "fwd"), aligns=("aligned",),
+                           args=dict(xp="x", w="x", b_hn="x", hbuf="x", gates="x", lengths="*i32", counter="*i32",
+                                     flag="*i32"),
+                           constexprs=dict(HAS_BHN=True, HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False)),
+    *compile_check_entries(_gru_bwd_persistent, _p.triton_configs(CONFIGS, "bwd"), aligns=("aligned",),
+                           args=dict(dy="x", w="x", gates="x", y="x", h0="x", qbuf="acc", dg="x", lengths="*i32",
+                                     counter="*i32", flag="*i32"),
+                           constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kernels import lstm as L
+from kernels import _persistent as S
 from kernels import lstm_persistent as P
 from kernels._common import DTYPE_GROUPS
 from models import LSTM
@@ -294,12 +295,12 @@ def test_timeout_under_graph_capture_is_never_silent(monkeypatch, kind):
     cfg = P.interpreter_config(H)
     _, c_n, c_seq, gates, _ = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg)
     dy = torch.ones(T, B, H, dtype=torch.float64, device=DEVICE)
-    monkeypatch.setattr(P, "_capturing", lambda device: True)
+    monkeypatch.setattr(S, "_capturing", lambda device: True)
     if kind == "fwd":
         out = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg, spin_cap=3, n_programs=2)[0]
     else:
         out = P.lstm_bwd_persistent(dy, c_n, w, c0, c_seq, gates, cfg=cfg, spin_cap=3, n_programs=2)[0]
-    monkeypatch.setattr(P, "_capturing", lambda device: False)
+    monkeypatch.setattr(S, "_capturing", lambda device: False)
     assert torch.isnan(out).any()  # what was written after the timeout
     with pytest.raises(RuntimeError, match="timed out.*CUDA-graph replay"):
         P.check_errors()
@@ -373,6 +374,6 @@ def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
 
 
 def test_older_triton_runs_per_step(monkeypatch):
-    monkeypatch.setattr(P, "_TRITON", (3, 2))
+    monkeypatch.setattr(S, "_TRITON", (3, 2))
     cfg, why = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, **H100)
     assert cfg is None and "triton >= 3.6" in why

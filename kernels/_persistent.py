@@ -1,0 +1,384 @@
+"""The cell-independent parts of the persistent whole-sequence kernels (kernels/lstm_persistent.py,
+kernels/gru_persistent.py): the grid barrier, the sticky error flag, the cooperative launch, the co-residency
+check, the split-K dot and the W-slice loader, the launch config and the skeleton of the decision whether a pass
+runs persistent. Each cell module holds its kernels, its configs (``CONFIGS``, compile-checked), its
+``AUTO_MAX_BATCH`` and its ``decide`` / ``plan``; the design is described in kernels/lstm_persistent.py's
+docstring, the budget in docs/PERFORMANCE.md.
+
+Nothing here is a launchable kernel: the @triton.jit functions are device helpers, inlined into the cells'
+kernels and compiled with them (kernels/compile_check.py compiles the kernels).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import dtype_group, interpreting
+
+log = logging.getLogger("fusedrnn")
+
+# Spin iterations of one barrier before giving up (each is one acquire load of the counter, ~1 us when
+# contended): ~seconds, far beyond any legitimate step.
+SPIN_CAP = 1 << 24
+_TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit())
+
+
+# ----------------------------------------------------------------------------------------------
+# Device helpers: barrier, data synchronisation, split-K dot, W slices
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _arrive(counter):
+    """This program's arrival at a step's grid barrier: every thread's stores are issued (CTA barrier), then one
+    release add, so a program whose acquire sees the count also sees those stores."""
+    tl.debug_barrier()
+    tl.atomic_add(counter, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait(counter, flag, target, cap, alive):
+    """Wait until the step counter reaches ``target`` (acquire loads, at most ``cap * alive`` polls). On a timeout
+    set the sticky error ``flag`` and return alive = 0: later waits of this program return at once and its outputs
+    are written as NaN from then on, so a timeout can never pass as a result (also inside a CUDA graph, where the
+    host cannot read the flag)."""
+    cnt = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+    it = 0
+    lim = cap * alive
+    while (cnt < target) & (it < lim):
+        cnt = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        it += 1
+    if cnt < target:
+        tl.atomic_xchg(flag, 1)
+        alive = 0
+    tl.debug_barrier()  # every thread waits for the acquire before reading what the others wrote
+    return alive
+
+
+@triton.jit
+def _unwritten(b):
+    """How many elements of ``b`` still hold the launcher's "not written yet" marker: every bit set (a NaN
+    payload that arithmetic never produces: NVIDIA's NaNs are positive and canonical)."""
+    if b.dtype.primitive_bitwidth == 16:
+        bits = b.to(tl.int16, bitcast=True)
+    elif b.dtype.primitive_bitwidth == 32:
+        bits = b.to(tl.int32, bitcast=True)
+    else:
+        bits = b.to(tl.int64, bitcast=True)
+    return tl.sum((bits == -1).to(tl.int32))
+
+
+@triton.jit
+def _load_written(ptrs, mask, flag, cap, alive):
+    """Load a block that other programs are writing (each element once, into a slot the launcher filled with the
+    marker), polling until every element is written: synchronisation through the data, no counter, no fence
+    (nothing else of theirs is read). After ``cap * alive`` polls: the sticky flag, alive = 0."""
+    b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
+    it = 0
+    lim = cap * alive
+    while (_unwritten(b) > 0) & (it < lim):
+        b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
+        it += 1
+    if _unwritten(b) > 0:
+        tl.atomic_xchg(flag, 1)
+        alive = 0
+    return b, alive
+
+
+@triton.jit
+def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """sum_s a3[s] @ w3[s]: a (M, K) x (K, N) product whose K axis is cut into the leading axis of a3 (S, M, K/S)
+    and w3 (S, K/S, N). The batched ``tl.dot`` puts each slice s on its own warp (no two warps compute the same
+    MMA tile) and ``tl.sum`` adds the S partial results across warps."""
+    if CAST_F32:  # the interpreter's bf16 tl.dot is wrong (triton#11584)
+        a3 = a3.to(tl.float32)
+    return tl.sum(tl.dot(a3, w3, input_precision=PRECISION, out_dtype=ACC), axis=0)
+
+
+@triton.jit
+def _w_split(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr,
+             UNITS_ARE_ROWS: tl.constexpr):
+    """One gate's block of W_hh for units j0 .. j0+U-1, split along K into (S, KS, U): [s, k, u] is
+    W_hh[gate*H + j0 + u, s*KS + k] with UNITS_ARE_ROWS (the forward's W^T: K runs along a row) and
+    W_hh[gate*H + s*KS + k, j0 + u] without (the backward's W: K runs down the gate's rows); zero past H."""
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+    j = j0 + tl.arange(0, U)[None, None, :]
+    if UNITS_ARE_ROWS:
+        p = w + (gate * H + j).to(tl.int64) * s_w + kk
+    else:
+        p = w + (gate * H + kk).to(tl.int64) * s_w + j
+    b = tl.load(p, mask=(kk < H) & (j < H), other=0.0)
+    return b.to(tl.float32) if CAST_F32 else b
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class PersistentConfig:
+    """One persistent launch shape. Both kernels split their dot's reduction axis into ``split(kind)`` slices,
+    one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile."""
+    H_PAD: int  # BLOCK_K: next power of two >= H (the depth of each gate's dot)
+    UNITS: int  # BLOCK_H: hidden units per program (programs = cdiv(H, UNITS))
+    BLOCK_B: int  # batch tile (the dots' M)
+    fwd_warps: int
+    bwd_warps: int
+    fwd_split: int = 0  # K slices of the forward dot; 0: one per warp (at most H_PAD / 16: MMA K >= 16)
+    bwd_split: int = 0  # likewise for each of the backward's gate blocks (one dot of depth H_PAD per gate)
+
+    def split(self, kind: str) -> int:
+        given = self.fwd_split if kind == "fwd" else self.bwd_split
+        return given or max(1, min(self.warps(kind), self.H_PAD // 16))
+
+    def meta(self, kind: str) -> dict:
+        """Constexprs of the ``"fwd"`` or ``"bwd"`` kernel."""
+        return dict(BLOCK_B=self.BLOCK_B, BLOCK_H=self.UNITS, BLOCK_K=self.H_PAD, SPLIT_K=self.split(kind))
+
+    def warps(self, kind: str) -> int:
+        return self.fwd_warps if kind == "fwd" else self.bwd_warps
+
+    def as_triton(self, kind: str) -> triton.Config:
+        return triton.Config(self.meta(kind), num_warps=self.warps(kind), num_stages=1)
+
+
+def triton_configs(configs: dict, kind: str) -> dict:
+    """``{dtype group: [triton.Config]}`` of a cell's ``CONFIGS`` for its ``kind`` kernel (compile check)."""
+    return {g: [c.as_triton(kind) for c in cfgs] for g, cfgs in configs.items()}
+
+
+def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentConfig:
+    """The interpreter's config: one program owns every unit (U = H_PAD), so the grid barrier is trivial; a
+    small batch tile (the interpreter allows tl.dot with M < 16) so that B = 5 runs the batch-tile loop;
+    ``split`` K slices in both kernels (the interpreter allows slices shallower than 16)."""
+    h_pad = max(16, triton.next_power_of_2(H))
+    return PersistentConfig(H_PAD=h_pad, UNITS=h_pad, BLOCK_B=block_b, fwd_warps=4, bwd_warps=4, fwd_split=split,
+                            bwd_split=split)
+
+
+def pick_config(configs: dict, dtype: torch.dtype, H: int, sm_count: int):
+    """The config of ``configs[dtype's group]`` with the smallest H_PAD >= H and then the fewest units per
+    program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count`` SMs, or None."""
+    fits = [c for c in configs[dtype_group(dtype)] if c.H_PAD >= H and triton.cdiv(H, c.UNITS) <= sm_count]
+    return min(fits, key=lambda c: (c.H_PAD, c.UNITS)) if fits else None
+
+
+def supported(configs: dict, dtype) -> str:
+    """What ``configs`` covers for ``dtype`` (for a fallback reason)."""
+    cfgs = configs[dtype_group(dtype)]
+    if not cfgs:
+        return "none"
+    return f"H <= {max(c.H_PAD for c in cfgs)}, programs = cdiv(H, units) with units in " \
+           f"{sorted({c.UNITS for c in cfgs})}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning: which config, or why not (then per_step)
+# ----------------------------------------------------------------------------------------------
+def decide_common(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, sm_count: int,
+                  interpret: bool | None, kind: str, configs: dict, auto_max_batch: dict):
+    """The cell-independent rules of a cell's ``decide`` (which adds its own, e.g. the LSTM's proj_size, before
+    calling this): returns ``(config, "")`` or ``(None, reason)``. Pure function of its arguments.
+
+    - "per_step": never. "auto": on CUDA where a config of ``configs`` fits and B <= auto_max_batch[kind]; in the
+      interpreter never (there is nothing to gain, and the per-step kernels stay the tested default).
+    - "persistent": in the interpreter always (one program, ``interpreter_config``); on CUDA where a config fits.
+    - never on a device that is neither CUDA nor the interpreter, never with triton < 3.6, on CUDA never with
+      H % 16 != 0 (only the aligned kernels are compile-checked).
+    """
+    if strategy == "per_step":
+        return None, "strategy='per_step'"
+    interpret = interpreting() if interpret is None else interpret
+    if interpret:
+        if strategy == "auto":
+            return None, "strategy='auto' in the interpreter runs per_step"
+        return interpreter_config(H), ""
+    if device_type != "cuda":
+        return None, f"persistent runs on CUDA (device type {device_type!r})"
+    if _TRITON < (3, 6):
+        return None, f"persistent needs triton >= 3.6 (dots with N = 8; compile-checked with 3.6), have {triton.__version__}"
+    if strategy == "auto" and B > auto_max_batch[kind]:
+        return None, f"B={B} > {auto_max_batch[kind]} ({kind}): per_step parallelizes the batch better"
+    if H % 16:
+        return None, f"H={H} is not a multiple of 16 (the persistent kernels are built for 16-byte aligned rows)"
+    cfg = pick_config(configs, dtype, H, sm_count)
+    if cfg is None:
+        return None, (f"no compile-checked persistent config for {dtype} with H={H} in at most {sm_count} "
+                      f"programs (checked: {supported(configs, dtype)})")
+    return cfg, ""
+
+
+def sm_count_of(device: torch.device) -> int:
+    """The SM count ``decide`` plans with: the CUDA device's, 0 elsewhere."""
+    return device_limits(device)["sm_count"] if device.type == "cuda" else 0
+
+
+def log_per_step(cell: str, kind: str, strategy: str, why: str) -> None:
+    """Log at DEBUG level why a ``cell`` pass planned with ``strategy`` runs per_step."""
+    if strategy != "per_step":
+        log.debug("fusedrnn: %s %s strategy=%r runs per_step: %s", cell, kind, strategy, why)
+
+
+def log_fallback(strategy: str, err: Exception, cell: str = "LSTM") -> None:
+    """Log at DEBUG level why a launch planned as persistent runs per_step (the caller then runs it)."""
+    log.debug("fusedrnn: %s strategy=%r runs per_step: %s", cell, strategy, err)
+
+
+def coresidency(n_programs: int, n_regs: int, num_warps: int, shared: int, *, sm_count: int,
+                regs_per_sm: int = 65536, shared_per_sm: int = 227 * 1024, threads_per_sm: int = 2048) -> str:
+    """"" when ``n_programs`` programs of a compiled kernel can all be resident at once (one per SM at
+    most: every SM must hold one), else the reason."""
+    threads = num_warps * 32
+    if n_programs > sm_count:
+        return f"{n_programs} programs > {sm_count} SMs"
+    if n_regs <= 0:
+        return "register count of the compiled kernel unknown"
+    if n_regs * threads > regs_per_sm:
+        return f"{n_regs} registers x {threads} threads > {regs_per_sm} registers per SM"
+    if shared > shared_per_sm:
+        return f"{shared} B of shared memory > {shared_per_sm} B per SM"
+    if threads > threads_per_sm:
+        return f"{threads} threads > {threads_per_sm} per SM"
+    return ""
+
+
+def device_limits(device: torch.device) -> dict:
+    """SM count and per-SM limits of a CUDA device (defaults of sm_90 where torch does not say)."""
+    p = torch.cuda.get_device_properties(device)
+    return dict(
+        sm_count=p.multi_processor_count,
+        regs_per_sm=getattr(p, "regs_per_multiprocessor", 65536),
+        shared_per_sm=getattr(p, "shared_memory_per_block_optin", 227 * 1024),
+        threads_per_sm=getattr(p, "max_threads_per_multi_processor", 2048),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch: fallbacks, alignment, co-residency, the cooperative launch, the error flag
+# ----------------------------------------------------------------------------------------------
+class Fallback(RuntimeError):
+    """The persistent kernel cannot run this launch (the caller runs per_step instead, reason at DEBUG level)."""
+
+
+class NotCoresident(Fallback):
+    """The compiled persistent kernel cannot have all its programs resident at once."""
+
+
+class Misaligned(Fallback):
+    """A tensor is not 16-byte aligned (only the aligned kernels are compile-checked)."""
+
+
+def _check_aligned(**tensors):
+    for name, t in tensors.items():
+        if t is not None and t.is_cuda and t.data_ptr() % 16:
+            raise Misaligned(f"{name} is not 16-byte aligned")
+
+
+def _cooperative() -> dict:
+    """Launch option: on CUDA the driver's cooperative-grid launch, which guarantees that every program is resident
+    at once or refuses the launch (then the caller runs per_step); the co-residency check and the barrier's
+    timeout flag stay as a second line. Not in the interpreter (programs run one after another there)."""
+    return {} if interpreting() else {"launch_cooperative_grid": True}
+
+
+_CORES_CACHE: dict = {}
+
+
+def _check_coresident(kernel, grid, args: dict, meta: dict, num_warps: int, device: torch.device):
+    """On CUDA: compile (cached) and check that the grid is co-resident; raise NotCoresident otherwise."""
+    if interpreting():
+        return
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), grid, device.index,
+           tuple((k, str(v)) for k, v in sorted(meta.items())),
+           tuple(str(v.dtype) if isinstance(v, torch.Tensor) else None for v in args.values()))
+    why = _CORES_CACHE.get(key)
+    if why is None:
+        try:
+            ck = kernel.warmup(**args, **meta, grid=grid, num_warps=num_warps, num_stages=1, **_cooperative())
+            ck._init_handles()
+            n_regs, shared = int(ck.n_regs), int(ck.metadata.shared)
+            why = coresidency(grid[0], n_regs, num_warps, shared, **device_limits(device))
+        except Exception as e:  # noqa: BLE001 - any failure to compile or measure means: do not risk it
+            why = f"could not compile/measure the persistent kernel: {type(e).__name__}: {e}"
+        _CORES_CACHE[key] = why
+    if why:
+        raise NotCoresident(why)
+
+
+# One sticky error flag per device, shared by every persistent launch of every cell: a barrier timeout writes 1
+# and no kernel clears it, so a timeout inside a CUDA-graph replay (where the host cannot read the flag) is
+# reported by the next eager launch or by ``check_errors``; the timed-out programs also write NaN from then on.
+_ERROR_FLAGS: dict = {}
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def error_flag(device: torch.device) -> torch.Tensor:
+    """The device's sticky (1,) int32 error flag. One first needed inside a CUDA-graph capture belongs to that
+    graph (zeroed by each replay, never kept here); its timeouts still show as NaN outputs."""
+    f = _ERROR_FLAGS.get(device)
+    if f is None:
+        f = torch.zeros(1, dtype=torch.int32, device=device)
+        if not _capturing(device):
+            _ERROR_FLAGS[device] = f
+    return f
+
+
+_TIMEOUT = ("fusedrnn: a persistent {what} kernel timed out at its grid barrier (its programs were not all "
+            "resident at once: the GPU is shared with other work, or the co-residency check was wrong). Its "
+            "results, and those of any CUDA-graph replay since the last check, are invalid (NaN where they were "
+            "written after the timeout); rerun with strategy='per_step'.")
+
+
+def check_flag(flag: torch.Tensor, what: str) -> None:
+    """Raise when a persistent kernel's barrier timed out (the kernel wrote 1 to ``flag``), and clear the flag.
+    ``what`` names the kernel in the message (e.g. "LSTM forward"). Skipped while a CUDA graph is being captured
+    (reading the flag would synchronize)."""
+    if _capturing(flag.device):
+        return
+    if int(flag.item()) != 0:
+        flag.zero_()
+        raise RuntimeError(_TIMEOUT.format(what=what))
+
+
+def check_errors(device=None) -> None:
+    """Raise if a persistent launch (any cell) on ``device`` (default: every device used) timed out since the
+    last check, e.g. inside a CUDA-graph replay. Call it after replaying a graph that contains persistent layers;
+    eager calls check by themselves."""
+    devices = [torch.device(device)] if device is not None else list(_ERROR_FLAGS)
+    for d in devices:
+        if d in _ERROR_FLAGS:
+            check_flag(_ERROR_FLAGS[d], "(earlier launch)")
+
+
+def _launch(kernel, grid, args: dict, meta: dict, num_warps: int) -> None:
+    """Launch a persistent kernel (cooperatively on CUDA). A cooperative launch the driver refuses (more programs
+    than can be resident at once) raises NotCoresident, so the caller runs per_step instead."""
+    try:
+        kernel[grid](**args, **meta, num_warps=num_warps, num_stages=1, **_cooperative())
+    except RuntimeError as e:
+        if "cooperative" in str(e).lower():
+            raise NotCoresident(f"the driver refused the cooperative launch: {e}") from e
+        raise
+
+
+SYNC_ENV = "FUSEDRNN_PERSISTENT_SYNC"
+_INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+           torch.float64: torch.int64}
+
+
+def sync_mode() -> str:
+    """How the persistent LSTM forward's programs wait for each other's h_{t-1}, read from
+    ``FUSEDRNN_PERSISTENT_SYNC`` at each launch: "counter" (default: the grid barrier, a release add and acquire
+    polls of one step counter) or "data" (each program polls the h block it needs until no element holds the
+    marker the launcher filled it with: no counter, no fence, the last poll is the gather; see
+    docs/PERFORMANCE.md). The default stays "counter" until a GPU has timed both (experiments/headline.py's
+    variants). The GRU's kernels use the counter only."""
+    mode = os.environ.get(SYNC_ENV, "counter")
+    if mode not in ("counter", "data"):
+        raise ValueError(f"{SYNC_ENV} must be 'counter' or 'data', got {mode!r}")
+    return mode
