@@ -145,15 +145,27 @@ def test_store_false_returns_no_gates_and_the_same_outputs():
     assert torch.equal(y, y2)
 
 
-def test_persistent_strategy_runs_per_step_where_no_persistent_kernel_applies():
-    T, B, I, H = 3, 5, 3, 20
+def test_persistent_strategy_dispatches_to_the_persistent_kernels(monkeypatch):
+    """strategy="persistent" reaches kernels/gru_persistent.py from the sequence functions (both passes) and
+    agrees with per_step in fp64."""
+    from kernels import gru_persistent
+
+    calls = []
+    for name in ("gru_fwd_persistent", "gru_bwd_persistent"):
+        real = getattr(gru_persistent, name)
+        monkeypatch.setattr(gru_persistent, name,
+                            lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    T, B, I, H = 3, 5, 3, 32
     params = _params(I, H, True, seed=4)
     x, h0, dy = _inputs(T, B, I, H)
     y, gates, got = _ours(x, h0, params, dy, None, strategy="per_step")
+    assert calls == []
     y2, gates2, got2 = _ours(x, h0, params, dy, None, strategy="persistent")
-    assert torch.equal(y, y2) and torch.equal(gates, gates2)
+    assert calls == ["gru_fwd_persistent", "gru_bwd_persistent"]
+    torch.testing.assert_close(y2, y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gates2, gates, rtol=1e-12, atol=1e-12)
     for n in NAMES:
-        assert torch.equal(got[n], got2[n]), n
+        torch.testing.assert_close(got2[n], got[n], rtol=1e-11, atol=1e-11, msg=n)
 
 
 # ------------------------------------------------------------------------------------- per-step launchers
