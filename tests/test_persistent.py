@@ -147,14 +147,14 @@ def test_proj_size_falls_back_to_per_step_with_logged_reason(caplog):
     assert any("runs per_step" in r.getMessage() and "proj_size" in r.getMessage() for r in caplog.records)
 
 
-def test_only_lstm_modules_accept_persistent():
-    from models import RNN, LSTMCell, RNNCell, STRATEGIES
+def test_only_lstm_and_gru_modules_accept_persistent():
+    from models import GRU, RNN, GRUCell, LSTMCell, RNNCell, STRATEGIES
 
     assert "persistent" in STRATEGIES
-    LSTM(3, 4, strategy="persistent")
-    LSTMCell(3, 4, strategy="persistent")
+    for cls in (LSTM, LSTMCell, GRU, GRUCell):
+        cls(3, 4, strategy="persistent")
     for make in (lambda: RNN(3, 4, strategy="persistent"), lambda: RNNCell(3, 4, strategy="persistent")):
-        with pytest.raises(ValueError, match="LSTM only"):
+        with pytest.raises(ValueError, match="LSTM and GRU only"):
             make()
 
 
