@@ -7,12 +7,14 @@ Per device type, for an eligible input:
 - CUDA: ``nn.LSTM`` / ``nn.RNN`` (padded or packed: cuDNN's RNN is autocast to the lower precision) and the
   cells (``lstm_cell``, ``rnn_tanh_cell``, ``rnn_relu_cell`` are on the lower-precision list) run in the
   autocast dtype and return it for every output.
-- CPU: ``nn.LSTM`` on padded input runs oneDNN's LSTM, on the lower-precision list: everything in the autocast
-  dtype. On a PackedSequence it is not cast at all. With ``proj_size`` (padded or packed) it is composed of
+- CPU: ``nn.LSTM`` on padded input runs oneDNN's LSTM when oneDNN is available and enabled
+  (``torch.backends.mkldnn``); that LSTM is on the lower-precision list: everything in the autocast dtype. With
+  oneDNN disabled, and on a PackedSequence, it is not cast at all. With ``proj_size`` (padded or packed) it is composed of
   ``linear`` ops (lower precision) and a cell state kept in the input's dtype: output and h_n come out in the
   autocast dtype, c_n in the input's dtype. ``nn.RNN`` and ``nn.RNNCell`` are composed of ``linear``: autocast
   dtype. ``nn.LSTMCell``'s state update meets the input-dtype cell state: both outputs in the input's dtype
-  (the fused LSTMCell computes in that dtype).
+  (the fused LSTMCell computes in that dtype). ``nn.GRU`` (padded or packed) and ``nn.GRUCell`` are not cast:
+  every output in the input's dtype.
 
 The fused modules compute in ``run`` (None: no cast, autocast off inside) and cast their outputs to ``h``
 (output and h_n) and ``c`` (c_n).
@@ -41,7 +43,7 @@ def autocast_eligible(dtype: torch.dtype) -> bool:
 def autocast_plan(kind: str, device: torch.device, dtype: torch.dtype, *, packed: bool = False,
                   proj: bool = False) -> Optional[AutocastPlan]:
     """None when autocast is off for ``device``'s type; else the plan for a module of ``kind`` ("lstm",
-    "rnn", "lstm_cell", "rnn_cell") given an input of ``dtype``."""
+    "rnn", "gru", "lstm_cell", "rnn_cell", "gru_cell") given an input of ``dtype``."""
     if not torch.is_autocast_enabled(device.type):
         return None
     if not autocast_eligible(dtype):
@@ -49,11 +51,17 @@ def autocast_plan(kind: str, device: torch.device, dtype: torch.dtype, *, packed
     ac = torch.get_autocast_dtype(device.type)
     if device.type != "cpu" or kind in ("rnn", "rnn_cell"):
         return AutocastPlan(ac, ac, ac)
-    if kind == "lstm_cell":
-        return NO_CAST  # nn's outputs come out in the input's dtype; the fused cell computes in it
+    if kind in ("lstm_cell", "gru", "gru_cell"):
+        return NO_CAST  # nn's outputs come out in the input's dtype; the fused module computes in it
     if proj:
         return AutocastPlan(ac, ac, dtype)
-    return NO_CAST if packed else AutocastPlan(ac, ac, ac)
+    return AutocastPlan(ac, ac, ac) if not packed and onednn_enabled() else NO_CAST
+
+
+def onednn_enabled() -> bool:
+    """Whether torch's CPU LSTM would take its oneDNN path (available and not switched off with
+    ``torch.backends.mkldnn.flags(enabled=False)``)."""
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
 def cast_outputs(plan: AutocastPlan, output, hidden):

@@ -12,7 +12,8 @@ A new cell plugs in by subclassing ``FusedRNNBase`` and implementing:
   ``weights`` is the list of parameters of that layer and direction, in the order of ``self._all_weights``
   (weight_ih, weight_hh, [bias_ih, bias_hh], [extra...]); ``lengths`` is (B,) int32 on the input's device or
   None; ``c0`` is None for cells without a cell state.
-- class attribute ``_has_cell`` (True when the state is a pair (h, c)).
+- class attribute ``_has_cell`` (True when the state is a pair (h, c)) and ``_autocast_kind`` (whose autocast
+  rules in models/_autocast.py the module follows: "rnn", "lstm" or "gru").
 Backends: ``self.backend`` is "triton" or "reference" after ``resolve_backend``.
 """
 from __future__ import annotations
@@ -108,6 +109,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     """Base of the drop-in recurrent modules (see the module docstring)."""
 
     _has_cell = False
+    _autocast_kind = "rnn"  # which torch.nn module's autocast rules apply (models/_autocast.py)
     _strategies = PER_STEP_STRATEGIES  # the strategies this cell's kernels implement
 
     def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
@@ -175,7 +177,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
-        plan = autocast_plan("lstm" if self._has_cell else "rnn", x.device, x.dtype, packed=packed,
+        plan = autocast_plan(self._autocast_kind, x.device, x.dtype, packed=packed,
                              proj=self.proj_size > 0)
         weights_cast = plan.run if plan is not None else None
         if weights_cast is not None:

@@ -1,4 +1,4 @@
-"""Shared forward of the single-step cell modules (LSTMCell, RNNCell): input/state checks as torch.nn's,
+"""Shared forward of the single-step cell modules (LSTMCell, RNNCell, GRUCell): input/state checks as torch.nn's,
 unbatched handling, autocast (models/_autocast.py), then one step of the layer function on a length-1 sequence."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import torch
 from ._autocast import autocast_plan
 
 
-def cell_forward(cell, name: str, input, hx, n_states: int, step):
+def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str | None = None):
     """Run ``step(x (1, B, I), states [(B, H)] * n_states, weights) -> tuple of (B, H)`` with torch.nn's
-    cell semantics. Returns the tuple (LSTMCell) or its only element (RNNCell)."""
+    cell semantics. ``kind`` names the autocast rules (models/_autocast.py; default "lstm_cell" for two
+    states, "rnn_cell" for one). Returns the tuple (LSTMCell) or its only element (RNNCell, GRUCell)."""
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     states = _given_states(name, hx, n_states)
@@ -24,7 +25,7 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step):
         )
     states = _batched_states(cell, name, input, states, n_states, is_batched)
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    plan = autocast_plan("lstm_cell" if n_states > 1 else "rnn_cell", input.device, input.dtype)
+    plan = autocast_plan(kind or ("lstm_cell" if n_states > 1 else "rnn_cell"), input.device, input.dtype)
     ac = plan is not None
     if ac and plan.run is not None:
         input = input.to(plan.run)

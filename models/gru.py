@@ -36,6 +36,7 @@ class GRU(FusedRNNBase):
     """
 
     _strategies = STRATEGIES
+    _autocast_kind = "gru"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
@@ -69,4 +70,4 @@ class GRUCell(NoScript, nn.RNNCellBase):
                                     strategy=self.strategy)
             return (h,)
 
-        return cell_forward(self, "GRUCell", input, hx, 1, step)
+        return cell_forward(self, "GRUCell", input, hx, 1, step, kind="gru_cell")

@@ -57,6 +57,7 @@ class LSTM(FusedRNNBase):
     """
 
     _has_cell = True
+    _autocast_kind = "lstm"
     _strategies = STRATEGIES
 
     def __init__(self, *args, backend: str = "auto", strategy: str = "auto", **kwargs):

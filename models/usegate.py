@@ -78,6 +78,7 @@ class UseGateLSTM(FusedRNNBase):
     """
 
     _has_cell = True
+    _autocast_kind = "lstm"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,

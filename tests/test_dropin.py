@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fusedrnn import LSTM, RNN, LSTMCell, RNNCell, UseGateLSTM
+from fusedrnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, UseGateLSTM
 
 from .helpers import DEVICE, assert_close, rand
 
@@ -67,30 +67,67 @@ def _flat(o):
 
 AUTOCAST_CASES = [
     pytest.param(kind, kw, packed, id=f"{name}-{'packed' if packed else 'padded'}")
-    for name, kind, kw in [("lstm", "lstm", {}), ("lstm-proj", "lstm", dict(proj_size=2)), ("rnn", "rnn", {})]
+    for name, kind, kw in [("lstm", "lstm", {}), ("lstm-proj", "lstm", dict(proj_size=2)), ("rnn", "rnn", {}),
+                           ("gru", "gru", {})]
     for packed in (False, True)
-] + [pytest.param("lstm_cell", {}, False, id="lstm_cell"), pytest.param("rnn_cell", {}, False, id="rnn_cell")]
+] + [pytest.param(cell, {}, False, id=cell) for cell in ("lstm_cell", "rnn_cell", "gru_cell")]
+
+NN_PAIRS = {"lstm": (nn.LSTM, LSTM), "rnn": (nn.RNN, RNN), "gru": (nn.GRU, GRU), "lstm_cell": (nn.LSTMCell, LSTMCell),
+            "rnn_cell": (nn.RNNCell, RNNCell), "gru_cell": (nn.GRUCell, GRUCell)}
 
 
 def _pair(kind, dtype, backend, **kw):
     torch.manual_seed(0)
-    if kind in ("lstm", "rnn"):
-        cls_nn, cls = (nn.LSTM, LSTM) if kind == "lstm" else (nn.RNN, RNN)
+    cls_nn, cls = NN_PAIRS[kind]
+    if not kind.endswith("cell"):
         kw = dict(num_layers=2, bidirectional=True, **kw)
-    else:
-        cls_nn, cls = (nn.LSTMCell, LSTMCell) if kind == "lstm_cell" else (nn.RNNCell, RNNCell)
     ref = cls_nn(3, 5, **kw).to(dtype)
     ours = cls(3, 5, backend=backend, **kw).to(dtype)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
 
+def _nn_under_cpu_autocast(ref, x):
+    """nn's result under CPU bf16 autocast. On a CPU whose oneDNN cannot build a bf16 LSTM (nn.LSTM raises
+    "could not create a primitive descriptor" there), what nn.LSTM computes elsewhere: the same LSTM run in bf16
+    throughout, on torch's native kernels (the values and dtypes oneDNN's bf16 LSTM returns)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ref(x)
+    except RuntimeError as e:
+        if "primitive descriptor" not in str(e) or not isinstance(ref, nn.LSTM):
+            raise
+    return _lstm_in_bf16_natively(ref, x)
+
+
+def _lstm_in_bf16_natively(ref, x):
+    with torch.backends.mkldnn.flags(enabled=False):
+        return ref.to(torch.bfloat16)(x.to(torch.bfloat16))
+
+
+def test_the_bf16_stand_in_for_onednn_lstm_agrees_with_it():
+    """Where oneDNN's bf16 LSTM runs, the stand-in used on CPUs where it cannot has its dtypes and values."""
+    ref, _ = _pair("lstm", torch.float32, "reference")
+    x = rand(6, 3, 3, dtype=torch.float32, device=CPU)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = ref(x)
+    except RuntimeError as e:
+        pytest.skip(f"this CPU's oneDNN has no bf16 LSTM to compare with: {e}")
+    got = _lstm_in_bf16_natively(ref, x)
+    assert _dtypes(got) == _dtypes(want) == (torch.bfloat16, (torch.bfloat16, torch.bfloat16))
+    for g, w in zip(_flat(got), _flat(want)):
+        assert_close(g.double(), w.double(), torch.bfloat16)
+
+
 @pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "no-onednn"])
 @pytest.mark.parametrize("kind, kw, packed", AUTOCAST_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype):
+def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype, onednn):
     """Under CPU autocast every output has nn's dtype (float64 is never cast) and nn's values to the
-    precision of the dtype it ran in."""
+    precision of the dtype it ran in, with torch's oneDNN on (nn.LSTM then runs oneDNN's bf16 LSTM) and off."""
     ref, ours = _pair(kind, dtype, "reference", **kw)
     if kind.endswith("cell"):
         x = rand(4, 3, dtype=dtype, device=CPU)
@@ -98,8 +135,10 @@ def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype):
         x = rand(6, 3, 3, dtype=dtype, device=CPU)
         if packed:
             x = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([6, 4, 2]))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, got = ref(x), ours(x)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        want = _nn_under_cpu_autocast(ref, x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ours(x)
     assert _dtypes(got) == _dtypes(want)
     for g, w in zip(_flat(got), _flat(want)):
         if dtype == torch.float64:  # untouched by autocast: nn's float64 result
