@@ -235,6 +235,16 @@ def _csv_text(rows: list[dict]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
+def _overwrite(f, data: bytes) -> None:
+    """Replace everything in the open file ``f`` by ``data``, in place (the same file, so a lock on it holds),
+    fsynced."""
+    f.seek(0)
+    f.write(data)
+    f.truncate()
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def upgrade_csv(path: str | os.PathLike) -> str | None:
     """Rewrite a CSV from before the cell column in this version's columns, every row with cell = "lstm",
     in place (same file, so a lock on it holds), fsynced. Returns a message saying so, or None when the file
@@ -249,11 +259,7 @@ def upgrade_csv(path: str | os.PathLike) -> str | None:
         if not scan.legacy:
             return None
         rows = read_rows(p)
-        f.seek(0)
-        f.write(_csv_text(rows))
-        f.truncate()
-        f.flush()
-        os.fsync(f.fileno())
+        _overwrite(f, _csv_text(rows))
     return f"{p}: rewrote {len(rows)} row(s) from before the cell column with the column added (cell = lstm)"
 
 
@@ -284,12 +290,7 @@ def repair_csv(path: str | os.PathLike) -> str | None:
                 g.write(data[s:e])
             g.flush()
             os.fsync(g.fileno())
-        kept = data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good)
-        f.seek(0)
-        f.write(kept)
-        f.truncate()
-        f.flush()
-        os.fsync(f.fileno())
+        _overwrite(f, data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good))
     return (f"{p}: set aside {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); their "
             f"bytes are in {side}; those rows will be measured again")
 

@@ -78,6 +78,12 @@ def cast_dot_inputs(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
 
+def dot_meta(t: torch.Tensor) -> dict:
+    """The constexprs every fused kernel takes from its data's dtype and device: CAST_F32, PRECISION, ACC."""
+    return dict(CAST_F32=cast_dot_inputs(t.dtype), PRECISION=dot_precision(t.dtype, t.device),
+                ACC=acc_tl_dtype(t.dtype))
+
+
 def check_tensor(name: str, t: torch.Tensor, shape: tuple, dtype: torch.dtype, device: torch.device):
     """Raise a clear error when a launcher argument has the wrong shape, dtype or device."""
     if not isinstance(t, torch.Tensor):
@@ -267,8 +273,7 @@ class StepKernel:
         ``chained``: the previous launch in the stream is this loop's previous step, so programmatic dependent
         launch may overlap with it (``pdl_enabled``, ``wait_prior_step``); a loop's first step never is."""
         w = kwargs["w"]
-        meta = dict(CAST_F32=cast_dot_inputs(w.dtype), PRECISION=dot_precision(w.dtype, w.device),
-                    ACC=acc_tl_dtype(w.dtype), PDL=chained and pdl_enabled(w.device))
+        meta = dict(dot_meta(w), PDL=chained and pdl_enabled(w.device))
         kwargs.update({m: meta[m] for m in self.launch_meta})
         B, H = kwargs["B"], kwargs["H"]
 

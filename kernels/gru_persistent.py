@@ -43,11 +43,8 @@ import triton.language as tl
 
 from . import _persistent as _p
 from ._common import (
-    acc_tl_dtype,
     acc_torch_dtype,
-    cast_dot_inputs,
     compile_check_entries,
-    dot_precision,
     dtype_group,  # noqa: F401 - re-exported for callers that look the group up here
     gru_cell_bwd,
     gru_cell_fwd,
@@ -56,22 +53,30 @@ from ._common import (
 from ._persistent import (  # noqa: F401 - re-exported: the GRU's public persistent names
     SPIN_CAP,
     Fallback,
-    Misaligned,
     NotCoresident,
     PersistentConfig,
     _arrive,
     _check_aligned,
-    _check_coresident,
-    _launch,
     _splitk_dot,
     _w_split,
     _wait,
     check_errors,
-    check_flag,
-    coresidency,
-    error_flag,
     interpreter_config,
 )
+
+
+@triton.jit
+def _own_units(w, s_w, H, U: tl.constexpr, S: tl.constexpr, KS: tl.constexpr, CAST_F32: tl.constexpr,
+               UNITS_ARE_ROWS: tl.constexpr):
+    """This program's units j = p*U .. p*U+U-1 (offsets, mask) and its (S, KS, U) blocks of W_hh's r, z, n gates
+    (``_w_split``, ``UNITS_ARE_ROWS`` as there), loaded once: Triton keeps these loop-invariant dot operands in
+    shared memory for the whole launch."""
+    j0 = tl.program_id(0) * U
+    w_r = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, UNITS_ARE_ROWS)
+    w_z = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, UNITS_ARE_ROWS)
+    w_n = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, UNITS_ARE_ROWS)
+    o_j = j0 + tl.arange(0, U)
+    return w_r, w_z, w_n, o_j, o_j < H
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,22 +142,14 @@ def _gru_fwd_persistent(
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
 ):
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    U: tl.constexpr = BLOCK_H
     S: tl.constexpr = SPLIT_K
     KS: tl.constexpr = BLOCK_K // SPLIT_K
-    j0 = pid * U
-    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_r = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, True)
-    w_z = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, True)
-    w_n = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, True)
-    o_j = j0 + tl.arange(0, U)
-    m_j = o_j < H
+    w_r, w_z, w_n, o_j, m_j = _own_units(w, s_w, H, BLOCK_H, S, KS, CAST_F32, True)
     if HAS_BHN:
         v_hn = tl.load(b_hn + o_j, mask=m_j, other=0.0).to(ACC)
     else:
-        v_hn = tl.zeros((U,), ACC)
+        v_hn = tl.zeros((BLOCK_H,), ACC)
     # batch tile 0: its xp[t] is loaded during the previous step's barrier
     x_r, x_z, x_n = _fwd_xp(xp, 0, T, 0, B, H, o_j, m_j, BLOCK_B)
     alive = 1
@@ -248,18 +245,10 @@ def _gru_bwd_persistent(
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: slices of each gate block (H_PAD) of the reduction axis, one per warp
 ):
-    pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    U: tl.constexpr = BLOCK_H
     S: tl.constexpr = SPLIT_K
     KS: tl.constexpr = BLOCK_K // SPLIT_K
-    j0 = pid * U
-    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_r = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, False)
-    w_z = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, False)
-    w_n = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, False)
-    o_j = j0 + tl.arange(0, U)
-    m_j = o_j < H
+    w_r, w_z, w_n, o_j, m_j = _own_units(w, s_w, H, BLOCK_H, S, KS, CAST_F32, False)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
     alive = 1
@@ -354,17 +343,10 @@ def gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths=None, *, store=True, cfg: Per
     hbuf[0].copy_(h0)
     gates = xp.new_empty(T, B, 4 * H) if store else None
     _check_aligned(xp=xp, w_hh=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths)
-    counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
-    flag = error_flag(xp.device)
-    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, counter=counter, flag=flag,
-                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None,
-                HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
-                PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
-    meta = cfg.meta("fwd")
-    _check_coresident(_gru_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
-    _launch(_gru_fwd_persistent, grid, args, meta, cfg.fwd_warps)
-    check_flag(flag, "GRU forward")
+    args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
+                H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None, STORE_GATES=store)
+    _p.run_persistent(_gru_fwd_persistent, args, cfg.meta("fwd"), cfg=cfg, kind="fwd", like=xp, what="GRU forward",
+                      n_programs=n_programs)
     return hbuf[1:], gates
 
 
@@ -384,17 +366,10 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
     dg = gates.new_empty(T, B, 4 * H)
     qbuf = dy.new_zeros(2, B, H, dtype=acc)
     _check_aligned(dy=dy, w_hh=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths)
-    counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
-    flag = error_flag(dy.device)
-    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(dy=dy, w=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, counter=counter,
-                flag=flag, s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
-                HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
-                PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
-    meta = cfg.meta("bwd")
-    _check_coresident(_gru_bwd_persistent, grid, args, meta, cfg.bwd_warps, dy.device)
-    _launch(_gru_bwd_persistent, grid, args, meta, cfg.bwd_warps)
-    check_flag(flag, "GRU backward")
+    args = dict(dy=dy, w=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, s_w=w_hh.stride(0), T=T,
+                B=B, H=H, spin_cap=spin_cap)
+    _p.run_persistent(_gru_bwd_persistent, args, cfg.meta("bwd"), cfg=cfg, kind="bwd", like=dy, what="GRU backward",
+                      n_programs=n_programs)
     return dg, qbuf[T % 2]
 
 

@@ -79,11 +79,8 @@ import torch
 
 from . import _persistent as _p
 from ._common import (
-    acc_tl_dtype,
     acc_torch_dtype,
-    cast_dot_inputs,
     compile_check_entries,
-    dot_precision,
     dtype_group,
     lstm_cell_bwd,
     lstm_cell_fwd,
@@ -456,17 +453,10 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     cbuf[0].copy_(c0)
     gates = xp.new_empty(T, B, G4) if store else None
     _check_aligned(xp=xp, w_hh=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths)
-    counter = torch.zeros(1, dtype=torch.int32, device=xp.device)
-    flag = error_flag(xp.device)
-    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
-    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, counter=counter, flag=flag,
-                s_w=w_hh.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap,
-                HAS_LENGTHS=lengths is not None, STORE_GATES=store, CAST_F32=cast_dot_inputs(xp.dtype),
-                PRECISION=dot_precision(xp.dtype, xp.device), ACC=acc_tl_dtype(xp.dtype))
-    meta = dict(cfg.meta("fwd"), DATA_SYNC=data_sync)
-    _check_coresident(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps, xp.device)
-    _launch(_lstm_fwd_persistent, grid, args, meta, cfg.fwd_warps)
-    check_flag(flag, "LSTM forward")
+    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
+                H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
+    _p.run_persistent(_lstm_fwd_persistent, args, dict(cfg.meta("fwd"), DATA_SYNC=data_sync), cfg=cfg, kind="fwd",
+                      like=xp, what="LSTM forward", n_programs=n_programs)
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -489,18 +479,10 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     dcbuf = dy.new_empty(2, B, H, dtype=acc)
     dcbuf[0].copy_(dc_n)
     _check_aligned(dy=dy, w_hh=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
-    counter = torch.zeros(1, dtype=torch.int32, device=dy.device)
-    flag = error_flag(dy.device)
-    grid = (n_programs or triton.cdiv(H, cfg.UNITS),)
     args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
-                counter=counter, flag=flag,
-                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap,
-                HAS_LENGTHS=lengths is not None, CAST_F32=cast_dot_inputs(dy.dtype),
-                PRECISION=dot_precision(dy.dtype, dy.device), ACC=acc_tl_dtype(dy.dtype))
-    meta = cfg.meta("bwd")
-    _check_coresident(_lstm_bwd_persistent, grid, args, meta, cfg.bwd_warps, dy.device)
-    _launch(_lstm_bwd_persistent, grid, args, meta, cfg.bwd_warps)
-    check_flag(flag, "LSTM backward")
+                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
+    _p.run_persistent(_lstm_bwd_persistent, args, cfg.meta("bwd"), cfg=cfg, kind="bwd", like=dy,
+                      what="LSTM backward", n_programs=n_programs)
     return dz, dcbuf[T % 2], None
 
 

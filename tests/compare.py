@@ -53,6 +53,22 @@ class Case:
         return [lens[p] for p in perm]
 
 
+# The awkward configurations every module whose state is h alone (RNN, GRU) is checked on against torch.nn.
+H_STATE_CASES = [
+    Case("base"),
+    Case("B1_T1", B=1, T=1),
+    Case("B17_prime_2tiles", B=17, T=3),
+    Case("H33_I5", H=33, I=5, T=3),
+    Case("layers2_bidir", layers=2, bidirectional=True, T=4),
+    Case("batch_first_no_bias", batch_first=True, bias=False),
+    Case("no_h0", h0=False),
+    Case("packed_sorted", packed="sorted", B=4, T=6),
+    Case("packed_unsorted_bidir", packed="unsorted", B=5, T=6, bidirectional=True),
+    Case("unbatched", unbatched=True),
+    Case("noncontiguous_input", noncontig=True),
+]
+
+
 def make_inputs(case: Case, has_cell: bool, dtype=torch.float64, device=DEVICE, seed=0):
     """Random input and (optionally) initial states in the case's layout, all requiring grad. Returns
     (x, hx) where hx is None, a tensor, or a tuple (h0, c0)."""
@@ -152,18 +168,20 @@ def compare_lowp(got: dict, want: dict, plain: dict, dtype, what: str = ""):
         assert err <= bound, f"{what} {k}: rel RMS err {err:.3g} > {bound:.3g}"
 
 
-def check_lowp_against_oracle(cls, case: Case, dtype, what: str, seed: int = 12, **ours_kw):
+def check_lowp_against_oracle(cls, case: Case, dtype, what: str, seed: int = 12, has_cell: bool = True,
+                              **ours_kw):
     """fp16/bf16: module class ``cls`` with backend="triton" (and ``ours_kw``, e.g. a strategy) in ``dtype``,
     against the float64 reference on the same rounded weights and inputs, bounded as ``compare_lowp`` says
-    (the reference computed in ``dtype`` gives PyTorch's own error)."""
+    (the reference computed in ``dtype`` gives PyTorch's own error). ``has_cell``: the module's state is
+    (h, c) (the LSTMs) rather than h (RNN, GRU)."""
     torch.manual_seed(seed)
-    kw = dict(**case.module_kwargs(True), device=DEVICE)
+    kw = dict(**case.module_kwargs(has_cell), device=DEVICE)
     ours = cls(case.I, case.H, **kw, backend="triton", **ours_kw).to(dtype)
     oracle = cls(case.I, case.H, **kw, dtype=torch.float64, backend="reference")
     oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
     plain = cls(case.I, case.H, **kw, backend="reference").to(dtype)
     plain.load_state_dict(ours.state_dict())
-    x, hx = make_inputs(case, True, dtype)
+    x, hx = make_inputs(case, has_cell, dtype)
     got = run(ours, case, x, hx)
     want = run(oracle, case, *recast(x, hx, torch.float64))
     compare_lowp(got, want, run(plain, case, *recast(x, hx, dtype)), dtype, what)

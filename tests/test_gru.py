@@ -8,23 +8,11 @@ from torch import nn
 import models
 from models import GRU, GRUCell, swap_rnns
 
-from .compare import Case, compare, compare_lowp, make_inputs, recast, run
+from .compare import H_STATE_CASES, Case, check_lowp_against_oracle, compare, make_inputs, run
 from .helpers import DEVICE, DTYPES, assert_close, rand
 from .test_cells import _grads
 
-CASES = [
-    Case("base"),
-    Case("B1_T1", B=1, T=1),
-    Case("B17_prime_2tiles", B=17, T=3),
-    Case("H33_I5", H=33, I=5, T=3),
-    Case("layers2_bidir", layers=2, bidirectional=True, T=4),
-    Case("batch_first_no_bias", batch_first=True, bias=False),
-    Case("no_h0", h0=False),
-    Case("packed_sorted", packed="sorted", B=4, T=6),
-    Case("packed_unsorted_bidir", packed="unsorted", B=5, T=6, bidirectional=True),
-    Case("unbatched", unbatched=True),
-    Case("noncontiguous_input", noncontig=True),
-]
+CASES = H_STATE_CASES
 
 
 def _pair(case, dtype=torch.float64, strategy="auto"):
@@ -60,19 +48,8 @@ def test_fp32_matches_nn_gru():
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_half_precision_against_fp64_reference(dtype):
-    dt = DTYPES[dtype]
-    torch.manual_seed(11)
     case = Case("lowp", T=6, B=5, layers=2, bidirectional=True)
-    kw = case.module_kwargs(False)
-    ours = GRU(case.I, case.H, **kw, device=DEVICE, backend="triton").to(dt)
-    oracle = GRU(case.I, case.H, **kw, device=DEVICE, dtype=torch.float64, backend="reference")
-    oracle.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
-    plain = GRU(case.I, case.H, **kw, device=DEVICE, backend="reference").to(dt)
-    plain.load_state_dict(ours.state_dict())
-    x, hx = make_inputs(case, False, dt)
-    got = run(ours, case, x, hx)
-    want = run(oracle, case, *recast(x, hx, torch.float64))
-    compare_lowp(got, want, run(plain, case, *recast(x, hx, dt)), dt, dtype)
+    check_lowp_against_oracle(GRU, case, DTYPES[dtype], dtype, seed=11, has_cell=False)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
