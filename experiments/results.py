@@ -371,8 +371,8 @@ def commit_of(tree: str | os.PathLike = ROOT, *, revision: bool = True, git: boo
               short: bool = False) -> str:
     """The commit a source tree holds: with ``revision``, the first word of ``tree``/REVISION when that file
     exists (a tree copied without .git carries it: ``git rev-parse HEAD > REVISION``); else, with ``git``,
-    HEAD of the repository around ``tree`` (abbreviated with ``short``), "+dirty" when tracked files changed;
-    "unknown" when neither says."""
+    HEAD of the repository around ``tree`` (abbreviated with ``short``), "+dirty" when tracked files other than
+    outputs (``results/``, ``scratch/``: what a run itself writes) changed; "unknown" when neither says."""
     tree = Path(tree)
     rev = tree / "REVISION"
     if revision and rev.is_file() and rev.read_text().split():
@@ -382,7 +382,8 @@ def commit_of(tree: str | os.PathLike = ROOT, *, revision: bool = True, git: boo
     try:
         sha = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=tree,
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)scratch"], cwd=tree,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if sha and dirty else "")
     except (OSError, subprocess.SubprocessError):

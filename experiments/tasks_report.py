@@ -63,6 +63,34 @@ def gradient_decay(gradnorm: list[dict]) -> dict:
     return {m: _stats(v, geometric=True) for m, v in ratios.items()}
 
 
+LEARNED = 0.9  # mean final accuracy over seeds at which a cell counts as having learned a task
+
+
+def longest_learned(acc: dict, task: str, threshold: float = LEARNED) -> dict:
+    """{model: the largest T of ``task`` at which the model's mean final accuracy is >= ``threshold``, or None}
+    from ``final_accuracy``'s result."""
+    out: dict = {}
+    for (t, T), per in acc.items():
+        if t != task:
+            continue
+        for m, st in per.items():
+            out.setdefault(m, None)
+            if st[0] >= threshold and (out[m] is None or T > out[m]):
+                out[m] = T
+    return out
+
+
+def _job_minutes(curves: list[dict]) -> float | None:
+    """The training time summed over jobs (each job's largest ``wall_s``), in minutes; None without the column."""
+    if not curves or "wall_s" not in curves[0]:
+        return None
+    last: dict = {}
+    for r in curves:
+        k = (r["model"], r["task"], r["T"], r["seed"])
+        last[k] = max(last.get(k, 0.0), float(r["wall_s"]))
+    return sum(last.values()) / 60
+
+
 def _models(curves: list[dict]) -> list[str]:
     present = {r["model"] for r in curves}
     return [m for m in MODEL_NAMES if m in present] + sorted(present - set(MODEL_NAMES))
@@ -94,7 +122,9 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
     models = _models(curves)
     gates = [MODEL_NAMES[m] for m in ("lstm", "usegate") if m in models]
     bias = f"forget-gate bias {r0['forget_bias']}" + (f" ({', '.join(gates)})" if gates else "")
-    out = [f"Setting `{r0['setting']}`, {r0['device']}, commit {r0['commit']}, torch {r0['torch']}, hidden "
+    commits = sorted({r["commit"] for r in curves})
+    out = [f"Setting `{r0['setting']}`, {r0['device']}, commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, "
+           f"torch {r0['torch']}, hidden "
            f"{r0['hidden']}, batch {r0['batch']}, lr {r0['lr']}, {bias}, {seeds} seed{'s' if seeds != '1' else ''}. "
            "Final eval accuracy" + (", mean over seeds (min-max over seeds)" if many else "") + ":", "",
            "| task | T | " + " | ".join(MODEL_NAMES.get(m, m) for m in models) + " |",
@@ -105,6 +135,15 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
         for T in sorted(T for t, T in acc if t == task):
             cells = [_acc(acc[(task, T)][m]) if m in acc[(task, T)] else "-" for m in models]
             out.append(f"| {task} | {T} | " + " | ".join(cells) + " |")
+    for task in tasks:
+        Ts = sorted(T for t, T in acc if t == task)
+        if len(Ts) < 2:
+            continue
+        best = longest_learned(acc, task)
+        out += ["", f"Longest {task} sequence learned (mean final accuracy >= {LEARNED} over seeds; T run: "
+                    + ", ".join(map(str, Ts)) + "): "
+                + ", ".join(f"{MODEL_NAMES.get(m, m)} " + (f"T = {best[m]}" if best[m] is not None else "none")
+                            for m in models if m in best) + "."]
     decay = gradient_decay(gradnorm)
     if decay:
         dist = max(int(r["distance"]) for r in gradnorm)
@@ -114,6 +153,11 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
                 + ", ".join(f"{MODEL_NAMES.get(m, m)} {_ratio(decay[m])}" for m in models if m in decay) + "."
                 + (" (0: the gradient underflowed to zero in the run's dtype.)"
                    if any(st[1] == 0 for st in decay.values()) else "")]
+    minutes = _job_minutes(curves)
+    if minutes is not None:
+        jobs = len({(r["model"], r["task"], r["T"], r["seed"]) for r in curves})
+        out += ["", f"{jobs} training jobs, {minutes:.1f} minutes of training summed over jobs (the run's wall time,"
+                    " with its worker processes, is in PROVENANCE.md)."]
     return "\n".join(out)
 
 

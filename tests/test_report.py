@@ -152,3 +152,40 @@ def test_tasks_summary_quotes_mean_and_min_max_over_seeds(tmp_path):
     assert md.index("| adding | 10 |") < md.index("| adding | 100 |")
     assert "forget-gate bias 1.0 (LSTM, use-gate LSTM)" in md
     assert "(geometric mean over seeds, min-max): RNN 1.0e-10 (1.0e-12-1.0e-08)." in md
+    # learned = mean >= 0.9: the GRU's 0.95 at T = 100 counts, the LSTM's 0.70 (one seed at 1.00) does not
+    assert ("Longest adding sequence learned (mean final accuracy >= 0.9 over seeds; T run: 10, 100): RNN none, "
+            "LSTM none, use-gate LSTM none, GRU T = 100.") in md
+    assert "training jobs" not in md  # no wall_s column: no time claimed
+
+
+def test_tasks_summary_sums_each_jobs_last_wall_time(tmp_path):
+    head = "model,task,T,seed,step,eval_metric,setting,device,commit,torch,hidden,batch,lr,forget_bias,wall_s\n"
+    rows = [("rnn", 0, 50, 20.0), ("rnn", 0, 100, 60.0), ("rnn", 1, 100, 120.0)]  # job (rnn, seed 0) ends at 60 s
+    (tmp_path / "curves.csv").write_text(head + "".join(
+        f"{m},adding,10,{sd},{step},0.5,smoke,cpu,abc1234,2.13.0,8,4,0.01,1.0,{w}\n" for m, sd, step, w in rows))
+    assert "2 training jobs, 3.0 minutes of training summed over jobs" in tasks_report.block(tmp_path)
+
+
+def test_a_run_writing_its_own_outputs_does_not_mark_the_commit_dirty(tmp_path):
+    """Rows record the source commit: a changed file under results/ (what a run writes) leaves it clean, a changed
+    source file marks it "+dirty"."""
+    import subprocess
+
+    from experiments.results import commit_of
+
+    def git(*a):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.csv").write_text("x\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    sha = commit_of(tmp_path, short=True)
+    assert sha != "unknown" and not sha.endswith("+dirty")
+    (tmp_path / "results" / "a.csv").write_text("y\n")
+    assert commit_of(tmp_path, short=True) == sha
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert commit_of(tmp_path, short=True) == sha + "+dirty"
