@@ -1,6 +1,6 @@
 """RNN vs LSTM vs use-gate LSTM vs GRU on tasks that need long memory.
 
-    python -m experiments.tasks --smoke --fresh --out results/tasks_smoke  # CPU setting, ~20 min on 2 idle cores
+    python -m experiments.tasks --smoke --fresh --out results/tasks_smoke  # CPU setting, ~7 min on 2 idle cores
     python -m experiments.tasks                          # full setting, meant for a GPU
     python -m experiments.tasks --plot-only --out DIR    # redraw the PNGs from DIR's CSVs
 
@@ -107,7 +107,7 @@ class Setting:
         return int(v[int(T)]) if isinstance(v, dict) else int(v)
 
 
-# The smoke setting is the CPU study: 2 idle cores, reference backend, one process per core, about 20 minutes.
+# The smoke setting is the CPU study: 2 idle cores, reference backend, one process per core, about 7 minutes.
 # Measured single jobs (1 thread, adding T = 100, 2000 steps, hidden 64, batch 64): RNN ~42 s, LSTM ~140 s,
 # GRU ~125-140 s, use-gate LSTM ~165 s; cost is about linear in T. Lengths and steps are where the contrast shows
 # at lr 1e-2: in one-seed runs the RNN got part of the way at T = 10 (0.45 accuracy) and stayed at chance from
@@ -785,7 +785,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="the CPU setting (adding T 10/20/50/100, copy 10, "
-                   "digits 64; hidden 64; 3 seeds; ~20 min on 2 idle cores)")
+                   "digits 64; hidden 64; 3 seeds; ~7 min on 2 idle cores)")
     p.add_argument("--fresh", action="store_true", help="delete the study files in --out first (CSVs, PNGs, "
                    "PROVENANCE.md) instead of resuming")
     p.add_argument("--out", default=None, help="output folder (default results/tasks or results/tasks_smoke)")
