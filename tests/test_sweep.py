@@ -69,18 +69,12 @@ def test_smoke_sweep_every_column_and_rerun_adds_nothing(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 1000, name
 
 
-def _has_fusedrnn_gru() -> bool:
-    return hasattr(bk.fusedrnn_models(), "GRU")
-
-
 @cpu_only
 @pytest.mark.parametrize("cell", ["gru", "rnn"])
 def test_smoke_sweep_of_another_cell(tmp_path, capsys, cell):
     """``--cell gru`` / ``--cell rnn``: the baseline is nn.GRU / nn.RNN on CPU, fusedrnn runs models.GRU / RNN in
     the interpreter (every strategy the module takes), outputs and gradients match the baseline's, the rows say
     their cell, and the same CSV then takes the LSTM's rows beside them (the cell is part of the key)."""
-    if cell == "gru" and not _has_fusedrnn_gru():
-        pytest.skip("models.GRU is not in this tree yet")
     out = tmp_path / f"{cell}.csv"
     argv = ["--cell", cell, "--grid", "smoke", "--B", "4", "--out", str(out), "--min-reps", "1", "--rep-ms", "1"]
     assert sweep.main(argv) == 0

@@ -32,13 +32,7 @@ TINY = replace(SMOKE, name="tiny", lengths={"adding": (4, 6), "copy": (3,), "dig
                copy_symbols=2, gradnorm_batch=4, seeds=(0, 1))
 
 
-def _has_gru() -> bool:
-    return hasattr(tasks._models(), "GRU")
-
-
-needs_gru = pytest.mark.skipif(not _has_gru(), reason="models.GRU is not in this tree yet")
-# the tiny study runs every model this tree has; the GRU's own tests below say when it is missing
-HERE = tasks.MODELS if _has_gru() else tuple(m for m in tasks.MODELS if m != "gru")
+HERE = tasks.MODELS  # the tiny study runs every model of the study
 
 
 def test_the_smoke_setting_is_the_cpu_study():
@@ -52,8 +46,7 @@ def test_the_smoke_setting_is_the_cpu_study():
 
 
 @pytest.mark.parametrize("model,task", [("rnn", "adding"), ("lstm", "adding"), ("usegate", "adding"),
-                                        ("usegate", "copy"), pytest.param("gru", "adding", marks=needs_gru),
-                                        pytest.param("gru", "copy", marks=needs_gru)])
+                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy")])
 def test_triton_backend_trains_like_reference(model, task):
     s = replace(TINY, steps={task: 3}, eval_every=1, eval_batch=4, lr=1e-2)
     job = Job(model, task, 4 if task == "adding" else 3, seed=0)
@@ -196,7 +189,6 @@ def test_forget_bias_init():
         assert (m.rnn.bias_ih_l0[:lo * H] != 1).all()
 
 
-@needs_gru
 def test_the_gru_keeps_torchs_default_init():
     """No forget gate to bias: every GRU bias stays torch's uniform(-1/sqrt(H), 1/sqrt(H))."""
     m = build_model(Job("gru", "adding", 5, 0), TINY, "reference", "cpu", torch.float32)
