@@ -128,8 +128,13 @@ def _metrics(got: dict, want: dict, dtype, plain: dict | None = None) -> list:
     return rows
 
 
-def _planned(dtype, H: int, B: int) -> bool:
-    """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``)."""
+def _planned(dtype, H: int, B: int, kind: str = "lstm") -> bool:
+    """Whether the persistent strategy applies to this problem on this device (``lstm_persistent.plan``, or
+    ``gru_persistent.plan`` for ``kind`` "gru")."""
+    if kind == "gru":
+        from kernels import gru_persistent as G
+
+        return G.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B) is not None
     from kernels import lstm_persistent as P
 
     return P.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B, has_proj=False) is not None
@@ -185,6 +190,10 @@ def _module_pair(kind: str, case, dtype, strategy: str, seed: int):
         ours = models.RNN(case.I, case.H, nonlinearity=nl, **kw, device=DEVICE, backend="triton")
         ref_cls, ref_kw = models.RNN, {"nonlinearity": nl}
         nn_twin = lambda: torch.nn.RNN(case.I, case.H, nonlinearity=nl, **kw, device=DEVICE)  # noqa: E731
+    elif kind == "gru":
+        ours = models.GRU(case.I, case.H, **kw, device=DEVICE, backend="triton", strategy=strategy)
+        ref_cls, ref_kw = models.GRU, {}
+        nn_twin = lambda: torch.nn.GRU(case.I, case.H, **kw, device=DEVICE)  # noqa: E731
     elif kind == "usegate":
         ours = models.UseGateLSTM(case.I, case.H, **kw, device=DEVICE, backend="triton")
         ref_cls, ref_kw, nn_twin = models.UseGateLSTM, {}, None
@@ -229,10 +238,10 @@ def _sequence_check(kind: str, strategy: str, dtype_name: str, shape: str, infer
 
         dtype = DT[dtype_name]
         case = _case(shape)
-        planned = kind == "lstm" and strategy == "persistent" and _planned(dtype, case.H, case.B)
+        planned = kind in ("lstm", "gru") and strategy == "persistent" and _planned(dtype, case.H, case.B, kind)
         with _no_fallback(strategy, planned):
             ours, base, plain = _module_pair(kind, case, dtype, strategy, seed)
-            x, hx = make_inputs(case, kind != "rnn_tanh" and kind != "rnn_relu", dtype, DEVICE, seed)
+            x, hx = make_inputs(case, kind in ("lstm", "usegate"), dtype, DEVICE, seed)
             go = _forward_only if infer else run
             got = go(ours, case, x, hx)
         if base.weight_ih_l0.dtype == torch.float64:
@@ -255,6 +264,9 @@ def _cell_check(kind: str, dtype_name: str):
         if kind == "lstm":
             ours = models.LSTMCell(I, H, device=DEVICE, backend="triton")
             twin_cls, twin_kw, n_states = torch.nn.LSTMCell, {}, 2
+        elif kind == "gru":
+            ours = models.GRUCell(I, H, device=DEVICE, backend="triton")
+            twin_cls, twin_kw, n_states = torch.nn.GRUCell, {}, 1
         else:
             nl = kind.split("_")[1]
             ours = models.RNNCell(I, H, nonlinearity=nl, device=DEVICE, backend="triton")
@@ -474,6 +486,12 @@ def all_checks() -> list[Check]:
         Check("usegate/bf16/small/fwdbwd", "usegate", _sequence_check("usegate", "per_step", "bf16", "small", False)),
         Check("usegate/bf16/big/fwdbwd", "usegate", _sequence_check("usegate", "per_step", "bf16", "big", False)),
         Check("usegate/fp16/big/fwd", "usegate", _sequence_check("usegate", "per_step", "fp16", "big", True)),
+        *[Check(f"gru/{st}/{dt}/{shape}/{'fwd' if infer else 'fwdbwd'}", "gru",
+                _sequence_check("gru", st, dt, shape, infer))
+          for st, dt, shape, infer in (("per_step", "fp32", "small", False), ("per_step", "bf16", "small", False),
+                                       ("per_step", "bf16", "big", False), ("persistent", "bf16", "big", False),
+                                       ("persistent", "fp16", "big", True), ("per_step", "fp16", "big", True))],
+        Check("cell/gru/fp32", "gru", _cell_check("gru", "fp32")),
         Check("cell/lstm/fp32", "cells", _cell_check("lstm", "fp32")),
         Check("cell/rnn_tanh/fp32", "cells", _cell_check("rnn_tanh", "fp32")),
         Check("cell/rnn_relu/fp32", "cells", _cell_check("rnn_relu", "fp32")),
@@ -487,7 +505,7 @@ def all_checks() -> list[Check]:
 # workers on CUDA: the groups of each process (the two-stream check waits on its own subprocess, so it gets
 # a worker of its own rather than delaying a group behind it)
 SHARDS = [[f"lstm-{dt}-{s}"] for dt in ("bf16", "fp16", "fp32") for s in ("per_step", "persistent")] + [
-    ["usegate"], ["rnn", "cells", "misc"], ["streams"]]
+    ["usegate"], ["gru"], ["rnn", "cells", "misc"], ["streams"]]
 
 
 def shard_of(group: str, n: int) -> int:
