@@ -382,8 +382,8 @@ def commit_of(tree: str | os.PathLike = ROOT, *, revision: bool = True, git: boo
     try:
         sha = subprocess.run(["git", "rev-parse", *(["--short"] if short else []), "HEAD"], cwd=tree,
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)results", ":(exclude)scratch"], cwd=tree,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                ":(top,exclude)results", ":(top,exclude)scratch"], cwd=tree,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha or "unknown") + ("+dirty" if sha and dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -87,7 +87,8 @@ def _job_minutes(curves: list[dict]) -> float | None:
     last: dict = {}
     for r in curves:
         k = (r["model"], r["task"], r["T"], r["seed"])
-        last[k] = max(last.get(k, 0.0), float(r["wall_s"]))
+        if r["wall_s"] not in ("", None):
+            last[k] = max(last.get(k, 0.0), float(r["wall_s"]))
     return sum(last.values()) / 60
 
 
@@ -140,7 +141,7 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
         if len(Ts) < 2:
             continue
         best = longest_learned(acc, task)
-        out += ["", f"Longest {task} sequence learned (mean final accuracy >= {LEARNED} over seeds; T run: "
+        out += ["", f"Largest {task} T learned (mean final accuracy >= {LEARNED} over seeds; T run: "
                     + ", ".join(map(str, Ts)) + "): "
                 + ", ".join(f"{MODEL_NAMES.get(m, m)} " + (f"T = {best[m]}" if best[m] is not None else "none")
                             for m in models if m in best) + "."]

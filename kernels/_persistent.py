@@ -290,7 +290,7 @@ def _check_coresident(kernel, grid, args: dict, meta: dict, num_warps: int, devi
     """On CUDA: compile (cached) and check that the grid is co-resident; raise NotCoresident otherwise."""
     if interpreting():
         return
-    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), grid, device.index,
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else id(kernel), grid, device.index, num_warps,
            tuple((k, str(v)) for k, v in sorted(meta.items())),
            tuple(str(v.dtype) if isinstance(v, torch.Tensor) else None for v in args.values()))
     why = _CORES_CACHE.get(key)

@@ -101,8 +101,10 @@ def _nn_under_cpu_autocast(ref, x):
 
 
 def _lstm_in_bf16_natively(ref, x):
+    import copy
+
     with torch.backends.mkldnn.flags(enabled=False):
-        return ref.to(torch.bfloat16)(x.to(torch.bfloat16))
+        return copy.deepcopy(ref).to(torch.bfloat16)(x.to(torch.bfloat16))
 
 
 def test_the_bf16_stand_in_for_onednn_lstm_agrees_with_it():

@@ -153,7 +153,7 @@ def test_tasks_summary_quotes_mean_and_min_max_over_seeds(tmp_path):
     assert "forget-gate bias 1.0 (LSTM, use-gate LSTM)" in md
     assert "(geometric mean over seeds, min-max): RNN 1.0e-10 (1.0e-12-1.0e-08)." in md
     # learned = mean >= 0.9: the GRU's 0.95 at T = 100 counts, the LSTM's 0.70 (one seed at 1.00) does not
-    assert ("Longest adding sequence learned (mean final accuracy >= 0.9 over seeds; T run: 10, 100): RNN none, "
+    assert ("Largest adding T learned (mean final accuracy >= 0.9 over seeds; T run: 10, 100): RNN none, "
             "LSTM none, use-gate LSTM none, GRU T = 100.") in md
     assert "training jobs" not in md  # no wall_s column: no time claimed
 
@@ -183,9 +183,11 @@ def test_a_run_writing_its_own_outputs_does_not_mark_the_commit_dirty(tmp_path):
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "c")
+    (tmp_path / "sub").mkdir()
     sha = commit_of(tmp_path, short=True)
     assert sha != "unknown" and not sha.endswith("+dirty")
     (tmp_path / "results" / "a.csv").write_text("y\n")
-    assert commit_of(tmp_path, short=True) == sha
+    assert commit_of(tmp_path, short=True) == commit_of(tmp_path / "sub", short=True) == sha
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert commit_of(tmp_path, short=True) == sha + "+dirty"
+    # the whole repository counts, also seen from a folder below its root
+    assert commit_of(tmp_path, short=True) == commit_of(tmp_path / "sub", short=True) == sha + "+dirty"
