@@ -182,3 +182,11 @@ def test_a_persistent_fallback_is_a_skip_out_of_scope_and_a_failure_in_scope():
 def test_headline_refuses_cpu_timings_under_results():
     with pytest.raises(ValueError, match="refusing"):
         HL.run(ROOT / "results" / "headline.csv", None, ["main"])
+
+
+def test_the_two_stream_check_defers_every_timeout_read(capsys):
+    """The two-stream check reads the persistent launches' timeout flag only after all four are in flight (a read
+    in between would wait for the first launch and serialize the streams): its body raises when fewer than four
+    reads were deferred, else prints its RESULT line."""
+    assert G._streams_body(3) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT finished")
