@@ -66,7 +66,7 @@ def gradient_decay(gradnorm: list[dict]) -> dict:
 LEARNED = 0.9  # mean final accuracy over seeds at which a cell counts as having learned a task
 
 
-def longest_learned(acc: dict, task: str, threshold: float = LEARNED) -> dict:
+def largest_t_learned(acc: dict, task: str, threshold: float = LEARNED) -> dict:
     """{model: the largest T of ``task`` at which the model's mean final accuracy is >= ``threshold``, or None}
     from ``final_accuracy``'s result."""
     out: dict = {}
@@ -140,7 +140,7 @@ def tables(curves: list[dict], gradnorm: list[dict]) -> str:
         Ts = sorted(T for t, T in acc if t == task)
         if len(Ts) < 2:
             continue
-        best = longest_learned(acc, task)
+        best = largest_t_learned(acc, task)
         out += ["", f"Largest {task} T learned (mean final accuracy >= {LEARNED} over seeds; T run: "
                     + ", ".join(map(str, Ts)) + "): "
                 + ", ".join(f"{MODEL_NAMES.get(m, m)} " + (f"T = {best[m]}" if best[m] is not None else "none")

@@ -345,7 +345,7 @@ def gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths=None, *, store=True, cfg: Per
     _check_aligned(xp=xp, w_hh=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths)
     args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
                 H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None, STORE_GATES=store)
-    _p.run_persistent(_gru_fwd_persistent, args, cfg.meta("fwd"), cfg=cfg, kind="fwd", like=xp, what="GRU forward",
+    _p.run_persistent(_gru_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="GRU forward",
                       n_programs=n_programs)
     return hbuf[1:], gates
 
@@ -368,7 +368,7 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
     _check_aligned(dy=dy, w_hh=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths)
     args = dict(dy=dy, w=w_hh, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, s_w=w_hh.stride(0), T=T,
                 B=B, H=H, spin_cap=spin_cap)
-    _p.run_persistent(_gru_bwd_persistent, args, cfg.meta("bwd"), cfg=cfg, kind="bwd", like=dy, what="GRU backward",
+    _p.run_persistent(_gru_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="GRU backward",
                       n_programs=n_programs)
     return dg, qbuf[T % 2]
 

@@ -455,8 +455,8 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     _check_aligned(xp=xp, w_hh=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths)
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
                 H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
-    _p.run_persistent(_lstm_fwd_persistent, args, dict(cfg.meta("fwd"), DATA_SYNC=data_sync), cfg=cfg, kind="fwd",
-                      like=xp, what="LSTM forward", n_programs=n_programs)
+    _p.run_persistent(_lstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LSTM forward",
+                      n_programs=n_programs, extra_meta=dict(DATA_SYNC=data_sync))
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -481,8 +481,8 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     _check_aligned(dy=dy, w_hh=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
     args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
                 s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
-    _p.run_persistent(_lstm_bwd_persistent, args, cfg.meta("bwd"), cfg=cfg, kind="bwd", like=dy,
-                      what="LSTM backward", n_programs=n_programs)
+    _p.run_persistent(_lstm_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="LSTM backward",
+                      n_programs=n_programs)
     return dz, dcbuf[T % 2], None
 
 

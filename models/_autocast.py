@@ -9,9 +9,9 @@ Per device type, for an eligible input:
   autocast dtype and return it for every output.
 - CPU: ``nn.LSTM`` on padded input runs oneDNN's LSTM when oneDNN is available and enabled
   (``torch.backends.mkldnn``); that LSTM is on the lower-precision list: everything in the autocast dtype. With
-  oneDNN disabled, and on a PackedSequence, it is not cast at all. With ``proj_size`` (padded or packed) it is composed of
-  ``linear`` ops (lower precision) and a cell state kept in the input's dtype: output and h_n come out in the
-  autocast dtype, c_n in the input's dtype. ``nn.RNN`` and ``nn.RNNCell`` are composed of ``linear``: autocast
+  oneDNN disabled, and on a PackedSequence, it is not cast at all. With ``proj_size`` (padded or packed) it is
+  composed of ``linear`` ops (lower precision) and a cell state kept in the input's dtype: output and h_n come out
+  in the autocast dtype, c_n in the input's dtype. ``nn.RNN`` and ``nn.RNNCell`` are composed of ``linear``: autocast
   dtype. ``nn.LSTMCell``'s state update meets the input-dtype cell state: both outputs in the input's dtype
   (the fused LSTMCell computes in that dtype). ``nn.GRU`` (padded or packed) and ``nn.GRUCell`` are not cast:
   every output in the input's dtype.

@@ -9,10 +9,10 @@ import torch
 from ._autocast import autocast_plan
 
 
-def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str | None = None):
+def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str):
     """Run ``step(x (1, B, I), states [(B, H)] * n_states, weights) -> tuple of (B, H)`` with torch.nn's
-    cell semantics. ``kind`` names the autocast rules (models/_autocast.py; default "lstm_cell" for two
-    states, "rnn_cell" for one). Returns the tuple (LSTMCell) or its only element (RNNCell, GRUCell)."""
+    cell semantics. ``kind`` names the autocast rules the cell follows (models/_autocast.py: "lstm_cell",
+    "rnn_cell", "gru_cell"). Returns the tuple (LSTMCell) or its only element (RNNCell, GRUCell)."""
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     states = _given_states(name, hx, n_states)
@@ -25,7 +25,7 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str | No
         )
     states = _batched_states(cell, name, input, states, n_states, is_batched)
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    plan = autocast_plan(kind or ("lstm_cell" if n_states > 1 else "rnn_cell"), input.device, input.dtype)
+    plan = autocast_plan(kind, input.device, input.dtype)
     ac = plan is not None
     if ac and plan.run is not None:
         input = input.to(plan.run)

@@ -88,4 +88,4 @@ class LSTMCell(NoScript, nn.RNNCellBase):
                                  backend=self.backend, strategy=self.strategy)
             return h, c
 
-        return cell_forward(self, "LSTMCell", input, hx, 2, step)
+        return cell_forward(self, "LSTMCell", input, hx, 2, step, kind="lstm_cell")

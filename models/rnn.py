@@ -72,4 +72,4 @@ class RNNCell(NoScript, nn.RNNCellBase):
                                 backend=self.backend, strategy=self.strategy)
             return (h,)
 
-        return cell_forward(self, "RNNCell", input, hx, 1, step)
+        return cell_forward(self, "RNNCell", input, hx, 1, step, kind="rnn_cell")
