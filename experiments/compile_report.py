@@ -1,5 +1,5 @@
 """The README's summary of the static compile check, generated from ``results/compile_table.csv`` (written by
-``python -m kernels.compile_check --csv ...``), never typed by hand.
+``python -m experiments.compile_check --csv ...``), never typed by hand.
 
     python -m experiments.compile_report results/compile_table.csv                   # print the Markdown block
     python -m experiments.compile_report results/compile_table.csv --write README.md # replace the block

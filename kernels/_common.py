@@ -125,7 +125,7 @@ def rowmajor(t: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tile configs and the declaration of a per-step kernel. The compile check (kernels/compile_check.py)
+# Tile configs and the declaration of a per-step kernel. The compile check (experiments/compile_check.py)
 # compiles every config of every declared kernel for sm_90a and sm_80 and requires 0 spills, so only
 # configs listed in a declaration ever run.
 # ----------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ class StepKernel:
             self.tuned[dtype_group(w.dtype)][grid](**kwargs, **extra)
 
     def compile_check(self) -> list[dict]:
-        """``COMPILE_CHECK`` entries (kernels/compile_check.py): the heaviest variant, one entry per dtype
+        """``COMPILE_CHECK`` entries (experiments/compile_check.py): the heaviest variant, one entry per dtype
         group with the configs that group may run."""
         constexprs = {flag: True for flag in self.optional}
         constexprs.update(self.heaviest)
@@ -327,7 +327,7 @@ def wait_prior_step(PDL: tl.constexpr):
 
 def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None,
                           aligns: tuple | None = None) -> list[dict]:
-    """``COMPILE_CHECK`` entries (kernels/compile_check.py) for a kernel: one per dtype group, each with
+    """``COMPILE_CHECK`` entries (experiments/compile_check.py) for a kernel: one per dtype group, each with
     the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both)."""
     out = []
     for g, cfgs in per_group(configs).items():

@@ -6,7 +6,7 @@ runs persistent. Each cell module holds its kernels, its configs (``CONFIGS``, c
 docstring, the budget in docs/PERFORMANCE.md.
 
 Nothing here is a launchable kernel: the @triton.jit functions are device helpers, inlined into the cells'
-kernels and compiled with them (kernels/compile_check.py compiles the kernels).
+kernels and compiled with them (experiments/compile_check.py compiles the kernels).
 """
 from __future__ import annotations
 

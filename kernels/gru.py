@@ -31,7 +31,7 @@ from ._common import (
 from .reference import gru_input_projection
 
 # Only configs that compile with 0 spills for sm_90a and sm_80 in both alignments are listed, per dtype group
-# (kernels/compile_check.py checks every entry; results/compile_table.csv). The rules of kernels/lstm.py's lists
+# (experiments/compile_check.py checks every entry; results/compile_table.csv). The rules of kernels/lstm.py's lists
 # hold here: the forward's product is one dot of N = 4 * BLOCK_H (as the LSTM's), whose warps fit that result
 # (no replicated MMA work); num_stages >= 3; 64/128-row tiles are wgmma on sm_90a; backward tiles under 64 rows
 # split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there num_warps <= BLOCK_K / 16.
@@ -335,5 +335,5 @@ __all__ = [
 ]
 
 
-# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+# Static compile check (experiments/compile_check.py): the heaviest variant of each step kernel, as declared above.
 COMPILE_CHECK = step_kernel_checks(__name__)

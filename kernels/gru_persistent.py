@@ -266,7 +266,7 @@ def _gru_bwd_persistent(
 
 
 # ----------------------------------------------------------------------------------------------
-# Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
+# Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by experiments/compile_check.py
 # for sm_90a and sm_80 (aligned) with 0 spills and no replicated MMA work; only listed entries ever run on a GPU.
 # Selection as for the LSTM (``_persistent.pick_config``): the smallest H_PAD >= H, then the fewest units per
 # program whose grid fits in the SMs.
@@ -373,7 +373,7 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
     return dg, qbuf[T % 2]
 
 
-# Static compile check (kernels/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates),
+# Static compile check (experiments/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates),
 # aligned only (the variant ``decide`` lets run).
 COMPILE_CHECK = [
     *compile_check_entries(_gru_fwd_persistent, _p.triton_configs(CONFIGS, "fwd"), aligns=("aligned",),

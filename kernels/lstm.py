@@ -32,7 +32,7 @@ from ._common import (
 from .reference import input_projection
 
 # Only configs that compile with 0 spills for sm_90a and sm_80 in both alignments are listed, per dtype group
-# (kernels/compile_check.py checks every entry; results/compile_table.csv).
+# (experiments/compile_check.py checks every entry; results/compile_table.csv).
 # Rules of the 16-bit lists (read from the compiled TTGIR / SASS, sm_90a):
 # - no replicated MMA work: the forward's gate product is one dot of N = 4 * BLOCK_H, and every entry's warps
 #   fit its (BLOCK_B, 4 * BLOCK_H) (forward) or (BLOCK_B, BLOCK_H) (backward) result: #mma warpsPerCTA x
@@ -373,6 +373,6 @@ def _proj_grad(dh_seq, r_seq):
     return dh_seq.reshape(-1, P).t() @ r_seq.reshape(-1, H)
 
 
-# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+# Static compile check (experiments/compile_check.py): the heaviest variant of each step kernel, as declared above.
 # The t = 0 launches pass c0 in the input dtype as c_prev, a lighter load than the checked accumulator dtype.
 COMPILE_CHECK = step_kernel_checks(__name__)

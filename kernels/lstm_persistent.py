@@ -353,7 +353,7 @@ def _lstm_bwd_persistent(
 
 
 # ----------------------------------------------------------------------------------------------
-# Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by kernels/compile_check.py
+# Configs: one per (dtype group, H_PAD, units per program). Every entry is compiled by experiments/compile_check.py
 # for sm_90a and sm_80 (aligned) with 0 spills; only listed entries ever run on a GPU (``PersistentConfig``:
 # kernels/_persistent.py).
 # ----------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def log_fallback(strategy: str, err: Fallback) -> None:
     _p.log_fallback(strategy, err, "LSTM")
 
 
-# Static compile check (kernels/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
+# Static compile check (experiments/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
 # heaviest constexpr variant (lengths, stored gates); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).

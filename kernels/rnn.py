@@ -24,7 +24,7 @@ from .reference import input_projection
 NONLINEARITIES = ("tanh", "relu")
 
 # Only configs that compile with 0 spills for sm_90a and sm_80 in both alignments are listed, per dtype group
-# (kernels/compile_check.py checks every entry; results/compile_table.csv).
+# (experiments/compile_check.py checks every entry; results/compile_table.csv).
 # As in kernels/lstm.py: the warps fit the (BLOCK_B, BLOCK_H) result (no replicated MMA work), num_stages >= 3
 # (a K slice in flight while the current one is multiplied), 64/128-row tiles are wgmma on sm_90a; backward
 # tiles under 64 rows split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there
@@ -236,5 +236,5 @@ __all__ = [
 ]
 
 
-# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+# Static compile check (experiments/compile_check.py): the heaviest variant of each step kernel, as declared above.
 COMPILE_CHECK = step_kernel_checks(__name__)

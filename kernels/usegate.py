@@ -55,7 +55,7 @@ from ._common import (
 from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
 
 # Only configs that compile with 0 spills (no stack bytes) for sm_90a and sm_80, fp16/bf16/fp32/tf32/fp64,
-# aligned and unaligned, are listed (kernels/compile_check.py checks every entry; results/compile_table.csv).
+# aligned and unaligned, are listed (experiments/compile_check.py checks every entry; results/compile_table.csv).
 # Launch A forward holds four gate accumulators (as the LSTM forward step) and does its gate product as one dot
 # over the four gate blocks (``_common.gate_products``), so its tiles are the smallest: BLOCK_K <= 32, and the
 # (B=16, H=64, K=16) tile with one stage only and not for fp32. The other three kernels hold one accumulator.
@@ -476,7 +476,7 @@ def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_s
     return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, dw_u, db_u)
 
 
-# Static compile check (kernels/compile_check.py): the heaviest variant of each step kernel, as declared above.
+# Static compile check (experiments/compile_check.py): the heaviest variant of each step kernel, as declared above.
 # The t = 0 launch A passes c0 in the input dtype as c_prev, a lighter load than the checked accumulator dtype.
 COMPILE_CHECK = step_kernel_checks(__name__)
 

@@ -1,7 +1,7 @@
 """Static performance check without a GPU: every kernel, for every tile config its autotuner may pick, in
 every dtype, compiles for sm_90a and sm_80 (aligned and unaligned arguments) with 0 bytes of spill, shared
 memory within the chip's limit and, in fp16/bf16, no MMA work replicated across warps. The table tests run
-``python -m kernels.compile_check`` in a fresh process (the real compiler: the test session's kernels are
+``python -m experiments.compile_check`` in a fresh process (the real compiler: the test session's kernels are
 decorated by the interpreter); the layout / SASS / coverage tests below it need no compile."""
 import csv
 import os
@@ -20,7 +20,7 @@ def table(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.compile_check", "--quiet", "--jobs", str(min(4, os.cpu_count() or 1)),
+        [sys.executable, "-m", "experiments.compile_check", "--quiet", "--jobs", str(min(4, os.cpu_count() or 1)),
          "--csv", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )
@@ -47,7 +47,7 @@ def test_table_covers_every_kernel_arch_dtype(table):
     """Every registry entry is compiled for both archs in each of its dtypes and alignments; the per-step
     kernels in every dtype and both alignments (their launchers run both), the persistent ones aligned (the only
     variant ``decide`` lets run)."""
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     _, rows = table
     seen = {(r["kernel"], r["arch"], r["dtype"], r["align"]) for r in rows}
@@ -72,7 +72,8 @@ def test_table_covers_every_kernel_arch_dtype(table):
 def test_every_autotune_config_is_checked(table):
     """The configs every declared step kernel's autotuners hold are exactly the ones compiled (per dtype
     group), for every kernel declared with ``_common.step_kernel``."""
-    from kernels import _common, compile_check as cc
+    from kernels import _common
+    from experiments import compile_check as cc
 
     for module in cc.kernel_modules():  # importing them declares their step kernels
         cc._entries(module)
@@ -112,7 +113,7 @@ def test_mma_columns_filled(table):
 def test_no_replicated_mma_work_in_16bit_hot_kernels(table):
     """Every kernel of the registry runs once per time step or persists over the sequence (the hot path);
     in fp16/bf16 no warp may recompute another warp's part of a dot (``mma_repeat`` == 1)."""
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     _, rows = table
     assert {r["kernel"] for r in rows} >= set(cc.checked_kernels())
@@ -161,7 +162,7 @@ def _mma(name, major, warps, instr):
     (2, "[4, 1, 1]", "[1, 16, 8]", "2x16x16xf32", 2),  # 3-D, more warps than slices
 ])
 def test_mma_repeat_of_hand_written_layouts(major, warps, instr, result, expected):
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     text = _ttgir(_mma("mma", major, warps, instr), f"{result}, #mma")
     assert cc.mma_repeat(text) == expected
@@ -171,7 +172,7 @@ def test_mma_repeat_of_hand_written_layouts(major, warps, instr, result, expecte
 
 
 def test_mma_repeat_max_over_dots_and_blocked_and_none():
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     layouts = "\n".join([_mma("mma", 2, "[1, 4]", "[16, 8]"), _mma("mma1", 2, "[8, 2]", "[16, 8]"),
                          "#blocked = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [8, 4], "
@@ -192,7 +193,7 @@ def test_mma_repeat_max_over_dots_and_blocked_and_none():
 
 
 def test_warp_repeat_rank_mismatch_raises():
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     assert cc.warp_repeat([16, 32], [4, 4], [16, 8, 16]) == 4
     with pytest.raises(ValueError):
@@ -224,7 +225,7 @@ _SASS = """
 
 
 def test_hot_loop_counts_of_hand_written_sass():
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     instrs = cc.sass_instructions(_SASS)
     assert instrs[1] == (0x10, "HMMA.16816.F32.BF16", "R4, R8, R12, RZ")
@@ -257,7 +258,7 @@ NOT_CHECKED: dict[str, str] = {}
 def test_every_jit_kernel_is_compile_checked():
     """Every launchable @triton.jit function in kernels/ (a jit function no other jit function calls) has a
     COMPILE_CHECK entry, or is in NOT_CHECKED with its reason; removing an entry fails here."""
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     defined = cc.package_kernels()
     checked = cc.checked_kernels()
@@ -277,7 +278,7 @@ def test_every_jit_kernel_is_compile_checked():
 
 
 def test_jit_kernels_tells_kernels_from_helpers():
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
 
     src = (
         "import triton\nfrom triton import jit\n"

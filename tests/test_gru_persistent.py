@@ -5,7 +5,7 @@ of the kernel source against the float64 reference layer (kernels.reference.gru_
 forward's y and saved gates, and every gradient rebuilt from the backward's dg and q0 by the post-loop math of
 docs/MATH.md ("GRU"). Also: the barrier timeout and the NaN poisoning (two programs in the interpreter, run one
 after the other), and the strategy decision with fake device properties. The many-program kernels are covered by
-the static compile check (kernels/compile_check.py).
+the static compile check (experiments/compile_check.py).
 """
 import logging
 
@@ -237,7 +237,7 @@ def test_plan_and_fallback_log_the_reason(caplog):
 
 def test_compile_check_covers_the_configs():
     """Every config a GPU may pick is a COMPILE_CHECK entry of both kernels, in every dtype of its group (the
-    compiles themselves: python -m kernels.compile_check --kernels gru_persistent)."""
+    compiles themselves: python -m experiments.compile_check --kernels gru_persistent)."""
     entries = {}
     for e in G.COMPILE_CHECK:
         assert e["aligns"] == ("aligned",)

@@ -1,6 +1,6 @@
 """Static resource and MMA check of every hot kernel and tile config for sm_90a and sm_80, without a GPU.
 
-    python -m kernels.compile_check [--arch(s) 90,80] [--kernels lstm,_rnn_fwd_step,...]
+    python -m experiments.compile_check [--arch(s) 90,80] [--kernels lstm,_rnn_fwd_step,...]
                                     [--dtypes fp16,bf16,fp32,tf32,fp64] [--align(s) aligned,unaligned]
                                     [--config B,H,K,WARPS,STAGES | --config NAME=VALUE,...] [--jobs N]
                                     [--csv out.csv] [--markdown out.md] [--dump DIR] [--quiet]
@@ -33,13 +33,13 @@ MMA columns (``analyze_compiled``), per compile:
 
 Fast path for one kernel, e.g. while reworking it::
 
-    python -m kernels.compile_check --kernels _lstm_fwd_persistent --archs 90 --dtypes bf16 --aligns aligned
+    python -m experiments.compile_check --kernels _lstm_fwd_persistent --archs 90 --dtypes bf16 --aligns aligned
 
 prints registers, spill, shared memory and the MMA columns for each of its configs (a few seconds), then a
 ``REPEAT`` line for every fp16/bf16 compile with ``mma_repeat > 1``. From a script (without TRITON_INTERPRET
 in the environment when the kernels are imported)::
 
-    from kernels import compile_check as cc
+    from experiments import compile_check as cc
     cc._drop_interpreter()
     from kernels.lstm_persistent import _lstm_fwd_persistent
     for r in cc.analyze_source(_lstm_fwd_persistent, "_lstm_fwd_persistent", arch=90, dtype="bf16"):
@@ -85,6 +85,7 @@ import ast
 import csv
 import datetime
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -108,7 +109,7 @@ _DTYPE_INFO = {
     "tf32": ("fp32", "fp32", "tf32"),
     "fp64": ("fp64", "fp64", "ieee"),
 }
-_SKIP_MODULES = {"compile_check", "reference"}
+_SKIP_MODULES = {"reference"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,16 +130,27 @@ def _drop_interpreter():
         pass
 
 
+def _kernels_package() -> tuple[str, str]:
+    """The kernels package this check reads: its folder and its import name (``kernels`` in a checkout,
+    ``fusedrnn.kernels`` installed). The check lives beside the other experiments; it reads kernels, it is not one."""
+    pkg = (__package__ or "experiments").rpartition(".")[0]
+    name = f"{pkg}.kernels" if pkg else "kernels"
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    if not os.path.isdir(folder):  # installed: the folder is wherever the kernels package was installed
+        folder = os.path.dirname(importlib.util.find_spec(name).origin)
+    return folder, name
+
+
 def kernel_modules() -> list[str]:
     """Names of the ``kernels.*`` modules that define COMPILE_CHECK (found by reading their source)."""
-    pkg_dir = os.path.dirname(os.path.abspath(__file__))
+    pkg_dir, pkg = _kernels_package()
     names = []
     for info in pkgutil.iter_modules([pkg_dir]):
         if info.ispkg or info.name in _SKIP_MODULES or info.name.startswith("_"):
             continue
         with open(os.path.join(pkg_dir, info.name + ".py"), encoding="utf-8") as f:
             if re.search(r"^COMPILE_CHECK\b|^def COMPILE_CHECK\b", f.read(), re.MULTILINE):
-                names.append(f"{__package__ or 'kernels'}.{info.name}")
+                names.append(f"{pkg}.{info.name}")
     return sorted(names)
 
 
@@ -168,8 +180,7 @@ def jit_kernels(sources: dict[str, str]) -> dict[str, str]:
 
 def package_kernels() -> dict[str, str]:
     """``jit_kernels`` of every module in this package (``kernels/*.py``), by their qualified module names."""
-    pkg_dir = os.path.dirname(os.path.abspath(__file__))
-    pkg = __package__ or "kernels"
+    pkg_dir, pkg = _kernels_package()
     sources = {}
     for info in pkgutil.iter_modules([pkg_dir]):
         if not info.ispkg:
@@ -208,7 +219,7 @@ def _check_not_interpreted(entry: dict, module_name: str):
         raise SystemExit(
             f"compile_check: {module_name}.{_entry_name(entry)} was decorated by Triton's interpreter "
             "(TRITON_INTERPRET=1 was set when the module was imported). Run the check in a fresh process "
-            "without TRITON_INTERPRET: `env -u TRITON_INTERPRET python -m kernels.compile_check`."
+            "without TRITON_INTERPRET: `env -u TRITON_INTERPRET python -m experiments.compile_check`."
         )
 
 
@@ -835,7 +846,7 @@ specializes on when H is a multiple of 16) / none of them. Spill bytes (cuobjdum
 precision "tf32"; fp64 accumulates in fp64. Heaviest constexpr variant of each kernel (lengths, stored gates,
 a next step, tanh).
 
-MMA columns (module docstring of `kernels/compile_check.py`): `mma` is the matrix instruction in the SASS
+MMA columns (module docstring of `experiments/compile_check.py`): `mma` is the matrix instruction in the SASS
 (HGMMA = wgmma, HMMA = mma.sync, DMMA; FFMA / DFMA = no MMA instruction); `mma_per_iter` / `ldsm_per_iter`
 count it and the LDSM (ldmatrix) instructions per warp in one pass of the innermost SASS loop that holds it
 (one K slice of a per-step kernel, one batch tile of a persistent step); `mma_repeat` is how many warps
@@ -857,7 +868,7 @@ Max registers per kernel and arch:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m experiments.compile_check", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", "--archs", dest="arch", default="90,80",
                     help="compute capabilities, comma separated (default 90,80)")
@@ -937,7 +948,7 @@ def main(argv=None) -> int:
     if args.csv and results:
         write_csv(args.csv, results)
     if args.markdown and results:
-        command = "python -m kernels.compile_check " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m experiments.compile_check " + " ".join(argv if argv is not None else sys.argv[1:])
         write_markdown(args.markdown, rows, results, command.strip(), seconds, args.jobs)
     return 1 if fails else 0
 
