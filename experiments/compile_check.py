@@ -4,12 +4,26 @@
                                     [--dtypes fp16,bf16,fp32,tf32,fp64] [--align(s) aligned,unaligned]
                                     [--config B,H,K,WARPS,STAGES | --config NAME=VALUE,...] [--jobs N]
                                     [--csv out.csv] [--markdown out.md] [--dump DIR] [--quiet]
+                                    [--sample all|heaviest] [--reference results/compile_table.csv]
 
 Each kernel is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` for every
 config of its list, in its heaviest constexpr variant (the kernel module says which). Registers and stack
 (spill) bytes come from the ``cuobjdump --dump-resource-usage`` bundled with triton, shared memory from
 ``kernel.metadata.shared``. A config fails when it spills (stack or local bytes > 0), exceeds the shared memory
 of the arch (227 KB sm_90, 163 KB sm_80) or does not compile; the exit status is 1 if any config fails.
+
+The full table (every config, about 1,100 compiles, several minutes on 2 cores uncached) is its own command::
+
+    python -m experiments.compile_check --csv results/compile_table.csv --markdown results/compile_table.md
+
+It prints a progress line every ``PROGRESS_EVERY`` compiles on stderr (elapsed, estimated time left, failures
+so far), under ``--quiet`` too, which only drops the line per compile. ``--sample heaviest`` (what
+tests/test_compile_check.py runs) compiles, of each entry (a kernel and one dtype group), only its heaviest
+config, in every dtype of the group, both archs and every alignment the entry runs. The heaviest config
+(``heaviest_configs``) is the one with the most registers in the last full table (``--reference``, default the
+committed results/compile_table.csv; the max over the group's dtypes, the archs and alignments), ties broken by
+shared memory; configs that table does not hold (new or changed ones) are compiled as well. Without the table,
+the config with the most tile elements per warp (``tile_estimate``).
 
 MMA columns (``analyze_compiled``), per compile:
 
@@ -282,9 +296,13 @@ class Result:
     seconds: float = 0.0
 
 
-def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, configs=None) -> list[Job]:
+def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, configs=None, sample="all",
+                 reference: str | None = None) -> list[Job]:
     """Every (kernel, config, arch, dtype, align) to compile. ``kernels`` filters by kernel name, entry name
-    or module (``lstm`` or ``kernels.lstm``); ``configs`` replaces every kernel's config list."""
+    or module (``lstm`` or ``kernels.lstm``); ``configs`` replaces every kernel's config list. ``sample``
+    "heaviest" keeps only each entry's ``heaviest_configs`` (registers and shared memory read from the
+    ``reference`` table, default ``REFERENCE_TABLE`` when it exists); every arch, dtype and alignment stays."""
+    measured = measured_usage(reference) if sample == "heaviest" and configs is None else {}
     jobs = []
     wanted = set(kernels) if kernels else None
     matched = set()
@@ -299,6 +317,8 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
                 matched |= wanted & keys
             _check_not_interpreted(entry, module_name)
             cfgs = configs if configs is not None else [_config_fields(c) for c in entry["configs"]]
+            if sample == "heaviest" and configs is None:
+                cfgs = heaviest_configs(name, entry.get("dtypes", DTYPES), cfgs, measured)
             for cfg in cfgs:
                 for arch in archs:
                     for dtype in dtypes:
@@ -312,6 +332,62 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
         raise SystemExit(f"compile_check: unknown kernels {sorted(wanted - matched)}; "
                          f"modules with COMPILE_CHECK: {kernel_modules()}")
     return jobs
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling: the heaviest config of each entry (what the tests compile; the full table is its own command)
+# ----------------------------------------------------------------------------------------------
+SAMPLES = ("all", "heaviest")
+# the last full run, committed: the measured registers and shared memory that rank the configs
+REFERENCE_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
+                               "compile_table.csv")
+_CONFIG_KEY = ("BLOCK_B", "BLOCK_H", "BLOCK_K", "num_warps", "num_stages")
+
+
+def _config_key(cfg: dict) -> tuple:
+    return tuple(int(cfg.get(k, 0)) for k in _CONFIG_KEY)
+
+
+def tile_estimate(cfg: dict) -> tuple:
+    """A config's expected weight without a compile: the elements per warp of the program's tiles (the
+    BLOCK_B x BLOCK_H result and the BLOCK_K-deep operands, (BLOCK_B + BLOCK_H) x BLOCK_K), which the
+    registers grow with; then the staged operand elements (shared memory)."""
+    b, h, k, warps, stages = _config_key(cfg)
+    return (b * h + k * (b + h)) / max(1, warps), stages * k * (b + h)
+
+
+def measured_usage(path: str | None = None) -> dict:
+    """``{(kernel, dtype, config key): (registers, shared bytes)}`` from a compile table CSV (``--csv``
+    output; default ``REFERENCE_TABLE``), each the max over archs and alignments; {} when the file is absent."""
+    path = path or REFERENCE_TABLE
+    if not os.path.exists(path):
+        return {}
+    out: dict = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            key = (r["kernel"], r["dtype"], _config_key(r))
+            regs, smem = out.get(key, (-1, -1))
+            out[key] = (max(regs, int(r["registers"])), max(smem, int(r["shared_bytes"])))
+    return out
+
+
+def heaviest_configs(kernel: str, dtypes, configs: list[dict], measured: dict) -> list[dict]:
+    """The configs of one entry (``kernel``, its dtype group ``dtypes``) that ``--sample heaviest`` compiles:
+    the one with the most registers in ``measured`` (``measured_usage``: max over the group's dtypes, archs
+    and alignments), ties broken by shared memory, then by ``tile_estimate``; plus every config ``measured``
+    lacks for one of the dtypes (a new or changed config counts as heaviest until the table is regenerated).
+    With no table at all (``measured`` empty), the config with the largest ``tile_estimate``."""
+    if not measured:
+        return [max(configs, key=tile_estimate)] if configs else []
+    weights, unmeasured = {}, []
+    for c in configs:
+        got = [measured[(kernel, dt, _config_key(c))] for dt in dtypes if (kernel, dt, _config_key(c)) in measured]
+        if len(got) < len(dtypes):
+            unmeasured.append(c)
+        else:
+            weights[_config_key(c)] = (max(g[0] for g in got), max(g[1] for g in got), tile_estimate(c))
+    top = max(weights.items(), key=lambda kv: kv[1])[0] if weights else None
+    return [c for c in configs if _config_key(c) == top or any(c is u for u in unmeasured)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -883,7 +959,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
     ap.add_argument("--csv", default="", help="write one row per compile here")
     ap.add_argument("--markdown", default="", help="write the table with its provenance here")
-    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--sample", choices=SAMPLES, default="all",
+                    help="all configs (default), or only the heaviest config of each kernel and dtype group "
+                         "(heaviest_configs: most registers in --reference), every arch, dtype and alignment")
+    ap.add_argument("--reference", default=REFERENCE_TABLE, metavar="CSV",
+                    help="the full table that ranks the configs for --sample heaviest (default: the committed "
+                         "results/compile_table.csv)")
+    ap.add_argument("--quiet", action="store_true",
+                    help=f"no line per compile; a progress line every {PROGRESS_EVERY} compiles still")
     return ap
 
 
@@ -901,6 +984,28 @@ def _print_progress(r: Result, done: int, total: int):
           f"w{r.num_warps} s{r.num_stages}: {r.status} regs={r.registers} spill={r.spill_bytes} "
           f"smem={r.shared_bytes} {r.mma or '-'} {r.mma_per_iter}/{r.ldsm_per_iter} "
           f"repeat={r.mma_repeat} ({r.seconds:.1f}s)", file=sys.stderr, flush=True)
+
+
+PROGRESS_EVERY = 50  # compiles between two progress lines
+
+
+def progress_printer(quiet: bool = False, every: int = PROGRESS_EVERY, out=None):
+    """The ``progress`` callback of ``run_jobs``: a line per compile unless ``quiet``, and, quiet or not, a
+    line every ``every`` compiles and at the end with the elapsed time, the estimated time left and the
+    failures so far (on stderr: a long run is never silent)."""
+    t0, fails = time.perf_counter(), []
+
+    def progress(r: Result, done: int, total: int):
+        if not quiet:
+            _print_progress(r, done, total)
+        if r.status not in ("OK", "N/A"):
+            fails.append(r)
+        if done % every == 0 or done == total:
+            elapsed = time.perf_counter() - t0
+            print(f"compile_check: {done}/{total} compiles, {len(fails)} failing, {elapsed:.0f} s elapsed, "
+                  f"~{elapsed / done * (total - done):.0f} s left", file=out or sys.stderr, flush=True)
+
+    return progress
 
 
 def _report(results: list[Result], rows: list[dict], seconds: float) -> list[Result]:
@@ -926,6 +1031,9 @@ def _report(results: list[Result], rows: list[dict], seconds: float) -> list[Res
 def main(argv=None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
+    if args.sample != "all" and args.csv and os.path.exists(args.csv) and os.path.exists(args.reference) \
+            and os.path.samefile(args.csv, args.reference):
+        ap.error(f"--csv {args.csv} is the --reference table: a sample would replace the full table")
     if _interpret_env_on():
         print("compile_check: ignoring TRITON_INTERPRET=1 (the check needs the real compiler)", file=sys.stderr)
     _drop_interpreter()
@@ -937,11 +1045,11 @@ def main(argv=None) -> int:
 
     import triton
 
-    jobs = collect_jobs(kernels, archs, dtypes, aligns, configs)
-    print(f"compile_check: triton {triton.__version__}, {len(jobs)} compiles, {args.jobs} process(es)",
-          file=sys.stderr)
+    jobs = collect_jobs(kernels, archs, dtypes, aligns, configs, sample=args.sample, reference=args.reference)
+    print(f"compile_check: triton {triton.__version__}, {len(jobs)} compiles ({args.sample} configs), "
+          f"{args.jobs} process(es)", file=sys.stderr)
     t0 = time.perf_counter()
-    results = run_jobs(jobs, args.jobs, None if args.quiet else _print_progress, args.dump)
+    results = run_jobs(jobs, args.jobs, progress_printer(args.quiet), args.dump)
     seconds = time.perf_counter() - t0
     rows = summarize(results)
     fails = _report(results, rows, seconds)

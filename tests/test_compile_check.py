@@ -1,8 +1,10 @@
-"""Static performance check without a GPU: every kernel, for every tile config its autotuner may pick, in
-every dtype, compiles for sm_90a and sm_80 (aligned and unaligned arguments) with 0 bytes of spill, shared
-memory within the chip's limit and, in fp16/bf16, no MMA work replicated across warps. The table tests run
-``python -m experiments.compile_check`` in a fresh process (the real compiler: the test session's kernels are
-decorated by the interpreter); the layout / SASS / coverage tests below it need no compile."""
+"""Static performance check without a GPU: every kernel, in the heaviest tile config of each dtype group (the
+one with the most registers in the committed full table, results/compile_table.csv), in every dtype,
+compiles for sm_90a and sm_80 (aligned and unaligned arguments) with 0 bytes of spill, shared memory within
+the chip's limit and, in fp16/bf16, no MMA work replicated across warps. The table tests run ``python -m
+experiments.compile_check --sample heaviest`` in a fresh process (the real compiler: the test session's kernels
+are decorated by the interpreter); every config is compiled by the full table's own command (README). The
+selection, layout / SASS and coverage tests below need no compile."""
 import csv
 import os
 import subprocess
@@ -20,15 +22,15 @@ def table(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.compile_check", "--quiet", "--jobs", str(min(4, os.cpu_count() or 1)),
-         "--csv", str(out)],
+        [sys.executable, "-m", "experiments.compile_check", "--sample", "heaviest", "--quiet", "--jobs",
+         str(min(4, os.cpu_count() or 1)), "--csv", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )
     rows = list(csv.DictReader(open(out))) if out.exists() else []
     return proc, rows
 
 
-def test_every_config_compiles_without_spills(table):
+def test_heaviest_configs_compile_without_spills(table):
     proc, rows = table
     bad = [r for r in rows if r["status"] != "OK"]
     assert proc.returncode == 0 and not bad, (
@@ -41,6 +43,7 @@ def test_every_config_compiles_without_spills(table):
         assert r["triton"] and r["commit"] and r["date"], "row without provenance"
         assert int(r["spill_bytes"]) == 0 and int(r["shared_bytes"]) <= int(r["shared_limit"])
         assert 0 < int(r["registers"]) <= 255
+    assert "compile_check: " in proc.stderr and f"{len(rows)}/{len(rows)} compiles" in proc.stderr  # progress
 
 
 def test_table_covers_every_kernel_arch_dtype(table):
@@ -69,17 +72,110 @@ def test_table_covers_every_kernel_arch_dtype(table):
                     assert (k, arch, dt, al) in seen, f"missing {k} {arch} {dt} {al}"
 
 
-def test_every_autotune_config_is_checked(table):
-    """The configs every declared step kernel's autotuners hold are exactly the ones compiled (per dtype
-    group), for every kernel declared with ``_common.step_kernel``."""
+def test_sample_is_the_heaviest_config_of_each_entry(table):
+    """The tests' compile check holds, for each kernel and dtype, exactly the configs ``heaviest_configs``
+    picks from its entry (one per dtype group while the committed table is current)."""
+    from experiments import compile_check as cc
+
+    _, rows = table
+    compiled: dict = {}
+    for r in rows:
+        compiled.setdefault((r["kernel"], r["dtype"]), set()).add(cc._config_key(r))
+    measured = cc.measured_usage()
+    assert measured, "results/compile_table.csv (the full table) is missing"
+    want = {}
+    for module in cc.kernel_modules():
+        for e in cc._entries(module):
+            name, dtypes = cc._entry_name(e), e.get("dtypes", cc.DTYPES)
+            cfgs = [cc._config_fields(c) for c in e["configs"]]
+            picked = {cc._config_key(c) for c in cc.heaviest_configs(name, dtypes, cfgs, measured)}
+            assert picked
+            want.update({(name, dt): picked for dt in dtypes})
+    assert compiled == want
+
+
+def test_heaviest_configs_selection(tmp_path):
+    """Most measured registers (max over the group's dtypes, archs and alignments) wins, ties go to shared
+    memory; an unmeasured config is compiled too; without a table, the largest tile per warp."""
+    from experiments import compile_check as cc
+
+    def cfg(b, h, k, w, s):
+        return dict(BLOCK_B=b, BLOCK_H=h, BLOCK_K=k, num_warps=w, num_stages=s)
+
+    small, wide, deep, new = cfg(16, 16, 32, 4, 3), cfg(64, 32, 32, 8, 3), cfg(16, 16, 128, 2, 3), cfg(16, 64, 64, 4, 2)
+    cols = ["kernel", "arch", "dtype", "align", *cc._CONFIG_KEY, "registers", "shared_bytes"]
+    table = [("_k", "sm_90a", "fp16", "aligned", small, 96, 4096),
+             ("_k", "sm_80", "bf16", "unaligned", small, 240, 2048),
+             ("_k", "sm_90a", "fp16", "unaligned", wide, 200, 9000),
+             ("_k", "sm_90a", "bf16", "aligned", wide, 200, 36000),
+             ("_k", "sm_90a", "fp16", "aligned", deep, 255, 16000),  # measured in fp16 only
+             ("_other", "sm_90a", "fp16", "aligned", wide, 255, 1)]
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for k, arch, dt, al, c, regs, smem in table:
+            w.writerow([k, arch, dt, al, *(c[n] for n in cc._CONFIG_KEY), regs, smem])
+    measured = cc.measured_usage(str(path))
+    assert measured[("_k", "fp16", cc._config_key(small))] == (96, 4096)  # max over archs and alignments
+    assert measured[("_k", "fp16", cc._config_key(wide))] == (200, 9000)
+    group = ("fp16", "bf16")
+    # small: 240 registers (bf16 on sm_80) beats wide's 200; deep lacks bf16 and new is absent: both compiled
+    assert cc.heaviest_configs("_k", group, [wide, small, deep, new], measured) == [small, deep, new]
+    assert cc.heaviest_configs("_k", group, [wide, small], measured) == [small]
+    assert cc.heaviest_configs("_k", ("fp16",), [wide, small, deep], measured) == [deep]
+    # equal registers: the larger shared memory (wide, 36000 B in bf16)
+    tie = {**measured, **{("_k", dt, cc._config_key(small)): (200, 100) for dt in group}}
+    assert cc.heaviest_configs("_k", group, [small, wide], tie) == [wide]
+    # another kernel's rows do not count; a kernel absent from the table compiles every config
+    assert cc.heaviest_configs("_new", group, [small, wide], measured) == [small, wide]
+    # no table: the most tile elements per warp ((BB*BH + BK*(BB+BH)) / warps): deep (16*16+128*32)/2 = 2176
+    assert cc.measured_usage(str(tmp_path / "absent.csv")) == {}
+    assert cc.heaviest_configs("_k", group, [small, wide, deep, new], {}) == [deep]
+    assert cc.tile_estimate(wide) == ((64 * 32 + 32 * 96) / 8, 3 * 32 * 96)
+
+
+def test_progress_lines_under_quiet():
+    """The full table prints a progress line every ``every`` compiles and at the end, even when quiet."""
+    import io
+
+    from experiments import compile_check as cc
+
+    out = io.StringIO()
+    progress = cc.progress_printer(quiet=True, every=2, out=out)
+    ok = cc.Result("_k", "m", "sm_90a", "bf16", "ieee", "aligned", 16, 16, 32, 4, 3, status="OK")
+    for i, status in enumerate(("OK", "SPILL", "OK", "N/A", "OK"), 1):
+        progress(cc.Result(**dict(vars(ok), status=status)), i, 5)
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["compile_check: 2/5 compiles", "compile_check: 4/5 compiles",
+                                                     "compile_check: 5/5 compiles"]
+    assert " 1 failing" in lines[-1] and "s elapsed" in lines[-1] and "~0 s left" in lines[-1]
+
+
+def test_sample_never_overwrites_the_reference_table(tmp_path, capsys):
+    from experiments import compile_check as cc
+
+    ref = tmp_path / "full.csv"
+    ref.write_text("kernel\n")
+    with pytest.raises(SystemExit):
+        cc.main(["--sample", "heaviest", "--reference", str(ref), "--csv", str(ref)])
+    assert "would replace the full table" in capsys.readouterr().err
+    assert ref.read_text() == "kernel\n"
+
+
+def test_every_autotune_config_is_listed():
+    """The configs every declared step kernel's autotuners hold are exactly the ones its COMPILE_CHECK entries
+    list (per dtype group), for every kernel declared with ``_common.step_kernel``: the full table compiles
+    them all (no compile here)."""
     from kernels import _common
     from experiments import compile_check as cc
 
+    listed = set()
     for module in cc.kernel_modules():  # importing them declares their step kernels
-        cc._entries(module)
-    _, rows = table
-    compiled = {(r["kernel"], r["dtype"], int(r["BLOCK_B"]), int(r["BLOCK_H"]), int(r["BLOCK_K"]),
-                 int(r["num_warps"]), int(r["num_stages"])) for r in rows}
+        for e in cc._entries(module):
+            for c in e["configs"]:
+                f = cc._config_fields(c)
+                listed |= {(cc._entry_name(e), dt, *cc._config_key(f)) for dt in e.get("dtypes", cc.DTYPES)}
     names = set()
     for kernel in _common._STEP_KERNELS:
         names.add(kernel.__name__)
@@ -88,7 +184,7 @@ def test_every_autotune_config_is_checked(table):
             for c in tuner.configs:
                 for dt in _common.DTYPE_GROUPS[g]:
                     assert (kernel.__name__, dt, c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"], c.kwargs["BLOCK_K"],
-                            c.num_warps, c.num_stages) in compiled, (kernel.__name__, dt, c)
+                            c.num_warps, c.num_stages) in listed, (kernel.__name__, dt, c)
     assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_gru_fwd_step", "_gru_bwd_step",
             "_usegate_fwd_gates", "_usegate_fwd_use", "_usegate_bwd_gates", "_usegate_bwd_use"} <= names
 
