@@ -130,7 +130,7 @@ def fused_ok(cell: str, run, args: tuple, flags: dict) -> bool:
     ``flags`` its keyword arguments other than ``backend``. Returns False where the reference must serve it;
     raises ``SelfCheckError`` in mode "raise"."""
     x = args[0]
-    if getattr(_local, "busy", False) or _tracing(x) or x.dtype not in SUPPORTED_DTYPES:
+    if _tracing(x) or getattr(_local, "busy", False) or x.dtype not in SUPPORTED_DTYPES:  # tracing first (dynamo)
         return True
     m = active_mode(x.device)
     if m is None:
