@@ -29,8 +29,8 @@ checks), "warn" and "raise" (on every device, the interpreter included), "off".
 
 Never while tracing or capturing: under ``torch.compile`` / ``torch.export`` (dynamo or a fake / proxy
 dispatch mode), ``torch.jit.trace``, functorch transforms (vmap, grad) and CUDA-graph capture the check neither
-runs nor applies, so the fused ops stay in the graph and compiled code is unchanged; one eager call before
-compiling or capturing checks the configurations.
+runs nor applies, so the fused ops stay in the graph and compiled code is unchanged whatever an eager call found
+(one eager call before compiling checks the configurations; after a failure, compile with the reference backend).
 """
 from __future__ import annotations
 
