@@ -7,6 +7,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# the tests compare the kernels themselves (and count their launches): the first-use self-check, on by default on
+# CUDA (models/_selfcheck.py), is off unless a test turns it on (tests/test_selfcheck.py)
+os.environ.setdefault("FUSEDRNN_SELFCHECK", "off")
+
 torch.backends.cuda.matmul.allow_tf32 = False  # tight fp32 checks on the GPU
 torch.backends.cudnn.allow_tf32 = False
 

@@ -23,6 +23,11 @@ is reproduced with ``--only NAME --seed SEED --workers 1`` (the row's seed).
 
 Without CUDA every check runs on tiny shapes in Triton's interpreter (the CPU dry run of the GPU script);
 the stream and graph checks then run their CPU stand-ins or are skipped.
+
+On CUDA the modules' first-use self-check (models/_selfcheck.py) runs in mode "raise" (unless
+``FUSEDRNN_SELFCHECK`` says otherwise): a configuration it finds wrong fails its check with a ``SelfCheckError``
+instead of being served by the reference, so every row still measures the kernels, and a passing row also shows
+that the self-check passes on this GPU (its bounds hold on hardware). On CPU it stays off, as in the tests.
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ if not torch.cuda.is_available():  # before anything imports triton, kernels or 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # deterministic mode (the poisoning below) warns on every cuBLAS call without a fixed workspace
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# the checks test the kernels: on CUDA the first-use self-check (models/_selfcheck.py) raises on a mismatch instead
+# of serving the reference (a failing row either way, and a passing row shows it passes on this GPU)
+if torch.cuda.is_available():
+    os.environ.setdefault("FUSEDRNN_SELFCHECK", "raise")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -593,6 +602,12 @@ def run_checks(checks: list[Check], out: Path, failures: Path | None = None, bas
         if deadline is not None and time.time() > deadline:
             break
         rows.append(run_one(c, out, failures, base + 101 * i))
+    import models
+
+    for e in models.selfcheck_report():  # the self-check's margins on this device (in the log of the GPU run)
+        w = e["worst"]
+        print(f"self-check {e['status']}: {e['config']}" + (f"; worst {w[0]}: {w[1]:.3g} (bound {w[2]:.3g})"
+                                                            if w else ""), flush=True)
     return rows
 
 

@@ -5,6 +5,8 @@
 #   experiments/gpu_run.sh OUT quick                  # env, correctness subset, headline timings, plots
 #   experiments/gpu_run.sh OUT more [PREV [SECONDS]]  # resume the headline from PREV/headline.csv, then the
 #                                                     # variants, the hidden and batch grids, FlashRNN if carried
+#   experiments/gpu_run.sh OUT all [SECONDS]          # an own GPU: quick, then more on OUT itself (SECONDS,
+#                                                     # default 1500): everything, in one folder
 #
 # From a session with a GPU (the `run` tool), from the repository root here:
 #   git rev-parse HEAD > REVISION        # the copy sent has no .git: REVISION names the measured commit
@@ -34,7 +36,7 @@
 # Run from the repository root; PYTHONPATH=. is set here. Nothing is pip-installed: wheels placed in .whl/
 # (e.g. flashrnn and einops) are unpacked into a temporary folder and put on PYTHONPATH.
 set -u -o pipefail
-OUT=${1:?usage: experiments/gpu_run.sh OUT quick|more [PREV [SECONDS]]}
+OUT=${1:?usage: experiments/gpu_run.sh OUT quick|more [PREV [SECONDS]] | OUT all [SECONDS]}
 STAGE=${2:-quick}
 PREV=${3:-}
 mkdir -p "$OUT"
@@ -114,7 +116,7 @@ case "$STAGE" in
   more)
     SECONDS_LEFT=${4:-300}
     if [ -n "$PREV" ] && [ -s "$PREV/headline.csv" ]; then
-      cp "$PREV/headline.csv" "$OUT/headline.csv"
+      [ "$PREV/headline.csv" -ef "$OUT/headline.csv" ] || cp "$PREV/headline.csv" "$OUT/headline.csv"
       say "resuming from $PREV/headline.csv ($(( $(wc -l < "$OUT/headline.csv") - 1 )) rows)"
     fi
     step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
@@ -141,6 +143,9 @@ case "$STAGE" in
     fi
     plots $(ls "$OUT"/headline.csv "$OUT"/hidden.csv "$OUT"/batch.csv 2>/dev/null)
     summary "$OUT/headline.csv" ;;
-  *) echo "unknown stage $STAGE (quick, more)" >&2; exit 2 ;;
+  all)  # quick, then more resuming from OUT itself: every step of both stages, one folder (an own GPU)
+    bash "$0" "$OUT" quick
+    bash "$0" "$OUT" more "$OUT" "${3:-1500}" ;;
+  *) echo "unknown stage $STAGE (quick, more, all)" >&2; exit 2 ;;
 esac
 say "done in $(el)s; files: $(ls "$OUT" | tr '\n' ' ')"

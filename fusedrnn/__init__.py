@@ -3,12 +3,18 @@
 Public API::
 
     from fusedrnn import LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
+    from fusedrnn import set_selfcheck, selfcheck_report, SelfCheckWarning, SelfCheckError
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
 Subpackages: ``fusedrnn.models`` (the modules and autograd ops), ``fusedrnn.kernels`` (Triton kernels and
 pure-PyTorch references), ``fusedrnn.experiments`` (sweeps and plots). ``fusedrnn`` is the only top-level name
 an installed copy adds, so a program's own ``models`` package does not collide with ours.
+
+No GPU has run the fused kernels yet, and ``backend="auto"`` (the default) uses them on CUDA: the first call of each
+configuration checks them against the pure-PyTorch reference and, on a mismatch, warns and uses the reference
+(``set_selfcheck("warn" | "raise" | "off" | "auto")`` or ``FUSEDRNN_SELFCHECK``; ``backend="reference"`` is the
+safe path).
 """
 from ._layout import install as _install
 
@@ -23,10 +29,14 @@ from .models import (  # noqa: E402
     GRUCell,
     LSTMCell,
     RNNCell,
+    SelfCheckError,
+    SelfCheckWarning,
     UseGateLSTM,
     clear_cuda_graphs,
+    selfcheck_report,
+    set_selfcheck,
     swap_rnns,
 )
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-           "clear_cuda_graphs"]
+           "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning", "SelfCheckError"]

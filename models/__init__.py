@@ -4,6 +4,8 @@
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
 ``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell.
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
+No GPU has run the kernels yet: on CUDA the first call of each configuration compares them with the reference and
+falls back to it on a mismatch (``set_selfcheck``, ``selfcheck_report``; models/_selfcheck.py).
 
 This package is ``fusedrnn.models`` (import the public names from ``fusedrnn``). In a source checkout the folder
 is also importable as ``models``; that name is then the same module object (see ``fusedrnn/_layout.py``).
@@ -19,6 +21,7 @@ else:
     from . import ops  # noqa: F401  (registers the fusedrnn:: custom ops)
     from ..kernels._graphs import clear as clear_cuda_graphs
     from ._base import BACKENDS, STRATEGIES
+    from ._selfcheck import SelfCheckError, SelfCheckWarning, selfcheck_report, set_selfcheck
     from .gru import GRU, GRUCell
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
@@ -29,4 +32,4 @@ else:
     torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs"]
+               "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning", "SelfCheckError"]

@@ -1,5 +1,8 @@
 """Shared forward of the single-step cell modules (LSTMCell, RNNCell, GRUCell): input/state checks as torch.nn's,
-unbatched handling, autocast (models/_autocast.py), then one step of the layer function on a length-1 sequence."""
+unbatched handling, autocast (models/_autocast.py), then one step of the layer function on a length-1 sequence.
+
+The step runs through the layer function, so a cell has the layer's backends and its self-check on first
+use (models/_selfcheck.py): no GPU has run the fused kernels yet, and ``backend="auto"`` runs them on CUDA."""
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -1,4 +1,8 @@
-"""Drop-in LSTM modules on the fused kernels: ``LSTM`` (as torch.nn.LSTM) and ``LSTMCell`` (as nn.LSTMCell)."""
+"""Drop-in LSTM modules on the fused kernels: ``LSTM`` (as torch.nn.LSTM) and ``LSTMCell`` (as nn.LSTMCell).
+
+No GPU has run the fused kernels yet, and ``backend="auto"`` (the default) runs them on CUDA: the first call of
+each configuration compares them with the reference and, on a mismatch, warns and serves that configuration
+with the reference (models/_selfcheck.py; ``FUSEDRNN_SELFCHECK``). ``backend="reference"`` is the safe path."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -17,6 +21,7 @@ from ._base import (
 )
 from ._cell import cell_forward
 from ._export import NoScript
+from ._selfcheck import fused_ok
 
 
 def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
@@ -25,7 +30,9 @@ def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, stra
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     w_hr = weights[-1] if proj else None
-    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+    flags = dict(has_bias=has_bias, proj=proj, strategy=strategy)
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
+            or not fused_ok("LSTM", run_lstm_layer, (x, h0, c0, weights, lengths), flags)):
         return lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)

@@ -1,4 +1,8 @@
-"""Drop-in Elman RNN modules on the fused kernels: ``RNN`` (as torch.nn.RNN) and ``RNNCell``."""
+"""Drop-in Elman RNN modules on the fused kernels: ``RNN`` (as torch.nn.RNN) and ``RNNCell``.
+
+No GPU has run the fused kernels yet, and ``backend="auto"`` (the default) runs them on CUDA: the first call of
+each configuration compares them with the reference and, on a mismatch, warns and serves that configuration
+with the reference (models/_selfcheck.py; ``FUSEDRNN_SELFCHECK``). ``backend="reference"`` is the safe path."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -9,6 +13,7 @@ from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend
 from ._cell import cell_forward
 from ._export import NoScript
+from ._selfcheck import fused_ok
 
 
 def _check_nonlinearity(nonlinearity: str) -> str:
@@ -21,7 +26,9 @@ def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, s
     """One RNN layer and direction through the chosen backend. Returns y (T, B, H), h_n (B, H), None."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
-    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+    flags = dict(has_bias=has_bias, nonlinearity=nonlinearity, strategy=strategy)
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
+            or not fused_ok("RNN", run_rnn_layer, (x, h0, weights, lengths), flags)):
         y, h_n = rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, lengths)
         return y, h_n, None
     check_triton_dtype(x.dtype)

@@ -13,6 +13,10 @@ The cell, per layer and direction, gates stacked along W's rows in the order N, 
 Ops: ``fusedrnn::usegate_layer`` (forward, returns what backward needs) and ``fusedrnn::usegate_layer_bwd``
 (``models/ops.py``).
 
+No GPU has run the fused kernels yet, and ``backend="auto"`` (the default) runs them on CUDA: the first call of
+each configuration compares them with the reference and, on a mismatch, warns and serves that configuration
+with the reference (models/_selfcheck.py; ``FUSEDRNN_SELFCHECK``). ``backend="reference"`` is the safe path.
+
 B batch, T steps, I input, H hidden.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 from ..kernels.usegate import usegate_layer_ref
 
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
+from ._selfcheck import fused_ok
 from .ops import usegate_layer, usegate_layer_bwd
 
 
@@ -42,7 +47,9 @@ def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strateg
         w_ih, w_hh, b_ih, b_hh, w_u, b_u = weights
     else:
         (w_ih, w_hh, w_u), b_ih, b_hh, b_u = weights, None, None, None
-    if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+    flags = dict(has_bias=has_bias, strategy=strategy)
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
+            or not fused_ok("UseGateLSTM", run_usegate_layer, (x, h0, c0, weights, lengths), flags)):
         return usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)

@@ -190,3 +190,24 @@ def test_the_two_stream_check_defers_every_timeout_read(capsys):
     reads were deferred, else prints its RESULT line."""
     assert G._streams_body(3) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT finished")
+
+
+def test_all_stage_runs_quick_then_more_in_one_folder(tmp_path):
+    """``gpu_run.sh OUT all`` (an own GPU, docs/GPU_RUN.md): quick, then more resuming the headline from OUT
+    itself, each with its own log. A stub interpreter stands in for Python (it records its arguments, says there
+    is no GPU and appends a row to each --out file), so only the script's order and folders are tested."""
+    stub, calls = tmp_path / "py", tmp_path / "calls.txt"
+    stub.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 1\necho "$*" >> "' + str(calls) + '"\nprev=\n'
+                    'for a in "$@"; do [ "$prev" = --out ] && echo row >> "$a"; prev=$a; done\nexit 0\n')
+    stub.chmod(0o755)
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "experiments/gpu_run.sh", str(out), "all", "200"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHON=str(stub)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "same file" not in r.stdout + r.stderr
+    mods = [line.split()[1] for line in calls.read_text().splitlines() if line.startswith("-m ")]
+    assert mods[:2] == ["experiments.gpu_env", "experiments.gpu_check"]
+    order = [mods.index(m) for m in ("experiments.gpu_check", "experiments.headline", "experiments.gpu_sweep")]
+    assert order == sorted(order)
+    assert {"quick.log", "more.log", "all.log", "headline.csv", "env.json"} <= {f.name for f in out.iterdir()}
+    assert f"resuming from {out}/headline.csv" in (out / "more.log").read_text()
