@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..kernels.lstm import STRATEGIES
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
-from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
+from ._packed import batch_from_shapes, check_batch_sizes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
 
 BACKENDS = ("auto", "triton", "reference")
 # every strategy, as the LSTM's kernels define them; cells without a persistent kernel (RNN, use-gate LSTM)
@@ -206,6 +206,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                 B = batch_from_shapes(sorted_indices, hx, self._has_cell)
                 x, lengths_cpu = unpack_traceable(data, batch_sizes, B)
                 return x, lengths_cpu, (x.transpose(0, 1) if self.batch_first else x), None, True
+            check_batch_sizes(batch_sizes)
             x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
             return x, lengths_cpu, data, batch_sizes, True
         if input.dim() not in (2, 3):
