@@ -177,8 +177,8 @@ class FusedRNNBase(NoScript, nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
-        plan = autocast_plan(self._autocast_kind, x.device, x.dtype, packed=packed,
-                             proj=self.proj_size > 0)
+        plan = autocast_plan(self._autocast_kind, x.device, x.dtype, packed=packed, proj=self.proj_size > 0,
+                             state_dtype=(c_all if c_all is not None else h_all).dtype)
         weights_cast = plan.run if plan is not None else None
         if weights_cast is not None:
             x, h_all = x.to(weights_cast), h_all.to(weights_cast)

@@ -25,7 +25,7 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str):
         )
     states = _batched_states(cell, name, input, states, n_states, is_batched)
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    plan = autocast_plan(kind, input.device, input.dtype)
+    plan = autocast_plan(kind, input.device, input.dtype, state_dtype=states[-1].dtype)  # h; LSTMCell: c
     ac = plan is not None
     if ac and plan.run is not None:
         input = input.to(plan.run)

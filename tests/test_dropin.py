@@ -100,11 +100,13 @@ def _nn_under_cpu_autocast(ref, x):
     return _lstm_in_bf16_natively(ref, x)
 
 
-def _lstm_in_bf16_natively(ref, x):
+def _lstm_in_bf16_natively(ref, x, hx=None):
     import copy
 
+    bf16 = lambda t: t.to(torch.bfloat16)  # noqa: E731
     with torch.backends.mkldnn.flags(enabled=False):
-        return copy.deepcopy(ref).to(torch.bfloat16)(x.to(torch.bfloat16))
+        m = copy.deepcopy(ref).to(torch.bfloat16)
+        return m(bf16(x)) if hx is None else m(bf16(x), tuple(map(bf16, hx)))
 
 
 def test_the_bf16_stand_in_for_onednn_lstm_agrees_with_it():
@@ -147,6 +149,35 @@ def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype, onednn):
             assert_close(g, w, torch.float64)
         else:
             assert_close(g.double(), w.double(), torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_cell", "lstm_cell", "rnn", "lstm"])
+@pytest.mark.parametrize("x_dtype, state_dtype", [(torch.bfloat16, None), (torch.bfloat16, torch.float32),
+                                                  (torch.float16, None), (torch.float32, torch.bfloat16)],
+                         ids=["bf16", "bf16-fp32state", "fp16", "fp32-bf16state"])
+def test_cpu_autocast_input_of_another_dtype_than_the_weights_as_nn(kind, x_dtype, state_dtype):
+    """An fp32 module under CPU autocast fed a bf16 input (what an autocast Linear or conv returns), or a state
+    of another dtype: nn's dtypes and values (the GRUs and LSTMCell promote the autocast dtype with the
+    state's)."""
+    ref, ours = _pair(kind, torch.float32, "reference")
+    cell = kind.endswith("cell")
+    x = rand(*((4, 3) if cell else (6, 3, 3)), dtype=torch.float32, device=CPU).to(x_dtype)
+    args = (x,)
+    if state_dtype is not None:
+        h = rand(*((4, 5) if cell else (4, 3, 5)), dtype=torch.float32, device=CPU).to(state_dtype)
+        args = (x, (h, h.clone()) if "lstm" in kind else h)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = ref(*args)
+    except RuntimeError as e:  # this CPU's oneDNN has no bf16 LSTM: nn.LSTM computes in bf16 elsewhere
+        if "primitive descriptor" not in str(e):
+            raise
+        want = _lstm_in_bf16_natively(ref, *args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ours(*args)
+    assert _dtypes(got) == _dtypes(want)
+    for g, w in zip(_flat(got), _flat(want)):
+        assert_close(g.double(), w.double(), torch.bfloat16)
 
 
 def test_autocast_keeps_float64_on_the_triton_backend():
