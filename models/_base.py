@@ -167,7 +167,9 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, input, hx=None):
         """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
-        self._update_flat_weights()
+        # nn's _flat_weights are unread here; refreshing them under torch.export warns of an attribute assignment
+        if not torch.compiler.is_compiling():
+            self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, hx, packed, compiling)

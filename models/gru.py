@@ -9,7 +9,7 @@ from ..kernels.reference import gru_layer_ref
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._cell import cell_forward
-from ._export import NoScript
+from ._export import NoScript, standard_layer, use_standard_op
 
 
 def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
@@ -18,6 +18,8 @@ def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
+            return standard_layer("GRU", x, h0, None, weights, has_bias)
         y, h_n = gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
         return y, h_n, None
     check_triton_dtype(x.dtype)

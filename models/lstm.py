@@ -16,7 +16,7 @@ from ._base import (
     resolve_backend,
 )
 from ._cell import cell_forward
-from ._export import NoScript
+from ._export import NoScript, standard_layer, use_standard_op
 
 
 def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
@@ -26,6 +26,8 @@ def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, stra
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     w_hr = weights[-1] if proj else None
     if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
+        if use_standard_op(lengths, proj):  # tracing: one node for any length (models/_export.py)
+            return standard_layer("LSTM", x, h0, c0, weights, has_bias)
         return lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)

@@ -1,6 +1,7 @@
 """Drop-in behaviour in real programs: constructor errors as torch.nn's, whole-model checkpoints loaded with
 ``weights_only=True``, autocast following torch's casting rules, and the public ``fusedrnn`` import name."""
 import io
+import warnings
 
 import pytest
 import torch
@@ -331,7 +332,10 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     with torch.no_grad():
         want = _flat(m(x))
     path = tmp_path / "m.onnx"
-    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    assert not [w for w in caught if "_flat_weights" in str(w.message)]  # nn's bookkeeping, not refreshed
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x2 = rand(*shape, dtype=torch.float32)  # fresh values: nothing of the first input baked in
     got = sess.run(None, {sess.get_inputs()[0].name: x2.cpu().numpy()})
@@ -340,6 +344,41 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert_close(torch.from_numpy(g), w.cpu(), torch.float32)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("make, op", [
+    pytest.param(lambda: LSTM(3, 4, num_layers=2, bidirectional=True), "LSTM", id="lstm"),
+    pytest.param(lambda: GRU(3, 4, batch_first=True), "GRU", id="gru"),
+    pytest.param(lambda: RNN(3, 4, nonlinearity="relu"), "RNN", id="rnn-relu"),
+])
+def test_trace_and_onnx_of_the_cpu_reference_path_replay_at_another_length(make, op, tmp_path):
+    """On CPU "auto" is the reference, whose Python time loop a trace would unroll: under tracing it calls
+    torch's op of the same function instead, so a trace made at T = 3 replays at T = 5 (values and gradients),
+    and the TorchScript ONNX export holds one ONNX LSTM / GRU / RNN node that onnxruntime runs at T = 5."""
+    torch.manual_seed(0)
+    m = make()
+    shape = lambda T: (2, T, 3) if m.batch_first else (T, 2, 3)  # noqa: E731
+    x3 = rand(*shape(3), dtype=torch.float32, device=CPU)
+    x5 = rand(*shape(5), dtype=torch.float32, device=CPU).requires_grad_(True)
+    traced = torch.jit.trace(m, (x3,))
+    for f in (traced, m):
+        out = f(x5)[0]
+        grads = torch.autograd.grad((out * out).sum(), [x5, *m.parameters()])
+        if f is traced:
+            want = [out, *grads]
+    for g, w in zip([out, *grads], want):
+        assert_close(w, g, torch.float32)
+
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(m, (x3,), path, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {1 if m.batch_first else 0: "T"}})
+    assert op in {n.op_type for n in onnx.load(path).graph.node}
+    x5 = x5.detach()
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x5.numpy()})[0]
+    assert_close(torch.from_numpy(got), m(x5)[0].detach(), torch.float32)
 
 
 @pytest.mark.parametrize("grad_at_trace", [True, False], ids=["traced-with-grad", "traced-under-no_grad"])
