@@ -2,10 +2,11 @@
 
 Public API::
 
-    from fusedrnn import LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
+    from fusedrnn import LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, unswap_rnns, clear_cuda_graphs
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
-``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
+``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
+``unswap_rnns(model)`` back.
 Subpackages: ``fusedrnn.models`` (the modules and autograd ops), ``fusedrnn.kernels`` (Triton kernels and
 pure-PyTorch references), ``fusedrnn.experiments`` (sweeps and plots). ``fusedrnn`` is the only top-level name
 an installed copy adds, so a program's own ``models`` package does not collide with ours.
@@ -26,7 +27,8 @@ from .models import (  # noqa: E402
     UseGateLSTM,
     clear_cuda_graphs,
     swap_rnns,
+    unswap_rnns,
 )
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-           "clear_cuda_graphs"]
+           "unswap_rnns", "clear_cuda_graphs"]
