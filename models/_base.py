@@ -53,6 +53,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "reference"  # standard ops, which ONNX has; the fused ops have no ONNX translation
     if backend == "auto":
         return "triton" if device.type == "cuda" else "reference"
+    if backend == "triton" and device.type != "cuda":
+        from ..kernels._common import interpreting
+
+        if not interpreting():
+            raise RuntimeError(
+                f"fusedrnn backend='triton' on {device.type} tensors needs Triton's interpreter: set "
+                "TRITON_INTERPRET=1 before importing fusedrnn (importing it sets it where no GPU is visible and "
+                "the variable is unset), or use backend='auto' or 'reference'")
     return backend
 
 
