@@ -283,6 +283,8 @@ def test_inplace_change_of_the_output_raises_in_backward():
     assert "modified by an" in differences and "cuDNN" in differences
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs the persistent kernel at any H; on a GPU "
+                    "this H = 4 falls back to per_step")
 def test_inplace_change_of_a_persistent_output_raises_the_readme_message():
     """With strategy "persistent" the output is a view of the kernel's state buffer: the in-place op itself
     raises, with the message the README quotes for it."""
@@ -291,8 +293,8 @@ def test_inplace_change_of_a_persistent_output_raises_the_readme_message():
     from models import GRU
 
     torch.manual_seed(0)
-    m = GRU(3, 4, backend="triton", strategy="persistent").to(DEVICE)
-    out, _ = m(x3(2, 2, 3).requires_grad_(True))
+    m = GRU(3, 4, backend="triton", strategy="persistent")
+    out, _ = m(torch.randn(2, 2, 3, requires_grad=True))
     with pytest.raises(RuntimeError, match="is a view and is being modified inplace") as e:
         out += 1.0
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
