@@ -232,8 +232,10 @@ def _check_not_interpreted(entry: dict, module_name: str):
     if type(fn).__name__ == "InterpretedFunction" or not hasattr(fn, "params"):
         raise SystemExit(
             f"compile_check: {module_name}.{_entry_name(entry)} was decorated by Triton's interpreter "
-            "(TRITON_INTERPRET=1 was set when the module was imported). Run the check in a fresh process "
-            "without TRITON_INTERPRET: `env -u TRITON_INTERPRET python -m experiments.compile_check`."
+            "(TRITON_INTERPRET=1 was set when the module was imported; importing fusedrnn sets it where no GPU is "
+            "visible and it is unset). Run the check in a fresh process with the interpreter off: "
+            "`TRITON_INTERPRET=0 python -m experiments.compile_check` (installed: "
+            "`-m fusedrnn.experiments.compile_check`)."
         )
 
 

@@ -816,6 +816,13 @@ def main(argv=None) -> int:
         for path in plot(out):
             print(path)
         return 0
+    if "digits" in a.tasks.split(","):
+        try:
+            import sklearn.datasets  # noqa: F401  (the digits data set ships with scikit-learn)
+        except ImportError:
+            print("error: the digits task needs scikit-learn: pip install scikit-learn (or the study extra, "
+                  "pip install 'fusedrnn[study]'), or leave it out: --tasks adding,copy", file=sys.stderr)
+            return 2
     if a.fresh:
         gone = clear_study(out)
         if gone:

@@ -1,7 +1,8 @@
 """fusedrnn modules: drop-in replacements for torch.nn's recurrent modules on fused Triton kernels.
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
-``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
+``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
+``unswap_rnns(model)`` back.
 ``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell.
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
 No GPU has run the kernels yet: on CUDA the first call of each configuration compares them with the reference and
@@ -25,11 +26,12 @@ else:
     from .gru import GRU, GRUCell
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
-    from .swap import swap_rnns
+    from .swap import swap_rnns, unswap_rnns
     from .usegate import UseGateLSTM
 
     # whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
     torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning", "SelfCheckError"]
+               "unswap_rnns", "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning",
+               "SelfCheckError"]

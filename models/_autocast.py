@@ -7,14 +7,16 @@ Per device type, for an eligible input:
 - CUDA: ``nn.LSTM`` / ``nn.RNN`` (padded or packed: cuDNN's RNN is autocast to the lower precision) and the
   cells (``lstm_cell``, ``rnn_tanh_cell``, ``rnn_relu_cell`` are on the lower-precision list) run in the
   autocast dtype and return it for every output.
-- CPU: ``nn.LSTM`` on padded input runs oneDNN's LSTM when oneDNN is available and enabled
-  (``torch.backends.mkldnn``); that LSTM is on the lower-precision list: everything in the autocast dtype. With
-  oneDNN disabled, and on a PackedSequence, it is not cast at all. With ``proj_size`` (padded or packed) it is
-  composed of ``linear`` ops (lower precision) and a cell state kept in the input's dtype: output and h_n come out
-  in the autocast dtype, c_n in the input's dtype. ``nn.RNN`` and ``nn.RNNCell`` are composed of ``linear``: autocast
-  dtype. ``nn.LSTMCell``'s state update meets the input-dtype cell state: both outputs in the input's dtype
-  (the fused LSTMCell computes in that dtype). ``nn.GRU`` (padded or packed) and ``nn.GRUCell`` are not cast:
-  every output in the input's dtype.
+- CPU: ``nn.RNN`` and ``nn.RNNCell`` are composed of ``linear``: autocast dtype. ``nn.GRU`` (padded or packed),
+  ``nn.GRUCell`` and ``nn.LSTMCell`` are composed of ``linear`` (autocast dtype) and a state update that meets
+  the state (h; the LSTMCell's c; without ``hx``, zeros of the input's dtype): every output in
+  ``promote_types(autocast dtype, that state's dtype)``, e.g. bf16 for a bf16 input (what an autocast ``Linear``
+  returns), fp32 for an fp32 input or state; the fused modules compute in that dtype. ``nn.LSTM`` on padded fp32
+  input runs oneDNN's LSTM when oneDNN is available and enabled (``torch.backends.mkldnn``),
+  which is on the lower-precision list: everything in the autocast dtype; otherwise (oneDNN off, a
+  PackedSequence, another input dtype) it is composed as the GRU, the state met being c. With ``proj_size`` (padded or
+  packed) it is composed of ``linear`` ops and a cell state kept in the input's dtype: output and h_n in the
+  autocast dtype, c_n in the input's dtype.
 
 The fused modules compute in ``run`` (None: no cast, autocast off inside) and cast their outputs to ``h``
 (output and h_n) and ``c`` (c_n).
@@ -41,9 +43,10 @@ def autocast_eligible(dtype: torch.dtype) -> bool:
 
 
 def autocast_plan(kind: str, device: torch.device, dtype: torch.dtype, *, packed: bool = False,
-                  proj: bool = False) -> Optional[AutocastPlan]:
+                  proj: bool = False, state_dtype: Optional[torch.dtype] = None) -> Optional[AutocastPlan]:
     """None when autocast is off for ``device``'s type; else the plan for a module of ``kind`` ("lstm",
-    "rnn", "gru", "lstm_cell", "rnn_cell", "gru_cell") given an input of ``dtype``."""
+    "rnn", "gru", "lstm_cell", "rnn_cell", "gru_cell") given an input of ``dtype``. ``state_dtype``: the dtype
+    of the state the update meets (GRU, GRUCell: h_0; LSTM, LSTMCell: c_0), None for the input's."""
     if not torch.is_autocast_enabled(device.type):
         return None
     if not autocast_eligible(dtype):
@@ -51,11 +54,13 @@ def autocast_plan(kind: str, device: torch.device, dtype: torch.dtype, *, packed
     ac = torch.get_autocast_dtype(device.type)
     if device.type != "cpu" or kind in ("rnn", "rnn_cell"):
         return AutocastPlan(ac, ac, ac)
-    if kind in ("lstm_cell", "gru", "gru_cell"):
-        return NO_CAST  # nn's outputs come out in the input's dtype; the fused module computes in it
-    if proj:
+    state = dtype if state_dtype is None else state_dtype
+    if kind == "lstm" and proj:
         return AutocastPlan(ac, ac, dtype)
-    return AutocastPlan(ac, ac, ac) if not packed and onednn_enabled() else NO_CAST
+    if kind == "lstm" and not packed and onednn_enabled() and dtype == torch.float32:
+        return AutocastPlan(ac, ac, ac)  # oneDNN's LSTM
+    out = torch.promote_types(ac, state)  # linear ops in ac meet the state
+    return AutocastPlan(out, out, out)
 
 
 def onednn_enabled() -> bool:

@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..kernels.lstm import STRATEGIES
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
-from ._packed import batch_from_shapes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
+from ._packed import batch_from_shapes, check_batch_sizes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
 
 BACKENDS = ("auto", "triton", "reference")
 # every strategy, as the LSTM's kernels define them; cells without a persistent kernel (RNN, use-gate LSTM)
@@ -53,6 +53,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "reference"  # standard ops, which ONNX has; the fused ops have no ONNX translation
     if backend == "auto":
         return "triton" if device.type == "cuda" else "reference"
+    if backend == "triton" and device.type != "cuda":
+        from ..kernels._common import interpreting
+
+        if not interpreting():
+            raise RuntimeError(
+                f"fusedrnn backend='triton' on {device.type} tensors needs Triton's interpreter: set "
+                "TRITON_INTERPRET=1 before importing fusedrnn (importing it sets it where no GPU is visible and "
+                "the variable is unset), or use backend='auto' or 'reference'")
     return backend
 
 
@@ -167,7 +175,9 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, input, hx=None):
         """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
-        self._update_flat_weights()
+        # nn's _flat_weights are unread here; refreshing them under torch.export warns of an attribute assignment
+        if not torch.compiler.is_compiling():
+            self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, hx, packed, compiling)
@@ -177,8 +187,8 @@ class FusedRNNBase(NoScript, nn.RNNBase):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
 
         # autocast: the dtypes torch.nn's module would run in and return (models/_autocast.py)
-        plan = autocast_plan(self._autocast_kind, x.device, x.dtype, packed=packed,
-                             proj=self.proj_size > 0)
+        plan = autocast_plan(self._autocast_kind, x.device, x.dtype, packed=packed, proj=self.proj_size > 0,
+                             state_dtype=(c_all if c_all is not None else h_all).dtype)
         weights_cast = plan.run if plan is not None else None
         if weights_cast is not None:
             x, h_all = x.to(weights_cast), h_all.to(weights_cast)
@@ -206,6 +216,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                 B = batch_from_shapes(sorted_indices, hx, self._has_cell)
                 x, lengths_cpu = unpack_traceable(data, batch_sizes, B)
                 return x, lengths_cpu, (x.transpose(0, 1) if self.batch_first else x), None, True
+            check_batch_sizes(batch_sizes)
             x, lengths_cpu = pad_packed_sequence(PackedSequence(data, batch_sizes), batch_first=False)
             return x, lengths_cpu, data, batch_sizes, True
         if input.dim() not in (2, 3):

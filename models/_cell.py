@@ -18,8 +18,8 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str):
     "rnn_cell", "gru_cell"). Returns the tuple (LSTMCell) or its only element (RNNCell, GRUCell)."""
     if input.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-    states = _given_states(name, hx, n_states)
     is_batched = input.dim() == 2
+    states = _given_states(name, hx, n_states, is_batched)
     if not is_batched:
         input = input.unsqueeze(0)
     if input.shape[1] != cell.input_size:
@@ -28,7 +28,7 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str):
         )
     states = _batched_states(cell, name, input, states, n_states, is_batched)
     weights = [cell.weight_ih, cell.weight_hh] + ([cell.bias_ih, cell.bias_hh] if cell.bias else [])
-    plan = autocast_plan(kind, input.device, input.dtype)
+    plan = autocast_plan(kind, input.device, input.dtype, state_dtype=states[-1].dtype)  # h; LSTMCell: c
     ac = plan is not None
     if ac and plan.run is not None:
         input = input.to(plan.run)
@@ -45,23 +45,34 @@ def cell_forward(cell, name: str, input, hx, n_states: int, step, kind: str):
     return out if n_states > 1 else out[0]
 
 
-def _given_states(name: str, hx, n_states: int):
-    """``hx`` as a tuple of ``n_states`` tensors of 1 or 2 dimensions (None without ``hx``), checked with the
-    exception types torch.nn's cells raise."""
+def _given_states(name: str, hx, n_states: int, is_batched: bool):
+    """``hx`` as a tuple of ``n_states`` tensors of 1 or 2 dimensions (None without ``hx``), read and checked
+    as torch.nn's cells do, with their exception types."""
     if hx is None:
         return None
-    if n_states > 1:
-        # torch.nn.LSTMCell: a tuple (or list) of exactly two tensors
+    if n_states == 1:
+        states = (hx,)
+    elif not is_batched:
+        # torch.nn.LSTMCell on unbatched input checks every element of hx, then reads hx[0] and hx[1]: one
+        # (2, H) tensor works too
+        for i, s in enumerate(hx):
+            _check_state_dim(name, f"hx[{i}]", s)
+        return hx[0], hx[1]
+    else:
+        # batched, torch.nn.LSTMCell takes a tuple (or list) of exactly two tensors
         if not isinstance(hx, (tuple, list)):
             raise TypeError(f"{name}: hx must be a tuple of Tensors (h_0, c_0), not {type(hx).__name__}")
         if len(hx) != n_states:
             raise RuntimeError(f"{name} expects two hidden states (h_0, c_0), got {len(hx)}")
-    states = tuple(hx) if n_states > 1 else (hx,)
+        states = tuple(hx)
     for i, s in enumerate(states):
-        if s.dim() not in (1, 2):
-            what = f"hx[{i}]" if n_states > 1 else "hidden"
-            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
+        _check_state_dim(name, f"hx[{i}]" if n_states > 1 else "hidden", s)
     return states
+
+
+def _check_state_dim(name: str, what: str, s) -> None:
+    if s.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {s.dim()}D instead")
 
 
 def _batched_states(cell, name: str, input, states, n_states: int, is_batched: bool):

@@ -28,6 +28,14 @@ def dropout_packed_rows(x: Tensor, rows: Tensor, p: float) -> Tensor:
     return flat.index_copy(0, rows, dropped).view(T, B, feat)
 
 
+def check_batch_sizes(batch_sizes: Tensor) -> None:
+    """ValueError unless ``batch_sizes`` (on the CPU) is what ``pack_padded_sequence`` / ``pack_sequence`` make:
+    positive and non-increasing. A hand-made PackedSequence with a 0 (or a growing batch) has no padded form."""
+    if bool((batch_sizes <= 0).any()) or bool((batch_sizes[1:] > batch_sizes[:-1]).any()):
+        raise ValueError(f"PackedSequence batch_sizes must be positive and non-increasing, as pack_padded_sequence "
+                         f"and pack_sequence make them; got {batch_sizes.tolist()}")
+
+
 def lengths_of(batch_sizes: Tensor, B) -> Tensor:
     """Length of each of the B sequences of a PackedSequence: the number of steps t with batch_sizes[t] > b."""
     b = torch.arange(B, device=batch_sizes.device).unsqueeze(1)

@@ -13,7 +13,7 @@ from ..kernels.reference import gru_layer_ref
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._cell import cell_forward
-from ._export import NoScript
+from ._export import NoScript, standard_layer, use_standard_op
 from ._selfcheck import fused_ok
 
 
@@ -25,6 +25,8 @@ def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok("GRU", run_gru_layer, (x, h0, weights, lengths), flags)):
+        if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
+            return standard_layer("GRU", x, h0, None, weights, has_bias)
         y, h_n = gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
         return y, h_n, None
     check_triton_dtype(x.dtype)

@@ -20,7 +20,7 @@ from ._base import (
     resolve_backend,
 )
 from ._cell import cell_forward
-from ._export import NoScript
+from ._export import NoScript, standard_layer, use_standard_op
 from ._selfcheck import fused_ok
 
 
@@ -33,6 +33,8 @@ def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, stra
     flags = dict(has_bias=has_bias, proj=proj, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok("LSTM", run_lstm_layer, (x, h0, c0, weights, lengths), flags)):
+        if use_standard_op(lengths, proj):  # tracing: one node for any length (models/_export.py)
+            return standard_layer("LSTM", x, h0, c0, weights, has_bias)
         return lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)

@@ -1,4 +1,5 @@
-"""Replace torch.nn recurrent modules inside a user's model by the fused ones, changing nothing but the kernels.
+"""Replace torch.nn recurrent modules inside a user's model by the fused ones, changing nothing but the kernels
+(``swap_rnns``), and back (``unswap_rnns``).
 
 The new module is built on the meta device (no initialisation, no draw from any RNG), then takes over the old
 module's own Parameter objects, buffers, hooks and extra attributes, so that tied weights, optimizers and
@@ -15,30 +16,24 @@ from .gru import GRU, GRUCell
 from .lstm import LSTM, LSTMCell
 from .rnn import RNN, RNNCell
 
-
-def _config(m: nn.Module) -> tuple[type, dict]:
-    if type(m) is nn.LSTM:
-        return LSTM, dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                          bias=m.bias, batch_first=m.batch_first, dropout=m.dropout,
-                          bidirectional=m.bidirectional, proj_size=m.proj_size)
-    if type(m) is nn.RNN:
-        return RNN, dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                         nonlinearity=m.nonlinearity, bias=m.bias, batch_first=m.batch_first,
-                         dropout=m.dropout, bidirectional=m.bidirectional)
-    if type(m) is nn.GRU:
-        return GRU, dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers,
-                         bias=m.bias, batch_first=m.batch_first, dropout=m.dropout, bidirectional=m.bidirectional)
-    if type(m) is nn.GRUCell:
-        return GRUCell, dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
-    if type(m) is nn.LSTMCell:
-        return LSTMCell, dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
-    if type(m) is nn.RNNCell:
-        return RNNCell, dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias,
-                             nonlinearity=m.nonlinearity)
-    raise TypeError(type(m).__name__)
+_FUSED_OF = {nn.LSTM: LSTM, nn.RNN: RNN, nn.GRU: GRU, nn.LSTMCell: LSTMCell, nn.RNNCell: RNNCell, nn.GRUCell: GRUCell}
+_NN_OF = {fused: torch_nn for torch_nn, fused in _FUSED_OF.items()}
 
 
-SWAPPABLE = (nn.LSTM, nn.RNN, nn.GRU, nn.LSTMCell, nn.RNNCell, nn.GRUCell)
+def _config(m: nn.Module) -> dict:
+    """The constructor arguments of a recurrent module of ``_FUSED_OF`` or ``_NN_OF`` (the same in both)."""
+    cfg = dict(input_size=m.input_size, hidden_size=m.hidden_size, bias=m.bias)
+    if isinstance(m, nn.RNNBase):
+        cfg.update(num_layers=m.num_layers, batch_first=m.batch_first, dropout=m.dropout,
+                   bidirectional=m.bidirectional)
+        if m.mode == "LSTM":
+            cfg["proj_size"] = m.proj_size
+    if type(m) in (nn.RNN, RNN, nn.RNNCell, RNNCell):
+        cfg["nonlinearity"] = m.nonlinearity
+    return cfg
+
+
+SWAPPABLE = tuple(_FUSED_OF)
 # nn.Module's per-module hook state: shared with the new module (the same dict objects, so the handles the
 # user holds still remove their hooks)
 _HOOK_DICTS = (
@@ -49,13 +44,18 @@ _HOOK_DICTS = (
 
 
 def _convert(m: nn.Module, backend: str, strategy: str) -> nn.Module:
-    cls, cfg = _config(m)
+    cls = _FUSED_OF[type(m)]
     strat = strategy if strategy in PER_STEP_STRATEGIES or cls in (LSTM, LSTMCell, GRU, GRUCell) else "auto"
     # meta device: the constructor's reset_parameters() allocates nothing and draws no random number
-    new = cls(**cfg, device="meta", backend=backend, strategy=strat)
+    return _take_over(m, cls(**_config(m), device="meta", backend=backend, strategy=strat))
+
+
+def _take_over(m: nn.Module, new: nn.Module, skip=()) -> nn.Module:
+    """``new`` (built on the meta device) with ``m``'s Parameter objects, buffers, submodules, hooks, mode and
+    the attributes set on ``m`` that ``new`` lacks, except those named in ``skip``."""
     if list(new._parameters) != list(m._parameters):
         raise RuntimeError(f"swap_rnns: parameters of {type(m).__name__} ({list(m._parameters)}) do not match "
-                           f"{cls.__name__}'s ({list(new._parameters)})")
+                           f"{type(new).__name__}'s ({list(new._parameters)})")
     new._parameters = m._parameters  # the same Parameter objects, in the same order
     new._buffers = m._buffers
     new._non_persistent_buffers_set = m._non_persistent_buffers_set
@@ -65,12 +65,34 @@ def _convert(m: nn.Module, backend: str, strategy: str) -> nn.Module:
             setattr(new, name, m.__dict__[name])
     # attributes the user set on the old module (nn's own are the same in both)
     for name, value in m.__dict__.items():
-        if name not in new.__dict__:
+        if name not in new.__dict__ and name not in skip:
             new.__dict__[name] = value
     new.training = m.training
     if isinstance(new, nn.RNNBase):
         new._init_flat_weights()
     return new
+
+
+def _replace_all(model: nn.Module, convert, own: tuple, leave: tuple, why) -> nn.Module:
+    """Replace, in place, every module of a type in ``own`` inside ``model`` (itself included) by
+    ``convert(module)``, one replacement per module object; warn once about each other instance of ``leave``
+    (``why(full name, module)``: the warning)."""
+    if type(model) in own:
+        return convert(model)
+    done: dict[int, nn.Module] = {}  # id(old module) -> its replacement, for modules used more than once
+    warned: set[int] = set()
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if type(child) in own:
+                if id(child) not in done:
+                    done[id(child)] = convert(child)
+                parent._modules[name] = done[id(child)]
+            elif isinstance(child, leave) and id(child) not in warned:
+                warned.add(id(child))
+                warnings.warn(why(f"{parent_name}.{name}" if parent_name else name, child), stacklevel=3)
+    return model
 
 
 def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -> nn.Module:
@@ -99,23 +121,26 @@ def swap_rnns(model: nn.Module, backend: str = "auto", strategy: str = "auto") -
     """
 
     check_backend(backend, strategy, STRATEGIES)
-    if type(model) in SWAPPABLE:
-        return _convert(model, backend, strategy)
-    done: dict[int, nn.Module] = {}  # id(old module) -> its replacement, for modules used more than once
-    warned: set[int] = set()
-    for parent_name, parent in list(model.named_modules()):
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) in SWAPPABLE:
-                if id(child) not in done:
-                    done[id(child)] = _convert(child, backend, strategy)
-                parent._modules[name] = done[id(child)]
-            elif id(child) in warned:
-                continue
-            elif isinstance(child, SWAPPABLE) and not isinstance(child, (LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell)):
-                warned.add(id(child))
-                warnings.warn(f"swap_rnns: {full} is a subclass of {type(child).__mro__[1].__name__}; "
-                              "left as it is (its forward may differ)", stacklevel=2)
-    return model
+    return _replace_all(model, lambda m: _convert(m, backend, strategy), SWAPPABLE, SWAPPABLE,
+                        lambda full, m: f"swap_rnns: {full} is a subclass of {type(m).__mro__[1].__name__}; left "
+                                        "as it is (its forward may differ)")
+
+
+def unswap_rnns(model: nn.Module) -> nn.Module:
+    """Undo ``swap_rnns``: replace, in place, every ``fusedrnn.LSTM`` / ``RNN`` / ``GRU`` / ``LSTMCell`` /
+    ``RNNCell`` / ``GRUCell`` inside ``model`` (the model itself included) by the torch.nn module of the same
+    configuration, holding the same Parameter objects, buffers, hooks, mode and user attributes (not
+    ``backend`` / ``strategy``). For a whole-model checkpoint (``torch.save(model)``) or an export that must
+    load or run where fusedrnn is not installed; ``swap_rnns`` swaps back. ``UseGateLSTM`` has no torch.nn
+    counterpart: it is left as it is, with a warning.
+
+    Returns the model (a new module when ``model`` itself was one of ours; otherwise the same object).
+    """
+    from .usegate import UseGateLSTM
+
+    def convert(m):
+        return _take_over(m, _NN_OF[type(m)](**_config(m), device="meta"), skip=("backend", "strategy"))
+
+    return _replace_all(model, convert, tuple(_NN_OF), (UseGateLSTM,),
+                        lambda full, m: f"unswap_rnns: {full} is a UseGateLSTM, which has no torch.nn counterpart; "
+                                        "left as it is")

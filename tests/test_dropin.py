@@ -1,6 +1,7 @@
 """Drop-in behaviour in real programs: constructor errors as torch.nn's, whole-model checkpoints loaded with
 ``weights_only=True``, autocast following torch's casting rules, and the public ``fusedrnn`` import name."""
 import io
+import warnings
 
 import pytest
 import torch
@@ -100,11 +101,13 @@ def _nn_under_cpu_autocast(ref, x):
     return _lstm_in_bf16_natively(ref, x)
 
 
-def _lstm_in_bf16_natively(ref, x):
+def _lstm_in_bf16_natively(ref, x, hx=None):
     import copy
 
+    bf16 = lambda t: t.to(torch.bfloat16)  # noqa: E731
     with torch.backends.mkldnn.flags(enabled=False):
-        return copy.deepcopy(ref).to(torch.bfloat16)(x.to(torch.bfloat16))
+        m = copy.deepcopy(ref).to(torch.bfloat16)
+        return m(bf16(x)) if hx is None else m(bf16(x), tuple(map(bf16, hx)))
 
 
 def test_the_bf16_stand_in_for_onednn_lstm_agrees_with_it():
@@ -147,6 +150,35 @@ def test_cpu_autocast_dtypes_and_values_as_nn(kind, kw, packed, dtype, onednn):
             assert_close(g, w, torch.float64)
         else:
             assert_close(g.double(), w.double(), torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["gru", "gru_cell", "lstm_cell", "rnn", "lstm"])
+@pytest.mark.parametrize("x_dtype, state_dtype", [(torch.bfloat16, None), (torch.bfloat16, torch.float32),
+                                                  (torch.float16, None), (torch.float32, torch.bfloat16)],
+                         ids=["bf16", "bf16-fp32state", "fp16", "fp32-bf16state"])
+def test_cpu_autocast_input_of_another_dtype_than_the_weights_as_nn(kind, x_dtype, state_dtype):
+    """An fp32 module under CPU autocast fed a bf16 input (what an autocast Linear or conv returns), or a state
+    of another dtype: nn's dtypes and values (the GRUs and LSTMCell promote the autocast dtype with the
+    state's)."""
+    ref, ours = _pair(kind, torch.float32, "reference")
+    cell = kind.endswith("cell")
+    x = rand(*((4, 3) if cell else (6, 3, 3)), dtype=torch.float32, device=CPU).to(x_dtype)
+    args = (x,)
+    if state_dtype is not None:
+        h = rand(*((4, 5) if cell else (4, 3, 5)), dtype=torch.float32, device=CPU).to(state_dtype)
+        args = (x, (h, h.clone()) if "lstm" in kind else h)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = ref(*args)
+    except RuntimeError as e:  # this CPU's oneDNN has no bf16 LSTM: nn.LSTM computes in bf16 elsewhere
+        if "primitive descriptor" not in str(e):
+            raise
+        want = _lstm_in_bf16_natively(ref, *args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ours(*args)
+    assert _dtypes(got) == _dtypes(want)
+    for g, w in zip(_flat(got), _flat(want)):
+        assert_close(g.double(), w.double(), torch.bfloat16)
 
 
 def test_autocast_keeps_float64_on_the_triton_backend():
@@ -300,7 +332,10 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     with torch.no_grad():
         want = _flat(m(x))
     path = tmp_path / "m.onnx"
-    torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.onnx.export(m, (x,), str(path), dynamo=True, verbose=False)
+    assert not [w for w in caught if "_flat_weights" in str(w.message)]  # nn's bookkeeping, not refreshed
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x2 = rand(*shape, dtype=torch.float32)  # fresh values: nothing of the first input baked in
     got = sess.run(None, {sess.get_inputs()[0].name: x2.cpu().numpy()})
@@ -309,6 +344,41 @@ def test_onnx_export_runs_in_onnxruntime(make, shape, tmp_path):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert_close(torch.from_numpy(g), w.cpu(), torch.float32)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+@pytest.mark.parametrize("make, op", [
+    pytest.param(lambda: LSTM(3, 4, num_layers=2, bidirectional=True), "LSTM", id="lstm"),
+    pytest.param(lambda: GRU(3, 4, batch_first=True), "GRU", id="gru"),
+    pytest.param(lambda: RNN(3, 4, nonlinearity="relu"), "RNN", id="rnn-relu"),
+])
+def test_trace_and_onnx_of_the_cpu_reference_path_replay_at_another_length(make, op, tmp_path):
+    """On CPU "auto" is the reference, whose Python time loop a trace would unroll: under tracing it calls
+    torch's op of the same function instead, so a trace made at T = 3 replays at T = 5 (values and gradients),
+    and the TorchScript ONNX export holds one ONNX LSTM / GRU / RNN node that onnxruntime runs at T = 5."""
+    torch.manual_seed(0)
+    m = make()
+    shape = lambda T: (2, T, 3) if m.batch_first else (T, 2, 3)  # noqa: E731
+    x3 = rand(*shape(3), dtype=torch.float32, device=CPU)
+    x5 = rand(*shape(5), dtype=torch.float32, device=CPU).requires_grad_(True)
+    traced = torch.jit.trace(m, (x3,))
+    for f in (traced, m):
+        out = f(x5)[0]
+        grads = torch.autograd.grad((out * out).sum(), [x5, *m.parameters()])
+        if f is traced:
+            want = [out, *grads]
+    for g, w in zip([out, *grads], want):
+        assert_close(w, g, torch.float32)
+
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "m.onnx")
+    torch.onnx.export(m, (x3,), path, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {1 if m.batch_first else 0: "T"}})
+    assert op in {n.op_type for n in onnx.load(path).graph.node}
+    x5 = x5.detach()
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x5.numpy()})[0]
+    assert_close(torch.from_numpy(got), m(x5)[0].detach(), torch.float32)
 
 
 @pytest.mark.parametrize("grad_at_trace", [True, False], ids=["traced-with-grad", "traced-under-no_grad"])

@@ -160,6 +160,33 @@ def test_lstmcell_hx_must_be_a_pair():
     assert h1.shape == c1.shape == (2, 4)
 
 
+def test_unbatched_lstmcell_reads_hx0_and_hx1_like_nn():
+    """Unbatched, torch.nn.LSTMCell indexes hx[0] and hx[1] of whatever it is given: one (2, H) tensor, a
+    list of three."""
+    ref, ours = _cells("lstm")
+    x = x3(3)
+    for hx in (x3(2, 4), x3(3, 4), [x3(4), x3(4), x3(4)]):
+        for a, b in zip(ours(x, hx), ref(x, hx)):
+            torch.testing.assert_close(a, b)
+    assert isinstance(_same_error(ref, ours, x, x3(1, 4)), IndexError)
+    assert isinstance(_same_error(ref, ours, x, x3(4), match="hx\\[0\\]"), ValueError)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("batch_sizes", [[2, 0], [1, 2]])
+def test_hand_made_packed_sequence_with_impossible_batch_sizes_is_refused(kind, batch_sizes):
+    """pack_* never makes a zero or a growing batch size; torch.nn runs such input to another result than a
+    padded reading of it would give, so it is refused, naming batch_sizes."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    from models import GRU
+
+    m = LSTM(3, 4) if kind == "lstm" else GRU(3, 4)
+    packed = PackedSequence(torch.randn(sum(batch_sizes), 3), torch.tensor(batch_sizes))
+    with pytest.raises(ValueError, match="batch_sizes must be positive and non-increasing"):
+        m(packed)
+
+
 def test_lstm_hx_not_a_pair_like_nn():
     ref, ours = _pair("lstm")
     x, h0 = x3(5, 2, 3), x3(1, 2, 4)
@@ -254,3 +281,22 @@ def test_inplace_change_of_the_output_raises_in_backward():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     differences = readme[readme.index("### Differences from torch.nn"):readme.index("## How it works")]
     assert "modified by an" in differences and "cuDNN" in differences
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs the persistent kernel at any H; on a GPU "
+                    "this H = 4 falls back to per_step")
+def test_inplace_change_of_a_persistent_output_raises_the_readme_message():
+    """With strategy "persistent" the output is a view of the kernel's state buffer: the in-place op itself
+    raises, with the message the README quotes for it."""
+    from pathlib import Path
+
+    from models import GRU
+
+    torch.manual_seed(0)
+    m = GRU(3, 4, backend="triton", strategy="persistent")
+    out, _ = m(torch.randn(2, 2, 3, requires_grad=True))
+    with pytest.raises(RuntimeError, match="is a view and is being modified inplace") as e:
+        out += 1.0
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    differences = readme[readme.index("### Differences from torch.nn"):readme.index("## How it works")]
+    assert "is a view and is being modified inplace" in " ".join(differences.split()), str(e.value)

@@ -197,3 +197,61 @@ def test_hooks_and_mode_move_to_the_new_module():
     calls.clear()
     m[0](x)
     assert calls == [("pre", "LSTM")]
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.GRU(4, 6, num_layers=2, bidirectional=True, dropout=0.3)
+        self.proj = nn.LSTM(12, 5, proj_size=3)
+        self.dec = nn.ModuleList([nn.GRUCell(3, 5), nn.LSTMCell(5, 4), nn.RNNCell(4, 3, nonlinearity="relu")])
+
+    def forward(self, x):
+        y, _ = self.enc(x)
+        y, _ = self.proj(y)
+        h = self.dec[0](y[-1])
+        return self.dec[2](self.dec[1](h)[0])
+
+
+def test_unswap_rnns_gives_back_nn_modules_with_the_same_parameters():
+    """unswap_rnns undoes swap_rnns in place: torch.nn's classes, the same Parameter objects, hooks, mode and
+    user attributes, nn's own output bit for bit; its whole-model pickle names no fusedrnn class."""
+    import io
+
+    from fusedrnn import UseGateLSTM, unswap_rnns
+
+    torch.manual_seed(0)
+    net = Seq2Seq().train()
+    ref = Seq2Seq().train()
+    ref.load_state_dict(net.state_dict())
+    params = [id(p) for p in net.parameters()]
+    net.dec[1].tag = "decoder"
+    calls = []
+    hook = net.enc.register_forward_hook(lambda *a: calls.append(1))
+
+    swap_rnns(net)
+    assert type(net.enc) is models.GRU and type(net.dec[1]) is models.LSTMCell
+    assert unswap_rnns(net) is net
+    assert [type(m) for m in net.modules()] == [type(m) for m in ref.modules()]
+    assert [id(p) for p in net.parameters()] == params
+    assert net.dec[1].tag == "decoder" and not hasattr(net.enc, "backend") and net.enc.training
+    for (k, a), (k2, b) in zip(net.state_dict().items(), ref.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    x = rand(5, 2, 4, dtype=torch.float32, device=torch.device("cpu"))
+    torch.manual_seed(1)
+    got = net(x)
+    torch.manual_seed(1)
+    assert torch.equal(got, ref(x)) and calls == [1]
+    hook.remove()  # the user's handle still works
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    assert b"fusedrnn" not in buf.getvalue()
+    swap_rnns(net)  # and there again
+    assert type(net.proj) is models.LSTM and [id(p) for p in net.parameters()] == params
+
+    lone = swap_rnns(nn.GRU(3, 4))  # the model itself, and a module with no nn counterpart
+    assert type(unswap_rnns(lone)) is nn.GRU
+    holder = nn.Sequential(UseGateLSTM(3, 4))
+    with pytest.warns(UserWarning, match="UseGateLSTM"):
+        unswap_rnns(holder)
+    assert type(holder[0]) is UseGateLSTM
