@@ -557,8 +557,8 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
     """Train every job of the setting (skipping complete ones), append to ``out``/curves.csv and gradnorm.csv,
     then draw the plots and write ``out``/PROVENANCE.md (``command``: the command line it names; kept as it is
     when no job ran). Holds the study's lock (on curves.csv) throughout; with ``fresh`` first deletes the
-    folder's study files (``clear_study``). Damaged records are set aside first (``results.repair_csv``), with a
-    warning on stderr. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path,
+    folder's study files (``clear_study``), saying so on stderr. Damaged records are set aside first
+    (``results.repair_csv``), with a warning on stderr. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path,
     "seconds": wall, "cleared": [names], "todo": number of jobs run}. Raises ValueError when ``out`` holds rows
     of another setting (``stale_rows``), a committed study for ``fresh``, or a damaged header; CsvLocked when
     another study writes ``out``; OSError when a file cannot be written."""
@@ -575,6 +575,8 @@ def _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, c
     """``run_study`` holding the study's lock."""
     curves_csv, grad_csv = os.path.join(out, "curves.csv"), os.path.join(out, "gradnorm.csv")
     cleared = clear_study(out, overwrite_committed) if fresh else []
+    if cleared:
+        print(f"--fresh: deleted {', '.join(cleared)} in {out}", file=sys.stderr)
     for path, schema in ((curves_csv, CURVES), (grad_csv, GRADS)):
         note = repair_csv(path, schema)
         if note:
@@ -926,8 +928,6 @@ def main(argv=None) -> int:
     except OSError as e:  # a read-only folder or CSV, a full disk: the jobs written so far are kept
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
-    if res["cleared"]:
-        print(f"--fresh: deleted {', '.join(res['cleared'])} in {out}", file=sys.stderr)
     print(f"{res['todo']} jobs run; {res['curves']}, {res['gradnorm']}, {len(res['pngs'])} PNGs and "
           f"{res['provenance']} in {res['seconds']:.0f} s")
     return 0

@@ -140,11 +140,10 @@ def test_every_plot_draws_the_spread_over_seeds(tmp_path, monkeypatch):
         for dist in range(3):
             grows.append(dict(model="lstm", task="adding", T=3, seed=seed, phase="init", distance=dist,
                               grad_norm=math.exp(-dist * (seed + 1))))
-    for name, rs, cols in (("curves.csv", rows, list(rows[0])), ("gradnorm.csv", grows, list(grows[0]))):
-        with open(tmp_path / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rs)
+    from experiments.results import append_rows
+
+    append_rows(tmp_path / "curves.csv", rows, tasks.CURVES)  # the other columns empty
+    append_rows(tmp_path / "gradnorm.csv", grows, tasks.GRADS)
     tasks.plot(str(tmp_path))
     assert sorted(figs) == ["curves_adding.png", "final_vs_T.png", "gradnorm.png"]
     for name, (fig, title) in figs.items():
@@ -245,7 +244,8 @@ def test_a_cut_last_line_is_set_aside_and_its_job_trained_again(tmp_path, monkey
     monkeypatch.setattr(tasks, "plot", lambda out: [])
     _small_study(tmp_path)
     curves = tmp_path / "curves.csv"
-    rows = tasks.study_rows(curves)
+    with open(curves, newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {r["seed"] for r in rows} == {"0", "1"}
     data = curves.read_bytes()
     last = data.rstrip(b"\n").rfind(b"\n") + 1
@@ -360,13 +360,14 @@ def test_the_plots_of_a_subset_fit_and_name_only_what_ran(tmp_path, monkeypatch)
         return path
 
     monkeypatch.setattr(tasks, "_save", keep)
-    from experiments.results import append_rows
-
     rows = [dict(model=m, task="adding", T=50, seq_len=50, seed=0, step=step, train_loss=0.1, eval_loss=0.1,
                  eval_metric=0.5, metric_name="accuracy", hidden=64, batch=64, lr=0.01, forget_bias=1.0,
                  backend="auto", dtype="float32", setting="smoke", wall_s=1.0, commit="c80c6c5", torch="2.13",
                  date="2026-12-02 17:12", cpu="x", device="cpu") for m in ("rnn", "lstm") for step in (50, 100)]
-    append_rows(tmp_path / "curves.csv", rows, tasks.CURVES)
+    with open(tmp_path / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
     tasks.plot(str(tmp_path))
     assert sorted(figs) == ["curves_adding.png", "final_vs_T.png"]
     for name, (fig, title) in figs.items():
