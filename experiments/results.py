@@ -329,8 +329,9 @@ def replace_file(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path``'s content by ``data`` atomically: a temporary file beside it is written and fsynced,
     then renamed over it, so a full disk or a crash leaves the old file or the new one, never a mix. The
     file keeps its permission bits. When this process holds ``lock_csv`` on ``path``, the new file is
-    locked before the rename and the lock moves to it (another writer never finds it unlocked)."""
-    p = Path(path)
+    locked before the rename and the lock moves to it (another writer never finds it unlocked). A symbolic
+    link is followed (the file it names is replaced)."""
+    p = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
         try:
@@ -409,15 +410,16 @@ def repair_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
     while side.exists():
         n += 1
         side = p.with_name(f"{p.name}.damaged-{stamp}-{n}")
+    g = side.open("xb")
     try:
-        with side.open("xb") as g:
+        with g:
             for s, e, _, _ in scan.bad:
                 g.write(data[s:e])
             g.flush()
             os.fsync(g.fileno())
     except OSError:
         with suppress(OSError):
-            side.unlink()
+            side.unlink()  # ours (created above), never complete
         raise
     replace_file(p, data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good))
     return (f"{p}: set aside {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); their "
