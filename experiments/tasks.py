@@ -838,7 +838,7 @@ def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("T" + (" (delay)" if task == "copy" else " (sequence length)"))
         ax.set_title(task)
-        ax.set_ylabel("final eval accuracy (mean, bars min-max)")
+        ax.set_ylabel("final eval accuracy" + (" (mean, bars min-max)" if df["seed"].nunique() > 1 else ""))
     axes[0, 0].legend(fontsize=8)
     return _save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}")
 

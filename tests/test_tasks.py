@@ -375,3 +375,4 @@ def test_the_plots_of_a_subset_fit_and_name_only_what_ran(tmp_path, monkeypatch)
         assert "1 seeds" not in title and "one seed" in title and "min-max" not in title, title
         assert "use-gate" not in title and "GRU" not in title, title
         assert "forget-gate bias 1 (LSTM)" in title and "RNN (tanh)" in title, title
+        assert not any("min-max" in ax.get_ylabel() for ax in fig.axes), name
