@@ -24,6 +24,9 @@ in place skips the rows already there (resume), so a second call picks up where 
 
 Without CUDA this is the CPU dry run: a tiny grid (B in {1, 2}, H = 16, T = 4) in Triton's interpreter
 against torch.nn.LSTM on CPU; its rows say device=cpu and are no benchmark.
+
+A row whose first call's outputs or gradients differ from the baseline's beyond the tolerance is a failed row
+(``experiments.sweep``'s check, error ``WrongOutput``); the command then exits 1 (2 for bad arguments).
 """
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ from pathlib import Path  # noqa: E402
 
 from . import backends as bk  # noqa: E402
 from .grids import Config  # noqa: E402
-from .measure import Peaks, measure_peaks  # noqa: E402
-from .results import append_row, baseline_ms, commit_of, job_fields, key_of, provenance, read_rows  # noqa: E402
+from .measure import Peaks, cpu_peaks, measure_peaks  # noqa: E402
+from .results import (  # noqa: E402
+    append_row, baseline_ms, commit_of, failed, job_fields, key_of, provenance, read_rows, wrong_output,
+)
 from .sweep import Context, Job, run_job  # noqa: E402
 
 # Variants: name -> environment variables set while that variant's rows run. The one table to extend for
@@ -138,7 +143,7 @@ def _peaks(path: Path | None, device: torch.device) -> Peaks:
             return Peaks(**json.loads(path.read_text())["peaks"])
         except (KeyError, TypeError, ValueError) as e:
             print(f"peaks in {path} unusable ({e}); measuring", file=sys.stderr)
-    return measure_peaks(device)
+    return measure_peaks(device) if device.type == "cuda" else cpu_peaks()
 
 
 def _raise_interrupt(signum, frame):
@@ -169,7 +174,7 @@ def run(out: Path, budget: float | None, variants: list[str], peaks_from: Path |
     if other:  # the timed code is the other tree's: its REVISION file names it
         prov["commit"] = commit_of(other, git=False)  # never the git of the tree it sits in
     existing = read_rows(out)
-    done = {key_of(r) for r in existing if not (retry_errors and r["error"])}
+    done = {key_of(r) for r in existing if not (retry_errors and failed(r))}
     todo = [(j, v) for j, v in plan(cuda, variants, **grid) if _row_key(prov["gpu"], j, v) not in done]
     print(f"headline on {prov['gpu']}: {len(todo)} rows to run ({len(existing)} already in {out}), budget "
           f"{budget if budget is not None else 'none'} s, variants {', '.join(variants)}", file=sys.stderr, flush=True)
@@ -249,9 +254,13 @@ def main(argv=None) -> int:
         run(args.out, args.budget, variants, args.peaks_from, args.warmup_ms, args.rep_ms, args.retry_errors,
             B=ints(args.B), H=ints(args.H), dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None,
             cells=cells)
+        wrong = sum(wrong_output(r) for r in {key_of(r): r for r in read_rows(args.out)}.values())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if wrong:  # never a speedup: experiments.report shows them as "wrong"
+        print(f"error: {wrong} row(s) in {args.out} failed the output check (error WrongOutput)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -128,6 +128,13 @@ def _cpu_l2_bytes() -> int:
         return 2**20
 
 
+def cpu_peaks() -> Peaks:
+    """The peaks of a CPU smoke run: only the L2 size (from sysfs; it sizes the rotating input sets), no
+    bandwidth or matmul rate (NaN): at smoke sizes they are noise, so the sweep writes no floor on CPU."""
+    nan = float("nan")
+    return Peaks(nan, nan, _cpu_l2_bytes(), nan, nan, nan, nan)
+
+
 def measure_peaks(device: torch.device) -> Peaks:
     """Measure HBM (DRAM) and L2 copy bandwidth and dense matmul rates on ``device`` (a few seconds on a
     GPU, under one on CPU, where sizes are small and the numbers only feed the smoke grid's columns)."""

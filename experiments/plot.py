@@ -3,12 +3,15 @@
     python -m experiments.plot results/batch.csv [more.csv ...] --out results/
 
 Per cell, dtype and pass: a speedup heatmap of fusedrnn over B x H (vs cuDNN; vs torch_cpu on CPU: the torch.nn
-module of the cell, nn.LSTM / nn.GRU / nn.RNN), ms vs B, vs H and vs T with p20/p80 bands (one line per
-backend/strategy), and the fraction of the hardware floor reached. Files are named ``<kind>_<dtype>_<pass>.png``
-for the LSTM (as before the sweep had cells) and ``<kind>_<cell>_<dtype>_<pass>.png`` for the GRU and the RNN;
-a CSV from before the ``cell`` column is LSTM rows.
-Rows with an error are left out. A CSV made on CPU is drawn into scratch/plots/ (never results/) with
-"CPU, not a GPU benchmark" in every title.
+module of the cell, nn.LSTM / nn.GRU / nn.RNN; drawn when the rows span at least 2 B and 2 H, coloured on a log
+scale), ms vs B, vs H and vs T with p20/p80 bands (one line per backend/strategy), and the fraction of the
+hardware floor reached (GPU rows only: a CPU run measures no floor). Files are named
+``<kind>_<dtype>_<pass>.png`` for the LSTM (as before the sweep had cells) and ``<kind>_<cell>_<dtype>_<pass>.png``
+for the GRU and the RNN; a CSV from before the ``cell`` column is LSTM rows.
+Failed rows are left out: rows with an error, and rows whose output failed the comparison with the baseline
+(``results.wrong_output``: error WrongOutput, or from an older sweep a ``max_rel_err`` above the tolerance);
+their number is printed. A CSV made on CPU is drawn into scratch/plots/ (never results/) with "CPU, not a GPU
+benchmark" in every title.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 CPU_TAG = "CPU, not a GPU benchmark"
 CPU_OUT = Path("scratch/plots")
@@ -46,11 +50,13 @@ def check_readable(path) -> None:
     read_rows(p)
 
 
-def load(paths) -> pd.DataFrame:
-    """Concatenate sweep CSVs; keep rows without error and with a time (the last of duplicate keys), and add
-    ``impl`` = backend or backend/strategy; rows without a cell (a CSV from before the column) are "lstm".
-    Raises ValueError for a file that ``check_readable`` rejects."""
-    from .results import KEY, LEGACY_CELL
+def load(paths, dropped: dict | None = None) -> pd.DataFrame:
+    """Concatenate sweep CSVs; keep the last row of each key, then only those that did not fail
+    (``results.failed``: no error, no wrong output) and have a time, and add ``impl`` = backend or
+    backend/strategy; rows without a cell (a CSV from before the column) are "lstm". ``dropped``, when given,
+    gets the number of rows left out for an error ("error") and for a wrong output ("wrong"). Raises
+    ValueError for a file that ``check_readable`` rejects."""
+    from .results import KEY, LEGACY_CELL, failed, wrong_output
 
     for p in paths:
         check_readable(p)
@@ -63,12 +69,18 @@ def load(paths) -> pd.DataFrame:
             f["cell"] = LEGACY_CELL
     df = pd.concat(frames, ignore_index=True)
     df["cell"] = df["cell"].replace("", LEGACY_CELL)
-    df = df[(df["error"] == "") & df["ms_p50"].notna()].copy()
+    df = df.drop_duplicates(list(KEY), keep="last")
+    records = df[["error", "max_rel_err", "dtype"]].astype(str).to_dict("records")
+    bad = np.array([failed(r) for r in records], dtype=bool)
+    wrong = np.array([wrong_output(r) for r in records], dtype=bool)
+    if dropped is not None:
+        dropped.update(error=int((bad & ~wrong).sum()), wrong=int(wrong.sum()))
+    df = df[~bad & df["ms_p50"].notna()].copy()
     for c in ("ms_p50", "ms_p20", "ms_p80", "speedup", "frac_floor"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     df["impl"] = np.where(df["strategy"] != "", df["backend"] + "/" + df["strategy"], df["backend"])
     df["I_eq_H"] = df["I"] == df["H"]
-    return df.drop_duplicates(list(KEY), keep="last")
+    return df
 
 
 def _footer(df: pd.DataFrame) -> str:
@@ -99,29 +111,43 @@ def _family(sub: pd.DataFrame, axis: str):
     return best
 
 
+def _luminance(rgba) -> float:
+    """Relative luminance of an sRGB colour (0 black, 1 white), as the WCAG contrast ratio uses it."""
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
 def _heatmap(sub, ref, title, path, footer, written):
-    fr = sub[(sub["backend"] == "fusedrnn") & sub["speedup"].notna()]
+    """fusedrnn's speedup over B x H at the most common T, one panel per strategy: the colour is log2 of the
+    speedup (white = 1, red slower, blue faster), each cell annotated in a colour that reads on it. Not drawn
+    for fewer than 2 B or 2 H (the ms_vs_B / ms_vs_H lines show those)."""
+    fr = sub[(sub["backend"] == "fusedrnn") & (sub["speedup"] > 0)]
     if fr.empty:
         return
     T = fr["T"].mode().iloc[0]
     fr = fr[fr["T"] == T]
+    if fr["B"].nunique() < 2 or fr["H"].nunique() < 2:
+        return
     impls = sorted(fr["impl"].unique())
     fig, axs = plt.subplots(1, len(impls), figsize=(1.2 + 4.5 * len(impls), 4.2), squeeze=False)
     for ax, impl in zip(axs[0], impls):
         pv = fr[fr["impl"] == impl].pivot_table(index="B", columns="H", values="speedup", aggfunc="last")
         vals = pv.to_numpy(dtype=float)
-        lo, hi = np.nanmin(vals), np.nanmax(vals)
-        norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=max(hi, 1.01))
-        im = ax.imshow(vals, cmap="RdBu", norm=norm, aspect="auto", origin="lower")
+        logs = np.log2(vals)
+        lo, hi = np.nanmin(logs), np.nanmax(logs)
+        norm = TwoSlopeNorm(vcenter=0.0, vmin=min(lo, -0.05), vmax=max(hi, 0.05))
+        im = ax.imshow(logs, cmap="RdBu", norm=norm, aspect="auto", origin="lower")
         ax.set_xticks(range(len(pv.columns)), [str(c) for c in pv.columns])
         ax.set_yticks(range(len(pv.index)), [str(i) for i in pv.index])
         ax.set_xlabel("H (= I)")
         ax.set_ylabel("B")
         for (r, c), v in np.ndenumerate(vals):
             if np.isfinite(v):
-                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7)
+                dark = _luminance(im.cmap(norm(np.log2(v)))) < 0.18  # where white and black contrast alike
+                ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
         ax.set_title(f"{impl} vs {ref}, T={T}", fontsize=9)
-        fig.colorbar(im, ax=ax, label="speedup (>1: faster)")
+        fig.colorbar(im, ax=ax, label="speedup (>1: faster; log scale)",
+                     format=FuncFormatter(lambda x, _: f"{2 ** x:.3g}"))
     fig.suptitle(title, fontsize=10)
     _save(fig, path, footer, written, title)
 
@@ -165,7 +191,12 @@ def _floor(sub, title, path, footer, written):
 def make_plots(csv_paths, out_dir) -> list[tuple[Path, str]]:
     """Draw every figure the data allows. Returns [(png path, title)]. CPU-made data goes to scratch/plots
     (whatever ``out_dir`` says, if it is under a results/ folder) with the CPU tag in its titles."""
-    df = load(csv_paths)
+    dropped: dict = {}
+    df = load(csv_paths, dropped)
+    if dropped["wrong"]:
+        print(f"left out {dropped['wrong']} row(s) whose output failed the comparison with the baseline "
+              "(error WrongOutput, or max_rel_err above the tolerance): never drawn as timings or speedups",
+              file=sys.stderr)
     out = Path(out_dir)
     if df.empty:
         print("no rows without errors: nothing to plot", file=sys.stderr)
@@ -192,8 +223,12 @@ def make_plots(csv_paths, out_dir) -> list[tuple[Path, str]]:
             fixed = ", ".join(f"{a}={fam[a].iloc[0]}" for a in AXES if a != axis)
             _lines(fam, axis, f"time vs {axis} ({fixed}), {what}{tag}", out / f"ms_vs_{axis}_{stem}.png",
                    footer, written)
-        _floor(sub, f"fraction of the floor, {what}{tag}", out / f"floor_fraction_{stem}.png", footer,
-               written)
+        gpu_rows = sub[sub["device"] != "cpu"]  # a CPU run measures no floor (older CPU CSVs have a noisy one)
+        if not gpu_rows.empty:
+            _floor(gpu_rows, f"fraction of the floor, {what}{tag}", out / f"floor_fraction_{stem}.png", footer,
+                   written)
+    if cpu:
+        print("CPU rows: no floor-fraction plots (the floor needs a GPU's measured peaks)", file=sys.stderr)
     return written
 
 

@@ -1,25 +1,31 @@
-"""The sweep's long-format CSV: columns, append-only writing, resume keys, integrity checks, the writer's
-lock, and the provenance of a run.
+"""The sweep's long-format CSV (columns, resume keys, provenance of a run) and the append-only CSV machinery it
+shares with the study's CSVs (``experiments.tasks``): integrity checks, repair, atomic rewrites and the writers'
+lock, for any ``Schema``.
 
 One row per (backend, strategy, cell, config, dtype, pass) on one device. The ``cell`` column ("lstm", "gru",
 "rnn") came after the first CSVs: a file with the earlier header (``LEGACY_COLUMNS``, no ``cell``) is read as
 LSTM rows, and the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are
-appended and flushed one at a time, so an interrupted sweep loses at most the row in flight; a rerun skips
-every key already in the file.
-A record that is incomplete or malformed (a crash of the machine or a full disk mid-write, a truncated copy)
-is never taken for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and
-drops it from the CSV (the sweep then measures that row again), and ``read_rows`` refuses a damaged file.
-One sweep at a time writes a CSV: ``lock_csv`` holds an advisory ``fcntl.flock`` on it.
+appended and fsynced as they are made (all of an append or none of it), so an interrupted run loses at most
+the row in flight; a rerun skips every key already in the file. A row whose output failed the comparison with
+the baseline is a failed row (``wrong_output``), like a row with an error.
+A record that is incomplete or malformed (a crash of the machine mid-write, a truncated copy) is never taken
+for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and drops it from the
+CSV (the run then measures that row again), and ``read_rows`` refuses a damaged file. Every rewrite
+(``repair_csv``, ``upgrade_csv``) writes a new file and renames it over the old one (``replace_file``): a full
+disk or a crash leaves one or the other. One run at a time writes a CSV: ``lock_csv`` holds an advisory
+``fcntl.flock`` on it.
 """
 from __future__ import annotations
 
 import csv
 import datetime
+import errno
 import io
 import os
 import platform
 import subprocess
-from contextlib import contextmanager
+import tempfile
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +53,11 @@ COLUMNS = [
 # the columns of a CSV written before the cell column (every row an LSTM's)
 LEGACY_COLUMNS = [c for c in COLUMNS if c != "cell"]
 
-# left empty on CPU rows (no CUDA, no cuDNN, no CUDA allocator)
-CPU_EMPTY = {"cudnn_algo_seen", "cudnn_kernels", "peak_mb", "cuda", "cudnn"}
+# the hardware peaks and the floor built on them: measured on a GPU only (a CPU's are noise at smoke sizes)
+PEAK_COLUMNS = {"peak_hbm_gbs", "peak_l2_gbs", "l2_mb", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32",
+                "peak_tflops_fp32", "floor_ms", "frac_floor"}
+# left empty on CPU rows (no CUDA, no cuDNN, no CUDA allocator, no peaks)
+CPU_EMPTY = {"cudnn_algo_seen", "cudnn_kernels", "peak_mb", "cuda", "cudnn"} | PEAK_COLUMNS
 # filled on every row, error rows included
 ALWAYS = [c for c in COLUMNS if c not in CPU_EMPTY and c not in {
     "ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "frac_floor",
@@ -62,6 +71,59 @@ FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tfl
                  "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32", "peak_tflops_fp32")
 DEVICES = ("cpu", "cuda")
 CELLS = ("lstm", "gru", "rnn")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One kind of append-only CSV: its columns, those that must hold integers or numbers when not empty, the
+    values some columns may take (checks that catch a record glued from two), an earlier header still read
+    (``legacy``, whose missing columns get the values of ``legacy_fill``), and how floats are written
+    (``float_digits`` significant digits, or None for Python's exact repr)."""
+
+    name: str
+    columns: tuple
+    ints: tuple = ()
+    floats: tuple = ()
+    choices: dict = field(default_factory=dict)
+    legacy: tuple | None = None
+    legacy_fill: dict = field(default_factory=dict)
+    float_digits: int | None = 6
+
+
+SWEEP = Schema("sweep", tuple(COLUMNS), INT_COLUMNS, FLOAT_COLUMNS,
+               choices={"device": DEVICES + ("",), "cell": CELLS}, legacy=tuple(LEGACY_COLUMNS),
+               legacy_fill={"cell": LEGACY_CELL})
+
+# --- whether a row's output was right --------------------------------------------------------------------------
+WRONG_OUTPUT = "WrongOutput"  # the error column of a row whose first call's output failed the comparison
+# max_rel_err (max |ours - baseline| / max |baseline| over outputs and gradients) above which a row is wrong:
+# a sanity bound far above rounding (fp16, bf16 and TF32 differ by about 1e-3 to 1e-2 at T = 1024) and far
+# below a broken kernel (order 1, or inf for NaN or inf outputs)
+REL_ERR_TOL = {"fp64": 1e-6, "fp32": 0.1, "fp16": 0.1, "bf16": 0.1}
+
+
+def rel_err_tolerance(dtype: str) -> float:
+    """The largest ``max_rel_err`` a row of ``dtype`` may have (``REL_ERR_TOL``; 0.1 for a dtype not in it)."""
+    return REL_ERR_TOL.get(dtype, 0.1)
+
+
+def wrong_output(row: dict) -> bool:
+    """True when the row's output failed the comparison with the baseline: its error says so (``WRONG_OUTPUT``),
+    or (a row written before the sweep checked it) it has no error and its ``max_rel_err`` is not finite or
+    above the dtype's tolerance."""
+    err = row.get("error") or ""
+    if err:
+        return err.startswith(WRONG_OUTPUT)
+    try:
+        e = float(row.get("max_rel_err") or 0.0)
+    except ValueError:
+        return True
+    return not e <= rel_err_tolerance(str(row.get("dtype", "")))  # NaN and inf are wrong
+
+
+def failed(row: dict) -> bool:
+    """True for a row that is no measurement: an error, or a wrong output (``wrong_output``)."""
+    return bool(row.get("error")) or wrong_output(row)
 
 
 def _value(row: dict, k: str) -> str:
@@ -100,8 +162,8 @@ def baseline_ms(rows: list[dict], baseline: str, gpu: str) -> dict:
 @dataclass
 class Scan:
     """What ``scan_csv`` found: the header's verdict, the byte spans (start, end) of the good records after
-    the header, and the bad ones as (start, end, line number, reason); ``legacy`` when the header is the one
-    from before the cell column (``LEGACY_COLUMNS``)."""
+    the header, and the bad ones as (start, end, line number, reason); ``legacy`` when the header is the
+    schema's earlier one (the sweep's from before the cell column)."""
 
     header_ok: bool = True
     legacy: bool = False
@@ -130,7 +192,7 @@ def _next_record(data: bytes, start: int) -> int:
     return len(data)
 
 
-def _record_problem(raw: bytes, columns: list[str] = COLUMNS) -> str | None:
+def _record_problem(raw: bytes, columns, schema: Schema) -> str | None:
     """Why ``raw`` (one record, its newline included) is not a finished row, or None when it is."""
     if not raw.endswith(b"\n"):
         return "incomplete (no end of line)"
@@ -147,14 +209,13 @@ def _record_problem(raw: bytes, columns: list[str] = COLUMNS) -> str | None:
     if len(rows[0]) != len(columns):
         return f"{len(rows[0])} fields instead of {len(columns)}"
     row = dict(zip(columns, rows[0]))
-    if row["device"] not in DEVICES and row["device"] != "":
-        return f"device {row['device']!r}"
-    if row.get("cell", LEGACY_CELL) not in CELLS:
-        return f"cell {row['cell']!r}"
-    for c in INT_COLUMNS:
+    for c, allowed in schema.choices.items():
+        if c in row and row[c] not in allowed:
+            return f"{c} {row[c]!r}"
+    for c in schema.ints:
         if row[c] and not row[c].isdigit():
             return f"{c} {row[c]!r} is not an integer"
-    for c in FLOAT_COLUMNS:
+    for c in schema.floats:
         if row[c]:
             try:
                 float(row[c])
@@ -163,33 +224,34 @@ def _record_problem(raw: bytes, columns: list[str] = COLUMNS) -> str | None:
     return None
 
 
-def scan_csv(data: bytes) -> Scan:
-    """Check a sweep CSV's bytes record by record. A bad record that spans several lines (an unclosed quote
-    swallowing later rows) counts as its first line only, and the scan goes on at the next line, so the
-    finished rows after it are kept."""
+def scan_csv(data: bytes, schema: Schema = SWEEP) -> Scan:
+    """Check a CSV's bytes record by record against ``schema``. A bad record that spans several lines (an
+    unclosed quote swallowing later rows) counts as its first line only, and the scan goes on at the next
+    line, so the finished rows after it are kept."""
     scan = Scan()
     if not data:
         return scan
     header_end = _next_record(data, 0)
     header = data[:header_end]
     scan.header_end = header_end
-    def is_header(cols):
-        return header in ((",".join(cols) + "\r\n").encode(), (",".join(cols) + "\n").encode())
 
-    scan.legacy = is_header(LEGACY_COLUMNS)
-    scan.header_ok = scan.legacy or is_header(COLUMNS)
-    columns = LEGACY_COLUMNS if scan.legacy else COLUMNS
+    def is_header(cols):
+        return cols is not None and header in ((",".join(cols) + "\r\n").encode(), (",".join(cols) + "\n").encode())
+
+    scan.legacy = is_header(schema.legacy)
+    scan.header_ok = scan.legacy or is_header(schema.columns)
+    columns = schema.legacy if scan.legacy else schema.columns
     pos = header_end
     while pos < len(data):
         end = _next_record(data, pos)
-        problem = _record_problem(data[pos:end], columns)
+        problem = _record_problem(data[pos:end], columns, schema)
         if problem is None:
             scan.good.append((pos, end))
         else:
             first_line_end = next(_physical_lines(data, pos))[1]
             if first_line_end < end:  # resynchronize on the next line
                 end = first_line_end
-                problem = _record_problem(data[pos:end], columns) or problem
+                problem = _record_problem(data[pos:end], columns, schema) or problem
             scan.bad.append((pos, end, data.count(b"\n", 0, pos) + 1, problem))
         pos = end
     return scan
@@ -206,104 +268,176 @@ def _header_error(p: Path) -> ValueError:
                       "write to a new --out file")
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
+def read_rows(path: str | os.PathLike, schema: Schema = SWEEP) -> list[dict]:
     """All rows of ``path`` as dicts of strings ([] when the file does not exist or is empty); the rows of a
-    file from before the cell column get cell = "lstm". Raises ValueError when the header is neither this
-    version's nor that earlier one (write to a new file instead of mixing) or a record is incomplete or
+    file with the schema's earlier header get ``legacy_fill`` (the sweep's: cell = "lstm"). Raises ValueError
+    when the header is neither (write to a new file instead of mixing) or a record is incomplete or
     malformed (``repair_csv`` sets such records aside)."""
     p = Path(path)
     if not p.exists() or p.stat().st_size == 0:
         return []
     data = p.read_bytes()
-    scan = scan_csv(data)
+    scan = scan_csv(data, schema)
     if not scan.header_ok:
         raise _header_error(p)
     if scan.bad:
         raise ValueError(f"{p}: {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); "
-                         "rerun the sweep on this file to set them aside and measure those rows again")
+                         f"rerun the {schema.name} on this file to set them aside and run those rows again")
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
     if scan.legacy:
-        rows = [{c: (LEGACY_CELL if c == "cell" else r[c]) for c in COLUMNS} for r in rows]
+        rows = [{c: schema.legacy_fill[c] if c in schema.legacy_fill else r[c] for c in schema.columns}
+                for r in rows]
     return rows
 
 
-def _csv_text(rows: list[dict]) -> bytes:
+def _fmt(v, digits: int | None = 6) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and digits is not None:
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _csv_text(rows: list[dict], schema: Schema, header: bool = True) -> bytes:
     buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
+    w = csv.DictWriter(buf, fieldnames=list(schema.columns))
+    if header:
+        w.writeheader()
+    w.writerows({c: _fmt(r.get(c), schema.float_digits) for c in schema.columns} for r in rows)
     return buf.getvalue().encode("utf-8")
 
 
-def _overwrite(f, data: bytes) -> None:
-    """Replace everything in the open file ``f`` by ``data``, in place (the same file, so a lock on it holds),
-    fsynced."""
-    f.seek(0)
-    f.write(data)
-    f.truncate()
-    f.flush()
-    os.fsync(f.fileno())
+# --- writing: atomic replacement, all-or-nothing appends, the writers' lock ---------------------------------------
+# os.path.realpath of a CSV -> the descriptor holding this process's lock on it (``lock_csv``)
+_LOCKS: dict[str, int] = {}
 
 
-def upgrade_csv(path: str | os.PathLike) -> str | None:
-    """Rewrite a CSV from before the cell column in this version's columns, every row with cell = "lstm",
-    in place (same file, so a lock on it holds), fsynced. Returns a message saying so, or None when the file
-    is missing, empty or already current. Raises ValueError as ``read_rows`` does (repair first). Call it
-    holding ``lock_csv``, or where no sweep writes the file."""
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a folder that cannot be opened (not POSIX)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path``'s content by ``data`` atomically: a temporary file beside it is written and fsynced,
+    then renamed over it, so a full disk or a crash leaves the old file or the new one, never a mix. The
+    file keeps its permission bits. When this process holds ``lock_csv`` on ``path``, the new file is
+    locked before the rename and the lock moves to it (another writer never finds it unlocked). A symbolic
+    link is followed (the file it names is replaced)."""
+    p = Path(os.path.realpath(path))
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, os.stat(p).st_mode & 0o7777)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        held = _LOCKS.get(os.path.realpath(p))
+        if held is not None:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new inode: nobody else can hold it
+        os.replace(tmp, p)
+    except BaseException:
+        os.close(fd)
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(p.parent)
+    if held is not None:
+        _LOCKS[os.path.realpath(p)] = fd
+        os.close(held)  # releases the lock on the replaced file
+    else:
+        os.close(fd)
+
+
+def discard_file(path: str | os.PathLike) -> None:
+    """Delete ``path``; a CSV this process holds ``lock_csv`` on is emptied instead (atomically), so the lock
+    still guards it."""
     p = Path(path)
-    if not p.exists() or p.stat().st_size == 0:
+    if os.path.realpath(p) in _LOCKS:
+        replace_file(p, b"")
+    else:
+        p.unlink()
+
+
+def upgrade_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
+    """Rewrite a CSV with the schema's earlier header (the sweep's from before the cell column) in this
+    version's columns, the missing ones filled (cell = "lstm"), atomically (``replace_file``). Returns a
+    message saying so, or None when the file is missing, empty or already current. Raises ValueError as
+    ``read_rows`` does (repair first). Call it holding ``lock_csv``, or where nothing writes the file."""
+    p = Path(path)
+    if schema.legacy is None or not p.exists() or p.stat().st_size == 0:
         return None
-    with p.open("r+b") as f:
-        data = f.read()
-        scan = scan_csv(data)
-        if not scan.legacy:
-            return None
-        rows = read_rows(p)
-        _overwrite(f, _csv_text(rows))
-    return f"{p}: rewrote {len(rows)} row(s) from before the cell column with the column added (cell = lstm)"
+    if not scan_csv(p.read_bytes(), schema).legacy:
+        return None
+    rows = read_rows(p, schema)
+    replace_file(p, _csv_text(rows, schema))
+    return (f"{p}: rewrote {len(rows)} row(s) from before the "
+            f"{', '.join(schema.legacy_fill)} column with the column added "
+            f"({', '.join(f'{k} = {v}' for k, v in schema.legacy_fill.items())})")
 
 
-def repair_csv(path: str | os.PathLike) -> str | None:
+def repair_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
     """Set the incomplete or malformed records of ``path`` aside: their bytes go to a new file beside it,
-    ``<name>.damaged-<UTC time>``, and the CSV is rewritten in place (same file, so a lock on it holds) with
-    the header and the good records only, fsynced. Returns a message saying so, or None when nothing was
-    wrong. Raises ValueError for a damaged or foreign header (nothing is changed then). Call it holding
-    ``lock_csv``."""
+    ``<name>.damaged-<UTC time>``, and the CSV is replaced (atomically, ``replace_file``) by its header and
+    good records. Returns a message saying so, or None when nothing was wrong. Raises ValueError for a damaged
+    or foreign header (nothing is changed then). Call it holding ``lock_csv``."""
     p = Path(path)
     if not p.exists() or p.stat().st_size == 0:
         return None
-    with p.open("r+b") as f:
-        data = f.read()
-        scan = scan_csv(data)
-        if not scan.header_ok:
-            raise _header_error(p)
-        if not scan.bad:
-            return None
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        side = p.with_name(f"{p.name}.damaged-{stamp}")
-        n = 1
-        while side.exists():
-            n += 1
-            side = p.with_name(f"{p.name}.damaged-{stamp}-{n}")
-        with side.open("xb") as g:
+    data = p.read_bytes()
+    scan = scan_csv(data, schema)
+    if not scan.header_ok:
+        raise _header_error(p)
+    if not scan.bad:
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    side = p.with_name(f"{p.name}.damaged-{stamp}")
+    n = 1
+    while side.exists():
+        n += 1
+        side = p.with_name(f"{p.name}.damaged-{stamp}-{n}")
+    g = side.open("xb")
+    try:
+        with g:
             for s, e, _, _ in scan.bad:
                 g.write(data[s:e])
             g.flush()
             os.fsync(g.fileno())
-        _overwrite(f, data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good))
+    except OSError:
+        with suppress(OSError):
+            side.unlink()  # ours (created above), never complete
+        raise
+    replace_file(p, data[:scan.header_end] + b"".join(data[s:e] for s, e in scan.good))
     return (f"{p}: set aside {len(scan.bad)} incomplete or malformed record(s) ({_bad_summary(scan)}); their "
-            f"bytes are in {side}; those rows will be measured again")
+            f"bytes are in {side}; those rows will be run again")
 
 
 class CsvLocked(RuntimeError):
-    """Another process holds the sweep lock on this CSV."""
+    """Another process holds the writers' lock on this CSV."""
 
 
 @contextmanager
-def lock_csv(path: str | os.PathLike):
-    """Hold an exclusive advisory lock (``fcntl.flock``) on the CSV itself, creating it (empty) when missing,
-    for the whole read-measure-append span of a sweep. Raises CsvLocked at once when another process holds
-    it: two sweeps never both append to one file. Without fcntl (not POSIX), no lock is taken."""
+def lock_csv(path: str | os.PathLike, who: str = "sweep"):
+    """Hold an exclusive advisory lock (``fcntl.flock``) on the CSV, creating it (empty) when missing, for
+    the whole read-run-append span of a run (``who`` names the kind of run in messages). Raises CsvLocked at
+    once when another process holds it: two runs never both append to one file. The lock is taken on a
+    read-only descriptor, so a read-only CSV can be locked and checked; a lock taken on a file that was
+    replaced meanwhile (``replace_file``) is dropped and taken again on the new one. Raises OSError when the
+    file cannot be created. Without fcntl (not POSIX), no lock is taken."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -311,57 +445,84 @@ def lock_csv(path: str | os.PathLike):
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    with p.open("ab") as f:
+    key = os.path.realpath(p)
+    while True:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            fd = os.open(p, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CsvLocked(f"{p} is being written by another sweep (its fcntl lock is held); wait for that "
-                            "sweep to finish, then rerun this command to resume, or give another --out") from None
+            os.close(fd)
+            raise CsvLocked(f"{p} is being written by another {who} (its fcntl lock is held); wait for that "
+                            f"{who} to finish, then rerun this command to resume, or give another --out") from None
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            st = os.stat(p)
+            current = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # it was replaced (or removed) while we waited: lock what the name holds now
+    _LOCKS[key] = fd
+    try:
+        yield
+    finally:
+        os.close(_LOCKS.pop(key))
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+def append_rows(path: str | os.PathLike, rows: list[dict], schema: Schema = SWEEP) -> None:
+    """Append ``rows`` (missing columns empty), writing the header first into a new or empty file, in one
+    write, fsynced: a kill after this call keeps them, and a write that fails (a full disk) is undone, so the
+    file never keeps part of them. Columns the schema does not know raise KeyError. A file with the schema's
+    earlier header is first rewritten in its columns (``upgrade_csv``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    unknown = set().union(*rows) - set(schema.columns) if rows else set()
+    if unknown:
+        raise KeyError(f"unknown CSV columns {sorted(unknown)}")
+    if schema.legacy is not None and p.exists() and p.stat().st_size:
+        with p.open("rb") as f:
+            first = f.readline()
+        if first.rstrip(b"\r\n") == ",".join(schema.legacy).encode():
+            upgrade_csv(p, schema)
+    with p.open("ab", buffering=0) as f:  # unbuffered: a failed write can be undone at once
+        size = f.seek(0, os.SEEK_END)
+        data = _csv_text(rows, schema, header=size == 0)
+        if size:
+            with p.open("rb") as r:
+                r.seek(size - 1)
+                if r.read(1) != b"\n":  # never glue a row onto a partial line: it stays a separate bad record
+                    data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            with suppress(OSError):  # undo the part written (a truncate frees space on a full disk)
+                os.ftruncate(f.fileno(), size)
+                os.fsync(f.fileno())
+            raise
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one row (missing columns empty; no cell: lstm), writing the header first into a new file;
-    flushed and fsynced so that a kill after this call keeps the row. A file from before the cell column is
-    first rewritten with it (``upgrade_csv``)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    unknown = set(row) - set(COLUMNS)
-    if unknown:
-        raise KeyError(f"unknown CSV columns {sorted(unknown)}")
-    row = dict(row)
-    row["cell"] = row.get("cell") or LEGACY_CELL
-    if p.exists() and p.stat().st_size:
-        with p.open("rb") as f:
-            first = f.readline()
-        if first.rstrip(b"\r\n") == ",".join(LEGACY_COLUMNS).encode():
-            upgrade_csv(p)
-    with p.open("a+b") as raw:
-        raw.seek(0, os.SEEK_END)
-        size = raw.tell()
-        if size:
-            raw.seek(size - 1)
-            if raw.read(1) != b"\n":  # never glue a row onto a partial line: it stays a separate bad record
-                raw.write(b"\n")
-        f = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        if size == 0:
-            w.writeheader()
-        w.writerow({c: _fmt(row.get(c)) for c in COLUMNS})
-        f.flush()
-        os.fsync(f.fileno())
-        f.detach()
+    """Append one sweep row (``append_rows``; no cell: lstm)."""
+    append_rows(path, [{**row, "cell": row.get("cell") or LEGACY_CELL}])
+
+
+def os_error_line(e: OSError) -> str:
+    """A one-line message for a file that could not be read or written, with what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        todo = "free some space, then rerun the same command to resume (rows already written are kept)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "make it writable or give another --out"
+    else:
+        todo = "rerun the same command to resume once it is fixed"
+    return f"{where}{what}; {todo}"
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,15 @@ measurement.
 ``--cell`` (lstm, the default; gru; rnn = tanh) picks the recurrent cell: the comparison baseline is the
 torch.nn module of that cell (nn.LSTM, nn.GRU, nn.RNN) and the rows carry it in their ``cell`` column.
 Without CUDA the Triton kernels run in the interpreter, the default grid is ``smoke``, the baseline is that
-torch.nn module on CPU (``torch_cpu``), and output goes to scratch/: a check that everything runs, not a
-benchmark. See ``--help`` for grids and backends.
+torch.nn module on CPU (``torch_cpu``), output goes to scratch/, and the hardware peaks and the floor are not
+measured (left empty): a check that everything runs, not a benchmark. See ``--help`` for grids and backends.
+
+Every row's first call is compared with the baseline's outputs and gradients on the same inputs: a row whose
+``max_rel_err`` is above its dtype's tolerance (``results.REL_ERR_TOL``) or not finite is recorded as failed
+(its ``error`` says ``WrongOutput: ...``, it has no timings and no speedup) and the sweep exits 1.
+Exit status (``EXIT_CODES``): 0 done, 1 rows of the grid failed the output check, 2 nothing could be run or
+written (bad arguments, no backend runs here, the CSV locked, damaged, read-only or the disk full), 130
+interrupted.
 """
 from __future__ import annotations
 
@@ -34,10 +41,12 @@ from . import backends as bk  # noqa: E402
 from . import shard  # noqa: E402
 from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
 from .grids import CELLS, GRIDS, NN_MODULES, Config, grid_configs  # noqa: E402
-from .measure import Peaks, bench, elem_bytes, floor_ms, max_rel_error, measure_peaks, rnn_flops  # noqa: E402
+from .measure import (  # noqa: E402
+    Peaks, bench, cpu_peaks, elem_bytes, floor_ms, max_rel_error, measure_peaks, rnn_flops,
+)
 from .results import (  # noqa: E402
-    CsvLocked, append_row, baseline_ms, job_fields, key_of, lock_csv, problem_of, progress, provenance, read_rows,
-    repair_csv, upgrade_csv,
+    WRONG_OUTPUT, CsvLocked, append_row, baseline_ms, failed, job_fields, key_of, lock_csv, os_error_line,
+    problem_of, progress, provenance, read_rows, rel_err_tolerance, repair_csv, upgrade_csv, wrong_output,
 )
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
@@ -47,6 +56,16 @@ CPU_NOTE = ("No CUDA device: CPU smoke run. Triton kernels run in the interprete
 STATES = ("x", "h0", "c0")  # the inputs that get gradients (c0: the LSTM only)
 NN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MAX_INPUT_SETS = 4
+EXIT_CODES = ("exit status: 0 done; 1 rows of the grid failed the output check (error WrongOutput: max_rel_err "
+              "above the dtype's tolerance); 2 nothing could be run or written (bad arguments, no backend runs "
+              "here, the CSV locked, damaged, read-only or the disk full); 130 interrupted")
+
+
+class WrongOutput(Exception):
+    """The first call's outputs or gradients differ from the comparison baseline's beyond the tolerance."""
+
+
+assert WrongOutput.__name__ == WRONG_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -91,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time fusedrnn against cuDNN and other LSTM, GRU or RNN implementations; append one CSV row "
                     "per (backend, strategy, cell, config, dtype, pass). Reruns skip rows already in the CSV.",
         epilog=f"grids (I = H, 1 layer, unidirectional unless --layers/--bidirectional):\n{grids}\n\n"
-               f"backends:\n{backs}\n\nWithout CUDA: grid 'smoke', output under scratch/, and the timings are "
-               "not GPU benchmarks.",
+               f"backends:\n{backs}\n\nWithout CUDA: grid 'smoke', output under scratch/, no peaks or floor, and the "
+               f"timings are not GPU benchmarks.\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), help="named grid (default: batch on CUDA, smoke on CPU)")
     p.add_argument("--cell", choices=CELLS, default="lstm",
@@ -110,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bidirectional", action="store_true", help="two directions")
     p.add_argument("--backends", type=_csv_list,
                    help="comma list from the registry (default: every available backend for the device, "
-                        "torch_compile on CUDA only)")
+                        "torch_compile on CUDA only); when none of them runs here the sweep stops with exit 2")
     p.add_argument("--out", type=Path, help="CSV to append to (default results/GRID.csv on CUDA, "
                    "scratch/GRID.csv on CPU)")
     p.add_argument("--tf32", choices=("on", "off"), default="on",
@@ -121,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-reps", type=int, default=3, help="CPU timing: at least this many calls (default 3)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds: start no new row after this (the rest waits for a rerun)")
-    p.add_argument("--retry-errors", action="store_true", help="rerun rows whose stored row has an error")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="rerun rows whose stored row failed (an error, or a wrong output)")
     p.add_argument("--shard", type=shard.parse_shard, default=None,
                    help="i/n: run every n-th configuration from the i-th (0-based); merge with experiments.shard")
     p.add_argument("--plot", action="store_true",
@@ -175,9 +195,10 @@ def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
 def _base_row(job: Job, ctx: Context) -> dict:
     cfg = job.cfg
     row = dict(ctx.prov)
-    row.update(ctx.peaks.as_row())
+    if ctx.device.type == "cuda":  # a CPU's peaks are noise at smoke sizes: no peaks and no floor there
+        row.update(ctx.peaks.as_row())
+        row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
     row.update(job_fields(job), speedup_ref=ctx.baseline, error="")
-    row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
     try:
         row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device,
                                              mode={"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[cfg.cell])
@@ -252,7 +273,8 @@ def _check_outputs(built: bk.Built, s: dict, train: bool, params: dict) -> list:
 
 
 def run_job(job: Job, ctx: Context) -> dict:
-    """Measure one job and return its CSV row. Any exception (OOM included) becomes the row's ``error``;
+    """Measure one job and return its CSV row. Any exception (OOM included) becomes the row's ``error``, and
+    so does an output that failed the comparison with the baseline (``WrongOutput``: such a row is not timed);
     KeyboardInterrupt propagates."""
     row = _base_row(job, ctx)
     dev, dtype, train = ctx.device, DTYPES[job.dtype], job.pass_ == "fwdbwd"
@@ -301,7 +323,11 @@ def _first_call(row: dict, job: Job, ctx: Context, src: nn.RNNBase, built: bk.Bu
     base_params = {n: p for n, p in base.params.items() if n in params}
     want = _check_outputs(base, s, train, base_params)
     got = got[:6] + [params[n].grad for n in sorted(base_params)] if train else got
-    row["max_rel_err"] = max_rel_error(got, want)
+    row["max_rel_err"] = err = max_rel_error(got, want)
+    tol = rel_err_tolerance(job.dtype)
+    if not err <= tol:
+        raise WrongOutput(f"max_rel_err {err:.3g} against {ctx.baseline} is above the {job.dtype} tolerance "
+                          f"{tol:g}: the outputs or gradients are wrong")
 
 
 def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, train: bool, params: dict) -> None:
@@ -326,7 +352,8 @@ def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, tra
     row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
     row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
     row["tflops"] = rnn_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
-    row["frac_floor"] = row["floor_ms"] / p50
+    if row.get("floor_ms"):
+        row["frac_floor"] = row["floor_ms"] / p50
     key = problem_of(row)
     if job.backend == ctx.baseline:
         ctx.baseline_ms[key] = p50
@@ -339,8 +366,8 @@ def _raise_interrupt(signum, frame):
 
 
 def main(argv=None) -> int:
-    """Run the sweep. Returns the process exit code (0 when done or out of time budget, 130 when
-    interrupted)."""
+    """Run the sweep. Returns the process exit code (``EXIT_CODES``: 0 done or out of time budget, 1 rows of
+    the grid failed the output check, 2 nothing could be run or written, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -369,6 +396,10 @@ def main(argv=None) -> int:
         return 2
     for s in skipped:
         print(s, file=sys.stderr)
+    if not names:
+        print(f"error: no backend to run on {device.type}: {'; '.join(skipped)} (without --backends, every "
+              "backend that runs here is used)", file=sys.stderr)
+        return 2
 
     tf32 = args.tf32 == "on"
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -383,44 +414,60 @@ def main(argv=None) -> int:
     except CsvLocked as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the CSV or its folder cannot be created, read or written; a full disk
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
 
 
 def _run(args, out, grid, device, jobs, names, tf32) -> int:
     """The sweep proper, holding the CSV's lock: set damaged records aside, skip done rows, measure the rest
-    and append them one at a time."""
+    and append them one at a time; then the exit status of the grid's rows (``_verdict``)."""
     try:
         note = repair_csv(out)
-        upgraded = upgrade_csv(out)
         existing = read_rows(out)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only folder or CSV, a full disk: the damaged records stay where they are
+        print(f"error: {out} holds incomplete or malformed records that could not be set aside: "
+              f"{os_error_line(e)}", file=sys.stderr)
+        return 2
     if note:
         print(f"warning: {note}", file=sys.stderr)
-    if upgraded:
-        print(upgraded, file=sys.stderr)
     gpu = provenance(device)["gpu"] if existing else None
-    done = {key_of(r) for r in existing if not (args.retry_errors and r["error"])}
+    done = {key_of(r) for r in existing if not (args.retry_errors and failed(r))}
     baseline = bk.baseline_for(device)
     todo = [j for j in jobs if key_of(job_fields(j, str(gpu))) not in done]
     print(f"sweep '{grid}' on {device.type}: {len(jobs)} rows in the grid, {len(jobs) - len(todo)} already in "
           f"{out}, {len(todo)} to run; backends {', '.join(names)}", file=sys.stderr)
     if not todo:
-        return _finish(args, out)
+        return _finish(args, out, jobs, gpu)
+    if not os.access(out, os.W_OK):
+        print(f"error: {out} is read-only: {len(todo)} rows to run cannot be written; make it writable or give "
+              "another --out", file=sys.stderr)
+        return 2
+    upgraded = upgrade_csv(out)
+    if upgraded:
+        print(upgraded, file=sys.stderr)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     t_start = time.perf_counter()
-    peaks = measure_peaks(device)
-    print(f"peaks: HBM {peaks.hbm_gbs:.3g} GB/s, L2 {peaks.l2_gbs:.3g} GB/s ({peaks.l2_bytes / 2**20:.3g} MB), "
-          f"fp16 {peaks.tflops_fp16:.3g} / bf16 {peaks.tflops_bf16:.3g} / tf32 {peaks.tflops_tf32:.3g} / "
-          f"fp32 {peaks.tflops_fp32:.3g} TFLOP/s", file=sys.stderr)
+    if device.type == "cuda":
+        peaks = measure_peaks(device)
+        print(f"peaks: HBM {peaks.hbm_gbs:.3g} GB/s, L2 {peaks.l2_gbs:.3g} GB/s ({peaks.l2_bytes / 2**20:.3g} MB), "
+              f"fp16 {peaks.tflops_fp16:.3g} / bf16 {peaks.tflops_bf16:.3g} / tf32 {peaks.tflops_tf32:.3g} / "
+              f"fp32 {peaks.tflops_fp32:.3g} TFLOP/s", file=sys.stderr)
+    else:
+        peaks = cpu_peaks()
+        print("peaks and floor: not measured on CPU (noise at these sizes); those columns stay empty",
+              file=sys.stderr)
     prov = provenance(device)
     ctx = Context(device, peaks, prov, tf32, args.warmup_ms, args.rep_ms, args.min_reps, baseline,
                   baseline_ms(existing, baseline, prov["gpu"]))
 
     if _measure(todo, ctx, out, grid, args.time_budget, t_start) == "interrupted":
         return 130
-    return _finish(args, out)
+    return _finish(args, out, jobs, prov["gpu"])
 
 
 def _measure(todo: list, ctx: Context, out: Path, grid: str, time_budget: float | None, t_start: float) -> str:
@@ -428,7 +475,7 @@ def _measure(todo: list, ctx: Context, out: Path, grid: str, time_budget: float 
     ``t_start``. Returns "done" (all rows or out of time) or "interrupted" (Ctrl-C or SIGTERM; the rows so far
     stay)."""
     bar = progress(len(todo), desc=f"sweep {grid}")
-    written = errors = 0
+    written = errors = wrong = 0
     try:
         for job in todo:
             if time_budget is not None and time.perf_counter() - t_start > time_budget:
@@ -440,25 +487,45 @@ def _measure(todo: list, ctx: Context, out: Path, grid: str, time_budget: float 
             row = run_job(job, ctx)
             append_row(out, row)
             written += 1
-            errors += bool(row["error"])
+            wrong += wrong_output(row)
+            errors += bool(row["error"]) and not wrong_output(row)
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         print(f"\ninterrupted: {written} rows written to {out}; rerun the same command to resume",
               file=sys.stderr)
         return "interrupted"
-    bar.close()
-    print(f"wrote {written} rows ({errors} with errors) to {out}", file=sys.stderr)
+    finally:
+        bar.close()
+    print(f"wrote {written} rows ({errors} with errors, {wrong} with wrong outputs) to {out}", file=sys.stderr)
     return "done"
 
 
-def _finish(args, out) -> int:
-    """After a completed sweep: the plots when ``--plot`` was given."""
+def _verdict(out: Path, jobs: list, gpu) -> int:
+    """1 when the last stored row of any job of the grid failed the output check (saying which), else 0."""
+    keys = {key_of(job_fields(j, str(gpu))) for j in jobs}
+    last = {key_of(r): r for r in read_rows(out)}
+    bad = [r for k, r in last.items() if k in keys and wrong_output(r)]
+    if not bad:
+        return 0
+    print(f"error: {len(bad)} row(s) of this grid failed the output check (their outputs or gradients differ "
+          f"from {bad[0]['speedup_ref'] or 'the baseline'}'s beyond the dtype's tolerance; error column "
+          f"{WRONG_OUTPUT}), e.g. {bad[0]['backend']}/{bad[0]['strategy']} {bad[0]['cell']} B={bad[0]['B']} "
+          f"T={bad[0]['T']} H={bad[0]['H']} {bad[0]['dtype']} {bad[0]['pass']}: max_rel_err {bad[0]['max_rel_err']}. "
+          "They are never plotted or tabulated; after a fix, rerun with --retry-errors", file=sys.stderr)
+    return 1
+
+
+def _finish(args, out, jobs, gpu) -> int:
+    """After a completed sweep: the plots when ``--plot`` was given, then the exit status (``_verdict``)."""
+    verdict = _verdict(out, jobs, gpu)
     if args.plot:
         from . import plot
 
-        return plot.main([str(out)])
-    return 0
+        rc = plot.main([str(out)])
+        if rc:
+            return rc
+    return verdict
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """RNN vs LSTM vs use-gate LSTM vs GRU on tasks that need long memory.
 
-    python -m experiments.tasks --smoke --fresh --out results/tasks_smoke  # CPU setting, ~7 min on 2 idle cores
-    python -m experiments.tasks                          # full setting, meant for a GPU
+    python -m experiments.tasks --smoke --out scratch/tasks_smoke  # CPU setting, ~7 min on 2 idle cores
+    python -m experiments.tasks                          # full setting, meant for a GPU (out: scratch/tasks)
     python -m experiments.tasks --plot-only --out DIR    # redraw the PNGs from DIR's CSVs
 
 Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM``, ``models.UseGateLSTM`` or ``models.GRU``,
@@ -39,9 +39,16 @@ this runs the model one step at a time with ``backend="reference"`` and retains 
 Outputs in ``--out``: ``curves.csv`` (long format: one row per model, task, T, seed, step, with train loss, eval
 loss, eval metric, setting and provenance), ``gradnorm.csv``, PNGs drawn from those CSVs only
 (``curves_<task>.png``, ``final_vs_T.png``, ``gradnorm.png``) and ``PROVENANCE.md`` (the command, setting,
-machine, versions and wall time of the run). A rerun skips (model, task, T, seed) jobs that are already complete
-in ``curves.csv``; rows of another setting (name, hidden size, batch, lr or steps) in the folder are refused:
-``--fresh`` deletes the folder's study files first.
+machine, versions and wall time of the run; left as it is by a rerun that trains nothing). A rerun skips
+(model, task, T, seed) jobs that are already complete in ``curves.csv``; rows of another setting (name, hidden
+size, batch, lr or steps) in the folder are refused: ``--fresh`` deletes the folder's study files first, and
+refuses files committed to git (``results/tasks_smoke`` is) unless ``--overwrite-committed`` is given too.
+
+The CSVs are the sweep's kind (``experiments.results``, schemas ``CURVES`` and ``GRADS``): each job's rows are
+appended in one fsynced write (all or none), one study at a time writes a folder (a lock on ``curves.csv``), a
+damaged record (a truncated copy, a crash mid-write) is set aside to ``<csv>.damaged-<UTC time>`` and its job
+trained again, and the rows of a job written twice keep the last copy. A read-only folder, a full disk or a
+damaged file give one-line errors; a complete read-only study can still be checked (0 jobs to run).
 
 ``--backend``: "auto" (our kernels on a GPU, the PyTorch reference on CPU: the Triton interpreter is far too slow
 to train with), "triton" (on CPU: the interpreter, switched on here before ``models`` is imported) or
@@ -50,12 +57,13 @@ to train with), "triton" (on CPU: the interpreter, switched on here before ``mod
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import os
 import platform
+import subprocess
 import sys
+import textwrap
 import time
 import zlib
 from dataclasses import dataclass, replace
@@ -63,7 +71,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .results import commit_of
+from .results import (
+    CsvLocked, Schema, append_rows, commit_of, discard_file, lock_csv, os_error_line, read_rows, repair_csv,
+)
 
 MODELS = ("rnn", "lstm", "usegate", "gru")
 MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM", "gru": "GRU"}
@@ -80,6 +90,16 @@ CURVE_COLUMNS = [
 ]
 SPREAD = "min-max over seeds"
 GRAD_COLUMNS = ["model", "task", "T", "seed", "phase", "distance", "grad_norm", "setting", "commit", "date"]
+PHASES = ("init", "trained")
+# the two CSVs' schemas (checks that catch a damaged or glued record; floats written exactly)
+CURVES = Schema("study", tuple(CURVE_COLUMNS), ints=("T", "seq_len", "seed", "step", "hidden", "batch"),
+                floats=("train_loss", "eval_loss", "eval_metric", "lr", "forget_bias", "wall_s"),
+                choices={"model": MODELS, "task": TASKS}, float_digits=None)
+GRADS = Schema("study", tuple(GRAD_COLUMNS), ints=("T", "seed", "distance"), floats=("grad_norm",),
+               choices={"model": MODELS, "task": TASKS, "phase": PHASES}, float_digits=None)
+# what makes a row unique: a job's row written twice (a job trained again after a crash) keeps the last copy
+CURVE_KEY = ("model", "task", "T", "seed", "step")
+GRAD_KEY = ("model", "task", "T", "seed", "phase", "distance")
 
 
 # ------------------------------------------------------------------------------------------------ setting
@@ -441,28 +461,20 @@ def provenance(device) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- CSV
-def _read_csv(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _append_csv(path, rows, columns):
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+def study_rows(path, schema: Schema = CURVES) -> list[dict]:
+    """The rows of a study CSV (``CURVES`` or ``GRADS``; [] when missing), the last copy of a repeated row
+    (``CURVE_KEY`` / ``GRAD_KEY``) kept, in file order. Raises ValueError for a damaged file (a run repairs it)."""
+    key = CURVE_KEY if schema is CURVES else GRAD_KEY
+    last = {tuple(r[k] for k in key): r for r in read_rows(path, schema)}
+    return list(last.values())
 
 
 def done_jobs(curves_csv: str, grad_csv: str, s: Setting) -> dict[str, set]:
     """The (model, task, T, seed) of jobs already in the CSVs: ``"finals"``, those whose final step is logged;
     ``"grads"``, those whose trained gradient norms are (for the jobs that record them)."""
-    finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(curves_csv)
+    finals = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in study_rows(curves_csv)
               if r["setting"] == s.name and int(r["step"]) == s.steps_for(r["task"], int(r["T"]))}
-    grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in _read_csv(grad_csv)
+    grads = {(r["model"], r["task"], int(r["T"]), int(r["seed"])) for r in study_rows(grad_csv, GRADS)
              if r["setting"] == s.name and r["phase"] == "trained"}
     return {"finals": finals, "grads": grads}
 
@@ -491,23 +503,42 @@ def _worker(args):
 STUDY_FILES = ("curves.csv", "gradnorm.csv", "final_vs_T.png", "gradnorm.png", "PROVENANCE.md")
 
 
-def clear_study(out: str) -> list[str]:
-    """Delete the study's files in ``out`` (CSVs, PNGs, PROVENANCE.md; nothing else). Returns what went."""
-    gone = []
+def committed_files(folder: str, names: list[str]) -> list[str]:
+    """Those of ``names`` (files in ``folder``) that git tracks; [] outside a git repository or without git."""
+    if not names:
+        return []
+    try:
+        res = subprocess.run(["git", "ls-files", "-z", "--", *names], cwd=folder, capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    tracked = {os.path.basename(n) for n in res.stdout.split("\0") if n} if res.returncode == 0 else set()
+    return [n for n in names if n in tracked]
+
+
+def clear_study(out: str, overwrite_committed: bool = False) -> list[str]:
+    """Delete the study's files in ``out`` (CSVs, PNGs, PROVENANCE.md; nothing else; a CSV this process holds
+    the lock on is emptied instead). Returns what went. Raises ValueError, deleting nothing, when git tracks
+    any of them (a committed study) unless ``overwrite_committed``."""
     if not os.path.isdir(out):
-        return gone
-    for name in sorted(os.listdir(out)):
-        if name in STUDY_FILES or (name.startswith("curves_") and name.endswith(".png")):
-            os.remove(os.path.join(out, name))
-            gone.append(name)
-    return gone
+        return []
+    names = [n for n in sorted(os.listdir(out))
+             if n in STUDY_FILES or (n.startswith("curves_") and n.endswith(".png"))]
+    committed = committed_files(out, names)
+    if committed and not overwrite_committed:
+        raise ValueError(f"--fresh: {out} holds study files committed to git ({', '.join(committed)}); refusing "
+                         "to delete them: give another --out (e.g. under scratch/), or add --overwrite-committed "
+                         f"(`git checkout -- {out}` brings them back)")
+    for name in names:
+        discard_file(os.path.join(out, name))
+    return names
 
 
 def stale_rows(curves_csv: str, s: Setting) -> list[str]:
     """Why rows already in ``curves_csv`` cannot sit beside this setting's (another setting name, hidden size,
     batch, lr, or a (task, T) whose last logged step is past this setting's steps); [] when they can."""
     why = set()
-    for r in _read_csv(curves_csv):
+    for r in study_rows(curves_csv):
         if r["setting"] != s.name:
             why.add(f"setting {r['setting']!r}")
             continue
@@ -521,14 +552,35 @@ def stale_rows(curves_csv: str, s: Setting) -> list[str]:
 
 
 def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=torch.float32, jobs: int = 1,
-              models=MODELS, tasks=TASKS, progress: bool = True, command: str | None = None) -> dict:
+              models=MODELS, tasks=TASKS, progress: bool = True, command: str | None = None, fresh: bool = False,
+              overwrite_committed: bool = False) -> dict:
     """Train every job of the setting (skipping complete ones), append to ``out``/curves.csv and gradnorm.csv,
-    then draw the plots and write ``out``/PROVENANCE.md (``command``: the command line it names). Returns
-    {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path, "seconds": wall}. Raises
-    ValueError when ``out`` holds rows of another setting (``stale_rows``)."""
+    then draw the plots and write ``out``/PROVENANCE.md (``command``: the command line it names; kept as it is
+    when no job ran). Holds the study's lock (on curves.csv) throughout; with ``fresh`` first deletes the
+    folder's study files (``clear_study``), saying so on stderr. Damaged records are set aside first
+    (``results.repair_csv``), with a warning on stderr. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path,
+    "seconds": wall, "cleared": [names], "todo": number of jobs run}. Raises ValueError when ``out`` holds rows
+    of another setting (``stale_rows``), a committed study for ``fresh``, or a damaged header; CsvLocked when
+    another study writes ``out``; OSError when a file cannot be written."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
+    curves_csv = os.path.join(out, "curves.csv")
+    with lock_csv(curves_csv, who="study"):
+        return _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, command, fresh,
+                           overwrite_committed)
+
+
+def _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, command, fresh,
+                overwrite_committed) -> dict:
+    """``run_study`` holding the study's lock."""
     curves_csv, grad_csv = os.path.join(out, "curves.csv"), os.path.join(out, "gradnorm.csv")
+    cleared = clear_study(out, overwrite_committed) if fresh else []
+    if cleared:
+        print(f"--fresh: deleted {', '.join(cleared)} in {out}", file=sys.stderr)
+    for path, schema in ((curves_csv, CURVES), (grad_csv, GRADS)):
+        note = repair_csv(path, schema)
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
     stale = stale_rows(curves_csv, s)
     if stale:
         raise ValueError(f"{curves_csv} holds rows of another setting ({'; '.join(stale[:3])}): give another "
@@ -537,6 +589,8 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
     todo = [j for j in make_jobs(s, models, tasks)
             if (j.model, j.task, j.T, j.seed) not in done["finals"]
             or (j.gradnorm and (j.model, j.task, j.T, j.seed) not in done["grads"])]
+    if todo and not all(os.access(p, os.W_OK) for p in (out, curves_csv)):
+        raise PermissionError(13, f"read-only: {len(todo)} job(s) to run cannot be written", out)
     prov = provenance(device)
     t0 = time.perf_counter()
     bar = _progress(len(todo), progress)
@@ -548,21 +602,31 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
         with mp.get_context("spawn").Pool(jobs) as pool:
             it = pool.imap_unordered(_worker, [(j, s, backend, device, dtype, prov, threads) for j in todo])
             for job, (rows, grows) in it:
-                _append_csv(curves_csv, rows, CURVE_COLUMNS)
-                _append_csv(grad_csv, grows, GRAD_COLUMNS)
+                _append_job(curves_csv, grad_csv, rows, grows)
                 bar(job, rows)
     else:
         for job in todo:
             rows, grows = train_job(job, s, backend, device, dtype, provenance=prov)
-            _append_csv(curves_csv, rows, CURVE_COLUMNS)
-            _append_csv(grad_csv, grows, GRAD_COLUMNS)
+            _append_job(curves_csv, grad_csv, rows, grows)
             bar(job, rows)
-    pngs = plot(out)
+    bar.close()
+    writable = os.access(out, os.W_OK)  # a read-only study is checked, not redrawn
+    pngs = plot(out) if writable else []
     seconds = time.perf_counter() - t0
-    prov_md = write_provenance(out, s, backend=backend, device=device, dtype=dtype, jobs=jobs, threads=threads,
-                               n_run=len(todo), seconds=seconds, command=command, prov=prov,
-                               models=models, tasks=tasks)
-    return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, provenance=prov_md, seconds=seconds)
+    prov_md = os.path.join(out, "PROVENANCE.md")
+    if writable and (todo or not os.path.exists(prov_md)):
+        prov_md = write_provenance(out, s, backend=backend, device=device, dtype=dtype, jobs=jobs, threads=threads,
+                                   n_run=len(todo), seconds=seconds, command=command, prov=prov,
+                                   models=models, tasks=tasks)
+    return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, provenance=prov_md, seconds=seconds,
+                cleared=cleared, todo=len(todo))
+
+
+def _append_job(curves_csv: str, grad_csv: str, rows: list[dict], grows: list[dict]) -> None:
+    """One job's rows: its gradient norms, then its curve (whose final step marks the job complete)."""
+    if grows:
+        append_rows(grad_csv, grows, GRADS)
+    append_rows(curves_csv, rows, CURVES)
 
 
 def describe_setting(s: Setting, tasks=TASKS) -> list[str]:
@@ -590,7 +654,7 @@ def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, thre
         triton_v = triton.__version__
     except ImportError:
         triton_v = "not installed"
-    rows = _read_csv(os.path.join(out, "curves.csv"))
+    rows = study_rows(os.path.join(out, "curves.csv"))
     commits = sorted({r["commit"] for r in rows}) or [prov["commit"]]
     dates = sorted({r["date"] for r in rows}) or [prov["date"]]
     dev = str(prov["device"])
@@ -627,19 +691,25 @@ def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, thre
     return path
 
 
-def _progress(total, enabled):
-    from tqdm import tqdm
+class _progress:
+    """A progress bar on stderr, one step per job (none when not ``enabled`` or nothing to do): call it with
+    (job, rows) after each job, ``close()`` at the end."""
 
-    pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and total) else None
+    def __init__(self, total, enabled):
+        from tqdm import tqdm
 
-    def update(job, rows):
-        if pbar is not None:
+        self.pbar = tqdm(total=total, desc="tasks", file=sys.stderr) if (enabled and total) else None
+
+    def __call__(self, job, rows):
+        if self.pbar is not None:
             last = rows[-1]
-            pbar.set_postfix_str(f"{job.model} {job.task} T={job.T}: loss {last['eval_loss']:.3g} "
-                                 f"acc {last['eval_metric']:.3f}")
-            pbar.update(1)
+            self.pbar.set_postfix_str(f"{job.model} {job.task} T={job.T}: loss {last['eval_loss']:.3g} "
+                                      f"acc {last['eval_metric']:.3f}")
+            self.pbar.update(1)
 
-    return update
+    def close(self):
+        if self.pbar is not None:
+            self.pbar.close()
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -660,12 +730,32 @@ CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_AL
 COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple"}
 
 
+def _subtitle(df, models) -> str:
+    """The figures' second title lines: setting, hidden size, the forget-gate bias of the models drawn, seeds
+    (their spread only when there are several) and commit."""
+    setting = ", ".join(sorted(df["setting"].unique()))
+    hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
+    gated = [MODEL_LABELS[m] for m in models if m in ("lstm", "usegate")]
+    plain = [MODEL_LABELS[m] for m in models if m in ("rnn", "gru")]
+    bias = ", ".join(([f"forget-gate bias {FORGET_BIAS:g} ({', '.join(gated)})"] if gated else [])
+                     + ([f"no forget gate in {', '.join(plain)}"] if plain else []))
+    n_seeds = df.groupby(["model", "task", "T"])["seed"].nunique()
+    lo, hi = int(n_seeds.min()), int(n_seeds.max())
+    if hi == 1:
+        seeds = "lines: one seed (no spread to draw)"
+    else:
+        seeds = f"lines: mean of {lo if lo == hi else f'{lo}-{hi}'} seeds, shading / bars: {SPREAD}"
+    return f"{setting} setting, hidden {hidden}, {bias}\n{seeds}, commit {df['commit'].iloc[-1]}"
+
+
 def _save(fig, out: str, name: str, title: str) -> str:
-    """Title, lay out, write ``out/name`` and close the figure; returns the path."""
+    """Title (each line wrapped to the figure's width), lay out so that no text is cut, write ``out/name`` and
+    close the figure; returns the path."""
     import matplotlib.pyplot as plt
 
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    width = max(20, int(fig.get_figwidth() * 13))  # characters of 9-point text per line
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
+    fig.set_layout_engine("constrained")
     p = os.path.join(out, name)
     fig.savefig(p, dpi=110)
     plt.close(fig)
@@ -679,21 +769,16 @@ def plot(out: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_csv(os.path.join(out, "curves.csv"))
+    rows = study_rows(os.path.join(out, "curves.csv"))
     if not rows:
         return []
     df = _frame(rows)
-    setting = ", ".join(sorted(df["setting"].unique()))
-    hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
-    n_seeds = df.groupby(["model", "task", "T"])["seed"].nunique()
-    seeds = str(n_seeds.min()) if n_seeds.min() == n_seeds.max() else f"{n_seeds.min()}-{n_seeds.max()}"
-    sub = (f"{setting} setting, hidden {hidden}, forget-gate bias {FORGET_BIAS:g} (LSTM, use-gate LSTM; none in "
-           f"RNN, GRU)\nlines: mean of {seeds} seeds, shading / bars: {SPREAD}, commit {df['commit'].iloc[-1]}")
     models = [m for m in MODELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
+    sub = _subtitle(df, models)
     paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]
     paths.append(_plot_final_vs_T(plt, df, tasks, models, out, sub))
-    grows = _read_csv(os.path.join(out, "gradnorm.csv"))
+    grows = study_rows(os.path.join(out, "gradnorm.csv"), GRADS)
     if grows:
         paths.append(_plot_gradnorm(plt, _frame(grows, keys_int=("T", "seed", "distance"),
                                                 keys_float=("grad_norm",)), models, out, sub))
@@ -732,7 +817,7 @@ def _plot_curves(plt, d, task: str, models, out: str, sub: str) -> str:
 def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
     """final_vs_T.png: the accuracy at each run's last step against T, one panel per task: per model the mean
     over seeds with min-max error bars."""
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.0, 4 * len(tasks)), 3.8), squeeze=False)
     for c, task in enumerate(tasks):
         d = df[df["task"] == task]
         final = d[d["step"] == d.groupby(["model", "T", "seed"])["step"].transform("max")]
@@ -753,7 +838,7 @@ def _plot_final_vs_T(plt, df, tasks, models, out: str, sub: str) -> str:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("T" + (" (delay)" if task == "copy" else " (sequence length)"))
         ax.set_title(task)
-        ax.set_ylabel("final eval accuracy (mean, bars min-max)")
+        ax.set_ylabel("final eval accuracy" + (" (mean, bars min-max)" if df["seed"].nunique() > 1 else ""))
     axes[0, 0].legend(fontsize=8)
     return _save(fig, out, "final_vs_T.png", f"final score vs sequence length\n{sub}")
 
@@ -787,8 +872,11 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="the CPU setting (adding T 10/20/50/100, copy 10, "
                    "digits 64; hidden 64; 3 seeds; ~7 min on 2 idle cores)")
     p.add_argument("--fresh", action="store_true", help="delete the study files in --out first (CSVs, PNGs, "
-                   "PROVENANCE.md) instead of resuming")
-    p.add_argument("--out", default=None, help="output folder (default results/tasks or results/tasks_smoke)")
+                   "PROVENANCE.md) instead of resuming; refused for files committed to git")
+    p.add_argument("--overwrite-committed", action="store_true",
+                   help="with --fresh: delete study files even when git tracks them (a committed study)")
+    p.add_argument("--out", default=None, help="output folder (default scratch/tasks_smoke with --smoke, else "
+                   "scratch/tasks; the committed CPU study is results/tasks_smoke)")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
                    help="recurrent implementation: auto = triton on CUDA, reference on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -811,9 +899,17 @@ def main(argv=None) -> int:
         print(f"note: {len(s.seeds)} seed(s): the study's points are meant as means of at least 3", file=sys.stderr)
     if a.hidden is not None:
         s = replace(s, hidden=a.hidden)
-    out = a.out or os.path.join("results", "tasks_smoke" if a.smoke else "tasks")
+    out = a.out or os.path.join("scratch", "tasks_smoke" if a.smoke else "tasks")
+    if a.overwrite_committed and not a.fresh:
+        print("error: --overwrite-committed goes with --fresh", file=sys.stderr)
+        return 2
     if a.plot_only:
-        for path in plot(out):
+        try:
+            paths = plot(out)
+        except (ValueError, OSError) as e:
+            print(f"error: {os_error_line(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(path)
         return 0
     if "digits" in a.tasks.split(","):
@@ -823,10 +919,6 @@ def main(argv=None) -> int:
             print("error: the digits task needs scikit-learn: pip install scikit-learn (or the study extra, "
                   "pip install 'fusedrnn[study]'), or leave it out: --tasks adding,copy", file=sys.stderr)
             return 2
-    if a.fresh:
-        gone = clear_study(out)
-        if gone:
-            print(f"--fresh: deleted {', '.join(gone)} in {out}", file=sys.stderr)
     setup_backend(a.backend)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1 if device.type == "cpu" else 1)
@@ -835,12 +927,16 @@ def main(argv=None) -> int:
     command = "PYTHONPATH=. python -m experiments.tasks " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         res = run_study(s, out, backend=a.backend, device=device, dtype=getattr(torch, a.dtype), jobs=jobs,
-                        models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")), command=command)
-    except ValueError as e:
+                        models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")), command=command,
+                        fresh=a.fresh, overwrite_committed=a.overwrite_committed)
+    except (ValueError, CsvLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {res['curves']}, {res['gradnorm']}, {len(res['pngs'])} PNGs and {res['provenance']} in "
-          f"{res['seconds']:.0f} s")
+    except OSError as e:  # a read-only folder or CSV, a full disk: the jobs written so far are kept
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    print(f"{res['todo']} jobs run; {res['curves']}, {res['gradnorm']}, {len(res['pngs'])} PNGs and "
+          f"{res['provenance']} in {res['seconds']:.0f} s")
     return 0
 
 

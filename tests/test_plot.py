@@ -1,4 +1,5 @@
-"""experiments.plot draws every figure from a CSV alone; CPU-made data is tagged and kept out of results/."""
+"""experiments.plot draws every figure from a CSV alone; CPU-made data is tagged, kept out of results/ and gets no
+floor plots; failed rows (an error, a wrong output) are never drawn; the speedup heatmap reads."""
 from __future__ import annotations
 
 import itertools
@@ -58,7 +59,9 @@ def test_cpu_csv_is_tagged_and_kept_out_of_results(tmp_path, monkeypatch):
     csv_path = tmp_path / "cpu.csv"
     _fixture_csv(csv_path, device="cpu", gpu="cpu (x86_64)", dtypes=("fp32",))
     written = plot.make_plots([csv_path], tmp_path / "results")
-    assert len(written) == 10 and len(list((tmp_path / plot.CPU_OUT).iterdir())) == 10
+    # no floor-fraction plots from CPU rows (a CPU run measures no peaks; older CPU CSVs hold noise there)
+    assert len(written) == 8 and len(list((tmp_path / plot.CPU_OUT).iterdir())) == 8
+    assert not any("floor" in p.name for p, _ in written)
     assert not (tmp_path / "results").exists()
     for path, title in written:
         assert plot.CPU_TAG in title
@@ -123,3 +126,93 @@ def test_damaged_csv_gives_a_clear_error_not_a_traceback(tmp_path, capsys):
         assert err.startswith("error: ") and str(p) in err and "Traceback" not in err, (name, err)
         assert len(err.strip().splitlines()) == 1, (name, err)
     assert plot.main([str(tmp_path / "missing.csv")]) == 2
+
+
+def _wrong(rows, **change):
+    return [{**r, **change} if r["backend"] == "fusedrnn" and not r["error"] else r for r in rows]
+
+
+def test_rows_whose_output_was_wrong_are_never_drawn(tmp_path, capsys):
+    """A fusedrnn row whose output failed the comparison (error WrongOutput, or from an older sweep an empty error
+    with max_rel_err inf or above the tolerance) is left out of every figure, and the plot says how many."""
+    from experiments.results import read_rows
+
+    good = tmp_path / "good.csv"
+    _fixture_csv(good, dtypes=("fp16",))
+    rows = read_rows(good)
+    n_fused = sum(r["backend"] == "fusedrnn" and not r["error"] for r in rows)
+    for name, change in (("old_inf", dict(max_rel_err="inf")), ("old_over", dict(max_rel_err="0.5")),
+                         ("new", dict(error="WrongOutput: max_rel_err inf", ms_p50="", speedup=""))):
+        p = tmp_path / f"{name}.csv"
+        for r in _wrong(rows, **change):
+            append_row(p, r)
+        assert "fusedrnn" not in set(plot.load([p])["backend"]), name
+        dropped = {}
+        plot.load([p], dropped)
+        assert dropped == {"wrong": n_fused, "error": 1}, name  # and the OOM row
+    capsys.readouterr()
+    written = plot.make_plots([p], tmp_path / "figs")
+    assert f"left out {n_fused} row(s) whose output failed" in capsys.readouterr().err
+    assert written and not any("heatmap" in q.name for q, _ in written)  # no fusedrnn speedup left to draw
+    # a tight but finite error is a measurement
+    p = tmp_path / "fine.csv"
+    for r in _wrong(rows, max_rel_err="0.01"):
+        append_row(p, r)
+    assert "fusedrnn" in set(plot.load([p])["backend"])
+
+
+def _speedup_rows(path, grid):
+    """fusedrnn and torch_cpu rows on CPU with the given {(B, H): speedup}."""
+    for (B, H), s in grid.items():
+        for backend, strategy, ms in (("torch_cpu", "", 1.0), ("fusedrnn", "per_step", 1.0 / s)):
+            append_row(path, {"device": "cpu", "gpu": "cpu (x86_64)", "B": B, "T": 8, "H": H, "I": H, "layers": 1,
+                              "directions": 1, "dtype": "fp32", "pass": "fwd", "backend": backend,
+                              "strategy": strategy, "ms_p50": ms, "ms_p20": ms, "ms_p80": ms,
+                              "speedup": 1.0 / ms, "speedup_ref": "torch_cpu", "max_rel_err": 1e-7, "error": "",
+                              "torch": "2.13.0", "triton": "3.6.0", "commit": "abc", "date": "2026-01-02T03:04:05Z"})
+
+
+def _luminance(rgb):
+    def lin(c):
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (lin(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def test_speedup_heatmap_tells_cells_apart_and_its_labels_read(tmp_path, monkeypatch):
+    """Speedups spanning orders of magnitude get distinct colours (a log scale), every annotation has a contrast
+    of at least 4.5 with its cell, and a grid of one H (the smoke grid) gets no heatmap at all."""
+    import matplotlib.colors as mcolors
+
+    figs = {}
+    real_save = plot._save
+
+    def keep(fig, path, footer, written, title):
+        figs[path.name] = fig
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for im in ax.get_images():
+                figs[path.name + ":colors"] = im.cmap(im.norm(im.get_array()))
+        figs[path.name + ":texts"] = [(t, t.get_position()) for ax in fig.axes[:1] for t in ax.texts]
+        real_save(fig, path, footer, written, title)
+
+    monkeypatch.setattr(plot, "_save", keep)
+    smoke = tmp_path / "smoke.csv"
+    _speedup_rows(smoke, {(1, 32): 0.0008, (4, 32): 0.003})
+    names = [p.name for p, _ in plot.make_plots([smoke], tmp_path / "a")]
+    assert not any(n.startswith("heatmap") for n in names) and "ms_vs_B_fp32_fwd.png" in names
+    grid = tmp_path / "grid.csv"
+    _speedup_rows(grid, {(1, 32): 0.0008, (4, 32): 0.003, (1, 64): 0.01, (4, 64): 2.5})
+    plot.make_plots([grid], tmp_path / "b")
+    colors = figs["heatmap_speedup_fp32_fwd.png:colors"].reshape(-1, 4)
+    for i in range(len(colors)):
+        for j in range(i):
+            assert abs(colors[i] - colors[j])[:3].max() > 0.05, (i, j, colors)
+    texts = figs["heatmap_speedup_fp32_fwd.png:texts"]
+    assert len(texts) == 4
+    cells = figs["heatmap_speedup_fp32_fwd.png:colors"]
+    for t, (x, y) in texts:
+        bg, fg = _luminance(cells[int(y), int(x)]), _luminance(mcolors.to_rgb(t.get_color()))
+        contrast = (max(bg, fg) + 0.05) / (min(bg, fg) + 0.05)
+        assert contrast >= 4.5, (t.get_text(), contrast)

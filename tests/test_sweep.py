@@ -1,11 +1,17 @@
 """The sweep CLI on CPU: the smoke grid writes every column, reruns add nothing, a failing backend leaves an
-error row and the sweep completes, Ctrl-C keeps finished rows, a damaged last record is set aside and
-measured again, a second sweep on a CSV being written refuses; the cuDNN-algorithm mirror and the floor."""
+error row and the sweep completes, a wrong output is a failed row and exit 1, Ctrl-C keeps finished rows, a
+damaged last record is set aside and measured again, a second sweep on a CSV being written refuses, rewrites
+are atomic and a read-only CSV or a full disk give one-line errors; the cuDNN-algorithm mirror and the floor."""
 from __future__ import annotations
 
 import csv
+import errno
+import io
+import os
+import resource
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,11 +68,12 @@ def test_smoke_sweep_every_column_and_rerun_adds_nothing(tmp_path, capsys):
     assert len(_rows(out)[1]) == len(rows)
     assert "0 to run" in capsys.readouterr().err
 
-    # --plot: nothing left to run, the figures are drawn next to the CSV
+    # --plot: nothing left to run, the figures are drawn next to the CSV; none of a floor a CPU does not
+    # measure, nor a heatmap of one H
     assert sweep.main(argv + ["--plot"]) == 0
     assert len(_rows(out)[1]) == len(rows)
-    for name in ("heatmap_speedup_fp32_fwd.png", "ms_vs_B_fp32_fwdbwd.png", "floor_fraction_fp32_fwd.png"):
-        assert (tmp_path / name).stat().st_size > 1000, name
+    assert (tmp_path / "ms_vs_B_fp32_fwdbwd.png").stat().st_size > 1000
+    assert not list(tmp_path.glob("floor_fraction_*")) and not list(tmp_path.glob("heatmap_*"))
 
 
 @cpu_only
@@ -176,13 +183,13 @@ def test_failing_backend_writes_error_row_and_sweep_completes(tmp_path, monkeypa
     out = tmp_path / "err.csv"
     argv = ["--grid", "smoke", "--B", "1", "--passes", "fwd", "--backends", "boom,torch_cpu,badrun,torch_loop",
             "--out", str(out), "--min-reps", "1", "--rep-ms", "1"]
-    assert sweep.main(argv) == 0
+    assert sweep.main(argv) == 0  # errors are outcomes of a sweep (not applicable, out of memory): exit 0
     _, rows = _rows(out)
     by = {r["backend"]: r for r in rows}
     assert list(by) == ["torch_cpu", "boom", "badrun", "torch_loop"]  # reference first, then as given
     assert by["boom"]["error"] == "RuntimeError: deliberate failure for the test"
     assert by["badrun"]["error"] == "ValueError: bad run"
-    assert by["boom"]["ms_p50"] == "" and by["boom"]["commit"] != "" and by["boom"]["floor_ms"] != ""
+    assert by["boom"]["ms_p50"] == "" and by["boom"]["commit"] != "" and by["boom"]["dtype"] == "fp32"
     assert by["torch_loop"]["error"] == "" and float(by["torch_loop"]["ms_p50"]) > 0
     for r in rows:
         for c in ALWAYS:
@@ -227,6 +234,12 @@ def test_cli_help_and_cpu_defaults(capsys, tmp_path):
     assert usable == ["torch_cpu", "fusedrnn", "torch_loop"]
     usable, skipped = sweep.available_backends(["cudnn", "torch_loop"], torch.device("cpu"))
     assert usable == ["torch_loop"] and "cudnn" in skipped[0]
+    # no backend left to run: an error (exit 2) that says why, not a silent sweep of 0 rows
+    capsys.readouterr()
+    assert sweep.main(["--backends", "cudnn", "--out", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "error: no backend to run on cpu: skipping cudnn: runs on cuda only" in err, err
+    assert not (tmp_path / "none.csv").exists()
 
 
 def test_grids():
@@ -454,3 +467,189 @@ def test_second_sweep_on_a_locked_csv_refuses(tmp_path, capsys):
         holder.communicate("", timeout=30)
     assert _fast_sweep(out) == 0  # the lock is gone with its holder
     assert len(_sound(out)) == 2
+
+
+# --- wrong outputs, CPU columns ------------------------------------------------------------------------------------
+def _nan_build(ref, strategy):
+    """torch_cpu's runner, its output poisoned with NaN."""
+    built = bk.REGISTRY["torch_cpu"].build(ref, strategy)
+
+    def run(x, h0, c0):
+        y, h, c = built.run(x, h0, c0)
+        return y * float("nan"), h, c
+
+    return bk.Built(run, built.params)
+
+
+def _scaled_build(ref, strategy):
+    """torch_cpu's runner, its output 1.5 times too large (finite, far off)."""
+    built = bk.REGISTRY["torch_cpu"].build(ref, strategy)
+
+    def run(x, h0, c0):
+        y, h, c = built.run(x, h0, c0)
+        return 1.5 * y, h, c
+
+    return bk.Built(run, built.params)
+
+
+@cpu_only
+def test_a_wrong_output_is_a_failed_row_and_the_sweep_exits_1(tmp_path, monkeypatch, capsys):
+    """A backend whose output differs from the baseline's (NaN, or finite but far off) writes a row that says
+    WrongOutput, with max_rel_err and no timings or speedup; the summary counts it, the exit status is 1, and a
+    rerun still exits 1 (it is done, not re-measured) until --retry-errors measures it again. A row from an older
+    sweep with no error but max_rel_err inf counts the same. On CPU, no peaks and no floor are written."""
+    for name, build in (("nanout", _nan_build), ("scaled", _scaled_build)):
+        monkeypatch.setitem(bk.REGISTRY, name, bk.Backend(name, build, devices=("cpu",), default_on=()))
+    out = tmp_path / "w.csv"
+    assert _fast_sweep(out, "torch_cpu,nanout,scaled,torch_loop") == 1
+    err = capsys.readouterr().err
+    assert "wrote 4 rows (0 with errors, 2 with wrong outputs)" in err, err
+    assert "error: 2 row(s) of this grid failed the output check" in err and "peaks:" not in err
+    by = {r["backend"]: r for r in _rows(out)[1]}
+    for name in ("nanout", "scaled"):
+        r = by[name]
+        assert r["error"].startswith("WrongOutput: max_rel_err") and "fp32 tolerance 0.1" in r["error"], r["error"]
+        assert r["ms_p50"] == r["speedup"] == "" and float(r["max_rel_err"]) > 0.1
+    assert by["nanout"]["max_rel_err"] == "inf" and float(by["scaled"]["max_rel_err"]) == pytest.approx(0.5)
+    assert by["torch_loop"]["error"] == "" and float(by["torch_loop"]["speedup"]) > 0
+    from experiments.results import PEAK_COLUMNS
+
+    for r in by.values():  # a CPU run measures no peaks and no floor
+        assert all(r[c] == "" for c in PEAK_COLUMNS), {c: r[c] for c in PEAK_COLUMNS}
+    assert _fast_sweep(out, "torch_cpu,nanout,scaled,torch_loop") == 1
+    assert "0 to run" in capsys.readouterr().err
+    # an older sweep's row: no error, max_rel_err inf; it fails the run too, and --retry-errors measures it again
+    old = tmp_path / "old.csv"
+    for r in _rows(out)[1]:
+        if r["backend"] in ("torch_cpu", "torch_loop"):
+            append_row(old, {**r, "max_rel_err": "inf"} if r["backend"] == "torch_loop" else r)
+    assert _fast_sweep(old) == 1
+    assert _fast_sweep(old, extra=["--retry-errors"]) == 0
+    assert len(_rows(old)[1]) == 3
+
+
+# --- atomic rewrites, all-or-nothing appends, read-only files, full disk ---------------------------------------
+@contextmanager
+def _file_size_limit(nbytes):
+    """Writes past ``nbytes`` in any file fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _legacy(path, rows):
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LEGACY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+@cpu_only
+def test_a_full_disk_during_the_legacy_upgrade_loses_no_row(tmp_path, capsys):
+    """The one-time rewrite of a CSV from before the cell column goes to a new file renamed over the old one:
+    when the disk fills up mid-way, the old file is untouched and the sweep stops with a one-line error; with
+    room again, it upgrades and resumes."""
+    out = tmp_path / "old.csv"
+    assert _fast_sweep(out, "torch_cpu") == 0
+    _legacy(out, _rows(out)[1] * 3)  # three rows, one of them (after dedup) a key: the sweep has 1 to run
+    before = out.read_bytes()
+    capsys.readouterr()
+    with _file_size_limit(len(before) + 10):  # the upgraded file needs ",lstm" (5 bytes) more per row
+        assert _fast_sweep(out) == 2
+    err = capsys.readouterr().err
+    assert out.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name != "old.csv"]
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and "File too large" in lines[0] and "free some space" in lines[0], err
+    assert "Traceback" not in err
+    assert _fast_sweep(out) == 0
+    assert [r["cell"] for r in read_rows(out)] == ["lstm"] * 4 and _rows(out)[0] == COLUMNS
+
+
+def test_a_failed_append_leaves_the_file_as_it_was(tmp_path):
+    """A row that cannot be written whole (a full disk) is undone: no partial record stays behind."""
+    p = tmp_path / "a.csv"
+    append_row(p, {"device": "cpu", "B": 1, "error": "x" * 10})
+    before = p.read_bytes()
+    with _file_size_limit(len(before) + 20), pytest.raises(OSError) as e:
+        append_row(p, {"device": "cpu", "B": 2, "error": "y" * 200})
+    assert e.value.errno == errno.EFBIG
+    assert p.read_bytes() == before
+
+
+@contextmanager
+def _read_only(*paths):
+    """Simulate read-only files and folders, whoever runs the tests (root ignores permission bits): opening
+    one of ``paths`` for writing, creating a file in one, or replacing one raises PermissionError, and
+    os.access says they are not writable."""
+    paths = {os.path.realpath(p) for p in paths}
+
+    def blocked(path):
+        path = os.path.realpath(path)
+        return path in paths or os.path.dirname(path) in paths
+
+    def denied(path):
+        return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    real_open, real_io_open, real_access, real_replace = os.open, io.open, os.access, os.replace
+
+    def os_open(path, flags, *a, **k):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND) and blocked(path):
+            if not (flags & os.O_CREAT and os.path.exists(path) and not flags & (os.O_WRONLY | os.O_RDWR)):
+                raise denied(path)
+        return real_open(path, flags, *a, **k)
+
+    def io_open(file, mode="r", *a, **k):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and blocked(file):
+            raise denied(file)
+        return real_io_open(file, mode, *a, **k)
+
+    def access(path, mode, *a, **k):
+        return False if mode & os.W_OK and os.path.realpath(path) in paths else real_access(path, mode, *a, **k)
+
+    def replace(src, dst, *a, **k):
+        if blocked(dst):
+            raise denied(dst)
+        return real_replace(src, dst, *a, **k)
+
+    patches = [(os, "open", os_open), (io, "open", io_open), (os, "access", access), (os, "replace", replace)]
+    import builtins
+
+    patches.append((builtins, "open", io_open))
+    try:
+        for mod, name, fn in patches:
+            setattr(mod, name, fn)
+        yield
+    finally:
+        for (mod, name, _), real in zip(patches, (real_open, real_io_open, real_access, real_replace,
+                                                  real_io_open)):
+            setattr(mod, name, real)
+
+
+@cpu_only
+def test_read_only_csv_is_checked_and_writes_give_one_line_errors(tmp_path, capsys):
+    """A complete read-only CSV is locked and checked ("0 to run", exit 0); one with rows to run, a damaged one
+    in a read-only folder, and a new CSV in a read-only folder stop with a one-line error (exit 2), the file
+    untouched."""
+    out = tmp_path / "r.csv"
+    assert _fast_sweep(out) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    with _read_only(out, tmp_path):
+        assert _fast_sweep(out) == 0
+        assert "0 to run" in capsys.readouterr().err
+        assert _fast_sweep(out, extra=["--B", "1,4"]) == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and "is read-only: 2 rows to run cannot be written" in err, err
+        assert _fast_sweep(tmp_path / "new.csv") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and "Permission denied" in err[-1] and "writable" in err[-1], err
+    _cut_last_record(out, lambda r: r[:5])
+    damaged = out.read_bytes()
+    with _read_only(out, tmp_path):
+        assert _fast_sweep(out) == 2
+        err = capsys.readouterr().err
+        assert "could not be set aside" in err and "Permission denied" in err and "Traceback" not in err, err
+    assert out.read_bytes() == damaged and out.read_bytes() != before and len(list(tmp_path.iterdir())) == 1

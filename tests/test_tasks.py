@@ -1,12 +1,16 @@
 """experiments/tasks.py: the training loop gives the same losses through the fused kernels (the interpreter on
 CPU) as through the reference; a tiny study writes its CSVs, PNGs (mean and min-max spread over seeds) and
-PROVENANCE.md, resumes, and refuses rows of another setting; the data and the gradient-norm probe are what the
-docstring says."""
+PROVENANCE.md, resumes, and refuses rows of another setting; a damaged CSV is repaired, a second study on the
+folder refuses, --fresh keeps committed files; the plots of a subset fit and name only what ran; the data and the
+gradient-norm probe are what the docstring says."""
 from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +37,7 @@ TINY = replace(SMOKE, name="tiny", lengths={"adding": (4, 6), "copy": (3,), "dig
 
 
 HERE = tasks.MODELS  # the tiny study runs every model of the study
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_smoke_setting_is_the_cpu_study():
@@ -94,11 +99,11 @@ def test_tiny_study_writes_csv_and_pngs_and_resumes(tmp_path):
     assert names == ["curves_adding.png", "curves_copy.png", "curves_digits.png", "final_vs_T.png",
                      "gradnorm.png"]
     assert all(os.path.getsize(p) > 10_000 for p in res["pngs"])
-    # a rerun finds every job done and appends nothing; --plot-only redraws from the CSVs
-    size = os.path.getsize(res["curves"])
-    run_study(TINY, out, backend="reference", device="cpu", jobs=1, progress=False, models=HERE)
-    assert os.path.getsize(res["curves"]) == size
-    assert "0 jobs trained" in open(res["provenance"]).read()
+    # a rerun finds every job done and appends nothing, and keeps PROVENANCE.md (the run that trained);
+    # --plot-only redraws from the CSVs
+    size, prov_text = os.path.getsize(res["curves"]), open(res["provenance"]).read()
+    assert run_study(TINY, out, backend="reference", device="cpu", jobs=1, progress=False, models=HERE)["todo"] == 0
+    assert os.path.getsize(res["curves"]) == size and open(res["provenance"]).read() == prov_text
     for p in res["pngs"]:
         os.remove(p)
     assert tasks.main(["--plot-only", "--out", out]) == 0
@@ -135,11 +140,10 @@ def test_every_plot_draws_the_spread_over_seeds(tmp_path, monkeypatch):
         for dist in range(3):
             grows.append(dict(model="lstm", task="adding", T=3, seed=seed, phase="init", distance=dist,
                               grad_norm=math.exp(-dist * (seed + 1))))
-    for name, rs, cols in (("curves.csv", rows, list(rows[0])), ("gradnorm.csv", grows, list(grows[0]))):
-        with open(tmp_path / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rs)
+    from experiments.results import append_rows
+
+    append_rows(tmp_path / "curves.csv", rows, tasks.CURVES)  # the other columns empty
+    append_rows(tmp_path / "gradnorm.csv", grows, tasks.GRADS)
     tasks.plot(str(tmp_path))
     assert sorted(figs) == ["curves_adding.png", "final_vs_T.png", "gradnorm.png"]
     for name, (fig, title) in figs.items():
@@ -223,3 +227,152 @@ def test_gradient_norms_are_total_gradients():
     for t in range(5, -1, -1):
         assert abs(g.norm().item() - norms[5 - t]) <= 1e-10 * norms[5 - t]
         g = (g * (1 - hs[t] ** 2)) @ W if t > 0 else g
+
+
+# --- the study's CSVs: damage, the lock, --fresh, read-only -------------------------------------------------------
+SMALL = replace(TINY, name="small", lengths={"adding": (4,)}, steps={"adding": 2}, eval_every=2, seeds=(0, 1))
+
+
+def _small_study(out, **kw):
+    return run_study(SMALL, str(out), backend="reference", device="cpu", progress=False, models=("rnn",),
+                     tasks=("adding",), **kw)
+
+
+def test_a_cut_last_line_is_set_aside_and_its_job_trained_again(tmp_path, monkeypatch, capsys):
+    """A curves.csv whose last line is cut (a truncated copy, a crash) is repaired like the sweep's CSV: the
+    fragment goes to a side file, that job is trained again, and nothing claims another setting."""
+    monkeypatch.setattr(tasks, "plot", lambda out: [])
+    _small_study(tmp_path)
+    curves = tmp_path / "curves.csv"
+    with open(curves, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and {r["seed"] for r in rows} == {"0", "1"}
+    data = curves.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    curves.write_bytes(data[: last + (len(data) - last) // 2])  # inside the last row, no end of line
+    capsys.readouterr()
+    res = _small_study(tmp_path)
+    err = capsys.readouterr().err
+    assert res["todo"] == 1 and "set aside 1 incomplete or malformed record(s)" in err, err
+    assert [(r["seed"], r["step"]) for r in tasks.study_rows(curves)] == [(r["seed"], "2") for r in rows]
+    (side,) = tmp_path.glob("curves.csv.damaged-*")
+    assert side.read_bytes() == data[last: last + (len(data) - last) // 2]
+    # the retrained job's gradient norms were written a second time: the last copy counts, once
+    grads = tasks.study_rows(tmp_path / "gradnorm.csv", tasks.GRADS)
+    assert len(grads) == 2 * 2 * 4  # seeds x phases x distances
+    assert _small_study(tmp_path)["todo"] == 0
+
+
+def test_a_second_study_on_the_same_folder_refuses(tmp_path, capsys):
+    """One study at a time writes a folder: while another process holds the lock, a run stops at once."""
+    out = tmp_path / "s"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom experiments.results import lock_csv\n"
+         f"with lock_csv({str(out / 'curves.csv')!r}):\n    print('locked', flush=True)\n    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert tasks.main(["--smoke", "--models", "rnn", "--tasks", "adding", "--seeds", "1", "--steps", "2",
+                           "--out", str(out)]) == 2
+        assert "being written by another study" in capsys.readouterr().err
+        assert os.listdir(out) == ["curves.csv"] and (out / "curves.csv").read_bytes() == b""
+    finally:
+        holder.communicate("", timeout=30)
+
+
+def test_fresh_never_deletes_committed_results_without_a_second_flag(tmp_path, monkeypatch, capsys):
+    """--fresh on a folder whose study files git tracks deletes nothing and says how to go on; with
+    --overwrite-committed it deletes them. The documented study command writes under scratch/."""
+    monkeypatch.setattr(tasks, "plot", lambda out: [])
+    out = tmp_path / "study"
+    _small_study(out)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(git + ["add", "study/curves.csv", "study/PROVENANCE.md"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "study"], cwd=tmp_path, check=True)
+    before = sorted(os.listdir(out))
+    argv = ["--smoke", "--models", "rnn", "--tasks", "adding", "--seeds", "1", "--steps", "2", "--out", str(out),
+            "--fresh"]
+    capsys.readouterr()
+    assert tasks.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "committed to git (PROVENANCE.md, curves.csv)" in err and "--overwrite-committed" in err, err
+    assert sorted(os.listdir(out)) == before and len(tasks.study_rows(out / "curves.csv")) == 2
+    assert tasks.main(["--overwrite-committed", "--out", str(out)]) == 2  # only with --fresh
+    assert "goes with --fresh" in capsys.readouterr().err
+    assert tasks.clear_study(str(out), overwrite_committed=True) == ["PROVENANCE.md", "curves.csv", "gradnorm.csv"]
+    readme = (ROOT / "README.md").read_text()
+    assert "python -m experiments.tasks --smoke --out scratch/tasks_smoke" in readme
+    assert "--fresh --out results/" not in readme and "--fresh --out results/" not in tasks.__doc__
+
+
+def test_a_complete_read_only_study_is_checked(tmp_path, monkeypatch, capsys):
+    """A complete study in a folder that cannot be written: 0 jobs to run, nothing written, no error; with jobs
+    to run, a one-line error (exit 2)."""
+    from .test_sweep import _read_only
+
+    monkeypatch.setattr(tasks, "plot", lambda out: [])
+    out = tmp_path / "study"
+    _small_study(out)
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = ["--models", "rnn", "--tasks", "adding", "--out", str(out)]
+    monkeypatch.setattr(tasks, "SMOKE", SMALL)
+    capsys.readouterr()
+    with _read_only(out, *out.iterdir()):
+        assert tasks.main(["--smoke", *argv]) == 0
+        assert "0 jobs run" in capsys.readouterr().out
+        assert tasks.main(["--smoke", "--seeds", "3", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "read-only: 1 job(s) to run" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+def _fits(fig):
+    """The figure's titles, axis labels and legend texts lie inside it, as saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the figure was closed once saved
+    canvas.draw()
+    r = canvas.get_renderer()
+    box = fig.bbox
+    texts = [fig._suptitle]
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        texts += ax.get_legend().get_texts() if ax.get_legend() else []
+    texts = [t for t in texts if t is not None and t.get_visible() and t.get_text()]
+    out = []
+    for t in texts:
+        b = t.get_window_extent(r)
+        if b.x0 < box.x0 - 1 or b.x1 > box.x1 + 1 or b.y0 < box.y0 - 1 or b.y1 > box.y1 + 1:
+            out.append(t.get_text())
+    return out
+
+
+def test_the_plots_of_a_subset_fit_and_name_only_what_ran(tmp_path, monkeypatch):
+    """One task, one T, two models, one seed: no text is cut off, the titles name neither the use-gate LSTM nor
+    the GRU, and say "one seed" (no spread), never "1 seeds"."""
+    figs = {}
+    real_save = tasks._save
+
+    def keep(fig, out, name, title):
+        path = real_save(fig, out, name, title)
+        figs[name] = (fig, " ".join(fig._suptitle.get_text().split()))  # lines wrapped to the figure's width
+        return path
+
+    monkeypatch.setattr(tasks, "_save", keep)
+    rows = [dict(model=m, task="adding", T=50, seq_len=50, seed=0, step=step, train_loss=0.1, eval_loss=0.1,
+                 eval_metric=0.5, metric_name="accuracy", hidden=64, batch=64, lr=0.01, forget_bias=1.0,
+                 backend="auto", dtype="float32", setting="smoke", wall_s=1.0, commit="c80c6c5", torch="2.13",
+                 date="2026-12-02 17:12", cpu="x", device="cpu") for m in ("rnn", "lstm") for step in (50, 100)]
+    with open(tmp_path / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    tasks.plot(str(tmp_path))
+    assert sorted(figs) == ["curves_adding.png", "final_vs_T.png"]
+    for name, (fig, title) in figs.items():
+        assert _fits(fig) == [], name
+        assert "1 seeds" not in title and "one seed" in title and "min-max" not in title, title
+        assert "use-gate" not in title and "GRU" not in title, title
+        assert "forget-gate bias 1 (LSTM)" in title and "RNN (tanh)" in title, title
+        assert not any("min-max" in ax.get_ylabel() for ax in fig.axes), name
