@@ -11,7 +11,7 @@ dtype:
 1. Compile the kernel as it runs (the launch-time constexprs of ``RUNTIME``: no lengths, gates stored, no data
    sync, no PDL) with experiments/compile_check.py's ``compile_entry`` for ``GPUTarget("cuda", arch, 32)``, aligned,
    and read its SASS (the bundled ``cuobjdump -sass``, with the control word of every instruction). Compiles are
-   cached by a hash of the kernels' sources, the triton version and the variant (``--cache``).
+   cached by the kernel's source hash (triton's ``cache_key``), the triton version and the variant (``--cache``).
 2. Walk one time step's SASS path (``step_path``): a persistent kernel from the top of its time loop to the CTA
    barrier of its arrival at the grid barrier (the last ``BAR.SYNC`` before the ``REDG`` that arrives), a per-step
    kernel from its entry to its ``EXIT``. Conditional forward branches fall through (the guarded block runs),
@@ -156,16 +156,12 @@ _HI_RE = re.compile(r"^\s*/\*\s*(0x[0-9a-fA-F]{16})\s*\*/\s*$")
 def parse_sass(sass: str, function: str | None = None) -> list[Instr]:
     """The instructions of ``function`` (default: the first) in a ``cuobjdump -sass`` listing, each with the
     control fields of its second encoding word (the line below it)."""
-    lines = sass.splitlines()
-    out, inside = [], False
+    sections = re.split(r"^\s*Function\s*:\s*", sass, flags=re.MULTILINE)[1:]
+    text = next((sec for sec in sections if function is None or sec.split(None, 1)[0] == function), "")
+    lines = text.splitlines()
+    out = []
     for i, line in enumerate(lines):
-        head = re.match(r"\s*Function\s*:\s*(\S+)", line)
-        if head:
-            if inside:
-                break
-            inside = function is None or head.group(1) == function
-            continue
-        m = _LINE_RE.search(line) if inside else None
+        m = _LINE_RE.search(line)
         if not m:
             continue
         hi = _HI_RE.match(lines[i + 1]) if i + 1 < len(lines) else None
@@ -241,8 +237,8 @@ def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[
     first unpredicated ``EXIT``). ``trips((first, last))`` is how many times a loop's body runs in total.
     Branches: a conditional forward branch falls through (its block runs), unless it skips a loop (it targets
     the address right after a loop's back branch and the loop starts at or after it) whose trips are used up, or
-    it is the entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a backward branch is taken until its loop has run ``trips`` times. ``CALL``
-    walks the callee up to its ``RET``."""
+    it is the entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a
+    backward branch is taken until its loop has run ``trips`` times. ``CALL`` walks the callee up to its ``RET``."""
     at = {ins.addr: k for k, ins in enumerate(instrs)}
     lps = loops(instrs)
     after = {instrs[at[hi] + 1].addr if at[hi] + 1 < len(instrs) else hi + 16: (lo, hi) for lo, hi in lps}
@@ -444,33 +440,23 @@ KERNELS = {
 GATES = {"lstm": 4, "gru": 3}
 
 
-def _sources_hash() -> str:
-    from . import compile_check as cc
-
-    folder, _ = cc._kernels_package()
-    h = hashlib.sha1()
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            h.update(name.encode() + Path(folder, name).read_bytes())
-    return h.hexdigest()
-
-
 def default_cache() -> Path:
     return Path(os.environ.get("FUSEDRNN_PREDICT_CACHE", Path.home() / ".cache" / "fusedrnn" / "predict"))
 
 
-def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, sources: str) -> dict:
+def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path) -> dict:
     """The launch-time variant (``RUNTIME``) of registry kernel ``kernel`` compiled at ``config`` for ``arch`` /
     ``dtype`` (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes", "status"}``, cached in
-    ``cache`` under a hash of the kernels' sources (``sources``), the triton version and the variant."""
+    ``cache`` under a hash of the kernel's ``cache_key`` (triton's hash of its source and the jit functions it
+    calls), the triton version and the variant."""
     import triton
 
     from . import compile_check as cc
 
     entry = cc.find_entry(kernel, dtype)
     consts = {k: RUNTIME.get(k, v) for k, v in entry.get("constexprs", {}).items()}
-    key = hashlib.sha1(json.dumps([sources, triton.__version__, kernel, consts, config, arch, dtype],
-                                  sort_keys=True, default=str).encode()).hexdigest()[:20]
+    variant = [entry["kernel"].cache_key, triton.__version__, kernel, consts, config, arch, dtype]
+    key = hashlib.sha1(json.dumps(variant, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache) / f"{kernel}_{arch}_{dtype}_{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -495,7 +481,9 @@ def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, sour
 class StepKernelModel:
     """One compiled kernel config and its step path (``step_path``). ``reps``: copies of the repeated loop body
     on the path: batch tiles of a persistent step (its batch-tile loop runs reps - 1 times when ptxas peeled
-    tile 0 out of it, else reps times), iterations of a per-step kernel's K loop body."""
+    tile 0 out of it, else reps times), iterations of a per-step kernel's K loop body. ``hot``: the loops that
+    repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
+    a per-step kernel)."""
 
     def __init__(self, build: dict, warps: int):
         self.instrs = parse_sass(build["sass"])
@@ -505,22 +493,23 @@ class StepKernelModel:
         self.kind = mma_kind(self.instrs)
         self.persistent = time_loop(self.instrs)
         body_ops = (self.kind,) if self.kind else ()
-        self._hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
+        self.hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
                                                              for i in self.instrs)}
         if self.persistent:
             lo, hi, _ = self.persistent
-            self._hot = {lp for lp in self._hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
-            inner = [i for i in self.instrs if lo <= i.addr <= hi and not any(a <= i.addr <= b for a, b in self._hot)]
+            self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
+            inner = [i for i in self.instrs if lo <= i.addr <= hi and not any(a <= i.addr <= b for a, b in self.hot)]
             self.peeled = int(any(i.base == self.kind for i in inner))
         else:  # the innermost loops that hold the MMA (the K loop)
-            self._hot = {lp for lp in self._hot if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1]
-                                                           for o in self._hot)}
+            self.hot = {lp for lp in self.hot if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1]
+                                                           for o in self.hot)}
             self.peeled = 0
         self._paths: dict = {}
+        self._cycles: dict = {}
 
     def path(self, reps: int) -> list[Instr]:
         if reps not in self._paths:
-            trips = lambda lp: max(0, reps - self.peeled) if lp in self._hot else 0  # noqa: E731
+            trips = lambda lp: max(0, reps - self.peeled) if lp in self.hot else 0  # noqa: E731
             if self.persistent:
                 lo, _, bar = self.persistent
                 self._paths[reps] = step_path(self.instrs, lo, bar, trips)
@@ -528,9 +517,13 @@ class StepKernelModel:
                 self._paths[reps] = step_path(self.instrs, self.instrs[0].addr, None, trips)
         return self._paths[reps]
 
-    def body_mma(self) -> int:
-        """MMA instructions per warp in one pass of the repeated loop body."""
-        return sum(1 for i in self.instrs for lo, hi in self._hot if lo <= i.addr <= hi and i.base == self.kind)
+    def cycles(self, reps: int, p: Params, gather_bpc: float = 0.0, gather_fraction: float = 1.0,
+               memory: bool = True) -> float:
+        """``simulate`` of ``path(reps)`` on this kernel's warps (memoized)."""
+        key = (reps, p, gather_bpc, gather_fraction, memory)
+        if key not in self._cycles:
+            self._cycles[key] = simulate(self.path(reps), self.warps, p, gather_bpc, gather_fraction, memory)
+        return self._cycles[key]
 
 
 def _macs(op: str) -> int:
@@ -546,7 +539,7 @@ def _macs(op: str) -> int:
 def unroll_factor(model: StepKernelModel, macs_per_slice: int) -> int:
     """How many K slices one pass of a per-step kernel's loop body computes (ptxas may unroll the loop): its MMA
     work over one slice's (BLOCK_B x N x BLOCK_K); 1 when unknown (no MMA instruction)."""
-    ops = [i.op for i in model.instrs for lo, hi in model._hot if lo <= i.addr <= hi and i.base == model.kind]
+    ops = [i.op for i in model.instrs for lo, hi in model.hot if lo <= i.addr <= hi and i.base == model.kind]
     if not ops or model.kind not in MMA_KINDS:
         return 1
     per_warp = model.warps // 4 if model.kind == "HGMMA" else model.warps
@@ -560,7 +553,7 @@ def persistent_step_us(model: StepKernelModel, tiles: int, programs: int, gather
     gathers at this program's share of the aggregate L2 bandwidth, plus the grid barrier."""
     clk = p.clock_ghz * 1e3  # cycles per us
     bpc = min(p.sm_l2_bpc, p.l2_tbs * 1e12 / (programs * p.clock_ghz * 1e9))
-    cyc = extrapolate(lambda n: simulate(model.path(n), model.warps, p, bpc, gather_fraction), tiles)
+    cyc = extrapolate(lambda n: model.cycles(n, p, bpc, gather_fraction), tiles)
     return cyc / clk + p.grid_barrier_us
 
 
@@ -576,7 +569,7 @@ def per_step_us(model: StepKernelModel, iters: int, ctas: int, p: Params) -> tup
     """A per-step launch (module docstring, step 5) with ``iters`` K-loop body passes on ``ctas`` CTAs:
     ``(us, bytes loaded per CTA)``."""
     clk = p.clock_ghz * 1e3
-    onchip = extrapolate(lambda n: simulate(model.path(n), model.warps, p, memory=False), iters, base=2) / clk
+    onchip = extrapolate(lambda n: model.cycles(n, p, memory=False), iters, base=2) / clk
     cta_bytes = extrapolate(lambda n: count(model.path(n), model.warps).global_bytes, iters, base=2)
     waves = -(-ctas // (p.sms * occupancy(model.registers, model.shared_bytes, model.warps)))
     sm_stream = cta_bytes / (p.sm_stream_gbs * 1e3)
@@ -627,10 +620,12 @@ def _module(name: str):
 
 
 def persistent_config(cell: str, dtype: str, H: int, sms: int):
-    """The config ``decide`` runs for a persistent pass (the cell module's ``pick_config``), or None."""
+    """The config ``decide`` runs for a persistent pass (``_persistent.pick_config`` on the cell's CONFIGS), or
+    None."""
     import torch
 
-    return _module(KERNELS[(cell, "persistent", "fwd")][0]).pick_config(getattr(torch, _TORCH_DTYPE[dtype]), H, sms)
+    configs = _module(KERNELS[(cell, "persistent", "fwd")][0]).CONFIGS
+    return _module("_persistent").pick_config(configs, getattr(torch, _TORCH_DTYPE[dtype]), H, sms)
 
 
 def step_configs(cell: str, kind: str, dtype: str, B: int) -> list[dict]:
@@ -682,14 +677,13 @@ class Predictor:
 
         cc._drop_interpreter()
         self.cache = Path(cache or default_cache())
-        self.sources = _sources_hash()
         self.device = {90: device90, 80: ARCH_DEVICE[80]}
         self._models: dict = {}
 
     def model(self, kernel: str, cfg: dict, arch: int, dtype: str) -> StepKernelModel:
         key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype)
         if key not in self._models:
-            build = compiled(kernel, cfg, arch, dtype, self.cache, self.sources)
+            build = compiled(kernel, cfg, arch, dtype, self.cache)
             self._models[key] = StepKernelModel(build, cfg["num_warps"])
         return self._models[key]
 
@@ -715,7 +709,8 @@ class Predictor:
         params = DEVICES[self.device[arch]]
         kernel = KERNELS[(cell, "per_step", kind)][1]
         K = H if kind == "fwd" else GATES[cell] * H
-        N_of = lambda c: GATES[cell] * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
+        # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
+        N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
         best = None
         for cfg in step_configs(cell, kind, dtype, B):
             m = self.model(kernel, cfg, arch, dtype)
@@ -772,3 +767,253 @@ def write_csv(path: Path, preds: list[Prediction], commit: str):
 def read_csv(path: Path = CSV_PATH) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# "auto": the strategy with the lower predicted time, per pass and shape
+# ----------------------------------------------------------------------------------------------
+def _mid(row: dict) -> float:
+    return (float(row["ms_T1024_lo"]) + float(row["ms_T1024_hi"])) / 2
+
+
+def auto_choices(rows: list[dict]) -> dict:
+    """``{(cell, pass, dtype, arch): {(B, H): strategy}}``: per shape the strategy whose predicted ms_T1024
+    midpoint is lower (per_step where persistent has no row: no config)."""
+    best: dict = {}
+    for r in rows:
+        key = (r["cell"], r["pass"], r["dtype"], int(r["arch"].removeprefix("sm_")))
+        shape = (int(r["B"]), int(r["H"]))
+        cur = best.setdefault(key, {}).get(shape)
+        if cur is None or _mid(r) < cur[1]:
+            best[key][shape] = (r["strategy"], _mid(r))
+    return {k: {s: v[0] for s, v in sorted(d.items())} for k, d in sorted(best.items())}
+
+
+def auto_table_source(rows: list[dict]) -> str:
+    """The text of kernels/auto_strategy.py."""
+    commits = sorted({r["commit"] for r in rows})
+    batches = sorted({int(r["B"]) for r in rows})
+    hidden = sorted({int(r["H"]) for r in rows})
+    lines = [
+        '"""The strategy "auto" runs, per pass and shape: the one with the lower predicted time (the midpoint of its',
+        "range, recurrence + GEMMs at T = 1024) in results/predicted_steps.csv. PREDICTED, not measured: replace with",
+        "measured crossovers once a GPU has timed both strategies. Generated by `python -m experiments.predict",
+        f"--auto-table` from the CSV of commit {' / '.join(commits)}; do not edit.",
+        "",
+        "Keys: (cell, pass, dtype, arch) with arch 90 (sm_90a, H100 parameters) or 80 (sm_80, A100 parameters);",
+        "values: {(B, H): strategy}. Shapes between the points: ``_persistent.auto_strategy``.",
+        '"""',
+        'P, S = "persistent", "per_step"',
+        f"BATCHES = {tuple(batches)}",
+        f"HIDDEN = {tuple(hidden)}",
+        "TABLE = {",
+    ]
+    for key, shapes in auto_choices(rows).items():
+        lines.append(f"    {key!r}: {{")
+        items = [f"{s!r}: {'P' if v == 'persistent' else 'S'}" for s, v in shapes.items()]
+        line = "       "
+        for it in items:
+            if len(line) + len(it) + 2 > 118:
+                lines.append(line.rstrip())
+                line = "       "
+            line += f" {it},"
+        lines.append(line.rstrip())
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# docs/PERFORMANCE.md: the generated [E] block
+# ----------------------------------------------------------------------------------------------
+BEGIN = ("<!-- predicted steps: generated by `python -m experiments.predict --doc docs/PERFORMANCE.md` from "
+         "results/predicted_steps.csv; do not edit -->")
+END = "<!-- end of predicted steps -->"
+# The static review of commit 2c7c128's kernels (B = 16, T = 1024, bf16, H100; ms, recurrence + GEMMs): the
+# figures this predictor must reproduce while the kernels are those.
+REVIEW = {
+    ("lstm", "persistent", 1024, "fwd"): (4.8, 6.3), ("lstm", "persistent", 1024, "fwd+bwd"): (12.4, 16.5),
+    ("lstm", "persistent", 768, "fwd"): (4.4, 5.9), ("lstm", "persistent", 768, "fwd+bwd"): (10.7, 14.3),
+    ("lstm", "per_step", 1024, "fwd"): (4.1, 5.8), ("lstm", "per_step", 1024, "fwd+bwd"): (10.6, 14.7),
+    ("lstm", "per_step", 768, "fwd+bwd"): (8.8, 12.4),
+    ("gru", "persistent", 1024, "fwd"): (3.8, 5.1), ("gru", "persistent", 1024, "fwd+bwd"): (9.6, 13.0),
+    ("gru", "persistent", 768, "fwd"): (3.4, 4.7), ("gru", "persistent", 768, "fwd+bwd"): (8.3, 11.2),
+}
+REVIEW_COUNTS = {("lstm", "fwd"): (874, 26), ("lstm", "bwd"): (942, 27), ("gru", "fwd"): (585, 21),
+                 ("gru", "bwd"): (682, 22)}
+
+
+# The parity design (docs/PERFORMANCE.md): per step, on chip after the last chunk of the gather: the last
+# chunk's MMA, the split-K reduction into one output per warp, the cell on those outputs, arrival skew (us).
+PARITY_ONCHIP_US = (0.5, 0.8)
+PARITY_UNITS = {"fwd": 8, "bwd": 16}  # units per program: the backward halves its gather with 64 programs at H=1024
+
+
+def parity_budget(cell: str, kind: str, H: int, B: int, p: Params, onchip_us: float, dtype: str = "bf16") -> dict:
+    """Per-step budget (us) of the parity design, not of a compiled kernel: ``flag`` a producer's flag store
+    seen by a consumer's poll (2 L2 latencies), ``gather`` the step's all-to-all bytes (h forward, dz backward: each
+    of the cdiv(H, units) programs reads B x G_in x H elements) at the aggregate L2 rate (capped by the
+    programs' per-SM rate), the MMA hidden under it chunk by chunk, then ``onchip``; plus ``ms`` at T = 1024 with
+    the pass's GEMMs."""
+    programs = -(-H // PARITY_UNITS[kind])
+    width = H if kind == "fwd" else GATES[cell] * H
+    nbytes = programs * B * width * ESIZE[dtype]
+    rate = min(p.l2_tbs * 1e12, programs * p.sm_l2_bpc * p.clock_ghz * 1e9)
+    out = dict(flag=2 * p.l2_lat / (p.clock_ghz * 1e3), gather=nbytes / rate * 1e6, onchip=onchip_us)
+    out["step"] = sum(out.values())
+    out["ms"] = T_STEPS * out["step"] / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p)
+    return out
+
+
+def _index(rows):
+    return {(r["cell"], r["strategy"], r["dtype"], r["arch"], int(r["B"]), int(r["H"]), r["pass"]): r for r in rows}
+
+
+def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
+    rs = [idx.get((cell, strategy, dtype, arch, B, H, k)) for k in passes]
+    if any(r is None for r in rs):
+        return None
+    return sum(float(r["ms_T1024_lo"]) for r in rs), sum(float(r["ms_T1024_hi"]) for r in rs)
+
+
+def doc_block(rows: list[dict]) -> str:
+    idx = _index(rows)
+    commits = " / ".join(sorted({r["commit"] for r in rows}))
+    out = [BEGIN, "", f"[E] All predicted (`python -m experiments.predict`, commit {commits}; H100 parameters for "
+           "sm_90a; module docstring of `experiments/predict.py`). B = 16, T = 1024, bf16, sm_90a; ms are the "
+           "recurrence plus the pass's GEMMs; per-warp counts are one step (persistent: loop top to the arrival).",
+           "", "| cell | strategy | H | config (fwd / bwd) | insts / BAR per warp, fwd | bwd | us per step fwd | bwd "
+           "| fwd ms | fwd+bwd ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in ("lstm", "gru"):
+        for strategy in ("persistent", "per_step"):
+            for H in (768, 1024):
+                f, b = (idx.get((cell, strategy, "bf16", "sm_90", 16, H, k)) for k in ("fwd", "bwd"))
+                if f is None or b is None:
+                    continue
+                cfgs = f"{f['kernel'].partition('[')[2][:-1]} / {b['kernel'].partition('[')[2][:-1]}"
+                fb = _ms(idx, cell, strategy, H, ("fwd", "bwd"))
+                out.append(f"| {cell} | {strategy} | {H} | {cfgs} | {f['insts_per_warp']} / {f['cta_barriers']} | "
+                           f"{b['insts_per_warp']} / {b['cta_barriers']} | {f['us_per_step_lo']}-{f['us_per_step_hi']}"
+                           f" | {b['us_per_step_lo']}-{b['us_per_step_hi']} | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} |"
+                           f" {fb[0]:.1f}-{fb[1]:.1f} |")
+    out += ["", "Against the static review of commit 2c7c128's kernels (its simulator, the same parameters; agree = "
+            "each range holds the other's midpoint):", "",
+            "| cell | strategy | H | pass | this predictor (ms) | review (ms) | agree |",
+            "|---|---|---|---|---|---|---|"]
+    for (cell, strategy, H, kind), (lo, hi) in REVIEW.items():
+        got = _ms(idx, cell, strategy, H, ("fwd", "bwd") if kind == "fwd+bwd" else (kind,))
+        if got is None:
+            continue
+        ok = got[0] <= (lo + hi) / 2 <= got[1] and lo <= sum(got) / 2 <= hi
+        out.append(f"| {cell} | {strategy} | {H} | {kind} | {got[0]:.1f}-{got[1]:.1f} | {lo}-{hi} | "
+                   f"{'yes' if ok else 'no'} |")
+    for (cell, kind), (n, bars) in REVIEW_COUNTS.items():
+        r = idx.get((cell, "persistent", "bf16", "sm_90", 16, 1024, kind))
+        if r is not None:
+            out.append(f"| {cell} | persistent | 1024 | {kind}: insts / BAR per warp per step | "
+                       f"{r['insts_per_warp']} / {r['cta_barriers']} | {n} / {bars} | "
+                       f"{'yes' if (int(r['insts_per_warp']), int(r['cta_barriers'])) == (n, bars) else 'no'} |")
+    out += ["", '"auto" (kernels/auto_strategy.py, the lower midpoint per pass; P = persistent, S = per_step), '
+            "bf16, sm_90a, B x H:", "", "| cell, pass | " + " | ".join(f"H={h}" for h in HIDDEN) + " |",
+            "|---|" + "---|" * len(HIDDEN)]
+    for (cell, kind, dtype, arch), shapes in auto_choices(rows).items():
+        if dtype != "bf16" or arch != 90:
+            continue
+        cells = []
+        for h in HIDDEN:
+            cells.append(" ".join(f"{b}:{'P' if shapes.get((b, h)) == 'persistent' else 'S'}" for b in BATCHES))
+        out.append(f"| {cell} {kind} | " + " | ".join(cells) + " |")
+    out += ["", "The parity design (below), its budget from the same H100 parameters ([E]; LSTM, B = 16, bf16; "
+            "`parity_budget`: flag = 2 L2 latencies, gather at the aggregate L2 rate with the MMA hidden under it, "
+            f"on chip {PARITY_ONCHIP_US[0]}-{PARITY_ONCHIP_US[1]} us):", "",
+            "| H | pass | programs | flag us | gather us | on chip us | step us | ms (with GEMMs) |",
+            "|---|---|---|---|---|---|---|---|"]
+    opt, pess = DEVICES["h100"]
+    for H in (768, 1024):
+        total = [0.0, 0.0]
+        for kind in ("fwd", "bwd"):
+            lo, hi = (parity_budget("lstm", kind, H, 16, p, o) for p, o in zip((opt, pess), PARITY_ONCHIP_US))
+            total = [total[0] + lo["ms"], total[1] + hi["ms"]]
+            out.append(f"| {H} | {kind} | {-(-H // PARITY_UNITS[kind])} | " + " | ".join(
+                f"{lo[k]:.2f}-{hi[k]:.2f}" for k in ("flag", "gather", "onchip", "step", "ms")) + " |")
+        out.append(f"| {H} | fwd+bwd | | | | | | **{total[0]:.1f}-{total[1]:.1f}** |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def _targets(text: str) -> tuple:
+    out = []
+    for item in filter(None, text.split(",")):
+        arch, _, dtype = item.partition(":")
+        if int(arch) not in ARCH_DEVICE or dtype not in ("fp16", "bf16", "fp32"):
+            raise SystemExit(f"--targets {item}: want ARCH:DTYPE with ARCH in {sorted(ARCH_DEVICE)} and DTYPE in "
+                             "fp16, bf16, fp32")
+        out.append((int(arch), dtype))
+    return tuple(out)
+
+
+def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
+    from .report import ReportError, write_or_check
+
+    try:
+        return write_or_check(path, doc_block(rows), check=check, what="predicted steps", begin=BEGIN, end=END,
+                              command=f"python -m experiments.predict --doc {path}")
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", type=Path, default=CSV_PATH,
+                    help=f"the predictions (default {CSV_PATH.relative_to(ROOT)})")
+    ap.add_argument("--targets", default=",".join(f"{a}:{d}" for a, d in DEFAULT_TARGETS),
+                    help="ARCH:DTYPE pairs to predict (default %(default)s)")
+    ap.add_argument("--cells", default="lstm,gru")
+    ap.add_argument("--device", choices=("h100", "h200"), default="h100", help="parameters of the sm_90a rows")
+    ap.add_argument("--cache", type=Path, default=None, help=f"compile cache (default {default_cache()})")
+    ap.add_argument("--auto-table", nargs="?", const=AUTO_TABLE_PATH, type=Path, default=None, metavar="PY",
+                    help="write the auto table from the CSV (default kernels/auto_strategy.py); no compiles")
+    ap.add_argument("--doc", type=Path, default=None, metavar="MD", help="write the doc's block from the CSV")
+    ap.add_argument("--check", action="store_true", help="with --doc / --auto-table: exit 1 if out of date")
+    ap.add_argument("--all", action="store_true", help="predict, then write the auto table and docs/PERFORMANCE.md")
+    args = ap.parse_args(argv)
+    if args.all:
+        args.auto_table, args.doc = AUTO_TABLE_PATH, ROOT / "docs" / "PERFORMANCE.md"
+    if args.all or (args.auto_table is None and args.doc is None):
+        from . import compile_check as cc
+
+        t0 = time.perf_counter()
+        predictor = Predictor(args.cache, args.device)
+        cells = tuple(c for c in args.cells.split(",") if c)
+
+        def progress(r):
+            print(f"{r.cell} {r.kind} {r.arch} {r.dtype} B={r.B} H={r.H} {r.kernel}: {r.counts.insts} insts, "
+                  f"{r.counts.bars} BAR, {r.counts.mma} MMA per warp; {r.us[0]:.2f}-{r.us[1]:.2f} us/step, "
+                  f"{r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
+
+        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress)
+        write_csv(args.csv, preds, cc._git_commit())
+        print(f"{len(preds)} predictions, {len(predictor._models)} compiled configs, "
+              f"{time.perf_counter() - t0:.0f} s -> {args.csv}")
+    rc = 0
+    if args.auto_table is not None:
+        text = auto_table_source(read_csv(args.csv))
+        if args.check:
+            if not args.auto_table.exists() or args.auto_table.read_text() != text:
+                print(f"{args.auto_table} is out of date: python -m experiments.predict --auto-table")
+                rc = 1
+        else:
+            args.auto_table.write_text(text)
+            print(f"wrote {args.auto_table}")
+    if args.doc is not None:
+        rc = max(rc, _write_doc(args.doc, read_csv(args.csv), args.check))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
