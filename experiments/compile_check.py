@@ -937,8 +937,9 @@ MMA columns (module docstring of `experiments/compile_check.py`): `mma` is the m
 count it and the LDSM (ldmatrix) instructions per warp in one pass of the innermost SASS loop that holds it
 (one K slice of a per-step kernel, one batch tile of a persistent step); `mma_repeat` is how many warps
 compute the same element of a dot result (TTGIR layout warpsPerCTA x per-warp tile against the result shape;
-1 = none, max over the kernel's dots and both alignments). Values differing between the aligned and unaligned
-variants are shown `aligned/unaligned`.
+1 = none, max over the kernel's dots and both alignments); `epilogue_repeat` is how many warps compute the same
+stored pointwise value (the TTGIR layout each stored value was computed in; 1 = none, max over the stores).
+Values differing between the aligned and unaligned variants are shown `aligned/unaligned`.
 {repeat_line}
 Max registers per kernel and arch:
 
