@@ -897,7 +897,7 @@ def doc_block(rows: list[dict]) -> str:
                            f" | {b['us_per_step_lo']}-{b['us_per_step_hi']} | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} |"
                            f" {fb[0]:.1f}-{fb[1]:.1f} |")
     out += ["", "Against the static review of commit 2c7c128's kernels (its simulator, the same parameters; agree = "
-            "each range holds the other's midpoint):", "",
+            "each range holds the other's midpoint; once the kernels change, 'no' shows the change):", "",
             "| cell | strategy | H | pass | this predictor (ms) | review (ms) | agree |",
             "|---|---|---|---|---|---|---|"]
     for (cell, strategy, H, kind), (lo, hi) in REVIEW.items():
