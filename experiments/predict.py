@@ -237,8 +237,11 @@ def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[
     first unpredicated ``EXIT``). ``trips((first, last))`` is how many times a loop's body runs in total.
     Branches: a conditional forward branch falls through (its block runs), unless it skips a loop (it targets
     the address right after a loop's back branch and the loop starts at or after it) whose trips are used up, or
-    it is the entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a
-    backward branch is taken until its loop has run ``trips`` times. ``CALL`` walks the callee up to its ``RET``."""
+    it is a while loop's exit test (inside the loop, to the address after it) and the trips are done, or it is the
+    entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a conditional
+    backward branch is taken until its loop has run ``trips`` times, an unconditional one always (its loop exits
+    at the top), except back to the start of the walk (one pass of the loop the walk began in ends it). ``CALL``
+    walks the callee up to its ``RET``."""
     at = {ins.addr: k for k, ins in enumerate(instrs)}
     lps = loops(instrs)
     after = {instrs[at[hi] + 1].addr if at[hi] + 1 < len(instrs) else hi + 16: (lo, hi) for lo, hi in lps}
@@ -265,16 +268,21 @@ def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[
         if tgt < ins.addr:  # a loop's back branch
             loop = (tgt, ins.addr)
             runs[loop] += 1
-            if runs[loop] < trips(loop):
+            if not ins.pred:  # a while loop: its exit test is a forward branch inside it
+                if tgt <= start:  # the loop the walk started in: one pass is done
+                    break
+                k = at[tgt]
+            elif runs[loop] < trips(loop):
                 k = at[tgt]
             else:
                 runs[loop] = 0
-                if not ins.pred:  # an unconditional back branch ends the walk: the loop was the outer one
-                    break
                 k += 1
             continue
-        skipped = after.get(tgt)
-        if not ins.pred or (skipped and skipped[0] >= ins.addr and runs[skipped] >= trips(skipped)):
+        skipped = after.get(tgt)  # the loop this branch leaves or skips, if it targets the end of one
+        if skipped and skipped[0] <= ins.addr <= skipped[1] and runs[skipped] >= trips(skipped):
+            runs[skipped] = 0  # a while loop's exit, taken once its trips are done
+            k = at[tgt]
+        elif not ins.pred or (skipped and skipped[0] >= ins.addr and runs[skipped] >= trips(skipped)):
             k = at[tgt]
         elif _falls_around_a_loop(instrs, k, lps, lambda lp: runs[lp] < trips(lp)):
             k = at[tgt]
@@ -424,12 +432,14 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # ----------------------------------------------------------------------------------------------
 # compiles (cached): experiments/compile_check.py's compile_entry on the launch-time variant
 # ----------------------------------------------------------------------------------------------
-# Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs.
-RUNTIME = dict(HAS_LENGTHS=False, DATA_SYNC=False, PDL=False)
+# Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs (the
+# data-sync forward is its own entry, "[data_sync]", and keeps its DATA_SYNC).
+RUNTIME = dict(HAS_LENGTHS=False, PDL=False)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {
     ("lstm", "persistent", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent"),
     ("lstm", "persistent", "bwd"): ("lstm_persistent", "_lstm_bwd_persistent"),
+    ("lstm", "persistent_data_sync", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent[data_sync]"),
     ("lstm", "per_step", "fwd"): ("lstm", "_lstm_fwd_step"),
     ("lstm", "per_step", "bwd"): ("lstm", "_lstm_bwd_step"),
     ("gru", "persistent", "fwd"): ("gru_persistent", "_gru_fwd_persistent"),
@@ -485,16 +495,19 @@ class StepKernelModel:
     repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
     a per-step kernel)."""
 
-    def __init__(self, build: dict, warps: int):
+    def __init__(self, build: dict, warps: int, data_sync: bool = False):
         self.instrs = parse_sass(build["sass"])
         self.warps = warps
         self.registers = build["registers"]
         self.shared_bytes = build["shared_bytes"]
         self.kind = mma_kind(self.instrs)
-        self.persistent = time_loop(self.instrs)
         body_ops = (self.kind,) if self.kind else ()
         self.hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
                                                              for i in self.instrs)}
+        self.persistent = time_loop(self.instrs)
+        if data_sync:  # no arrival: the step is one whole pass of the outermost loop holding the MMA
+            lo, hi = min(self.hot, key=lambda lp: (lp[0], -lp[1]))
+            self.persistent = (lo, hi, hi)
         if self.persistent:
             lo, hi, _ = self.persistent
             self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
@@ -507,22 +520,24 @@ class StepKernelModel:
         self._paths: dict = {}
         self._cycles: dict = {}
 
-    def path(self, reps: int) -> list[Instr]:
-        if reps not in self._paths:
-            trips = lambda lp: max(0, reps - self.peeled) if lp in self.hot else 0  # noqa: E731
+    def path(self, reps: int, polls: int = 0) -> list[Instr]:
+        """The step path with ``reps`` copies of the repeated body and ``polls`` passes of every other loop (a
+        data-sync poll loop: extra polls; the counter barrier's spin loop is after the arrival)."""
+        if (reps, polls) not in self._paths:
+            trips = lambda lp: max(0, reps - self.peeled) if lp in self.hot else polls  # noqa: E731
             if self.persistent:
-                lo, _, bar = self.persistent
-                self._paths[reps] = step_path(self.instrs, lo, bar, trips)
+                lo, _, stop = self.persistent
+                self._paths[reps, polls] = step_path(self.instrs, lo, stop, trips)
             else:
-                self._paths[reps] = step_path(self.instrs, self.instrs[0].addr, None, trips)
-        return self._paths[reps]
+                self._paths[reps, polls] = step_path(self.instrs, self.instrs[0].addr, None, trips)
+        return self._paths[reps, polls]
 
     def cycles(self, reps: int, p: Params, gather_bpc: float = 0.0, gather_fraction: float = 1.0,
-               memory: bool = True) -> float:
-        """``simulate`` of ``path(reps)`` on this kernel's warps (memoized)."""
-        key = (reps, p, gather_bpc, gather_fraction, memory)
+               memory: bool = True, polls: int = 0) -> float:
+        """``simulate`` of ``path(reps, polls)`` on this kernel's warps (memoized)."""
+        key = (reps, polls, p, gather_bpc, gather_fraction, memory)
         if key not in self._cycles:
-            self._cycles[key] = simulate(self.path(reps), self.warps, p, gather_bpc, gather_fraction, memory)
+            self._cycles[key] = simulate(self.path(reps, polls), self.warps, p, gather_bpc, gather_fraction, memory)
         return self._cycles[key]
 
 
@@ -547,14 +562,24 @@ def unroll_factor(model: StepKernelModel, macs_per_slice: int) -> int:
     return max(1, round(work / macs_per_slice)) if macs_per_slice else 1
 
 
+# Data-sync forward: extra poll rounds per step and tile on average (the first poll finds the data unwritten about
+# half the time: the producers finish within one poll round of each other).
+DATA_SYNC_EXTRA_POLLS = 0.5
+
+
 def persistent_step_us(model: StepKernelModel, tiles: int, programs: int, gather_fraction: float,
-                       p: Params) -> float:
+                       p: Params, data_sync: bool = False) -> float:
     """A persistent step (module docstring, step 5): the path to the arrival for ``tiles`` batch tiles, with the
-    gathers at this program's share of the aggregate L2 bandwidth, plus the grid barrier."""
+    gathers at this program's share of the aggregate L2 bandwidth, plus the grid barrier. ``data_sync``: the
+    whole step with one successful poll per tile plus ``DATA_SYNC_EXTRA_POLLS`` poll rounds per tile, no grid
+    barrier (the polls are the wait)."""
     clk = p.clock_ghz * 1e3  # cycles per us
     bpc = min(p.sm_l2_bpc, p.l2_tbs * 1e12 / (programs * p.clock_ghz * 1e9))
     cyc = extrapolate(lambda n: model.cycles(n, p, bpc, gather_fraction), tiles)
-    return cyc / clk + p.grid_barrier_us
+    if not data_sync:
+        return cyc / clk + p.grid_barrier_us
+    rounds = extrapolate(lambda n: model.cycles(n, p, bpc, gather_fraction, polls=1), tiles) - cyc
+    return (cyc + DATA_SYNC_EXTRA_POLLS * rounds) / clk
 
 
 def occupancy(registers: int, shared: int, warps: int) -> int:
@@ -684,26 +709,30 @@ class Predictor:
         key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype)
         if key not in self._models:
             build = compiled(kernel, cfg, arch, dtype, self.cache)
-            self._models[key] = StepKernelModel(build, cfg["num_warps"])
+            self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel)
         return self._models[key]
 
-    def persistent(self, cell, kind, arch, dtype, B, H) -> Prediction | None:
+    def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:
         params = DEVICES[self.device[arch]]
         pc = persistent_config(cell, dtype, H, params[0].sms)
-        if pc is None:
+        if pc is None or (cell, strategy, kind) not in KERNELS:
             return None
         cfg = dict(pc.meta(kind), num_warps=pc.warps(kind), num_stages=1)
-        kernel = KERNELS[(cell, "persistent", kind)][1]
+        kernel = KERNELS[(cell, strategy, kind)][1]
         m = self.model(kernel, cfg, arch, dtype)
         tiles = -(-B // pc.BLOCK_B)
         programs = -(-H // pc.UNITS)
         frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
-        us = tuple(persistent_step_us(m, tiles, programs, frac, p) for p in params)
+        us = tuple(persistent_step_us(m, tiles, programs, frac, p, strategy != "persistent") for p in params)
         c = count(m.path(tiles), m.warps, frac)
         c.global_bytes *= programs
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p) for u, p in zip(us, params))
-        return Prediction(f"{kernel}[{_cfg_label(cfg)}]", cell, "persistent", dtype, f"sm_{arch}", B, H, kind, c, us,
-                          ms, m.warps)
+        return Prediction(f"{kernel.partition('[')[0]}[{_cfg_label(cfg)}]", cell, strategy, dtype, f"sm_{arch}", B,
+                          H, kind, c, us, ms, m.warps)
+
+    def persistent_data_sync(self, cell, kind, arch, dtype, B, H) -> Prediction | None:
+        """The opt-in data-sync forward (``FUSEDRNN_PERSISTENT_SYNC=data``), LSTM only; never "auto"."""
+        return self.persistent(cell, kind, arch, dtype, B, H, "persistent_data_sync")
 
     def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
         params = DEVICES[self.device[arch]]
@@ -746,7 +775,7 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=("lstm", "g
             for kind in ("fwd", "bwd"):
                 for H in hidden:
                     for B in batches:
-                        for strategy in ("persistent", "per_step"):
+                        for strategy in ("persistent", "per_step", "persistent_data_sync"):
                             r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
                             if r is not None:
                                 out.append(r)
@@ -781,6 +810,8 @@ def auto_choices(rows: list[dict]) -> dict:
     midpoint is lower (per_step where persistent has no row: no config)."""
     best: dict = {}
     for r in rows:
+        if r["strategy"] not in ("persistent", "per_step"):  # opt-in variants are never "auto"
+            continue
         key = (r["cell"], r["pass"], r["dtype"], int(r["arch"].removeprefix("sm_")))
         shape = (int(r["B"]), int(r["H"]))
         cur = best.setdefault(key, {}).get(shape)
@@ -836,6 +867,7 @@ REVIEW = {
     ("lstm", "persistent", 768, "fwd"): (4.4, 5.9), ("lstm", "persistent", 768, "fwd+bwd"): (10.7, 14.3),
     ("lstm", "per_step", 1024, "fwd"): (4.1, 5.8), ("lstm", "per_step", 1024, "fwd+bwd"): (10.6, 14.7),
     ("lstm", "per_step", 768, "fwd+bwd"): (8.8, 12.4),
+    ("lstm", "persistent_data_sync", 1024, "fwd"): (6.0, 7.6), ("lstm", "persistent_data_sync", 768, "fwd"): (5.6, 7.0),
     ("gru", "persistent", 1024, "fwd"): (3.8, 5.1), ("gru", "persistent", 1024, "fwd+bwd"): (9.6, 13.0),
     ("gru", "persistent", 768, "fwd"): (3.4, 4.7), ("gru", "persistent", 768, "fwd+bwd"): (8.3, 11.2),
 }

@@ -98,6 +98,26 @@ def test_per_step_path_enters_a_loop_guarded_by_a_branch_around_it():
     assert pr.count(m.path(2), 4).global_bytes == 2 * 4 * 512
 
 
+def test_while_loop_runs_its_trips_and_the_walk_ends_with_its_outer_loop():
+    """A data-sync poll: ``while`` loop 0x20..0x50 with its exit test at 0x30 (to 0x60, the address after it) and
+    an unconditional back branch; the walk starts at the outer loop's top (0x10) and ends at its back branch."""
+    sass = _sass(
+        (0x00, "S2R R0, SR_TID.X", {}),
+        (0x10, "LDG.E.128.STRONG.SYS R4, desc[UR4][R2.64]", {}),
+        (0x20, "ISETP.NE.AND P2, PT, R4, -0x1, PT", {}),
+        (0x30, "@P2 BRA 0x60", {}),
+        (0x40, "LDG.E.128.STRONG.SYS R4, desc[UR4][R2.64]", {}),
+        (0x50, "BRA 0x20", {}),
+        (0x60, "HMMA.16816.F32.BF16 R12, R4, R10, R12", {}),
+        (0x70, "@!P0 BRA 0x10", {}),
+        (0x80, "EXIT", {}),
+    )
+    m = pr.StepKernelModel(dict(sass=sass, registers=64, shared_bytes=0), warps=4, data_sync=True)
+    assert m.persistent == (0x10, 0x70, 0x70) and m.hot == set()  # no batch-tile loop
+    assert [i.addr for i in m.path(1, polls=0)] == [0x10, 0x20, 0x30, 0x60, 0x70]
+    assert [i.addr for i in m.path(1, polls=2)] == [0x10] + [0x20, 0x30, 0x40, 0x50] * 2 + [0x20, 0x30, 0x60, 0x70]
+
+
 def test_simulate_by_hand():
     """One warp: a 2-cycle then a 3-cycle stall: 5 cycles. A MUFU result waited on: issue at 0, ready after
     mufu_lat (18), the next instruction issues at 18 and holds its warp 1 cycle: 19. Two warps meeting at a
