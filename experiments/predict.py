@@ -219,9 +219,9 @@ def is_gather(ins: Instr) -> bool:
 # ----------------------------------------------------------------------------------------------
 def time_loop(instrs: list[Instr]) -> tuple[int, int, int] | None:
     """A persistent kernel's time loop and arrival: ``(loop top, loop end, arrival barrier address)``: the
-    outermost loop holding the first ``REDG`` (the release add of ``_arrive``), and the last ``BAR.SYNC`` before
-    that ``REDG``. None when the kernel has no such loop (a per-step kernel, or the data-sync forward)."""
-    red = next((i.addr for i in instrs if i.base == "REDG"), None)
+    outermost loop holding the first ``REDG`` (sm_90; ``RED`` on sm_80: the release add of ``_arrive``), and the
+    last ``BAR.SYNC`` before it. None when the kernel has no such loop (a per-step kernel, the data-sync forward)."""
+    red = next((i.addr for i in instrs if i.base in ("REDG", "RED")), None)
     if red is None:
         return None
     outer = [lp for lp in loops(instrs) if lp[0] <= red <= lp[1]]
@@ -495,7 +495,7 @@ class StepKernelModel:
     repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
     a per-step kernel)."""
 
-    def __init__(self, build: dict, warps: int, data_sync: bool = False):
+    def __init__(self, build: dict, warps: int, data_sync: bool = False, persistent: bool | None = None):
         self.instrs = parse_sass(build["sass"])
         self.warps = warps
         self.registers = build["registers"]
@@ -508,6 +508,9 @@ class StepKernelModel:
         if data_sync:  # no arrival: the step is one whole pass of the outermost loop holding the MMA
             lo, hi = min(self.hot, key=lambda lp: (lp[0], -lp[1]))
             self.persistent = (lo, hi, hi)
+        if persistent is not None and bool(self.persistent) != persistent:
+            raise ValueError(f"expected a {'persistent' if persistent else 'per-step'} kernel, the SASS shows "
+                             f"{'no' if persistent else 'a'} time loop with an arrival")
         if self.persistent:
             lo, hi, _ = self.persistent
             self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
@@ -709,7 +712,8 @@ class Predictor:
         key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype)
         if key not in self._models:
             build = compiled(kernel, cfg, arch, dtype, self.cache)
-            self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel)
+            self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
+                                                persistent="persistent" in kernel)
         return self._models[key]
 
     def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:

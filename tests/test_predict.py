@@ -62,8 +62,13 @@ def test_persistent_step_path_and_counts_by_hand():
     """Counted by hand from the listing above: one tile is 0x20-0x70 then 0xb0, 0xc0 (the guard skips the tile
     loop): 8 instructions, 2 BAR, 1 HMMA; each more tile runs the loop body (3 instructions, 1 HMMA) once more.
     Per CTA of 4 warps: STS.128 + LDSM.x4 = 2 x 512 B per warp; the gather 512 B per warp and tile."""
-    m = pr.StepKernelModel(dict(sass=PERSISTENT, registers=64, shared_bytes=4096), warps=4)
+    m = pr.StepKernelModel(dict(sass=PERSISTENT, registers=64, shared_bytes=4096), warps=4, persistent=True)
     assert m.persistent == (0x20, 0xf0, 0xc0) and m.peeled == 1
+    sm80 = PERSISTENT.replace("REDG.E.ADD", "RED.E.ADD")  # sm_80 spells the release add RED
+    assert pr.time_loop(pr.parse_sass(sm80)) == (0x20, 0xf0, 0xc0)
+    no_arrival = PERSISTENT.replace("REDG.E.ADD.STRONG.GPU desc[UR4][R2.64], R1", "NOP")
+    with pytest.raises(ValueError, match="no time loop"):  # never walk a persistent kernel from its entry
+        pr.StepKernelModel(dict(sass=no_arrival, registers=64, shared_bytes=0), warps=4, persistent=True)
     one = m.path(1)
     assert [i.addr for i in one] == [0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0xb0, 0xc0]
     three = m.path(3)
