@@ -44,6 +44,11 @@ MMA columns (``analyze_compiled``), per compile:
   replicated work, 0 = no dot. Example: ``warpsPerCTA = [4, 4]``, ``instrShape = [16, 8]`` on a 16x32 result ->
   4 (the four warps of each column group compute the same 16 rows). ``--dump DIR`` writes the TTGIR, PTX and
   SASS that these columns were read from.
+- ``epilogue_repeat``: how many warps compute the same pointwise value that the kernel stores, from the TTGIR
+  (``epilogue_repeats``): for each ``tt.store``, the layout its value was computed in (the source of the
+  ``ttg.convert_layout`` chain feeding the store) laid over the stored shape as for ``mma_repeat``; a
+  ``#ttg.slice`` of an MMA layout counts every warp along the sliced axis (a ``tl.sum`` over the warps' split-K
+  axis leaves the whole tile in every warp: ``[16, 1, 1]`` sliced along 0 -> 16). Max over the stores; 1 = none.
 
 Fast path for one kernel, e.g. while reworking it::
 
@@ -293,6 +298,7 @@ class Result:
     ldsm_per_iter: int = -1  # LDSM (ldmatrix) instructions in the same loop body
     mma_repeat: int = -1  # warps computing the same tile of a dot result (1 = none; max over the dots)
     dots: str = ""  # each dot's result shape, layout kind, warpsPerCTA and per-warp tile, ';'-separated
+    epilogue_repeat: int = -1  # warps computing the same stored pointwise value (1 = none; max over the stores)
     status: str = "ERROR"  # OK, SPILL, SMEM, SPILL+SMEM, ERROR, N/A
     error: str = ""
     seconds: float = 0.0
@@ -512,6 +518,84 @@ def mma_repeat(ttgir: str) -> int:
     return max((d["repeat"] for d in dot_repeats(ttgir)), default=0)
 
 
+_ALIAS_RE = re.compile(r"^(#[\w.$-]+)\s*=\s*(#(?:ttg|triton_gpu)\.\w+<.*>)\s*$", re.MULTILINE)
+_STORE_RE = re.compile(r"\btt\.store\s+%[\w.$#-]+,\s*(%[\w.$#-]+)")
+
+
+def _tensor_type(text: str) -> tuple[list[int], str] | None:
+    """``(shape, layout)`` of the first ``tensor<AxBx...xT, LAYOUT>`` in ``text`` (the layout as written: an alias
+    or an inline attribute, nested brackets included)."""
+    m = re.search(r"tensor<((?:\d+x)+)[^,<>]*(?:<[^<>]*>)?[^,<>]*,\s*", text)
+    if not m:
+        return None
+    depth, i = 0, m.end()
+    for j in range(m.end(), len(text)):
+        c = text[j]
+        if c in "<{[(":
+            depth += 1
+        elif c in ">}])":
+            if depth == 0:
+                return [int(v) for v in m.group(1).rstrip("x").split("x")], text[i:j].strip()
+            depth -= 1
+    return None
+
+
+def layout_repeat(shape: list[int], layout: str, aliases: dict) -> int:
+    """How many warps hold each element of a ``shape`` tensor laid out as ``layout`` (TTGIR text: an alias of
+    ``aliases``, or ``#ttg.slice<{dim = d, parent = P}>``, blocked, nvidia_mma or linear): ``warp_repeat`` for
+    blocked / MMA layouts; a slice is its parent's with extent 1 along the sliced dimension (every warp along it
+    holds the same values); a linear layout repeats 2 ** (its all-zero warp bases). -1 when unknown."""
+    layout = aliases.get(layout, layout)
+    m = re.match(r"#(?:ttg|triton_gpu)\.slice<\{dim\s*=\s*(\d+)\s*,\s*parent\s*=\s*(.*)\}>$", layout)
+    if m:
+        d = int(m.group(1))
+        return layout_repeat(shape[:d] + [1] + shape[d:], m.group(2).strip(), aliases)
+    if re.match(r"#(?:ttg|triton_gpu)\.linear<", layout):
+        w = re.search(r"\bwarp\s*=\s*\[(.*?)\]\s*(?:,\s*block|\})", layout)
+        if not w:
+            return -1
+        bases = re.findall(r"\[([\d,\s]*)\]", w.group(1))
+        return 2 ** sum(1 for b in bases if not any(int(v) for v in b.split(",") if v.strip()))
+    lay = parse_layouts(f"#x = {layout}").get("#x")
+    if lay is None or len(lay["warps"]) != len(shape):
+        return -1
+    return warp_repeat(shape, lay["warps"], lay["tile"])
+
+
+def epilogue_repeats(ttgir: str) -> list[dict]:
+    """Every tensor ``tt.store`` of a TTGIR module with the ``repeat`` of the value it stores: the layout that
+    value was computed in (the source of the ``ttg.convert_layout`` chain that feeds the store, else the store's
+    own layout), and how many warps hold each of its elements (``layout_repeat``): the pointwise work before a
+    store is done that many times. ``shape``, ``layout`` (as written) and ``repeat`` per store."""
+    aliases = {m.group(1): m.group(2) for m in _ALIAS_RE.finditer(ttgir)}
+    defs = {}
+    for line in ttgir.splitlines():
+        m = re.match(r"\s*(%[\w.$#-]+)(?::\d+)?\s*=\s*(\S+)\s+(.*)", line)
+        if m:
+            defs[m.group(1)] = (m.group(2), m.group(3))
+    out = []
+    for line in ttgir.splitlines():
+        m = _STORE_RE.search(line)
+        if not m or "tensor<" not in line:
+            continue
+        typ = _tensor_type(line.partition(" : ")[2])
+        value = m.group(1)
+        while value in defs and defs[value][0] == "ttg.convert_layout":
+            rest = defs[value][1]
+            typ = _tensor_type(rest.partition(" : ")[2]) or typ
+            value = rest.split()[0]
+        if typ is None:
+            continue
+        out.append(dict(shape=typ[0], layout=typ[1], repeat=layout_repeat(typ[0], typ[1], aliases)))
+    return out
+
+
+def epilogue_repeat(ttgir: str) -> int:
+    """The largest ``repeat`` over a kernel's stores (``epilogue_repeats``; 1 = every stored value computed by
+    one warp, 0 = no tensor store)."""
+    return max((e["repeat"] for e in epilogue_repeats(ttgir)), default=0)
+
+
 def describe_dots(dots: list[dict]) -> str:
     """Distinct dots as ``SHAPE kind warps/tile xREPEAT``, e.g. ``16x32 mma v2 [4,4]/[16,8] x4``."""
     fmt = lambda v: "[" + ",".join(map(str, v)) + "]"  # noqa: E731
@@ -591,15 +675,15 @@ def hot_loop_counts(sass: str, function: str | None = None) -> dict:
 
 def analyze_compiled(kernel) -> dict:
     """The MMA columns of a ``triton.compile`` result: ``mma``, ``mma_per_iter``, ``ldsm_per_iter`` (SASS,
-    ``hot_loop_counts``), ``mma_repeat`` and ``dots`` (TTGIR, ``dot_repeats``), plus the raw ``ttgir`` and
-    ``sass`` texts."""
+    ``hot_loop_counts``), ``mma_repeat`` and ``dots`` (TTGIR, ``dot_repeats``), ``epilogue_repeat`` (TTGIR,
+    ``epilogue_repeats``), plus the raw ``ttgir`` and ``sass`` texts."""
     ttgir = kernel.asm["ttgir"]
     sass = cuobjdump(kernel.asm["cubin"], "-sass")
     counts = hot_loop_counts(sass, kernel.metadata.name)
     dots = dot_repeats(ttgir)
     return dict(mma=counts["mma"], mma_per_iter=counts["mma_per_iter"], ldsm_per_iter=counts["ldsm_per_iter"],
                 mma_repeat=max((d["repeat"] for d in dots), default=0), dots=describe_dots(dots),
-                ttgir=ttgir, sass=sass)
+                epilogue_repeat=epilogue_repeat(ttgir), ttgir=ttgir, sass=sass)
 
 
 def _signature(fn, entry: dict, dtype: str, align: str):
@@ -701,7 +785,7 @@ def _measure(res: Result, kernel) -> dict:
     res.spill_bytes = usage["stack_bytes"] + usage["local_bytes"]
     res.shared_bytes = int(kernel.metadata.shared)
     mma = analyze_compiled(kernel)
-    for k in ("mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "dots"):
+    for k in ("mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "dots", "epilogue_repeat"):
         setattr(res, k, mma[k])
     bad = []
     if res.spill_bytes > 0:
@@ -823,6 +907,7 @@ def summarize(results: list[Result]) -> list[dict]:
             vals = [str(getattr(v, k)) if getattr(v, k) not in ("", -1) else "-" for v in vs]
             row[k] = vals[0] if len(set(vals)) == 1 else "/".join(vals)
         row["mma_repeat"] = max(v.mma_repeat for v in vs)
+        row["epilogue_repeat"] = max(v.epilogue_repeat for v in vs)
     return rows
 
 
@@ -840,7 +925,7 @@ def repeated(results: list[Result], dtypes=REPEAT_DTYPES) -> list[Result]:
 
 
 _COLUMNS = ("kernel", "arch", "dtype", "BLOCK_B", "BLOCK_H", "BLOCK_K", "warps", "stages", "registers",
-            "spill B", "shared KB", "mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "status")
+            "spill B", "shared KB", "mma", "mma_per_iter", "ldsm_per_iter", "mma_repeat", "epilogue_repeat", "status")
 
 
 def _cells(row: dict) -> list[str]:
@@ -848,7 +933,8 @@ def _cells(row: dict) -> list[str]:
             str(row["warps"]), str(row["stages"]), row["registers"],
             str(row["spill_bytes"]) if row["spill_bytes"] >= 0 else "-",
             f"{row['shared_kb']:.1f}" if row["shared_kb"] >= 0 else "-", row["mma"], row["mma_per_iter"],
-            row["ldsm_per_iter"], str(row["mma_repeat"]) if row["mma_repeat"] >= 0 else "-", row["status"]]
+            row["ldsm_per_iter"], str(row["mma_repeat"]) if row["mma_repeat"] >= 0 else "-",
+            str(row["epilogue_repeat"]) if row["epilogue_repeat"] >= 0 else "-", row["status"]]
 
 
 def format_table(rows: list[dict], markdown: bool = False) -> str:
@@ -929,8 +1015,9 @@ MMA columns (module docstring of `experiments/compile_check.py`): `mma` is the m
 count it and the LDSM (ldmatrix) instructions per warp in one pass of the innermost SASS loop that holds it
 (one K slice of a per-step kernel, one batch tile of a persistent step); `mma_repeat` is how many warps
 compute the same element of a dot result (TTGIR layout warpsPerCTA x per-warp tile against the result shape;
-1 = none, max over the kernel's dots and both alignments). Values differing between the aligned and unaligned
-variants are shown `aligned/unaligned`.
+1 = none, max over the kernel's dots and both alignments); `epilogue_repeat` is how many warps compute the same
+stored pointwise value (the TTGIR layout each stored value was computed in; 1 = none, max over the stores).
+Values differing between the aligned and unaligned variants are shown `aligned/unaligned`.
 {repeat_line}
 Max registers per kernel and arch:
 

@@ -28,10 +28,10 @@ Safety and scope as for the LSTM: a barrier that spins more than ``spin_cap`` it
 error flag and the program writes NaN from then on (h_t forward, dh backward); the launcher raises
 (``check_flag``), ``check_errors()`` after a CUDA-graph replay. Cooperative launch and co-residency check on CUDA;
 ``decide``: fp16/bf16 up to H = 1024, fp32 up to 512, fp64 up to 128 (the compile-checked ``CONFIGS``), H % 16 == 0,
-16-byte aligned tensors, "auto" per pass up to ``AUTO_MAX_BATCH``; anything else runs per_step with the reason at
-DEBUG level. Synchronisation is the counter barrier only (the LSTM's opt-in data synchronisation is not built here).
-In the interpreter one program owns every unit (``interpreter_config``), so the same source is tested for its math;
-the many-program kernels are compile-checked (sm_90a and sm_80, 0 spills, no replicated MMA work).
+16-byte aligned tensors, "auto" per pass and shape from the predictor's table; anything else runs per_step with the
+reason at DEBUG level. Synchronisation is the counter barrier only (the LSTM's opt-in data synchronisation is not built
+here). In the interpreter one program owns every unit (``interpreter_config``), so the same source is tested for its
+math; the many-program kernels are compile-checked (sm_90a and sm_80, 0 spills, no replicated MMA work).
 
 Not verified without a GPU: co-residency at run time, the barrier under real concurrency, and speed.
 """
@@ -290,28 +290,23 @@ CONFIGS = {
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
 
-# "auto" picks persistent only up to this batch, per pass: the LSTM's static model (docs/PERFORMANCE.md) holds
-# for the GRU too (a program walks the batch serially in 16-row tiles). Measured crossovers replace these.
-AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
-
-
 # ----------------------------------------------------------------------------------------------
 # Planning
 # ----------------------------------------------------------------------------------------------
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, sm_count: int = 0,
-           interpret: bool | None = None, kind: str = "fwd"):
+           interpret: bool | None = None, kind: str = "fwd", arch: int = 90):
     """Whether the ``kind`` pass ("fwd" or "bwd") of a GRU layer runs persistent: ``(config, "")`` or
-    ``(None, reason)``; the rules of ``_persistent.decide_common`` with the GRU's ``CONFIGS`` and
-    ``AUTO_MAX_BATCH``. Pure function of its arguments."""
+    ``(None, reason)``; the rules of ``_persistent.decide_common`` with the GRU's ``CONFIGS`` ("auto": the
+    predictor's table for ``arch``). Pure function of its arguments."""
     return _p.decide_common(strategy, device_type=device_type, dtype=dtype, H=H, B=B, sm_count=sm_count,
-                            interpret=interpret, kind=kind, configs=CONFIGS, auto_max_batch=AUTO_MAX_BATCH)
+                            interpret=interpret, kind=kind, configs=CONFIGS, cell="gru", arch=arch)
 
 
 def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: int, kind: str = "fwd"):
     """``decide`` for a real device (SM count from torch); logs the reason of a fallback at DEBUG level on the
     "fusedrnn" logger. Returns a config or None (per_step)."""
     cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, sm_count=_p.sm_count_of(device),
-                      kind=kind)
+                      kind=kind, arch=_p.arch_of(device))
     if cfg is None:
         _p.log_per_step("GRU", kind, strategy, why)
     return cfg

@@ -60,7 +60,7 @@ aligned kernels are compile-checked); no proj_size (h_t = r_t @ W_hr^T needs the
 step). PackedSequence lengths are supported (finished rows keep their state and output zeros). Anything else runs
 per_step: ``strategy="auto"`` and an explicit ``strategy="persistent"`` alike, with the reason logged at DEBUG level
 (persistent is a performance strategy, never a semantic one, so a fallback is always correct). "auto" is decided
-per pass (``AUTO_MAX_BATCH``).
+per pass and shape from the predictor's table (``_persistent.auto_strategy``).
 
 Interpreter (``TRITON_INTERPRET=1``): programs run one after another, so a many-program barrier would time out.
 There one program owns every unit (U = H_PAD), the counter reaches (t+1)*1 on its own arrival and the spin loop
@@ -387,13 +387,6 @@ def _triton_configs(kind):
 # ----------------------------------------------------------------------------------------------
 # Planning: which config, or why not (then per_step)
 # ----------------------------------------------------------------------------------------------
-# "auto" picks persistent only up to this batch, per pass. The values come from a static model
-# (docs/PERFORMANCE.md), not from timings: a persistent program walks the batch serially in BLOCK_B = 16-row
-# tiles while per_step spreads the batch over its grid, so beyond one tile per_step is predicted faster in both
-# passes. Measured crossovers per pass, once a GPU has timed both strategies, replace these.
-AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
-
-
 def pick_config(dtype: torch.dtype, H: int, sm_count: int):
     """The compile-checked LSTM config of ``dtype``'s group with the smallest H_PAD >= H and then the fewest units
     per program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count`` SMs, or None."""
@@ -401,13 +394,14 @@ def pick_config(dtype: torch.dtype, H: int, sm_count: int):
 
 
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, has_proj: bool,
-           sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd"):
+           sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd", arch: int = 90):
     """Whether the ``kind`` pass ("fwd" or "bwd") of a layer runs persistent: returns ``(config, "")`` or
     ``(None, reason)``. Pure function of its arguments (unit-tested with fake device properties); co-residency
     of the compiled kernel is checked later by ``coresidency``.
 
-    - "per_step": never. "auto": on CUDA where a checked config fits and B <= AUTO_MAX_BATCH[kind]; in the
-      interpreter never (there is nothing to gain, and the per-step kernels stay the tested default).
+    - "per_step": never. "auto": on CUDA where a checked config fits and the predictor's table says persistent
+      for this pass, shape and ``arch`` (``_persistent.auto_strategy``); in the interpreter never (there is
+      nothing to gain, and the per-step kernels stay the tested default).
     - "persistent": in the interpreter always (one program); on CUDA where a checked config fits.
     - never with proj_size, never on a device that is neither CUDA nor the interpreter, on CUDA never with
       H % 16 != 0 (only the aligned kernels are compile-checked: see COMPILE_CHECK).
@@ -419,7 +413,7 @@ def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: in
     if has_proj:
         return None, "persistent does not support proj_size (h_t = r_t @ W_hr^T needs the whole r_t row)"
     return _p.decide_common(strategy, device_type=device_type, dtype=dtype, H=H, B=B, sm_count=sm_count,
-                            interpret=interpret, kind=kind, configs=CONFIGS, auto_max_batch=AUTO_MAX_BATCH)
+                            interpret=interpret, kind=kind, configs=CONFIGS, cell="lstm", arch=arch)
 
 
 def _supported(dtype) -> str:
@@ -491,7 +485,7 @@ def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: 
     """``decide`` for a real device (SM count from torch); logs the reason of a fallback at DEBUG level on
     the "fusedrnn" logger. Returns a config or None (per_step)."""
     cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, has_proj=has_proj,
-                      sm_count=_p.sm_count_of(device), kind=kind)
+                      sm_count=_p.sm_count_of(device), kind=kind, arch=_p.arch_of(device))
     if cfg is None:
         _p.log_per_step("LSTM", kind, strategy, why)
     return cfg

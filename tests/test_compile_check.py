@@ -386,3 +386,63 @@ def test_jit_kernels_tells_kernels_from_helpers():
     )
     other = "import triton\n@triton.jit\ndef other_helper(p):\n    pass\n"
     assert cc.jit_kernels({"m": src, "o": other}) == {"kernel_a": "m", "kernel_b": "m"}
+
+
+# ----------------------------------------------------------------------------------------------
+# epilogue_repeat: warps computing the same stored pointwise values
+# ----------------------------------------------------------------------------------------------
+def replicated_epilogues(rows: list[dict]) -> list[str]:
+    """The fp16/bf16 persistent compiles of a compile table whose stored pointwise values are computed by more
+    than one warp (``epilogue_repeat > 1``)."""
+    return sorted({f"{r['kernel']} {r['arch']} {r['dtype']} {r['BLOCK_B']}x{r['BLOCK_H']}x{r['BLOCK_K']} "
+                   f"w{r['num_warps']}: epilogue_repeat={r['epilogue_repeat']}" for r in rows
+                   if "persistent" in r["kernel"] and r["dtype"] in ("fp16", "bf16")
+                   and int(r["epilogue_repeat"]) > 1})
+
+
+def test_no_replicated_epilogue_in_16bit_persistent_kernels(table):
+    """A persistent step's activations and cell update run once per value, not once per warp: the split-K sum
+    must leave each output in one warp (fails while ``tl.sum`` over the warps' slice axis leaves the whole tile in
+    every warp, as in the kernels of 2c7c128: 16x)."""
+    _, rows = table
+    assert rows and all(int(r["epilogue_repeat"]) >= 0 for r in rows if r["status"] != "N/A")
+    bad = replicated_epilogues(rows)
+    assert not bad, f"{len(bad)} fp16/bf16 persistent configs replicate the epilogue:\n" + "\n".join(bad)
+
+
+_EPI_LAYOUTS = (_mma("mma", 2, [16, 1, 1], [1, 16, 8]) + "\n"
+                "#blocked = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [4, 8], warpsPerCTA = [16, 1], "
+                "order = [1, 0]}>\n"
+                "#blocked1 = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [8, 4], warpsPerCTA = [2, 2], "
+                "order = [1, 0]}>\n"
+                "#linear = #ttg.linear<{register = [[0, 1]], lane = [[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]], "
+                "warp = [[8, 0], [0, 0]], block = []}>")
+
+
+def _store_ttgir(*stores: str) -> str:
+    body = "\n".join(f"    {s}" for s in stores)
+    return f"{_EPI_LAYOUTS}\nmodule {{\n  tt.func public @k() {{\n{body}\n  }}\n}}\n"
+
+
+def test_epilogue_repeat_of_hand_written_ttgir():
+    """Counted by hand: a (16, 8) slice along dim 0 of a [16, 1, 1] MMA layout is held by all 16 warps (the
+    persistent forward of 2c7c128); the same values converted to #blocked for the store still count 16 (the
+    layout they were computed in); #blocked over (16, 8): 4 x 8 per warp, 16 warps in rows -> 4 distinct, 4x;
+    #blocked1 over (16, 32): 8 x 16 per warp on [2, 2] warps -> 1; #linear: one of two warp bases is zero -> 2."""
+    from experiments import compile_check as cc
+
+    slice_ty = "tensor<16x8xf32, #ttg.slice<{dim = 0, parent = #mma}>>"
+    conv = (f"%v = ttg.convert_layout %c : {slice_ty} -> tensor<16x8xf32, #blocked> loc(#loc1)",
+            "%w = ttg.convert_layout %v : tensor<16x8xf32, #blocked> -> tensor<16x8xf32, #blocked> loc(#loc1)",
+            "tt.store %p, %w, %m : tensor<16x8x!tt.ptr<f32>, #blocked> loc(#loc2)")
+    assert [e["repeat"] for e in cc.epilogue_repeats(_store_ttgir(*conv))] == [16]
+    assert cc.epilogue_repeat(_store_ttgir("tt.store %p, %x : tensor<16x8x!tt.ptr<f32>, #blocked>")) == 4
+    assert cc.epilogue_repeat(_store_ttgir("tt.store %p, %x : tensor<16x32x!tt.ptr<bf16>, #blocked1>")) == 1
+    assert cc.epilogue_repeat(_store_ttgir("tt.store %p, %x : tensor<16x8x!tt.ptr<bf16>, #linear>")) == 2
+    assert cc.epilogue_repeat(_store_ttgir("tt.store %p, %x : !tt.ptr<i32>")) == 0  # scalar stores: no tensor
+    both = _store_ttgir(*conv, "tt.store %q, %y : tensor<16x32x!tt.ptr<bf16>, #blocked1>")
+    assert cc.epilogue_repeat(both) == 16  # the largest over the stores
+    # a slice of a slice: (16,) along dims 0 then 1 of [16, 1, 1] -> still 16
+    nested = "#ttg.slice<{dim = 1, parent = #ttg.slice<{dim = 0, parent = #mma}>}>"
+    aliases = {"#mma": _mma("mma", 2, [16, 1, 1], [1, 16, 8]).split(" = ", 1)[1]}
+    assert cc.layout_repeat([16], nested, aliases) == 16

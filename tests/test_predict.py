@@ -1,0 +1,222 @@
+"""The static step-time predictor (experiments/predict.py) on hand-written SASS with hand-counted paths, its GEMM
+model, the committed CSV / auto table / doc block being in sync, and "auto" following the table (fake device
+properties). No compile: the CSV is made by ``python -m experiments.predict`` in a fresh process."""
+import pytest
+import torch
+
+from experiments import predict as pr
+from kernels import _persistent as S
+from kernels import auto_strategy as A
+from kernels import gru_persistent as G
+from kernels import lstm_persistent as P
+
+
+def _word(stall=1, wbar=7, rbar=7, wait=0) -> str:
+    return f"0x{(stall << 41) | (wbar << 46) | (rbar << 49) | (wait << 52):016x}"
+
+
+def _sass(*instrs) -> str:
+    """A cuobjdump -sass listing: (address, text, control fields) per instruction."""
+    lines = ["\tcode for sm_90a", "\t\tFunction : k"]
+    for addr, text, ctrl in instrs:
+        lines.append(f"        /*{addr:04x}*/                   {text} ;   /* 0x0000000000000000 */")
+        lines.append(f"                                              /* {_word(**ctrl)} */")
+    return "\n".join(lines) + "\n"
+
+
+# A persistent-style kernel: time loop 0x20..0xf0 with tile 0 peeled (HMMA at 0x60), a batch-tile loop
+# 0x80..0xa0 guarded at 0x70, the arrival's CTA barrier at 0xc0 before the REDG, the acquire, the back branch.
+PERSISTENT = _sass(
+    (0x00, "S2R R0, SR_TID.X", dict(wbar=0)),
+    (0x10, "ISETP.GE.AND P0, PT, R0, 0x10, PT", dict(wait=1)),
+    (0x20, "LDG.E.128.STRONG.GPU R4, desc[UR4][R2.64]", dict(wbar=1)),
+    (0x30, "STS.128 [R0], R4", dict(wait=2, rbar=2)),
+    (0x40, "BAR.SYNC.DEFER_BLOCKING 0x0", {}),
+    (0x50, "LDSM.16.M88.4 R8, [R0]", dict(wbar=3)),
+    (0x60, "HMMA.16816.F32.BF16 R12, R8, R10, R12", dict(wait=8)),
+    (0x70, "@P0 BRA 0xb0", {}),
+    (0x80, "LDG.E.128.STRONG.GPU R4, desc[UR4][R2.64]", dict(wbar=1)),
+    (0x90, "HMMA.16816.F32.BF16 R12, R4, R10, R12", dict(wait=2)),
+    (0xa0, "@!P0 BRA 0x80", {}),
+    (0xb0, "SHFL.BFLY PT, R1, R12, 0x1, 0x1f", dict(wbar=4)),
+    (0xc0, "BAR.SYNC.DEFER_BLOCKING 0x0", {}),
+    (0xd0, "REDG.E.ADD.STRONG.GPU desc[UR4][R2.64], R1", dict(wait=16)),
+    (0xe0, "LDG.E.STRONG.GPU R5, desc[UR4][R2.64]", dict(wbar=5)),
+    (0xf0, "BRA 0x20", {}),
+    (0x100, "EXIT", {}),
+    (0x110, "BRA 0x110", {}),
+)
+
+
+def test_parse_sass_reads_the_control_fields():
+    ins = pr.parse_sass(PERSISTENT)
+    assert [i.addr for i in ins][:3] == [0, 0x10, 0x20] and len(ins) == 18
+    assert (ins[0].op, ins[0].base, ins[0].wbar, ins[0].wait) == ("S2R", "S2R", 0, 0)
+    assert (ins[3].op, ins[3].wait, ins[3].rbar, ins[3].wbar) == ("STS.128", 2, 2, 7)
+    assert (ins[7].pred, ins[7].target, ins[10].target) == ("@P0", 0xb0, 0x80)
+    assert pr.loops(ins) == [(0x20, 0xf0), (0x80, 0xa0)]  # the trailing self-branch is no loop
+    assert pr.is_gather(ins[2]) and not pr.is_gather(ins[14])  # 128-bit strong load vs the 32-bit acquire
+
+
+def test_persistent_step_path_and_counts_by_hand():
+    """Counted by hand from the listing above: one tile is 0x20-0x70 then 0xb0, 0xc0 (the guard skips the tile
+    loop): 8 instructions, 2 BAR, 1 HMMA; each more tile runs the loop body (3 instructions, 1 HMMA) once more.
+    Per CTA of 4 warps: STS.128 + LDSM.x4 = 2 x 512 B per warp; the gather 512 B per warp and tile."""
+    m = pr.StepKernelModel(dict(sass=PERSISTENT, registers=64, shared_bytes=4096), warps=4, persistent=True)
+    assert m.persistent == (0x20, 0xf0, 0xc0) and m.peeled == 1
+    sm80 = PERSISTENT.replace("REDG.E.ADD", "RED.E.ADD")  # sm_80 spells the release add RED
+    assert pr.time_loop(pr.parse_sass(sm80)) == (0x20, 0xf0, 0xc0)
+    no_arrival = PERSISTENT.replace("REDG.E.ADD.STRONG.GPU desc[UR4][R2.64], R1", "NOP")
+    with pytest.raises(ValueError, match="no time loop"):  # never walk a persistent kernel from its entry
+        pr.StepKernelModel(dict(sass=no_arrival, registers=64, shared_bytes=0), warps=4, persistent=True)
+    one = m.path(1)
+    assert [i.addr for i in one] == [0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0xb0, 0xc0]
+    three = m.path(3)
+    assert [i.addr for i in three] == [0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0x80, 0x90, 0xa0,
+                                       0xb0, 0xc0]
+    c = pr.count(one, 4, gather_fraction=0.5)
+    assert (c.insts, c.bars, c.mma, c.smem_bytes, c.global_bytes) == (8, 2, 1, 4 * 1024, 4 * 512 * 0.5)
+    c = pr.count(three, 4)
+    assert (c.insts, c.bars, c.mma, c.global_bytes) == (14, 2, 3, 4 * 512 * 3)
+
+
+def test_per_step_path_enters_a_loop_guarded_by_a_branch_around_it():
+    """ptxas' K loop entry: ``@P BRA`` into the loop, the fall-through an unconditional ``BRA`` past it; a
+    ``CALL`` walks its callee up to ``RET``; the walk ends at the unpredicated EXIT."""
+    sass = _sass(
+        (0x00, "@P3 BRA 0x20", {}),
+        (0x10, "BRA 0x60", {}),
+        (0x20, "LDGSTS.E.BYPASS.128 [R1], desc[UR4][R2.64]", {}),
+        (0x30, "HMMA.16816.F32.BF16 R12, R8, R10, R12", {}),
+        (0x40, "CALL.REL.NOINC 0x90", {}),
+        (0x50, "@!P3 BRA 0x20", {}),
+        (0x60, "@!P0 EXIT", {}),
+        (0x70, "STG.E [R2.64], R12", {}),
+        (0x80, "EXIT", {}),
+        (0x90, "MUFU.RCP R1, R1", dict(wbar=0)),
+        (0xa0, "RET.REL.NODEC R4 0x0", dict(wait=1)),
+    )
+    m = pr.StepKernelModel(dict(sass=sass, registers=64, shared_bytes=0), warps=4)
+    assert m.persistent is None and m.hot == {(0x20, 0x50)}
+    assert [i.addr for i in m.path(2)] == [0x00, 0x20, 0x30, 0x40, 0x90, 0xa0, 0x50] * 1 + [
+        0x20, 0x30, 0x40, 0x90, 0xa0, 0x50, 0x60, 0x70, 0x80]
+    assert pr.count(m.path(2), 4).global_bytes == 2 * 4 * 512
+
+
+def test_while_loop_runs_its_trips_and_the_walk_ends_with_its_outer_loop():
+    """A data-sync poll: ``while`` loop 0x20..0x50 with its exit test at 0x30 (to 0x60, the address after it) and
+    an unconditional back branch; the walk starts at the outer loop's top (0x10) and ends at its back branch."""
+    sass = _sass(
+        (0x00, "S2R R0, SR_TID.X", {}),
+        (0x10, "LDG.E.128.STRONG.SYS R4, desc[UR4][R2.64]", {}),
+        (0x20, "ISETP.NE.AND P2, PT, R4, -0x1, PT", {}),
+        (0x30, "@P2 BRA 0x60", {}),
+        (0x40, "LDG.E.128.STRONG.SYS R4, desc[UR4][R2.64]", {}),
+        (0x50, "BRA 0x20", {}),
+        (0x60, "HMMA.16816.F32.BF16 R12, R4, R10, R12", {}),
+        (0x70, "@!P0 BRA 0x10", {}),
+        (0x80, "EXIT", {}),
+    )
+    m = pr.StepKernelModel(dict(sass=sass, registers=64, shared_bytes=0), warps=4, data_sync=True)
+    assert m.persistent == (0x10, 0x70, 0x70) and m.hot == set()  # no batch-tile loop
+    assert [i.addr for i in m.path(1, polls=0)] == [0x10, 0x20, 0x30, 0x60, 0x70]
+    assert [i.addr for i in m.path(1, polls=2)] == [0x10] + [0x20, 0x30, 0x40, 0x50] * 2 + [0x20, 0x30, 0x60, 0x70]
+
+
+def test_simulate_by_hand():
+    """One warp: a 2-cycle then a 3-cycle stall: 5 cycles. A MUFU result waited on: issue at 0, ready after
+    mufu_lat (18), the next instruction issues at 18 and holds its warp 1 cycle: 19. Two warps meeting at a
+    BAR.SYNC: released bar_lat (20) after the later arrival."""
+    p = pr.Params(clock_ghz=1.0, sms=1, l2_lat=100, l2_tbs=1.0)
+    ins = pr.parse_sass(_sass((0x0, "IADD3 R1, R1, 0x1, RZ", dict(stall=2)), (0x10, "IADD3 R2, R2, 0x1, RZ",
+                                                                                  dict(stall=3))))
+    assert pr.simulate(ins, 1, p) == 5
+    ins = pr.parse_sass(_sass((0x0, "MUFU.EX2 R1, R1", dict(wbar=0)), (0x10, "FADD R2, R1, R1", dict(wait=1))))
+    assert pr.simulate(ins, 1, p) == 19
+    ins = pr.parse_sass(_sass((0x0, "IADD3 R1, R1, 0x1, RZ", dict(stall=7)), (0x10, "BAR.SYNC.DEFER_BLOCKING 0x0",
+                                                                                  {})))
+    assert pr.simulate(ins, 2, p) == 7 + 20
+    # a 512 B gather at 16 B/clk streams 32 clocks, then the L2 latency; the dependent add issues after it
+    ins = pr.parse_sass(_sass((0x0, "LDG.E.128.STRONG.GPU R4, desc[UR4][R2.64]", dict(wbar=0)),
+                              (0x10, "FADD R2, R4, R4", dict(wait=1))))
+    assert pr.simulate(ins, 1, p, gather_bpc=16.0) == 32 + 100 + 1
+    assert pr.simulate(ins, 1, p, memory=False) == 2
+
+
+def test_extrapolate_is_linear_past_the_base():
+    assert pr.extrapolate(lambda n: 10 + 3 * n, 7) == 31
+    assert pr.extrapolate(lambda n: n * n, 2) == 4  # exact where simulated
+
+
+def test_gemm_model_by_hand():
+    """Forward at B=16, H=I=1024, T=1024, bf16: 2 x 16384 x 4096 x 1024 FLOP at 650 TFLOP/s = 0.2114 ms (more than
+    its 50 MB at 3 TB/s); the backward's three GEMMs are 3x that plus the cat and db traffic."""
+    fwd = pr.gemm_ms("lstm", "fwd", "persistent", "bf16", 16, 1024, pr.H100_OPT)
+    assert fwd == pytest.approx(2 * 16384 * 4096 * 1024 / 650e12 * 1e3)
+    bwd = pr.gemm_ms("lstm", "bwd", "persistent", "bf16", 16, 1024, pr.H100_OPT)
+    assert bwd == pytest.approx(3 * fwd + (2 * 16384 * 1024 * 2 + 16384 * 4096 * 2) / 3e12 * 1e3)
+    assert pr.gemm_ms("gru", "fwd", "persistent", "bf16", 16, 1024, pr.H100_OPT) == pytest.approx(fwd * 3 / 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# the committed outputs
+# ----------------------------------------------------------------------------------------------
+def test_csv_has_the_columns_and_both_strategies():
+    rows = pr.read_csv()
+    assert tuple(rows[0]) == pr.COLUMNS
+    keys = {(r["cell"], r["strategy"], r["pass"], r["arch"], r["dtype"]) for r in rows}
+    for cell in ("lstm", "gru"):
+        for kind in ("fwd", "bwd"):
+            assert {(cell, s, kind, "sm_90", "bf16") for s in ("persistent", "per_step")} <= keys
+    for r in rows:
+        assert float(r["us_per_step_lo"]) <= float(r["us_per_step_hi"])
+        assert float(r["ms_T1024_lo"]) <= float(r["ms_T1024_hi"]) and int(r["insts_per_warp"]) > 0
+
+
+def test_auto_table_and_doc_block_are_generated_from_the_csv():
+    rows = pr.read_csv()
+    assert pr.ROOT.joinpath("kernels", "auto_strategy.py").read_text() == pr.auto_table_source(rows), \
+        "stale: python -m experiments.predict --auto-table"
+    doc = pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text()
+    assert pr.doc_block(rows) in doc, "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
+
+
+def test_auto_choices_take_the_lower_midpoint():
+    row = dict(cell="lstm", pass_="fwd", dtype="bf16", arch="sm_90", B="16", H="1024")
+    rows = [dict(row, strategy="persistent", ms_T1024_lo="1.0", ms_T1024_hi="5.0"),
+            dict(row, strategy="per_step", ms_T1024_lo="2.0", ms_T1024_hi="3.5")]
+    for r in rows:
+        r["pass"] = r.pop("pass_")
+    assert pr.auto_choices(rows) == {("lstm", "fwd", "bf16", 90): {(16, 1024): "per_step"}}  # 2.75 < 3.0
+
+
+# ----------------------------------------------------------------------------------------------
+# "auto" follows the table
+# ----------------------------------------------------------------------------------------------
+PROPS = {90: dict(device_type="cuda", sm_count=132, interpret=False, arch=90),
+         80: dict(device_type="cuda", sm_count=108, interpret=False, arch=80)}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def test_auto_follows_the_table():
+    """At every point of the committed table, "auto" runs persistent exactly where the table says so."""
+    assert A.TABLE
+    for (cell, kind, dtype, arch), shapes in A.TABLE.items():
+        for (B, H), want in shapes.items():
+            kw = dict(dtype=DTYPES[dtype], H=H, B=B, kind=kind, **PROPS[arch])
+            cfg, why = P.decide("auto", has_proj=False, **kw) if cell == "lstm" else G.decide("auto", **kw)
+            assert (cfg is not None) == (want == "persistent"), (cell, kind, dtype, arch, B, H, why)
+
+
+def test_auto_between_the_points_rounds_up(monkeypatch):
+    table = {(b, h): "per_step" for b in A.BATCHES for h in A.HIDDEN}
+    table[(64, 768)] = "persistent"
+    monkeypatch.setitem(A.TABLE, ("lstm", "bwd", "bf16", 90), table)
+    for B, H, want in ((17, 768, "persistent"), (64, 528, "persistent"), (64, 768, "persistent"),
+                       (16, 768, "per_step"), (65, 768, "per_step"), (64, 784, "per_step")):
+        assert S.auto_strategy("lstm", "bwd", torch.bfloat16, B, H, 90) == want, (B, H)
+    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 4096, 4096, 90) == table[(256, 1024)]  # beyond: last
+    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 17, 768, 100) == "persistent"  # sm_100 uses sm_90's
+    assert S.auto_strategy("lstm", "bwd", torch.float64, 17, 768, 90) == "per_step"  # no fp64 predictions
+    cfg, why = P.decide("auto", dtype=torch.bfloat16, H=768, B=65, has_proj=False, kind="bwd", **PROPS[90])
+    assert cfg is None and "predicted faster" in why
