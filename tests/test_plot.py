@@ -150,9 +150,12 @@ def test_rows_whose_output_was_wrong_are_never_drawn(tmp_path, capsys):
         dropped = {}
         plot.load([p], dropped)
         assert dropped == {"wrong": n_fused, "error": 1}, name  # and the OOM row
+    # drawn: a 2 x 2 grid whose fusedrnn rows are wrong has no heatmap left, and the plot says why
+    small = tmp_path / "small.csv"
+    _speedup_rows(small, {(1, 32): 2.0, (4, 32): 3.0, (1, 64): 2.5, (4, 64): 4.0}, max_rel_err="inf")
     capsys.readouterr()
-    written = plot.make_plots([p], tmp_path / "figs")
-    assert f"left out {n_fused} row(s) whose output failed" in capsys.readouterr().err
+    written = plot.make_plots([small], tmp_path / "figs")
+    assert "left out 4 row(s) whose output failed" in capsys.readouterr().err
     assert written and not any("heatmap" in q.name for q, _ in written)  # no fusedrnn speedup left to draw
     # a tight but finite error is a measurement
     p = tmp_path / "fine.csv"
@@ -161,14 +164,15 @@ def test_rows_whose_output_was_wrong_are_never_drawn(tmp_path, capsys):
     assert "fusedrnn" in set(plot.load([p])["backend"])
 
 
-def _speedup_rows(path, grid):
-    """fusedrnn and torch_cpu rows on CPU with the given {(B, H): speedup}."""
+def _speedup_rows(path, grid, max_rel_err=1e-7):
+    """fusedrnn and torch_cpu rows on CPU with the given {(B, H): speedup} (fusedrnn's ``max_rel_err`` given)."""
     for (B, H), s in grid.items():
         for backend, strategy, ms in (("torch_cpu", "", 1.0), ("fusedrnn", "per_step", 1.0 / s)):
             append_row(path, {"device": "cpu", "gpu": "cpu (x86_64)", "B": B, "T": 8, "H": H, "I": H, "layers": 1,
                               "directions": 1, "dtype": "fp32", "pass": "fwd", "backend": backend,
                               "strategy": strategy, "ms_p50": ms, "ms_p20": ms, "ms_p80": ms,
-                              "speedup": 1.0 / ms, "speedup_ref": "torch_cpu", "max_rel_err": 1e-7, "error": "",
+                              "speedup": 1.0 / ms, "speedup_ref": "torch_cpu",
+                              "max_rel_err": max_rel_err if backend == "fusedrnn" else 0.0, "error": "",
                               "torch": "2.13.0", "triton": "3.6.0", "commit": "abc", "date": "2026-01-02T03:04:05Z"})
 
 
