@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from .report import ReportError, block_cli, csv_rows
+from .results import commit_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "results" / "test_budget.csv"
@@ -48,17 +49,6 @@ def parse_summary(output: str) -> dict:
         raise ReportError("no pytest summary line (N passed ... in S s) in the output")
     found = {"errors" if word.startswith("error") else word: int(n) for n, word in re.findall(pattern, lines[-1])}
     return {k: found.get(k, 0) for k in COUNTS}
-
-
-def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + (" (modified)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -101,7 +91,7 @@ def measure(cores: int | None = None, warm_cache: bool = False, extra=()) -> dic
     minutes = (time.perf_counter() - t0) / 60
     if cache is not None:
         cache.cleanup()
-    return dict(date=date, commit=_commit(), command=" ".join((*README_COMMAND, *extra)),
+    return dict(date=date, commit=commit_of(ROOT, short=True), command=" ".join((*README_COMMAND, *extra)),
                 cores=len(cpus), load_1min=f"{load:.2f}",
                 triton_cache="warm" if warm_cache else "cold", **parse_summary("".join(out)),
                 minutes=f"{minutes:.2f}", exit_code=rc, source="python -m experiments.test_budget run")

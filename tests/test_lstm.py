@@ -31,7 +31,8 @@ CASES = [
     Case("noncontiguous_batch_first_2layers", noncontig=True, batch_first=True, layers=2),
 ]
 SLOW_CASES = [
-    Case("T63_bidir_2layers", T=63, B=2, H=17, I=4, layers=2, bidirectional=True),
+    # long in T, tiny in H (one unit tile: half the interpreter's work of H=17; H33 covers several tiles)
+    Case("T63_bidir_2layers", T=63, B=2, H=5, I=3, layers=2, bidirectional=True),
 ]
 
 

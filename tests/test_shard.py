@@ -25,7 +25,9 @@ def test_parse_shard():
 
 @cpu_only
 def test_two_shards_cover_the_grid_once_and_merge(tmp_path, capsys):
-    base = ["--grid", "smoke", "--backends", "torch_cpu,fusedrnn", "--min-reps", "1", "--rep-ms", "1"]
+    # the smoke grid's configurations (B in {1, 4}) at T=2, H=16: sharding does not depend on the sizes
+    base = ["--grid", "smoke", "--T", "2", "--H", "16", "--backends", "torch_cpu,fusedrnn", "--min-reps", "1",
+            "--rep-ms", "1"]
     paths = [tmp_path / f"smoke.{i}.csv" for i in range(2)]
     for i, path in enumerate(paths):
         assert sweep.main(base + ["--shard", f"{i}/2", "--out", str(path)]) == 0
