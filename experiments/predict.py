@@ -58,6 +58,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "results" / "predicted_steps.csv"
+# The predictions of the kernels as the static review read them (commit 2c7c128's kernels, predicted at 0d36e50):
+# kept unchanged, so that the doc shows the predictor reproducing the review and each rewrite's before -> after.
+BEFORE_CSV_PATH = ROOT / "results" / "predicted_steps_2c7c128.csv"
 AUTO_TABLE_PATH = ROOT / "kernels" / "auto_strategy.py"
 COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "insts_per_warp", "cta_barriers",
            "smem_bytes", "global_bytes", "us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "commit")
@@ -912,8 +915,11 @@ def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
     return sum(float(r["ms_T1024_lo"]) for r in rs), sum(float(r["ms_T1024_hi"]) for r in rs)
 
 
-def doc_block(rows: list[dict]) -> str:
+def doc_block(rows: list[dict], before: list[dict] | None = None) -> str:
+    """The generated block of docs/PERFORMANCE.md from the CSV's ``rows``; ``before``: the rows of the kernels the
+    static review read (``BEFORE_CSV_PATH``), for the before -> after table and the comparison with the review."""
     idx = _index(rows)
+    auto_rows = rows
     commits = " / ".join(sorted({r["commit"] for r in rows}))
     out = [BEGIN, "", f"[E] All predicted (`python -m experiments.predict`, commit {commits}; H100 parameters for "
            "sm_90a; module docstring of `experiments/predict.py`). B = 16, T = 1024, bf16, sm_90a; ms are the "
@@ -932,8 +938,30 @@ def doc_block(rows: list[dict]) -> str:
                            f"{b['insts_per_warp']} / {b['cta_barriers']} | {f['us_per_step_lo']}-{f['us_per_step_hi']}"
                            f" | {b['us_per_step_lo']}-{b['us_per_step_hi']} | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} |"
                            f" {fb[0]:.1f}-{fb[1]:.1f} |")
+    if before:
+        out += ["", "Before -> after the persistent rewrites ([E] both; before: `results/predicted_steps_2c7c128.csv`, "
+                "the kernels of 2c7c128, predicted by this predictor; B = 16, bf16, sm_90a):", "",
+                "| cell | strategy | H | insts / BAR per warp fwd | bwd | fwd ms | fwd+bwd ms |",
+                "|---|---|---|---|---|---|---|"]
+        bidx = _index(before)
+        for cell in ("lstm", "gru"):
+            for H in (768, 1024):
+                rs = [tuple(i.get((cell, "persistent", "bf16", "sm_90", 16, H, k)) for k in ("fwd", "bwd"))
+                      for i in (bidx, idx)]
+                if any(r is None for pair in rs for r in pair):
+                    continue
+                (bf, bb), (af, ab) = rs
+                f0, f1 = _ms(bidx, cell, "persistent", H, ("fwd",)), _ms(idx, cell, "persistent", H, ("fwd",))
+                t0, t1 = (_ms(i, cell, "persistent", H, ("fwd", "bwd")) for i in (bidx, idx))
+                out.append(f"| {cell} | persistent | {H} | {bf['insts_per_warp']} / {bf['cta_barriers']} -> "
+                           f"{af['insts_per_warp']} / {af['cta_barriers']} | {bb['insts_per_warp']} / "
+                           f"{bb['cta_barriers']} -> {ab['insts_per_warp']} / {ab['cta_barriers']} | "
+                           f"{f0[0]:.1f}-{f0[1]:.1f} -> {f1[0]:.1f}-{f1[1]:.1f} | "
+                           f"{t0[0]:.1f}-{t0[1]:.1f} -> {t1[0]:.1f}-{t1[1]:.1f} |")
+        idx = bidx  # the review read 2c7c128's kernels: compare with their predictions
     out += ["", "Against the static review of commit 2c7c128's kernels (its simulator, the same parameters; agree = "
-            "each range holds the other's midpoint; once the kernels change, 'no' shows the change):", "",
+            "each range holds the other's midpoint; this predictor on the same kernels"
+            + (", `results/predicted_steps_2c7c128.csv`" if before else "") + "):", "",
             "| cell | strategy | H | pass | this predictor (ms) | review (ms) | agree |",
             "|---|---|---|---|---|---|---|"]
     for (cell, strategy, H, kind), (lo, hi) in REVIEW.items():
@@ -952,7 +980,7 @@ def doc_block(rows: list[dict]) -> str:
     out += ["", '"auto" (kernels/auto_strategy.py, the lower midpoint per pass; P = persistent, S = per_step), '
             "bf16, sm_90a, B x H:", "", "| cell, pass | " + " | ".join(f"H={h}" for h in HIDDEN) + " |",
             "|---|" + "---|" * len(HIDDEN)]
-    for (cell, kind, dtype, arch), shapes in auto_choices(rows).items():
+    for (cell, kind, dtype, arch), shapes in auto_choices(auto_rows).items():
         if dtype != "bf16" or arch != 90:
             continue
         cells = []
@@ -991,11 +1019,17 @@ def _targets(text: str) -> tuple:
     return tuple(out)
 
 
+def read_before() -> list[dict] | None:
+    """The frozen predictions of 2c7c128's kernels, or None where the file is absent."""
+    return read_csv(BEFORE_CSV_PATH) if BEFORE_CSV_PATH.exists() else None
+
+
 def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
     from .report import ReportError, write_or_check
 
     try:
-        return write_or_check(path, doc_block(rows), check=check, what="predicted steps", begin=BEGIN, end=END,
+        return write_or_check(path, doc_block(rows, read_before()), check=check, what="predicted steps",
+                              begin=BEGIN, end=END,
                               command=f"python -m experiments.predict --doc {path}")
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -178,7 +178,7 @@ def test_auto_table_and_doc_block_are_generated_from_the_csv():
     assert pr.ROOT.joinpath("kernels", "auto_strategy.py").read_text() == pr.auto_table_source(rows), \
         "stale: python -m experiments.predict --auto-table"
     doc = pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text()
-    assert pr.doc_block(rows) in doc, "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
+    assert pr.doc_block(rows, pr.read_before()) in doc, "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
 
 def test_auto_choices_take_the_lower_midpoint():
