@@ -1,0 +1,157 @@
+"""LayerNorm LSTM / GRU with zoneout (Haste's cells): the float64 reference against Haste's equations transcribed
+here, the documented backward (docs/MATH.md) against autograd."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels.layernorm_ref import (
+    ln_input_projection, lngru_layer_ref, lngru_recurrence_ref, lngru_recurrence_vjp, lnlstm_layer_ref,
+    lnlstm_recurrence_ref, lnlstm_recurrence_vjp,
+)
+
+from .helpers import loss_of, rand
+
+D = torch.float64
+T, B, I, H = 5, 3, 4, 6
+LENGTHS = [5, 2, 4]
+
+
+def _haste_lstm(x, h0, c0, kernel, recurrent_kernel, bias, gamma, gamma_h, beta_h, training, p, mask):
+    """Haste's LayerNormLSTM equations (its CPU path), transcribed: gates i, g, f, o; returns y, h_n, c_n."""
+    n = recurrent_kernel.shape[0]
+    wx = F.layer_norm(x @ kernel, (4 * n,), weight=gamma[0])
+    hs, cs = [h0], [c0]
+    for t in range(x.shape[0]):
+        v = F.layer_norm(hs[-1] @ recurrent_kernel, (4 * n,), weight=gamma[1]) + wx[t] + bias
+        gi, gg, gf, go = v.chunk(4, 1)
+        cs.append(torch.sigmoid(gf) * cs[-1] + torch.sigmoid(gi) * torch.tanh(gg))
+        h_new = torch.sigmoid(go) * torch.tanh(F.layer_norm(cs[-1], (n,), weight=gamma_h, bias=beta_h))
+        if p:
+            h_new = (h_new - hs[-1]) * mask[t] + hs[-1] if training else p * hs[-1] + (1 - p) * h_new
+        hs.append(h_new)
+    return torch.stack(hs[1:]), hs[-1], cs[-1]
+
+
+def _haste_gru(x, h0, kernel, recurrent_kernel, bias, recurrent_bias, gamma, training, p, mask):
+    """Haste's LayerNormGRU equations, transcribed: gates z, r, g; returns y, h_n."""
+    n = recurrent_kernel.shape[0]
+    wx = F.layer_norm(x @ kernel, (3 * n,), weight=gamma[0]) + bias
+    hs = [h0]
+    for t in range(x.shape[0]):
+        rh = F.layer_norm(hs[-1] @ recurrent_kernel, (3 * n,), weight=gamma[1]) + recurrent_bias
+        xz, xr, xg = wx[t].chunk(3, 1)
+        hz, hr, hg = rh.chunk(3, 1)
+        z = torch.sigmoid(xz + hz)
+        r = torch.sigmoid(xr + hr)
+        h_new = z * hs[-1] + (1 - z) * torch.tanh(xg + r * hg)
+        if p:
+            h_new = (h_new - hs[-1]) * mask[t] + hs[-1] if training else p * hs[-1] + (1 - p) * h_new
+        hs.append(h_new)
+    return torch.stack(hs[1:]), hs[-1]
+
+
+def lstm_params(h=H, i=I, dtype=D):
+    """Random Haste-shaped LayerNorm LSTM parameters (gains and biases away from their 1 / 0 init)."""
+    return [rand(i, 4 * h, scale=0.5, dtype=dtype), rand(h, 4 * h, scale=0.5, dtype=dtype), rand(4 * h, dtype=dtype),
+            1 + rand(2, 4 * h, scale=0.2, dtype=dtype), 1 + rand(h, scale=0.2, dtype=dtype), rand(h, dtype=dtype)]
+
+
+def gru_params(h=H, i=I, dtype=D):
+    return [rand(i, 3 * h, scale=0.5, dtype=dtype), rand(h, 3 * h, scale=0.5, dtype=dtype), rand(3 * h, dtype=dtype),
+            rand(3 * h, dtype=dtype), 1 + rand(2, 3 * h, scale=0.2, dtype=dtype)]
+
+
+def fixed_mask(p=0.4, seed=3, shape=(T, B, H)):
+    return torch.empty(shape, dtype=D).bernoulli_(1 - p, generator=torch.Generator().manual_seed(seed))
+
+
+ZONEOUT = [("off", False, 0.0), ("train", True, 0.4), ("eval", False, 0.4)]
+
+
+def _zmask(training, p):
+    """The reference's zoneout argument for Haste's (training, p): its mask, its expectation, or none."""
+    if not p:
+        return None
+    return fixed_mask(p) if training else 1.0 - p
+
+
+def _grads(outs, inputs):
+    return torch.autograd.grad(loss_of(outs), inputs)
+
+
+@pytest.mark.parametrize("name,training,p", ZONEOUT)
+def test_lstm_reference_is_haste(name, training, p):
+    torch.manual_seed(0)
+    x, h0, c0 = rand(T, B, I), rand(B, H), rand(B, H)
+    params = lstm_params()
+    inputs = [x, h0, c0] + params
+    for v in inputs:
+        v.requires_grad_(True)
+    ours = lnlstm_layer_ref(*inputs, zmask=_zmask(training, p))
+    haste = _haste_lstm(*inputs, training, p, fixed_mask(p) if p else None)
+    for a, b in zip(ours, haste):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for a, b in zip(_grads(ours, inputs), _grads(haste, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,training,p", ZONEOUT)
+def test_gru_reference_is_haste(name, training, p):
+    torch.manual_seed(1)
+    x, h0 = rand(T, B, I), rand(B, H)
+    params = gru_params()
+    inputs = [x, h0] + params
+    for v in inputs:
+        v.requires_grad_(True)
+    ours = lngru_layer_ref(*inputs, zmask=_zmask(training, p))
+    haste = _haste_gru(*inputs, training, p, fixed_mask(p) if p else None)
+    for a, b in zip(ours, haste):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for a, b in zip(_grads(ours, inputs), _grads(haste, inputs)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def _folded_dy(dy, dh_n, lengths):
+    """dy with the gradient of h_n added at each row's last step (what the backward loops take)."""
+    dy = dy.clone()
+    last = (torch.tensor(lengths) - 1) if lengths is not None else torch.full((dy.shape[1],), dy.shape[0] - 1)
+    dy[last, torch.arange(dy.shape[1])] += dh_n
+    return dy
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+@pytest.mark.parametrize("name,training,p", ZONEOUT)
+def test_lstm_documented_backward_matches_autograd(name, training, p, lengths):
+    torch.manual_seed(2)
+    lens = None if lengths is None else torch.tensor(lengths)
+    kernel, rk, bias, gamma, gamma_h, beta_h = lstm_params()
+    xp = ln_input_projection(rand(T, B, I), kernel, gamma[0], bias).requires_grad_(True)
+    inputs = [xp, rand(B, H, requires_grad=True), rand(B, H, requires_grad=True), rk.requires_grad_(True),
+              gamma[1].clone().requires_grad_(True), gamma_h.requires_grad_(True), beta_h.requires_grad_(True)]
+    zm = _zmask(training, p)
+    y, h_n, c_n = lnlstm_recurrence_ref(*inputs, zmask=zm, lengths=lens)
+    dy, dh_n, dc_n = rand(T, B, H), rand(B, H), rand(B, H)
+    want = torch.autograd.grad((y, h_n, c_n), inputs, (dy, dh_n, dc_n))
+    with torch.no_grad():
+        got = lnlstm_recurrence_vjp(_folded_dy(dy, dh_n, lengths), dc_n, *inputs, zmask=zm, lengths=lens)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+@pytest.mark.parametrize("name,training,p", ZONEOUT)
+def test_gru_documented_backward_matches_autograd(name, training, p, lengths):
+    torch.manual_seed(3)
+    lens = None if lengths is None else torch.tensor(lengths)
+    kernel, rk, bias, rbias, gamma = gru_params()
+    xp = ln_input_projection(rand(T, B, I), kernel, gamma[0], bias).requires_grad_(True)
+    inputs = [xp, rand(B, H, requires_grad=True), rk.requires_grad_(True), gamma[1].clone().requires_grad_(True),
+              rbias.requires_grad_(True)]
+    zm = _zmask(training, p)
+    y, h_n = lngru_recurrence_ref(*inputs, zmask=zm, lengths=lens)
+    dy, dh_n = rand(T, B, H), rand(B, H)
+    want = torch.autograd.grad((y, h_n), inputs, (dy, dh_n))
+    with torch.no_grad():
+        got = lngru_recurrence_vjp(_folded_dy(dy, dh_n, lengths), *inputs, zmask=zm, lengths=lens)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
