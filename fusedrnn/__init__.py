@@ -3,6 +3,7 @@
 Public API::
 
     from fusedrnn import LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, clear_cuda_graphs
+    from fusedrnn import LayerNormLSTM, LayerNormGRU, haste_state_dict  # lmnt-com/haste's cells, with zoneout
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
@@ -21,12 +22,15 @@ from .models import (  # noqa: E402
     RNN,
     STRATEGIES,
     GRUCell,
+    LayerNormGRU,
+    LayerNormLSTM,
     LSTMCell,
     RNNCell,
     UseGateLSTM,
     clear_cuda_graphs,
+    haste_state_dict,
     swap_rnns,
 )
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-           "clear_cuda_graphs"]
+           "clear_cuda_graphs", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict"]

@@ -2,7 +2,8 @@
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model.
-``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell.
+``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell; ``LayerNormLSTM`` / ``LayerNormGRU``
+are lmnt-com/haste's layer-normalised cells with zoneout (``haste_state_dict`` converts Haste's checkpoints).
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
 
 This package is ``fusedrnn.models`` (import the public names from ``fusedrnn``). In a source checkout the folder
@@ -20,13 +21,15 @@ else:
     from ..kernels._graphs import clear as clear_cuda_graphs
     from ._base import BACKENDS, STRATEGIES
     from .gru import GRU, GRUCell
+    from .layernorm import LayerNormGRU, LayerNormLSTM, haste_state_dict
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
     from .swap import swap_rnns
     from .usegate import UseGateLSTM
 
     # whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
-    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
+    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, LayerNormLSTM,
+                                           LayerNormGRU])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs"]
+               "clear_cuda_graphs", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict"]

@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fusedrnn
+
 from kernels.layernorm_ref import (
     ln_input_projection, lngru_layer_ref, lngru_recurrence_ref, lngru_recurrence_vjp, lnlstm_layer_ref,
     lnlstm_recurrence_ref, lnlstm_recurrence_vjp,
@@ -155,3 +157,112 @@ def test_gru_documented_backward_matches_autograd(name, training, p, lengths):
         got = lngru_recurrence_vjp(_folded_dy(dy, dh_n, lengths), *inputs, zmask=zm, lengths=lens)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ modules
+def _haste_init(kind, i, h, dtype=D):
+    """Haste's reset_parameters transcribed, on fresh tensors: returns its state_dict."""
+    G = 4 if kind == "lstm" else 3
+    kernel, rk = torch.empty(i, G * h, dtype=dtype), torch.empty(h, G * h, dtype=dtype)
+    for g in range(G):
+        torch.nn.init.xavier_uniform_(kernel[:, g * h:(g + 1) * h])
+        torch.nn.init.orthogonal_(rk[:, g * h:(g + 1) * h])
+    bias = torch.zeros(G * h, dtype=dtype)
+    if kind == "lstm":
+        bias[2 * h:3 * h] = 1.0
+        return dict(kernel=kernel, recurrent_kernel=rk, bias=bias, gamma=torch.ones(2, G * h, dtype=dtype),
+                    gamma_h=torch.ones(h, dtype=dtype), beta_h=torch.zeros(h, dtype=dtype))
+    return dict(kernel=kernel, recurrent_kernel=rk, bias=bias, recurrent_bias=torch.zeros(G * h, dtype=dtype),
+                gamma=torch.ones(2, G * h, dtype=dtype))
+
+
+def _module(kind, **kw):
+    cls = fusedrnn.LayerNormLSTM if kind == "lstm" else fusedrnn.LayerNormGRU
+    return cls(I, H, dtype=D, **kw)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_init_is_haste_for_the_same_seed(kind):
+    torch.manual_seed(7)
+    m = _module(kind)
+    torch.manual_seed(7)
+    want = _haste_init(kind, I, H)
+    got = m.state_dict()
+    assert list(got) == [k + "_l0" for k in want]
+    for k, v in want.items():
+        assert torch.equal(got[k + "_l0"], v), k
+
+
+def _haste_forward(kind, sd, x, h0, c0, training, p, mask):
+    if kind == "lstm":
+        y, h_n, c_n = _haste_lstm(x, h0, c0, *sd.values(), training, p, mask)
+        return y, h_n, c_n
+    return _haste_gru(x, h0, *sd.values(), training, p, mask)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("name,training,p", ZONEOUT)
+def test_module_is_haste_and_draws_its_masks(kind, name, training, p):
+    """Haste's state_dict converted and loaded; training draws the mask Haste draws from the same seed."""
+    torch.manual_seed(4)
+    sd = dict(zip(_haste_init(kind, I, H), (lstm_params() if kind == "lstm" else gru_params())))
+    hp = [v.requires_grad_(True) for v in sd.values()]
+    m = _module(kind, zoneout=p, backend="reference")
+    m.load_state_dict(fusedrnn.haste_state_dict(sd))
+    m.train(training)
+    x, h0, c0 = rand(T, B, I, requires_grad=True), rand(1, B, H), rand(1, B, H)
+    torch.manual_seed(11)
+    out = m(x, (h0, c0) if kind == "lstm" else h0)
+    ours = (out[0], *out[1]) if kind == "lstm" else out
+    torch.manual_seed(11)
+    mask = x.new_empty(T, B, H).bernoulli_(1 - p) if p else None  # Haste's _get_zoneout_mask
+    haste = _haste_forward(kind, sd, x, h0[0], c0[0], training, p, mask)
+    for a, b in zip(ours, haste):
+        torch.testing.assert_close(a.reshape(b.shape), b, rtol=0, atol=1e-10)
+    params = list(m.parameters())
+    for a, b in zip(_grads([o.reshape(h.shape) for o, h in zip(ours, haste)], [x] + params), _grads(haste, [x] + hp)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_haste_state_dict_stacks_layers_and_rejects_others():
+    sds = [_haste_init("lstm", I if k < 2 else 2 * H, H) for k in range(4)]
+    m = fusedrnn.LayerNormLSTM(I, H, num_layers=2, bidirectional=True, dtype=D)
+    m.load_state_dict(fusedrnn.haste_state_dict(sds, bidirectional=True))
+    assert torch.equal(m.kernel_l1_reverse, sds[3]["kernel"]) and torch.equal(m.gamma_h_l0, sds[0]["gamma_h"])
+    with pytest.raises(ValueError, match="LayerNormGRU"):
+        fusedrnn.haste_state_dict({"kernel": sds[0]["kernel"]})
+    with pytest.raises(ValueError, match="mix"):
+        fusedrnn.haste_state_dict([sds[0], _haste_init("gru", I, H)])
+    with pytest.raises(ValueError, match="even"):
+        fusedrnn.haste_state_dict(sds[:3], bidirectional=True)
+
+
+def test_module_arguments_and_swap():
+    with pytest.raises(ValueError, match="zoneout"):
+        fusedrnn.LayerNormGRU(I, H, zoneout=1.5)
+    with pytest.raises(ValueError, match="strategy"):
+        fusedrnn.LayerNormLSTM(I, H, strategy="persistent")
+    model = torch.nn.Sequential(fusedrnn.LayerNormLSTM(I, H), fusedrnn.LayerNormGRU(H, H), torch.nn.LSTM(H, H))
+    swapped = fusedrnn.swap_rnns(model)
+    assert type(swapped[0]) is fusedrnn.LayerNormLSTM and swapped[0] is model[0]
+    assert type(swapped[1]) is fusedrnn.LayerNormGRU and type(swapped[2]) is fusedrnn.LSTM
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_module_gradcheck(kind):
+    """Tiny two-layer bidirectional modules, zoneout in training (the mask re-drawn from one seed) and eval
+    (gradcheck's fast mode: a random projection of the Jacobian)."""
+    torch.manual_seed(5)
+    m = (fusedrnn.LayerNormLSTM if kind == "lstm" else fusedrnn.LayerNormGRU)(
+        2, 2, num_layers=2, bidirectional=True, zoneout=0.3, dtype=D, backend="reference")
+    x = rand(2, 2, 2, requires_grad=True)
+    params = list(m.parameters())
+
+    def f(x, *ps):
+        torch.manual_seed(9)
+        out = torch.func.functional_call(m, dict(zip([n for n, _ in m.named_parameters()], ps)), (x,))
+        return out[0], (out[1] if kind == "gru" else out[1][1])
+
+    for training in (True, False):
+        m.train(training)
+        assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
