@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 
 import fusedrnn
+from experiments.gpu_check import poisoned
+from models import ops
 
 from kernels.layernorm_ref import (
     ln_input_projection, lngru_layer_ref, lngru_recurrence_ref, lngru_recurrence_vjp, lnlstm_layer_ref,
     lnlstm_recurrence_ref, lnlstm_recurrence_vjp,
 )
 
-from .helpers import loss_of, rand
+from .helpers import assert_close, loss_of, rand
 
 D = torch.float64
 T, B, I, H = 5, 3, 4, 6
@@ -266,3 +268,100 @@ def test_module_gradcheck(kind):
     for training in (True, False):
         m.train(training)
         assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+def _packed(x, lengths):
+    return torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_module_triton_matches_reference_fp64(kind):
+    """backend="triton" (the kernels in the interpreter, every allocation NaN-poisoned) against the reference:
+    training with zoneout (the same seeded masks), a PackedSequence, outputs and every gradient to 1e-10."""
+    torch.manual_seed(6)
+    ref = _module(kind, zoneout=0.3, backend="reference", bidirectional=kind == "gru")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    tri = _module(kind, zoneout=0.3, backend="triton", bidirectional=kind == "gru")
+    tri.load_state_dict(ref.state_dict())
+    x = rand(3, 2, I, requires_grad=True)
+    res = []
+    for m in (ref, tri):
+        torch.manual_seed(8)
+        with poisoned():
+            out, hid = m(_packed(x, [3, 2]))
+        flat = [torch.nn.utils.rnn.pad_packed_sequence(out)[0]] + list(hid if kind == "lstm" else (hid,))
+        res.append((flat, _grads(flat, [x] + list(m.parameters()))))
+    for a, b in zip(res[1][0] + list(res[1][1]), res[0][0] + list(res[0][1])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def _op_run(kind, xp, h0, c0, params, zmask, keep, lengths):
+    """The op (fused forward and backward, allocations poisoned) and the float64 reference on the same values:
+    returns (ours, reference) lists of outputs then gradients of loss_of(outputs)."""
+    res = []
+    for fused in (True, False):
+        leaves = [v.detach().clone().requires_grad_(True) for v in (xp, h0, c0, *params) if v is not None]
+        if not fused:
+            leaves = [v.detach().double().requires_grad_(True) for v in leaves]
+        zm = None if zmask is None else zmask.to(leaves[0].dtype)
+        with poisoned():
+            if kind == "lstm":
+                if fused:
+                    y, c_n = ops.lnlstm_layer(*leaves, zm, keep, lengths, True)[:2]
+                else:
+                    y, _, c_n = lnlstm_recurrence_ref(*leaves, zmask=zm if zm is not None else keep, lengths=lengths)
+                outs = [y, c_n]
+            else:
+                if fused:
+                    y = ops.lngru_layer(*leaves, zm, keep, lengths, True)[0]
+                else:
+                    y = lngru_recurrence_ref(*leaves, zmask=zm if zm is not None else keep, lengths=lengths)[0]
+                outs = [y]
+            res.append(outs + list(_grads(outs, leaves)))
+    return res
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp64", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_kernels_every_dtype(kind, dtype):
+    """The ops in every dtype against the float64 reference on the same rounded values (fp64 1e-10, fp32 max-rel
+    2e-5, fp16 / bf16 relative RMS): H = 20 (rows padded to 32 lanes); fp64 / fp32 with eval zoneout (the keep
+    weight), fp16 / bf16 with a mask and lengths."""
+    torch.manual_seed(9)
+    Tk, Bk, Hk = 3, 2, 20
+    G = 4 if kind == "lstm" else 3
+    xp, h0 = rand(Tk, Bk, G * Hk, dtype=dtype), rand(Bk, Hk, scale=0.5, dtype=dtype)
+    c0 = rand(Bk, Hk, scale=0.5, dtype=dtype) if kind == "lstm" else None
+    rk, gamma_r = rand(Hk, G * Hk, scale=0.3, dtype=dtype), 1 + rand(G * Hk, scale=0.2, dtype=dtype)
+    extra = ([1 + rand(Hk, scale=0.2, dtype=dtype), rand(Hk, dtype=dtype)] if kind == "lstm"
+             else [rand(G * Hk, dtype=dtype)])
+    lowp = dtype in (torch.float16, torch.bfloat16)
+    zmask = fixed_mask(0.3, shape=(Tk, Bk, Hk)) if lowp else None
+    lengths = torch.tensor([3, 2], dtype=torch.int32) if lowp else None
+    ours, ref = _op_run(kind, xp, h0, c0, [rk, gamma_r] + extra, zmask, 0.6, lengths)
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        assert a.dtype == dtype
+        if dtype == torch.float64:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+        else:
+            assert_close(a, b, dtype, f"{kind} {dtype} entry {k}")
+
+
+def test_kernel_arguments_are_checked():
+    from kernels import layernorm as ln
+
+    H = ln.MAX_HIDDEN["fp64"] + 1
+    xp, h0 = torch.zeros(1, 1, 4 * H, dtype=D), torch.zeros(1, H, dtype=D)
+    with pytest.raises(RuntimeError, match="hidden_size 1025 > 1024"):
+        ln.lnlstm_fwd_sequence(xp, h0, h0, torch.zeros(H, 4 * H, dtype=D), *torch.zeros(3, 4 * H, dtype=D)[:1],
+                               h0[0], h0[0])
+    with pytest.raises(RuntimeError, match="3 \\* hidden_size"):
+        ln.lngru_fwd_sequence(torch.zeros(2, 1, 8, dtype=D), torch.zeros(1, 4, dtype=D),
+                              torch.zeros(4, 12, dtype=D), torch.ones(12, dtype=D))
+    with pytest.raises(RuntimeError, match="recurrent_kernel: expected shape"):
+        ln.lngru_fwd_sequence(torch.zeros(2, 1, 12, dtype=D), torch.zeros(1, 4, dtype=D),
+                              torch.zeros(12, 4, dtype=D), torch.ones(12, dtype=D))
