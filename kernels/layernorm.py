@@ -82,43 +82,44 @@ def _ln_product(
 @triton.jit
 def _row_norm(a0, a1, a2, a3, m, n, GATES: tl.constexpr):
     """Layer-norm statistics of a row of GATES blocks (1, 3 or 4; the unused blocks are ignored) of ``n`` values in
-    all: returns the normalised blocks (zero past H and in unused blocks) and rstd. Two passes over registers."""
-    s = tl.sum(tl.where(m, a0, 0.0), 0)
+    all: returns the normalised blocks (zero past H and in unused blocks) and rstd. Two passes over registers, each
+    one block-wide reduction (the blocks are added lane by lane first)."""
+    tot = tl.where(m, a0, 0.0)
     if GATES >= 3:
-        s += tl.sum(tl.where(m, a1, 0.0), 0) + tl.sum(tl.where(m, a2, 0.0), 0)
+        tot += tl.where(m, a1, 0.0) + tl.where(m, a2, 0.0)
     if GATES == 4:
-        s += tl.sum(tl.where(m, a3, 0.0), 0)
-    mean = s / n
+        tot += tl.where(m, a3, 0.0)
+    mean = tl.sum(tot, 0) / n
     d0 = tl.where(m, a0 - mean, 0.0)
-    v = tl.sum(d0 * d0, 0)
+    sq = d0 * d0
     d1 = tl.zeros_like(d0)
     d2 = tl.zeros_like(d0)
     d3 = tl.zeros_like(d0)
     if GATES >= 3:
         d1 = tl.where(m, a1 - mean, 0.0)
         d2 = tl.where(m, a2 - mean, 0.0)
-        v += tl.sum(d1 * d1, 0) + tl.sum(d2 * d2, 0)
+        sq += d1 * d1 + d2 * d2
     if GATES == 4:
         d3 = tl.where(m, a3 - mean, 0.0)
-        v += tl.sum(d3 * d3, 0)
-    rstd = 1.0 / tl.sqrt(v / n + 1e-5)
+        sq += d3 * d3
+    rstd = 1.0 / tl.sqrt(tl.sum(sq, 0) / n + 1e-5)
     return d0 * rstd, d1 * rstd, d2 * rstd, d3 * rstd, rstd
 
 
 @triton.jit
 def _row_norm_vjp(g0, g1, g2, g3, h0, h1, h2, h3, rstd, n, GATES: tl.constexpr):
     """The layer norm's input gradient from g = dY * gamma and the normalised row h (zero past H):
-    rstd * (g - mean(g) - h * mean(g * h)), per block."""
-    s = tl.sum(g0, 0)
-    sh = tl.sum(g0 * h0, 0)
+    rstd * (g - mean(g) - h * mean(g * h)), per block; two block-wide reductions."""
+    s = g0
+    sh = g0 * h0
     if GATES >= 3:
-        s += tl.sum(g1, 0) + tl.sum(g2, 0)
-        sh += tl.sum(g1 * h1, 0) + tl.sum(g2 * h2, 0)
+        s += g1 + g2
+        sh += g1 * h1 + g2 * h2
     if GATES == 4:
-        s += tl.sum(g3, 0)
-        sh += tl.sum(g3 * h3, 0)
-    mg = s / n
-    mh = sh / n
+        s += g3
+        sh += g3 * h3
+    mg = tl.sum(s, 0) / n
+    mh = tl.sum(sh, 0) / n
     return (rstd * (g0 - mg - h0 * mh), rstd * (g1 - mg - h1 * mh), rstd * (g2 - mg - h2 * mh),
             rstd * (g3 - mg - h3 * mh))
 
