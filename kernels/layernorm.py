@@ -44,19 +44,21 @@ PRODUCT_CONFIGS = {
               TileConfig(B=16, H=64, K=64, warps=4, stages=3), TileConfig(B=64, H=64, K=64, warps=8, stages=3)],
     "fp32": [TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=32, K=64, warps=4, stages=3),
              TileConfig(B=64, H=32, K=32, warps=8, stages=3)],
-    "fp64": [TileConfig(B=16, H=16, K=64, warps=4, stages=3), TileConfig(B=16, H=16, K=32, warps=2, stages=3)],
+    # (16, 16, 32, 2 warps) spills 8 B for sm_80 (unaligned), (16, 32, 32, 2 warps) 8 B for sm_90a (aligned)
+    "fp64": [TileConfig(B=16, H=16, K=64, warps=4, stages=3)],
 }
 
 
-def _row_warps(block_h: int) -> int:
+def _row_warps(block_h: int, group: str) -> int:
     """16 warps from 1024 lanes on (two to four values of each row vector per thread: the backward row program
-    keeps about 15 such vectors live, in fp64 too), fewer below."""
-    return max(1, min(16, block_h // 64))
+    keeps about 15 such vectors live), fewer below; fp64 twice as many below 1024 (with 4 warps at 256 lanes the
+    LSTM's forward row program spilled 8 B on sm_80)."""
+    return max(1, min(16, block_h // (32 if group == "fp64" else 64)))
 
 
 # the BLOCK_H the compile check covers per dtype group: the smallest and largest warps, the anchor (H = 768) and the
 # largest allowed; the blocks between run with the warps of one of these
-ROW_CONFIGS = {g: [triton.Config({"BLOCK_H": n}, num_warps=_row_warps(n), num_stages=1)
+ROW_CONFIGS = {g: [triton.Config({"BLOCK_H": n}, num_warps=_row_warps(n, g), num_stages=1)
                    for n in (256, 1024, 2048) if n <= MAX_HIDDEN[g]] for g in MAX_HIDDEN}
 
 
@@ -401,7 +403,8 @@ def _lngru_bwd_rows(
 def _row_meta(H: int, t: torch.Tensor) -> dict:
     """The row programs' block (the whole padded row) and warps, and the accumulator constexpr."""
     block = max(16, triton.next_power_of_2(H))
-    return dict(BLOCK_H=block, ACC=dot_meta(t)["ACC"], num_warps=_row_warps(block), num_stages=1)
+    return dict(BLOCK_H=block, ACC=dot_meta(t)["ACC"], num_warps=_row_warps(block, dtype_group(t.dtype)),
+                num_stages=1)
 
 
 def ln_product(a, w, out):

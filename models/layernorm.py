@@ -221,7 +221,8 @@ def haste_state_dict(state_dicts, bidirectional: bool = False) -> OrderedDict:
         state_dicts = [state_dicts]
     dirs = 2 if bidirectional else 1
     if len(state_dicts) % dirs:
-        raise ValueError(f"haste_state_dict: a bidirectional list needs an even number of dicts, got {len(state_dicts)}")
+        raise ValueError("haste_state_dict: a bidirectional list needs an even number of dicts, "
+                         f"got {len(state_dicts)}")
     out = OrderedDict()
     kinds = set()
     for k, sd in enumerate(state_dicts):

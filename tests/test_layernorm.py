@@ -365,3 +365,15 @@ def test_kernel_arguments_are_checked():
     with pytest.raises(RuntimeError, match="recurrent_kernel: expected shape"):
         ln.lngru_fwd_sequence(torch.zeros(2, 1, 12, dtype=D), torch.zeros(1, 4, dtype=D),
                               torch.zeros(12, 4, dtype=D), torch.ones(12, dtype=D))
+
+
+def test_the_study_builds_the_layernorm_lstm():
+    """experiments.tasks --models lnlstm: the model builds with the study's forget-gate bias and runs (reference)."""
+    from experiments import tasks
+
+    m = tasks.build_model(tasks.Job("lnlstm", "adding", 4, 0), tasks.SMOKE, "reference", "cpu", torch.float32)
+    assert isinstance(m.rnn, fusedrnn.LayerNormLSTM)
+    h = m.rnn.hidden_size
+    assert torch.equal(m.rnn.bias_l0[2 * h:3 * h], torch.full((h,), tasks.FORGET_BIAS))
+    m(torch.randn(4, 2, 2)).sum().backward()
+    assert m.rnn.recurrent_kernel_l0.grad.abs().sum() > 0
