@@ -151,6 +151,18 @@ def _zone_weight(zmask, zkeep, p_m, m, ACC: tl.constexpr, ZONEOUT: tl.constexpr)
 
 
 @triton.jit
+def _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC: tl.constexpr, HAS_NEXT: tl.constexpr,
+           HAS_CARRY: tl.constexpr):
+    """The gradient reaching h_t: dy_t, plus (before the last step) da_{t+1} @ R^T and the carry to h_t."""
+    dh = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
+    if HAS_NEXT:
+        dh += tl.load(p + b * s_p + o, mask=m, other=0.0)
+        if HAS_CARRY:
+            dh += tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
+    return dh
+
+
+@triton.jit
 def _active(lengths, b, t, HAS_LENGTHS: tl.constexpr):
     if HAS_LENGTHS:
         act = t < tl.load(lengths + b)
@@ -249,11 +261,7 @@ def _lnlstm_bwd_rows(
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
-    dh = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
-    if HAS_NEXT:
-        dh += tl.load(p + b * s_p + o, mask=m, other=0.0)
-        if ZONEOUT != 0:
-            dh += tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
+    dh = _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC, HAS_NEXT, ZONEOUT != 0)
     zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
     dht = dh * zw
     b_i, b_g, b_f, b_o = _load4(gates + b * s_g + o, H, m, ACC)
@@ -363,9 +371,7 @@ def _lngru_bwd_rows(
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
-    dh = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
-    if HAS_NEXT:
-        dh += tl.load(p + b * s_p + o, mask=m, other=0.0) + tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
+    dh = _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC, HAS_NEXT, True)
     zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
     dht = dh * zw
     b_z, b_r, b_g, rh_g = _load4(gates + b * s_g + o, H, m, ACC)
