@@ -16,6 +16,7 @@ outputs zeros.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 LN_EPS = 1e-5  # Haste's (and F.layer_norm's default) epsilon, added to the biased variance
 
@@ -39,8 +40,10 @@ def layer_norm_vjp(dy, a_hat, rstd, gamma):
 
 
 def ln_input_projection(x, kernel, gamma_x, bias=None):
-    """``LN(x @ kernel) * gamma_x (+ bias)`` for all steps at once. x (T, B, I) -> (T, B, G*H)."""
-    xp = layer_norm_rows(x @ kernel, gamma_x)[0]
+    """``LN(x @ kernel) * gamma_x (+ bias)`` for all steps at once. x (T, B, I) -> (T, B, G*H). torch's layer norm
+    (its statistics in fp32 for 16-bit data; the same formula as ``layer_norm_rows``)."""
+    a = x @ kernel
+    xp = F.layer_norm(a, (a.shape[-1],), weight=gamma_x, eps=LN_EPS)
     return xp if bias is None else xp + bias
 
 
