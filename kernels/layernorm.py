@@ -27,7 +27,7 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_tensor, compile_check_entries, dot_meta,
+    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_tensor, compile_check_entries, dot_meta, dot_precision,
     dot_rows_split, dtype_group, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks, tanh, tile_offsets,
 )
 from .layernorm_ref import layer_norm_rows, recurrent_grads
@@ -497,7 +497,8 @@ def lnlstm_fwd_sequence(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, zk
     gamma_r, gamma_h, beta_h = gamma_r.contiguous(), gamma_h.contiguous(), beta_h.contiguous()
     zmask = zmask.contiguous() if zmask is not None else None
     return _graphs.run("lnlstm_fwd", lambda *args: _fwd_lstm_loop(*args, store),
-                       (xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengths), flags=(store,))
+                       (xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengths),
+                       flags=(store, dot_precision(xp.dtype, xp.device)))
 
 
 def _bwd_lstm_loop(dy, dc_n, c0, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask, zkeep, lengths):
@@ -545,7 +546,8 @@ def lnlstm_layer_bwd(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, g
     dv, da, dn, dc0, q0 = _graphs.run(
         "lnlstm_bwd", _bwd_lstm_loop,
         (dy, dc_n, rowmajor(c0), rk.contiguous(), gamma_r.contiguous(), gamma_h.contiguous(), beta_h.contiguous(),
-         c_seq, gates, a_hat, rstd, zmask.contiguous() if zmask is not None else None, zkeep, lengths))
+         c_seq, gates, a_hat, rstd, zmask.contiguous() if zmask is not None else None, zkeep, lengths),
+        flags=(dot_precision(dt, dev),))
     d_rk, dh0 = recurrent_grads(da, h0, y, rk, q0, lengths)
     c_hat = layer_norm_rows(c_seq, 1.0)[1]
     sum_tb = lambda v: v.sum((0, 1), dtype=acc).to(dt)  # noqa: E731
@@ -588,7 +590,8 @@ def lngru_fwd_sequence(xp, h0, rk, gamma_r, rbias=None, zmask=None, zkeep=None, 
     xp, h0, rk, gamma_r = rowmajor(xp), rowmajor(h0), rk.contiguous(), gamma_r.contiguous()
     zmask = zmask.contiguous() if zmask is not None else None
     return _graphs.run("lngru_fwd", lambda *args: _fwd_gru_loop(*args, store),
-                       (xp, h0, rk, gamma_r, rbias, zmask, zkeep, lengths), flags=(store,))
+                       (xp, h0, rk, gamma_r, rbias, zmask, zkeep, lengths),
+                       flags=(store, dot_precision(xp.dtype, xp.device)))
 
 
 def _bwd_gru_loop(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask, zkeep, lengths):
@@ -627,7 +630,8 @@ def lngru_layer_bwd(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask=None, zkee
     dxp, da, q0 = _graphs.run(
         "lngru_bwd", _bwd_gru_loop,
         (rowmajor(dy), rowmajor(h0), rowmajor(y), rk.contiguous(), gamma_r.contiguous(), gates, a_hat, rstd,
-         zmask.contiguous() if zmask is not None else None, zkeep, lengths))
+         zmask.contiguous() if zmask is not None else None, zkeep, lengths),
+        flags=(dot_precision(dt, dev),))
     d_rk, dh0 = recurrent_grads(da, h0, y, rk, q0, lengths)
     drh = torch.cat([dxp[..., :2 * H], dxp[..., 2 * H:] * gates[..., H:2 * H]], -1).to(acc)
     db = drh.sum((0, 1)).to(dt) if has_bias else None
