@@ -76,9 +76,11 @@ from .results import (
 )
 
 MODELS = ("rnn", "lstm", "usegate", "gru")
-MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM", "gru": "GRU"}
+# "lnlstm" (Haste's LayerNorm LSTM) runs with --models; not in MODELS until the committed study has its rows
+MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM", "gru": "GRU",
+                "lnlstm": "LayerNorm LSTM"}
 # the fusedrnn module of each model, looked up when a model is built
-MODEL_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "usegate": "UseGateLSTM", "gru": "GRU"}
+MODEL_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "usegate": "UseGateLSTM", "gru": "GRU", "lnlstm": "LayerNormLSTM"}
 TASKS = ("adding", "copy", "digits")
 FORGET_BIAS = 1.0
 COPY_ALPHABET = 8
@@ -267,10 +269,17 @@ class SeqModel(nn.Module):
 
 def set_forget_bias(rnn: nn.Module, kind: str, value: float) -> None:
     """Forget-gate bias of every layer: bias_ih's f block = ``value``, bias_hh's f block = 0 (sum = value).
-    The f block is rows H:2H for the LSTM (i, f, g, o) and 2H:3H for the use-gate LSTM (N, i, f, V)."""
+    The f block is rows H:2H for the LSTM (i, f, g, o) and 2H:3H for the use-gate LSTM (N, i, f, V). The LayerNorm
+    LSTM has one bias per layer (Haste's, gates i, g, f, o): its f block 2H:3H = ``value``."""
     if kind in ("rnn", "gru") or not rnn.bias:
         return
     H = rnn.hidden_size
+    if kind == "lnlstm":
+        with torch.no_grad():
+            for name, p in rnn.named_parameters():
+                if name.startswith("bias_l"):
+                    p[2 * H:3 * H] = value
+        return
     lo = {"lstm": H, "usegate": 2 * H}[kind]
     with torch.no_grad():
         for name, p in rnn.named_parameters():
@@ -727,7 +736,7 @@ def _frame(rows, keys_int=("T", "seed", "step"), keys_float=("train_loss", "eval
 
 
 CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_ALPHABET), "digits": (math.log(10), 0.1)}
-COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple"}
+COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple", "lnlstm": "tab:orange"}
 
 
 def _subtitle(df, models) -> str:
@@ -735,7 +744,7 @@ def _subtitle(df, models) -> str:
     (their spread only when there are several) and commit."""
     setting = ", ".join(sorted(df["setting"].unique()))
     hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
-    gated = [MODEL_LABELS[m] for m in models if m in ("lstm", "usegate")]
+    gated = [MODEL_LABELS[m] for m in models if m in ("lstm", "usegate", "lnlstm")]
     plain = [MODEL_LABELS[m] for m in models if m in ("rnn", "gru")]
     bias = ", ".join(([f"forget-gate bias {FORGET_BIAS:g} ({', '.join(gated)})"] if gated else [])
                      + ([f"no forget gate in {', '.join(plain)}"] if plain else []))
@@ -773,7 +782,7 @@ def plot(out: str) -> list[str]:
     if not rows:
         return []
     df = _frame(rows)
-    models = [m for m in MODELS if m in set(df["model"])]
+    models = [m for m in MODEL_LABELS if m in set(df["model"])]
     tasks = [t for t in TASKS if t in set(df["task"])]
     sub = _subtitle(df, models)
     paths = [_plot_curves(plt, df[df["task"] == task], task, models, out, sub) for task in tasks]
@@ -881,7 +890,7 @@ def main(argv=None) -> int:
                    help="recurrent implementation: auto = triton on CUDA, reference on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"))
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODEL_LABELS))
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the setting's)")
     p.add_argument("--steps", type=int, default=None, help="training steps for every task (default: setting's)")

@@ -5,6 +5,7 @@ Public API::
     from fusedrnn import (LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, swap_rnns, unswap_rnns,
                           clear_cuda_graphs)
     from fusedrnn import set_selfcheck, selfcheck_report, SelfCheckWarning, SelfCheckError
+    from fusedrnn import LayerNormLSTM, LayerNormGRU, haste_state_dict  # lmnt-com/haste's cells, with zoneout
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
@@ -41,12 +42,15 @@ from .models import (  # noqa: E402
     RNN,
     STRATEGIES,
     GRUCell,
+    LayerNormGRU,
+    LayerNormLSTM,
     LSTMCell,
     RNNCell,
     SelfCheckError,
     SelfCheckWarning,
     UseGateLSTM,
     clear_cuda_graphs,
+    haste_state_dict,
     selfcheck_report,
     set_selfcheck,
     swap_rnns,
@@ -55,4 +59,4 @@ from .models import (  # noqa: E402
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
            "unswap_rnns", "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning",
-           "SelfCheckError"]
+           "SelfCheckError", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict"]

@@ -3,7 +3,8 @@
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
 ``unswap_rnns(model)`` back.
-``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell.
+``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell; ``LayerNormLSTM`` / ``LayerNormGRU``
+are lmnt-com/haste's layer-normalised cells with zoneout (``haste_state_dict`` converts Haste's checkpoints).
 On CUDA each time loop is captured in a CUDA graph per shape (a small LRU cache); ``clear_cuda_graphs()`` frees them.
 No GPU has run the kernels yet: on CUDA the first call of each configuration compares them with the reference and
 falls back to it on a mismatch (``set_selfcheck``, ``selfcheck_report``; models/_selfcheck.py).
@@ -24,14 +25,16 @@ else:
     from ._base import BACKENDS, STRATEGIES
     from ._selfcheck import SelfCheckError, SelfCheckWarning, selfcheck_report, set_selfcheck
     from .gru import GRU, GRUCell
+    from .layernorm import LayerNormGRU, LayerNormLSTM, haste_state_dict
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
     from .swap import swap_rnns, unswap_rnns
     from .usegate import UseGateLSTM
 
     # whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
-    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
+    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, LayerNormLSTM,
+                                           LayerNormGRU])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
                "unswap_rnns", "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning",
-               "SelfCheckError"]
+               "SelfCheckError", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict"]

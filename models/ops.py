@@ -20,10 +20,12 @@ import torch
 from torch import Tensor
 
 from ..kernels import gru as _gru
+from ..kernels import layernorm as _ln
 from ..kernels import lstm as _lstm
 from ..kernels import rnn as _rnn
 from ..kernels import usegate as _ug
 from ..kernels._common import acc_torch_dtype
+from ..kernels.layernorm_ref import lngru_recurrence_ref, lnlstm_recurrence_ref
 from ..kernels.reference import gru_layer_ref, lstm_layer_ref, rnn_layer_ref
 from ..kernels.usegate import usegate_layer_ref
 
@@ -398,3 +400,175 @@ def _gru_backward(ctx, dy, *unused):
 
 gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup)
 gru_layer_bwd.register_autograd(double_backward_error)
+
+
+# ------------------------------------------------------------------------- LayerNorm LSTM / GRU (Haste's cells)
+# The ops take the input projection Xp (its layer norm and bias computed by the module with autograd) and run the
+# recurrence; zoneout is a mask (T, B, H) in training or the keep weight 1 - p in eval (``keep``; 1.0 and no mask:
+# no zoneout). Kernels: kernels/layernorm.py; reference: kernels/layernorm_ref.py.
+def _zkeep(zmask: Optional[Tensor], keep: float, like: Tensor) -> Optional[Tensor]:
+    """The eval zoneout weight as the kernels read it, a (1,) accumulator-dtype tensor (exact in float64); None
+    with a mask or without zoneout."""
+    if zmask is not None or keep == 1.0:
+        return None
+    return torch.full((1,), keep, dtype=acc_torch_dtype(like.dtype), device=like.device)
+
+
+def _zref(zmask: Optional[Tensor], keep: float):
+    return zmask if zmask is not None else (None if keep == 1.0 else float(keep))
+
+
+@torch.library.custom_op("fusedrnn::lnlstm_layer", mutates_args=())
+def lnlstm_layer(
+    xp: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, gamma_r: Tensor, gamma_h: Tensor, beta_h: Tensor,
+    zmask: Optional[Tensor], keep: float, lengths: Optional[Tensor], store: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The LayerNorm LSTM recurrence of one layer and direction: xp (T, B, 4H), h0, c0 (B, H), rk (H, 4H), gamma_r
+    (4H,), gamma_h, beta_h (H,), zmask (T, B, H) or None, keep (1 - p in eval), lengths (B,) int32 or None.
+    Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H, accumulator dtype), gates, a_hat (T, B, 4H),
+    rstd (T, B) (empty when ``store`` is False)."""
+    with _no_autocast(xp):
+        y, c_n, c_seq, gates, a_hat, rstd = _ln.lnlstm_fwd_sequence(
+            xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, _zkeep(zmask, keep, xp), lengths, store=store)
+    acc = c_n
+    return (y, c_n.to(xp.dtype, copy=True), _or_empty(c_seq, acc), _or_empty(gates, xp), _or_empty(a_hat, xp),
+            _or_empty(rstd, acc))
+
+
+@lnlstm_layer.register_fake
+def _(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store):
+    T, B, G4 = xp.shape
+    H = h0.shape[1]
+    acc = acc_torch_dtype(xp.dtype)
+    if not store:
+        return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(_EMPTY, dtype=acc), xp.new_empty(_EMPTY),
+                xp.new_empty(_EMPTY), xp.new_empty(_EMPTY, dtype=acc))
+    return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, H, dtype=acc), xp.new_empty(T, B, G4),
+            xp.new_empty(T, B, G4), xp.new_empty(T, B, dtype=acc))
+
+
+@torch.library.custom_op("fusedrnn::lnlstm_layer_bwd", mutates_args=())
+def lnlstm_layer_bwd(
+    dy: Tensor, dc_n: Tensor, h0: Tensor, c0: Tensor, y: Tensor, rk: Tensor, gamma_r: Tensor, gamma_h: Tensor,
+    beta_h: Tensor, c_seq: Tensor, gates: Tensor, a_hat: Tensor, rstd: Tensor, zmask: Optional[Tensor], keep: float,
+    lengths: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``lnlstm_layer``: dxp, dh0, dc0, d_rk, dgamma_r, dgamma_h, dbeta_h."""
+    with _no_autocast(dy):
+        dxp, dh0, dc0, d_rk, dg_r, dg_h, db_h = _ln.lnlstm_layer_bwd(
+            dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask,
+            _zkeep(zmask, keep, dy), lengths)
+    return dxp, dh0, dc0.to(c0.dtype), d_rk, dg_r, dg_h, db_h
+
+
+@lnlstm_layer_bwd.register_fake
+def _(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask, keep, lengths):
+    return (torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(rk),
+            torch.empty_like(gamma_r), torch.empty_like(gamma_h), torch.empty_like(beta_h))
+
+
+def _lnlstm_setup(ctx, inputs, output):
+    xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store = inputs
+    y, c_n, c_seq, gates, a_hat, rstd = output
+    ctx.stored = bool(store)
+    if store:
+        ctx.save_for_backward(xp, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask, lengths)
+        ctx.keep = keep
+
+
+def _lnlstm_backward(ctx, dy, dc_n, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: lnlstm_layer ran with store=False (no grad was needed) and cannot backprop")
+    xp, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the reference math, differentiable
+
+        def ref(xp, h0, c0, rk, gamma_r, gamma_h, beta_h):
+            y, _, c_n = lnlstm_recurrence_ref(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, _zref(zmask, ctx.keep),
+                                              lengths)
+            return y, c_n
+
+        grads = differentiable_vjp(ref, (xp, h0, c0, rk, gamma_r, gamma_h, beta_h), ctx.needs_input_grad[:7],
+                                   (dy, dc_n))
+        return (*grads, None, None, None, None)
+    dy = torch.zeros_like(y) if dy is None else dy
+    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
+    grads = lnlstm_layer_bwd(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask,
+                             ctx.keep, lengths)
+    return (*grads, None, None, None, None)
+
+
+lnlstm_layer.register_autograd(_lnlstm_backward, setup_context=_lnlstm_setup)
+lnlstm_layer_bwd.register_autograd(double_backward_error)
+
+
+@torch.library.custom_op("fusedrnn::lngru_layer", mutates_args=())
+def lngru_layer(
+    xp: Tensor, h0: Tensor, rk: Tensor, gamma_r: Tensor, rbias: Optional[Tensor], zmask: Optional[Tensor],
+    keep: float, lengths: Optional[Tensor], store: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The LayerNorm GRU recurrence of one layer and direction: xp (T, B, 3H), h0 (B, H), rk (H, 3H), gamma_r (3H,),
+    rbias (3H,) recurrent_bias or None, zoneout and lengths as ``lnlstm_layer``. Returns y (T, B, H) and for
+    backward gates (T, B, 4H), a_hat (T, B, 3H), rstd (T, B) (empty when ``store`` is False)."""
+    with _no_autocast(xp):
+        y, gates, a_hat, rstd = _ln.lngru_fwd_sequence(xp, h0, rk, gamma_r, rbias, zmask, _zkeep(zmask, keep, xp),
+                                                       lengths, store=store)
+    acc = acc_torch_dtype(xp.dtype)
+    return y, _or_empty(gates, xp), _or_empty(a_hat, xp), _or_empty(rstd, xp.new_empty(0, dtype=acc))
+
+
+@lngru_layer.register_fake
+def _(xp, h0, rk, gamma_r, rbias, zmask, keep, lengths, store):
+    T, B, G3 = xp.shape
+    H = h0.shape[1]
+    acc = acc_torch_dtype(xp.dtype)
+    if not store:
+        return xp.new_empty(T, B, H), xp.new_empty(_EMPTY), xp.new_empty(_EMPTY), xp.new_empty(_EMPTY, dtype=acc)
+    return xp.new_empty(T, B, H), xp.new_empty(T, B, 4 * H), xp.new_empty(T, B, G3), xp.new_empty(T, B, dtype=acc)
+
+
+@torch.library.custom_op("fusedrnn::lngru_layer_bwd", mutates_args=())
+def lngru_layer_bwd(
+    dy: Tensor, h0: Tensor, y: Tensor, rk: Tensor, gamma_r: Tensor, gates: Tensor, a_hat: Tensor, rstd: Tensor,
+    zmask: Optional[Tensor], keep: float, lengths: Optional[Tensor], has_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward of ``lngru_layer``: dxp, dh0, d_rk, dgamma_r, drecurrent_bias (empty without it)."""
+    with _no_autocast(dy):
+        dxp, dh0, d_rk, dg_r, db = _ln.lngru_layer_bwd(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask,
+                                                       _zkeep(zmask, keep, dy), lengths, has_bias=has_bias)
+    return dxp, dh0, d_rk, dg_r, _or_empty(db, dy)
+
+
+@lngru_layer_bwd.register_fake
+def _(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask, keep, lengths, has_bias):
+    db = torch.empty_like(gamma_r) if has_bias else dy.new_empty(_EMPTY)
+    return (a_hat.new_empty(a_hat.shape), torch.empty_like(h0), torch.empty_like(rk), torch.empty_like(gamma_r), db)
+
+
+def _lngru_setup(ctx, inputs, output):
+    xp, h0, rk, gamma_r, rbias, zmask, keep, lengths, store = inputs
+    y, gates, a_hat, rstd = output
+    ctx.stored = bool(store)
+    if store:
+        ctx.save_for_backward(xp, h0, y, rk, gamma_r, rbias, gates, a_hat, rstd, zmask, lengths)
+        ctx.keep = keep
+
+
+def _lngru_backward(ctx, dy, *unused):
+    if not ctx.stored:
+        raise RuntimeError("fusedrnn: lngru_layer ran with store=False (no grad was needed) and cannot backprop")
+    xp, h0, y, rk, gamma_r, rbias, gates, a_hat, rstd, zmask, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+
+        def ref(xp, h0, rk, gamma_r, rbias):
+            return (lngru_recurrence_ref(xp, h0, rk, gamma_r, rbias, _zref(zmask, ctx.keep), lengths)[0],)
+
+        grads = differentiable_vjp(ref, (xp, h0, rk, gamma_r, rbias), ctx.needs_input_grad[:5], (dy,))
+        return (*grads, None, None, None, None)
+    dy = torch.zeros_like(y) if dy is None else dy
+    dxp, dh0, d_rk, dg_r, db = lngru_layer_bwd(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask, ctx.keep, lengths,
+                                               rbias is not None)
+    return dxp, dh0, d_rk, dg_r, (db if rbias is not None else None), None, None, None, None
+
+
+lngru_layer.register_autograd(_lngru_backward, setup_context=_lngru_setup)
+lngru_layer_bwd.register_autograd(double_backward_error)
