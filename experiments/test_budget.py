@@ -109,6 +109,7 @@ def statement(row: dict) -> str:
 
 
 def block(csv_path: Path) -> str:
+    """The README block (markers included): the statement of the CSV's last row."""
     return f"{BEGIN}\n{statement(csv_rows(csv_path)[-1])}\n{END}"
 
 

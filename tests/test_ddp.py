@@ -12,7 +12,7 @@ from fusedrnn import swap_rnns
 
 from .helpers import assert_close
 
-STEPS, B = 3, 4
+STEPS, B, T = 3, 4, 3
 
 
 class Tagger(nn.Module):
@@ -34,7 +34,7 @@ def _model(backend):
 
 def _data():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(6, B, 3, generator=g, dtype=torch.float64), torch.randn(B, generator=g, dtype=torch.float64))
+    return [(torch.randn(T, B, 3, generator=g, dtype=torch.float64), torch.randn(B, generator=g, dtype=torch.float64))
             for _ in range(STEPS)]
 
 
