@@ -20,6 +20,7 @@ else:
     from ..kernels._graphs import clear as clear_cuda_graphs
     from ._base import BACKENDS, STRATEGIES
     from .gru import GRU, GRUCell
+    from .heads import dense_to_heads, heads_to_dense
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
     from .swap import swap_rnns
@@ -29,4 +30,4 @@ else:
     torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs"]
+               "clear_cuda_graphs", "heads_to_dense", "dense_to_heads"]
