@@ -105,20 +105,32 @@ def run_heads_layer(cell: str, x, h0, c0, weights, lengths, *, has_bias: bool, b
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     if resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0:
-        w = heads_to_dense(w_hh)
-        if cell == "lstm":
-            return lstm_layer_ref(x, h0, c0, w_ih, w, b_ih, b_hh, None, lengths)
-        if cell == "gru":
-            y, h_n = gru_layer_ref(x, h0, w_ih, w, b_ih, b_hh, lengths)
-        else:
-            y, h_n = rnn_layer_ref(x, h0, w_ih, w, b_ih, b_hh, cell[4:], lengths)
-        return y, h_n, None
+        return _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     check_triton_dtype(x.dtype)
-    from . import heads_ops
+    from .heads_ops import heads_layer
 
-    store = needs_grad(x, h0, c0, *weights)
-    y, states_n = heads_ops.heads_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, store)
-    return y, last_step(y, lengths), (states_n if cell == "lstm" else None)
+    y, c_n = heads_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, needs_grad(x, h0, c0, *weights),
+                         strategy)
+    return y, last_step(y, lengths), c_n
 
 
-__all__ = ["heads_to_dense", "dense_to_heads", "check_num_heads", "setup_heads", "run_heads_layer"]
+def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+    """The cell's PyTorch reference on the dense equivalent: (y, h_n, c_n or None)."""
+    w = heads_to_dense(w_hh)
+    if cell == "lstm":
+        return lstm_layer_ref(x, h0, c0, w_ih, w, b_ih, b_hh, None, lengths)
+    if cell == "gru":
+        y, h_n = gru_layer_ref(x, h0, w_ih, w, b_ih, b_hh, lengths)
+    else:
+        y, h_n = rnn_layer_ref(x, h0, w_ih, w, b_ih, b_hh, cell[4:], lengths)
+    return y, h_n, None
+
+
+def reference_layer(cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths):
+    """``_reference`` with the outputs of the op ``fusedrnn::heads_layer``: (y, s_n (NS, B, H)); s0 (NS, B, H)."""
+    c0 = s0[0] if s0.numel() else None
+    y, _, c_n = _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    return y, (c_n.unsqueeze(0) if c_n is not None else s0)
+
+
+__all__ = ["heads_to_dense", "dense_to_heads", "check_num_heads", "setup_heads", "run_heads_layer", "reference_layer"]

@@ -138,3 +138,66 @@ def test_constructor_errors():
         with pytest.raises(ValueError, match="num_heads must be a positive int"):
             RNN(3, 8, num_heads=bad)
     LSTM(3, 8, num_heads=1, proj_size=4)  # one head: nn's module, projection included
+
+
+# --- the per-head kernels (kernels/heads.py) on the triton backend ---------------------------------------------
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the per-head kernels write starts as NaN, so an element they miss cannot pass."""
+    from fusedrnn.kernels import heads as k
+
+    real = k._alloc
+    monkeypatch.setattr(k, "_alloc", lambda like, *shape, dtype=None: real(like, *shape, dtype=dtype).fill_(
+        float("nan")))
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_triton_matches_nn_fp64(cell, poisoned):
+    """fp64 in the interpreter (exact dots): outputs, states and every gradient as nn's with the dense weights, to
+    1e-10; D = 6 (padded to 16: masked units), packed input of unequal lengths, h0, both directions."""
+    T, B, I, H, NH = 4, 3, 4, 12, 2
+    ref, ours = make_pair(cell, I, H, NH, backend="triton", bidirectional=True)
+    h0 = (rand(2, B, H),) + ((rand(2, B, H),) if cell == "lstm" else ())
+    for name, a, b in run_both(ref, ours, rand(T, B, I), h0, torch.tensor([3, 4, 2])):
+        assert_close(a, b, torch.float64, f"{cell} {name}")
+
+
+@pytest.mark.parametrize("cell, dtype, B", [
+    ("lstm", torch.float32, 17), ("lstm", torch.float16, 5), ("lstm", torch.bfloat16, 5),
+    ("gru", torch.bfloat16, 5), ("rnn_tanh", torch.float16, 5)])
+def test_triton_dtypes_against_fp64(cell, dtype, B, poisoned):
+    """fp32 against nn's fp32 math (1e-5 max-rel); 16-bit against the fp64 reference of the same rounded
+    parameters and inputs within the dtype's relative-RMS tolerance or 1.5x PyTorch's own error in that dtype
+    (tests/compare.py). D = 16, two heads; B = 17 is two batch tiles, the second masked."""
+    from .compare import compare_lowp
+
+    T, I, H, NH = 4, 8, 32, 2
+    ours = make_pair(cell, I, H, NH, dtype=dtype, backend="triton")[1]
+    runs = {}
+    for kind, dt, backend in (("got", dtype, "triton"), ("want", torch.float64, "reference"),
+                              ("plain", dtype, "reference")):
+        m = make_pair(cell, I, H, NH, dtype=dt, backend=backend)[1]
+        m.load_state_dict({k: v.to(dt) for k, v in ours.state_dict().items()})
+        torch.manual_seed(3)
+        xi = rand(T, B, I, dtype=dtype).to(dt).requires_grad_(True)
+        out, state = m(xi)
+        states = state if isinstance(state, tuple) else (state,)
+        loss_of([out, *states]).backward()
+        runs[kind] = dict(out=out, **{f"s{i}": s for i, s in enumerate(states)}, x=xi.grad,
+                          **{n: p.grad for n, p in m.named_parameters()})
+    if dtype == torch.float32:
+        for k in runs["want"]:
+            assert_close(runs["got"][k], runs["want"][k], dtype, f"{cell} fp32 {k}")
+    else:
+        compare_lowp(runs["got"], runs["want"], runs["plain"], dtype, f"{cell} {dtype}")
+
+
+def test_heads_without_config_run_dense_kernels(monkeypatch):
+    """A head size without a compile-checked per-head config runs the dense fused kernels on the dense
+    equivalent: still nn's results."""
+    from fusedrnn.kernels import heads as k
+
+    monkeypatch.setattr(k, "supported", lambda dtype, D: False)
+    ref, ours = make_pair("lstm", 3, 8, 2, backend="triton")
+    for name, a, b in run_both(ref, ours, rand(3, 2, 3), None):
+        assert_close(a, b, torch.float64, f"dense fallback {name}")
