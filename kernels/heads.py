@@ -27,9 +27,10 @@ forward and backward (``_cell_fwd`` / ``_cell_bwd``, which dispatch on the const
 helpers of kernels/_common.py) and its counts (``CELLS``). Strategies: the heads have no per-step variant; every
 ``strategy`` runs these kernels (a program owns its head for all steps, there is no barrier to avoid).
 
-Scope: compile-checked (0 spills, ``mma_repeat`` 1, sm_90a and sm_80) for BD in 16..128 in 16-bit, 16..64 in fp32
-and fp64 (W_n in shared memory: 4*BD^2 elements). Elsewhere (larger heads, or a dtype/BD without a config) the
-layer runs the dense fused kernels on the dense equivalent (``models/heads.py``), correct but without the saving.
+Scope: compile-checked (0 spills, ``mma_repeat`` 1, sm_90a and sm_80) for BD in 16..128 in 16-bit and 16..64 in fp32
+(W_n in shared memory: 4*BD^2 elements); not fp64 on a GPU (``MAX_BLOCK_D``). Elsewhere the layer runs the dense
+fused kernels on the dense equivalent (models/heads_ops.py; the sLSTM: its reference), correct but without the
+saving. The interpreter runs every dtype and head size.
 """
 from __future__ import annotations
 
@@ -51,13 +52,14 @@ from ._common import (
     lstm_cell_bwd,
     lstm_cell_fwd,
     previous_outputs,
+    sigmoid,
     tanh,
     weight_grads,
 )
 from .reference import gru_input_projection, input_projection
 
 # constexpr CELL values
-LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
+LSTM, GRU, RNN_TANH, RNN_RELU, SLSTM = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -65,38 +67,111 @@ class Cell:
     """What the skeleton needs to know of a cell: its id (constexpr CELL), its gates G (blocks of xp and of
     W_n's rows), NG (product width in gate blocks), NS (state tensors besides h, kept in the accumulator dtype),
     NSAVE (blocks of ``gates`` saved per step in the input dtype), NAUX (blocks saved per step in the
-    accumulator dtype), NDZ (blocks of dz per step)."""
+    accumulator dtype: the first states, then the cell's extra block), NPREV (states the backward reads at t-1
+    and propagates a gradient through), NDZ (blocks of dz per step)."""
     id: int
     G: int
     NG: int
     NS: int
     NSAVE: int
     NAUX: int
+    NPREV: int
     NDZ: int
 
 
 CELLS = {
-    "lstm": Cell(LSTM, G=4, NG=4, NS=1, NSAVE=4, NAUX=1, NDZ=4),
-    "gru": Cell(GRU, G=3, NG=4, NS=0, NSAVE=4, NAUX=0, NDZ=4),
-    "rnn_tanh": Cell(RNN_TANH, G=1, NG=1, NS=0, NSAVE=0, NAUX=0, NDZ=1),
-    "rnn_relu": Cell(RNN_RELU, G=1, NG=1, NS=0, NSAVE=0, NAUX=0, NDZ=1),
+    "lstm": Cell(LSTM, G=4, NG=4, NS=1, NSAVE=4, NAUX=1, NPREV=1, NDZ=4),  # state c
+    "gru": Cell(GRU, G=3, NG=4, NS=0, NSAVE=4, NAUX=0, NPREV=0, NDZ=4),
+    "rnn_tanh": Cell(RNN_TANH, G=1, NG=1, NS=0, NSAVE=0, NAUX=0, NPREV=0, NDZ=1),
+    "rnn_relu": Cell(RNN_RELU, G=1, NG=1, NS=0, NSAVE=0, NAUX=0, NPREV=0, NDZ=1),
+    "slstm": Cell(SLSTM, G=4, NG=4, NS=3, NSAVE=4, NAUX=3, NPREV=2, NDZ=4),  # states c, n, m (m: no gradient)
 }
 
 
 # ----------------------------------------------------------------------------------------------
-# The cells' pointwise work (dispatch on CELL; the math is kernels/_common.py's, docs/MATH.md)
+# The sLSTM cell's pointwise work (docs/MATH.md "sLSTM"): exponential input and forget gates with the stabiliser
+# m, normaliser n. The stabiliser is a constant in the backward.
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _cell_fwd(z0, z1, z2, z3, x0, x1, x2, x3, b_hn, h, s1, lengths, t, o_b, m_b,
+def _log1p_exp_neg(a):
+    """log(1 + e^{-a}) for a >= 0, accurate where e^{-a} is tiny (log1p through the compensated form)."""
+    e = tl.exp(-a)
+    u = 1.0 + e
+    return tl.log(u) - ((u - 1.0) - e) / u
+
+
+@triton.jit
+def slstm_cell_fwd(ri, rf, rz, ro, c_prev, n_prev, m_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+    """From the pre-activations i~, f~, z~, o~ and the states c, n, m of step t-1: (i_t, f_t, tanh(z~),
+    sigmoid(o~), c_t, n_t, m_t, h_t, sf) with sf = sigmoid(-f~) where f_t = exp(lfm - m_t) (its derivative
+    factor), 0 where the min(1, .) binds (only where n_{t-1} = 0). A finished row keeps its states, outputs 0."""
+    lfm = m_prev + tl.minimum(rf, 0.0) - _log1p_exp_neg(tl.abs(rf))  # m_{t-1} + logsigmoid(f~)
+    m = tl.where(n_prev == 0.0, ri, tl.maximum(ri, lfm))
+    b_i = tl.minimum(tl.exp(ri - m), 1.0)
+    ef = lfm - m
+    b_f = tl.minimum(tl.exp(ef), 1.0)
+    b_z = tanh(rz)
+    b_o = sigmoid(ro)
+    c = b_f * c_prev + b_i * b_z
+    n = tl.maximum(b_f * n_prev + b_i, 1.0)
+    h = b_o * c / n
+    sf = tl.where(ef <= 0.0, sigmoid(-rf), 0.0)
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        c = tl.where(m_act, c, c_prev)
+        n = tl.where(m_act, n, n_prev)
+        m = tl.where(m_act, m, m_prev)
+        h = tl.where(m_act, h, 0.0)
+    return b_i, b_f, b_z, b_o, c, n, m, h, sf
+
+
+@triton.jit
+def slstm_cell_bwd(dh, b_i, b_f, b_z, b_o, c, n, sf, c_prev, n_prev, dc_in, dn_in, lengths, t, o_b, m_b,
+                   HAS_LENGTHS: tl.constexpr):
+    """Backward of one step given dh_t, the saved i_t, f_t, tanh(z~), sigmoid(o~), c_t, n_t, sf, the states of
+    t-1 and the gradients dc_in, dn_in reaching c_t, n_t from step t+1: (di~, df~, dz~, do~, dc_{t-1}, dn_{t-1}).
+    m_t is a constant; n_t = max(u, 1) passes the gradient where u = f n_{t-1} + i >= 1 (always, for n_0 = 0 or
+    n_0 >= 1). A finished row gets no gate gradient and passes dc_in, dn_in through."""
+    r = 1.0 / n
+    dc = dc_in + dh * b_o * r
+    dn = dn_in - dh * b_o * c * r * r
+    do = dh * c * r * b_o * (1.0 - b_o)
+    du = tl.where(b_f * n_prev + b_i >= 1.0, dn, 0.0)
+    di = (dc * b_z + du) * b_i
+    df = (dc * c_prev + du * n_prev) * b_f * sf
+    dz = dc * b_i * (1.0 - b_z * b_z)
+    dc_prev = dc * b_f
+    dn_prev = du * b_f
+    if HAS_LENGTHS:
+        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+        di = tl.where(m_act, di, 0.0)
+        df = tl.where(m_act, df, 0.0)
+        dz = tl.where(m_act, dz, 0.0)
+        do = tl.where(m_act, do, 0.0)
+        dc_prev = tl.where(m_act, dc_prev, dc_in)
+        dn_prev = tl.where(m_act, dn_prev, dn_in)
+    return di, df, dz, do, dc_prev, dn_prev
+
+
+# ----------------------------------------------------------------------------------------------
+# The cells' pointwise work, dispatched on CELL (the math: kernels/_common.py and above; docs/MATH.md)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _cell_fwd(z0, z1, z2, z3, x0, x1, x2, x3, b_hn, h, s1, s2, s3, lengths, t, o_b, m_b,
               CELL: tl.constexpr, HAS_LENGTHS: tl.constexpr):
     """One step's pointwise forward from the products z_g (h_{t-1} @ W_g^T), xp[t]'s blocks x_g, h_{t-1} and the
-    state s1. Returns (h_t, s1_t, the four blocks saved for the backward)."""
+    states s1, s2, s3 of step t-1. Returns (h_t, the states of step t, the four blocks saved in the input dtype,
+    one more saved in the accumulator dtype)."""
+    e = s1
     if CELL == 0:  # LSTM: gates i, f, g, o; s1 = c
         g0, g1, g2, g3, s1, h = lstm_cell_fwd(z0 + x0, z1 + x1, z2 + x2, z3 + x3, s1, lengths, t, o_b, m_b,
                                              HAS_LENGTHS)
     elif CELL == 1:  # GRU: r, z from z0, z1; hn = z2 + b_hn; saved r, z, n, hn
         g3 = z2 + b_hn
         g0, g1, g2, h = gru_cell_fwd(z0 + x0, z1 + x1, x2, g3, h, lengths, t, o_b, m_b, HAS_LENGTHS)
+    elif CELL == 4:  # sLSTM: states c, n, m; saved i, f, tanh(z~), sigmoid(o~) and sf
+        g0, g1, g2, g3, s1, s2, s3, h, e = slstm_cell_fwd(z0 + x0, z1 + x1, z2 + x2, z3 + x3, s1, s2, s3,
+                                                          lengths, t, o_b, m_b, HAS_LENGTHS)
     else:  # RNN: the output is all the backward needs
         a = z0 + x0
         if CELL == 3:
@@ -109,21 +184,25 @@ def _cell_fwd(z0, z1, z2, z3, x0, x1, x2, x3, b_hn, h, s1, lengths, t, o_b, m_b,
         g1 = h
         g2 = h
         g3 = h
-    return h, s1, g0, g1, g2, g3
+    return h, s1, s2, s3, g0, g1, g2, g3, e
 
 
 @triton.jit
-def _cell_bwd(dh, g0, g1, g2, g3, s1, s1_prev, h_prev, h, ds1, lengths, t, o_b, m_b,
+def _cell_bwd(dh, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev, h, ds1, ds2, lengths, t, o_b, m_b,
               CELL: tl.constexpr, HAS_LENGTHS: tl.constexpr):
-    """One step's pointwise backward from dh (dy[t] + the recurrent part), the saved blocks g_k, the state at t and
-    t-1, h_{t-1} (GRU), h_t (RNN) and the state gradient ds1 reaching step t. Returns (dz0, dz1, dz2, dz3: stored,
-    the recurrent product reads the first G; carry: the direct part of dh_{t-1}; ds1 of step t-1)."""
+    """One step's pointwise backward from dh (dy[t] + the recurrent part), the saved blocks g_k (input dtype) and
+    a_k (accumulator dtype), the states p_k of step t-1, h_{t-1} (GRU), h_t (RNN) and the state gradients ds1, ds2
+    reaching step t. Returns (dz0, dz1, dz2, dz3: stored, the recurrent product reads the first G; carry: the
+    direct part of dh_{t-1}; ds1, ds2 of step t-1)."""
     carry = dh * 0.0
     if CELL == 0:
-        dz0, dz1, dz2, dz3, ds1 = lstm_cell_bwd(dh, g0, g1, g2, g3, s1, s1_prev, ds1, lengths, t, o_b, m_b,
+        dz0, dz1, dz2, dz3, ds1 = lstm_cell_bwd(dh, g0, g1, g2, g3, a0, p0, ds1, lengths, t, o_b, m_b,
                                                 HAS_LENGTHS)
     elif CELL == 1:  # dg = [da_r, da_z, dhn, dn]
         dz0, dz1, dz2, dz3, carry = gru_cell_bwd(dh, g0, g1, g2, g3, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS)
+    elif CELL == 4:
+        dz0, dz1, dz2, dz3, ds1, ds2 = slstm_cell_bwd(dh, g0, g1, g2, g3, a0, a1, a2, p0, p1, ds1, ds2, lengths,
+                                                      t, o_b, m_b, HAS_LENGTHS)
     else:
         if CELL == 3:
             dz0 = tl.where(h <= 0.0, 0.0, dh)  # as torch's threshold_backward: NaN outputs pass dh
@@ -134,7 +213,7 @@ def _cell_bwd(dh, g0, g1, g2, g3, s1, s1_prev, h_prev, h, ds1, lengths, t, o_b, 
         dz1 = dz0
         dz2 = dz0
         dz3 = dz0
-    return dz0, dz1, dz2, dz3, carry, ds1
+    return dz0, dz1, dz2, dz3, carry, ds1, ds2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,6 +281,13 @@ def _tile(B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     return n, o_b, o_a, m_b, m_a, m_b[:, None] & m_a[None, :]
 
 
+@triton.jit
+def _fwd_loads(xp, t, T, B, H, o_b, col, m_ba, zero, G: tl.constexpr, ACC: tl.constexpr):
+    """xp[t]'s G blocks of this program's rows and units (zeros past the last step: a prefetch)."""
+    o_xp = tl.cast(t, tl.int64) * B * H * G + o_b[:, None] * (G * H) + col[None, :]
+    return _load_blocks(xp, o_xp, H, m_ba & (t < T), zero, G, ACC)
+
+
 @triton.jit(do_not_specialize=["T", "B"])
 def _heads_fwd(
     xp,  # (T, B, G*H) input projection, biases included (GRU: b_hn excluded)
@@ -212,7 +298,7 @@ def _heads_fwd(
     y,  # (T, B, H) output
     sn,  # (NS, B, H) final states besides h (accumulator dtype)
     gates,  # (T, B, NSAVE*H) saved for the backward (only if STORE)
-    aux,  # (T, B, NAUX*H) accumulator dtype, saved for the backward (only if STORE)
+    aux,  # (T, B, NAUX*H) accumulator dtype, saved for the backward (only if STORE): the states, then e
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     T, B, H, D,
     CELL: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, NSAVE: tl.constexpr,
@@ -223,6 +309,7 @@ def _heads_fwd(
     n, o_b, o_a, m_b, m_a, m_ba = _tile(B, D, BLOCK_B, BLOCK_D)
     col = n * D + o_a
     o_bh = o_b[:, None] * H + col[None, :]  # (row, unit) in a (B, H) block
+    s_t = B * H
     # W_n^T as (BD, NG*BD): [k, g*BD + a] = w[n, g*D + a, k]; loop-invariant (shared memory)
     o_c = tl.arange(0, NG * BLOCK_D)
     g_c = o_c // BLOCK_D
@@ -233,19 +320,15 @@ def _heads_fwd(
     w_t = tl.load(p_w, mask=(o_k < D)[:, None] & m_c[None, :], other=0.0)
     if CAST_F32:  # the interpreter's bf16 tl.dot is wrong (triton#11584)
         w_t = w_t.to(tl.float32)
-    bhn = tl.zeros((BLOCK_B, BLOCK_D), ACC)
+    zero = tl.zeros((BLOCK_B, BLOCK_D), ACC)
+    bhn = zero
     if HAS_BHN:
         bhn += tl.load(b_hn + col, mask=m_a, other=0.0).to(ACC)[None, :]
     h = tl.load(h0 + o_bh, mask=m_ba, other=0.0).to(ACC)
-    zero = tl.zeros((BLOCK_B, BLOCK_D), ACC)
-    s1 = zero
-    if NS > 0:
-        s1 = tl.load(s0 + o_bh, mask=m_ba, other=0.0).to(ACC)
-    s_t = B * H
+    s1, s2, s3, _ = _load_blocks(s0, o_bh, s_t, m_ba, zero, NS, ACC)
+    x0, x1, x2, x3 = _fwd_loads(xp, 0, T, B, H, o_b, col, m_ba, zero, G, ACC)
     for t in tl.range(0, T, num_stages=1):
         t64 = tl.cast(t, tl.int64)
-        o_xp = t64 * s_t * G + o_b[:, None] * (G * H) + col[None, :]
-        x0, x1, x2, x3 = _load_blocks(xp, o_xp, H, m_ba, zero, G, ACC)
         hd = h.to(y.dtype.element_ty)
         if CAST_F32:
             hd = hd.to(tl.float32)
@@ -257,17 +340,47 @@ def _heads_fwd(
             z1 = acc
             z2 = acc
             z3 = acc
-        h, s1, g0, g1, g2, g3 = _cell_fwd(z0, z1, z2, z3, x0, x1, x2, x3, bhn, h, s1, lengths, t, o_b,
-                                          m_b, CELL, HAS_LENGTHS)
+        h, s1, s2, s3, g0, g1, g2, g3, e = _cell_fwd(z0, z1, z2, z3, x0, x1, x2, x3, bhn, h, s1, s2, s3, lengths,
+                                                     t, o_b, m_b, CELL, HAS_LENGTHS)
+        # xp[t+1] does not depend on the recurrence: its loads are in flight during the stores and the next dot
+        x0, x1, x2, x3 = _fwd_loads(xp, t + 1, T, B, H, o_b, col, m_ba, zero, G, ACC)
         tl.store(y + t64 * s_t + o_bh, h.to(y.dtype.element_ty), mask=m_ba)
         if STORE:
             if NSAVE > 0:
                 _store_blocks(gates + t64 * s_t * NSAVE + o_b[:, None] * (NSAVE * H) + col[None, :], H,
                               g0, g1, g2, g3, m_ba, NSAVE)
             if NAUX > 0:
-                tl.store(aux + t64 * s_t * NAUX + o_b[:, None] * (NAUX * H) + col[None, :], s1, mask=m_ba)
+                _store_blocks(aux + t64 * s_t * NAUX + o_b[:, None] * (NAUX * H) + col[None, :], H,
+                              s1, s2, e, e, m_ba, NAUX)
     if NS > 0:
-        tl.store(sn + o_bh, s1, mask=m_ba)
+        _store_blocks(sn + o_bh, s_t, s1, s2, s3, s3, m_ba, NS)
+
+
+@triton.jit
+def _bwd_loads(dy, gates, aux, s0, h0, y, t, B, H, o_b, col, o_bh, m_ba, zero,
+               CELL: tl.constexpr, NSAVE: tl.constexpr, NAUX: tl.constexpr, NPREV: tl.constexpr,
+               ACC: tl.constexpr):
+    """What step t's backward reads that does not depend on the recurrence (all zeros for t < 0: a prefetch past
+    the first step): dy[t], the saved blocks of step t (gates, aux), the states of step t-1 (aux[t-1], or s0 at
+    t = 0), h_{t-1} (GRU) and h_t (RNN)."""
+    t64 = tl.cast(t, tl.int64)
+    s_t = B * H
+    m = m_ba & (t >= 0)
+    b_dy = tl.load(dy + t64 * s_t + o_bh, mask=m, other=0.0).to(ACC)
+    g0, g1, g2, g3 = _load_blocks(gates, t64 * s_t * NSAVE + o_b[:, None] * (NSAVE * H) + col[None, :], H, m, zero,
+                                  NSAVE, ACC)
+    o_aux = t64 * s_t * NAUX + o_b[:, None] * (NAUX * H) + col[None, :]
+    a0, a1, a2, _ = _load_blocks(aux, o_aux, H, m, zero, NAUX, ACC)
+    p0, p1, _, _ = _load_blocks(aux, o_aux - s_t * NAUX, H, m & (t > 0), zero, NPREV, ACC)
+    q0, q1, _, _ = _load_blocks(s0, o_bh, s_t, m & (t == 0), zero, NPREV, ACC)
+    h_prev = zero
+    h = zero
+    if CELL == 1:  # h_{t-1}
+        h_prev = tl.load(y + (t64 - 1) * s_t + o_bh, mask=m & (t > 0), other=0.0).to(ACC)
+        h_prev += tl.load(h0 + o_bh, mask=m & (t == 0), other=0.0).to(ACC)
+    if CELL == 2 or CELL == 3:  # h_t
+        h = tl.load(y + t64 * s_t + o_bh, mask=m, other=0.0).to(ACC)
+    return b_dy, g0, g1, g2, g3, a0, a1, a2, p0 + q0, p1 + q1, h_prev, h
 
 
 @triton.jit(do_not_specialize=["T", "B"])
@@ -279,20 +392,21 @@ def _heads_bwd(
     s0,  # (NS, B, H) initial states besides h (accumulator dtype)
     h0,  # (B, H)
     y,  # (T, B, H) the forward's output (h_{t-1} of the GRU, h_t of the RNN)
-    dsn,  # (NS, B, H) gradient of the final states besides h (accumulator dtype)
+    dsn,  # (NS, B, H) gradient of the final states besides h (accumulator dtype; the first NPREV are read)
     dz,  # (T, B, NDZ*H) output: the gradient of the gate pre-activations (GRU: [da_r, da_z, dhn, dn])
     dh0,  # (B, H) output, accumulator dtype
-    ds0,  # (NS, B, H) output, accumulator dtype
+    ds0,  # (NS, B, H) output, accumulator dtype (the first NPREV are written)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
     T, B, H, D,
     CELL: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, NSAVE: tl.constexpr,
-    NAUX: tl.constexpr, NDZ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    NAUX: tl.constexpr, NPREV: tl.constexpr, NDZ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n, o_b, o_a, m_b, m_a, m_ba = _tile(B, D, BLOCK_B, BLOCK_D)
     col = n * D + o_a
     o_bh = o_b[:, None] * H + col[None, :]
+    s_t = B * H
     # W_n as (NG*BD, BD): [g*BD + a, k] = w[n, g*D + a, k]; loop-invariant (shared memory)
     o_r = tl.arange(0, NG * BLOCK_D)
     g_r = o_r // BLOCK_D
@@ -304,40 +418,30 @@ def _heads_bwd(
     if CAST_F32:
         w_n = w_n.to(tl.float32)
     zero = tl.zeros((BLOCK_B, BLOCK_D), ACC)
-    ds1 = zero
-    if NS > 0:
-        ds1 = tl.load(dsn + o_bh, mask=m_ba, other=0.0).to(ACC)
-    dh_rec = tl.zeros((BLOCK_B, BLOCK_D), ACC)
-    s_t = B * H
+    ds1, ds2, _, _ = _load_blocks(dsn, o_bh, s_t, m_ba, zero, NPREV, ACC)
+    dh_rec = zero
+    l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev, h = _bwd_loads(
+        dy, gates, aux, s0, h0, y, T - 1, B, H, o_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX, NPREV, ACC)
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
         t64 = tl.cast(t, tl.int64)
-        dh = dh_rec + tl.load(dy + t64 * s_t + o_bh, mask=m_ba, other=0.0).to(ACC)
-        g0, g1, g2, g3 = _load_blocks(gates, t64 * s_t * NSAVE + o_b[:, None] * (NSAVE * H) + col[None, :], H,
-                                      m_ba, zero, NSAVE, ACC)
-        s1 = zero
-        s1_prev = zero
-        h_prev = zero
-        h = zero
-        if NAUX > 0:
-            p_aux = aux + t64 * s_t * NAUX + o_b[:, None] * (NAUX * H) + col[None, :]
-            s1 = tl.load(p_aux, mask=m_ba, other=0.0)
-            s1_prev = tl.load(p_aux - s_t * NAUX, mask=m_ba & (t > 0), other=0.0)
-            s1_prev += tl.load(s0 + o_bh, mask=m_ba & (t == 0), other=0.0).to(ACC)
-        if CELL == 1:  # h_{t-1}
-            h_prev = tl.load(y + (t64 - 1) * s_t + o_bh, mask=m_ba & (t > 0), other=0.0).to(ACC)
-            h_prev += tl.load(h0 + o_bh, mask=m_ba & (t == 0), other=0.0).to(ACC)
-        if CELL >= 2:  # h_t
-            h = tl.load(y + t64 * s_t + o_bh, mask=m_ba, other=0.0).to(ACC)
-        dz0, dz1, dz2, dz3, carry, ds1 = _cell_bwd(dh, g0, g1, g2, g3, s1, s1_prev, h_prev, h, ds1, lengths, t,
-                                                   o_b, m_b, CELL, HAS_LENGTHS)
+        dz0, dz1, dz2, dz3, carry, ds1, ds2 = _cell_bwd(dh_rec + l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev,
+                                                        h, ds1, ds2, lengths, t, o_b, m_b, CELL, HAS_LENGTHS)
+        # step t-1's inputs do not depend on the recurrence: in flight during the stores and the dot
+        l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev, h = _bwd_loads(
+            dy, gates, aux, s0, h0, y, t - 1, B, H, o_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX, NPREV, ACC)
+        if CELL == 4:  # padded units and rows hold n = 0 (1 / n is not finite there): keep them out of the dot
+            dz0 = tl.where(m_ba, dz0, 0.0)
+            dz1 = tl.where(m_ba, dz1, 0.0)
+            dz2 = tl.where(m_ba, dz2, 0.0)
+            dz3 = tl.where(m_ba, dz3, 0.0)
         p_dz = dz + t64 * s_t * NDZ + o_b[:, None] * (NDZ * H) + col[None, :]
         _store_blocks(p_dz, H, dz0, dz1, dz2, dz3, m_ba, NDZ)
         # dh_{t-1} = dz_t (its first G blocks, in the input dtype as stored) @ W_n (+ the direct carry)
         ty = dz.dtype.element_ty
         if NG == 4:
             if G == 3:
-                dz3 = dz3 * 0.0  # the GRU's dn is not a gradient of the product (W_n's fourth block is masked)
+                dz3 = zero  # the GRU's dn is not a gradient of the product (W_n's fourth block is masked)
             a = _join4(dz0.to(ty), dz1.to(ty), dz2.to(ty), dz3.to(ty), BLOCK_B, BLOCK_D)
         else:
             a = dz0.to(ty)
@@ -345,17 +449,19 @@ def _heads_bwd(
             a = a.to(tl.float32)
         dh_rec = carry + tl.dot(a, w_n, input_precision=PRECISION, out_dtype=ACC)
     tl.store(dh0 + o_bh, dh_rec, mask=m_ba)
-    if NS > 0:
-        tl.store(ds0 + o_bh, ds1, mask=m_ba)
+    if NPREV > 0:
+        _store_blocks(ds0 + o_bh, s_t, ds1, ds2, ds2, ds2, m_ba, NPREV)
 
 
 # ----------------------------------------------------------------------------------------------
 # Configs and launchers
 # ----------------------------------------------------------------------------------------------
 # Per dtype group: the largest BLOCK_D compile-checked (W_n in shared memory, 4*BD^2 elements), and the warps
-# per BLOCK_D (enough column tiles of the (16, BD) backward product for every warp: mma_repeat 1).
-MAX_BLOCK_D = {"16bit": 128, "fp32": 64, "fp64": 64}
-WARPS = {16: 2, 32: 4, 64: 4, 128: 8}
+# per BLOCK_D (enough column tiles of the (16, BD) backward product for every warp: mma_repeat 1). fp64 has none on
+# a GPU: triton 3.6 aborts on the backward's fp64 dot with K = 4*BD ("fp64 don't support largeK MMA"); fp64 heads
+# run the dense kernels there (the sLSTM: the reference). The interpreter runs every dtype.
+MAX_BLOCK_D = {"16bit": 128, "fp32": 64, "fp64": 0}
+WARPS = {16: 2, 32: 4, 64: 4, 128: 16}
 BLOCK_B = 16
 
 
@@ -425,8 +531,9 @@ def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
     dh0 = _alloc(dy, B, H, dtype=acc)
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)
     args = dict(dy=dy, w=w_hh, gates=gates, aux=aux, s0=s0, h0=h0, y=y, dsn=ds_n, dz=dz, dh0=dh0, ds0=ds0,
-                lengths=lengths, T=T, B=B, H=H, D=D, NDZ=c.NDZ)
+                lengths=lengths, T=T, B=B, H=H, D=D, NPREV=c.NPREV, NDZ=c.NDZ)
     _launch(_heads_bwd, args, c, NH, D, B, dy)
+    ds0[c.NPREV:].zero_()  # the sLSTM's m_0: the stabiliser gets no gradient
     return dz, dh0, ds0[:c.NS]
 
 
@@ -480,6 +587,8 @@ def _checks():
         if name == "rnn_relu":
             continue  # the same code as rnn_tanh but for the activation
         for group, top in MAX_BLOCK_D.items():
+            if not top:
+                continue
             cfgs = [triton.Config(dict(BLOCK_B=BLOCK_B, BLOCK_D=bd), num_warps=WARPS[bd], num_stages=1)
                     for bd in (16, 32, 64, 128) if bd <= top]
             cells = dict(CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX, HAS_LENGTHS=True,
@@ -489,7 +598,7 @@ def _checks():
                             args=dict(xp="x", w="x", b_hn="x", h0="x", s0="acc", y="x", sn="acc", gates="x",
                                       aux="acc", lengths="*i32")))
             out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs, dtypes=DTYPE_GROUPS[group],
-                            aligns=("aligned",), constexprs=dict(cells, NDZ=c.NDZ),
+                            aligns=("aligned",), constexprs=dict(cells, NPREV=c.NPREV, NDZ=c.NDZ),
                             args=dict(dy="x", w="x", gates="x", aux="acc", s0="acc", h0="x", y="x", dsn="acc",
                                       dz="x", dh0="acc", ds0="acc", lengths="*i32")))
     return out

@@ -23,11 +23,13 @@ else:
     from .heads import dense_to_heads, heads_to_dense
     from .lstm import LSTM, LSTMCell
     from .rnn import RNN, RNNCell
+    from .slstm import SLSTM, slstm_from_flashrnn, slstm_from_xlstm, slstm_to_flashrnn
     from .swap import swap_rnns
     from .usegate import UseGateLSTM
 
     # whole-model checkpoints (torch.save(model)) reload under torch.load's default weights_only=True, as nn's do
-    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM])
+    torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, SLSTM])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs", "heads_to_dense", "dense_to_heads"]
+               "clear_cuda_graphs", "heads_to_dense", "dense_to_heads", "SLSTM", "slstm_from_flashrnn", "slstm_to_flashrnn",
+               "slstm_from_xlstm"]

@@ -128,6 +128,11 @@ def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
 
 def reference_layer(cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths):
     """``_reference`` with the outputs of the op ``fusedrnn::heads_layer``: (y, s_n (NS, B, H)); s0 (NS, B, H)."""
+    if cell == "slstm":
+        from ..kernels.slstm import slstm_layer_ref
+
+        y, _, *s_n = slstm_layer_ref(x, h0, *s0.unbind(0), w_ih, w_hh, b_ih, b_hh, lengths)
+        return y, torch.stack(s_n)
     c0 = s0[0] if s0.numel() else None
     y, _, c_n = _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
     return y, (c_n.unsqueeze(0) if c_n is not None else s0)
