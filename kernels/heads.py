@@ -461,7 +461,10 @@ def _heads_bwd(
 # a GPU: triton 3.6 aborts on the backward's fp64 dot with K = 4*BD ("fp64 don't support largeK MMA"); fp64 heads
 # run the dense kernels there (the sLSTM: the reference). The interpreter runs every dtype.
 MAX_BLOCK_D = {"16bit": 128, "fp32": 64, "fp64": 0}
-WARPS = {16: 2, 32: 4, 64: 4, 128: 16}
+# Warps per BLOCK_D and pass, from the static step-time model of docs/PERFORMANCE.md (fewest predicted cycles per
+# step among the counts with mma_repeat 1 and no spill): the forward's wide product (16, 4*BD) spreads over more warps
+# than the backward's (16, BD).
+WARPS = {"fwd": {16: 2, 32: 8, 64: 8, 128: 16}, "bwd": {16: 2, 32: 4, 64: 8, 128: 16}}
 BLOCK_B = 16
 
 
@@ -480,12 +483,12 @@ def _alloc(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
     return like.new_empty(shape, dtype=dtype or like.dtype)
 
 
-def _launch(kernel, args: dict, cell: Cell, NH: int, D: int, B: int, like: torch.Tensor) -> None:
+def _launch(kernel, kind: str, args: dict, cell: Cell, NH: int, D: int, B: int, like: torch.Tensor) -> None:
     BD = block_d(D)
     grid = (NH, triton.cdiv(B, BLOCK_B))
     kernel[grid](**args, CELL=cell.id, G=cell.G, NG=cell.NG, NS=cell.NS, NSAVE=cell.NSAVE, NAUX=cell.NAUX,
                  HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like), BLOCK_B=BLOCK_B, BLOCK_D=BD,
-                 num_warps=WARPS[BD], num_stages=1)
+                 num_warps=WARPS[kind][BD], num_stages=1)
 
 
 def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=True):
@@ -512,7 +515,7 @@ def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=Tru
     aux = _alloc(xp, T, B, c.NAUX * H, dtype=acc) if store and c.NAUX else None
     args = dict(xp=xp, w=w_hh, b_hn=b_hn, h0=h0, s0=s0, y=y, sn=sn, gates=gates, aux=aux, lengths=lengths,
                 T=T, B=B, H=H, D=D, HAS_BHN=b_hn is not None, STORE=store)
-    _launch(_heads_fwd, args, c, NH, D, B, xp)
+    _launch(_heads_fwd, "fwd", args, c, NH, D, B, xp)
     return y, sn[:c.NS], gates, aux
 
 
@@ -532,7 +535,7 @@ def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)
     args = dict(dy=dy, w=w_hh, gates=gates, aux=aux, s0=s0, h0=h0, y=y, dsn=ds_n, dz=dz, dh0=dh0, ds0=ds0,
                 lengths=lengths, T=T, B=B, H=H, D=D, NPREV=c.NPREV, NDZ=c.NDZ)
-    _launch(_heads_bwd, args, c, NH, D, B, dy)
+    _launch(_heads_bwd, "bwd", args, c, NH, D, B, dy)
     ds0[c.NPREV:].zero_()  # the sLSTM's m_0: the stabiliser gets no gradient
     return dz, dh0, ds0[:c.NS]
 
@@ -589,15 +592,15 @@ def _checks():
         for group, top in MAX_BLOCK_D.items():
             if not top:
                 continue
-            cfgs = [triton.Config(dict(BLOCK_B=BLOCK_B, BLOCK_D=bd), num_warps=WARPS[bd], num_stages=1)
-                    for bd in (16, 32, 64, 128) if bd <= top]
+            cfgs = {kind: [triton.Config(dict(BLOCK_B=BLOCK_B, BLOCK_D=bd), num_warps=w[bd], num_stages=1)
+                           for bd in (16, 32, 64, 128) if bd <= top] for kind, w in WARPS.items()}
             cells = dict(CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX, HAS_LENGTHS=True,
                          CAST_F32=False)
-            out.append(dict(kernel=_heads_fwd, name=f"_heads_fwd[{name}]", configs=cfgs, dtypes=DTYPE_GROUPS[group],
+            out.append(dict(kernel=_heads_fwd, name=f"_heads_fwd[{name}]", configs=cfgs["fwd"], dtypes=DTYPE_GROUPS[group],
                             aligns=("aligned",), constexprs=dict(cells, HAS_BHN=c.id == GRU, STORE=True),
                             args=dict(xp="x", w="x", b_hn="x", h0="x", s0="acc", y="x", sn="acc", gates="x",
                                       aux="acc", lengths="*i32")))
-            out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs, dtypes=DTYPE_GROUPS[group],
+            out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs["bwd"], dtypes=DTYPE_GROUPS[group],
                             aligns=("aligned",), constexprs=dict(cells, NPREV=c.NPREV, NDZ=c.NDZ),
                             args=dict(dy="x", w="x", gates="x", aux="acc", s0="acc", h0="x", y="x", dsn="acc",
                                       dz="x", dh0="acc", ds0="acc", lengths="*i32")))

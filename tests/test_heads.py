@@ -154,11 +154,12 @@ def poisoned(monkeypatch):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_triton_matches_nn_fp64(cell, poisoned):
     """fp64 in the interpreter (exact dots): outputs, states and every gradient as nn's with the dense weights, to
-    1e-10; D = 6 (padded to 16: masked units), packed input of unequal lengths, h0, both directions."""
-    T, B, I, H, NH = 4, 3, 4, 12, 2
-    ref, ours = make_pair(cell, I, H, NH, backend="triton", bidirectional=True)
-    h0 = (rand(2, B, H),) + ((rand(2, B, H),) if cell == "lstm" else ())
-    for name, a, b in run_both(ref, ours, rand(T, B, I), h0, torch.tensor([3, 4, 2])):
+    1e-10; D = 6 (padded to 16: masked units), packed input of unequal lengths, h0 (the layer loop, directions and
+    layouts are the base's, tested on the reference backend above)."""
+    T, B, I, H, NH = 3, 3, 4, 12, 2
+    ref, ours = make_pair(cell, I, H, NH, backend="triton")
+    h0 = (rand(1, B, H),) + ((rand(1, B, H),) if cell == "lstm" else ())
+    for name, a, b in run_both(ref, ours, rand(T, B, I), h0, torch.tensor([2, 3, 1])):
         assert_close(a, b, torch.float64, f"{cell} {name}")
 
 
@@ -171,7 +172,7 @@ def test_triton_dtypes_against_fp64(cell, dtype, B, poisoned):
     (tests/compare.py). D = 16, two heads; B = 17 is two batch tiles, the second masked."""
     from .compare import compare_lowp
 
-    T, I, H, NH = 4, 8, 32, 2
+    T, I, H, NH = 3, 8, 32, 2
     ours = make_pair(cell, I, H, NH, dtype=dtype, backend="triton")[1]
     runs = {}
     for kind, dt, backend in (("got", dtype, "triton"), ("want", torch.float64, "reference"),
