@@ -28,7 +28,7 @@ helpers of kernels/_common.py) and its counts (``CELLS``). Strategies: the heads
 ``strategy`` runs these kernels (a program owns its head for all steps, there is no barrier to avoid).
 
 Scope: compile-checked (0 spills, ``mma_repeat`` 1, sm_90a and sm_80) for BD in 16..128 in 16-bit and 16..64 in fp32
-(W_n in shared memory: 4*BD^2 elements); not fp64 on a GPU (``MAX_BLOCK_D``). Elsewhere the layer runs the dense
+(the sLSTM 16..32; W_n in shared memory: 4*BD^2 elements); not fp64 on a GPU (``MAX_BLOCK_D``). Elsewhere the layer runs the dense
 fused kernels on the dense equivalent (models/heads_ops.py; the sLSTM: its reference), correct but without the
 saving. The interpreter runs every dtype and head size.
 """
@@ -456,15 +456,21 @@ def _heads_bwd(
 # ----------------------------------------------------------------------------------------------
 # Configs and launchers
 # ----------------------------------------------------------------------------------------------
-# Per dtype group: the largest BLOCK_D compile-checked (W_n in shared memory, 4*BD^2 elements), and the warps
-# per BLOCK_D (enough column tiles of the (16, BD) backward product for every warp: mma_repeat 1). fp64 has none on
-# a GPU: triton 3.6 aborts on the backward's fp64 dot with K = 4*BD ("fp64 don't support largeK MMA"); fp64 heads
-# run the dense kernels there (the sLSTM: the reference). The interpreter runs every dtype.
+# Per dtype group: the largest BLOCK_D compile-checked (W_n in shared memory, 4*BD^2 elements; the sLSTM's fp32
+# backward at 64 spills with every warp count), and the warps per pass and BLOCK_D. fp64 has none on a GPU: triton 3.6
+# aborts on the backward's fp64 dot with K = 4*BD ("fp64 don't support largeK MMA"); fp64 heads run the dense kernels
+# there (the sLSTM: the reference). The interpreter runs every dtype and size.
 MAX_BLOCK_D = {"16bit": 128, "fp32": 64, "fp64": 0}
-# Warps per BLOCK_D and pass, from the static step-time model of docs/PERFORMANCE.md (fewest predicted cycles per
-# step among the counts with mma_repeat 1 and no spill): the forward's wide product (16, 4*BD) spreads over more warps
-# than the backward's (16, BD).
-WARPS = {"fwd": {16: 2, 32: 8, 64: 8, 128: 16}, "bwd": {16: 2, 32: 4, 64: 8, 128: 16}}
+MAX_BLOCK_D_OF = {("slstm", "fp32"): 32}
+# Warps from the static step-time model of docs/PERFORMANCE.md (fewest predicted cycles per step among the counts
+# that compile with 0 spill and mma_repeat 1): the forward's wide product (16, 4*BD) spreads over more warps than
+# the backward's (16, BD); the RNN's forward product is (16, BD) too, so it takes the backward's counts. fp32 ("ieee":
+# FFMA dots) needs 16 warps for the forward at 64 and 4 at 32 to stay clear of spills.
+WARPS = {
+    "16bit": {"fwd": {16: 2, 32: 8, 64: 8, 128: 16}, "bwd": {16: 2, 32: 4, 64: 8, 128: 16}},
+    "fp32": {"fwd": {16: 2, 32: 4, 64: 16}, "bwd": {16: 2, 32: 4, 64: 8}},
+    "fp64": {"fwd": {16: 2, 32: 4, 64: 8, 128: 16}, "bwd": {16: 2, 32: 4, 64: 8, 128: 16}},  # the interpreter's
+}
 BLOCK_B = 16
 
 
@@ -472,10 +478,18 @@ def block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
 
 
-def supported(dtype: torch.dtype, D: int) -> bool:
-    """Whether the per-head kernels have a compile-checked config for heads of D units in ``dtype`` (always in the
-    interpreter, which has no shared-memory limit)."""
-    return interpreting() or block_d(D) <= MAX_BLOCK_D[dtype_group(dtype)]
+def max_block_d(cell: str, group: str) -> int:
+    return MAX_BLOCK_D_OF.get((cell, group), MAX_BLOCK_D[group])
+
+
+def warps(cell: str, group: str, kind: str, BD: int) -> int:
+    return WARPS[group]["bwd" if CELLS[cell].NG == 1 else kind][BD]
+
+
+def supported(dtype: torch.dtype, D: int, cell: str = "lstm") -> bool:
+    """Whether the per-head kernels have a compile-checked config for ``cell``'s heads of D units in ``dtype``
+    (always in the interpreter, which has no shared-memory limit and no spills)."""
+    return interpreting() or (block_d(D) <= 128 and block_d(D) <= max_block_d(cell, dtype_group(dtype)))
 
 
 def _alloc(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
@@ -483,12 +497,13 @@ def _alloc(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
     return like.new_empty(shape, dtype=dtype or like.dtype)
 
 
-def _launch(kernel, kind: str, args: dict, cell: Cell, NH: int, D: int, B: int, like: torch.Tensor) -> None:
+def _launch(kernel, kind: str, args: dict, cell: str, NH: int, D: int, B: int, like: torch.Tensor) -> None:
     BD = block_d(D)
+    c = CELLS[cell]
     grid = (NH, triton.cdiv(B, BLOCK_B))
-    kernel[grid](**args, CELL=cell.id, G=cell.G, NG=cell.NG, NS=cell.NS, NSAVE=cell.NSAVE, NAUX=cell.NAUX,
+    kernel[grid](**args, CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX,
                  HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like), BLOCK_B=BLOCK_B, BLOCK_D=BD,
-                 num_warps=WARPS[kind][BD], num_stages=1)
+                 num_warps=warps(cell, dtype_group(like.dtype), kind, BD), num_stages=1)
 
 
 def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=True):
@@ -515,7 +530,7 @@ def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=Tru
     aux = _alloc(xp, T, B, c.NAUX * H, dtype=acc) if store and c.NAUX else None
     args = dict(xp=xp, w=w_hh, b_hn=b_hn, h0=h0, s0=s0, y=y, sn=sn, gates=gates, aux=aux, lengths=lengths,
                 T=T, B=B, H=H, D=D, HAS_BHN=b_hn is not None, STORE=store)
-    _launch(_heads_fwd, "fwd", args, c, NH, D, B, xp)
+    _launch(_heads_fwd, "fwd", args, cell, NH, D, B, xp)
     return y, sn[:c.NS], gates, aux
 
 
@@ -535,7 +550,7 @@ def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)
     args = dict(dy=dy, w=w_hh, gates=gates, aux=aux, s0=s0, h0=h0, y=y, dsn=ds_n, dz=dz, dh0=dh0, ds0=ds0,
                 lengths=lengths, T=T, B=B, H=H, D=D, NPREV=c.NPREV, NDZ=c.NDZ)
-    _launch(_heads_bwd, "bwd", args, c, NH, D, B, dy)
+    _launch(_heads_bwd, "bwd", args, cell, NH, D, B, dy)
     ds0[c.NPREV:].zero_()  # the sLSTM's m_0: the stabiliser gets no gradient
     return dz, dh0, ds0[:c.NS]
 
@@ -589,19 +604,22 @@ def _checks():
     for name, c in CELLS.items():
         if name == "rnn_relu":
             continue  # the same code as rnn_tanh but for the activation
-        for group, top in MAX_BLOCK_D.items():
+        for group in MAX_BLOCK_D:
+            top = max_block_d(name, group)
             if not top:
                 continue
-            cfgs = {kind: [triton.Config(dict(BLOCK_B=BLOCK_B, BLOCK_D=bd), num_warps=w[bd], num_stages=1)
-                           for bd in (16, 32, 64, 128) if bd <= top] for kind, w in WARPS.items()}
+            cfgs = {kind: [triton.Config(dict(BLOCK_B=BLOCK_B, BLOCK_D=bd), num_warps=warps(name, group, kind, bd),
+                                         num_stages=1) for bd in (16, 32, 64, 128) if bd <= top]
+                    for kind in ("fwd", "bwd")}
             cells = dict(CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX, HAS_LENGTHS=True,
                          CAST_F32=False)
-            out.append(dict(kernel=_heads_fwd, name=f"_heads_fwd[{name}]", configs=cfgs["fwd"], dtypes=DTYPE_GROUPS[group],
-                            aligns=("aligned",), constexprs=dict(cells, HAS_BHN=c.id == GRU, STORE=True),
+            common = dict(dtypes=DTYPE_GROUPS[group], aligns=("aligned",))
+            out.append(dict(kernel=_heads_fwd, name=f"_heads_fwd[{name}]", configs=cfgs["fwd"], **common,
+                            constexprs=dict(cells, HAS_BHN=c.id == GRU, STORE=True),
                             args=dict(xp="x", w="x", b_hn="x", h0="x", s0="acc", y="x", sn="acc", gates="x",
                                       aux="acc", lengths="*i32")))
-            out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs["bwd"], dtypes=DTYPE_GROUPS[group],
-                            aligns=("aligned",), constexprs=dict(cells, NPREV=c.NPREV, NDZ=c.NDZ),
+            out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs["bwd"], **common,
+                            constexprs=dict(cells, NPREV=c.NPREV, NDZ=c.NDZ),
                             args=dict(dy="x", w="x", gates="x", aux="acc", s0="acc", h0="x", y="x", dsn="acc",
                                       dz="x", dh0="acc", ds0="acc", lengths="*i32")))
     return out

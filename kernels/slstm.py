@@ -25,8 +25,9 @@ def heads_product(h, w_hh):
 def slstm_pointwise(raw, c, n, m, detach_m=True):
     """One sLSTM step from the pre-activations raw (B, 4H) = [i~, f~, z~, o~] and the states of step t-1.
     Returns (h, c, n, m) of step t. The stabiliser m (of step t-1 and of step t) is detached (a constant for
-    autograd: m_0 gets no gradient) unless ``detach_m`` is False. The min(1, .) of the gates and the max(., 1) of n are clamps, whose gradient passes at equality
-    (i_t = 1 and n_t = 1 are reached exactly, at every step where m_t = i~ and at the first step)."""
+    autograd: m_0 gets no gradient) unless ``detach_m`` is False. The min(1, .) of the gates and the max(., 1) of
+    n are clamps, whose gradient passes at equality (i_t = 1 and n_t = 1 are reached exactly, at every step where
+    m_t = i~ and at the first step)."""
     ir, fr, zr, orr = raw.chunk(4, dim=1)
     if detach_m:
         m = m.detach()

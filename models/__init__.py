@@ -31,5 +31,5 @@ else:
     torch.serialization.add_safe_globals([LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell, UseGateLSTM, SLSTM])
 
     __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
-               "clear_cuda_graphs", "heads_to_dense", "dense_to_heads", "SLSTM", "slstm_from_flashrnn", "slstm_to_flashrnn",
-               "slstm_from_xlstm"]
+               "clear_cuda_graphs", "heads_to_dense", "dense_to_heads", "SLSTM", "slstm_from_flashrnn",
+               "slstm_to_flashrnn", "slstm_from_xlstm"]

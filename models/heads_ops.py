@@ -106,7 +106,7 @@ def heads_layer(cell: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, store: bo
     """One layer of a multi-head cell on the triton backend. Returns y (T, B, H) and c_n (LSTM) or None.
     Heads without a per-head config run the dense fused op on the dense equivalent (module docstring)."""
     NH, _, D = w_hh.shape
-    if not _k.supported(x.dtype, D):
+    if not _k.supported(x.dtype, D, cell):
         from .heads import heads_to_dense
 
         w = heads_to_dense(w_hh)

@@ -2,12 +2,13 @@
 torch.nn's module conventions, on the per-head kernels of kernels/heads.py (cell ``"slstm"``), and conversions from
 FlashRNN's and xLSTM's parameter layouts.
 
-Per layer and direction, per step and head (docs/MATH.md "sLSTM"; gates i, f, z, o stacked like nn's, row g*H + n*D
-+ d): ``raw = W_ih x_t + b_ih + b_hh + R h_{t-1}`` with R block-diagonal (``weight_hh`` (NH, 4D, D), the layout of
-``num_heads`` in models/heads.py); ``lfm = m_{t-1} + logsigmoid(f~)``; ``m_t = i~`` where ``n_{t-1} == 0`` (elementwise),
-else ``max(i~, lfm)``; ``i_t = min(1, exp(i~ - m_t))``, ``f_t = min(1, exp(lfm - m_t))``; ``c_t = f_t c_{t-1} + i_t
-tanh(z~)``; ``n_t = max(f_t n_{t-1} + i_t, 1)``; ``h_t = sigmoid(o~) c_t / n_t``. The stabiliser m is a constant in
-the backward (as FlashRNN, xLSTM and TiRex compute it): no gradient flows through m_t, and m_0 gets none.
+Per layer and direction, per step and head (docs/MATH.md "sLSTM"; gates i, f, z, o stacked like nn's, row
+g*H + n*D + d): ``raw = W_ih x_t + b_ih + b_hh + R h_{t-1}`` with R block-diagonal (``weight_hh`` (NH, 4D, D), the
+layout of ``num_heads`` in models/heads.py); ``lfm = m_{t-1} + logsigmoid(f~)``; ``m_t = i~`` where
+``n_{t-1} == 0`` (elementwise), else ``max(i~, lfm)``; ``i_t = min(1, exp(i~ - m_t))``,
+``f_t = min(1, exp(lfm - m_t))``; ``c_t = f_t c_{t-1} + i_t tanh(z~)``; ``n_t = max(f_t n_{t-1} + i_t, 1)``;
+``h_t = sigmoid(o~) c_t / n_t``. The stabiliser m is a constant in the backward (as FlashRNN, xLSTM and TiRex
+compute it): no gradient flows through m_t, and m_0 gets none.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy)
     from ..kernels.heads import supported
 
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
-            or not supported(x.dtype, w_hh.shape[2])):  # no dense sLSTM kernel to fall back on
+            or not supported(x.dtype, w_hh.shape[2], "slstm")):  # no dense sLSTM kernel to fall back on
         y, h_n, c_n, n_n, m_n = slstm_layer_ref(x, h0, *s0.unbind(0), w_ih, w_hh, b_ih, b_hh, lengths)
         return y, h_n, torch.stack([c_n, n_n, m_n])
     check_triton_dtype(x.dtype)
