@@ -6,10 +6,14 @@ Public API::
                           clear_cuda_graphs)
     from fusedrnn import set_selfcheck, selfcheck_report, SelfCheckWarning, SelfCheckError
     from fusedrnn import LayerNormLSTM, LayerNormGRU, haste_state_dict  # lmnt-com/haste's cells, with zoneout
+    from fusedrnn import SLSTM, heads_to_dense, dense_to_heads  # multi-head cells (num_heads=), xLSTM's sLSTM
 
 ``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
 ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
 ``unswap_rnns(model)`` back.
+``LSTM``, ``GRU`` and ``RNN`` also take ``num_heads`` (block-diagonal W_hh); ``heads_to_dense`` / ``dense_to_heads``
+convert its per-head blocks to torch.nn's dense matrix and back. ``SLSTM`` is xLSTM's sLSTM on the same per-head
+kernels; ``slstm_from_flashrnn`` / ``slstm_to_flashrnn`` / ``slstm_from_xlstm`` convert parameters.
 Subpackages: ``fusedrnn.models`` (the modules and autograd ops), ``fusedrnn.kernels`` (Triton kernels and
 pure-PyTorch references), ``fusedrnn.experiments`` (sweeps and plots). ``fusedrnn`` is the only top-level name
 an installed copy adds, so a program's own ``models`` package does not collide with ours. Where no GPU is
@@ -46,17 +50,24 @@ from .models import (  # noqa: E402
     LayerNormLSTM,
     LSTMCell,
     RNNCell,
+    SLSTM,
     SelfCheckError,
     SelfCheckWarning,
     UseGateLSTM,
     clear_cuda_graphs,
+    dense_to_heads,
     haste_state_dict,
+    heads_to_dense,
     selfcheck_report,
     set_selfcheck,
+    slstm_from_flashrnn,
+    slstm_from_xlstm,
+    slstm_to_flashrnn,
     swap_rnns,
     unswap_rnns,
 )
 
 __all__ = ["BACKENDS", "STRATEGIES", "LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell", "UseGateLSTM", "swap_rnns",
            "unswap_rnns", "clear_cuda_graphs", "set_selfcheck", "selfcheck_report", "SelfCheckWarning",
-           "SelfCheckError", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict"]
+           "SelfCheckError", "LayerNormLSTM", "LayerNormGRU", "haste_state_dict", "heads_to_dense",
+           "dense_to_heads", "SLSTM", "slstm_from_flashrnn", "slstm_to_flashrnn", "slstm_from_xlstm"]

@@ -340,6 +340,16 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
     return out
 
 
+def previous_outputs(h0, y, lengths=None):
+    """h_{t-1} of every step, (T, B, H): h0 at t = 0 and y[t-1] after; with ``lengths`` zero at the steps past a
+    row's length (its dz is 0 there, and 0 * a non-finite last output would put NaN into dW_hh)."""
+    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0)
+    if lengths is not None:
+        t = torch.arange(y.shape[0], device=h_prev.device).unsqueeze(1)
+        h_prev = h_prev.masked_fill((t >= lengths.to(t.dtype).unsqueeze(0)).unsqueeze(2), 0)
+    return h_prev
+
+
 def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None, dz_ih=None):
     """Post-loop GEMMs shared by every cell: given dz (T, B, G*H) returns
     (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after. With ``lengths`` (B,),
@@ -349,15 +359,12 @@ def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None, dz_ih=None):
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
     dzi2 = dz2 if dz_ih is None else dz_ih.reshape(T * B, -1)
-    h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0)
-    if lengths is not None:
-        t = torch.arange(T, device=h_prev.device).unsqueeze(1)
-        h_prev = h_prev.masked_fill((t >= lengths.to(t.dtype).unsqueeze(0)).unsqueeze(2), 0)
-    h_prev = h_prev.reshape(T * B, -1)
-    dw_hh = dz2.t() @ h_prev.to(dz2.dtype)
+    dw_hh = dh0 = None
+    if w_hh is not None:  # None: the caller forms dW_hh and dh0 itself (kernels/heads.py)
+        dw_hh = dz2.t() @ previous_outputs(h0, y, lengths).reshape(T * B, -1).to(dz2.dtype)
+        dh0 = dz[0] @ w_hh.to(dz2.dtype)
     dw_ih = dzi2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
     dx = (dzi2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
-    dh0 = dz[0] @ w_hh.to(dz2.dtype)
     db = dz2.sum(0, dtype=acc_torch_dtype(dz2.dtype)).to(dz2.dtype) if has_bias else None
     return dx, dh0, dw_ih, dw_hh, db
 

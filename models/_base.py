@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..kernels.lstm import STRATEGIES
+from . import heads
 from ._autocast import autocast_plan, cast_outputs
 from ._export import NoScript
 from ._packed import batch_from_shapes, check_batch_sizes, dropout_packed_rows, pack_rows, packed_rows, unpack_traceable
@@ -120,14 +121,25 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     _autocast_kind = "rnn"  # which torch.nn module's autocast rules apply (models/_autocast.py)
     _strategies = PER_STEP_STRATEGIES  # the strategies this cell's kernels implement
 
-    def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
+    def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", num_heads: int = 1,
+                 **kwargs):
         check_backend(backend, strategy, self._strategies)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
         self.strategy = strategy
+        self.num_heads = heads.check_num_heads(num_heads, self.hidden_size, self.proj_size)
+        if num_heads > 1:  # per-head recurrent blocks (models/heads.py)
+            heads.setup_heads(self, num_heads)
+
+    def flatten_parameters(self) -> None:
+        if getattr(self, "num_heads", 1) > 1:  # cuDNN's flat buffer has no block-diagonal layout
+            return None
+        return super().flatten_parameters()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        if getattr(self, "num_heads", 1) > 1:
+            s += f", num_heads={self.num_heads}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         if self.strategy != "auto":
@@ -171,6 +183,10 @@ class FusedRNNBase(NoScript, nn.RNNBase):
 
     def _layer(self, x, h0, c0, weights, lengths):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _heads_layer(self, x, h0, c0, weights, lengths):
+        return heads.run_heads_layer(self.mode.lower(), x, h0, c0, weights, lengths, has_bias=self.bias,
+                                     backend=self.backend, strategy=self.strategy)
 
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -281,7 +297,8 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                 else:
                     self._check_weight_dtypes(layer, d, w, x.dtype)
                 xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
-                y, hn, cn = self._layer(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
+                layer_fn = self._heads_layer if getattr(self, "num_heads", 1) > 1 else self._layer
+                y, hn, cn = layer_fn(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
                 outs.append(y if d == 0 else reverse_time(y, lengths))
                 h_n.append(hn)
                 c_n.append(cn)

@@ -38,7 +38,9 @@ def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
 class GRU(FusedRNNBase):
     """Multi-layer GRU with the constructor, parameters, inputs and outputs of ``torch.nn.GRU`` (gates r, z, n;
     a ``torch.nn.GRU`` state_dict loads unchanged), plus keyword-only ``backend`` and ``strategy`` as for
-    ``models.LSTM`` ("persistent": kernels/gru_persistent.py, falling back to per_step where it does not apply).
+    ``models.LSTM`` ("persistent": kernels/gru_persistent.py, falling back to per_step where it does not apply), and
+    ``num_heads`` (keyword-only, default 1: block-diagonal W_hh, weight_hh_l{k} of shape (num_heads, 3*D, D); see
+    models/heads.py).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
     (layers * directions, B, H). Returns ``output, h_n``.
@@ -49,13 +51,14 @@ class GRU(FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, backend: str = "auto", strategy: str = "auto", **kwargs):
+                 dtype=None, *, backend: str = "auto", strategy: str = "auto", num_heads: int = 1,
+                 **kwargs):
         if "proj_size" in kwargs:  # nn.GRU's check and message, whatever the value
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, backend=backend, strategy=strategy)
+                         device=device, dtype=dtype, backend=backend, strategy=strategy, num_heads=num_heads)
 
     def _layer(self, x, h0, c0, weights, lengths):
         return run_gru_layer(x, h0, weights, lengths, has_bias=self.bias, backend=self.backend,

@@ -54,6 +54,8 @@ class LSTM(FusedRNNBase):
             dtype: exactly as ``torch.nn.LSTM``; a ``torch.nn.LSTM`` state_dict loads unchanged.
         backend: "auto" (fused Triton kernels on CUDA, the PyTorch reference elsewhere), "triton" (on CPU the
             Triton interpreter: slow, for tests) or "reference" (pure PyTorch, float64-capable).
+        num_heads: keyword-only, default 1. Above 1 the recurrence is block-diagonal: H is cut into num_heads heads of
+            D = H / num_heads units, weight_hh_l{k} has shape (num_heads, 4*D, D) (models/heads.py); no proj_size.
         strategy: recurrence strategy of the triton backend: "per_step" (one fused launch per step),
             "persistent" (one launch per layer and direction for the whole sequence, W_hh held on chip; see
             kernels/lstm_persistent.py; where it does not apply, e.g. proj_size, fp64 on a GPU or H too large, it

@@ -40,7 +40,8 @@ def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, s
 
 class RNN(FusedRNNBase):
     """Multi-layer Elman RNN (tanh or relu) with the constructor, parameters, inputs and outputs of
-    ``torch.nn.RNN``, plus keyword-only ``backend`` and ``strategy`` (see ``models.LSTM``).
+    ``torch.nn.RNN``, plus keyword-only ``backend``, ``strategy`` and ``num_heads`` (see ``models.LSTM``; weight_hh_l{k}
+    of shape (num_heads, D, D)).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
     (layers * directions, B, H). Returns ``output, h_n``.
@@ -48,14 +49,15 @@ class RNN(FusedRNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto", **kwargs):
+                 device=None, dtype=None, *, backend: str = "auto", strategy: str = "auto", num_heads: int = 1,
+                 **kwargs):
         if "proj_size" in kwargs:  # nn.RNN's check and message, whatever the value
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"RNN.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
         mode = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}[_check_nonlinearity(nonlinearity)]
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device=device, dtype=dtype, backend=backend, strategy=strategy)
+                         device=device, dtype=dtype, backend=backend, strategy=strategy, num_heads=num_heads)
         self.nonlinearity = nonlinearity
 
     def _layer(self, x, h0, c0, weights, lengths):

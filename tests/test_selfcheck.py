@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 from kernels import gru as KG
+from kernels import heads as KH
 from kernels import layernorm as KLN
 from kernels import lstm as KL
 from kernels import rnn as KR
@@ -145,6 +146,7 @@ BROKEN = [
     ("RNN", KR, "rnn_layer_fwd", "raise", "RuntimeError: kernel exploded"),
     ("UseGateLSTM", KU, "usegate_layer_fwd", _nan_y, "output inf"),
     ("LayerNormLSTM", KLN, "lnlstm_fwd_sequence", _wrong_y, "output"),
+    ("SLSTM", KH, "heads_layer_fwd", _wrong_y, "output"),
 ]
 
 
