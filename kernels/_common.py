@@ -326,9 +326,10 @@ def wait_prior_step(PDL: tl.constexpr):
 
 
 def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None,
-                          aligns: tuple | None = None) -> list[dict]:
+                          aligns: tuple | None = None, archs: tuple | None = None) -> list[dict]:
     """``COMPILE_CHECK`` entries (experiments/compile_check.py) for a kernel: one per dtype group, each with
-    the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both)."""
+    the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both);
+    ``archs``: the architectures that run these configs (default every checked one)."""
     out = []
     for g, cfgs in per_group(configs).items():
         e = dict(kernel=kernel, configs=cfgs, args=args, constexprs=constexprs, dtypes=DTYPE_GROUPS[g])
@@ -336,6 +337,8 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
             e["name"] = name
         if aligns:
             e["aligns"] = tuple(aligns)
+        if archs:
+            e["archs"] = tuple(archs)
         out.append(e)
     return out
 

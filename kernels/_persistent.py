@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_meta, dtype_group, interpreting
+from ._common import compile_check_entries, dot_meta, dtype_group, interpreting
 
 log = logging.getLogger("fusedrnn")
 
@@ -147,6 +147,25 @@ class PersistentConfig:
 def triton_configs(configs: dict, kind: str) -> dict:
     """``{dtype group: [triton.Config]}`` of a cell's ``CONFIGS`` for its ``kind`` kernel (compile check)."""
     return {g: [c.as_triton(kind) for c in cfgs] for g, cfgs in configs.items()}
+
+
+def check_entries(kernel, arch_configs: dict, kind: str, **entry) -> list[dict]:
+    """``COMPILE_CHECK`` entries of a persistent ``kind`` kernel: for each architecture of ``arch_configs``
+    (``{arch: CONFIGS}``) the launch shapes that architecture runs, compiled for it alone (``entry``: the rest of
+    ``_common.compile_check_entries``' arguments)."""
+    return [e for arch, configs in arch_configs.items()
+            for e in compile_check_entries(kernel, triton_configs(configs, kind), archs=(arch,), **entry)]
+
+
+def config_arch(capability: tuple) -> int:
+    """The compile-checked architecture whose config lists a GPU of compute ``capability`` (major, minor) runs:
+    sm_90a's from 9.0 on, sm_80's below."""
+    return 90 if capability[0] >= 9 else 80
+
+
+def arch_of(device: torch.device) -> int:
+    """``config_arch`` of a CUDA device (90 elsewhere: only the interpreter runs there, with its own config)."""
+    return config_arch(torch.cuda.get_device_capability(device)) if device.type == "cuda" else 90
 
 
 def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentConfig:

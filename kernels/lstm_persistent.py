@@ -14,7 +14,7 @@ barrier, the error flag, the cooperative launch, the co-residency check, ``_spli
 config and the decision skeleton) are in kernels/_persistent.py, shared with the GRU's kernels
 (kernels/gru_persistent.py).
 
-Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units (16 warps); H = 512 -> 128 of 4; H = 256 ->
+Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units; H = 512 -> 128 of 4; H = 256 ->
 64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
 
 Split-K (``_splitk_dot``): every dot cuts its reduction axis into S slices and runs a batched (3-D) ``tl.dot``
@@ -80,7 +80,6 @@ import torch
 from . import _persistent as _p
 from ._common import (
     acc_torch_dtype,
-    compile_check_entries,
     dtype_group,
     lstm_cell_bwd,
     lstm_cell_fwd,
@@ -361,10 +360,14 @@ def _lstm_bwd_persistent(
 # takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
 # where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
 # tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
-# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
+# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit. ``CONFIGS`` is what sm_90 (and later)
+# runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
+# ``_persistent.config_arch``); each list is compile-checked for its architecture.
 CONFIGS = {
     "16bit": [
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
+        # 4 forward warps: a quarter of the replicated pointwise work and of the CTA barriers' skew (sm_90a 0
+        # spills; sm_80 spills 16 B with 4, hence its 8)
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=16),
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
         PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
@@ -378,10 +381,9 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-
-
-def _triton_configs(kind):
-    return _p.triton_configs(CONFIGS, kind)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": [
+    PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=8, bwd_warps=16), *CONFIGS["16bit"][1:]]})
+ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,17 +396,19 @@ def _triton_configs(kind):
 AUTO_MAX_BATCH = {"fwd": 16, "bwd": 16}
 
 
-def pick_config(dtype: torch.dtype, H: int, sm_count: int):
-    """The compile-checked LSTM config of ``dtype``'s group with the smallest H_PAD >= H and then the fewest units
-    per program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count`` SMs, or None."""
-    return _p.pick_config(CONFIGS, dtype, H, sm_count)
+def pick_config(dtype: torch.dtype, H: int, sm_count: int, arch: int = 90):
+    """The compile-checked LSTM config of ``dtype``'s group for ``arch`` (``ARCH_CONFIGS``) with the smallest
+    H_PAD >= H and then the fewest units per program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count``
+    SMs, or None."""
+    return _p.pick_config(ARCH_CONFIGS[arch], dtype, H, sm_count)
 
 
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, has_proj: bool,
-           sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd"):
+           sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd", arch: int = 90):
     """Whether the ``kind`` pass ("fwd" or "bwd") of a layer runs persistent: returns ``(config, "")`` or
     ``(None, reason)``. Pure function of its arguments (unit-tested with fake device properties); co-residency
-    of the compiled kernel is checked later by ``coresidency``.
+    of the compiled kernel is checked later by ``coresidency``. ``arch`` (``_persistent.config_arch``) picks
+    the config list: ``ARCH_CONFIGS[arch]``.
 
     - "per_step": never. "auto": on CUDA where a checked config fits and B <= AUTO_MAX_BATCH[kind]; in the
       interpreter never (there is nothing to gain, and the per-step kernels stay the tested default).
@@ -419,11 +423,12 @@ def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: in
     if has_proj:
         return None, "persistent does not support proj_size (h_t = r_t @ W_hr^T needs the whole r_t row)"
     return _p.decide_common(strategy, device_type=device_type, dtype=dtype, H=H, B=B, sm_count=sm_count,
-                            interpret=interpret, kind=kind, configs=CONFIGS, auto_max_batch=AUTO_MAX_BATCH)
+                            interpret=interpret, kind=kind, configs=ARCH_CONFIGS[arch],
+                            auto_max_batch=AUTO_MAX_BATCH)
 
 
-def _supported(dtype) -> str:
-    return _p.supported(CONFIGS, dtype)
+def _supported(dtype, arch: int = 90) -> str:
+    return _p.supported(ARCH_CONFIGS[arch], dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -491,7 +496,7 @@ def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: 
     """``decide`` for a real device (SM count from torch); logs the reason of a fallback at DEBUG level on
     the "fusedrnn" logger. Returns a config or None (per_step)."""
     cfg, why = decide(strategy, device_type=device.type, dtype=dtype, H=H, B=B, has_proj=has_proj,
-                      sm_count=_p.sm_count_of(device), kind=kind)
+                      sm_count=_p.sm_count_of(device), kind=kind, arch=_p.arch_of(device))
     if cfg is None:
         _p.log_per_step("LSTM", kind, strategy, why)
     return cfg
@@ -511,13 +516,13 @@ _FWD_CHECK = dict(
     aligns=("aligned",),
 )
 COMPILE_CHECK = [
-    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
-                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
-    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
-                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
-                           name="_lstm_fwd_persistent[data_sync]"),
-    *compile_check_entries(_lstm_bwd_persistent, _triton_configs("bwd"), aligns=("aligned",),
-                           args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
-                                     lengths="*i32", counter="*i32", flag="*i32"),
-                           constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+    *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
+    *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
+                      name="_lstm_fwd_persistent[data_sync]"),
+    *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
+                      args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
+                                lengths="*i32", counter="*i32", flag="*i32"),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
 ]

@@ -338,20 +338,36 @@ def test_sync_mode_is_checked(monkeypatch):
 
 
 def test_compile_check_covers_the_persistent_configs():
-    """Every config a GPU may pick is a COMPILE_CHECK entry of both kernels (H_PAD 256, 512, 1024 included);
-    the compile itself runs in tests/test_compile_check.py."""
+    """Every config a GPU may pick is a COMPILE_CHECK entry of both kernels for the architecture that runs it
+    (H_PAD 256, 512, 1024 included), and no entry is compiled for an architecture that does not run it; the
+    compile itself runs in tests/test_compile_check.py."""
     entries = {}
     for e in P.COMPILE_CHECK:
+        assert len(e["archs"]) == 1
         for c in e["configs"]:
             for dt in e["dtypes"]:
-                entries.setdefault(e["kernel"].__name__, set()).add(
+                entries.setdefault((e["kernel"].__name__, e["archs"][0]), set()).add(
                     (dt, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_H"], c.num_warps))
-    for group, cfgs in P.CONFIGS.items():
-        for c in cfgs:
-            for dt in DTYPE_GROUPS[group]:
-                for kind in ("fwd", "bwd"):
-                    assert (dt, c.H_PAD, c.UNITS, c.warps(kind)) in entries[f"_lstm_{kind}_persistent"]
+    want = {}
+    for arch, configs in P.ARCH_CONFIGS.items():
+        for group, cfgs in configs.items():
+            for c in cfgs:
+                for dt in DTYPE_GROUPS[group]:
+                    for kind in ("fwd", "bwd"):
+                        want.setdefault((f"_lstm_{kind}_persistent", arch), set()).add(
+                            (dt, c.H_PAD, c.UNITS, c.warps(kind)))
+    assert entries == want
+    assert set(P.ARCH_CONFIGS) == {90, 80}
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}
+
+
+@pytest.mark.parametrize("capability,arch", [((9, 0), 90), ((10, 0), 90), ((8, 0), 80), ((8, 9), 80)])
+def test_the_config_list_follows_the_device_capability(capability, arch):
+    """sm_90 and later run ``CONFIGS``, sm_8x ``CONFIGS_SM80`` (4 forward warps at H_PAD 1024 spill on sm_80)."""
+    assert S.config_arch(capability) == arch
+    cfg, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=arch, **H100)
+    assert cfg in P.ARCH_CONFIGS[arch]["16bit"]
+    assert cfg.fwd_warps == {90: 4, 80: 8}[arch]
 
 
 def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
