@@ -11,7 +11,6 @@ kernels and compiled with them (experiments/compile_check.py compiles the kernel
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +28,7 @@ _TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()
 
 
 # ----------------------------------------------------------------------------------------------
-# Device helpers: barrier, data synchronisation, split-K dot, W slices
+# Device helpers: barrier, split-K dot, W slices
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _arrive(counter):
@@ -56,36 +55,6 @@ def _wait(counter, flag, target, cap, alive):
         alive = 0
     tl.debug_barrier()  # every thread waits for the acquire before reading what the others wrote
     return alive
-
-
-@triton.jit
-def _unwritten(b):
-    """How many elements of ``b`` still hold the launcher's "not written yet" marker: every bit set (a NaN
-    payload that arithmetic never produces: NVIDIA's NaNs are positive and canonical)."""
-    if b.dtype.primitive_bitwidth == 16:
-        bits = b.to(tl.int16, bitcast=True)
-    elif b.dtype.primitive_bitwidth == 32:
-        bits = b.to(tl.int32, bitcast=True)
-    else:
-        bits = b.to(tl.int64, bitcast=True)
-    return tl.sum((bits == -1).to(tl.int32))
-
-
-@triton.jit
-def _load_written(ptrs, mask, flag, cap, alive):
-    """Load a block that other programs are writing (each element once, into a slot the launcher filled with the
-    marker), polling until every element is written: synchronisation through the data, no counter, no fence
-    (nothing else of theirs is read). After ``cap * alive`` polls: the sticky flag, alive = 0."""
-    b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
-    it = 0
-    lim = cap * alive
-    while (_unwritten(b) > 0) & (it < lim):
-        b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
-        it += 1
-    if _unwritten(b) > 0:
-        tl.atomic_xchg(flag, 1)
-        alive = 0
-    return b, alive
 
 
 @triton.jit
@@ -400,21 +369,3 @@ def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like
     _check_coresident(kernel, grid, args, meta, warps, like.device)
     _launch(kernel, grid, args, meta, warps)
     check_flag(flag, what)
-
-
-SYNC_ENV = "FUSEDRNN_PERSISTENT_SYNC"
-_INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-           torch.float64: torch.int64}
-
-
-def sync_mode() -> str:
-    """How the persistent LSTM forward's programs wait for each other's h_{t-1}, read from
-    ``FUSEDRNN_PERSISTENT_SYNC`` at each launch: "counter" (default: the grid barrier, a release add and acquire
-    polls of one step counter) or "data" (each program polls the h block it needs until no element holds the
-    marker the launcher filled it with: no counter, no fence, the last poll is the gather; see
-    docs/PERFORMANCE.md). The default stays "counter" until a GPU has timed both (experiments/headline.py's
-    variants). The GRU's kernels use the counter only."""
-    mode = os.environ.get(SYNC_ENV, "counter")
-    if mode not in ("counter", "data"):
-        raise ValueError(f"{SYNC_ENV} must be 'counter' or 'data', got {mode!r}")
-    return mode

@@ -29,7 +29,7 @@ error flag and the program writes NaN from then on (h_t forward, dh backward); t
 (``check_flag``), ``check_errors()`` after a CUDA-graph replay. Cooperative launch and co-residency check on CUDA;
 ``decide``: fp16/bf16 up to H = 1024, fp32 up to 512, fp64 up to 128 (the compile-checked ``CONFIGS``), H % 16 == 0,
 16-byte aligned tensors, "auto" per pass up to ``AUTO_MAX_BATCH``; anything else runs per_step with the reason at
-DEBUG level. Synchronisation is the counter barrier only (the LSTM's opt-in data synchronisation is not built here).
+DEBUG level. Synchronisation is the counter barrier only.
 In the interpreter one program owns every unit (``interpreter_config``), so the same source is tested for its math;
 the many-program kernels are compile-checked (sm_90a and sm_80, 0 spills, no replicated MMA work).
 

@@ -90,10 +90,8 @@ from ._common import (
 from ._persistent import (  # noqa: F401 - re-exported
     _CORES_CACHE,
     _ERROR_FLAGS,
-    _INT_OF,
     _TIMEOUT,
     SPIN_CAP,
-    SYNC_ENV,
     Fallback,
     Misaligned,
     NotCoresident,
@@ -103,9 +101,7 @@ from ._persistent import (  # noqa: F401 - re-exported
     _check_coresident,
     _cooperative,
     _launch,
-    _load_written,
     _splitk_dot,
-    _unwritten,
     _w_split,
     _wait,
     check_errors,
@@ -115,7 +111,6 @@ from ._persistent import (  # noqa: F401 - re-exported
     error_flag,
     interpreter_config,
     log,
-    sync_mode,
 )
 
 
@@ -131,13 +126,12 @@ def _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f,
+def _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f,
               x_g, x_o, c_prev, alive, o_j, m_j, HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr,
               CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
-              S: tl.constexpr, KS: tl.constexpr, DATA_SYNC: tl.constexpr):
+              S: tl.constexpr, KS: tl.constexpr):
     """One forward step of one batch tile: z = h_{t-1} @ W^T slice (split-K) + xp[t], the cell, h_t into
-    hbuf[t+1], c_t into its cbuf slot, the gates. With DATA_SYNC the h_{t-1} load itself waits until every
-    element is written. Returns alive."""
+    hbuf[t+1], c_t into its cbuf slot, the gates."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
@@ -148,10 +142,7 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
     p_h = hbuf + t64 * s_t + b3 * H + kk
     m_h = (b3 < B) & (kk < H)
-    if DATA_SYNC:
-        b_h, alive = _load_written(p_h, m_h, flag, spin_cap, alive)
-    else:
-        b_h = tl.load(p_h, mask=m_h, other=0.0, cache_modifier=".cg")
+    b_h = tl.load(p_h, mask=m_h, other=0.0, cache_modifier=".cg")
     z_i = x_i.to(ACC) + _splitk_dot(b_h, w_i, CAST_F32, PRECISION, ACC)
     z_f = x_f.to(ACC) + _splitk_dot(b_h, w_f, CAST_F32, PRECISION, ACC)
     z_g = x_g.to(ACC) + _splitk_dot(b_h, w_g, CAST_F32, PRECISION, ACC)
@@ -164,7 +155,6 @@ def _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H
     tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
     if STORE_GATES:
         store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
-    return alive
 
 
 @triton.jit(do_not_specialize=["T", "B", "NSLOT", "spin_cap"])
@@ -188,7 +178,6 @@ def _lstm_fwd_persistent(
     BLOCK_H: tl.constexpr,  # U: hidden units per program
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
-    DATA_SYNC: tl.constexpr = False,  # wait on the h data itself (hbuf[1:] filled with the marker), no counter
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -216,25 +205,19 @@ def _lstm_fwd_persistent(
         # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
         # barrier, or loading it there, spills at H_PAD 1024)
         c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
-        alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o,
-                          x_i, x_f, x_g, x_o, c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION,
-                          ACC, BLOCK_B, S, KS, DATA_SYNC)
+        _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o, x_i, x_f, x_g, x_o, c0,
+                  alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
         for b0 in range(BLOCK_B, B, BLOCK_B):
             o_b = b0 + o_b0
             c_prev = tl.load(cbuf + slot_prev * s_t + o_b[:, None] * H + o_j[None, :],
                              mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
             y_i, y_f, y_g, y_o = _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B)
-            alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g,
-                              w_o, y_i, y_f, y_g, y_o, c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32,
-                              PRECISION, ACC, BLOCK_B, S, KS, DATA_SYNC)
-        if DATA_SYNC:
-            tl.debug_barrier()  # this program's c_t stores are seen by all its threads at step t+1
-            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
-        else:
-            _arrive(counter)
-            # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
-            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
-            alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
+            _fwd_tile(hbuf, cbuf, gates, lengths, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, y_i, y_f, y_g, y_o,
+                      c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
+        _arrive(counter)
+        # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
+        x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
+        alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
 
 
 @triton.jit
@@ -450,9 +433,6 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     xp, w_hh = xp.contiguous(), w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
     hbuf = xp.new_empty(T + 1, B, H)
     hbuf[0].copy_(h0)
-    data_sync = sync_mode() == "data"
-    if data_sync:  # every h_t slot starts as the "not written yet" marker (all bits set)
-        hbuf[1:].view(_INT_OF[xp.dtype]).fill_(-1)
     nslot = T + 1 if store else 2
     cbuf = xp.new_empty(nslot, B, H, dtype=acc)
     cbuf[0].copy_(c0)
@@ -461,7 +441,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
                 H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
     _p.run_persistent(_lstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LSTM forward",
-                      n_programs=n_programs, extra_meta=dict(DATA_SYNC=data_sync))
+                      n_programs=n_programs)
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -517,10 +497,7 @@ _FWD_CHECK = dict(
 )
 COMPILE_CHECK = [
     *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
-                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
-    *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
-                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
-                      name="_lstm_fwd_persistent[data_sync]"),
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False)),
     *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
                                 lengths="*i32", counter="*i32", flag="*i32"),

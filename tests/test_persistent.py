@@ -8,7 +8,6 @@ co-residency rule, the barrier timeout (a real one: two programs in the interpre
 and the error raised from the flag.
 """
 import logging
-import os
 
 import pytest
 import torch
@@ -42,11 +41,9 @@ def _rand_seq(T, B, H, dtype=torch.float64, seed=0):
     (4, 5, 16, 4, 4, True),  # lengths, 4 K slices
     (3, 3, 33, 16, 0, False),  # H_PAD = 64 > H, one batch tile, default slices
 ])
-@pytest.mark.parametrize("sync", ["counter", "data"])
-def test_kernels_match_per_step_fp64(T, B, H, block_b, split, with_lengths, sync, monkeypatch):
+def test_kernels_match_per_step_fp64(T, B, H, block_b, split, with_lengths):
     """Forward and backward launchers against the per-step path, crossed: either backward follows either
-    forward (same saved layout); the forward with either synchronisation."""
-    monkeypatch.setenv(P.SYNC_ENV, sync)
+    forward (same saved layout)."""
     xp, w, h0, c0 = _rand_seq(T, B, H)
     lengths = (torch.tensor([max(1, T - (2 * b) % T) for b in range(B)], dtype=torch.int32, device=DEVICE)
                if with_lengths else None)
@@ -309,32 +306,6 @@ def test_timeout_under_graph_capture_is_never_silent(monkeypatch, kind):
         P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg, spin_cap=3, n_programs=2)
     y = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=cfg)[0]  # and a good launch afterwards runs clean
     assert not torch.isnan(y).any()
-
-
-@interpreter_only
-def test_data_sync_waits_for_the_other_programs_data_and_times_out_without_it():
-    """With FUSEDRNN_PERSISTENT_SYNC=data a program polls the h block it needs: two programs of half the units
-    each run one after the other in the interpreter, so the first finds the second's half of h_1 unwritten,
-    gives up after spin_cap polls, writes NaN from then on and the launcher raises; the second finds the first's
-    half written (NaN) and goes on."""
-    T, B, H = 3, 2, 16
-    xp, w, h0, c0 = _rand_seq(T, B, H)
-    half = P.PersistentConfig(H_PAD=16, UNITS=8, BLOCK_B=4, fwd_warps=4, bwd_warps=4, fwd_split=4, bwd_split=4)
-    os.environ[P.SYNC_ENV] = "data"
-    try:
-        with pytest.raises(RuntimeError, match="timed out"):
-            P.lstm_fwd_persistent(xp, w, h0, c0, cfg=half, spin_cap=3)
-        got = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=P.interpreter_config(H))  # one program: its own data
-    finally:
-        del os.environ[P.SYNC_ENV]
-    want = L.lstm_fwd_sequence(xp, w, h0, c0, strategy="per_step")
-    assert max_rel(got[0], want[0]) <= 1e-12
-
-
-def test_sync_mode_is_checked(monkeypatch):
-    monkeypatch.setenv(P.SYNC_ENV, "spin")
-    with pytest.raises(ValueError, match="counter.*data"):
-        P.sync_mode()
 
 
 def test_compile_check_covers_the_persistent_configs():
