@@ -405,6 +405,36 @@ def tanh(x):
     return tl.where(small, x + x * (x2 * p), t)
 
 
+@triton.jit
+def tanh_approx(x):
+    """The hardware's ``tanh.approx.f32`` (one MUFU.TANH; maximum relative error 2^-11 over the whole range per
+    the PTX ISA, so absolute error <= 2^-11: docs/MATH.md) on fp32 ``x``. Compiled kernels only: the
+    interpreter cannot run inline PTX."""
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def tanh_of(x, FAST: tl.constexpr):
+    """tanh(x): ``tanh_approx`` with FAST (fp32 ``x`` of a 16-bit kernel compiled for a GPU), else the exact
+    ``tanh``."""
+    if FAST:
+        return tanh_approx(x)
+    else:
+        return tanh(x)
+
+
+@triton.jit
+def gate_act(z, is_tanh, FAST: tl.constexpr):
+    """tanh(z) where ``is_tanh``, s(z) elsewhere (a gate tile whose columns mix gates). FAST (fp32 ``z`` of a
+    16-bit kernel compiled for a GPU): one ``tanh_approx`` per element, s(z) = 0.5 tanh(z / 2) + 0.5."""
+    if FAST:
+        th = tanh_approx(tl.where(is_tanh, z, 0.5 * z))
+        return tl.where(is_tanh, th, 0.5 * th + 0.5)
+    else:
+        return tl.where(is_tanh, tanh(z), sigmoid(z))
+
+
 # ----------------------------------------------------------------------------------------------
 # Tile pieces shared by the step kernels (inlined by Triton into each kernel).
 # ----------------------------------------------------------------------------------------------
@@ -512,8 +542,15 @@ def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
         b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
         b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0)
         acc = _dot_in(b_h, b_w, acc, CAST_F32, PRECISION, ACC)
+    return split_gates4(acc, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def split_gates4(z, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, 4 * BLOCK_H) tile whose column n is unit
+    n % BLOCK_H of gate n // BLOCK_H."""
     # (B, 4, H) -> (B, H, 4) -> (B, H, 2, 2) with gate g = 2a + b: the first split takes b, the second a.
-    z = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
+    z = tl.reshape(tl.permute(tl.reshape(z, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
     z_even, z_odd = tl.split(z)
     z0, z2 = tl.split(z_even)
     z1, z3 = tl.split(z_odd)
@@ -543,13 +580,22 @@ def lstm_cell_fwd(z_i, z_f, z_g, z_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS:
     b_f = sigmoid(z_f)
     b_g = tanh(z_g)
     b_o = sigmoid(z_o)
+    b_c, b_h = lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS, False)
+    return b_i, b_f, b_g, b_o, b_c, b_h
+
+
+@triton.jit
+def lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr,
+                    FAST: tl.constexpr):
+    """From the activated gates and c_{t-1}: c_t and h_t = o * tanh(c_t) (``tanh_of``: FAST only on the 16-bit
+    compiled path). A finished row keeps its cell state and outputs zeros."""
     b_c = b_f * c_prev + b_i * b_g
-    b_h = b_o * tanh(b_c)
+    b_h = b_o * tanh_of(b_c, FAST)
     if HAS_LENGTHS:
         m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
         b_c = tl.where(m_act, b_c, c_prev)
         b_h = tl.where(m_act, b_h, 0.0)
-    return b_i, b_f, b_g, b_o, b_c, b_h
+    return b_c, b_h
 
 
 @triton.jit

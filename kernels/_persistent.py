@@ -83,6 +83,21 @@ def _w_split(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.const
     return b.to(tl.float32) if CAST_F32 else b
 
 
+@triton.jit
+def _w_units(w, s_w, col0, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, G: tl.constexpr,
+             CAST_F32: tl.constexpr):
+    """G row blocks of ``w`` for units j0 .. j0+U-1 side by side, split along K into (S, KS, G*U):
+    [s, k, g*U + u] = w[g*H + j0 + u, col0 + s*KS + k], zero past H. K runs along w's rows (contiguous), so the
+    shared-memory copy Triton keeps of this loop-invariant dot operand is read with ldmatrix. The forward passes
+    W_hh (G gate blocks, col0 = 0); the backward W_hh^T (G = 1, col0 = the gate block's first column)."""
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+    n = tl.arange(0, G * U)
+    j = j0 + n % U
+    p = w + ((n // U) * H + j)[None, None, :].to(tl.int64) * s_w + col0 + kk
+    b = tl.load(p, mask=(kk < H) & (j < H)[None, None, :], other=0.0)
+    return b.to(tl.float32) if CAST_F32 else b
+
+
 # ----------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------
@@ -122,8 +137,9 @@ def check_entries(kernel, arch_configs: dict, kind: str, **entry) -> list[dict]:
     """``COMPILE_CHECK`` entries of a persistent ``kind`` kernel: for each architecture of ``arch_configs``
     (``{arch: CONFIGS}``) the launch shapes that architecture runs, compiled for it alone (``entry``: the rest of
     ``_common.compile_check_entries``' arguments)."""
-    return [e for arch, configs in arch_configs.items()
-            for e in compile_check_entries(kernel, triton_configs(configs, kind), archs=(arch,), **entry)]
+    out = [e for arch, configs in arch_configs.items()
+           for e in compile_check_entries(kernel, triton_configs(configs, kind), archs=(arch,), **entry)]
+    return out
 
 
 def config_arch(capability: tuple) -> int:

@@ -334,11 +334,15 @@ def test_compile_check_covers_the_persistent_configs():
 
 @pytest.mark.parametrize("capability,arch", [((9, 0), 90), ((10, 0), 90), ((8, 0), 80), ((8, 9), 80)])
 def test_the_config_list_follows_the_device_capability(capability, arch):
-    """sm_90 and later run ``CONFIGS``, sm_8x ``CONFIGS_SM80`` (4 forward warps at H_PAD 1024 spill on sm_80)."""
+    """sm_90 and later run ``CONFIGS``, sm_8x ``CONFIGS_SM80``: ``decide`` picks from the list of ``arch``."""
     assert S.config_arch(capability) == arch
-    cfg, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=arch, **H100)
-    assert cfg in P.ARCH_CONFIGS[arch]["16bit"]
-    assert cfg.fwd_warps == {90: 4, 80: 8}[arch]
+    only = P.PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=2, bwd_warps=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(P.ARCH_CONFIGS, arch, {"16bit": [only], "fp32": [], "fp64": []})
+        cfg, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=arch, **H100)
+        other, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=170 - arch,
+                            **H100)
+    assert cfg is only and other is not only and other in P.ARCH_CONFIGS[170 - arch]["16bit"]
 
 
 def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
