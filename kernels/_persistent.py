@@ -139,7 +139,17 @@ def check_entries(kernel, arch_configs: dict, kind: str, **entry) -> list[dict]:
     ``_common.compile_check_entries``' arguments)."""
     out = [e for arch, configs in arch_configs.items()
            for e in compile_check_entries(kernel, triton_configs(configs, kind), archs=(arch,), **entry)]
+    for e in out:  # FAST_TANH=True in ``entry`` means: on the 16-bit path, as ``fast_tanh`` launches it
+        if e["constexprs"].get("FAST_TANH"):
+            e["constexprs"] = dict(e["constexprs"], FAST_TANH="bf16" in e["dtypes"])
     return out
+
+
+def fast_tanh(dtype: torch.dtype) -> bool:
+    """The FAST_TANH constexpr of a launch: ``tanh.approx`` for the forward's activations of 16-bit data in a
+    kernel compiled for a GPU (absolute error <= 2^-11, about the 16-bit rounding of the outputs: docs/MATH.md);
+    never in the interpreter (it cannot run inline PTX) nor for fp32 / fp64 (they keep the exact activations)."""
+    return dtype in (torch.float16, torch.bfloat16) and not interpreting()
 
 
 def config_arch(capability: tuple) -> int:

@@ -458,7 +458,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
                 H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
     _p.run_persistent(_lstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LSTM forward",
-                      n_programs=n_programs)
+                      n_programs=n_programs, extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -514,7 +514,7 @@ _FWD_CHECK = dict(
 )
 COMPILE_CHECK = [
     *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
-                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=False)),
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True)),
     *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
                                 lengths="*i32", counter="*i32", flag="*i32"),

@@ -332,6 +332,23 @@ def test_compile_check_covers_the_persistent_configs():
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}
 
 
+def test_tanh_approx_only_where_compiled_in_16bit(monkeypatch):
+    """The forward's FAST_TANH (tanh.approx, docs/MATH.md) is on for fp16/bf16 compiled for a GPU only: never in the
+    interpreter, never for fp32/fp64; the launcher passes it and the compile check builds what runs."""
+    assert not S.fast_tanh(torch.float32) and not S.fast_tanh(torch.float64)
+    monkeypatch.setattr(S, "interpreting", lambda: True)
+    assert not S.fast_tanh(torch.bfloat16) and not S.fast_tanh(torch.float16)
+    monkeypatch.setattr(S, "interpreting", lambda: False)
+    assert S.fast_tanh(torch.bfloat16) and S.fast_tanh(torch.float16) and not S.fast_tanh(torch.float32)
+    fwd = [e for e in P.COMPILE_CHECK if e["kernel"].__name__ == "_lstm_fwd_persistent"]
+    assert fwd and all(e["constexprs"]["FAST_TANH"] == ("bf16" in e["dtypes"]) for e in fwd)
+    seen = []
+    monkeypatch.setattr(S, "run_persistent", lambda *a, **k: seen.append(k["extra_meta"]))
+    xp, w, h0, c0 = _rand_seq(2, 2, 8, dtype=torch.bfloat16)
+    P.lstm_fwd_persistent(xp, w, h0, c0, cfg=P.interpreter_config(8))
+    assert seen == [{"FAST_TANH": True}]
+
+
 @pytest.mark.parametrize("capability,arch", [((9, 0), 90), ((10, 0), 90), ((8, 0), 80), ((8, 9), 80)])
 def test_the_config_list_follows_the_device_capability(capability, arch):
     """sm_90 and later run ``CONFIGS``, sm_8x ``CONFIGS_SM80``: ``decide`` picks from the list of ``arch``."""
