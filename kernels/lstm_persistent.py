@@ -43,11 +43,13 @@ Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U +
 - the loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
 
 Backward (``_lstm_bwd_persistent``), program p owns unit columns j of W_hh: the slice W_hh[:, j] (all 4H rows,
-one (S, KS, U) block per gate, ``_w_split``). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1}
-row, available after one barrier per step, and no cross-program reduction: four split-K dots, one per gate block
-of the reduction axis (one block of dz in registers at a time). Then the pointwise LSTM backward of its units
-(docs/MATH.md), dz_t written to global memory, dc kept in a private ping-pong buffer. Weight gradients stay the
-large GEMMs after the loop (``_common.weight_grads``).
+one (S, KS, U) block per gate), passed in as W_hh^T (the launcher's one transposed copy) so that K runs along
+the rows and Triton's shared-memory copy is read with ldmatrix (``_w_units``). dh_t[b, j] = sum_k dz_{t+1}[b, k]
+W_hh[k, j] needs the full dz_{t+1} row, available after one barrier per step, and no cross-program reduction:
+four split-K dots over the gate blocks of the reduction axis, each block's gather issued before the previous
+block's dot (``_bwd_dh``), accumulated into one partial and reduced once. Then the pointwise LSTM backward of its
+units (docs/MATH.md); dz_t is stored, then the arrival, then dc (a private ping-pong buffer). The same (step,
+batch tile) loop as the forward. Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
 
 Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to the device's
 sticky error flag (``error_flag``; no kernel clears it), stops waiting at later barriers and writes NaN from then
@@ -83,6 +85,7 @@ import torch
 
 from . import _persistent as _p
 from ._common import (
+    _dot_in,
     acc_torch_dtype,
     dtype_group,
     gate_act,
@@ -108,7 +111,6 @@ from ._persistent import (  # noqa: F401 - re-exported
     _cooperative,
     _launch,
     _splitk_dot,
-    _w_split,
     _w_units,
     _wait,
     check_errors,
@@ -259,47 +261,32 @@ def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, B
 
 
 @triton.jit
-def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in,
-              alive, o_j, m_j,
-              HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-              BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
-    """One backward step of one batch tile: dh = dy[t] + dz_{t+1} @ W_hh[:, units] (split-K, after the first
-    step), the cell's backward, dz_t and dc_{t-1} stored."""
-    t64 = tl.cast(t, tl.int64)
-    s_t = B * H
-    o_b = b0 + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
-    m_bj = m_b[:, None] & m_j[None, :]
-    b_dh = b_dy
-    if step > 0:  # dh += dz_{t+1} @ W_hh[:, units], one gate block of the reduction at a time
-        # a gate block of dz_{t+1} as (S, BB, KS): [s, b, k] = dz[t+1, b0 + b, gate*H + s*KS + k]; the offsets are
-        # shared by the four gates (one live tensor of offsets, not four), read past L1 (written by other programs)
-        b3 = o_b[None, :, None]
-        kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
-        off = b3 * (4 * H) + kk
-        m3 = (b3 < B) & (kk < H)
-        p_dz = dz + (t64 + 1) * s_t * 4
-        b_dh += _splitk_dot(tl.load(p_dz + off, mask=m3, other=0.0, cache_modifier=".cg"), w_i, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_f, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + 2 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_g, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + 3 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_o, CAST_F32,
-                            PRECISION, ACC)
-    b_dh = tl.where(alive != 0, b_dh, float("nan"))
-    b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t, o_b,
-                                                      m_b, HAS_LENGTHS)
-    b_dcp = tl.where(alive != 0, b_dcp, float("nan"))
-    o_bj = o_b[:, None] * H + o_j[None, :]
-    tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, b_dcp, mask=m_bj)
-    store_blocks(dz + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo, m_bj)
+def _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+            ACC: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """dz_{t+1} @ W_hh[:, units] for the batch rows o_b (zero at the first step): the four gate blocks of dz_{t+1}
+    as (S, BB, KS), [s, b, k] = dz[t+1, b, gate*H + s*KS + k], read past L1 (written by other programs), each
+    block's load issued before the previous block's dot (a block in flight while the MMA runs); the four dots
+    accumulate into one (S, BB, U) partial and ONE reduction sums the slices."""
+    b3 = o_b[None, :, None]
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    off = b3 * (4 * H) + kk
+    m3 = (b3 < B) & (kk < H) & (step > 0)
+    p = dz + (tl.cast(t, tl.int64) + 1) * B * H * 4 + off
+    a0 = tl.load(p, mask=m3, other=0.0, cache_modifier=".cg")
+    a1 = tl.load(p + H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a0, w_i, None, CAST_F32, PRECISION, ACC)
+    a2 = tl.load(p + 2 * H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a1, w_f, acc, CAST_F32, PRECISION, ACC)
+    a3 = tl.load(p + 3 * H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a2, w_g, acc, CAST_F32, PRECISION, ACC)
+    acc = _dot_in(a3, w_o, acc, CAST_F32, PRECISION, ACC)
+    return tl.sum(acc, axis=0)
 
 
 @triton.jit(do_not_specialize=["T", "B", "spin_cap"])
 def _lstm_bwd_persistent(
     dy,  # (T, B, H) gradient of y (gradient of h_n already added at its step)
-    w,  # (4H, H) W_hh
+    w,  # (H, 4H) W_hh^T (K-contiguous rows: the shared-memory copy is read with ldmatrix)
     gates,  # (T, B, 4H) i, f, g, o
     c_seq,  # (T, B, H) c_t, accumulator dtype
     c0,  # (B, H) c0, input dtype
@@ -325,30 +312,45 @@ def _lstm_bwd_persistent(
     S: tl.constexpr = SPLIT_K
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
-    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_i = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, False)
-    w_f = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, False)
-    w_g = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, False)
-    w_o = _w_split(w, s_w, 3, j0, H, S, KS, U, CAST_F32, False)
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch;
+    # [s, k, u] = W_hh[gate*H + s*KS + k, j0 + u] = w[j0 + u, gate*H + s*KS + k]
+    w_i = _w_units(w, s_w, 0, j0, H, S, KS, U, 1, CAST_F32)
+    w_f = _w_units(w, s_w, H, j0, H, S, KS, U, 1, CAST_F32)
+    w_g = _w_units(w, s_w, 2 * H, j0, H, S, KS, U, 1, CAST_F32)
+    w_o = _w_units(w, s_w, 3 * H, j0, H, S, KS, U, 1, CAST_F32)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
+    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile
+    n_tiles = tl.cdiv(B, BLOCK_B)
     alive = 1
-    for step in tl.range(0, T, num_stages=1):
+    step = 0
+    tile = 0
+    for _ in tl.range(0, T * n_tiles, num_stages=1):
         t = T - 1 - step
-        # One plain loop over the batch tiles. Its step inputs are loaded after the barrier, beside the dz gather
-        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spills at H_PAD 1024.
-        for b0 in range(0, B, BLOCK_B):
-            o_b = b0 + o_b0
-            dc_in = tl.load(dcbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
-                            mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
-            a_dy, a_i, a_f, a_g, a_o, a_c, a_cp = _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC,
-                                                             BLOCK_B)
-            _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, a_dy, a_i, a_f, a_g, a_o, a_c, a_cp,
-                      dc_in, alive, o_j, m_j, HAS_LENGTHS, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
-        _arrive(counter)
-        alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
+        o_b = tile * BLOCK_B + o_b0
+        m_b = o_b < B
+        m_bj = m_b[:, None] & m_j[None, :]
+        o_bj = o_b[:, None] * H + o_j[None, :]
+        # the step inputs no other program writes, issued with the dz gather (in flight together)
+        dc_in = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
+        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, t, tile * BLOCK_B, B, H, o_j, m_j,
+                                                         ACC, BLOCK_B)
+        b_dh = b_dy + _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
+        b_dh = tl.where(alive != 0, b_dh, float("nan"))
+        b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
+                                                          o_b, m_b, HAS_LENGTHS)
+        store_blocks(dz + tl.cast(t, tl.int64) * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_dzi, b_dzf,
+                     b_dzg, b_dzo, m_bj)
+        last = tile == n_tiles - 1
+        if last:
+            _arrive(counter)  # dz_t of every tile is out: the others may go on
+        tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, tl.where(alive != 0, b_dcp, float("nan")), mask=m_bj)
+        tile = tl.where(last, 0, tile + 1)
+        if last:
+            alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
+            step += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,7 +369,7 @@ CONFIGS = {
     "16bit": [
         # 4 forward warps: the one reduction over the K slices is cheapest, and the (16, 4U) gate tile still
         # spreads over them (each pointwise value computed once)
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=16),
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
         PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
@@ -476,13 +478,13 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     acc = acc_torch_dtype(dy.dtype)
     dy, c_seq, gates = dy.contiguous(), c_seq.contiguous(), gates.contiguous()
     c0 = c0.contiguous()
-    w_hh = w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
+    w_t = w_hh.t().contiguous()  # (H, 4H): each unit's column of W_hh K-contiguous (ldmatrix reads it)
     dz = gates.new_empty(T, B, 4 * H)
     dcbuf = dy.new_empty(2, B, H, dtype=acc)
     dcbuf[0].copy_(dc_n)
-    _check_aligned(dy=dy, w_hh=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
-    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
-                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
+    _check_aligned(dy=dy, w_hh=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
+    args = dict(dy=dy, w=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
+                s_w=w_t.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
     _p.run_persistent(_lstm_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="LSTM backward",
                       n_programs=n_programs)
     return dz, dcbuf[T % 2], None
