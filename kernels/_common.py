@@ -425,6 +425,15 @@ def tanh_of(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def sigmoid_of(x, FAST: tl.constexpr):
+    """s(x): with FAST 0.5 tanh(x / 2) + 0.5 (one ``tanh_approx``), else the exact ``sigmoid``."""
+    if FAST:
+        return 0.5 * tanh_approx(0.5 * x) + 0.5
+    else:
+        return sigmoid(x)
+
+
+@triton.jit
 def gate_act(z, is_tanh, FAST: tl.constexpr):
     """tanh(z) where ``is_tanh``, s(z) elsewhere (a gate tile whose columns mix gates). FAST (fp32 ``z`` of a
     16-bit kernel compiled for a GPU): one ``tanh_approx`` per element, s(z) = 0.5 tanh(z / 2) + 0.5."""
@@ -628,12 +637,13 @@ def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b
 # With HAS_LENGTHS, a row whose sequence has ended (t >= lengths[b]) outputs zeros and gets no gradient.
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def gru_cell_fwd(a_r, a_z, x_n, hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+def gru_cell_fwd(a_r, a_z, x_n, hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr,
+                 FAST: tl.constexpr = False):
     """From a_r = xp_r + hp_r, a_z = xp_z + hp_z, x_n = xp_n, hn = hp_n + b_hn and h_{t-1}: the gates r, z, n and
-    h_t = (1 - z) * n + z * h_{t-1} (zeros on finished rows)."""
-    b_r = sigmoid(a_r)
-    b_z = sigmoid(a_z)
-    b_n = tanh(x_n + b_r * hn)
+    h_t = (1 - z) * n + z * h_{t-1} (zeros on finished rows). FAST: ``tanh_approx`` activations (``tanh_of``)."""
+    b_r = sigmoid_of(a_r, FAST)
+    b_z = sigmoid_of(a_z, FAST)
+    b_n = tanh_of(x_n + b_r * hn, FAST)
     b_h = b_n + b_z * (h_prev - b_n)
     if HAS_LENGTHS:
         m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]

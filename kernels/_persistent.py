@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import compile_check_entries, dot_meta, dtype_group, interpreting
+from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting
 
 log = logging.getLogger("fusedrnn")
 
@@ -68,34 +68,40 @@ def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl
 
 
 @triton.jit
-def _w_split(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr,
-             UNITS_ARE_ROWS: tl.constexpr):
-    """One gate's block of W_hh for units j0 .. j0+U-1, split along K into (S, KS, U): [s, k, u] is
-    W_hh[gate*H + j0 + u, s*KS + k] with UNITS_ARE_ROWS (the forward's W^T: K runs along a row) and
-    W_hh[gate*H + s*KS + k, j0 + u] without (the backward's W: K runs down the gate's rows); zero past H."""
-    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
-    j = j0 + tl.arange(0, U)[None, None, :]
-    if UNITS_ARE_ROWS:
-        p = w + (gate * H + j).to(tl.int64) * s_w + kk
-    else:
-        p = w + (gate * H + kk).to(tl.int64) * s_w + j
-    b = tl.load(p, mask=(kk < H) & (j < H), other=0.0)
-    return b.to(tl.float32) if CAST_F32 else b
-
-
-@triton.jit
 def _w_units(w, s_w, col0, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, G: tl.constexpr,
-             CAST_F32: tl.constexpr):
+             NB: tl.constexpr, CAST_F32: tl.constexpr):
     """G row blocks of ``w`` for units j0 .. j0+U-1 side by side, split along K into (S, KS, G*U):
-    [s, k, g*U + u] = w[g*H + j0 + u, col0 + s*KS + k], zero past H. K runs along w's rows (contiguous), so the
-    shared-memory copy Triton keeps of this loop-invariant dot operand is read with ldmatrix. The forward passes
-    W_hh (G gate blocks, col0 = 0); the backward W_hh^T (G = 1, col0 = the gate block's first column)."""
+    [s, k, g*U + u] = w[g*H + j0 + u, col0 + s*KS + k], zero past H and for g >= NB (the GRU's three gates in a
+    tile four blocks wide: sizes are powers of two). K runs along w's rows (contiguous), so the shared-memory copy
+    Triton keeps of this loop-invariant dot operand is read with ldmatrix. The forwards pass W_hh (G gate blocks,
+    col0 = 0); the backwards W_hh^T (G = 1, col0 = the gate block's first column)."""
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
     n = tl.arange(0, G * U)
     j = j0 + n % U
     p = w + ((n // U) * H + j)[None, None, :].to(tl.int64) * s_w + col0 + kk
-    b = tl.load(p, mask=(kk < H) & (j < H)[None, None, :], other=0.0)
+    b = tl.load(p, mask=(kk < H) & ((j < H) & (n // U < NB))[None, None, :], other=0.0)
     return b.to(tl.float32) if CAST_F32 else b
+
+
+@triton.jit
+def _blocks_dot(p, m3, H, w0, w1, w2, w3, NBLK: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                ACC: tl.constexpr):
+    """sum over the NBLK (3 or 4) gate blocks g of the reduction axis of A_g @ w_g, split-K: A_g is the (S, BB, KS)
+    block at pointers ``p + g*H`` (mask ``m3``), written by other programs (read past L1); each block's load is
+    issued before the previous block's dot (one block in flight while the MMA runs), the dots accumulate into one
+    (S, BB, U) partial and ONE reduction sums the slices. ``w3`` is unused with NBLK = 3."""
+    a0 = tl.load(p, mask=m3, other=0.0, cache_modifier=".cg")
+    a1 = tl.load(p + H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a0, w0, None, CAST_F32, PRECISION, ACC)
+    a2 = tl.load(p + 2 * H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a1, w1, acc, CAST_F32, PRECISION, ACC)
+    if NBLK == 4:
+        a3 = tl.load(p + 3 * H, mask=m3, other=0.0, cache_modifier=".cg")
+        acc = _dot_in(a2, w2, acc, CAST_F32, PRECISION, ACC)
+        acc = _dot_in(a3, w3, acc, CAST_F32, PRECISION, ACC)
+    else:
+        acc = _dot_in(a2, w2, acc, CAST_F32, PRECISION, ACC)
+    return tl.sum(acc, axis=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -85,7 +85,6 @@ import torch
 
 from . import _persistent as _p
 from ._common import (
-    _dot_in,
     acc_torch_dtype,
     dtype_group,
     gate_act,
@@ -110,6 +109,7 @@ from ._persistent import (  # noqa: F401 - re-exported
     _check_coresident,
     _cooperative,
     _launch,
+    _blocks_dot,
     _splitk_dot,
     _w_units,
     _wait,
@@ -124,7 +124,7 @@ from ._persistent import (  # noqa: F401 - re-exported
 
 
 @triton.jit
-def _fwd_cols(j0, H, U: tl.constexpr):
+def _gate_cols(j0, H, U: tl.constexpr):
     """The (BB, 4U) gate tile's columns: n = g*U + u is unit j0 + u of gate g, at g*H + j0 + u in a (B, 4H) row
     (xp, gates); returns (that offset, its mask, whether the gate is g)."""
     n = tl.arange(0, 4 * U)
@@ -201,9 +201,9 @@ def _lstm_fwd_persistent(
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
     # loop-invariant, the four gates side by side: Triton keeps this dot operand in shared memory for the launch
-    w3 = _w_units(w, s_w, 0, j0, H, S, KS, U, 4, CAST_F32)
+    w3 = _w_units(w, s_w, 0, j0, H, S, KS, U, 4, 4, CAST_F32)
     o_j = j0 + tl.arange(0, U)
-    o_n, m_n, is_g = _fwd_cols(j0, H, U)
+    o_n, m_n, is_g = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
     # One loop over (step, batch tile) pairs, so that every tile runs the same code (one layout choice, each
@@ -264,23 +264,12 @@ def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, B
 def _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
             ACC: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
     """dz_{t+1} @ W_hh[:, units] for the batch rows o_b (zero at the first step): the four gate blocks of dz_{t+1}
-    as (S, BB, KS), [s, b, k] = dz[t+1, b, gate*H + s*KS + k], read past L1 (written by other programs), each
-    block's load issued before the previous block's dot (a block in flight while the MMA runs); the four dots
-    accumulate into one (S, BB, U) partial and ONE reduction sums the slices."""
+    as (S, BB, KS), [s, b, k] = dz[t+1, b, gate*H + s*KS + k], one block in flight ahead of the dots, one
+    reduction (``_blocks_dot``)."""
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
-    off = b3 * (4 * H) + kk
-    m3 = (b3 < B) & (kk < H) & (step > 0)
-    p = dz + (tl.cast(t, tl.int64) + 1) * B * H * 4 + off
-    a0 = tl.load(p, mask=m3, other=0.0, cache_modifier=".cg")
-    a1 = tl.load(p + H, mask=m3, other=0.0, cache_modifier=".cg")
-    acc = _dot_in(a0, w_i, None, CAST_F32, PRECISION, ACC)
-    a2 = tl.load(p + 2 * H, mask=m3, other=0.0, cache_modifier=".cg")
-    acc = _dot_in(a1, w_f, acc, CAST_F32, PRECISION, ACC)
-    a3 = tl.load(p + 3 * H, mask=m3, other=0.0, cache_modifier=".cg")
-    acc = _dot_in(a2, w_g, acc, CAST_F32, PRECISION, ACC)
-    acc = _dot_in(a3, w_o, acc, CAST_F32, PRECISION, ACC)
-    return tl.sum(acc, axis=0)
+    p = dz + (tl.cast(t, tl.int64) + 1) * B * H * 4 + b3 * (4 * H) + kk
+    return _blocks_dot(p, (b3 < B) & (kk < H) & (step > 0), H, w_i, w_f, w_g, w_o, 4, CAST_F32, PRECISION, ACC)
 
 
 @triton.jit(do_not_specialize=["T", "B", "spin_cap"])
@@ -314,10 +303,10 @@ def _lstm_bwd_persistent(
     j0 = pid * U
     # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch;
     # [s, k, u] = W_hh[gate*H + s*KS + k, j0 + u] = w[j0 + u, gate*H + s*KS + k]
-    w_i = _w_units(w, s_w, 0, j0, H, S, KS, U, 1, CAST_F32)
-    w_f = _w_units(w, s_w, H, j0, H, S, KS, U, 1, CAST_F32)
-    w_g = _w_units(w, s_w, 2 * H, j0, H, S, KS, U, 1, CAST_F32)
-    w_o = _w_units(w, s_w, 3 * H, j0, H, S, KS, U, 1, CAST_F32)
+    w_i = _w_units(w, s_w, 0, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_f = _w_units(w, s_w, H, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_g = _w_units(w, s_w, 2 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_o = _w_units(w, s_w, 3 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
     s_t = B * H
