@@ -555,6 +555,13 @@ def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
 
 
 @triton.jit
+def join_gates4(z0, z1, z2, z3, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The (BLOCK_B, 4 * BLOCK_H) tile of four (BLOCK_B, BLOCK_H) gate blocks: ``split_gates4``'s inverse."""
+    z = tl.join(tl.join(z0, z2), tl.join(z1, z3))  # (B, H, 2, 2): [.., a, b] is gate 2a + b
+    return tl.reshape(tl.permute(tl.reshape(z, (BLOCK_B, BLOCK_H, 4)), (0, 2, 1)), (BLOCK_B, 4 * BLOCK_H))
+
+
+@triton.jit
 def split_gates4(z, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, 4 * BLOCK_H) tile whose column n is unit
     n % BLOCK_H of gate n // BLOCK_H."""

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting
+from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4
 
 log = logging.getLogger("fusedrnn")
 
@@ -102,6 +102,16 @@ def _blocks_dot(p, m3, H, w0, w1, w2, w3, NBLK: tl.constexpr, CAST_F32: tl.const
     else:
         acc = _dot_in(a2, w2, acc, CAST_F32, PRECISION, ACC)
     return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _store_gate_tile(p, o_b, B, H, o_n, m_n, z0, z1, z2, z3, BLOCK_B: tl.constexpr, U: tl.constexpr):
+    """Store four (BB, U) gate blocks into the (B, 4H) rows at ``p`` as one (BB, 4U) tile (``o_n``, ``m_n``: its
+    columns and their mask): one layout change before the store (``_common.join_gates4``) instead of one per
+    block, cast to ``p``'s element type."""
+    z = join_gates4(z0, z1, z2, z3, BLOCK_B, U)
+    tl.store(p + o_b[:, None] * (4 * H) + o_n[None, :], z.to(p.dtype.element_ty),
+             mask=(o_b < B)[:, None] & m_n[None, :])
 
 
 # ----------------------------------------------------------------------------------------------

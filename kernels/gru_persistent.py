@@ -63,6 +63,7 @@ from ._persistent import (  # noqa: F401 - re-exported: the GRU's public persist
     _blocks_dot,
     _check_aligned,
     _splitk_dot,
+    _store_gate_tile,
     _w_units,
     _wait,
     check_errors,
@@ -235,6 +236,9 @@ def _gru_bwd_persistent(
     w_n = _w_units(w, s_w, 2 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
+    n = tl.arange(0, 4 * U)
+    o_n = (n // U) * H + j0 + n % U  # column of the (BB, 4U) tile in a (B, 4H) row of dg
+    m_n = j0 + n % U < H
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
@@ -258,8 +262,7 @@ def _gru_bwd_persistent(
                                          PRECISION, ACC)
         b_dh = tl.where(alive != 0, b_dh, float("nan"))  # after a timeout: dg and (q = dh * z) NaN from here on
         da_r, da_z, dhn, dn, b_q = gru_cell_bwd(b_dh, b_r, b_z, b_n, b_hn, b_hp, lengths, t, o_b, m_b, HAS_LENGTHS)
-        store_blocks(dg + tl.cast(t, tl.int64) * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, da_r, da_z,
-                     dhn, dn, m_bj)
+        _store_gate_tile(dg + tl.cast(t, tl.int64) * s_t * 4, o_b, B, H, o_n, m_n, da_r, da_z, dhn, dn, BLOCK_B, U)
         last = tile == n_tiles - 1
         if last:
             _arrive(counter)  # dg_t of every tile is out: the others may go on

@@ -111,6 +111,7 @@ from ._persistent import (  # noqa: F401 - re-exported
     _launch,
     _blocks_dot,
     _splitk_dot,
+    _store_gate_tile,
     _w_units,
     _wait,
     check_errors,
@@ -309,6 +310,7 @@ def _lstm_bwd_persistent(
     w_o = _w_units(w, s_w, 3 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
+    o_n, m_n, _ = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
     # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile
@@ -330,8 +332,8 @@ def _lstm_bwd_persistent(
         b_dh = tl.where(alive != 0, b_dh, float("nan"))
         b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
                                                           o_b, m_b, HAS_LENGTHS)
-        store_blocks(dz + tl.cast(t, tl.int64) * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_dzi, b_dzf,
-                     b_dzg, b_dzo, m_bj)
+        _store_gate_tile(dz + tl.cast(t, tl.int64) * s_t * 4, o_b, B, H, o_n, m_n, b_dzi, b_dzf, b_dzg, b_dzo,
+                         BLOCK_B, U)
         last = tile == n_tiles - 1
         if last:
             _arrive(counter)  # dz_t of every tile is out: the others may go on
@@ -367,7 +369,7 @@ CONFIGS = {
     "fp32": [
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),  # 8 forward warps spill
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=16),  # 8 backward warps spill
         PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
