@@ -88,6 +88,7 @@ its module sets ``COMPILE_CHECK = step_kernel_checks(__name__)``; other kernels 
                                              # are filled in by the checker when the kernel has them
         name="...",                          # optional label (default: the kernel's name)
         dtypes=("fp16", ...),                # optional subset of the dtypes
+        archs=(90,),                         # optional: the architectures that run these configs
     )
 
 Coverage: ``package_kernels()`` reads every ``kernels/*.py`` and lists each ``@triton.jit`` function that no
@@ -329,6 +330,8 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
                 cfgs = heaviest_configs(name, entry.get("dtypes", DTYPES), cfgs, measured)
             for cfg in cfgs:
                 for arch in archs:
+                    if arch not in entry.get("archs", (arch,)):  # configs another architecture runs
+                        continue
                     for dtype in dtypes:
                         if dtype not in entry.get("dtypes", DTYPES):
                             continue

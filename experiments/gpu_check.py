@@ -478,6 +478,57 @@ def _null():
     yield
 
 
+def _fast_tanh_check(dtype_name: str):
+    """The 16-bit persistent forward uses ``tanh.approx.f32`` (docs/MATH.md, "tanh.approx"): one step from fresh
+    inputs spread over the activations' range, every output (h, c, the gates) against the float64 reference on
+    the same rounded inputs, element by element, within the bound stated there (the approximation through the
+    cell, the fp32 dot's rounding, the output's rounding). GPU only: the interpreter keeps the exact path."""
+    def fn(seed: int) -> list:
+        if not CUDA:
+            raise Skip("no CUDA: tanh.approx runs in compiled kernels only (the interpreter keeps the exact path)")
+        from kernels import _persistent as S
+        from kernels import lstm_persistent as P
+
+        dtype = DT[dtype_name]
+        B, H = 16, 1024
+        if not S.fast_tanh(dtype):
+            raise AssertionError(f"the persistent forward does not use tanh.approx for {dtype_name}")
+        cfg = P.plan("persistent", device=DEVICE, dtype=dtype, H=H, B=B, has_proj=False)
+        if cfg is None:
+            raise Skip(f"persistent does not apply to {dtype_name} H={H} B={B} here")
+        g = torch.Generator(device=DEVICE).manual_seed(seed)
+
+        def r(*shape, scale):
+            return (scale * torch.randn(*shape, device=DEVICE, generator=g)).to(dtype)
+
+        xp, w, h0, c0 = r(1, B, 4 * H, scale=3.0), r(4 * H, H, scale=H ** -0.5), r(B, H, scale=1.0), r(B, H, scale=2.0)
+        y, c_n, _, gates, _ = P.lstm_fwd_persistent(xp, w, h0, c0, None, store=True, cfg=cfg)
+        x64, w64, h64, c64 = (v.double() for v in (xp[0], w, h0, c0))
+        zi, zf, zg, zo = (x64 + h64 @ w64.t()).chunk(4, 1)
+        i, f, gg, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
+        c = f * c64 + i * gg
+        h = o * torch.tanh(c)
+        # fp32 accumulation of the dot (exact 16-bit products): |dz| <= 2 (H + 1) 2^-24 (|h| @ |W|^T + |xp|), twice
+        # the round-to-nearest bound (the tensor cores' accumulation does not round to nearest)
+        dz = (2 * (H + 1) * 2.0 ** -24 * (h64.abs() @ w64.abs().t() + x64.abs())).chunk(4, 1)
+        e_sig = [2.0 ** -12 + d / 4 for d in (dz[0], dz[1], dz[3])]  # i, f, o
+        e_g = 2.0 ** -11 + dz[2]
+        e_c = c64.abs() * e_sig[1] + e_sig[0] + e_g + 2.0 ** -21 * (c.abs() + 1)  # + the cell's fp32 rounding
+        e_h = e_sig[2] + 2.0 ** -11 + e_c
+        half_ulp = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dtype]  # relative: the output rounding
+        rows = []
+        for name, got, want, bound in (
+                ("h", y[0], h, e_h + half_ulp * h.abs()), ("c", c_n, c, e_c),
+                ("i", gates[0, :, :H], i, e_sig[0] + half_ulp * i),
+                ("f", gates[0, :, H:2 * H], f, e_sig[1] + half_ulp * f),
+                ("g", gates[0, :, 2 * H:3 * H], gg, e_g + half_ulp * gg.abs()),
+                ("o", gates[0, :, 3 * H:], o, e_sig[2] + half_ulp * o)):
+            ratio = ((got.double() - want).abs() / bound).max().item()
+            rows.append((name, ratio if math.isfinite(ratio) else math.inf, 1.0, "max |err| / stated bound"))
+        return rows
+    return fn
+
+
 # -------------------------------------------------------------------------------------------- the checks
 def all_checks() -> list[Check]:
     """Every check, in the order one process runs them (each group compiles its own kernels)."""
@@ -510,6 +561,8 @@ def all_checks() -> list[Check]:
         Check("cell/rnn_relu/fp32", "cells", _cell_check("rnn_relu", "fp32")),
         Check("cell/lstm/bf16", "cells", _cell_check("lstm", "bf16")),
         Check("persistent/cuda_graph_replay/bf16/big", "lstm-bf16-persistent", _graph_check),
+        Check("persistent/tanh_approx_bound/bf16", "lstm-bf16-persistent", _fast_tanh_check("bf16")),
+        Check("persistent/tanh_approx_bound/fp16", "lstm-fp16-persistent", _fast_tanh_check("fp16")),
         Check("persistent/two_streams/bf16", "streams", _streams_check),
     ]
     return checks

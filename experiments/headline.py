@@ -57,12 +57,10 @@ from .sweep import Context, Job, run_job  # noqa: E402
 # A/B runs of kernel knobs, e.g. "splitk2": {"FUSEDRNN_SOME_KNOB": "2"}. "main" is the code unchanged.
 VARIANTS: dict[str, dict[str, str]] = {
     "main": {},
-    "datasync": {"FUSEDRNN_PERSISTENT_SYNC": "data"},  # persistent forward waits on the h data, no counter
     "pdl": {"FUSEDRNN_PDL": "1"},  # per_step: programmatic dependent launch between the step kernels
 }
 # The strategies a variant's knob changes (default: all); the others would only repeat "main"'s rows.
 VARIANT_STRATEGIES: dict[str, tuple[str, ...]] = {
-    "datasync": ("persistent",),
     "pdl": ("per_step",),
 }
 

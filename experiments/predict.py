@@ -435,14 +435,14 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # ----------------------------------------------------------------------------------------------
 # compiles (cached): experiments/compile_check.py's compile_entry on the launch-time variant
 # ----------------------------------------------------------------------------------------------
-# Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs (the
-# data-sync forward is its own entry, "[data_sync]", and keeps its DATA_SYNC).
+# Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs. (The
+# opt-in data-sync forward, "[data_sync]", was removed after its prediction; its rows stay in the CSV of 2c7c128's
+# kernels, and StepKernelModel's ``data_sync`` still models a step that waits by polling.)
 RUNTIME = dict(HAS_LENGTHS=False, PDL=False)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {
     ("lstm", "persistent", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent"),
     ("lstm", "persistent", "bwd"): ("lstm_persistent", "_lstm_bwd_persistent"),
-    ("lstm", "persistent_data_sync", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent[data_sync]"),
     ("lstm", "per_step", "fwd"): ("lstm", "_lstm_fwd_step"),
     ("lstm", "per_step", "bwd"): ("lstm", "_lstm_bwd_step"),
     ("gru", "persistent", "fwd"): ("gru_persistent", "_gru_fwd_persistent"),
@@ -737,10 +737,6 @@ class Predictor:
         return Prediction(f"{kernel.partition('[')[0]}[{_cfg_label(cfg)}]", cell, strategy, dtype, f"sm_{arch}", B,
                           H, kind, c, us, ms, m.warps)
 
-    def persistent_data_sync(self, cell, kind, arch, dtype, B, H) -> Prediction | None:
-        """The opt-in data-sync forward (``FUSEDRNN_PERSISTENT_SYNC=data``), LSTM only; never "auto"."""
-        return self.persistent(cell, kind, arch, dtype, B, H, "persistent_data_sync")
-
     def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
         params = DEVICES[self.device[arch]]
         kernel = KERNELS[(cell, "per_step", kind)][1]
@@ -782,7 +778,7 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=("lstm", "g
             for kind in ("fwd", "bwd"):
                 for H in hidden:
                     for B in batches:
-                        for strategy in ("persistent", "per_step", "persistent_data_sync"):
+                        for strategy in ("persistent", "per_step"):
                             r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
                             if r is not None:
                                 out.append(r)

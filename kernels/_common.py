@@ -326,9 +326,10 @@ def wait_prior_step(PDL: tl.constexpr):
 
 
 def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: str | None = None,
-                          aligns: tuple | None = None) -> list[dict]:
+                          aligns: tuple | None = None, archs: tuple | None = None) -> list[dict]:
     """``COMPILE_CHECK`` entries (experiments/compile_check.py) for a kernel: one per dtype group, each with
-    the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both)."""
+    the configs that group may run. ``aligns``: the alignment variants its launcher can run (default both);
+    ``archs``: the architectures that run these configs (default every checked one)."""
     out = []
     for g, cfgs in per_group(configs).items():
         e = dict(kernel=kernel, configs=cfgs, args=args, constexprs=constexprs, dtypes=DTYPE_GROUPS[g])
@@ -336,6 +337,8 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
             e["name"] = name
         if aligns:
             e["aligns"] = tuple(aligns)
+        if archs:
+            e["archs"] = tuple(archs)
         out.append(e)
     return out
 
@@ -407,6 +410,45 @@ def tanh(x):
         p = p * x2 - 1.0 / 3.0
         small = a < 0.2
     return tl.where(small, x + x * (x2 * p), t)
+
+
+@triton.jit
+def tanh_approx(x):
+    """The hardware's ``tanh.approx.f32`` (one MUFU.TANH; maximum relative error 2^-11 over the whole range per
+    the PTX ISA, so absolute error <= 2^-11: docs/MATH.md) on fp32 ``x``. Compiled kernels only: the
+    interpreter cannot run inline PTX."""
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def tanh_of(x, FAST: tl.constexpr):
+    """tanh(x): ``tanh_approx`` with FAST (fp32 ``x`` of a 16-bit kernel compiled for a GPU), else the exact
+    ``tanh``."""
+    if FAST:
+        return tanh_approx(x)
+    else:
+        return tanh(x)
+
+
+@triton.jit
+def sigmoid_of(x, FAST: tl.constexpr):
+    """s(x): with FAST 0.5 tanh(x / 2) + 0.5 (one ``tanh_approx``), else the exact ``sigmoid``."""
+    if FAST:
+        return 0.5 * tanh_approx(0.5 * x) + 0.5
+    else:
+        return sigmoid(x)
+
+
+@triton.jit
+def gate_act(z, is_tanh, FAST: tl.constexpr):
+    """tanh(z) where ``is_tanh``, s(z) elsewhere (a gate tile whose columns mix gates). FAST (fp32 ``z`` of a
+    16-bit kernel compiled for a GPU): one ``tanh_approx`` per element, s(z) = 0.5 tanh(z / 2) + 0.5."""
+    if FAST:
+        th = tanh_approx(tl.where(is_tanh, z, 0.5 * z))
+        return tl.where(is_tanh, th, 0.5 * th + 0.5)
+    else:
+        return tl.where(is_tanh, tanh(z), sigmoid(z))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,8 +558,22 @@ def gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K,
         b_h = tl.load(h_prev + o_b[:, None] * s_hp + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
         b_w = tl.load(p_w + o_k[:, None], mask=m_k[:, None] & m_n[None, :], other=0.0)
         acc = _dot_in(b_h, b_w, acc, CAST_F32, PRECISION, ACC)
+    return split_gates4(acc, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def join_gates4(z0, z1, z2, z3, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The (BLOCK_B, 4 * BLOCK_H) tile of four (BLOCK_B, BLOCK_H) gate blocks: ``split_gates4``'s inverse."""
+    z = tl.join(tl.join(z0, z2), tl.join(z1, z3))  # (B, H, 2, 2): [.., a, b] is gate 2a + b
+    return tl.reshape(tl.permute(tl.reshape(z, (BLOCK_B, BLOCK_H, 4)), (0, 2, 1)), (BLOCK_B, 4 * BLOCK_H))
+
+
+@triton.jit
+def split_gates4(z, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The four (BLOCK_B, BLOCK_H) gate blocks of a (BLOCK_B, 4 * BLOCK_H) tile whose column n is unit
+    n % BLOCK_H of gate n // BLOCK_H."""
     # (B, 4, H) -> (B, H, 4) -> (B, H, 2, 2) with gate g = 2a + b: the first split takes b, the second a.
-    z = tl.reshape(tl.permute(tl.reshape(acc, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
+    z = tl.reshape(tl.permute(tl.reshape(z, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1)), (BLOCK_B, BLOCK_H, 2, 2))
     z_even, z_odd = tl.split(z)
     z0, z2 = tl.split(z_even)
     z1, z3 = tl.split(z_odd)
@@ -547,13 +603,22 @@ def lstm_cell_fwd(z_i, z_f, z_g, z_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS:
     b_f = sigmoid(z_f)
     b_g = tanh(z_g)
     b_o = sigmoid(z_o)
+    b_c, b_h = lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS, False)
+    return b_i, b_f, b_g, b_o, b_c, b_h
+
+
+@triton.jit
+def lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr,
+                    FAST: tl.constexpr):
+    """From the activated gates and c_{t-1}: c_t and h_t = o * tanh(c_t) (``tanh_of``: FAST only on the 16-bit
+    compiled path). A finished row keeps its cell state and outputs zeros."""
     b_c = b_f * c_prev + b_i * b_g
-    b_h = b_o * tanh(b_c)
+    b_h = b_o * tanh_of(b_c, FAST)
     if HAS_LENGTHS:
         m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
         b_c = tl.where(m_act, b_c, c_prev)
         b_h = tl.where(m_act, b_h, 0.0)
-    return b_i, b_f, b_g, b_o, b_c, b_h
+    return b_c, b_h
 
 
 @triton.jit
@@ -586,12 +651,13 @@ def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b
 # With HAS_LENGTHS, a row whose sequence has ended (t >= lengths[b]) outputs zeros and gets no gradient.
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def gru_cell_fwd(a_r, a_z, x_n, hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
+def gru_cell_fwd(a_r, a_z, x_n, hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr,
+                 FAST: tl.constexpr = False):
     """From a_r = xp_r + hp_r, a_z = xp_z + hp_z, x_n = xp_n, hn = hp_n + b_hn and h_{t-1}: the gates r, z, n and
-    h_t = (1 - z) * n + z * h_{t-1} (zeros on finished rows)."""
-    b_r = sigmoid(a_r)
-    b_z = sigmoid(a_z)
-    b_n = tanh(x_n + b_r * hn)
+    h_t = (1 - z) * n + z * h_{t-1} (zeros on finished rows). FAST: ``tanh_approx`` activations (``tanh_of``)."""
+    b_r = sigmoid_of(a_r, FAST)
+    b_z = sigmoid_of(a_z, FAST)
+    b_n = tanh_of(x_n + b_r * hn, FAST)
     b_h = b_n + b_z * (h_prev - b_n)
     if HAS_LENGTHS:
         m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]

@@ -11,14 +11,13 @@ kernels and compiled with them (experiments/compile_check.py compiles the kernel
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_meta, dtype_group, interpreting
+from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4
 
 log = logging.getLogger("fusedrnn")
 
@@ -29,7 +28,7 @@ _TRITON = tuple(int(v) for v in triton.__version__.split(".")[:2] if v.isdigit()
 
 
 # ----------------------------------------------------------------------------------------------
-# Device helpers: barrier, data synchronisation, split-K dot, W slices
+# Device helpers: barrier, split-K dot, W slices
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _arrive(counter):
@@ -59,36 +58,6 @@ def _wait(counter, flag, target, cap, alive):
 
 
 @triton.jit
-def _unwritten(b):
-    """How many elements of ``b`` still hold the launcher's "not written yet" marker: every bit set (a NaN
-    payload that arithmetic never produces: NVIDIA's NaNs are positive and canonical)."""
-    if b.dtype.primitive_bitwidth == 16:
-        bits = b.to(tl.int16, bitcast=True)
-    elif b.dtype.primitive_bitwidth == 32:
-        bits = b.to(tl.int32, bitcast=True)
-    else:
-        bits = b.to(tl.int64, bitcast=True)
-    return tl.sum((bits == -1).to(tl.int32))
-
-
-@triton.jit
-def _load_written(ptrs, mask, flag, cap, alive):
-    """Load a block that other programs are writing (each element once, into a slot the launcher filled with the
-    marker), polling until every element is written: synchronisation through the data, no counter, no fence
-    (nothing else of theirs is read). After ``cap * alive`` polls: the sticky flag, alive = 0."""
-    b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
-    it = 0
-    lim = cap * alive
-    while (_unwritten(b) > 0) & (it < lim):
-        b = tl.load(ptrs, mask=mask, other=0.0, volatile=True)
-        it += 1
-    if _unwritten(b) > 0:
-        tl.atomic_xchg(flag, 1)
-        alive = 0
-    return b, alive
-
-
-@triton.jit
 def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """sum_s a3[s] @ w3[s]: a (M, K) x (K, N) product whose K axis is cut into the leading axis of a3 (S, M, K/S)
     and w3 (S, K/S, N). The batched ``tl.dot`` puts each slice s on its own warp (no two warps compute the same
@@ -99,19 +68,50 @@ def _splitk_dot(a3, w3, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl
 
 
 @triton.jit
-def _w_split(w, s_w, gate, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, CAST_F32: tl.constexpr,
-             UNITS_ARE_ROWS: tl.constexpr):
-    """One gate's block of W_hh for units j0 .. j0+U-1, split along K into (S, KS, U): [s, k, u] is
-    W_hh[gate*H + j0 + u, s*KS + k] with UNITS_ARE_ROWS (the forward's W^T: K runs along a row) and
-    W_hh[gate*H + s*KS + k, j0 + u] without (the backward's W: K runs down the gate's rows); zero past H."""
+def _w_units(w, s_w, col0, j0, H, S: tl.constexpr, KS: tl.constexpr, U: tl.constexpr, G: tl.constexpr,
+             NB: tl.constexpr, CAST_F32: tl.constexpr):
+    """G row blocks of ``w`` for units j0 .. j0+U-1 side by side, split along K into (S, KS, G*U):
+    [s, k, g*U + u] = w[g*H + j0 + u, col0 + s*KS + k], zero past H and for g >= NB (the GRU's three gates in a
+    tile four blocks wide: sizes are powers of two). K runs along w's rows (contiguous), so the shared-memory copy
+    Triton keeps of this loop-invariant dot operand is read with ldmatrix. The forwards pass W_hh (G gate blocks,
+    col0 = 0); the backwards W_hh^T (G = 1, col0 = the gate block's first column)."""
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
-    j = j0 + tl.arange(0, U)[None, None, :]
-    if UNITS_ARE_ROWS:
-        p = w + (gate * H + j).to(tl.int64) * s_w + kk
-    else:
-        p = w + (gate * H + kk).to(tl.int64) * s_w + j
-    b = tl.load(p, mask=(kk < H) & (j < H), other=0.0)
+    n = tl.arange(0, G * U)
+    j = j0 + n % U
+    p = w + ((n // U) * H + j)[None, None, :].to(tl.int64) * s_w + col0 + kk
+    b = tl.load(p, mask=(kk < H) & ((j < H) & (n // U < NB))[None, None, :], other=0.0)
     return b.to(tl.float32) if CAST_F32 else b
+
+
+@triton.jit
+def _blocks_dot(p, m3, H, w0, w1, w2, w3, NBLK: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                ACC: tl.constexpr):
+    """sum over the NBLK (3 or 4) gate blocks g of the reduction axis of A_g @ w_g, split-K: A_g is the (S, BB, KS)
+    block at pointers ``p + g*H`` (mask ``m3``), written by other programs (read past L1); each block's load is
+    issued before the previous block's dot (one block in flight while the MMA runs), the dots accumulate into one
+    (S, BB, U) partial and ONE reduction sums the slices. ``w3`` is unused with NBLK = 3."""
+    a0 = tl.load(p, mask=m3, other=0.0, cache_modifier=".cg")
+    a1 = tl.load(p + H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a0, w0, None, CAST_F32, PRECISION, ACC)
+    a2 = tl.load(p + 2 * H, mask=m3, other=0.0, cache_modifier=".cg")
+    acc = _dot_in(a1, w1, acc, CAST_F32, PRECISION, ACC)
+    if NBLK == 4:
+        a3 = tl.load(p + 3 * H, mask=m3, other=0.0, cache_modifier=".cg")
+        acc = _dot_in(a2, w2, acc, CAST_F32, PRECISION, ACC)
+        acc = _dot_in(a3, w3, acc, CAST_F32, PRECISION, ACC)
+    else:
+        acc = _dot_in(a2, w2, acc, CAST_F32, PRECISION, ACC)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _store_gate_tile(p, o_b, B, H, o_n, m_n, z0, z1, z2, z3, BLOCK_B: tl.constexpr, U: tl.constexpr):
+    """Store four (BB, U) gate blocks into the (B, 4H) rows at ``p`` as one (BB, 4U) tile (``o_n``, ``m_n``: its
+    columns and their mask): one layout change before the store (``_common.join_gates4``) instead of one per
+    block, cast to ``p``'s element type."""
+    z = join_gates4(z0, z1, z2, z3, BLOCK_B, U)
+    tl.store(p + o_b[:, None] * (4 * H) + o_n[None, :], z.to(p.dtype.element_ty),
+             mask=(o_b < B)[:, None] & m_n[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +147,36 @@ class PersistentConfig:
 def triton_configs(configs: dict, kind: str) -> dict:
     """``{dtype group: [triton.Config]}`` of a cell's ``CONFIGS`` for its ``kind`` kernel (compile check)."""
     return {g: [c.as_triton(kind) for c in cfgs] for g, cfgs in configs.items()}
+
+
+def check_entries(kernel, arch_configs: dict, kind: str, **entry) -> list[dict]:
+    """``COMPILE_CHECK`` entries of a persistent ``kind`` kernel: for each architecture of ``arch_configs``
+    (``{arch: CONFIGS}``) the launch shapes that architecture runs, compiled for it alone (``entry``: the rest of
+    ``_common.compile_check_entries``' arguments)."""
+    out = [e for arch, configs in arch_configs.items()
+           for e in compile_check_entries(kernel, triton_configs(configs, kind), archs=(arch,), **entry)]
+    for e in out:  # FAST_TANH=True in ``entry`` means: on the 16-bit path, as ``fast_tanh`` launches it
+        if e["constexprs"].get("FAST_TANH"):
+            e["constexprs"] = dict(e["constexprs"], FAST_TANH="bf16" in e["dtypes"])
+    return out
+
+
+def fast_tanh(dtype: torch.dtype) -> bool:
+    """The FAST_TANH constexpr of a launch: ``tanh.approx`` for the forward's activations of 16-bit data in a
+    kernel compiled for a GPU (absolute error <= 2^-11, about the 16-bit rounding of the outputs: docs/MATH.md);
+    never in the interpreter (it cannot run inline PTX) nor for fp32 / fp64 (they keep the exact activations)."""
+    return dtype in (torch.float16, torch.bfloat16) and not interpreting()
+
+
+def config_arch(capability: tuple) -> int:
+    """The compile-checked architecture whose config lists a GPU of compute ``capability`` (major, minor) runs:
+    sm_90a's from 9.0 on, sm_80's below."""
+    return 90 if capability[0] >= 9 else 80
+
+
+def arch_of(device: torch.device) -> int:
+    """``config_arch`` of a CUDA device (90 elsewhere: only the interpreter runs there, with its own config)."""
+    return config_arch(torch.cuda.get_device_capability(device)) if device.type == "cuda" else 90
 
 
 def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentConfig:
@@ -410,21 +440,3 @@ def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like
     _check_coresident(kernel, grid, args, meta, warps, like.device)
     _launch(kernel, grid, args, meta, warps)
     check_flag(flag, what)
-
-
-SYNC_ENV = "FUSEDRNN_PERSISTENT_SYNC"
-_INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-           torch.float64: torch.int64}
-
-
-def sync_mode() -> str:
-    """How the persistent LSTM forward's programs wait for each other's h_{t-1}, read from
-    ``FUSEDRNN_PERSISTENT_SYNC`` at each launch: "counter" (default: the grid barrier, a release add and acquire
-    polls of one step counter) or "data" (each program polls the h block it needs until no element holds the
-    marker the launcher filled it with: no counter, no fence, the last poll is the gather; see
-    docs/PERFORMANCE.md). The default stays "counter" until a GPU has timed both (experiments/headline.py's
-    variants). The GRU's kernels use the counter only."""
-    mode = os.environ.get(SYNC_ENV, "counter")
-    if mode not in ("counter", "data"):
-        raise ValueError(f"{SYNC_ENV} must be 'counter' or 'data', got {mode!r}")
-    return mode

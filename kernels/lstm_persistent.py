@@ -10,11 +10,11 @@ for all T steps. Where: Triton (3.6) stores the loop-invariant ``tl.dot`` operan
 ``local_alloc`` is hoisted out of the loop) and reads them with ldmatrix each step (64 KB per program at
 H = 1024 in 16-bit; the compile check reports registers, spills and shared memory). The programs meet at a
 grid-wide barrier once per step. Budget and predictions: docs/PERFORMANCE.md. The cell-independent parts (the
-barrier, the error flag, the cooperative launch, the co-residency check, ``_splitk_dot``, ``_w_split``, the
-config and the decision skeleton) are in kernels/_persistent.py, shared with the GRU's kernels
+barrier, the error flag, the cooperative launch, the co-residency check, ``_splitk_dot``, the W-slice loaders,
+the config and the decision skeleton) are in kernels/_persistent.py, shared with the GRU's kernels
 (kernels/gru_persistent.py).
 
-Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units (16 warps); H = 512 -> 128 of 4; H = 256 ->
+Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units; H = 512 -> 128 of 4; H = 256 ->
 64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
 
 Split-K (``_splitk_dot``): every dot cuts its reduction axis into S slices and runs a batched (3-D) ``tl.dot``
@@ -23,27 +23,33 @@ one slice on each warp (``warpsPerCTA = [S, 1, 1]``), so no two warps compute th
 16 x 8 result over 16 warps would repeat it 16 times).
 
 Forward (``_lstm_fwd_persistent``), program p owns hidden units j in [p*U, p*U + U):
-- before the loop it loads, per gate g, W_hh[g*H + j, :]^T as (S, KS, U) (``_w_split``);
-- step t, for each batch tile: h_{t-1} as (S, BB, KS), four split-K dots (one per gate) plus xp[t],
-  activations, cell update; h_t into the per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]), c_t into
-  ``cbuf`` and the gates (as the per-step path stores them, so either backward can follow either forward);
-- batch tile 0's xp[t+1] is loaded between this program's arrival at the barrier and its wait (no other
-  program writes xp), off the step's critical path;
+- before the loop it loads W_hh's rows of its units for all four gates side by side, W_hh[g*H + j, :]^T as
+  (S, KS, 4U) (``_w_units``), so each step has ONE split-K dot and ONE reduction over the slices;
+- one loop over (step, batch tile) pairs (the same code for every tile, so one layout: the reduced (BB, 4U) tile
+  is converted once to a layout spread over the warps and every activation and cell update is computed by one
+  warp): h_{t-1} as (S, BB, KS), the dot plus xp[t] as one (BB, 4U) tile, the activations (``gate_act``), the
+  cell (``lstm_cell_state``); h_t into the per-step buffer ``hbuf[t + 1]`` (hbuf[0] = h0, y = hbuf[1:]); after a
+  step's last tile the arrival at the barrier, and only then c_t into ``cbuf`` and the gates (as the per-step
+  path stores them, so either backward can follow either forward): nothing another program reads waits behind
+  them;
+- the next tile's xp is loaded before the wait (no other program writes xp), off the step's critical path;
 - grid barrier after every step (after the last too): ``_arrive`` (``tl.debug_barrier()``: every thread's stores
   issued, then one release atomic add on a step counter, ``red.release.gpu``) and ``_wait`` (acquire loads,
   ``ld.acquire.gpu``, which also invalidate L1, until the counter reaches (t+1)*P, then ``tl.debug_barrier()``).
   The counter is monotonic (zeroed by the launcher before each launch), so there is no reset inside the launch.
   h_{t-1} is read from its own slot hbuf[t] with ``cache_modifier=".cg"`` (skips L1). The cell state is private to
-  its program (own units): read back from ``cbuf`` by the program that wrote it (slot t % NSLOT, NSLOT = T+1 when
-  storing every c_t for backward, else 2);
-- the time loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
+  its program (own units): read back from ``cbuf`` by the program that wrote it (slot t % NSLOT, carried from
+  step to step, NSLOT = T+1 when storing every c_t for backward, else 2);
+- the loop is ``tl.range(..., num_stages=1)``: never software-pipelined across the barrier.
 
 Backward (``_lstm_bwd_persistent``), program p owns unit columns j of W_hh: the slice W_hh[:, j] (all 4H rows,
-one (S, KS, U) block per gate, ``_w_split``). dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] needs the full dz_{t+1}
-row, available after one barrier per step, and no cross-program reduction: four split-K dots, one per gate block
-of the reduction axis (one block of dz in registers at a time). Then the pointwise LSTM backward of its units
-(docs/MATH.md), dz_t written to global memory, dc kept in a private ping-pong buffer. Weight gradients stay the
-large GEMMs after the loop (``_common.weight_grads``).
+one (S, KS, U) block per gate), passed in as W_hh^T (the launcher's one transposed copy) so that K runs along
+the rows and Triton's shared-memory copy is read with ldmatrix (``_w_units``). dh_t[b, j] = sum_k dz_{t+1}[b, k]
+W_hh[k, j] needs the full dz_{t+1} row, available after one barrier per step, and no cross-program reduction:
+four split-K dots over the gate blocks of the reduction axis, each block's gather issued before the previous
+block's dot (``_bwd_dh``), accumulated into one partial and reduced once. Then the pointwise LSTM backward of its
+units (docs/MATH.md); dz_t is stored, then the arrival, then dc (a private ping-pong buffer). The same (step,
+batch tile) loop as the forward. Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
 
 Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to the device's
 sticky error flag (``error_flag``; no kernel clears it), stops waiting at later barriers and writes NaN from then
@@ -80,10 +86,11 @@ import torch
 from . import _persistent as _p
 from ._common import (
     acc_torch_dtype,
-    compile_check_entries,
     dtype_group,
+    gate_act,
     lstm_cell_bwd,
-    lstm_cell_fwd,
+    lstm_cell_state,
+    split_gates4,
     store_blocks,
 )
 # The cell-independent parts live in kernels/_persistent.py (shared with the GRU's kernels); the names this module
@@ -91,10 +98,8 @@ from ._common import (
 from ._persistent import (  # noqa: F401 - re-exported
     _CORES_CACHE,
     _ERROR_FLAGS,
-    _INT_OF,
     _TIMEOUT,
     SPIN_CAP,
-    SYNC_ENV,
     Fallback,
     Misaligned,
     NotCoresident,
@@ -104,10 +109,10 @@ from ._persistent import (  # noqa: F401 - re-exported
     _check_coresident,
     _cooperative,
     _launch,
-    _load_written,
+    _blocks_dot,
     _splitk_dot,
-    _unwritten,
-    _w_split,
+    _store_gate_tile,
+    _w_units,
     _wait,
     check_errors,
     check_flag,
@@ -116,56 +121,55 @@ from ._persistent import (  # noqa: F401 - re-exported
     error_flag,
     interpreter_config,
     log,
-    sync_mode,
 )
 
 
 @triton.jit
-def _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B: tl.constexpr):
-    """xp[t] (the four gates) of the batch tile at b0 and this program's units; all zeros for t >= T (a
-    prefetch past the last step)."""
-    o_b = b0 + tl.arange(0, BLOCK_B)
-    m = (o_b < B)[:, None] & m_j[None, :] & (t < T)
-    p = xp + tl.cast(t, tl.int64) * B * 4 * H + o_b[:, None] * (4 * H) + o_j[None, :]
-    return (tl.load(p, mask=m, other=0.0), tl.load(p + H, mask=m, other=0.0), tl.load(p + 2 * H, mask=m, other=0.0),
-            tl.load(p + 3 * H, mask=m, other=0.0))
+def _gate_cols(j0, H, U: tl.constexpr):
+    """The (BB, 4U) gate tile's columns: n = g*U + u is unit j0 + u of gate g, at g*H + j0 + u in a (B, 4H) row
+    (xp, gates); returns (that offset, its mask, whether the gate is g)."""
+    n = tl.arange(0, 4 * U)
+    j = j0 + n % U
+    return (n // U) * H + j, j < H, (n // U) == 2
 
 
 @triton.jit
-def _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g, w_o, x_i, x_f,
-              x_g, x_o, c_prev, alive, o_j, m_j, HAS_LENGTHS: tl.constexpr, STORE_GATES: tl.constexpr,
-              CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
-              S: tl.constexpr, KS: tl.constexpr, DATA_SYNC: tl.constexpr):
-    """One forward step of one batch tile: z = h_{t-1} @ W^T slice (split-K) + xp[t], the cell, h_t into
-    hbuf[t+1], c_t into its cbuf slot, the gates. With DATA_SYNC the h_{t-1} load itself waits until every
-    element is written. Returns alive."""
+def _fwd_tile(hbuf, lengths, t, b0, B, H, w3, x, c_prev, alive, o_j, is_g,
+              HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+              FAST: tl.constexpr, BLOCK_B: tl.constexpr, U: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """One forward step of one batch tile: z = h_{t-1} @ [W_i; W_f; W_g; W_o]^T slice (one split-K dot, one
+    reduction) + xp[t] as a (BB, 4U) tile, the activations, the cell; h_t stored into hbuf[t+1]. Returns the
+    activated gates i, f, g, o and c_t, (BB, U) each, for the caller to store after its arrival."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
     m_b = o_b < B
-    m_bj = m_b[:, None] & m_j[None, :]
-    # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k]
+    # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k], read past L1 (written by other programs)
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
-    p_h = hbuf + t64 * s_t + b3 * H + kk
-    m_h = (b3 < B) & (kk < H)
-    if DATA_SYNC:
-        b_h, alive = _load_written(p_h, m_h, flag, spin_cap, alive)
-    else:
-        b_h = tl.load(p_h, mask=m_h, other=0.0, cache_modifier=".cg")
-    z_i = x_i.to(ACC) + _splitk_dot(b_h, w_i, CAST_F32, PRECISION, ACC)
-    z_f = x_f.to(ACC) + _splitk_dot(b_h, w_f, CAST_F32, PRECISION, ACC)
-    z_g = x_g.to(ACC) + _splitk_dot(b_h, w_g, CAST_F32, PRECISION, ACC)
-    z_o = x_o.to(ACC) + _splitk_dot(b_h, w_o, CAST_F32, PRECISION, ACC)
-    b_i, b_f, b_g, b_o, b_c, b_r = lstm_cell_fwd(z_i, z_f, z_g, z_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS)
+    b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
+    z = x.to(ACC) + _splitk_dot(b_h, w3, CAST_F32, PRECISION, ACC)
+    a = gate_act(z, is_g[None, :], FAST)
+    b_i, b_f, b_g, b_o = split_gates4(a, BLOCK_B, U)
+    b_c, b_r = lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS, FAST)
     b_c = tl.where(alive != 0, b_c, float("nan"))
     b_r = tl.where(alive != 0, b_r, float("nan"))
-    o_bj = o_b[:, None] * H + o_j[None, :]
-    tl.store(cbuf + slot_next * s_t + o_bj, b_c, mask=m_bj)
-    tl.store(hbuf + (t64 + 1) * s_t + o_bj, b_r.to(hbuf.dtype.element_ty), mask=m_bj)
+    tl.store(hbuf + (t64 + 1) * s_t + o_b[:, None] * H + o_j[None, :], b_r.to(hbuf.dtype.element_ty),
+             mask=m_b[:, None] & (o_j < H)[None, :])
+    return b_i, b_f, b_g, b_o, b_c
+
+
+@triton.jit
+def _fwd_keep(cbuf, gates, t, slot, b0, B, H, b_i, b_f, b_g, b_o, b_c, o_j, STORE_GATES: tl.constexpr,
+              BLOCK_B: tl.constexpr):
+    """Store what only this program reads (c_t into cbuf[slot]) and the gates (for the backward)."""
+    s_t = B * H
+    o_b = b0 + tl.arange(0, BLOCK_B)
+    m_bj = (o_b < B)[:, None] & (o_j < H)[None, :]
+    tl.store(cbuf + slot * s_t + o_b[:, None] * H + o_j[None, :], b_c, mask=m_bj)
     if STORE_GATES:
-        store_blocks(gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
-    return alive
+        store_blocks(gates + tl.cast(t, tl.int64) * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_i, b_f,
+                     b_g, b_o, m_bj)
 
 
 @triton.jit(do_not_specialize=["T", "B", "NSLOT", "spin_cap"])
@@ -189,7 +193,7 @@ def _lstm_fwd_persistent(
     BLOCK_H: tl.constexpr,  # U: hidden units per program
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
-    DATA_SYNC: tl.constexpr = False,  # wait on the h data itself (hbuf[1:] filled with the marker), no counter
+    FAST_TANH: tl.constexpr = False,  # tanh.approx for the activations (16-bit, compiled for a GPU only)
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -197,45 +201,43 @@ def _lstm_fwd_persistent(
     S: tl.constexpr = SPLIT_K
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
-    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_i = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, True)
-    w_f = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, True)
-    w_g = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, True)
-    w_o = _w_split(w, s_w, 3, j0, H, S, KS, U, CAST_F32, True)
+    # loop-invariant, the four gates side by side: Triton keeps this dot operand in shared memory for the launch
+    w3 = _w_units(w, s_w, 0, j0, H, S, KS, U, 4, 4, CAST_F32)
     o_j = j0 + tl.arange(0, U)
-    m_j = o_j < H
+    o_n, m_n, is_g = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
-    m_bj0 = (o_b0 < B)[:, None] & m_j[None, :]
-    # batch tile 0: its xp[t] is loaded during the previous step's barrier
-    x_i, x_f, x_g, x_o = _fwd_xp(xp, 0, T, 0, B, H, o_j, m_j, BLOCK_B)
+    # One loop over (step, batch tile) pairs, so that every tile runs the same code (one layout choice, each
+    # pointwise value computed by one warp); the grid barrier after each step's last tile. The next pair's xp is
+    # loaded before the wait (no other program writes it), and the counters are carried (no division per step).
+    x = tl.load(xp + o_b0[:, None] * (4 * H) + o_n[None, :], mask=(o_b0 < B)[:, None] & m_n[None, :], other=0.0)
+    n_tiles = tl.cdiv(B, BLOCK_B)
     alive = 1
-    for t in tl.range(0, T, num_stages=1):
-        # 32-bit remainders (a 64-bit one is a subroutine call with a stack frame)
-        slot_prev = tl.cast(t % NSLOT, tl.int64)
-        slot_next = tl.cast((t + 1) % NSLOT, tl.int64)
-        # c_{t-1}: this program's own store, read beside the h gather (keeping it in registers across the
-        # barrier, or loading it there, spills at H_PAD 1024)
-        c0 = tl.load(cbuf + slot_prev * s_t + o_b0[:, None] * H + o_j[None, :], mask=m_bj0, other=0.0)
-        alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, 0, B, H, w_i, w_f, w_g, w_o,
-                          x_i, x_f, x_g, x_o, c0, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32, PRECISION,
-                          ACC, BLOCK_B, S, KS, DATA_SYNC)
-        for b0 in range(BLOCK_B, B, BLOCK_B):
-            o_b = b0 + o_b0
-            c_prev = tl.load(cbuf + slot_prev * s_t + o_b[:, None] * H + o_j[None, :],
-                             mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
-            y_i, y_f, y_g, y_o = _fwd_xp(xp, t, T, b0, B, H, o_j, m_j, BLOCK_B)
-            alive = _fwd_tile(hbuf, cbuf, gates, lengths, flag, spin_cap, t, slot_next, b0, B, H, w_i, w_f, w_g,
-                              w_o, y_i, y_f, y_g, y_o, c_prev, alive, o_j, m_j, HAS_LENGTHS, STORE_GATES, CAST_F32,
-                              PRECISION, ACC, BLOCK_B, S, KS, DATA_SYNC)
-        if DATA_SYNC:
-            tl.debug_barrier()  # this program's c_t stores are seen by all its threads at step t+1
-            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
-        else:
-            _arrive(counter)
-            # tile 0's xp of step t+1 needs no other program: loaded while the others arrive
-            x_i, x_f, x_g, x_o = _fwd_xp(xp, t + 1, T, 0, B, H, o_j, m_j, BLOCK_B)
+    t = 0
+    tile = 0
+    slot = 0  # c_{t-1}'s cbuf slot, t % NSLOT
+    for _ in tl.range(0, T * n_tiles, num_stages=1):
+        slot_next = tl.where(slot + 1 == NSLOT, 0, slot + 1)
+        o_b = tile * BLOCK_B + o_b0
+        # c_{t-1}: this program's own store, read beside the h gather
+        c_prev = tl.load(cbuf + slot * s_t + o_b[:, None] * H + o_j[None, :],
+                         mask=(o_b < B)[:, None] & (o_j < H)[None, :], other=0.0)
+        b_i, b_f, b_g, b_o, b_c = _fwd_tile(hbuf, lengths, t, tile * BLOCK_B, B, H, w3, x, c_prev, alive, o_j, is_g,
+                                            HAS_LENGTHS, CAST_F32, PRECISION, ACC, FAST_TANH, BLOCK_B, U, S, KS)
+        last = tile == n_tiles - 1
+        if last:
+            _arrive(counter)  # h_t of every tile is out: the others may go on
+        _fwd_keep(cbuf, gates, t, slot_next, tile * BLOCK_B, B, H, b_i, b_f, b_g, b_o, b_c, o_j, STORE_GATES,
+                  BLOCK_B)
+        t_next = tl.where(last, t + 1, t)
+        tile = tl.where(last, 0, tile + 1)
+        o_b = tile * BLOCK_B + o_b0
+        x = tl.load(xp + tl.cast(t_next, tl.int64) * s_t * 4 + o_b[:, None] * (4 * H) + o_n[None, :],
+                    mask=(o_b < B)[:, None] & m_n[None, :] & (t_next < T), other=0.0)
+        if last:
             alive = _wait(counter, flag, (t + 1) * nprog, spin_cap, alive)
+            slot = slot_next
+        t = t_next
 
 
 @triton.jit
@@ -260,47 +262,21 @@ def _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, B
 
 
 @triton.jit
-def _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, b_dy, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in,
-              alive, o_j, m_j,
-              HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-              BLOCK_B: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
-    """One backward step of one batch tile: dh = dy[t] + dz_{t+1} @ W_hh[:, units] (split-K, after the first
-    step), the cell's backward, dz_t and dc_{t-1} stored."""
-    t64 = tl.cast(t, tl.int64)
-    s_t = B * H
-    o_b = b0 + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
-    m_bj = m_b[:, None] & m_j[None, :]
-    b_dh = b_dy
-    if step > 0:  # dh += dz_{t+1} @ W_hh[:, units], one gate block of the reduction at a time
-        # a gate block of dz_{t+1} as (S, BB, KS): [s, b, k] = dz[t+1, b0 + b, gate*H + s*KS + k]; the offsets are
-        # shared by the four gates (one live tensor of offsets, not four), read past L1 (written by other programs)
-        b3 = o_b[None, :, None]
-        kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
-        off = b3 * (4 * H) + kk
-        m3 = (b3 < B) & (kk < H)
-        p_dz = dz + (t64 + 1) * s_t * 4
-        b_dh += _splitk_dot(tl.load(p_dz + off, mask=m3, other=0.0, cache_modifier=".cg"), w_i, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_f, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + 2 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_g, CAST_F32,
-                            PRECISION, ACC)
-        b_dh += _splitk_dot(tl.load(p_dz + 3 * H + off, mask=m3, other=0.0, cache_modifier=".cg"), w_o, CAST_F32,
-                            PRECISION, ACC)
-    b_dh = tl.where(alive != 0, b_dh, float("nan"))
-    b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t, o_b,
-                                                      m_b, HAS_LENGTHS)
-    b_dcp = tl.where(alive != 0, b_dcp, float("nan"))
-    o_bj = o_b[:, None] * H + o_j[None, :]
-    tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, b_dcp, mask=m_bj)
-    store_blocks(dz + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :], H, b_dzi, b_dzf, b_dzg, b_dzo, m_bj)
+def _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+            ACC: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+    """dz_{t+1} @ W_hh[:, units] for the batch rows o_b (zero at the first step): the four gate blocks of dz_{t+1}
+    as (S, BB, KS), [s, b, k] = dz[t+1, b, gate*H + s*KS + k], one block in flight ahead of the dots, one
+    reduction (``_blocks_dot``)."""
+    b3 = o_b[None, :, None]
+    kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    p = dz + (tl.cast(t, tl.int64) + 1) * B * H * 4 + b3 * (4 * H) + kk
+    return _blocks_dot(p, (b3 < B) & (kk < H) & (step > 0), H, w_i, w_f, w_g, w_o, 4, CAST_F32, PRECISION, ACC)
 
 
 @triton.jit(do_not_specialize=["T", "B", "spin_cap"])
 def _lstm_bwd_persistent(
     dy,  # (T, B, H) gradient of y (gradient of h_n already added at its step)
-    w,  # (4H, H) W_hh
+    w,  # (H, 4H) W_hh^T (K-contiguous rows: the shared-memory copy is read with ldmatrix)
     gates,  # (T, B, 4H) i, f, g, o
     c_seq,  # (T, B, H) c_t, accumulator dtype
     c0,  # (B, H) c0, input dtype
@@ -326,30 +302,46 @@ def _lstm_bwd_persistent(
     S: tl.constexpr = SPLIT_K
     KS: tl.constexpr = BLOCK_K // SPLIT_K
     j0 = pid * U
-    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch
-    w_i = _w_split(w, s_w, 0, j0, H, S, KS, U, CAST_F32, False)
-    w_f = _w_split(w, s_w, 1, j0, H, S, KS, U, CAST_F32, False)
-    w_g = _w_split(w, s_w, 2, j0, H, S, KS, U, CAST_F32, False)
-    w_o = _w_split(w, s_w, 3, j0, H, S, KS, U, CAST_F32, False)
+    # loop-invariant: Triton keeps these dot operands in shared memory for the whole launch;
+    # [s, k, u] = W_hh[gate*H + s*KS + k, j0 + u] = w[j0 + u, gate*H + s*KS + k]
+    w_i = _w_units(w, s_w, 0, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_f = _w_units(w, s_w, H, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_g = _w_units(w, s_w, 2 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
+    w_o = _w_units(w, s_w, 3 * H, j0, H, S, KS, U, 1, 1, CAST_F32)
     o_j = j0 + tl.arange(0, U)
     m_j = o_j < H
+    o_n, m_n, _ = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
+    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile
+    n_tiles = tl.cdiv(B, BLOCK_B)
     alive = 1
-    for step in tl.range(0, T, num_stages=1):
+    step = 0
+    tile = 0
+    for _ in tl.range(0, T * n_tiles, num_stages=1):
         t = T - 1 - step
-        # One plain loop over the batch tiles. Its step inputs are loaded after the barrier, beside the dz gather
-        # (in flight together); keeping tile 0's inputs or dc in registers across the barrier spills at H_PAD 1024.
-        for b0 in range(0, B, BLOCK_B):
-            o_b = b0 + o_b0
-            dc_in = tl.load(dcbuf + (step % 2) * s_t + o_b[:, None] * H + o_j[None, :],
-                            mask=(o_b < B)[:, None] & m_j[None, :], other=0.0)
-            a_dy, a_i, a_f, a_g, a_o, a_c, a_cp = _bwd_loads(dy, gates, c_seq, c0, t, b0, B, H, o_j, m_j, ACC,
-                                                             BLOCK_B)
-            _bwd_tile(dz, dcbuf, lengths, t, step, b0, B, H, w_i, w_f, w_g, w_o, a_dy, a_i, a_f, a_g, a_o, a_c, a_cp,
-                      dc_in, alive, o_j, m_j, HAS_LENGTHS, CAST_F32, PRECISION, ACC, BLOCK_B, S, KS)
-        _arrive(counter)
-        alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
+        o_b = tile * BLOCK_B + o_b0
+        m_b = o_b < B
+        m_bj = m_b[:, None] & m_j[None, :]
+        o_bj = o_b[:, None] * H + o_j[None, :]
+        # the step inputs no other program writes, issued with the dz gather (in flight together)
+        dc_in = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
+        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, t, tile * BLOCK_B, B, H, o_j, m_j,
+                                                         ACC, BLOCK_B)
+        b_dh = b_dy + _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
+        b_dh = tl.where(alive != 0, b_dh, float("nan"))
+        b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
+                                                          o_b, m_b, HAS_LENGTHS)
+        _store_gate_tile(dz + tl.cast(t, tl.int64) * s_t * 4, o_b, B, H, o_n, m_n, b_dzi, b_dzf, b_dzg, b_dzo,
+                         BLOCK_B, U)
+        last = tile == n_tiles - 1
+        if last:
+            _arrive(counter)  # dz_t of every tile is out: the others may go on
+        tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, tl.where(alive != 0, b_dcp, float("nan")), mask=m_bj)
+        tile = tl.where(last, 0, tile + 1)
+        if last:
+            alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
+            step += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,43 +353,48 @@ def _lstm_bwd_persistent(
 # takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
 # where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
 # tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
-# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit.
+# time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit. ``CONFIGS`` is what sm_90 (and later)
+# runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
+# ``_persistent.config_arch``); each list is compile-checked for its architecture.
 CONFIGS = {
     "16bit": [
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=16),
-        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        # 4 forward warps: the one reduction over the K slices is cheapest, and the (16, 4U) gate tile still
+        # spreads over them (each pointwise value computed once)
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
         PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
     ],
     "fp32": [
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=8),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),  # 8 forward warps spill
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=16),  # 8 backward warps spill
         PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-
-
-def _triton_configs(kind):
-    return _p.triton_configs(CONFIGS, kind)
+# sm_80 runs the same shapes since the forward's rewrite (one gate dot: 4 forward warps no longer spill there)
+CONFIGS_SM80 = CONFIGS
+ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 
 # ----------------------------------------------------------------------------------------------
 # Planning: which config, or why not (then per_step)
 # ----------------------------------------------------------------------------------------------
-def pick_config(dtype: torch.dtype, H: int, sm_count: int):
-    """The compile-checked LSTM config of ``dtype``'s group with the smallest H_PAD >= H and then the fewest units
-    per program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count`` SMs, or None."""
-    return _p.pick_config(CONFIGS, dtype, H, sm_count)
+def pick_config(dtype: torch.dtype, H: int, sm_count: int, arch: int = 90):
+    """The compile-checked LSTM config of ``dtype``'s group for ``arch`` (``ARCH_CONFIGS``) with the smallest
+    H_PAD >= H and then the fewest units per program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count``
+    SMs, or None."""
+    return _p.pick_config(ARCH_CONFIGS[arch], dtype, H, sm_count)
 
 
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, has_proj: bool,
            sm_count: int = 0, interpret: bool | None = None, kind: str = "fwd", arch: int = 90):
     """Whether the ``kind`` pass ("fwd" or "bwd") of a layer runs persistent: returns ``(config, "")`` or
     ``(None, reason)``. Pure function of its arguments (unit-tested with fake device properties); co-residency
-    of the compiled kernel is checked later by ``coresidency``.
+    of the compiled kernel is checked later by ``coresidency``. ``arch`` (``_persistent.config_arch``) picks
+    the config list: ``ARCH_CONFIGS[arch]``.
 
     - "per_step": never. "auto": on CUDA where a checked config fits and the predictor's table says persistent
       for this pass, shape and ``arch`` (``_persistent.auto_strategy``); in the interpreter never (there is
@@ -413,11 +410,11 @@ def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: in
     if has_proj:
         return None, "persistent does not support proj_size (h_t = r_t @ W_hr^T needs the whole r_t row)"
     return _p.decide_common(strategy, device_type=device_type, dtype=dtype, H=H, B=B, sm_count=sm_count,
-                            interpret=interpret, kind=kind, configs=CONFIGS, cell="lstm", arch=arch)
+                            interpret=interpret, kind=kind, configs=ARCH_CONFIGS[arch], cell="lstm", arch=arch)
 
 
-def _supported(dtype) -> str:
-    return _p.supported(CONFIGS, dtype)
+def _supported(dtype, arch: int = 90) -> str:
+    return _p.supported(ARCH_CONFIGS[arch], dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,9 +436,6 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     xp, w_hh = xp.contiguous(), w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
     hbuf = xp.new_empty(T + 1, B, H)
     hbuf[0].copy_(h0)
-    data_sync = sync_mode() == "data"
-    if data_sync:  # every h_t slot starts as the "not written yet" marker (all bits set)
-        hbuf[1:].view(_INT_OF[xp.dtype]).fill_(-1)
     nslot = T + 1 if store else 2
     cbuf = xp.new_empty(nslot, B, H, dtype=acc)
     cbuf[0].copy_(c0)
@@ -450,7 +444,7 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
                 H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
     _p.run_persistent(_lstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LSTM forward",
-                      n_programs=n_programs, extra_meta=dict(DATA_SYNC=data_sync))
+                      n_programs=n_programs, extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     y = hbuf[1:]
     c_n = cbuf[T % nslot]
     return y, c_n, (cbuf[1:] if store else None), gates, None
@@ -468,13 +462,13 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     acc = acc_torch_dtype(dy.dtype)
     dy, c_seq, gates = dy.contiguous(), c_seq.contiguous(), gates.contiguous()
     c0 = c0.contiguous()
-    w_hh = w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
+    w_t = w_hh.t().contiguous()  # (H, 4H): each unit's column of W_hh K-contiguous (ldmatrix reads it)
     dz = gates.new_empty(T, B, 4 * H)
     dcbuf = dy.new_empty(2, B, H, dtype=acc)
     dcbuf[0].copy_(dc_n)
-    _check_aligned(dy=dy, w_hh=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
-    args = dict(dy=dy, w=w_hh, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
-                s_w=w_hh.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
+    _check_aligned(dy=dy, w_hh=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
+    args = dict(dy=dy, w=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
+                s_w=w_t.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
     _p.run_persistent(_lstm_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="LSTM backward",
                       n_programs=n_programs)
     return dz, dcbuf[T % 2], None
@@ -505,13 +499,10 @@ _FWD_CHECK = dict(
     aligns=("aligned",),
 )
 COMPILE_CHECK = [
-    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
-                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=False)),
-    *compile_check_entries(_lstm_fwd_persistent, _triton_configs("fwd"), **_FWD_CHECK,
-                           constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, DATA_SYNC=True),
-                           name="_lstm_fwd_persistent[data_sync]"),
-    *compile_check_entries(_lstm_bwd_persistent, _triton_configs("bwd"), aligns=("aligned",),
-                           args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
-                                     lengths="*i32", counter="*i32", flag="*i32"),
-                           constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+    *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True)),
+    *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
+                      args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
+                                lengths="*i32", counter="*i32", flag="*i32"),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
 ]

@@ -8,7 +8,6 @@ co-residency rule, the barrier timeout (a real one: two programs in the interpre
 and the error raised from the flag.
 """
 import logging
-import os
 
 import pytest
 import torch
@@ -42,11 +41,9 @@ def _rand_seq(T, B, H, dtype=torch.float64, seed=0):
     (4, 5, 16, 4, 4, True),  # lengths, 4 K slices
     (3, 3, 33, 16, 0, False),  # H_PAD = 64 > H, one batch tile, default slices
 ])
-@pytest.mark.parametrize("sync", ["counter", "data"])
-def test_kernels_match_per_step_fp64(T, B, H, block_b, split, with_lengths, sync, monkeypatch):
+def test_kernels_match_per_step_fp64(T, B, H, block_b, split, with_lengths):
     """Forward and backward launchers against the per-step path, crossed: either backward follows either
-    forward (same saved layout); the forward with either synchronisation."""
-    monkeypatch.setenv(P.SYNC_ENV, sync)
+    forward (same saved layout)."""
     xp, w, h0, c0 = _rand_seq(T, B, H)
     lengths = (torch.tensor([max(1, T - (2 * b) % T) for b in range(B)], dtype=torch.int32, device=DEVICE)
                if with_lengths else None)
@@ -314,47 +311,58 @@ def test_timeout_under_graph_capture_is_never_silent(monkeypatch, kind):
     assert not torch.isnan(y).any()
 
 
-@interpreter_only
-def test_data_sync_waits_for_the_other_programs_data_and_times_out_without_it():
-    """With FUSEDRNN_PERSISTENT_SYNC=data a program polls the h block it needs: two programs of half the units
-    each run one after the other in the interpreter, so the first finds the second's half of h_1 unwritten,
-    gives up after spin_cap polls, writes NaN from then on and the launcher raises; the second finds the first's
-    half written (NaN) and goes on."""
-    T, B, H = 3, 2, 16
-    xp, w, h0, c0 = _rand_seq(T, B, H)
-    half = P.PersistentConfig(H_PAD=16, UNITS=8, BLOCK_B=4, fwd_warps=4, bwd_warps=4, fwd_split=4, bwd_split=4)
-    os.environ[P.SYNC_ENV] = "data"
-    try:
-        with pytest.raises(RuntimeError, match="timed out"):
-            P.lstm_fwd_persistent(xp, w, h0, c0, cfg=half, spin_cap=3)
-        got = P.lstm_fwd_persistent(xp, w, h0, c0, cfg=P.interpreter_config(H))  # one program: its own data
-    finally:
-        del os.environ[P.SYNC_ENV]
-    want = L.lstm_fwd_sequence(xp, w, h0, c0, strategy="per_step")
-    assert max_rel(got[0], want[0]) <= 1e-12
-
-
-def test_sync_mode_is_checked(monkeypatch):
-    monkeypatch.setenv(P.SYNC_ENV, "spin")
-    with pytest.raises(ValueError, match="counter.*data"):
-        P.sync_mode()
-
-
 def test_compile_check_covers_the_persistent_configs():
-    """Every config a GPU may pick is a COMPILE_CHECK entry of both kernels (H_PAD 256, 512, 1024 included);
-    the compile itself runs in tests/test_compile_check.py."""
+    """Every config a GPU may pick is a COMPILE_CHECK entry of both kernels for the architecture that runs it
+    (H_PAD 256, 512, 1024 included), and no entry is compiled for an architecture that does not run it; the
+    compile itself runs in tests/test_compile_check.py."""
     entries = {}
     for e in P.COMPILE_CHECK:
+        assert len(e["archs"]) == 1
         for c in e["configs"]:
             for dt in e["dtypes"]:
-                entries.setdefault(e["kernel"].__name__, set()).add(
+                entries.setdefault((e["kernel"].__name__, e["archs"][0]), set()).add(
                     (dt, c.kwargs["BLOCK_K"], c.kwargs["BLOCK_H"], c.num_warps))
-    for group, cfgs in P.CONFIGS.items():
-        for c in cfgs:
-            for dt in DTYPE_GROUPS[group]:
-                for kind in ("fwd", "bwd"):
-                    assert (dt, c.H_PAD, c.UNITS, c.warps(kind)) in entries[f"_lstm_{kind}_persistent"]
+    want = {}
+    for arch, configs in P.ARCH_CONFIGS.items():
+        for group, cfgs in configs.items():
+            for c in cfgs:
+                for dt in DTYPE_GROUPS[group]:
+                    for kind in ("fwd", "bwd"):
+                        want.setdefault((f"_lstm_{kind}_persistent", arch), set()).add(
+                            (dt, c.H_PAD, c.UNITS, c.warps(kind)))
+    assert entries == want
+    assert set(P.ARCH_CONFIGS) == {90, 80}
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}
+
+
+def test_tanh_approx_only_where_compiled_in_16bit(monkeypatch):
+    """The forward's FAST_TANH (tanh.approx, docs/MATH.md) is on for fp16/bf16 compiled for a GPU only: never in the
+    interpreter, never for fp32/fp64; the launcher passes it and the compile check builds what runs."""
+    assert not S.fast_tanh(torch.float32) and not S.fast_tanh(torch.float64)
+    monkeypatch.setattr(S, "interpreting", lambda: True)
+    assert not S.fast_tanh(torch.bfloat16) and not S.fast_tanh(torch.float16)
+    monkeypatch.setattr(S, "interpreting", lambda: False)
+    assert S.fast_tanh(torch.bfloat16) and S.fast_tanh(torch.float16) and not S.fast_tanh(torch.float32)
+    fwd = [e for e in P.COMPILE_CHECK if e["kernel"].__name__ == "_lstm_fwd_persistent"]
+    assert fwd and all(e["constexprs"]["FAST_TANH"] == ("bf16" in e["dtypes"]) for e in fwd)
+    seen = []
+    monkeypatch.setattr(S, "run_persistent", lambda *a, **k: seen.append(k["extra_meta"]))
+    xp, w, h0, c0 = _rand_seq(2, 2, 8, dtype=torch.bfloat16)
+    P.lstm_fwd_persistent(xp, w, h0, c0, cfg=P.interpreter_config(8))
+    assert seen == [{"FAST_TANH": True}]
+
+
+@pytest.mark.parametrize("capability,arch", [((9, 0), 90), ((10, 0), 90), ((8, 0), 80), ((8, 9), 80)])
+def test_the_config_list_follows_the_device_capability(capability, arch):
+    """sm_90 and later run ``CONFIGS``, sm_8x ``CONFIGS_SM80``: ``decide`` picks from the list of ``arch``."""
+    assert S.config_arch(capability) == arch
+    only = P.PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=2, bwd_warps=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(P.ARCH_CONFIGS, arch, {"16bit": [only], "fp32": [], "fp64": []})
+        cfg, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=arch, **H100)
+        other, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, arch=170 - arch,
+                            **H100)
+    assert cfg is only and other is not only and other in P.ARCH_CONFIGS[170 - arch]["16bit"]
 
 
 def test_refused_cooperative_launch_falls_back_to_per_step(monkeypatch):
