@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .results import COLUMNS, append_row, job_fields, key_of, problem_of, read_rows
+from .results import COLUMNS, append_rows, job_fields, key_of, os_error_line, problem_of, read_rows
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -66,8 +66,8 @@ def merge(out: str | Path, shards: list[str | Path]) -> tuple[int, int]:
                     kept[key] = row
                 continue
             kept[key] = row
-    for row in kept.values():
-        append_row(out, {c: row[c] for c in COLUMNS})
+    # one all-or-nothing write: a full disk leaves no partial merge behind (a rerun would refuse it)
+    append_rows(out, [{c: row[c] for c in COLUMNS} for row in kept.values()])
     return len(kept), dropped
 
 
@@ -84,6 +84,9 @@ def main(argv=None) -> int:
         n, dropped = merge(args.out, args.shards)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a shard that cannot be read, a folder that cannot be written, a full disk
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     print(f"wrote {n} rows to {args.out} ({dropped} repeated rows dropped)", file=sys.stderr)
     return 0

@@ -64,3 +64,29 @@ def test_two_shards_cover_the_grid_once_and_merge(tmp_path, capsys):
     with open(merged, newline="") as f:
         assert csv.DictReader(f).fieldnames == COLUMNS
     assert shard.main(["merge", str(merged), str(paths[0])]) == 2  # never over an existing file
+
+
+def test_merge_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, capsys):
+    """A merge whose write fails (here a file-size limit, as a full disk) exits 2 with one line saying what to do
+    and leaves no partial output behind (a rerun would refuse an existing file); with room, it merges."""
+    import resource
+
+    shard_csv = tmp_path / "s0.csv"
+    rows = [{c: "" for c in COLUMNS} | dict(gpu="cpu", device="cpu", backend="torch_cpu", strategy="", B=str(b),
+                                            T="2", H="16", I="16", layers="1", directions="1", dtype="float32",
+                                            cell="lstm", ms_p50="1.5", commit="abc") | {"pass": "fwd"}
+            for b in (1, 2, 3)]
+    for r in rows:
+        append_row(shard_csv, r)
+    out = tmp_path / "merged.csv"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))  # less than the merged file needs
+    try:
+        rc = shard.main(["merge", str(out), str(shard_csv)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "free some space" in err[0], err
+    assert not out.exists() or out.stat().st_size == 0
+    assert shard.main(["merge", str(out), str(shard_csv)]) == 0
+    assert len(read_rows(out)) == 3
