@@ -367,7 +367,7 @@ CONFIGS = {
         PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
     ],
     "fp32": [
-        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=16),
+        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),  # 8 forward warps spill
         PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=16, bwd_warps=16),  # 8 backward warps spill
         PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
