@@ -388,3 +388,15 @@ def test_older_triton_runs_per_step(monkeypatch):
     monkeypatch.setattr(S, "_TRITON", (3, 2))
     cfg, why = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, **H100)
     assert cfg is None and "triton >= 3.6" in why
+
+
+def test_arch_of_names_a_config_list_on_every_device():
+    """The launchers index ARCH_CONFIGS with arch_of(device): every device must map to a listed architecture
+    (CPU: the interpreter, 90; sm_86 runs sm_80's list, sm_100 sm_90's)."""
+    from kernels import _persistent as P
+    from kernels import gru_persistent, lstm_persistent
+
+    assert P.arch_of(torch.device("cpu")) in lstm_persistent.ARCH_CONFIGS
+    for cap, want in (((8, 0), 80), ((8, 6), 80), ((8, 9), 80), ((9, 0), 90), ((10, 0), 90)):
+        assert P.config_arch(cap) == want
+        assert want in lstm_persistent.ARCH_CONFIGS and want in gru_persistent.ARCH_CONFIGS
