@@ -65,6 +65,8 @@ def test_table_covers_every_kernel_arch_dtype(table):
                     declared |= {(cc._entry_name(e), cc.ARCHS[arch], dt, al) for arch in e.get("archs", cc.ARCHS)}
     assert declared <= seen, f"not compiled: {sorted(declared - seen)[:10]}"
     for k in kernels:
+        if k.startswith("_heads_"):  # per-head whole-sequence kernels: their entries' dtypes, aligned (above)
+            continue
         aligns = ("aligned",) if "persistent" in k else cc.ALIGNS
         for arch in cc.ARCHS.values():
             for dt in cc.DTYPES:
@@ -217,7 +219,7 @@ def test_no_replicated_mma_work_in_16bit_hot_kernels(table):
     from experiments import compile_check as cc
 
     _, rows = table
-    assert {r["kernel"] for r in rows} >= set(cc.checked_kernels())
+    assert {r["kernel"].partition("[")[0] for r in rows} >= set(cc.checked_kernels())  # "_heads_fwd[lstm]": one entry
     bad: dict = {}  # (kernel, arch, config) -> [dtype/align variants], repeat, dots
     for r in rows:
         if r["dtype"] in cc.REPEAT_DTYPES and int(r["mma_repeat"]) > 1:
