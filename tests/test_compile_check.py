@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group("compile_check")  # one process compiles the sample for all of them
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
