@@ -89,9 +89,10 @@ def _(cell, x, states, weights, lengths, keep):
 
 
 def _autograd_on():
-    """Autograd back on inside an op's implementation, which runs with the autograd dispatch keys excluded."""
+    """Autograd back on inside an op's implementation, which runs with the autograd dispatch keys (and, below
+    AOT dispatch, the view tracking autograd relies on) excluded."""
     exclude = torch._C._dispatch_tls_local_exclude_set()
-    for key in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor"):
+    for key in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor", "ADInplaceOrView"):
         exclude = exclude.remove(getattr(torch._C.DispatchKey, key))
     return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
 
