@@ -189,11 +189,16 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                                      backend=self.backend, strategy=self.strategy)
 
     # --- forward ------------------------------------------------------------------------------------------
-    def forward(self, input, hx=None):
-        """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
-        # nn's _flat_weights are unread here; refreshing them under torch.export warns of an attribute assignment
+    def _refresh_flat_weights(self) -> None:
+        """nn's ``_update_flat_weights``, outside torch.compile / torch.export only: the list is unread here;
+        refreshing it under export warns of an attribute assignment, and under compile it guards on weak
+        references that fail on the second call (one recompile)."""
         if not torch.compiler.is_compiling():
             self._update_flat_weights()
+
+    def forward(self, input, hx=None):
+        """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
+        self._refresh_flat_weights()
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, hx, packed, compiling)

@@ -8,13 +8,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..kernels.gru import STRATEGIES
-from ..kernels.reference import gru_layer_ref
 
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._cell import cell_forward
 from ._export import NoScript, standard_layer, use_standard_op
 from ._selfcheck import fused_ok
+from .reference_op import run_reference
 
 
 def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
@@ -27,7 +27,7 @@ def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
             or not fused_ok("GRU", run_gru_layer, (x, h0, weights, lengths), flags)):
         if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
             return standard_layer("GRU", x, h0, None, weights, has_bias)
-        y, h_n = gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
+        y, h_n = run_reference("gru", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths)
         return y, h_n, None
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, *weights)

@@ -22,8 +22,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..kernels.reference import gru_layer_ref, lstm_layer_ref, rnn_layer_ref
 from ._selfcheck import fused_ok
+from .reference_op import run_reference
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
@@ -134,11 +134,8 @@ def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
     """The cell's PyTorch reference on the dense equivalent: (y, h_n, c_n or None)."""
     w = heads_to_dense(w_hh)
     if cell == "lstm":
-        return lstm_layer_ref(x, h0, c0, w_ih, w, b_ih, b_hh, None, lengths)
-    if cell == "gru":
-        y, h_n = gru_layer_ref(x, h0, w_ih, w, b_ih, b_hh, lengths)
-    else:
-        y, h_n = rnn_layer_ref(x, h0, w_ih, w, b_ih, b_hh, cell[4:], lengths)
+        return run_reference("lstm", x, (h0, c0), (w_ih, w, b_ih, b_hh, None), lengths)
+    y, h_n = run_reference(cell, x, (h0,), (w_ih, w, b_ih, b_hh), lengths)
     return y, h_n, None
 
 

@@ -22,9 +22,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..kernels.layernorm_ref import ln_input_projection, lngru_recurrence_ref, lnlstm_recurrence_ref
+from ..kernels.layernorm_ref import ln_input_projection
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._selfcheck import fused_ok
+from .reference_op import run_reference
 
 _LSTM_NAMES = ("kernel", "recurrent_kernel", "bias", "gamma", "gamma_h", "beta_h")
 _GRU_NAMES = ("kernel", "recurrent_kernel", "bias", "recurrent_bias", "gamma")
@@ -45,14 +46,14 @@ def run_lnlstm_layer(x, h0, c0, weights, lengths, zmask, *, has_bias, backend, s
     bias = weights[2] if has_bias else None
     gamma, gamma_h, beta_h = weights[-3:]
     xp = ln_input_projection(x, kernel, gamma[0], bias)
+    mask, keep = _zoneout_arg(zmask)
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok("LayerNormLSTM", _lnlstm_unmasked, (x, h0, c0, weights, lengths), flags)):
-        return lnlstm_recurrence_ref(xp, h0, c0, rk, gamma[1], gamma_h, beta_h, zmask, lengths)
+        return run_reference("lnlstm", xp, (h0, c0), (rk, gamma[1], gamma_h, beta_h, mask), lengths, keep)
     check_triton_dtype(x.dtype)
     from . import ops
 
-    mask, keep = _zoneout_arg(zmask)
     store = needs_grad(xp, h0, c0, rk, gamma, gamma_h, beta_h)
     y, c_n, *_ = ops.lnlstm_layer(xp, h0, c0, rk, gamma[1], gamma_h, beta_h, mask, keep, lengths, store)
     return y, last_step(y, lengths), c_n
@@ -64,14 +65,14 @@ def run_lngru_layer(x, h0, weights, lengths, zmask, *, has_bias, backend, strate
     kernel, rk, gamma = weights[0], weights[1], weights[-1]
     bias, rbias = (weights[2], weights[3]) if has_bias else (None, None)
     xp = ln_input_projection(x, kernel, gamma[0], bias)
+    mask, keep = _zoneout_arg(zmask)
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok("LayerNormGRU", _lngru_unmasked, (x, h0, weights, lengths), flags)):
-        return (*lngru_recurrence_ref(xp, h0, rk, gamma[1], rbias, zmask, lengths), None)
+        return (*run_reference("lngru", xp, (h0,), (rk, gamma[1], rbias, mask), lengths, keep), None)
     check_triton_dtype(x.dtype)
     from . import ops
 
-    mask, keep = _zoneout_arg(zmask)
     store = needs_grad(xp, h0, rk, gamma, rbias)
     y, *_ = ops.lngru_layer(xp, h0, rk, gamma[1], rbias, mask, keep, lengths, store)
     return y, last_step(y, lengths), None

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..kernels.reference import lstm_layer_ref
-
 from . import ops
 from ._base import (
     STRATEGIES,
@@ -22,6 +20,7 @@ from ._base import (
 from ._cell import cell_forward
 from ._export import NoScript, standard_layer, use_standard_op
 from ._selfcheck import fused_ok
+from .reference_op import run_reference
 
 
 def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
@@ -35,7 +34,7 @@ def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, stra
             or not fused_ok("LSTM", run_lstm_layer, (x, h0, c0, weights, lengths), flags)):
         if use_standard_op(lengths, proj):  # tracing: one node for any length (models/_export.py)
             return standard_layer("LSTM", x, h0, c0, weights, has_bias)
-        return lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+        return run_reference("lstm", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
     y, c_n, *_ = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy)

@@ -51,16 +51,17 @@ def double_backward_error(*args, **kwargs):
     )
 
 
-def differentiable_vjp(ref_fn, inputs, needs_grad, outputs_grads):
+def differentiable_vjp(ref_fn, inputs, needs_grad, outputs_grads, create_graph=True):
     """Backward with ``create_graph=True``: the vector-Jacobian product of ``ref_fn(*inputs)`` (a tuple of
     outputs matching ``outputs_grads``; None grads count as zero) with respect to the ``inputs`` flagged in
-    ``needs_grad``, as a differentiable graph. Returns one gradient (or None) per input."""
+    ``needs_grad``, as a differentiable graph (``create_graph=False``: plain gradients). Returns one gradient (or
+    None) per input."""
     wanted = [i for i, (t, need) in enumerate(zip(inputs, needs_grad)) if need and t is not None]
     with torch.enable_grad():
         outs = ref_fn(*inputs)
-        pairs = [(o, g) for o, g in zip(outs, outputs_grads) if g is not None]
-        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted],
-                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+        pairs = [(o, g) for o, g in zip(outs, outputs_grads) if g is not None and o.requires_grad]
+        grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                    create_graph=create_graph, allow_unused=True) if pairs else [None] * len(wanted)
     result = [None] * len(inputs)
     for i, g in zip(wanted, grads):
         result[i] = torch.zeros_like(inputs[i]) if g is None else g

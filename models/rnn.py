@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..kernels.reference import rnn_layer_ref
-
 from . import ops
 from ._base import FusedRNNBase, check_backend, check_triton_dtype, last_step, resolve_backend
 from ._cell import cell_forward
 from ._export import NoScript, standard_layer, use_standard_op
 from ._selfcheck import fused_ok
+from .reference_op import run_reference
 
 
 def _check_nonlinearity(nonlinearity: str) -> str:
@@ -31,7 +30,7 @@ def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, s
             or not fused_ok("RNN", run_rnn_layer, (x, h0, weights, lengths), flags)):
         if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
             return standard_layer(f"RNN_{nonlinearity.upper()}", x, h0, None, weights, has_bias)
-        y, h_n = rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, lengths)
+        y, h_n = run_reference(f"rnn_{nonlinearity}", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths)
         return y, h_n, None
     check_triton_dtype(x.dtype)
     y = ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy)

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from ..kernels.slstm import slstm_layer_ref
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._selfcheck import fused_ok
 from .heads import setup_heads
+from .reference_op import run_reference
 
 
 def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy):
@@ -32,7 +32,7 @@ def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy)
             or not supported(x.dtype, w_hh.shape[2], "slstm")  # no dense sLSTM kernel to fall back on
             or not fused_ok("SLSTM", run_slstm_layer, (x, h0, s0, weights, lengths),
                             dict(has_bias=has_bias, strategy=strategy))):
-        y, h_n, c_n, n_n, m_n = slstm_layer_ref(x, h0, *s0.unbind(0), w_ih, w_hh, b_ih, b_hh, lengths)
+        y, h_n, c_n, n_n, m_n = run_reference("slstm", x, (h0, *s0.unbind(0)), (w_ih, w_hh, b_ih, b_hh), lengths)
         return y, h_n, torch.stack([c_n, n_n, m_n])
     check_triton_dtype(x.dtype)
     from .heads_ops import heads_layer_op
@@ -96,7 +96,7 @@ class SLSTM(FusedRNNBase):
 
     def forward(self, input, state=None):
         """See the class docstring."""
-        self._update_flat_weights()
+        self._refresh_flat_weights()
         packed = isinstance(input, PackedSequence)
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, state, packed, False)
         self.check_input(check_input, batch_sizes)

@@ -26,11 +26,10 @@ import math
 import torch
 from torch import nn
 
-from ..kernels.usegate import usegate_layer_ref
-
 from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._selfcheck import fused_ok
 from .ops import usegate_layer, usegate_layer_bwd
+from .reference_op import run_reference
 
 
 # ---------------------------------------------------------------------------------------------- module
@@ -50,7 +49,7 @@ def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strateg
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok("UseGateLSTM", run_usegate_layer, (x, h0, c0, weights, lengths), flags)):
-        return usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+        return run_reference("usegate", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_u, b_u), lengths)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
     y, c_n, *_ = usegate_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
