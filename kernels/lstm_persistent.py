@@ -318,16 +318,14 @@ def _lstm_bwd_persistent(
     alive = 1
     step = 0
     tile = 0
+    b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, T - 1, 0, B, H, o_j, m_j, ACC, BLOCK_B)
     for _ in tl.range(0, T * n_tiles, num_stages=1):
         t = T - 1 - step
         o_b = tile * BLOCK_B + o_b0
         m_b = o_b < B
         m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
-        # the step inputs no other program writes, issued with the dz gather (in flight together)
         dc_in = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
-        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, t, tile * BLOCK_B, B, H, o_j, m_j,
-                                                         ACC, BLOCK_B)
         b_dh = b_dy + _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
         b_dh = tl.where(alive != 0, b_dh, float("nan"))
         b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
@@ -338,10 +336,13 @@ def _lstm_bwd_persistent(
         if last:
             _arrive(counter)  # dz_t of every tile is out: the others may go on
         tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, tl.where(alive != 0, b_dcp, float("nan")), mask=m_bj)
+        step_next = tl.where(last, step + 1, step)
         tile = tl.where(last, 0, tile + 1)
+        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, T - 1 - step_next, tile * BLOCK_B,
+                                                         B, H, o_j, m_j, ACC, BLOCK_B)
         if last:
             alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
-            step += 1
+        step = step_next
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,14 +358,16 @@ def _lstm_bwd_persistent(
 # runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
 # ``_persistent.config_arch``); each list is compile-checked for its architecture.
 CONFIGS = {
+    # Each pointwise value is computed by one warp where the (16, units) tile holds a value per thread: 4 forward
+    # warps on 8 units, 2 on 4 units; the backward on 16 units with 8 warps (64 programs at H = 1024: half the
+    # dz gathered over the grid) or 8 with 4 warps. At H_PAD 256 the backward keeps 4 units on 8 warps, each
+    # value computed by every warp: 16 units (16 programs) or 4 warps are predicted slower there
+    # (docs/PERFORMANCE.md, "Step 3 rewrites", row 7).
     "16bit": [
-        # 4 forward warps: the one reduction over the K slices is cheapest, and the (16, 4U) gate tile still
-        # spreads over them (each pointwise value computed once)
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
+        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
+        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
+        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=8),
+        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=4, bwd_units=8),
     ],
     "fp32": [
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
@@ -374,8 +377,10 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-# sm_80 runs the same shapes since the forward's rewrite (one gate dot: 4 forward warps no longer spill there)
-CONFIGS_SM80 = CONFIGS
+# sm_80 runs the same shapes but the backward at H_PAD 1024: 16 units need 192 KB of shared memory (the W slice
+# and two dz blocks in flight), above sm_80's 163 KB, so it keeps 8 units (each value computed by all 8 warps)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": [PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4,
+                                                           bwd_warps=8), *CONFIGS["16bit"][1:]]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 
