@@ -431,10 +431,10 @@ def _launch(kernel, grid, args: dict, meta: dict, num_warps: int) -> None:
 def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like: torch.Tensor, what: str,
                    n_programs: int | None = None, extra_meta: dict | None = None) -> None:
     """One persistent pass (``kind`` "fwd" or "bwd" of ``cfg``: its ``meta`` and ``warps``, plus ``extra_meta``)
-    on ``cfg.programs(kind, H)`` programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed barrier
-    counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of ``like``
-    (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a barrier
-    timeout."""
+    on ``cfg.programs(kind, H)`` programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed
+    barrier counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of
+    ``like`` (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a
+    barrier timeout."""
     flag = error_flag(like.device)
     args = dict(args, counter=torch.zeros(1, dtype=torch.int32, device=like.device), flag=flag,
                 HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like))

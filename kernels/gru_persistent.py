@@ -24,7 +24,9 @@ gate), passed in as W_hh^T so the blocks are K-contiguous (ldmatrix): dh = dy_t 
 three split-K dots over the r, z, n row blocks of the reduction axis (dg's row stride is 4H: its fourth block,
 dn, is the input's gradient only), each block's gather one ahead of the dots, one reduction (``_blocks_dot``);
 then ``gru_cell_bwd``; dg_t = [da_r, da_z, dhn, dn] stored, the arrival, then the carry q_{t-1} = dh * z into a
-private ping-pong buffer (zero at t = T-1). h_{t-1} is read from y[t-1] (h0 at t = 0). The weight gradients, dx
+private ping-pong buffer (zero at t = T-1). h_{t-1} is read from y[t-1] (h0 at t = 0); it, dy and the gates of
+the next (step, tile) pair are loaded before the wait, as the LSTM's (off the path, and the anchors that spread
+the pointwise work over the warps: one warp per value with 16 units on 8 warps). The weight gradients, dx
 and dh0 = q0 + dg_0[:, :3H] @ W_hh are the large GEMMs after the loop (kernels/gru.py).
 
 Safety and scope as for the LSTM: a barrier that spins more than ``spin_cap`` iterations sets the device's sticky

@@ -14,8 +14,9 @@ barrier, the error flag, the cooperative launch, the co-residency check, ``_spli
 the config and the decision skeleton) are in kernels/_persistent.py, shared with the GRU's kernels
 (kernels/gru_persistent.py).
 
-Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units; H = 512 -> 128 of 4; H = 256 ->
-64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
+Programs (H100/H200, 132 SMs, 16-bit): H = 1024 -> 128 programs of 8 units forward, 64 of 16 backward; H = 512 ->
+64 of 8 forward, 32 of 16 backward; H = 256 -> 64 of 4; H <= 128 -> cdiv(H, 4) forward, cdiv(H, 8) backward (the
+configs: ``CONFIGS``). The dots are mma.sync (M = 16 is below wgmma's 64).
 
 Split-K (``_splitk_dot``): every dot cuts its reduction axis into S slices and runs a batched (3-D) ``tl.dot``
 with the slice as batch axis, (S, BB, KS) x (S, KS, U) -> (S, BB, U), then ``tl.sum`` over the slices. Triton puts
@@ -49,7 +50,12 @@ W_hh[k, j] needs the full dz_{t+1} row, available after one barrier per step, an
 four split-K dots over the gate blocks of the reduction axis, each block's gather issued before the previous
 block's dot (``_bwd_dh``), accumulated into one partial and reduced once. Then the pointwise LSTM backward of its
 units (docs/MATH.md); dz_t is stored, then the arrival, then dc (a private ping-pong buffer). The same (step,
-batch tile) loop as the forward. Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
+batch tile) loop as the forward; the next pair's dy, gates, c_t and c_{t-1} (inputs no program writes) are loaded
+before the wait, as the forward's xp: off the step's path, and, coming after the dots in the loop body, they are
+the loads whose layout Triton gives the pointwise work (a blocked layout spread over the warps; loaded inside the
+step, before the dots, the reduced tile's layout won: a slice of the MMA layout, held whole by every warp). Each
+pointwise value is computed by one warp where the (BB, U) tile has a value per thread (16 units on 8 warps, 8 on
+4). Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
 
 Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to the device's
 sticky error flag (``error_flag``; no kernel clears it), stops waiting at later barriers and writes NaN from then
@@ -313,7 +319,8 @@ def _lstm_bwd_persistent(
     o_n, m_n, _ = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
-    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile
+    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile; the
+    # step inputs no program writes are loaded one pair ahead (module docstring)
     n_tiles = tl.cdiv(B, BLOCK_B)
     alive = 1
     step = 0
@@ -338,6 +345,7 @@ def _lstm_bwd_persistent(
         tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, tl.where(alive != 0, b_dcp, float("nan")), mask=m_bj)
         step_next = tl.where(last, step + 1, step)
         tile = tl.where(last, 0, tile + 1)
+        # the next pair's inputs before the wait: off the step's path, and the anchors of the pointwise layout
         b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, T - 1 - step_next, tile * BLOCK_B,
                                                          B, H, o_j, m_j, ACC, BLOCK_B)
         if last:
@@ -351,8 +359,8 @@ def _lstm_bwd_persistent(
 # kernels/_persistent.py).
 # ----------------------------------------------------------------------------------------------
 # Per dtype group, in order of preference within each H_PAD (fewest units per program first). ``pick_config``
-# takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
-# where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
+# takes the smallest H_PAD >= H, then the first UNITS whose grids fit in the SMs (H100/H200: 132; A100: 108,
+# where H in (864, 1024] has no config: its forward would need 16 units per program). Smaller H runs in the H_PAD = 128
 # tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
 # time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit. ``CONFIGS`` is what sm_90 (and later)
 # runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
