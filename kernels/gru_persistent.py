@@ -284,14 +284,7 @@ def _gru_bwd_persistent(
 # program whose grid fits in the SMs.
 # ----------------------------------------------------------------------------------------------
 CONFIGS = {
-    # the LSTM's 16-bit shapes (kernels/lstm_persistent.py: one warp per pointwise value but the backward at
-    # H_PAD 256, and at H_PAD 1024 on sm_80)
-    "16bit": [
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=8),
-        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=4, bwd_units=8),
-    ],
+    "16bit": _p.CONFIGS_16BIT[90],  # the LSTM's (kernels/_persistent.py: why these shapes)
     # the LSTM's fp32 shapes, except 16 backward warps at (512, 8) and (256, 4): with 8 the fp32 (FFMA) backward
     # kept two loop scalars on the stack (8 B of spill, sm_80 and sm_90a respectively)
     "fp32": [
@@ -302,10 +295,8 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-# sm_8x runs the same shapes but the backward at H_PAD 1024 (``ARCH_CONFIGS``: _persistent.config_arch): 16 units
-# need more shared memory than sm_80 has, 8 units as before
-CONFIGS_SM80 = dict(CONFIGS, **{"16bit": [PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4,
-                                                           bwd_warps=8), *CONFIGS["16bit"][1:]]})
+# sm_8x runs the same shapes but the 16-bit backward at H_PAD 1024 (``ARCH_CONFIGS``: _persistent.config_arch)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 # ----------------------------------------------------------------------------------------------

@@ -360,23 +360,13 @@ def _lstm_bwd_persistent(
 # ----------------------------------------------------------------------------------------------
 # Per dtype group, in order of preference within each H_PAD (fewest units per program first). ``pick_config``
 # takes the smallest H_PAD >= H, then the first UNITS whose grids fit in the SMs (H100/H200: 132; A100: 108,
-# where H in (864, 1024] has no config: its forward would need 16 units per program). Smaller H runs in the H_PAD = 128
-# tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
+# where H in (864, 1024] has no config: its forward would need 16 units per program). Smaller H runs in the
+# H_PAD = 128 tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
 # time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit. ``CONFIGS`` is what sm_90 (and later)
 # runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
 # ``_persistent.config_arch``); each list is compile-checked for its architecture.
 CONFIGS = {
-    # Each pointwise value is computed by one warp where the (16, units) tile holds a value per thread: 4 forward
-    # warps on 8 units, 2 on 4 units; the backward on 16 units with 8 warps (64 programs at H = 1024: half the
-    # dz gathered over the grid) or 8 with 4 warps. At H_PAD 256 the backward keeps 4 units on 8 warps, each
-    # value computed by every warp: 16 units (16 programs) or 4 warps are predicted slower there
-    # (docs/PERFORMANCE.md, "Step 3 rewrites", row 7).
-    "16bit": [
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=8),
-        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=4, bwd_units=8),
-    ],
+    "16bit": _p.CONFIGS_16BIT[90],  # shared with the GRU (kernels/_persistent.py: why these shapes)
     "fp32": [
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),  # 8 forward warps spill
@@ -385,10 +375,8 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-# sm_80 runs the same shapes but the backward at H_PAD 1024: 16 units need 192 KB of shared memory (the W slice
-# and two dz blocks in flight), above sm_80's 163 KB, so it keeps 8 units (each value computed by all 8 warps)
-CONFIGS_SM80 = dict(CONFIGS, **{"16bit": [PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4,
-                                                           bwd_warps=8), *CONFIGS["16bit"][1:]]})
+# sm_80 runs the same shapes but the 16-bit backward at H_PAD 1024 (8 units: shared memory)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 
