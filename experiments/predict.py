@@ -650,12 +650,12 @@ def _module(name: str):
     return importlib.import_module(f"{cc._kernels_package()[1]}.{name}")
 
 
-def persistent_config(cell: str, dtype: str, H: int, sms: int):
-    """The config ``decide`` runs for a persistent pass (``_persistent.pick_config`` on the cell's CONFIGS), or
-    None."""
+def persistent_config(cell: str, dtype: str, H: int, sms: int, arch: int = 90):
+    """The config ``decide`` runs for a persistent pass on ``arch`` (``_persistent.pick_config`` on the cell's
+    ``ARCH_CONFIGS[arch]``), or None."""
     import torch
 
-    configs = _module(KERNELS[(cell, "persistent", "fwd")][0]).CONFIGS
+    configs = _module(KERNELS[(cell, "persistent", "fwd")][0]).ARCH_CONFIGS[arch]
     return _module("_persistent").pick_config(configs, getattr(torch, _TORCH_DTYPE[dtype]), H, sms)
 
 
@@ -721,14 +721,14 @@ class Predictor:
 
     def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:
         params = DEVICES[self.device[arch]]
-        pc = persistent_config(cell, dtype, H, params[0].sms)
+        pc = persistent_config(cell, dtype, H, params[0].sms, arch)
         if pc is None or (cell, strategy, kind) not in KERNELS:
             return None
         cfg = dict(pc.meta(kind), num_warps=pc.warps(kind), num_stages=1)
         kernel = KERNELS[(cell, strategy, kind)][1]
         m = self.model(kernel, cfg, arch, dtype)
         tiles = -(-B // pc.BLOCK_B)
-        programs = -(-H // pc.UNITS)
+        programs = pc.programs(kind, H)
         frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
         us = tuple(persistent_step_us(m, tiles, programs, frac, p, strategy != "persistent") for p in params)
         c = count(m.path(tiles), m.warps, frac)

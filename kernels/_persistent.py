@@ -120,14 +120,24 @@ def _store_gate_tile(p, o_b, B, H, o_n, m_n, z0, z1, z2, z3, BLOCK_B: tl.constex
 @dataclass(frozen=True, kw_only=True)
 class PersistentConfig:
     """One persistent launch shape. Both kernels split their dot's reduction axis into ``split(kind)`` slices,
-    one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile."""
+    one per warp (``_splitk_dot``), so that no two warps compute the same MMA tile. Each pointwise value is
+    computed by one warp where the (BLOCK_B, units) tile has at least as many values as the pass has threads
+    (``units(kind)`` x BLOCK_B >= 32 x warps): a smaller tile is laid out over the warps more than once."""
     H_PAD: int  # BLOCK_K: next power of two >= H (the depth of each gate's dot)
-    UNITS: int  # BLOCK_H: hidden units per program (programs = cdiv(H, UNITS))
+    UNITS: int  # BLOCK_H of the forward: hidden units per program (programs = cdiv(H, UNITS))
     BLOCK_B: int  # batch tile (the dots' M)
     fwd_warps: int
     bwd_warps: int
     fwd_split: int = 0  # K slices of the forward dot; 0: one per warp (at most H_PAD / 16: MMA K >= 16)
     bwd_split: int = 0  # likewise for each of the backward's gate blocks (one dot of depth H_PAD per gate)
+    bwd_units: int = 0  # BLOCK_H of the backward; 0: UNITS (fewer programs: each gathers all of dz anyway)
+
+    def units(self, kind: str) -> int:
+        return (self.bwd_units or self.UNITS) if kind == "bwd" else self.UNITS
+
+    def programs(self, kind: str, H: int) -> int:
+        """The grid of the ``kind`` pass at hidden size H: cdiv(H, units)."""
+        return triton.cdiv(H, self.units(kind))
 
     def split(self, kind: str) -> int:
         given = self.fwd_split if kind == "fwd" else self.bwd_split
@@ -135,13 +145,30 @@ class PersistentConfig:
 
     def meta(self, kind: str) -> dict:
         """Constexprs of the ``"fwd"`` or ``"bwd"`` kernel."""
-        return dict(BLOCK_B=self.BLOCK_B, BLOCK_H=self.UNITS, BLOCK_K=self.H_PAD, SPLIT_K=self.split(kind))
+        return dict(BLOCK_B=self.BLOCK_B, BLOCK_H=self.units(kind), BLOCK_K=self.H_PAD, SPLIT_K=self.split(kind))
 
     def warps(self, kind: str) -> int:
         return self.fwd_warps if kind == "fwd" else self.bwd_warps
 
     def as_triton(self, kind: str) -> triton.Config:
         return triton.Config(self.meta(kind), num_warps=self.warps(kind), num_stages=1)
+
+
+# The 16-bit launch shapes of both cells' kernels, per architecture (each cell's ``ARCH_CONFIGS`` holds them). Each
+# pointwise value is computed by one warp where the (16, units) tile holds a value per thread: 4 forward warps on 8
+# units, 2 on 4 units; the backward on 16 units with 8 warps (64 programs at H = 1024: half the dz gathered over
+# the grid) or 8 with 4 warps. At H_PAD 256 the backward keeps 4 units on 8 warps, each value computed by every
+# warp: 16 units (16 programs) or 4 warps are predicted slower there (docs/PERFORMANCE.md, "Step 3 rewrites",
+# row 7). sm_80 keeps 8 units in the backward at H_PAD 1024: 16 need 192 KB of shared memory (the W slice and two
+# dz blocks in flight), above its 163 KB (each value is then computed by all 8 warps).
+CONFIGS_16BIT = {90: [
+    PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
+    PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
+    PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=8),
+    PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=4, bwd_units=8),
+]}
+CONFIGS_16BIT[80] = [PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
+                     *CONFIGS_16BIT[90][1:]]
 
 
 def triton_configs(configs: dict, kind: str) -> dict:
@@ -190,8 +217,9 @@ def interpreter_config(H: int, block_b: int = 4, split: int = 4) -> PersistentCo
 
 def pick_config(configs: dict, dtype: torch.dtype, H: int, sm_count: int):
     """The config of ``configs[dtype's group]`` with the smallest H_PAD >= H and then the fewest units per
-    program whose grid (cdiv(H, UNITS) programs) fits in ``sm_count`` SMs, or None."""
-    fits = [c for c in configs[dtype_group(dtype)] if c.H_PAD >= H and triton.cdiv(H, c.UNITS) <= sm_count]
+    program whose grids (``programs`` of both passes) fit in ``sm_count`` SMs, or None."""
+    fits = [c for c in configs[dtype_group(dtype)]
+            if c.H_PAD >= H and max(c.programs("fwd", H), c.programs("bwd", H)) <= sm_count]
     return min(fits, key=lambda c: (c.H_PAD, c.UNITS)) if fits else None
 
 
@@ -420,14 +448,14 @@ def _launch(kernel, grid, args: dict, meta: dict, num_warps: int) -> None:
 def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like: torch.Tensor, what: str,
                    n_programs: int | None = None, extra_meta: dict | None = None) -> None:
     """One persistent pass (``kind`` "fwd" or "bwd" of ``cfg``: its ``meta`` and ``warps``, plus ``extra_meta``)
-    on cdiv(H, UNITS) programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed barrier
-    counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of ``like``
-    (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a barrier
-    timeout."""
+    on ``cfg.programs(kind, H)`` programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed
+    barrier counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of
+    ``like`` (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a
+    barrier timeout."""
     flag = error_flag(like.device)
     args = dict(args, counter=torch.zeros(1, dtype=torch.int32, device=like.device), flag=flag,
                 HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like))
-    grid = (n_programs or triton.cdiv(args["H"], cfg.UNITS),)
+    grid = (n_programs or cfg.programs(kind, args["H"]),)
     meta, warps = dict(cfg.meta(kind), **(extra_meta or {})), cfg.warps(kind)
     _check_coresident(kernel, grid, args, meta, warps, like.device)
     _launch(kernel, grid, args, meta, warps)

@@ -24,7 +24,9 @@ gate), passed in as W_hh^T so the blocks are K-contiguous (ldmatrix): dh = dy_t 
 three split-K dots over the r, z, n row blocks of the reduction axis (dg's row stride is 4H: its fourth block,
 dn, is the input's gradient only), each block's gather one ahead of the dots, one reduction (``_blocks_dot``);
 then ``gru_cell_bwd``; dg_t = [da_r, da_z, dhn, dn] stored, the arrival, then the carry q_{t-1} = dh * z into a
-private ping-pong buffer (zero at t = T-1). h_{t-1} is read from y[t-1] (h0 at t = 0). The weight gradients, dx
+private ping-pong buffer (zero at t = T-1). h_{t-1} is read from y[t-1] (h0 at t = 0); it, dy and the gates of
+the next (step, tile) pair are loaded before the wait, as the LSTM's (off the path, and the anchors that spread
+the pointwise work over the warps: one warp per value with 16 units on 8 warps). The weight gradients, dx
 and dh0 = q0 + dg_0[:, :3H] @ W_hh are the large GEMMs after the loop (kernels/gru.py).
 
 Safety and scope as for the LSTM: a barrier that spins more than ``spin_cap`` iterations sets the device's sticky
@@ -184,11 +186,11 @@ def _gru_fwd_persistent(
 @triton.jit
 def _bwd_loads(dy, gates, y, h0, t, b0, B, H, o_j, m_j, ACC: tl.constexpr, BLOCK_B: tl.constexpr):
     """What step t's backward of the tile at b0 reads that no other program writes in this launch: dy[t], the
-    gates r, z, n, hn and h_{t-1} (y[t-1], h0 at t = 0)."""
+    gates r, z, n, hn and h_{t-1} (y[t-1], h0 at t = 0); zeros for t < 0 (a prefetch past the last step)."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
-    m = (o_b < B)[:, None] & m_j[None, :]
+    m = (o_b < B)[:, None] & m_j[None, :] & (t >= 0)
     o_bj = o_b[:, None] * H + o_j[None, :]
     b_dy = tl.load(dy + t64 * s_t + o_bj, mask=m, other=0.0).to(ACC)
     p_g = gates + t64 * s_t * 4 + o_b[:, None] * (4 * H) + o_j[None, :]
@@ -245,6 +247,8 @@ def _gru_bwd_persistent(
     alive = 1
     step = 0
     tile = 0
+    # as the LSTM's backward: the next pair's dy, gates and h_{t-1} loaded before the wait
+    b_dy, b_r, b_z, b_n, b_hn, b_hp = _bwd_loads(dy, gates, y, h0, T - 1, 0, B, H, o_j, m_j, ACC, BLOCK_B)
     for _ in tl.range(0, T * n_tiles, num_stages=1):
         t = T - 1 - step
         o_b = tile * BLOCK_B + o_b0
@@ -252,8 +256,6 @@ def _gru_bwd_persistent(
         m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
         q_in = tl.load(qbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
-        b_dy, b_r, b_z, b_n, b_hn, b_hp = _bwd_loads(dy, gates, y, h0, t, tile * BLOCK_B, B, H, o_j, m_j, ACC,
-                                                     BLOCK_B)
         # dh += dg_{t+1}[:, :3H] @ W_hh[:, units]: the r, z, n blocks of dg_{t+1} (row stride 4H; dn is not read)
         b3 = o_b[None, :, None]
         p = dg + (tl.cast(t, tl.int64) + 1) * s_t * 4 + b3 * (4 * H) + kk
@@ -266,10 +268,13 @@ def _gru_bwd_persistent(
         if last:
             _arrive(counter)  # dg_t of every tile is out: the others may go on
         tl.store(qbuf + ((step + 1) % 2) * s_t + o_bj, b_q, mask=m_bj)
+        step_next = tl.where(last, step + 1, step)
         tile = tl.where(last, 0, tile + 1)
+        b_dy, b_r, b_z, b_n, b_hn, b_hp = _bwd_loads(dy, gates, y, h0, T - 1 - step_next, tile * BLOCK_B, B, H, o_j,
+                                                     m_j, ACC, BLOCK_B)
         if last:
             alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
-            step += 1
+        step = step_next
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,15 +284,7 @@ def _gru_bwd_persistent(
 # program whose grid fits in the SMs.
 # ----------------------------------------------------------------------------------------------
 CONFIGS = {
-    "16bit": [
-        # 4 forward warps (one gate dot, one reduction, the gate tile spread over them), 8 backward warps at
-        # H_PAD 1024 (W_hh^T, one dg block in flight)
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
-    ],
+    "16bit": _p.CONFIGS_16BIT[90],  # the LSTM's (kernels/_persistent.py: why these shapes)
     # the LSTM's fp32 shapes, except 16 backward warps at (512, 8) and (256, 4): with 8 the fp32 (FFMA) backward
     # kept two loop scalars on the stack (8 B of spill, sm_80 and sm_90a respectively)
     "fp32": [
@@ -298,7 +295,8 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-CONFIGS_SM80 = CONFIGS  # sm_8x runs the same shapes (``ARCH_CONFIGS``: _persistent.config_arch)
+# sm_8x runs the same shapes but the 16-bit backward at H_PAD 1024 (``ARCH_CONFIGS``: _persistent.config_arch)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 # ----------------------------------------------------------------------------------------------

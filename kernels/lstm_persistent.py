@@ -14,8 +14,9 @@ barrier, the error flag, the cooperative launch, the co-residency check, ``_spli
 the config and the decision skeleton) are in kernels/_persistent.py, shared with the GRU's kernels
 (kernels/gru_persistent.py).
 
-Programs (H100/H200, 132 SMs): H = 1024 -> 128 programs of 8 units; H = 512 -> 128 of 4; H = 256 ->
-64 of 4; H <= 128 -> cdiv(H, 4). The dots are mma.sync (M = 16 is below wgmma's 64).
+Programs (H100/H200, 132 SMs, 16-bit): H = 1024 -> 128 programs of 8 units forward, 64 of 16 backward; H = 512 ->
+64 of 8 forward, 32 of 16 backward; H = 256 -> 64 of 4; H <= 128 -> cdiv(H, 4) forward, cdiv(H, 8) backward (the
+configs: ``CONFIGS``). The dots are mma.sync (M = 16 is below wgmma's 64).
 
 Split-K (``_splitk_dot``): every dot cuts its reduction axis into S slices and runs a batched (3-D) ``tl.dot``
 with the slice as batch axis, (S, BB, KS) x (S, KS, U) -> (S, BB, U), then ``tl.sum`` over the slices. Triton puts
@@ -49,7 +50,12 @@ W_hh[k, j] needs the full dz_{t+1} row, available after one barrier per step, an
 four split-K dots over the gate blocks of the reduction axis, each block's gather issued before the previous
 block's dot (``_bwd_dh``), accumulated into one partial and reduced once. Then the pointwise LSTM backward of its
 units (docs/MATH.md); dz_t is stored, then the arrival, then dc (a private ping-pong buffer). The same (step,
-batch tile) loop as the forward. Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
+batch tile) loop as the forward; the next pair's dy, gates, c_t and c_{t-1} (inputs no program writes) are loaded
+before the wait, as the forward's xp: off the step's path, and, coming after the dots in the loop body, they are
+the loads whose layout Triton gives the pointwise work (a blocked layout spread over the warps; loaded inside the
+step, before the dots, the reduced tile's layout won: a slice of the MMA layout, held whole by every warp). Each
+pointwise value is computed by one warp where the (BB, U) tile has a value per thread (16 units on 8 warps, 8 on
+4). Weight gradients stay the large GEMMs after the loop (``_common.weight_grads``).
 
 Safety: a kernel cannot raise. A barrier that spins more than ``spin_cap`` iterations writes 1 to the device's
 sticky error flag (``error_flag``; no kernel clears it), stops waiting at later barriers and writes NaN from then
@@ -313,21 +319,20 @@ def _lstm_bwd_persistent(
     o_n, m_n, _ = _gate_cols(j0, H, U)
     s_t = B * H
     o_b0 = tl.arange(0, BLOCK_B)
-    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile
+    # one loop over (step, batch tile) pairs, as the forward's; the grid barrier after each step's last tile; the
+    # step inputs no program writes are loaded one pair ahead (module docstring)
     n_tiles = tl.cdiv(B, BLOCK_B)
     alive = 1
     step = 0
     tile = 0
+    b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, T - 1, 0, B, H, o_j, m_j, ACC, BLOCK_B)
     for _ in tl.range(0, T * n_tiles, num_stages=1):
         t = T - 1 - step
         o_b = tile * BLOCK_B + o_b0
         m_b = o_b < B
         m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
-        # the step inputs no other program writes, issued with the dz gather (in flight together)
         dc_in = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
-        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, t, tile * BLOCK_B, B, H, o_j, m_j,
-                                                         ACC, BLOCK_B)
         b_dh = b_dy + _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
         b_dh = tl.where(alive != 0, b_dh, float("nan"))
         b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
@@ -338,10 +343,14 @@ def _lstm_bwd_persistent(
         if last:
             _arrive(counter)  # dz_t of every tile is out: the others may go on
         tl.store(dcbuf + ((step + 1) % 2) * s_t + o_bj, tl.where(alive != 0, b_dcp, float("nan")), mask=m_bj)
+        step_next = tl.where(last, step + 1, step)
         tile = tl.where(last, 0, tile + 1)
+        # the next pair's inputs before the wait: off the step's path, and the anchors of the pointwise layout
+        b_dy, b_i, b_f, b_g, b_o, b_c, b_cp = _bwd_loads(dy, gates, c_seq, c0, T - 1 - step_next, tile * BLOCK_B,
+                                                         B, H, o_j, m_j, ACC, BLOCK_B)
         if last:
             alive = _wait(counter, flag, (step + 1) * nprog, spin_cap, alive)
-            step += 1
+        step = step_next
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,22 +359,14 @@ def _lstm_bwd_persistent(
 # kernels/_persistent.py).
 # ----------------------------------------------------------------------------------------------
 # Per dtype group, in order of preference within each H_PAD (fewest units per program first). ``pick_config``
-# takes the smallest H_PAD >= H, then the first UNITS whose grid fits in the SMs (H100/H200: 132; A100: 108,
-# where H in (864, 1024] has no config: it would need 16 units per program). Smaller H runs in the H_PAD = 128
-# tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
+# takes the smallest H_PAD >= H, then the first UNITS whose grids fit in the SMs (H100/H200: 132; A100: 108,
+# where H in (864, 1024] has no config: its forward would need 16 units per program). Smaller H runs in the
+# H_PAD = 128 tile, masked. Triton keeps the loop-invariant W slice in shared memory (one local_alloc hoisted out of the
 # time loop, read by ldmatrix each step): 64 KB at H = 1024 in 16-bit. ``CONFIGS`` is what sm_90 (and later)
 # runs, ``CONFIGS_SM80`` what sm_8x runs (``ARCH_CONFIGS``, chosen at launch from the device's capability:
 # ``_persistent.config_arch``); each list is compile-checked for its architecture.
 CONFIGS = {
-    "16bit": [
-        # 4 forward warps: the one reduction over the K slices is cheapest, and the (16, 4U) gate tile still
-        # spreads over them (each pointwise value computed once)
-        PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-        PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=4, bwd_warps=4),
-    ],
+    "16bit": _p.CONFIGS_16BIT[90],  # shared with the GRU (kernels/_persistent.py: why these shapes)
     "fp32": [
         PersistentConfig(H_PAD=512, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8),
         PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=16, bwd_warps=8),  # 8 forward warps spill
@@ -374,8 +375,8 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-# sm_80 runs the same shapes since the forward's rewrite (one gate dot: 4 forward warps no longer spill there)
-CONFIGS_SM80 = CONFIGS
+# sm_80 runs the same shapes but the 16-bit backward at H_PAD 1024 (8 units: shared memory)
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 

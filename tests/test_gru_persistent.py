@@ -252,4 +252,4 @@ def test_compile_check_covers_the_configs():
         for c in cfgs:
             for dt in DTYPE_GROUPS[group]:
                 for kind in ("fwd", "bwd"):
-                    assert (dt, c.H_PAD, c.UNITS, c.warps(kind)) in entries[f"_gru_{kind}_persistent"]
+                    assert (dt, c.H_PAD, c.units(kind), c.warps(kind)) in entries[f"_gru_{kind}_persistent"]

@@ -177,7 +177,7 @@ A100 = dict(device_type="cuda", sm_count=108, interpret=False)
 @pytest.mark.parametrize("dtype,H,B,props,want_units", [
     (torch.bfloat16, 1024, 16, H100, 8),  # 128 programs
     (torch.float16, 768, 16, H100, 8),  # H_PAD 1024, masked
-    (torch.bfloat16, 512, 16, H100, 4),  # 128 programs
+    (torch.bfloat16, 512, 16, H100, 8),  # 64 programs (4 units would compute each pointwise value twice)
     (torch.bfloat16, 512, 16, A100, 8),  # 64 programs: 128 would not fit in 108 SMs
     (torch.bfloat16, 256, 1, H100, 4),
     (torch.float16, 32, 1, H100, 4),  # H_PAD 128 tile
@@ -190,6 +190,25 @@ def test_auto_picks_persistent_where_a_checked_config_fits(dtype, H, B, props, w
     assert cfg is not None and why == ""
     assert cfg.UNITS == want_units and cfg.H_PAD >= H and -(-H // cfg.UNITS) <= props["sm_count"]
     assert cfg in P.CONFIGS[P.dtype_group(dtype)]  # only compile-checked configs run on a GPU
+
+
+def test_backward_runs_its_own_units_per_program(monkeypatch):
+    """A config's backward may own more units per program than its forward (``bwd_units``): its grid and BLOCK_H
+    follow; at H = 1024 in 16-bit on sm_90 the backward runs 64 programs of 16 units (one warp per pointwise
+    value, half the dz gathered), on sm_80 128 of 8 (16 units need more shared memory than it has)."""
+    cfg, _ = P.decide("persistent", dtype=torch.bfloat16, H=1024, B=16, has_proj=False, **H100)
+    assert (cfg.programs("fwd", 1024), cfg.programs("bwd", 1024)) == (128, 64)
+    assert (cfg.meta("fwd")["BLOCK_H"], cfg.meta("bwd")["BLOCK_H"]) == (8, 16)
+    cfg80, _ = P.decide("persistent", dtype=torch.bfloat16, H=768, B=16, has_proj=False, arch=80, **A100)
+    assert cfg80.programs("bwd", 768) == 96 and cfg80.meta("bwd")["BLOCK_H"] == 8
+    grids = []
+    monkeypatch.setattr(S, "_check_coresident", lambda *a: None)
+    monkeypatch.setattr(S, "_launch", lambda kernel, grid, args, meta, warps: grids.append((grid, meta["BLOCK_H"])))
+    monkeypatch.setattr(S, "check_flag", lambda *a: None)
+    like = torch.zeros(1, dtype=torch.bfloat16)
+    for kind in ("fwd", "bwd"):
+        S.run_persistent(None, dict(H=1000, lengths=None), cfg=cfg, kind=kind, like=like, what="test")
+    assert grids == [((125,), 8), ((63,), 16)]
 
 
 @pytest.mark.parametrize("strategy,dtype,H,B,has_proj,props,reason", [
@@ -329,7 +348,7 @@ def test_compile_check_covers_the_persistent_configs():
                 for dt in DTYPE_GROUPS[group]:
                     for kind in ("fwd", "bwd"):
                         want.setdefault((f"_lstm_{kind}_persistent", arch), set()).add(
-                            (dt, c.H_PAD, c.UNITS, c.warps(kind)))
+                            (dt, c.H_PAD, c.units(kind), c.warps(kind)))
     assert entries == want
     assert set(P.ARCH_CONFIGS) == {90, 80}
     assert {256, 512, 1024} <= {c.H_PAD for c in P.CONFIGS["16bit"]}
