@@ -26,7 +26,7 @@ def table(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.compile_check", "--sample", "heaviest", "--quiet", "--jobs",
          str(min(4, os.cpu_count() or 1)), "--csv", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,  # a busy CI machine: the whole suite has 90 minutes
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600,  # a busy CI machine
     )
     rows = list(csv.DictReader(open(out))) if out.exists() else []
     return proc, rows
