@@ -808,8 +808,8 @@ class Predictor:
         K, cols = (H, G * H) if kind == "fwd" else (G * H, H)
         cfg, us_p, m_p, c = self._fastest_step(LN_PRODUCT, step_configs(cell, kind, dtype, B, ln._ln_product), K,
                                                lambda cf: cf["BLOCK_H"], cols, arch, dtype, B, pdl)
-        block = max(16, 1 << (H - 1).bit_length())
-        row_cfg = dict(BLOCK_H=block, num_warps=ln._row_warps(block, _group(dtype)), num_stages=1)
+        row_cfg = ln.row_config(H, _group(dtype))
+        block = row_cfg["BLOCK_H"]
         rows = LN_ROWS[(cell, kind)]
         m_r = self.model(rows, row_cfg, arch, dtype, pdl)
         us = tuple(u + per_step_us(m_r, 1, B, p, pdl)[0] for u, p in zip(us_p, params))

@@ -460,11 +460,16 @@ def _lngru_bwd_rows(
 # ----------------------------------------------------------------------------------------------
 # Launchers and time loops
 # ----------------------------------------------------------------------------------------------
-def _row_meta(H: int, t: torch.Tensor) -> dict:
-    """The row programs' block (the whole padded row) and warps, and the accumulator constexpr."""
+def row_config(H: int, group: str) -> dict:
+    """The row programs' block (the whole row padded to a power of two) and warps for hidden size H and dtype group
+    (``DTYPE_GROUPS``)."""
     block = max(16, triton.next_power_of_2(H))
-    return dict(BLOCK_H=block, ACC=dot_meta(t)["ACC"], num_warps=_row_warps(block, dtype_group(t.dtype)),
-                num_stages=1)
+    return dict(BLOCK_H=block, num_warps=_row_warps(block, group), num_stages=1)
+
+
+def _row_meta(H: int, t: torch.Tensor) -> dict:
+    """``row_config`` for ``t``'s dtype, and the accumulator constexpr."""
+    return dict(row_config(H, dtype_group(t.dtype)), ACC=dot_meta(t)["ACC"])
 
 
 def ln_product(a, w, out, chained=False):
