@@ -24,10 +24,11 @@ step: each kernel calls ``wait_prior_step`` (wait for the previous launch to fin
 and every launch but a loop's first (the forward's product at t = 0, the backward's row program at t = T-1, which
 follows other kernels) is made with ``launch_pdl``. What may be read before the wait:
 
-- the product reads only ``a`` (h_{t-1}, or da_{t+1}) besides W, and both come from the previous row program: it
-  waits first, and its W loads stay in the K loop;
-- a row program is launched by its step's product, which let it start only after its own wait returned, that is
-  after the previous row program had finished: so everything that row program wrote (h_{t-1}, c_{t-1}, dc and the
+- the product reads W and ``a`` (h_{t-1}, or da_{t+1}: the previous row program's output), both in its K loop: it
+  waits first;
+- a row program is launched by its step's product, which lets it start only after its own wait returned, that is
+  after the previous row program had finished (the forward's first product, launched without PDL, only once it
+  has finished itself): so everything that row program wrote (h_{t-1}, c_{t-1}, dc and the
   zoneout carry) is complete when this one starts, as are the loop's inputs (xp[t], the gains, the zoneout mask,
   lengths; in the backward dy[t] and the forward's saved gates, a^, rstd, c). All of these are loaded before the
   wait; only the product's output (``a``, ``p``) after it.
