@@ -168,19 +168,22 @@ def _zone_weight(zmask, zkeep, p_m, m, ACC: tl.constexpr, ZONEOUT: tl.constexpr)
 
 
 @triton.jit
-def _carry_in(q_in, b, s_qi, o, m, like, HAS_NEXT: tl.constexpr, HAS_CARRY: tl.constexpr):
-    """The carry to h_t from step t+1 (zeros, never added, where there is none)."""
+def _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC: tl.constexpr, HAS_NEXT: tl.constexpr,
+                HAS_CARRY: tl.constexpr, ZONEOUT: tl.constexpr):
+    """A backward row program's loads that come before the wait (module docstring): dy_t, the carry to h_t from
+    step t+1 (zeros, never added, where there is none) and the zoneout weight."""
+    dy_t = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
     if HAS_NEXT and HAS_CARRY:
         q = tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
     else:
-        q = tl.zeros_like(like)
-    return q
+        q = tl.zeros_like(dy_t)
+    return dy_t, q, _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
 
 
 @triton.jit
 def _dh_in(dy, p, q, b, s_p, o, m, HAS_NEXT: tl.constexpr, HAS_CARRY: tl.constexpr):
     """The gradient reaching h_t: dy_t (loaded), plus (before the last step) da_{t+1} @ R^T and the carry ``q``
-    (``_carry_in``)."""
+    (``_bwd_inputs``)."""
     dh = dy
     if HAS_NEXT:
         dh += tl.load(p + b * s_p + o, mask=m, other=0.0)
@@ -295,9 +298,7 @@ def _lnlstm_bwd_rows(
     o = tl.arange(0, BLOCK_H)
     m = o < H
     # before the wait: all but the product (module docstring)
-    dy_t = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
-    qc = _carry_in(q_in, b, s_qi, o, m, dy_t, HAS_NEXT, ZONEOUT != 0)
-    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
+    dy_t, qc, zw = _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC, HAS_NEXT, ZONEOUT != 0, ZONEOUT)
     b_i, b_g, b_f, b_o = _load4(gates + b * s_g + o, H, m, ACC)
     c = tl.load(c_cur + b * s_cc + o, mask=m, other=0.0).to(ACC)
     y_h = tl.load(gamma_h + o, mask=m, other=0.0).to(ACC)
@@ -423,9 +424,7 @@ def _lngru_bwd_rows(
     o = tl.arange(0, BLOCK_H)
     m = o < H
     # before the wait: all but the product (module docstring)
-    dy_t = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
-    qc = _carry_in(q_in, b, s_qi, o, m, dy_t, HAS_NEXT, True)
-    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
+    dy_t, qc, zw = _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC, HAS_NEXT, True, ZONEOUT)
     b_z, b_r, b_g, rh_g = _load4(gates + b * s_g + o, H, m, ACC)
     hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
     p_n = a_hat + b * s_ah + o
