@@ -38,6 +38,14 @@ dtype:
    autotuner may pick (``prune_by_batch``). ``ms_T1024`` = 1024 steps + the pass's non-recurrent GEMMs
    (``gemm_ms``: forward the input projection, backward dW_hh, dW_ih and dx, plus the cat of h_{t-1} and db; at
    max(FLOPs / ``gemm_tflops``, bytes / ``hbm_tbs``), input size I = H).
+6. LayerNorm cells (``lnlstm``, ``lngru``: kernels/layernorm.py): a step is two launches, the product
+   (``_ln_product``, the fastest of its configs the autotuner may pick, timed as step 5) and the row program (one
+   CTA per batch row, the block and warps its launcher gives it, path from entry to EXIT), each with its own graph
+   node gap. With PDL (strategy ``per_step_pdl``, ``FUSEDRNN_PDL=1``; the kernels compiled with PDL=True) each of the
+   two gaps is ``pdl_gap_us`` instead of ``graph_gap_us``: an assumption, not a measurement (the plain cells' PDL
+   is not predicted here either): docs/PERFORMANCE.md ("Programmatic dependent launch") expects it to hide 0.5-1.5
+   us of each 1-2 us gap; the range keeps 0.25 us of the optimistic 1 us gap and 1.5 us of the pessimistic 2 us.
+   Their GEMMs add the input layer norm's passes and, backward, its VJP and the gain sums (``gemm_ms``).
 
 Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
 H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
@@ -97,6 +105,7 @@ class Params:
     ldg_release: float = 12  # read-scoreboard release of a global memory instruction
     grid_barrier_us: float = 0.75  # persistent: arrival (membar + red) to detection by the last program
     graph_gap_us: float = 1.5  # per-step: CUDA-graph kernel-node gap between dependent launches
+    pdl_gap_us: float = 0.75  # per-step with programmatic dependent launch: what is left of that gap (assumed)
     sm_stream_gbs: float = 85.0  # per-step: one SM's sustained L2 read stream (GB/s)
     gemm_tflops: float = 550.0  # cuBLAS, 16-bit inputs
     gemm_tflops_fp32: float = 45.0  # cuBLAS, fp32 "ieee" (no TF32)
@@ -104,20 +113,20 @@ class Params:
 
 
 H100_OPT = Params(clock_ghz=1.98, sms=132, l2_lat=260, l2_tbs=7.0, lds_lat=28, ldsm_lat=30, shfl_lat=24,
-                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.5, graph_gap_us=1.0, sm_stream_gbs=100.0,
+                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.5, graph_gap_us=1.0, pdl_gap_us=0.25, sm_stream_gbs=100.0,
                   gemm_tflops=650.0, gemm_tflops_fp32=55.0, hbm_tbs=3.0)
 H100_PESS = Params(clock_ghz=1.755, sms=132, l2_lat=380, l2_tbs=5.5, lds_lat=33, ldsm_lat=34, shfl_lat=30,
-                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.0, graph_gap_us=2.0, sm_stream_gbs=70.0,
+                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.0, graph_gap_us=2.0, pdl_gap_us=1.5, sm_stream_gbs=70.0,
                    gemm_tflops=450.0, gemm_tflops_fp32=40.0, hbm_tbs=2.5)
 # H200: the H100's SM and L2 at the same clocks, faster HBM (4.8 TB/s)
 H200_OPT = replace(H100_OPT, hbm_tbs=4.8)
 H200_PESS = replace(H100_PESS, hbm_tbs=4.0)
 # A100 SXM: 108 SMs at 1.41 GHz boost (1.275 sustained), L2 about 5 TB/s, bf16 dense 312 TFLOP/s peak, HBM 2 TB/s
 A100_OPT = Params(clock_ghz=1.41, sms=108, l2_lat=230, l2_tbs=5.0, lds_lat=28, ldsm_lat=30, shfl_lat=24,
-                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.6, graph_gap_us=1.0, sm_stream_gbs=80.0,
+                  mufu_lat=16, bar_lat=16, grid_barrier_us=0.6, graph_gap_us=1.0, pdl_gap_us=0.25, sm_stream_gbs=80.0,
                   gemm_tflops=270.0, gemm_tflops_fp32=18.0, hbm_tbs=1.9)
 A100_PESS = Params(clock_ghz=1.275, sms=108, l2_lat=330, l2_tbs=3.8, lds_lat=33, ldsm_lat=34, shfl_lat=30,
-                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.2, graph_gap_us=2.0, sm_stream_gbs=55.0,
+                   mufu_lat=22, bar_lat=24, grid_barrier_us=1.2, graph_gap_us=2.0, pdl_gap_us=1.5, sm_stream_gbs=55.0,
                    gemm_tflops=200.0, gemm_tflops_fp32=14.0, hbm_tbs=1.5)
 DEVICES = {"h100": (H100_OPT, H100_PESS), "h200": (H200_OPT, H200_PESS), "a100": (A100_OPT, A100_PESS)}
 ARCH_DEVICE = {90: "h100", 80: "a100"}
@@ -438,7 +447,7 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs. (The
 # opt-in data-sync forward, "[data_sync]", was removed after its prediction; its rows stay in the CSV of 2c7c128's
 # kernels, and StepKernelModel's ``data_sync`` still models a step that waits by polling.)
-RUNTIME = dict(HAS_LENGTHS=False, PDL=False)
+RUNTIME = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {
     ("lstm", "persistent", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent"),
@@ -450,24 +459,33 @@ KERNELS = {
     ("gru", "per_step", "fwd"): ("gru", "_gru_fwd_step"),
     ("gru", "per_step", "bwd"): ("gru", "_gru_bwd_step"),
 }
-GATES = {"lstm": 4, "gru": 3}
+# The LayerNorm cells' row programs (module docstring, step 6); their product is ``LN_PRODUCT``.
+LN_ROWS = {("lnlstm", "fwd"): "_lnlstm_fwd_rows", ("lnlstm", "bwd"): "_lnlstm_bwd_rows",
+           ("lngru", "fwd"): "_lngru_fwd_rows", ("lngru", "bwd"): "_lngru_bwd_rows"}
+LN_PRODUCT = "_ln_product"
+GATES = {"lstm": 4, "gru": 3, "lnlstm": 4, "lngru": 3}
+CELLS = ("lstm", "gru", "lnlstm", "lngru")
+LN_CELLS = ("lnlstm", "lngru")
+AUTO_CELLS = ("lstm", "gru")  # the cells "auto" chooses a strategy for (the LayerNorm cells run per_step only)
 
 
 def default_cache() -> Path:
     return Path(os.environ.get("FUSEDRNN_PREDICT_CACHE", Path.home() / ".cache" / "fusedrnn" / "predict"))
 
 
-def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path) -> dict:
-    """The launch-time variant (``RUNTIME``) of registry kernel ``kernel`` compiled at ``config`` for ``arch`` /
-    ``dtype`` (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes", "status"}``, cached in
-    ``cache`` under a hash of the kernel's ``cache_key`` (triton's hash of its source and the jit functions it
-    calls), the triton version and the variant."""
+def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, pdl: bool = False) -> dict:
+    """The launch-time variant (``RUNTIME``; with ``pdl`` PDL=True) of registry kernel ``kernel`` compiled at
+    ``config`` for ``arch`` / ``dtype`` (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes",
+    "status"}``, cached in ``cache`` under a hash of the kernel's ``cache_key`` (triton's hash of its source and the
+    jit functions it calls), the triton version and the variant."""
     import triton
 
     from . import compile_check as cc
 
     entry = cc.find_entry(kernel, dtype)
     consts = {k: RUNTIME.get(k, v) for k, v in entry.get("constexprs", {}).items()}
+    if "PDL" in consts:
+        consts["PDL"] = pdl
     variant = [entry["kernel"].cache_key, triton.__version__, kernel, consts, config, arch, dtype]
     key = hashlib.sha1(json.dumps(variant, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache) / f"{kernel}_{arch}_{dtype}_{key}.json"
@@ -596,9 +614,9 @@ def occupancy(registers: int, shared: int, warps: int) -> int:
     return max(1, min(by_regs, by_smem, 2048 // threads, 32))
 
 
-def per_step_us(model: StepKernelModel, iters: int, ctas: int, p: Params) -> tuple[float, float]:
+def per_step_us(model: StepKernelModel, iters: int, ctas: int, p: Params, pdl: bool = False) -> tuple[float, float]:
     """A per-step launch (module docstring, step 5) with ``iters`` K-loop body passes on ``ctas`` CTAs:
-    ``(us, bytes loaded per CTA)``."""
+    ``(us, bytes loaded per CTA)``; ``pdl``: launched with programmatic dependent launch (step 6)."""
     clk = p.clock_ghz * 1e3
     onchip = extrapolate(lambda n: model.cycles(n, p, memory=False), iters, base=2) / clk
     cta_bytes = extrapolate(lambda n: count(model.path(n), model.warps).global_bytes, iters, base=2)
@@ -606,7 +624,7 @@ def per_step_us(model: StepKernelModel, iters: int, ctas: int, p: Params) -> tup
     sm_stream = cta_bytes / (p.sm_stream_gbs * 1e3)
     grid_stream = cta_bytes * ctas / (p.l2_tbs * 1e6)
     return (max(onchip, sm_stream) * waves + max(0.0, grid_stream - max(onchip, sm_stream) * waves)
-            + p.l2_lat / clk + p.graph_gap_us), cta_bytes
+            + p.l2_lat / clk + (p.pdl_gap_us if pdl else p.graph_gap_us)), cta_bytes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,7 +636,10 @@ ESIZE = {"fp16": 2, "bf16": 2, "fp32": 4, "tf32": 4, "fp64": 8}
 def gemm_ms(cell: str, kind: str, strategy: str, dtype: str, B: int, H: int, p: Params, T: int = T_STEPS) -> float:
     """The pass's GEMMs and copies outside the recurrence, each at max(FLOPs / rate, bytes / HBM bandwidth), input
     size I = H: forward the input projection (bias in addmm); backward dW_hh, dW_ih, dx, the cat of h_{t-1} and
-    db. per_step adds the CUDA graph's input copy (xp forward, dy backward)."""
+    db. per_step adds the CUDA graph's input copy (xp forward, dy backward). The LayerNorm cells add, forward, the
+    input layer norm and the bias add (two reads and two writes of xp), backward the layer norm's VJP (three
+    passes over xp's size) and the gain sums (dv x a^: two; the LSTM's dn x LN(c_t): c_t read, its normalised copy
+    written and read, fp32, and dn read)."""
     G, I, e = GATES[cell], H, ESIZE[dtype]
     rate = (p.gemm_tflops if e == 2 else p.gemm_tflops_fp32) * 1e12
     bw = p.hbm_tbs * 1e12
@@ -633,6 +654,9 @@ def gemm_ms(cell: str, kind: str, strategy: str, dtype: str, B: int, H: int, p: 
         s = gemm(G * H, H, TB) + gemm(G * H, I, TB) + gemm(TB, I, G * H)
         s += (2 * TB * H * e + TB * G * H * e) / bw  # cat of h_{t-1} (read + write), db (a read of dz)
         s += 2 * TB * H * e / bw if strategy == "per_step" else 0.0
+    if cell.startswith("ln"):
+        s += (4 if kind == "fwd" else 5) * TB * G * H * e / bw
+        s += (3 * TB * H * 4 + TB * H * e) / bw if cell == "lnlstm" and kind == "bwd" else 0.0
     return s * 1e3
 
 
@@ -659,13 +683,18 @@ def persistent_config(cell: str, dtype: str, H: int, sms: int, arch: int = 90):
     return _module("_persistent").pick_config(configs, getattr(torch, _TORCH_DTYPE[dtype]), H, sms)
 
 
-def step_configs(cell: str, kind: str, dtype: str, B: int) -> list[dict]:
+def _group(dtype: str) -> str:
+    return next(g for g, ds in _module("_common").DTYPE_GROUPS.items() if dtype in ds)
+
+
+def step_configs(cell: str, kind: str, dtype: str, B: int, kern=None) -> list[dict]:
     """The per-step configs the autotuner may pick at batch B (its list for the dtype's group, pruned by
-    ``prune_by_batch``), as compile-check config dicts."""
+    ``prune_by_batch``), as compile-check config dicts; ``kern``: that StepKernel instead of the cell's."""
     from . import compile_check as cc
 
-    kern = getattr(_module(KERNELS[(cell, "per_step", kind)][0]), KERNELS[(cell, "per_step", kind)][1])
-    group = next(g for g, ds in _module("_common").DTYPE_GROUPS.items() if dtype in ds)
+    if kern is None:
+        kern = getattr(_module(KERNELS[(cell, "per_step", kind)][0]), KERNELS[(cell, "per_step", kind)][1])
+    group = _group(dtype)
     cfgs = [c.as_triton() for c in kern.configs[group]]
     return [cc._config_fields(c) for c in _module("_common").prune_by_batch(cfgs, {}, B=B)]
 
@@ -711,10 +740,10 @@ class Predictor:
         self.device = {90: device90, 80: ARCH_DEVICE[80]}
         self._models: dict = {}
 
-    def model(self, kernel: str, cfg: dict, arch: int, dtype: str) -> StepKernelModel:
-        key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype)
+    def model(self, kernel: str, cfg: dict, arch: int, dtype: str, pdl: bool = False) -> StepKernelModel:
+        key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype, pdl)
         if key not in self._models:
-            build = compiled(kernel, cfg, arch, dtype, self.cache)
+            build = compiled(kernel, cfg, arch, dtype, self.cache, pdl)
             self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
                                                 persistent="persistent" in kernel)
         return self._models[key]
@@ -737,20 +766,17 @@ class Predictor:
         return Prediction(f"{kernel.partition('[')[0]}[{_cfg_label(cfg)}]", cell, strategy, dtype, f"sm_{arch}", B,
                           H, kind, c, us, ms, m.warps)
 
-    def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
+    def _fastest_step(self, kernel, cfgs, K, N_of, cols, arch, dtype, B, pdl=False):
+        """The fastest (predicted) of a step kernel's ``cfgs`` (step 5): a product of depth ``K`` over ``cols``
+        columns, ``N_of(cfg)`` of them per program. Returns (cfg, us range, model, counts of the grid)."""
         params = DEVICES[self.device[arch]]
-        kernel = KERNELS[(cell, "per_step", kind)][1]
-        K = H if kind == "fwd" else GATES[cell] * H
-        # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
-        N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
         best = None
-        for cfg in step_configs(cell, kind, dtype, B):
-            m = self.model(kernel, cfg, arch, dtype)
+        for cfg in cfgs:
+            m = self.model(kernel, cfg, arch, dtype, pdl)
             slices = -(-K // cfg["BLOCK_K"])
             iters = max(1, slices // unroll_factor(m, cfg["BLOCK_B"] * N_of(cfg) * cfg["BLOCK_K"]))
-            ctas = -(-H // cfg["BLOCK_H"]) * -(-B // cfg["BLOCK_B"])
-            timed = [per_step_us(m, iters, ctas, p) for p in params]
-            us = tuple(t for t, _ in timed)
+            ctas = -(-cols // cfg["BLOCK_H"]) * -(-B // cfg["BLOCK_B"])
+            us = tuple(per_step_us(m, iters, ctas, p, pdl)[0] for p in params)
             if best is None or sum(us) < sum(best[1]):
                 best = (cfg, us, m, iters, ctas)
         cfg, us, m, iters, ctas = best
@@ -760,26 +786,62 @@ class Predictor:
             for f in ("insts", "bars", "mma", "smem_bytes", "global_bytes"):
                 setattr(c, f, getattr(c, f) + (iters - 3) * (getattr(c, f) - getattr(c2, f)))
         c.global_bytes *= ctas
+        return cfg, us, m, c
+
+    def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
+        params = DEVICES[self.device[arch]]
+        kernel = KERNELS[(cell, "per_step", kind)][1]
+        K = H if kind == "fwd" else GATES[cell] * H
+        # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
+        N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
+        cfg, us, m, c = self._fastest_step(kernel, step_configs(cell, kind, dtype, B), K, N_of, H, arch, dtype, B)
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "per_step", dtype, B, H, p) for u, p in zip(us, params))
         return Prediction(f"{kernel}[{_cfg_label(cfg)}]", cell, "per_step", dtype, f"sm_{arch}", B, H, kind, c, us, ms,
                           m.warps)
+
+    def layernorm(self, cell, kind, arch, dtype, B, H, pdl: bool = False) -> Prediction:
+        """A LayerNorm cell's per_step pass (module docstring, step 6): the product, then the row program. The
+        counts are the two launches' sums (per warp of each, per CTA, per grid)."""
+        params = DEVICES[self.device[arch]]
+        ln = _module("layernorm")
+        G = GATES[cell]
+        K, cols = (H, G * H) if kind == "fwd" else (G * H, H)
+        cfg, us_p, m_p, c = self._fastest_step(LN_PRODUCT, step_configs(cell, kind, dtype, B, ln._ln_product), K,
+                                               lambda cf: cf["BLOCK_H"], cols, arch, dtype, B, pdl)
+        row_cfg = ln.row_config(H, _group(dtype))
+        block = row_cfg["BLOCK_H"]
+        rows = LN_ROWS[(cell, kind)]
+        m_r = self.model(rows, row_cfg, arch, dtype, pdl)
+        us = tuple(u + per_step_us(m_r, 1, B, p, pdl)[0] for u, p in zip(us_p, params))
+        c_r = count(m_r.path(1), m_r.warps)
+        for f in ("insts", "bars", "mma", "smem_bytes"):
+            setattr(c, f, getattr(c, f) + getattr(c_r, f))
+        c.global_bytes += c_r.global_bytes * B
+        ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "per_step", dtype, B, H, p) for u, p in zip(us, params))
+        label = f"{LN_PRODUCT}[{_cfg_label(cfg)}]+{rows}[{block} w{row_cfg['num_warps']}]"
+        return Prediction(label, cell, "per_step_pdl" if pdl else "per_step", dtype, f"sm_{arch}", B, H, kind, c, us,
+                          ms, m_r.warps)
 
 
 # ----------------------------------------------------------------------------------------------
 # the CSV
 # ----------------------------------------------------------------------------------------------
-def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=("lstm", "gru"), batches=BATCHES,
+def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batches=BATCHES,
                 hidden=HIDDEN, progress=None) -> list[Prediction]:
     """Every (target, cell, pass, H, B, strategy) prediction; a persistent pass without a config is left out
-    (it runs per_step)."""
+    (it runs per_step). The LayerNorm cells: per_step without and with PDL."""
     out = []
     for arch, dtype in targets:
         for cell in cells:
             for kind in ("fwd", "bwd"):
                 for H in hidden:
                     for B in batches:
-                        for strategy in ("persistent", "per_step"):
-                            r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
+                        for strategy in (("per_step", "per_step_pdl") if cell in LN_CELLS
+                                         else ("persistent", "per_step")):
+                            if cell in LN_CELLS:
+                                r = predictor.layernorm(cell, kind, arch, dtype, B, H, strategy == "per_step_pdl")
+                            else:
+                                r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
                             if r is not None:
                                 out.append(r)
                                 if progress:
@@ -787,13 +849,19 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=("lstm", "g
     return out
 
 
-def write_csv(path: Path, preds: list[Prediction], commit: str):
+def write_csv(path: Path, preds: list[Prediction], commit: str, update: bool = False):
+    """The CSV of ``preds``; ``update``: replace only the rows of the same (cell, strategy, dtype, arch, B, H,
+    pass) in the existing file and keep the others (with their commits)."""
+    rows = [r.row(commit) for r in preds]
+    if update and path.exists():
+        new = _index(rows)
+        rows = [r for k, r in _index(read_csv(path)).items() if k not in new] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
-        for r in preds:
-            w.writerow(r.row(commit))
+        for r in rows:
+            w.writerow(r)
 
 
 def read_csv(path: Path = CSV_PATH) -> list[dict]:
@@ -813,7 +881,7 @@ def auto_choices(rows: list[dict]) -> dict:
     midpoint is lower (per_step where persistent has no row: no config)."""
     best: dict = {}
     for r in rows:
-        if r["strategy"] not in ("persistent", "per_step"):  # opt-in variants are never "auto"
+        if r["strategy"] not in ("persistent", "per_step") or r["cell"] not in AUTO_CELLS:  # opt-in: never "auto"
             continue
         key = (r["cell"], r["pass"], r["dtype"], int(r["arch"].removeprefix("sm_")))
         shape = (int(r["B"]), int(r["H"]))
@@ -825,6 +893,7 @@ def auto_choices(rows: list[dict]) -> dict:
 
 def auto_table_source(rows: list[dict]) -> str:
     """The text of kernels/auto_strategy.py."""
+    rows = [r for r in rows if r["cell"] in AUTO_CELLS]
     commits = sorted({r["commit"] for r in rows})
     batches = sorted({int(r["B"]) for r in rows})
     hidden = sorted({int(r["H"]) for r in rows})
@@ -914,6 +983,7 @@ def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
 def doc_block(rows: list[dict], before: list[dict] | None = None) -> str:
     """The generated block of docs/PERFORMANCE.md from the CSV's ``rows``; ``before``: the rows of the kernels the
     static review read (``BEFORE_CSV_PATH``), for the before -> after table and the comparison with the review."""
+    rows = [r for r in rows if r["cell"] in AUTO_CELLS]  # the LayerNorm cells: ``ln_doc_block``
     idx = _index(rows)
     auto_rows = rows
     commits = " / ".join(sorted({r["commit"] for r in rows}))
@@ -1001,6 +1071,44 @@ def doc_block(rows: list[dict], before: list[dict] | None = None) -> str:
     return "\n".join(out)
 
 
+LN_BEGIN = ("<!-- predicted LayerNorm steps: generated by `python -m experiments.predict --doc docs/PERFORMANCE.md` "
+            "from results/predicted_steps.csv; do not edit -->")
+LN_END = "<!-- end of predicted LayerNorm steps -->"
+LN_TARGETS_MS = (4.0, 12.0)  # issue 24: forward, forward+backward at B = 16, T = 1024, H = 768, bf16
+LN_TARGET_RATIO = 1.5  # ... and within 1.5x of the plain LSTM per_step at the same shape
+
+
+def ln_doc_block(rows: list[dict]) -> str:
+    """The LayerNorm section's generated block: per cell, H and PDL off / on, the step and T = 1024 predictions at
+    B = 16, bf16, sm_90a, against the issue's targets and the plain LSTM's per_step rows of the same CSV."""
+    idx = _index(rows)
+    ln_rows = [r for r in rows if r["cell"] in LN_CELLS]
+    commits = " / ".join(sorted({r["commit"] for r in ln_rows}))
+    out = [LN_BEGIN, "", f"[E] Predicted (`python -m experiments.predict`, commit {commits}; H100 parameters; module "
+           "docstring of `experiments/predict.py`, step 6: the product then the row program, each with its graph node "
+           "gap, 1.0-2.0 us, or with PDL the assumed 0.25-1.5 us). B = 16, T = 1024, bf16, sm_90a; ms are the "
+           f"recurrence plus the pass's GEMMs and layer-norm passes. Targets: forward <= {LN_TARGETS_MS[0]:g} ms, "
+           f"forward+backward <= {LN_TARGETS_MS[1]:g} ms, and <= {LN_TARGET_RATIO:g}x the plain LSTM per_step "
+           "(its forward+backward in the last column's denominator, the same CSV).", "",
+           "| cell | H | PDL | product + row program (fwd / bwd) | us per step fwd | bwd | fwd ms | fwd+bwd ms | "
+           "x plain LSTM per_step fwd+bwd |", "|---|---|---|---|---|---|---|---|---|"]
+    for cell in LN_CELLS:
+        for H in (768, 1024):
+            for strategy in ("per_step", "per_step_pdl"):
+                f, b = (idx.get((cell, strategy, "bf16", "sm_90", 16, H, k)) for k in ("fwd", "bwd"))
+                if f is None or b is None:
+                    continue
+                fb = _ms(idx, cell, strategy, H, ("fwd", "bwd"))
+                plain = _ms(idx, "lstm", "per_step", H, ("fwd", "bwd"))
+                ratio = f"{fb[0] / plain[0]:.2f}-{fb[1] / plain[1]:.2f}" if plain else "n/a"
+                cfgs = f"{f['kernel']} / {b['kernel']}".replace("_ln_product", "product")
+                out.append(f"| {cell} | {H} | {'on' if strategy == 'per_step_pdl' else 'off'} | {cfgs} | "
+                           f"{f['us_per_step_lo']}-{f['us_per_step_hi']} | {b['us_per_step_lo']}-{b['us_per_step_hi']}"
+                           f" | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} | {fb[0]:.1f}-{fb[1]:.1f} | {ratio} |")
+    out += ["", LN_END]
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
@@ -1024,9 +1132,11 @@ def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
     from .report import ReportError, write_or_check
 
     try:
-        return write_or_check(path, doc_block(rows, read_before()), check=check, what="predicted steps",
-                              begin=BEGIN, end=END,
-                              command=f"python -m experiments.predict --doc {path}")
+        return max(write_or_check(path, block, check=check, what=what, begin=begin, end=end,
+                                  command=f"python -m experiments.predict --doc {path}")
+                   for block, what, begin, end in ((doc_block(rows, read_before()), "predicted steps", BEGIN, END),
+                                                   (ln_doc_block(rows), "predicted LayerNorm steps", LN_BEGIN,
+                                                    LN_END)))
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1039,7 +1149,9 @@ def main(argv=None) -> int:
                     help=f"the predictions (default {CSV_PATH.relative_to(ROOT)})")
     ap.add_argument("--targets", default=",".join(f"{a}:{d}" for a, d in DEFAULT_TARGETS),
                     help="ARCH:DTYPE pairs to predict (default %(default)s)")
-    ap.add_argument("--cells", default="lstm,gru")
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the predicted rows in --csv, keep the others (e.g. --cells lnlstm,lngru)")
     ap.add_argument("--device", choices=("h100", "h200"), default="h100", help="parameters of the sm_90a rows")
     ap.add_argument("--cache", type=Path, default=None, help=f"compile cache (default {default_cache()})")
     ap.add_argument("--auto-table", nargs="?", const=AUTO_TABLE_PATH, type=Path, default=None, metavar="PY",
@@ -1063,7 +1175,7 @@ def main(argv=None) -> int:
                   f"{r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
 
         preds = predict_all(predictor, _targets(args.targets), cells, progress=progress)
-        write_csv(args.csv, preds, cc._git_commit())
+        write_csv(args.csv, preds, cc._git_commit(), args.update)
         print(f"{len(preds)} predictions, {len(predictor._models)} compiled configs, "
               f"{time.perf_counter() - t0:.0f} s -> {args.csv}")
     rc = 0

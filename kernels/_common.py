@@ -192,6 +192,12 @@ def pdl_enabled(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
+def pdl_launch_kwargs(pdl: bool) -> dict:
+    """The launch keyword of a programmatic dependent launch (``launch_pdl=True``) when ``pdl``, else none (the
+    interpreter and older launchers never see it)."""
+    return {"launch_pdl": True} if pdl else {}
+
+
 def fixed_config(autotuner, kwargs) -> triton.Config:
     """The config used without autotuning (``FUSEDRNN_AUTOTUNE=0``, e.g. a quick GPU test run): the first of
     the autotuner's list that survives the batch pruning (every entry is compile-checked)."""
@@ -280,7 +286,7 @@ class StepKernel:
         def grid(m):
             return triton.cdiv(H, m["BLOCK_H"]), triton.cdiv(B, m["BLOCK_B"])
 
-        extra = {"launch_pdl": True} if kwargs.get("PDL") else {}
+        extra = pdl_launch_kwargs(kwargs.get("PDL", False))
         if interpreting():
             _interpreter_numpy_checked()
             c = INTERPRETER_CONFIG

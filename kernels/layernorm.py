@@ -18,6 +18,24 @@ O(G*H) elements. On a GPU both loops are captured in CUDA graphs. The weight gra
 (``layernorm_ref.recurrent_grads``). Saved for the backward: the gates (LSTM i, g, f, o; GRU z, r, g, rh_g), the
 normalised recurrent pre-activation a^ and its rstd, the LSTM's c_t (accumulator dtype; its statistics are
 recomputed by the backward row program).
+
+Programmatic dependent launch (opt-in, ``FUSEDRNN_PDL=1``: ``_common.pdl_enabled``) chains both launches of every
+step: each kernel calls ``wait_prior_step`` (wait for the previous launch to finish, then let the next one start),
+and every launch but a loop's first (the forward's product at t = 0, the backward's row program at t = T-1, which
+follows other kernels) is made with ``launch_pdl``. What may be read before the wait:
+
+- the product reads W and ``a`` (h_{t-1}, or da_{t+1}: the previous row program's output), both in its K loop: it
+  waits first;
+- a row program is launched by its step's product, which lets it start only after its own wait returned, that is
+  after the previous row program had finished (the forward's first product, launched without PDL, only once it
+  has finished itself): so everything that row program wrote (h_{t-1}, c_{t-1}, dc and the
+  zoneout carry) is complete when this one starts, as are the loop's inputs (xp[t], the gains, the zoneout mask,
+  lengths; in the backward dy[t] and the forward's saved gates, a^, rstd, c). All of these are loaded before the
+  wait; only the product's output (``a``, ``p``) after it.
+- every store comes after the wait. No write-after-read hazard on the reused buffers: the product of step t+1
+  overwrites ``a`` / ``p``, which the row program of step t reads, only after its own wait, i.e. after that row
+  program has finished; a row program overwrites the ping-pong buffers (c, dc, the carry) that the previous row
+  program read, and that one has finished before this one starts.
 """
 from __future__ import annotations
 
@@ -28,7 +46,8 @@ import triton.language as tl
 from . import _graphs
 from ._common import (
     TileConfig, acc_torch_dtype, check_dtype, check_steps, check_tensor, compile_check_entries, dot_meta, dot_precision,
-    dot_rows_split, dtype_group, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks, tanh, tile_offsets,
+    dot_rows_split, dtype_group, pdl_enabled, pdl_launch_kwargs, row_stride, rowmajor, sigmoid, step_kernel,
+    step_kernel_checks, tanh, tile_offsets, wait_prior_step,
 )
 from .layernorm_ref import layer_norm_rows, recurrent_grads
 
@@ -70,10 +89,11 @@ def _ln_product(
     out,  # (B, H) a @ w, accumulator dtype
     s_a, s_w, s_o,
     B, H, K,
-    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
+    wait_prior_step(PDL)  # a is the previous row program's output, and that program reads ``out`` (docstring)
     acc = dot_rows_split(a, s_a, w, s_w, o_b, m_b, o_j, m_j, K, CAST_F32, PRECISION, ACC, BLOCK_B, BLOCK_H, BLOCK_K)
     tl.store(out + o_b[:, None] * s_o + o_j[None, :], acc, mask=m_bj)
 
@@ -127,20 +147,17 @@ def _row_norm_vjp(g0, g1, g2, g3, h0, h1, h2, h3, rstd, n, GATES: tl.constexpr):
 
 
 @triton.jit
-def _zone(h_new, h_prev, zmask, zkeep, p_m, m, ZONEOUT: tl.constexpr):
-    """Zoneout of one row: 0 none, 1 the mask row at ``p_m`` (training), 2 the scalar keep weight (eval)."""
-    if ZONEOUT == 1:
-        k = tl.load(zmask + p_m, mask=m, other=0.0).to(h_new.dtype)
-        h_new = h_prev + k * (h_new - h_prev)
-    elif ZONEOUT == 2:
-        k = tl.load(zkeep).to(h_new.dtype)
+def _zone(h_new, h_prev, k, ZONEOUT: tl.constexpr):
+    """Zoneout of one row with its weight ``k`` (``_zone_weight``); none when ZONEOUT is 0."""
+    if ZONEOUT != 0:
         h_new = h_prev + k * (h_new - h_prev)
     return h_new
 
 
 @triton.jit
 def _zone_weight(zmask, zkeep, p_m, m, ACC: tl.constexpr, ZONEOUT: tl.constexpr):
-    """The zoneout weight m of one row (1 without zoneout), for the backward."""
+    """The zoneout weight m of one row: 0 none (1), 1 the mask row at ``p_m`` (training), 2 the scalar keep
+    weight (eval)."""
     if ZONEOUT == 1:
         k = tl.load(zmask + p_m, mask=m, other=0.0).to(ACC)
     elif ZONEOUT == 2:
@@ -151,14 +168,27 @@ def _zone_weight(zmask, zkeep, p_m, m, ACC: tl.constexpr, ZONEOUT: tl.constexpr)
 
 
 @triton.jit
-def _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC: tl.constexpr, HAS_NEXT: tl.constexpr,
-           HAS_CARRY: tl.constexpr):
-    """The gradient reaching h_t: dy_t, plus (before the last step) da_{t+1} @ R^T and the carry to h_t."""
-    dh = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
+def _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC: tl.constexpr, HAS_NEXT: tl.constexpr,
+                HAS_CARRY: tl.constexpr, ZONEOUT: tl.constexpr):
+    """A backward row program's loads that come before the wait (module docstring): dy_t, the carry to h_t from
+    step t+1 (zeros, never added, where there is none) and the zoneout weight."""
+    dy_t = tl.load(dy + b * s_dy + o, mask=m, other=0.0).to(ACC)
+    if HAS_NEXT and HAS_CARRY:
+        q = tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
+    else:
+        q = tl.zeros_like(dy_t)
+    return dy_t, q, _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
+
+
+@triton.jit
+def _dh_in(dy, p, q, b, s_p, o, m, HAS_NEXT: tl.constexpr, HAS_CARRY: tl.constexpr):
+    """The gradient reaching h_t: dy_t (loaded), plus (before the last step) da_{t+1} @ R^T and the carry ``q``
+    (``_bwd_inputs``)."""
+    dh = dy
     if HAS_NEXT:
         dh += tl.load(p + b * s_p + o, mask=m, other=0.0)
         if HAS_CARRY:
-            dh += tl.load(q_in + b * s_qi + o, mask=m, other=0.0)
+            dh += q
     return dh
 
 
@@ -206,33 +236,39 @@ def _lnlstm_fwd_rows(
     rstd,  # (B,) its rstd, accumulator dtype (STORE)
     s_a, s_x, s_hp, s_cp, s_m, s_ho, s_co, s_g, s_ah,
     t, H,
-    ZONEOUT: tl.constexpr, HAS_LENGTHS: tl.constexpr, STORE: tl.constexpr, ACC: tl.constexpr,
+    ZONEOUT: tl.constexpr, HAS_LENGTHS: tl.constexpr, STORE: tl.constexpr, ACC: tl.constexpr, PDL: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
+    # before the wait: all but the product (module docstring), kept in the input dtype until used
+    ty = xp.dtype.element_ty
+    x_i, x_g, x_f, x_o = _load4(xp + b * s_x + o, H, m, ty)
+    y_i, y_g, y_f, y_o = _load4(gamma_r + o, H, m, ty)
+    cp = tl.load(c_prev + b * s_cp + o, mask=m, other=0.0).to(ACC)
+    y_h = tl.load(gamma_h + o, mask=m, other=0.0)
+    b_h = tl.load(beta_h + o, mask=m, other=0.0)
+    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0)
+    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
+    act = _active(lengths, b, t, HAS_LENGTHS)
+    wait_prior_step(PDL)  # a_t comes from this step's product
     a_i, a_g, a_f, a_o = _load4(a + b * s_a + o, H, m, ACC)
     n_i, n_g, n_f, n_o, r_a = _row_norm(a_i, a_g, a_f, a_o, m, 4 * H, 4)
-    x_i, x_g, x_f, x_o = _load4(xp + b * s_x + o, H, m, ACC)
-    y_i, y_g, y_f, y_o = _load4(gamma_r + o, H, m, ACC)
-    b_i = sigmoid(n_i * y_i + x_i)
-    b_g = tanh(n_g * y_g + x_g)
-    b_f = sigmoid(n_f * y_f + x_f)
-    b_o = sigmoid(n_o * y_o + x_o)
-    cp = tl.load(c_prev + b * s_cp + o, mask=m, other=0.0).to(ACC)
+    b_i = sigmoid(n_i * y_i.to(ACC) + x_i.to(ACC))
+    b_g = tanh(n_g * y_g.to(ACC) + x_g.to(ACC))
+    b_f = sigmoid(n_f * y_f.to(ACC) + x_f.to(ACC))
+    b_o = sigmoid(n_o * y_o.to(ACC) + x_o.to(ACC))
     c = b_f * cp + b_i * b_g
-    c_hat, _, _, _, _ = _row_norm(c, c, c, c, m, H, 1)
-    nc = c_hat * tl.load(gamma_h + o, mask=m, other=0.0).to(ACC) + tl.load(beta_h + o, mask=m, other=0.0).to(ACC)
-    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
-    h = _zone(b_o * tanh(nc), hp, zmask, zkeep, b * s_m + o, m, ZONEOUT)
-    act = _active(lengths, b, t, HAS_LENGTHS)
-    tl.store(h_out + b * s_ho + o, tl.where(act, h, 0.0).to(h_out.dtype.element_ty), mask=m)
-    tl.store(c_out + b * s_co + o, tl.where(act, c, cp).to(c_out.dtype.element_ty), mask=m)
-    if STORE:
-        _store4(gates + b * s_g + o, H, b_i, b_g, b_f, b_o, m)
+    if STORE:  # stored as soon as they are final: fewer live registers across the cell's row statistics
         _store4(a_hat + b * s_ah + o, H, n_i, n_g, n_f, n_o, m)
         tl.store(rstd + b, r_a)
+        _store4(gates + b * s_g + o, H, b_i, b_g, b_f, b_o, m)
+    c_hat, _, _, _, _ = _row_norm(c, c, c, c, m, H, 1)
+    nc = c_hat * y_h.to(ACC) + b_h.to(ACC)
+    h = _zone(b_o * tanh(nc), hp.to(ACC), zw, ZONEOUT)
+    tl.store(h_out + b * s_ho + o, tl.where(act, h, 0.0).to(h_out.dtype.element_ty), mask=m)
+    tl.store(c_out + b * s_co + o, tl.where(act, c, cp).to(c_out.dtype.element_ty), mask=m)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -256,35 +292,38 @@ def _lnlstm_bwd_rows(
     s_p, s_qi, s_dy, s_g, s_ah, s_cc, s_cp, s_dci, s_m, s_dv, s_da, s_dn, s_dco, s_qo,
     t, H,
     HAS_NEXT: tl.constexpr, ZONEOUT: tl.constexpr, HAS_LENGTHS: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
-    dh = _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC, HAS_NEXT, ZONEOUT != 0)
-    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
-    dht = dh * zw
+    # before the wait: all but the product (module docstring)
+    dy_t, qc, zw = _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC, HAS_NEXT, ZONEOUT != 0, ZONEOUT)
     b_i, b_g, b_f, b_o = _load4(gates + b * s_g + o, H, m, ACC)
     c = tl.load(c_cur + b * s_cc + o, mask=m, other=0.0).to(ACC)
-    c_hat, _, _, _, r_c = _row_norm(c, c, c, c, m, H, 1)
     y_h = tl.load(gamma_h + o, mask=m, other=0.0).to(ACC)
-    tn = tanh(c_hat * y_h + tl.load(beta_h + o, mask=m, other=0.0).to(ACC))
+    b_h = tl.load(beta_h + o, mask=m, other=0.0).to(ACC)
+    dcin = tl.load(dc_in + b * s_dci + o, mask=m, other=0.0)
+    cp = tl.load(c_prev + b * s_cp + o, mask=m, other=0.0).to(ACC)
+    n_i, n_g, n_f, n_o = _load4(a_hat + b * s_ah + o, H, m, ACC)
+    y_i, y_g, y_f, y_o = _load4(gamma_r + o, H, m, ACC)
+    r_a = tl.load(rstd + b).to(ACC)
+    act = _active(lengths, b, t, HAS_LENGTHS)
+    c_hat, _, _, _, r_c = _row_norm(c, c, c, c, m, H, 1)  # the statistics of c_t, also while the product runs
+    tn = tanh(c_hat * y_h + b_h)
+    wait_prior_step(PDL)  # p comes from this step's product
+    dh = _dh_in(dy_t, p, qc, b, s_p, o, m, HAS_NEXT, ZONEOUT != 0)
+    dht = dh * zw
     d_o = dht * tn
     d_n = dht * b_o * (1.0 - tn * tn)
     gc, _, _, _ = _row_norm_vjp(d_n * y_h, c, c, c, c_hat, c, c, c, r_c, H, 1)
-    dcin = tl.load(dc_in + b * s_dci + o, mask=m, other=0.0)
     dc = dcin + gc
-    cp = tl.load(c_prev + b * s_cp + o, mask=m, other=0.0).to(ACC)
     v_i = dc * b_g * b_i * (1.0 - b_i)
     v_g = dc * b_i * (1.0 - b_g * b_g)
     v_f = dc * cp * b_f * (1.0 - b_f)
     v_o = d_o * b_o * (1.0 - b_o)
-    n_i, n_g, n_f, n_o = _load4(a_hat + b * s_ah + o, H, m, ACC)
-    y_i, y_g, y_f, y_o = _load4(gamma_r + o, H, m, ACC)
-    r_a = tl.load(rstd + b).to(ACC)
     da_i, da_g, da_f, da_o = _row_norm_vjp(v_i * y_i, v_g * y_g, v_f * y_f, v_o * y_o, n_i, n_g, n_f, n_o, r_a,
                                            4 * H, 4)
-    act = _active(lengths, b, t, HAS_LENGTHS)
     zero = tl.zeros_like(dh)
     _store4(dv + b * s_dv + o, H, tl.where(act, v_i, zero), tl.where(act, v_g, zero), tl.where(act, v_f, zero),
             tl.where(act, v_o, zero), m)
@@ -314,30 +353,43 @@ def _lngru_fwd_rows(
     s_a, s_x, s_hp, s_m, s_ho, s_g, s_ah,
     t, H,
     HAS_BIAS: tl.constexpr, ZONEOUT: tl.constexpr, HAS_LENGTHS: tl.constexpr, STORE: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_H: tl.constexpr,
+    ACC: tl.constexpr, PDL: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
+    # before the wait: all but the product (module docstring)
+    y_z = tl.load(gamma_r + o, mask=m, other=0.0).to(ACC)
+    y_r = tl.load(gamma_r + H + o, mask=m, other=0.0).to(ACC)
+    y_g = tl.load(gamma_r + 2 * H + o, mask=m, other=0.0).to(ACC)
+    if HAS_BIAS:
+        c_z = tl.load(rbias + o, mask=m, other=0.0).to(ACC)
+        c_r = tl.load(rbias + H + o, mask=m, other=0.0).to(ACC)
+        c_g = tl.load(rbias + 2 * H + o, mask=m, other=0.0).to(ACC)
+    p_x = xp + b * s_x + o
+    x_z = tl.load(p_x, mask=m, other=0.0).to(ACC)
+    x_r = tl.load(p_x + H, mask=m, other=0.0).to(ACC)
+    x_g = tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC)
+    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
+    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
+    act = _active(lengths, b, t, HAS_LENGTHS)
+    wait_prior_step(PDL)  # a_t comes from this step's product
     p_a = a + b * s_a + o
     a_z = tl.load(p_a, mask=m, other=0.0).to(ACC)
     a_r = tl.load(p_a + H, mask=m, other=0.0).to(ACC)
     a_g = tl.load(p_a + 2 * H, mask=m, other=0.0).to(ACC)
     n_z, n_r, n_g, _, r_a = _row_norm(a_z, a_r, a_g, a_g, m, 3 * H, 3)
-    rh_z = n_z * tl.load(gamma_r + o, mask=m, other=0.0).to(ACC)
-    rh_r = n_r * tl.load(gamma_r + H + o, mask=m, other=0.0).to(ACC)
-    rh_g = n_g * tl.load(gamma_r + 2 * H + o, mask=m, other=0.0).to(ACC)
+    rh_z = n_z * y_z
+    rh_r = n_r * y_r
+    rh_g = n_g * y_g
     if HAS_BIAS:
-        rh_z += tl.load(rbias + o, mask=m, other=0.0).to(ACC)
-        rh_r += tl.load(rbias + H + o, mask=m, other=0.0).to(ACC)
-        rh_g += tl.load(rbias + 2 * H + o, mask=m, other=0.0).to(ACC)
-    p_x = xp + b * s_x + o
-    b_z = sigmoid(tl.load(p_x, mask=m, other=0.0).to(ACC) + rh_z)
-    b_r = sigmoid(tl.load(p_x + H, mask=m, other=0.0).to(ACC) + rh_r)
-    b_g = tanh(tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC) + b_r * rh_g)
-    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
-    h = _zone(b_g + b_z * (hp - b_g), hp, zmask, zkeep, b * s_m + o, m, ZONEOUT)
-    act = _active(lengths, b, t, HAS_LENGTHS)
+        rh_z += c_z
+        rh_r += c_r
+        rh_g += c_g
+    b_z = sigmoid(x_z + rh_z)
+    b_r = sigmoid(x_r + rh_r)
+    b_g = tanh(x_g + b_r * rh_g)
+    h = _zone(b_g + b_z * (hp - b_g), hp, zw, ZONEOUT)
     tl.store(h_out + b * s_ho + o, tl.where(act, h, 0.0).to(h_out.dtype.element_ty), mask=m)
     if STORE:
         _store4(gates + b * s_g + o, H, b_z, b_r, b_g, rh_g, m)
@@ -366,19 +418,15 @@ def _lngru_bwd_rows(
     s_p, s_qi, s_dy, s_g, s_ah, s_hp, s_m, s_dx, s_da, s_qo,
     t, H,
     HAS_NEXT: tl.constexpr, ZONEOUT: tl.constexpr, HAS_LENGTHS: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    PDL: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
-    dh = _dh_in(dy, p, q_in, b, s_dy, s_p, s_qi, o, m, ACC, HAS_NEXT, True)
-    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
-    dht = dh * zw
+    # before the wait: all but the product (module docstring)
+    dy_t, qc, zw = _bwd_inputs(dy, q_in, zmask, zkeep, b, s_dy, s_qi, s_m, o, m, ACC, HAS_NEXT, True, ZONEOUT)
     b_z, b_r, b_g, rh_g = _load4(gates + b * s_g + o, H, m, ACC)
     hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
-    d_g = dht * (1.0 - b_z) * (1.0 - b_g * b_g)
-    d_z = dht * (hp - b_g) * b_z * (1.0 - b_z)
-    d_r = d_g * rh_g * b_r * (1.0 - b_r)
     p_n = a_hat + b * s_ah + o
     n_z = tl.load(p_n, mask=m, other=0.0).to(ACC)
     n_r = tl.load(p_n + H, mask=m, other=0.0).to(ACC)
@@ -387,9 +435,15 @@ def _lngru_bwd_rows(
     y_r = tl.load(gamma_r + H + o, mask=m, other=0.0).to(ACC)
     y_g = tl.load(gamma_r + 2 * H + o, mask=m, other=0.0).to(ACC)
     r_a = tl.load(rstd + b).to(ACC)
+    act = _active(lengths, b, t, HAS_LENGTHS)
+    wait_prior_step(PDL)  # p comes from this step's product
+    dh = _dh_in(dy_t, p, qc, b, s_p, o, m, HAS_NEXT, True)
+    dht = dh * zw
+    d_g = dht * (1.0 - b_z) * (1.0 - b_g * b_g)
+    d_z = dht * (hp - b_g) * b_z * (1.0 - b_z)
+    d_r = d_g * rh_g * b_r * (1.0 - b_r)
     da_z, da_r, da_g, _ = _row_norm_vjp(d_z * y_z, d_r * y_r, d_g * b_r * y_g, d_g, n_z, n_r, n_g, n_g, r_a, 3 * H, 3)
     q = (1.0 - zw) * dh + dht * b_z
-    act = _active(lengths, b, t, HAS_LENGTHS)
     zero = tl.zeros_like(dh)
     ty = dxp.dtype.element_ty
     p_dx = dxp + b * s_dx + o
@@ -406,18 +460,29 @@ def _lngru_bwd_rows(
 # ----------------------------------------------------------------------------------------------
 # Launchers and time loops
 # ----------------------------------------------------------------------------------------------
-def _row_meta(H: int, t: torch.Tensor) -> dict:
-    """The row programs' block (the whole padded row) and warps, and the accumulator constexpr."""
+def row_config(H: int, group: str) -> dict:
+    """The row programs' block (the whole row padded to a power of two) and warps for hidden size H and dtype group
+    (``DTYPE_GROUPS``)."""
     block = max(16, triton.next_power_of_2(H))
-    return dict(BLOCK_H=block, ACC=dot_meta(t)["ACC"], num_warps=_row_warps(block, dtype_group(t.dtype)),
-                num_stages=1)
+    return dict(BLOCK_H=block, num_warps=_row_warps(block, group), num_stages=1)
 
 
-def ln_product(a, w, out):
-    """out (B, N) = a (B, K) @ w (K, N), w row-major, out in the accumulator dtype (one step's product)."""
+def _row_meta(H: int, t: torch.Tensor) -> dict:
+    """``row_config`` for ``t``'s dtype, and the accumulator constexpr."""
+    return dict(row_config(H, dtype_group(t.dtype)), ACC=dot_meta(t)["ACC"])
+
+
+def ln_product(a, w, out, chained=False):
+    """out (B, N) = a (B, K) @ w (K, N), w row-major, out in the accumulator dtype (one step's product).
+    ``chained``: the previous launch is this loop's previous row program (PDL, module docstring)."""
     B, K = a.shape
     _ln_product.launch(a=a, w=w, out=out, s_a=a.stride(0), s_w=w.stride(0), s_o=out.stride(0), B=B, H=w.shape[1],
-                       K=K)
+                       K=K, chained=chained)
+
+
+def _row_pdl(pdl: bool) -> dict:
+    """A row program's PDL constexpr and launch keyword."""
+    return dict(PDL=pdl, **pdl_launch_kwargs(pdl))
 
 
 def _zoneout_meta(zmask, zkeep) -> int:
@@ -458,12 +523,12 @@ def _fwd_lstm_loop(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengt
     a_hat = xp.new_empty(T, B, G4) if store else None
     rstd = xp.new_empty(T, B, dtype=acc) if store else None
     meta = dict(_row_meta(H, xp), ZONEOUT=_zoneout_meta(zmask, zkeep), HAS_LENGTHS=lengths is not None,
-                STORE=store)
+                STORE=store, **_row_pdl(pdl_enabled(xp.device)))
     for t in range(T):
         h_prev = h0 if t == 0 else y[t - 1]
         c_prev = c0 if t == 0 else c_seq[(t - 1) if store else (t - 1) % 2]
         c_out = c_seq[t if store else t % 2]
-        ln_product(h_prev, rk, a)
+        ln_product(h_prev, rk, a, chained=t > 0)
         _lnlstm_fwd_rows[(B,)](
             a, xp[t], h_prev, c_prev, gamma_r, gamma_h, beta_h, zmask[t] if zmask is not None else None, zkeep,
             lengths, y[t], c_out, gates[t] if store else None, a_hat[t] if store else None,
@@ -513,11 +578,12 @@ def _bwd_lstm_loop(dy, dc_n, c0, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_h
     zo = _zoneout_meta(zmask, zkeep)
     q = dy.new_empty(2, B, H, dtype=acc) if zo else None
     meta = dict(_row_meta(H, dy), ZONEOUT=zo, HAS_LENGTHS=lengths is not None)
+    pdl = pdl_enabled(dy.device)
     dc_in = dc_n
     for t in range(T - 1, -1, -1):
         nxt = t < T - 1
-        if nxt:
-            ln_product(da[t + 1], rk_t, p)
+        if nxt:  # follows the row program of step t+1
+            ln_product(da[t + 1], rk_t, p, chained=True)
         c_prev = c0 if t == 0 else c_seq[t - 1]
         q_in = q[(t + 1) % 2] if zo and nxt else None
         q_out = q[t % 2] if zo else None
@@ -527,7 +593,7 @@ def _bwd_lstm_loop(dy, dc_n, c0, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_h
             gamma_r, gamma_h, beta_h, zm, zkeep, lengths, dv[t], da[t], dn[t], dc[t % 2], q_out,
             p.stride(0), row_stride(q_in), dy.stride(1), gates.stride(1), a_hat.stride(1), c_seq.stride(1),
             c_prev.stride(0), dc_in.stride(0), row_stride(zm), dv.stride(1), da.stride(1), dn.stride(1),
-            dc.stride(1), row_stride(q_out), t, H, HAS_NEXT=nxt, **meta)
+            dc.stride(1), row_stride(q_out), t, H, HAS_NEXT=nxt, **meta, **_row_pdl(pdl and nxt))
         dc_in = dc[t % 2]
     return dv, da, dn, dc_in, (q[0] if zo else None)
 
@@ -564,11 +630,11 @@ def _fwd_gru_loop(xp, h0, rk, gamma_r, rbias, zmask, zkeep, lengths, store):
     a_hat = xp.new_empty(T, B, G3) if store else None
     rstd = xp.new_empty(T, B, dtype=acc) if store else None
     meta = dict(_row_meta(H, xp), HAS_BIAS=rbias is not None, ZONEOUT=_zoneout_meta(zmask, zkeep),
-                HAS_LENGTHS=lengths is not None, STORE=store)
+                HAS_LENGTHS=lengths is not None, STORE=store, **_row_pdl(pdl_enabled(xp.device)))
     for t in range(T):
         h_prev = h0 if t == 0 else y[t - 1]
         zm = zmask[t] if zmask is not None else None
-        ln_product(h_prev, rk, a)
+        ln_product(h_prev, rk, a, chained=t > 0)
         _lngru_fwd_rows[(B,)](
             a, xp[t], h_prev, gamma_r, rbias, zm, zkeep, lengths, y[t], gates[t] if store else None,
             a_hat[t] if store else None, rstd[t] if store else None,
@@ -603,10 +669,11 @@ def _bwd_gru_loop(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask, zkeep, leng
     da = dy.new_empty(T, B, 3 * H)
     q = dy.new_empty(2, B, H, dtype=acc)
     meta = dict(_row_meta(H, dy), ZONEOUT=_zoneout_meta(zmask, zkeep), HAS_LENGTHS=lengths is not None)
+    pdl = pdl_enabled(dy.device)
     for t in range(T - 1, -1, -1):
         nxt = t < T - 1
-        if nxt:
-            ln_product(da[t + 1], rk_t, p)
+        if nxt:  # follows the row program of step t+1
+            ln_product(da[t + 1], rk_t, p, chained=True)
         h_prev = h0 if t == 0 else y[t - 1]
         zm = zmask[t] if zmask is not None else None
         q_in = q[(t + 1) % 2] if nxt else None
@@ -614,7 +681,8 @@ def _bwd_gru_loop(dy, h0, y, rk, gamma_r, gates, a_hat, rstd, zmask, zkeep, leng
             p if nxt else None, q_in, dy[t], gates[t], a_hat[t], rstd[t], h_prev, gamma_r, zm, zkeep, lengths,
             dxp[t], da[t], q[t % 2],
             p.stride(0), row_stride(q_in), dy.stride(1), gates.stride(1), a_hat.stride(1), h_prev.stride(0),
-            row_stride(zm), dxp.stride(1), da.stride(1), q.stride(1), t, H, HAS_NEXT=nxt, **meta)
+            row_stride(zm), dxp.stride(1), da.stride(1), q.stride(1), t, H, HAS_NEXT=nxt, **meta,
+            **_row_pdl(pdl and nxt))
     return dxp, da, q[0]
 
 
@@ -649,20 +717,20 @@ def _row_entries():
         _lnlstm_fwd_rows=(_lnlstm_fwd_rows, dict(a="acc", xp="x", h_prev="x", c_prev="acc", gamma_r="x", gamma_h="x",
                                                  beta_h="x", zmask="x", zkeep="acc", lengths="*i32", h_out="x",
                                                  c_out="acc", gates="x", a_hat="x", rstd="acc"),
-                          dict(ZONEOUT=1, HAS_LENGTHS=True, STORE=True)),
+                          dict(ZONEOUT=1, HAS_LENGTHS=True, STORE=True, PDL=False)),
         _lnlstm_bwd_rows=(_lnlstm_bwd_rows, dict(p="acc", q_in="acc", dy="x", gates="x", a_hat="x", rstd="acc",
                                                  c_cur="acc", c_prev="acc", dc_in="acc", gamma_r="x", gamma_h="x",
                                                  beta_h="x", zmask="x", zkeep="acc", lengths="*i32", dv="x", da="x",
                                                  dn="x", dc_out="acc", q_out="acc"),
-                          dict(HAS_NEXT=True, ZONEOUT=1, HAS_LENGTHS=True)),
+                          dict(HAS_NEXT=True, ZONEOUT=1, HAS_LENGTHS=True, PDL=False)),
         _lngru_fwd_rows=(_lngru_fwd_rows, dict(a="acc", xp="x", h_prev="x", gamma_r="x", rbias="x", zmask="x",
                                                zkeep="acc", lengths="*i32", h_out="x", gates="x", a_hat="x",
                                                rstd="acc"),
-                         dict(HAS_BIAS=True, ZONEOUT=1, HAS_LENGTHS=True, STORE=True)),
+                         dict(HAS_BIAS=True, ZONEOUT=1, HAS_LENGTHS=True, STORE=True, PDL=False)),
         _lngru_bwd_rows=(_lngru_bwd_rows, dict(p="acc", q_in="acc", dy="x", gates="x", a_hat="x", rstd="acc",
                                                h_prev="x", gamma_r="x", zmask="x", zkeep="acc", lengths="*i32",
                                                dxp="x", da="x", q_out="acc"),
-                         dict(HAS_NEXT=True, ZONEOUT=1, HAS_LENGTHS=True)),
+                         dict(HAS_NEXT=True, ZONEOUT=1, HAS_LENGTHS=True, PDL=False)),
     )
     out = []
     for kernel, args, consts in rows.values():

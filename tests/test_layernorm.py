@@ -352,6 +352,43 @@ def test_kernel_arguments_are_checked():
                               torch.zeros(12, 4, dtype=D), torch.ones(12, dtype=D))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_loops_chain_the_launches_under_pdl(kind, monkeypatch):
+    """With PDL on (faked: the interpreter never runs it), every product but the forward's first is chained, and
+    every row program runs with PDL and launch_pdl but the backward's first (no product before it): the launch
+    sequence only, the kernels replaced by recorders."""
+    from kernels import layernorm as ln
+
+    calls = []
+
+    class Rows:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: calls.append((self.name, kw["PDL"], kw.get("launch_pdl", False)))
+
+    monkeypatch.setattr(ln, "pdl_enabled", lambda device: True)
+    monkeypatch.setattr(ln._ln_product, "launch", lambda chained=False, **kw: calls.append(("product", chained)))
+    names = [f"_ln{kind}_fwd_rows", f"_ln{kind}_bwd_rows"]
+    for n in names:
+        monkeypatch.setattr(ln, n, Rows(n))
+    Tk, Bk, Hk, G = 3, 2, 4, 4 if kind == "lstm" else 3
+    z = lambda *s: torch.ones(*s, dtype=D)  # noqa: E731
+    if kind == "lstm":
+        ln._fwd_lstm_loop(z(Tk, Bk, G * Hk), z(Bk, Hk), z(Bk, Hk), z(Hk, G * Hk), z(G * Hk), z(Hk), z(Hk), None,
+                          None, None, True)
+        ln._bwd_lstm_loop(z(Tk, Bk, Hk), z(Bk, Hk), z(Bk, Hk), z(Hk, G * Hk), z(G * Hk), z(Hk), z(Hk),
+                          z(Tk, Bk, Hk), z(Tk, Bk, G * Hk), z(Tk, Bk, G * Hk), z(Tk, Bk), None, None, None)
+    else:
+        ln._fwd_gru_loop(z(Tk, Bk, G * Hk), z(Bk, Hk), z(Hk, G * Hk), z(G * Hk), None, None, None, None, True)
+        ln._bwd_gru_loop(z(Tk, Bk, Hk), z(Bk, Hk), z(Tk, Bk, Hk), z(Hk, G * Hk), z(G * Hk), z(Tk, Bk, 4 * Hk),
+                         z(Tk, Bk, G * Hk), z(Tk, Bk), None, None, None)
+    fwd = [("product", False), (names[0], True, True)] + [("product", True), (names[0], True, True)] * (Tk - 1)
+    bwd = [(names[1], False, False)] + [("product", True), (names[1], True, True)] * (Tk - 1)
+    assert calls == fwd + bwd
+
+
 def test_the_study_builds_the_layernorm_lstm():
     """experiments.tasks --models lnlstm: the model builds with the study's forget-gate bias and runs (reference)."""
     from experiments import tasks

@@ -158,6 +158,34 @@ def test_gemm_model_by_hand():
     assert pr.gemm_ms("gru", "fwd", "persistent", "bf16", 16, 1024, pr.H100_OPT) == pytest.approx(fwd * 3 / 4)
 
 
+def test_layernorm_step_model_by_hand(tmp_path):
+    """A LayerNorm step is two launches, each with its node gap; PDL swaps each gap for ``pdl_gap_us`` and nothing
+    else. Their GEMMs add the layer-norm passes, by hand. ``--update`` replaces only the rows it predicted."""
+    m = pr.StepKernelModel(dict(sass=_sass((0x00, "IADD3 R1, R1, 0x1, RZ", dict(stall=4)), (0x10, "EXIT", {})),
+                                registers=32, shared_bytes=0), warps=4)
+    p = pr.H100_PESS
+    off, on = pr.per_step_us(m, 1, 16, p)[0], pr.per_step_us(m, 1, 16, p, pdl=True)[0]
+    assert off - on == pytest.approx(p.graph_gap_us - p.pdl_gap_us) and 0 < p.pdl_gap_us < p.graph_gap_us
+    TB, H, e, bw = 16 * 1024, 768, 2, 3e12
+    plain = {k: pr.gemm_ms(c, k, "per_step", "bf16", 16, H, pr.H100_OPT) for c, k in (("lstm", "fwd"),
+                                                                                       ("lstm", "bwd"))}
+    assert pr.gemm_ms("lnlstm", "fwd", "per_step", "bf16", 16, H, pr.H100_OPT) == pytest.approx(
+        plain["fwd"] + 4 * TB * 4 * H * e / bw * 1e3)
+    assert pr.gemm_ms("lnlstm", "bwd", "per_step", "bf16", 16, H, pr.H100_OPT) == pytest.approx(
+        plain["bwd"] + (5 * TB * 4 * H * e + 3 * TB * H * 4 + TB * H * e) / bw * 1e3)
+    row = dict(kernel="k", cell="lstm", strategy="per_step", dtype="bf16", arch="sm_90", B="16", H="768",
+               insts_per_warp="1", cta_barriers="0", smem_bytes="0", global_bytes="0", us_per_step_lo="1",
+               us_per_step_hi="2", ms_T1024_lo="1", ms_T1024_hi="2", commit="old", **{"pass": "fwd"})
+    path = tmp_path / "p.csv"
+    path.write_text(",".join(pr.COLUMNS) + "\n" + "".join(",".join(r[c] for c in pr.COLUMNS) + "\n" for r in (
+        row, dict(row, cell="lnlstm"))))
+    new = pr.Prediction("new", "lnlstm", "per_step", "bf16", "sm_90", 16, 768, "fwd", pr.Counts(insts=2), (3.0, 4.0),
+                        (3.0, 4.0), 4)
+    pr.write_csv(path, [new], "now", update=True)
+    assert [(r["cell"], r["kernel"], r["commit"]) for r in pr.read_csv(path)] == [("lstm", "k", "old"),
+                                                                                  ("lnlstm", "new", "now")]
+
+
 # ----------------------------------------------------------------------------------------------
 # the committed outputs
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +199,21 @@ def test_csv_has_the_columns_and_both_strategies():
     for r in rows:
         assert float(r["us_per_step_lo"]) <= float(r["us_per_step_hi"])
         assert float(r["ms_T1024_lo"]) <= float(r["ms_T1024_hi"]) and int(r["insts_per_warp"]) > 0
+
+
+def test_layernorm_rows_of_the_csv():
+    """The committed LayerNorm rows (``--cells lnlstm,lngru``): both passes with and without PDL at the issue's
+    shape, the step's two kernels named, PDL never slower, and their generated block in docs/PERFORMANCE.md."""
+    rows = pr.read_csv()
+    idx = pr._index(rows)
+    for cell, rows_kernel in (("lnlstm", "_lnlstm"), ("lngru", "_lngru")):
+        for kind in ("fwd", "bwd"):
+            off, on = (idx[(cell, s, "bf16", "sm_90", 16, 768, kind)] for s in ("per_step", "per_step_pdl"))
+            assert off["kernel"].startswith("_ln_product[") and f"+{rows_kernel}_{kind}_rows[1024 w16]" in off["kernel"]
+            for col in ("us_per_step_lo", "us_per_step_hi"):
+                assert float(on[col]) < float(off[col])
+    assert pr.ln_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
+        "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
 
 def test_auto_table_and_doc_block_are_generated_from_the_csv():
