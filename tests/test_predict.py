@@ -118,6 +118,24 @@ def test_step_tile_loop_runs_every_batch_tile_of_a_step():
         assert four >= 3 * one, (p, one, four)
 
 
+def test_csv_persistent_steps_grow_with_the_batch_tiles():
+    """The committed predictions: a persistent step at B = 64 (4 tiles of 16) does at least 3x the work of one at
+    B = 16 (grid barrier aside), 16 tiles at B = 256 at least 12x."""
+    idx = pr._index(pr.read_csv())
+    n = 0
+    for (cell, strategy, dtype, arch, B, H, kind), r in idx.items():
+        if strategy != "persistent" or B != 16 or "[16x" not in r["kernel"]:
+            continue
+        for Bn, times in ((64, 3), (256, 12)):
+            rn = idx[(cell, strategy, dtype, arch, Bn, H, kind)]
+            assert int(rn["insts_per_warp"]) >= times * int(r["insts_per_warp"]), (r, rn)
+            for end, p in zip(("lo", "hi"), pr.DEVICES[pr.ARCH_DEVICE[int(arch.removeprefix("sm_"))]]):
+                one, many = (float(x[f"us_per_step_{end}"]) - p.grid_barrier_us for x in (r, rn))
+                assert many >= times * one, (r, rn)
+            n += 1
+    assert n > 0
+
+
 def test_per_step_path_enters_a_loop_guarded_by_a_branch_around_it():
     """ptxas' K loop entry: ``@P BRA`` into the loop, the fall-through an unconditional ``BRA`` past it; a
     ``CALL`` walks its callee up to ``RET``; the walk ends at the unpredicated EXIT."""
