@@ -66,7 +66,7 @@ BEFORE_CSV_PATH = ROOT / "results" / "predicted_steps_2c7c128.csv"
 AUTO_TABLE_PATH = ROOT / "kernels" / "auto_strategy.py"
 COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "insts_per_warp", "cta_barriers",
            "smem_bytes", "global_bytes", "us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "commit")
-BATCHES = (1, 16, 64, 256)
+BATCHES = (1, 16, 32, 64, 256)  # 32: two batch tiles, where persistent and per_step cross (predicted)
 HIDDEN = (256, 512, 768, 1024)
 T_STEPS = 1024
 # (arch, dtype) pairs predicted by default: bf16 and fp32 on sm_90a, bf16 on sm_80 (fp16 compiles to the same

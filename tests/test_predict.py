@@ -268,11 +268,12 @@ def test_auto_between_the_points_rounds_up(monkeypatch):
     table = {(b, h): "per_step" for b in A.BATCHES for h in A.HIDDEN}
     table[(64, 768)] = "persistent"
     monkeypatch.setitem(A.TABLE, ("lstm", "bwd", "bf16", 90), table)
-    for B, H, want in ((17, 768, "persistent"), (64, 528, "persistent"), (64, 768, "persistent"),
-                       (16, 768, "per_step"), (65, 768, "per_step"), (64, 784, "per_step")):
+    below = A.BATCHES[A.BATCHES.index(64) - 1]  # the point before B = 64
+    for B, H, want in ((below + 1, 768, "persistent"), (64, 528, "persistent"), (64, 768, "persistent"),
+                       (below, 768, "per_step"), (65, 768, "per_step"), (64, 784, "per_step")):
         assert S.auto_strategy("lstm", "bwd", torch.bfloat16, B, H, 90) == want, (B, H)
     assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 4096, 4096, 90) == table[(256, 1024)]  # beyond: last
-    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 17, 768, 100) == "persistent"  # sm_100 uses sm_90's
-    assert S.auto_strategy("lstm", "bwd", torch.float64, 17, 768, 90) == "per_step"  # no fp64 predictions
+    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 64, 768, 100) == "persistent"  # sm_100 uses sm_90's
+    assert S.auto_strategy("lstm", "bwd", torch.float64, 64, 768, 90) == "per_step"  # no fp64 predictions
     cfg, why = P.decide("auto", dtype=torch.bfloat16, H=768, B=65, has_proj=False, kind="bwd", **PROPS[90])
     assert cfg is None and "predicted faster" in why
