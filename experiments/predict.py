@@ -17,7 +17,9 @@ dtype:
    kernel from its entry to its ``EXIT``. Conditional forward branches fall through (the guarded block runs),
    except a loop's guard; nested loops run ``trips`` times: the K loop of a per-step kernel cdiv(K, BLOCK_K) times
    (divided by ptxas' unroll factor), a persistent kernel's batch-tile loop once per extra 16-row tile, any other
-   loop (the barrier's spin loop) never.
+   loop (the barrier's spin loop) never. A persistent kernel that runs its batch tiles as passes of one (step,
+   tile) loop (today's kernels) walks one whole pass per extra tile first, with the branches over the arrival and
+   the wait taken (``tile_guards``: only a step's last tile arrives and waits).
 3. Count on that path, per warp: instructions (``insts_per_warp``; the issue floor is insts x warps / 4 cycles per
    SM sub-partition), ``BAR.SYNC`` (``cta_barriers``), MMA instructions; per CTA the shared-memory bytes
    (LDS/STS/LDSM, 32 lanes each) and the global bytes loaded (LDG/LDGSTS, every lane active; a persistent
@@ -72,7 +74,7 @@ BEFORE_CSV_PATH = ROOT / "results" / "predicted_steps_2c7c128.csv"
 AUTO_TABLE_PATH = ROOT / "kernels" / "auto_strategy.py"
 COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "insts_per_warp", "cta_barriers",
            "smem_bytes", "global_bytes", "us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "commit")
-BATCHES = (1, 16, 64, 256)
+BATCHES = (1, 16, 32, 64, 256)  # 32: two batch tiles, where persistent and per_step cross (predicted)
 HIDDEN = (256, 512, 768, 1024)
 T_STEPS = 1024
 # (arch, dtype) pairs predicted by default: bf16 and fp32 on sm_90a, bf16 on sm_80 (fp16 compiles to the same
@@ -244,13 +246,14 @@ def time_loop(instrs: list[Instr]) -> tuple[int, int, int] | None:
     return (lo, hi, bar) if bar is not None else None
 
 
-def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[Instr]:
+def step_path(instrs: list[Instr], start: int, stop: int | None, trips, take=()) -> list[Instr]:
     """The instructions one warp executes from address ``start`` until (and with) address ``stop`` (None: the
     first unpredicated ``EXIT``). ``trips((first, last))`` is how many times a loop's body runs in total.
-    Branches: a conditional forward branch falls through (its block runs), unless it skips a loop (it targets
-    the address right after a loop's back branch and the loop starts at or after it) whose trips are used up, or
-    it is a while loop's exit test (inside the loop, to the address after it) and the trips are done, or it is the
-    entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a conditional
+    Branches: a conditional forward branch falls through (its block runs), unless its address is in ``take``
+    (taken: e.g. over the arrival, in a pass of a batch tile that is not its step's last), or it skips a loop (it
+    targets the address right after a loop's back branch and the loop starts at or after it) whose trips are used
+    up, or it is a while loop's exit test (inside the loop, to the address after it) and the trips are done, or it
+    is the entry of a loop that must still run (``_falls_around_a_loop``); an unconditional one is taken; a conditional
     backward branch is taken until its loop has run ``trips`` times, an unconditional one always (its loop exits
     at the top), except back to the start of the walk (one pass of the loop the walk began in ends it). ``CALL``
     walks the callee up to its ``RET``."""
@@ -291,7 +294,9 @@ def step_path(instrs: list[Instr], start: int, stop: int | None, trips) -> list[
                 k += 1
             continue
         skipped = after.get(tgt)  # the loop this branch leaves or skips, if it targets the end of one
-        if skipped and skipped[0] <= ins.addr <= skipped[1] and runs[skipped] >= trips(skipped):
+        if ins.addr in take:
+            k = at[tgt]
+        elif skipped and skipped[0] <= ins.addr <= skipped[1] and runs[skipped] >= trips(skipped):
             runs[skipped] = 0  # a while loop's exit, taken once its trips are done
             k = at[tgt]
         elif not ins.pred or (skipped and skipped[0] >= ins.addr and runs[skipped] >= trips(skipped)):
@@ -509,12 +514,25 @@ def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, pdl:
 # ----------------------------------------------------------------------------------------------
 # one compiled kernel: its step path and the time of a step
 # ----------------------------------------------------------------------------------------------
+def tile_guards(instrs: list[Instr], lo: int, hi: int, bar: int) -> frozenset:
+    """The branches a batch tile that is not its step's last takes in a persistent kernel's (step, tile) loop
+    ``lo``..``hi`` with the arrival barrier at ``bar``: the conditional forward branches that jump over the
+    arrival (from before ``bar`` to after it) or over a loop nested in the time loop (the wait's spin loop)."""
+    nested = [lp for lp in loops(instrs) if lo < lp[0] and lp[1] < hi]
+    return frozenset(i.addr for i in instrs if lo <= i.addr <= hi and i.base == "BRA" and i.pred
+                     and i.target is not None and i.target > i.addr
+                     and ((i.addr < bar < i.target) or any(i.addr < a and b < i.target for a, b in nested)))
+
+
 class StepKernelModel:
     """One compiled kernel config and its step path (``step_path``). ``reps``: copies of the repeated loop body
-    on the path: batch tiles of a persistent step (its batch-tile loop runs reps - 1 times when ptxas peeled
-    tile 0 out of it, else reps times), iterations of a per-step kernel's K loop body. ``hot``: the loops that
-    repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
-    a per-step kernel)."""
+    on the path: batch tiles of a persistent step, iterations of a per-step kernel's K loop body. A persistent
+    kernel runs its tiles either in a batch-tile loop nested in the time loop (it runs reps - 1 times when ptxas
+    peeled tile 0 out of it, else reps times) or as passes of one (step, tile) loop (today's kernels: no loop
+    nested in the time loop holds the MMA): reps - 1 whole passes that skip the arrival and the wait (the
+    branches of ``tile_guards`` taken), then the pass to the arrival. ``hot``: the loops that repeat (those
+    holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of a per-step
+    kernel)."""
 
     def __init__(self, build: dict, warps: int, data_sync: bool = False, persistent: bool | None = None):
         self.instrs = parse_sass(build["sass"])
@@ -522,6 +540,7 @@ class StepKernelModel:
         self.registers = build["registers"]
         self.shared_bytes = build["shared_bytes"]
         self.kind = mma_kind(self.instrs)
+        self.tile_guards = frozenset()
         body_ops = (self.kind,) if self.kind else ()
         self.hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
                                                              for i in self.instrs)}
@@ -537,6 +556,8 @@ class StepKernelModel:
             self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
             inner = [i for i in self.instrs if lo <= i.addr <= hi and not any(a <= i.addr <= b for a, b in self.hot)]
             self.peeled = int(any(i.base == self.kind for i in inner))
+            if not self.hot and not data_sync:  # a (step, tile) loop
+                self.tile_guards = tile_guards(self.instrs, *self.persistent)
         else:  # the innermost loops that hold the MMA (the K loop)
             self.hot = {lp for lp in self.hot if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1]
                                                            for o in self.hot)}
@@ -550,8 +571,11 @@ class StepKernelModel:
         if (reps, polls) not in self._paths:
             trips = lambda lp: max(0, reps - self.peeled) if lp in self.hot else polls  # noqa: E731
             if self.persistent:
-                lo, _, stop = self.persistent
+                lo, hi, stop = self.persistent
                 self._paths[reps, polls] = step_path(self.instrs, lo, stop, trips)
+                if self.tile_guards and reps > 1:  # the step's other tiles: passes of the (step, tile) loop
+                    tile = step_path(self.instrs, lo, hi, trips, take=self.tile_guards)
+                    self._paths[reps, polls] = tile * (reps - 1) + self._paths[reps, polls]
             else:
                 self._paths[reps, polls] = step_path(self.instrs, self.instrs[0].addr, None, trips)
         return self._paths[reps, polls]

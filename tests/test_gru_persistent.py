@@ -220,7 +220,7 @@ def test_auto_is_decided_per_pass_and_explicit_persistent_ignores_the_batch_limi
 
     monkeypatch.setitem(A.TABLE, ("gru", "fwd", "bf16", 90), {(64, 1024): "per_step"})
     monkeypatch.setitem(A.TABLE, ("gru", "bwd", "bf16", 90), {(64, 1024): "persistent"})
-    kw = dict(dtype=torch.bfloat16, H=1024, B=32, **H100)
+    kw = dict(dtype=torch.bfloat16, H=1024, B=64, **H100)
     assert G.decide("auto", kind="fwd", **kw)[0] is None
     assert G.decide("auto", kind="bwd", **kw)[0] is not None
     assert G.decide("persistent", kind="fwd", **kw)[0] is not None

@@ -237,7 +237,7 @@ def test_auto_is_decided_per_pass(monkeypatch):
 
     monkeypatch.setitem(A.TABLE, ("lstm", "fwd", "bf16", 90), {(64, 1024): "per_step"})
     monkeypatch.setitem(A.TABLE, ("lstm", "bwd", "bf16", 90), {(64, 1024): "persistent"})
-    kw = dict(dtype=torch.bfloat16, H=1024, B=32, has_proj=False, **H100)
+    kw = dict(dtype=torch.bfloat16, H=1024, B=64, has_proj=False, **H100)
     assert P.decide("auto", kind="fwd", **kw)[0] is None
     assert P.decide("auto", kind="bwd", **kw)[0] is not None
 

@@ -80,6 +80,62 @@ def test_persistent_step_path_and_counts_by_hand():
     assert (c.insts, c.bars, c.mma, c.global_bytes) == (14, 2, 3, 4 * 512 * 3)
 
 
+# Today's persistent kernels: one (step, tile) loop 0x10..0xe0 (no loop nested in it holds the MMA); a tile that
+# is not its step's last skips the arrival (the guard at 0x40 over the CTA barrier 0x50 and the REDG) and the wait
+# (the guard at 0x80 over the spin loop 0x90..0xb0 and its barrier).
+STEP_TILE = _sass(
+    (0x00, "S2R R0, SR_TID.X", dict(wbar=0)),
+    (0x10, "LDG.E.128.STRONG.GPU R4, desc[UR4][R2.64]", dict(wbar=1)),
+    (0x20, "HMMA.16816.F32.BF16 R12, R4, R10, R12", dict(wait=2)),
+    (0x30, "ISETP.NE.AND P4, PT, R1, R3, PT", {}),
+    (0x40, "@P4 BRA 0x70", {}),
+    (0x50, "BAR.SYNC.DEFER_BLOCKING 0x0", {}),
+    (0x60, "REDG.E.ADD.STRONG.GPU desc[UR4][R2.64], R1", {}),
+    (0x70, "STG.E [R2.64], R12", {}),
+    (0x80, "@P4 BRA 0xd0", {}),
+    (0x90, "LDG.E.STRONG.GPU R5, desc[UR4][R2.64]", dict(wbar=5)),
+    (0xa0, "ISETP.GT.AND P2, PT, R5, R1, PT", dict(wait=32)),
+    (0xb0, "@!P2 BRA 0x90", {}),
+    (0xc0, "BAR.SYNC.DEFER_BLOCKING 0x0", {}),
+    (0xd0, "@!P1 EXIT", {}),
+    (0xe0, "BRA 0x10", {}),
+    (0xf0, "BRA 0xf0", {}),
+)
+
+
+def test_step_tile_loop_runs_every_batch_tile_of_a_step():
+    """A step of n batch tiles in a (step, tile) loop: n - 1 whole passes that skip the arrival and the wait, then
+    the pass to the arrival's barrier; so the predicted step at 4 tiles is at least 3x one tile's (barrier aside).
+    (The predictor once walked the last pass alone: the same step at every batch.)"""
+    m = pr.StepKernelModel(dict(sass=STEP_TILE, registers=64, shared_bytes=0), warps=4, persistent=True)
+    assert m.persistent == (0x10, 0xe0, 0x50) and m.hot == set() and m.tile_guards == {0x40, 0x80}
+    last = [0x10, 0x20, 0x30, 0x40, 0x50]
+    assert [i.addr for i in m.path(1)] == last
+    assert [i.addr for i in m.path(3)] == [0x10, 0x20, 0x30, 0x40, 0x70, 0x80, 0xd0, 0xe0] * 2 + last
+    assert pr.count(m.path(4), 4).global_bytes == 4 * 4 * 512
+    for p in pr.DEVICES["h100"]:
+        one, four = (pr.persistent_step_us(m, n, 128, 1.0, p) - p.grid_barrier_us for n in (1, 4))
+        assert four >= 3 * one, (p, one, four)
+
+
+def test_csv_persistent_steps_grow_with_the_batch_tiles():
+    """The committed predictions: a persistent step at B = 64 (4 tiles of 16) does at least 3x the work of one at
+    B = 16 (grid barrier aside), 16 tiles at B = 256 at least 12x."""
+    idx = pr._index(pr.read_csv())
+    n = 0
+    for (cell, strategy, dtype, arch, B, H, kind), r in idx.items():
+        if strategy != "persistent" or B != 16 or "[16x" not in r["kernel"]:
+            continue
+        for Bn, times in ((64, 3), (256, 12)):
+            rn = idx[(cell, strategy, dtype, arch, Bn, H, kind)]
+            assert int(rn["insts_per_warp"]) >= times * int(r["insts_per_warp"]), (r, rn)
+            for end, p in zip(("lo", "hi"), pr.DEVICES[pr.ARCH_DEVICE[int(arch.removeprefix("sm_"))]]):
+                one, many = (float(x[f"us_per_step_{end}"]) - p.grid_barrier_us for x in (r, rn))
+                assert many >= times * one, (r, rn)
+            n += 1
+    assert n > 0
+
+
 def test_per_step_path_enters_a_loop_guarded_by_a_branch_around_it():
     """ptxas' K loop entry: ``@P BRA`` into the loop, the fall-through an unconditional ``BRA`` past it; a
     ``CALL`` walks its callee up to ``RET``; the walk ends at the unpredicated EXIT."""
@@ -255,11 +311,12 @@ def test_auto_between_the_points_rounds_up(monkeypatch):
     table = {(b, h): "per_step" for b in A.BATCHES for h in A.HIDDEN}
     table[(64, 768)] = "persistent"
     monkeypatch.setitem(A.TABLE, ("lstm", "bwd", "bf16", 90), table)
-    for B, H, want in ((17, 768, "persistent"), (64, 528, "persistent"), (64, 768, "persistent"),
-                       (16, 768, "per_step"), (65, 768, "per_step"), (64, 784, "per_step")):
+    below = A.BATCHES[A.BATCHES.index(64) - 1]  # the point before B = 64
+    for B, H, want in ((below + 1, 768, "persistent"), (64, 528, "persistent"), (64, 768, "persistent"),
+                       (below, 768, "per_step"), (65, 768, "per_step"), (64, 784, "per_step")):
         assert S.auto_strategy("lstm", "bwd", torch.bfloat16, B, H, 90) == want, (B, H)
     assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 4096, 4096, 90) == table[(256, 1024)]  # beyond: last
-    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 17, 768, 100) == "persistent"  # sm_100 uses sm_90's
-    assert S.auto_strategy("lstm", "bwd", torch.float64, 17, 768, 90) == "per_step"  # no fp64 predictions
+    assert S.auto_strategy("lstm", "bwd", torch.bfloat16, 64, 768, 100) == "persistent"  # sm_100 uses sm_90's
+    assert S.auto_strategy("lstm", "bwd", torch.float64, 64, 768, 90) == "per_step"  # no fp64 predictions
     cfg, why = P.decide("auto", dtype=torch.bfloat16, H=768, B=65, has_proj=False, kind="bwd", **PROPS[90])
     assert cfg is None and "predicted faster" in why
