@@ -421,12 +421,14 @@ def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like
                    n_programs: int | None = None, extra_meta: dict | None = None) -> None:
     """One persistent pass (``kind`` "fwd" or "bwd" of ``cfg``: its ``meta`` and ``warps``, plus ``extra_meta``)
     on cdiv(H, UNITS) programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed barrier
-    counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of ``like``
-    (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a barrier
-    timeout."""
+    counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``), HAS_RESETS (from ``args["resets"]``,
+    for the kernels that take it) and the dtype constexprs of ``like`` (``_common.dot_meta``). Raises NotCoresident
+    before launching, RuntimeError naming ``what`` after a barrier timeout."""
     flag = error_flag(like.device)
     args = dict(args, counter=torch.zeros(1, dtype=torch.int32, device=like.device), flag=flag,
                 HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like))
+    if "resets" in args:
+        args["HAS_RESETS"] = args["resets"] is not None
     grid = (n_programs or triton.cdiv(args["H"], cfg.UNITS),)
     meta, warps = dict(cfg.meta(kind), **(extra_meta or {})), cfg.warps(kind)
     _check_coresident(kernel, grid, args, meta, warps, like.device)
