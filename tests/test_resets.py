@@ -269,3 +269,25 @@ def test_readme_policy_example_runs():
     scope = {"__name__": "readme_resets"}
     exec(compile(code, "README.md: Episode resets", "exec"), scope)
     assert torch.isfinite(scope["loss"]) and scope["out"].shape == (16, 8, 32)
+
+
+def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration():
+    """The first-use self-check (forced on) compares the fused path with resets against the reference, with
+    random resets, once per configuration; a call without resets is another configuration."""
+    from models import _selfcheck as S
+
+    S.forget()
+    S.set_selfcheck("raise")
+    try:
+        m = GRU(3, 4, backend="triton", strategy="per_step", dtype=torch.float64)
+        x = rand(4, 2, 3)
+        with torch.no_grad():  # the forward check (the backward's is the same machinery)
+            m(x, resets=masks("random", 4, 2))
+            m(x, resets=masks("none", 4, 2))  # the same configuration: no second check
+            report = S.selfcheck_report()
+            assert len(report) == 1 and report[0]["status"] == "pass" and ", resets" in report[0]["config"], report
+            m(x)
+        assert len(S.selfcheck_report()) == 2
+    finally:
+        S.set_selfcheck(None)
+        S.forget()
