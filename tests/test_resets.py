@@ -291,3 +291,14 @@ def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration():
     finally:
         S.set_selfcheck(None)
         S.forget()
+
+
+def test_persistent_with_resets_runs_per_step_on_cuda_only():
+    """The persistent kernels' reset variant is not compile-checked: on CUDA a launch with resets is planned
+    per_step (with the reason), in the interpreter it runs persistent (the tests above)."""
+    from kernels import _persistent
+
+    mask = torch.zeros(2, 2, dtype=torch.bool)
+    assert _persistent.resets_on_gpu(None, torch.device("cuda")) == ""
+    assert _persistent.resets_on_gpu(mask, torch.device("cpu")) == ""
+    assert "not compile-checked" in _persistent.resets_on_gpu(mask, torch.device("cuda"))
