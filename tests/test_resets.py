@@ -302,3 +302,13 @@ def test_persistent_with_resets_runs_per_step_on_cuda_only():
     assert _persistent.resets_on_gpu(None, torch.device("cuda")) == ""
     assert _persistent.resets_on_gpu(mask, torch.device("cpu")) == ""
     assert "not compile-checked" in _persistent.resets_on_gpu(mask, torch.device("cuda"))
+
+
+def test_unbatched_input_takes_a_T_mask():
+    m = LSTM(3, 4, backend="reference", dtype=torch.float64)
+    x, r = rand(5, 3), masks("random", 5, 2)[:, 0]
+    y, (h, c) = m(x, resets=r)
+    yb, (hb, cb) = m(x.unsqueeze(1), resets=r.unsqueeze(1))
+    assert torch.equal(y, yb[:, 0]) and torch.equal(h, hb[:, 0]) and torch.equal(c, cb[:, 0])
+    with pytest.raises(RuntimeError, match=r"resets must have shape \(T,\) for unbatched input = \(5,\)"):
+        m(x, resets=r.unsqueeze(1))
