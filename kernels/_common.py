@@ -349,29 +349,35 @@ def compile_check_entries(kernel, configs, args: dict, constexprs: dict, name: s
     return out
 
 
-def previous_outputs(h0, y, lengths=None):
+def previous_outputs(h0, y, lengths=None, resets=None):
     """h_{t-1} of every step, (T, B, H): h0 at t = 0 and y[t-1] after; with ``lengths`` zero at the steps past a
-    row's length (its dz is 0 there, and 0 * a non-finite last output would put NaN into dW_hh)."""
+    row's length (its dz is 0 there, and 0 * a non-finite last output would put NaN into dW_hh); with ``resets``
+    (T, B) bool zero where a row restarts (its state entering that step is the zero state)."""
     h_prev = torch.cat([h0.unsqueeze(0), y[:-1]], 0)
     if lengths is not None:
         t = torch.arange(y.shape[0], device=h_prev.device).unsqueeze(1)
         h_prev = h_prev.masked_fill((t >= lengths.to(t.dtype).unsqueeze(0)).unsqueeze(2), 0)
+    if resets is not None:
+        h_prev = h_prev.masked_fill(resets.unsqueeze(2), 0)
     return h_prev
 
 
-def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None, dz_ih=None):
+def weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, lengths=None, dz_ih=None, resets=None):
     """Post-loop GEMMs shared by every cell: given dz (T, B, G*H) returns
     (dx, dh0, dW_ih, dW_hh, db or None). h_{t-1} is h0 at t = 0 and y[t-1] after. With ``lengths`` (B,),
     h_{t-1} is zeroed at the steps past a row's length: dz is 0 there, and 0 * a non-finite last output would
     otherwise put NaN into every entry of dW_hh. ``dz_ih``: the gradient of the input projection where it is not
-    dz (the GRU's, whose n block differs); dx and dW_ih come from it, everything else from dz (db = dz's sum)."""
+    dz (the GRU's, whose n block differs); dx and dW_ih come from it, everything else from dz (db = dz's sum).
+    ``resets`` (T, B) bool: h_{t-1} is zero at a restart, and dh0 is zero on the rows restarted at t = 0."""
     T, B, GH = dz.shape
     dz2 = dz.reshape(T * B, GH)
     dzi2 = dz2 if dz_ih is None else dz_ih.reshape(T * B, -1)
     dw_hh = dh0 = None
     if w_hh is not None:  # None: the caller forms dW_hh and dh0 itself (kernels/heads.py)
-        dw_hh = dz2.t() @ previous_outputs(h0, y, lengths).reshape(T * B, -1).to(dz2.dtype)
+        dw_hh = dz2.t() @ previous_outputs(h0, y, lengths, resets).reshape(T * B, -1).to(dz2.dtype)
         dh0 = dz[0] @ w_hh.to(dz2.dtype)
+        if resets is not None:
+            dh0 = dh0.masked_fill(resets[0].unsqueeze(1), 0)
     dw_ih = dzi2.t() @ x.reshape(T * B, -1).to(dz2.dtype)
     dx = (dzi2 @ w_ih.to(dz2.dtype)).reshape(T, B, -1)
     db = dz2.sum(0, dtype=acc_torch_dtype(dz2.dtype)).to(dz2.dtype) if has_bias else None
@@ -595,6 +601,37 @@ def store_blocks(p, H, b0, b1, b2, b3, mask):
     tl.store(p + H, b1.to(ty), mask=mask)
     tl.store(p + 2 * H, b2.to(ty), mask=mask)
     tl.store(p + 3 * H, b3.to(ty), mask=mask)
+
+
+def check_resets(resets, T: int, B: int, device) -> torch.Tensor | None:
+    """The (T, B) bool reset mask as the kernels read it: checked, row-major, viewed as int8 (no copy when
+    already row-major); None stays None."""
+    if resets is None:
+        return None
+    check_tensor("resets", resets, (T, B), torch.bool, device)
+    return rowmajor(resets).view(torch.int8)
+
+
+def step_resets(resets, t: int, has_next: bool) -> dict:
+    """A backward step's reset rows: ``resets`` (row t: its c_{t-1} / h_{t-1} was zero) and ``resets_next`` (row
+    t+1, with a next step: its gradient does not reach step t) of the (T, B) int8 mask, or both None."""
+    if resets is None:
+        return dict(resets=None, resets_next=None)
+    return dict(resets=resets[t], resets_next=resets[t + 1] if has_next else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Episode resets (docs/MATH.md "Episode resets"): with HAS_RESETS a step reads one int8 per row of its step's
+# row of the (T, B) mask; a restarting row's state entering the step is the zero state. The flags are loaded
+# before the product (their latency hidden under it) and applied after it, as selects on the product's rows and
+# on c_{t-1} / h_{t-1} (backward: on the rows of dz_{t+1} @ W_hh that would reach the dropped state), so the
+# product's loads never wait for them and a dropped state's values (NaN included) never reach the result.
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def carried_rows(resets, o_b, m_b):
+    """(BLOCK_B,) bool: the rows of this tile (``m_b``) whose state carries into the step of ``resets`` (that
+    step's (B,) int8 row of the reset mask), i.e. those that do not restart there."""
+    return m_b & (tl.load(resets + o_b, mask=m_b, other=1) == 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -300,6 +300,16 @@ def log_per_step(cell: str, kind: str, strategy: str, why: str) -> None:
         log.debug("fusedrnn: %s %s strategy=%r runs per_step: %s", cell, kind, strategy, why)
 
 
+def resets_on_gpu(resets, device: torch.device) -> str:
+    """"" where a persistent launch may take a reset mask, else why not: the kernels' HAS_RESETS variant runs in the
+    interpreter (tests) but is not in the compile check's table (with it, sm_90a bf16: the LSTM backward at
+    H_PAD 512 / 4 units and the GRU backward at H_PAD 1024 spill 8 B), so on CUDA a launch with resets runs
+    per_step, whose reset variant is checked."""
+    if resets is None or device.type != "cuda":
+        return ""
+    return "resets: the persistent kernels' reset variant is not compile-checked; per_step's is"
+
+
 def log_fallback(strategy: str, err: Exception, cell: str = "LSTM") -> None:
     """Log at DEBUG level why a launch planned as persistent runs per_step (the caller then runs it)."""
     log.debug("fusedrnn: %s strategy=%r runs per_step: %s", cell, strategy, err)
@@ -449,12 +459,14 @@ def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like
                    n_programs: int | None = None, extra_meta: dict | None = None) -> None:
     """One persistent pass (``kind`` "fwd" or "bwd" of ``cfg``: its ``meta`` and ``warps``, plus ``extra_meta``)
     on ``cfg.programs(kind, H)`` programs, or ``n_programs`` (tests of the barrier timeout). ``args`` gets a zeroed
-    barrier counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``) and the dtype constexprs of
-    ``like`` (``_common.dot_meta``). Raises NotCoresident before launching, RuntimeError naming ``what`` after a
-    barrier timeout."""
+    barrier counter, the device's error flag, HAS_LENGTHS (from ``args["lengths"]``), HAS_RESETS (from
+    ``args["resets"]``, for the kernels that take it) and the dtype constexprs of ``like`` (``_common.dot_meta``).
+    Raises NotCoresident before launching, RuntimeError naming ``what`` after a barrier timeout."""
     flag = error_flag(like.device)
     args = dict(args, counter=torch.zeros(1, dtype=torch.int32, device=like.device), flag=flag,
                 HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like))
+    if "resets" in args:
+        args["HAS_RESETS"] = args["resets"] is not None
     grid = (n_programs or cfg.programs(kind, args["H"]),)
     meta, warps = dict(cfg.meta(kind), **(extra_meta or {})), cfg.warps(kind)
     _check_coresident(kernel, grid, args, meta, warps, like.device)

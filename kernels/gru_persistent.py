@@ -49,6 +49,7 @@ import triton.language as tl
 from . import _persistent as _p
 from ._common import (
     acc_torch_dtype,
+    carried_rows,
     dtype_group,  # noqa: F401 - re-exported for callers that look the group up here
     gru_cell_bwd,
     gru_cell_fwd,
@@ -76,12 +77,13 @@ from ._persistent import (  # noqa: F401 - re-exported: the GRU's public persist
 # Forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_tile(hbuf, lengths, t, b0, B, H, w3, x, x_n, v_hn, alive, o_j, gate_n, HAS_LENGTHS: tl.constexpr,
-              CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr,
-              BLOCK_B: tl.constexpr, U: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+def _fwd_tile(hbuf, lengths, resets, t, b0, B, H, w3, x, x_n, v_hn, alive, o_j, gate_n, HAS_LENGTHS: tl.constexpr,
+              HAS_RESETS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+              FAST: tl.constexpr, BLOCK_B: tl.constexpr, U: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
     """One forward step of one batch tile: h_{t-1} @ [W_r; W_z; W_n]^T slice as ONE split-K dot (four blocks wide,
     the fourth masked) and one reduction, plus xp[t] of r, z and b_hn of n as one (BB, 4U) tile; the cell; h_t
-    into hbuf[t+1]. Returns r, z, n, hn for the caller to store after its arrival."""
+    into hbuf[t+1]. Returns r, z, n, hn for the caller to store after its arrival. HAS_RESETS: the rows set in
+    resets[t] start from h_{t-1} = 0."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
@@ -91,9 +93,15 @@ def _fwd_tile(hbuf, lengths, t, b0, B, H, w3, x, x_n, v_hn, alive, o_j, gate_n, 
     # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k], read past L1 (written by other programs)
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    if HAS_RESETS:  # the rows whose h_{t-1} carries into step t: loaded beside the h gather, applied after the dot
+        m_h = carried_rows(resets + t64 * B, o_b, m_b)[:, None]
     b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
     h_prev = tl.load(hbuf + t64 * s_t + o_bj, mask=m_bj, other=0.0, cache_modifier=".cg").to(ACC)
-    pre = _splitk_dot(b_h, w3, CAST_F32, PRECISION, ACC) + tl.where((gate_n < 2)[None, :], x.to(ACC), v_hn[None, :])
+    rec = _splitk_dot(b_h, w3, CAST_F32, PRECISION, ACC)
+    if HAS_RESETS:  # a restarting row: h_{t-1} = 0 (a select: its old state never reaches the result)
+        rec = tl.where(m_h, rec, 0.0)
+        h_prev = tl.where(m_h, h_prev, 0.0)
+    pre = rec + tl.where((gate_n < 2)[None, :], x.to(ACC), v_hn[None, :])
     a_r, a_z, b_hn, _ = split_gates4(pre, BLOCK_B, U)
     b_r, b_z, b_n, b_ht = gru_cell_fwd(a_r, a_z, x_n.to(ACC), b_hn, h_prev, lengths, t, o_b, m_b, HAS_LENGTHS, FAST)
     b_ht = tl.where(alive != 0, b_ht, float("nan"))
@@ -121,6 +129,7 @@ def _gru_fwd_persistent(
     hbuf,  # (T+1, B, H) hbuf[0] = h0, hbuf[t+1] = h_t (= y[t])
     gates,  # (T, B, 4H) r, z, n, hn (only if STORE_GATES)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     counter,  # (1,) int32, zero at launch
     flag,  # (1,) int32 sticky error flag: set to 1 on a barrier timeout, never cleared by a kernel
     s_w,
@@ -136,6 +145,7 @@ def _gru_fwd_persistent(
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
     FAST_TANH: tl.constexpr = False,  # tanh.approx for the activations (16-bit, compiled for a GPU only)
+    HAS_RESETS: tl.constexpr = False,
 ):
     nprog = tl.num_programs(0)
     U: tl.constexpr = BLOCK_H
@@ -163,8 +173,9 @@ def _gru_fwd_persistent(
     t = 0
     tile = 0
     for _ in tl.range(0, T * n_tiles, num_stages=1):
-        g_r, g_z, g_n, g_hn = _fwd_tile(hbuf, lengths, t, tile * BLOCK_B, B, H, w3, x, x_n, v_hn, alive, o_j, gate_n,
-                                        HAS_LENGTHS, CAST_F32, PRECISION, ACC, FAST_TANH, BLOCK_B, U, S, KS)
+        g_r, g_z, g_n, g_hn = _fwd_tile(hbuf, lengths, resets, t, tile * BLOCK_B, B, H, w3, x, x_n, v_hn, alive, o_j,
+                                        gate_n, HAS_LENGTHS, HAS_RESETS, CAST_F32, PRECISION, ACC, FAST_TANH, BLOCK_B,
+                                        U, S, KS)
         last = tile == n_tiles - 1
         if last:
             _arrive(counter)  # h_t of every tile is out: the others may go on
@@ -213,6 +224,7 @@ def _gru_bwd_persistent(
     qbuf,  # (2, B, H) accumulator dtype; slot 0 zero on entry (q at T-1), q_0 in slot T % 2 on exit
     dg,  # (T, B, 4H) output dg_t = [da_r, da_z, dhn, dn]
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     counter,  # (1,) int32, zero at launch
     flag,  # (1,) int32 sticky error flag
     s_w,
@@ -225,6 +237,7 @@ def _gru_bwd_persistent(
     BLOCK_H: tl.constexpr,  # U
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: slices of each gate block (H_PAD) of the reduction axis, one per warp
+    HAS_RESETS: tl.constexpr = False,
 ):
     nprog = tl.num_programs(0)
     U: tl.constexpr = BLOCK_H
@@ -258,11 +271,21 @@ def _gru_bwd_persistent(
         q_in = tl.load(qbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
         # dh += dg_{t+1}[:, :3H] @ W_hh[:, units]: the r, z, n blocks of dg_{t+1} (row stride 4H; dn is not read)
         b3 = o_b[None, :, None]
+        # resets: a row restarting at t had h_{t-1} = 0 and passes no gradient (no carry) to step t-1; one
+        # restarting at t+1 takes none from dg_{t+1} (its carry came as 0); loaded beside the gather, applied after
+        if HAS_RESETS:
+            m_h = carried_rows(resets + tl.cast(t, tl.int64) * B, o_b, m_b)[:, None]
+            m_dg = carried_rows(resets + (tl.cast(t, tl.int64) + 1) * B, o_b, m_b & (step > 0))[:, None]
         p = dg + (tl.cast(t, tl.int64) + 1) * s_t * 4 + b3 * (4 * H) + kk
-        b_dh = b_dy + q_in + _blocks_dot(p, (b3 < B) & (kk < H) & (step > 0), H, w_r, w_z, w_n, w_n, 3, CAST_F32,
-                                         PRECISION, ACC)
+        rec = _blocks_dot(p, (b3 < B) & (kk < H) & (step > 0), H, w_r, w_z, w_n, w_n, 3, CAST_F32, PRECISION, ACC)
+        if HAS_RESETS:
+            rec = tl.where(m_dg, rec, 0.0)
+            b_hp = tl.where(m_h, b_hp, 0.0)
+        b_dh = b_dy + q_in + rec
         b_dh = tl.where(alive != 0, b_dh, float("nan"))  # after a timeout: dg and (q = dh * z) NaN from here on
         da_r, da_z, dhn, dn, b_q = gru_cell_bwd(b_dh, b_r, b_z, b_n, b_hn, b_hp, lengths, t, o_b, m_b, HAS_LENGTHS)
+        if HAS_RESETS:
+            b_q = tl.where(m_h, b_q, 0.0)
         _store_gate_tile(dg + tl.cast(t, tl.int64) * s_t * 4, o_b, B, H, o_n, m_n, da_r, da_z, dhn, dn, BLOCK_B, U)
         last = tile == n_tiles - 1
         if last:
@@ -330,12 +353,12 @@ def log_fallback(strategy: str, err: Fallback) -> None:
 # Launchers
 # ----------------------------------------------------------------------------------------------
 def gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths=None, *, store=True, cfg: PersistentConfig,
-                       spin_cap: int = SPIN_CAP, n_programs: int | None = None):
+                       spin_cap: int = SPIN_CAP, n_programs: int | None = None, resets=None):
     """The whole forward recurrence of one GRU layer and direction in one launch.
 
     Args: xp (T, B, 3H) (``reference.gru_input_projection``: b_ih and b_hr, b_hz included); w_hh (3H, H); b_hn
-    (H,) or None; h0 (B, H); lengths (B,) int32 or None; ``cfg`` from ``decide``. ``n_programs`` overrides the
-    grid (tests of the barrier timeout only).
+    (H,) or None; h0 (B, H); lengths (B,) int32 or None; resets (T, B) int8 row-major or None; ``cfg`` from
+    ``decide``. ``n_programs`` overrides the grid (tests of the barrier timeout only).
     Returns y (T, B, H) and, with ``store``, gates (T, B, 4H) = [r, z, n, hn] in xp's dtype, else None.
     Raises NotCoresident / Misaligned (before launching) or RuntimeError (barrier timeout).
     """
@@ -347,19 +370,19 @@ def gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths=None, *, store=True, cfg: Per
     hbuf[0].copy_(h0)
     gates = xp.new_empty(T, B, 4 * H) if store else None
     _check_aligned(xp=xp, w_hh=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths)
-    args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
-                H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None, STORE_GATES=store)
+    args = dict(xp=xp, w=w_hh, b_hn=b_hn, hbuf=hbuf, gates=gates, lengths=lengths, resets=resets, s_w=w_hh.stride(0),
+                T=T, B=B, H=H, spin_cap=spin_cap, HAS_BHN=b_hn is not None, STORE_GATES=store)
     _p.run_persistent(_gru_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="GRU forward",
                       n_programs=n_programs, extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     return hbuf[1:], gates
 
 
 def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentConfig, spin_cap: int = SPIN_CAP,
-                       n_programs: int | None = None):
+                       n_programs: int | None = None, resets=None):
     """The whole backward recurrence of one GRU layer and direction in one launch.
 
     Args: dy (T, B, H) (gradient of h_n added at each row's last step); w_hh (3H, H); h0 (B, H); y (T, B, H) and
-    gates (T, B, 4H) as saved by either forward strategy; lengths or None.
+    gates (T, B, 4H) as saved by either forward strategy; lengths, resets (as the forward's) or None.
     Returns dg (T, B, 4H) = [da_r, da_z, dhn, dn] in gates' dtype and q0 (B, H) in the accumulator dtype (the
     direct part of dh0: dh0 = q0 + dg[0, :, :3H] @ W_hh).
     """
@@ -370,14 +393,15 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
     dg = gates.new_empty(T, B, 4 * H)
     qbuf = dy.new_zeros(2, B, H, dtype=acc)
     _check_aligned(dy=dy, w_hh=w_t, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths)
-    args = dict(dy=dy, w=w_t, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, s_w=w_t.stride(0), T=T,
-                B=B, H=H, spin_cap=spin_cap)
+    args = dict(dy=dy, w=w_t, gates=gates, y=y, h0=h0, qbuf=qbuf, dg=dg, lengths=lengths, resets=resets,
+                s_w=w_t.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
     _p.run_persistent(_gru_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="GRU backward",
                       n_programs=n_programs)
     return dg, qbuf[T % 2]
 
 
-# Static compile check (experiments/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates),
+# Static compile check (experiments/compile_check.py): the heaviest constexpr variant without resets (b_hn, lengths,
+# stored gates; the reset variant runs in the interpreter only, ``_persistent.resets_on_gpu``),
 # aligned only (the variant ``decide`` lets run).
 COMPILE_CHECK = [
     *_p.check_entries(_gru_fwd_persistent, ARCH_CONFIGS, "fwd", aligns=("aligned",),

@@ -92,6 +92,7 @@ import torch
 from . import _persistent as _p
 from ._common import (
     acc_torch_dtype,
+    carried_rows,
     dtype_group,
     gate_act,
     lstm_cell_bwd,
@@ -140,12 +141,14 @@ def _gate_cols(j0, H, U: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(hbuf, lengths, t, b0, B, H, w3, x, c_prev, alive, o_j, is_g,
-              HAS_LENGTHS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
-              FAST: tl.constexpr, BLOCK_B: tl.constexpr, U: tl.constexpr, S: tl.constexpr, KS: tl.constexpr):
+def _fwd_tile(hbuf, lengths, resets, t, b0, B, H, w3, x, c_prev, alive, o_j, is_g,
+              HAS_LENGTHS: tl.constexpr, HAS_RESETS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+              ACC: tl.constexpr, FAST: tl.constexpr, BLOCK_B: tl.constexpr, U: tl.constexpr, S: tl.constexpr,
+              KS: tl.constexpr):
     """One forward step of one batch tile: z = h_{t-1} @ [W_i; W_f; W_g; W_o]^T slice (one split-K dot, one
     reduction) + xp[t] as a (BB, 4U) tile, the activations, the cell; h_t stored into hbuf[t+1]. Returns the
-    activated gates i, f, g, o and c_t, (BB, U) each, for the caller to store after its arrival."""
+    activated gates i, f, g, o and c_t, (BB, U) each, for the caller to store after its arrival. HAS_RESETS: the
+    rows set in resets[t] start from h_{t-1} = c_{t-1} = 0."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     o_b = b0 + tl.arange(0, BLOCK_B)
@@ -153,8 +156,14 @@ def _fwd_tile(hbuf, lengths, t, b0, B, H, w3, x, c_prev, alive, o_j, is_g,
     # h_{t-1} of the tile as (S, BB, KS): [s, b, k] = h[b, s*KS + k], read past L1 (written by other programs)
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+    if HAS_RESETS:  # the rows whose state carries into step t: loaded beside the h gather, applied after the dot
+        m_h = carried_rows(resets + t64 * B, o_b, m_b)[:, None]
     b_h = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=(b3 < B) & (kk < H), other=0.0, cache_modifier=".cg")
-    z = x.to(ACC) + _splitk_dot(b_h, w3, CAST_F32, PRECISION, ACC)
+    rec = _splitk_dot(b_h, w3, CAST_F32, PRECISION, ACC)
+    if HAS_RESETS:  # a restarting row: h_{t-1} = c_{t-1} = 0 (a select: its old state never reaches the result)
+        rec = tl.where(m_h, rec, 0.0)
+        c_prev = tl.where(m_h, c_prev, 0.0)
+    z = x.to(ACC) + rec
     a = gate_act(z, is_g[None, :], FAST)
     b_i, b_f, b_g, b_o = split_gates4(a, BLOCK_B, U)
     b_c, b_r = lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTHS, FAST)
@@ -186,6 +195,7 @@ def _lstm_fwd_persistent(
     cbuf,  # (NSLOT, B, H) accumulator dtype; slot 0 = c0, c_t in slot (t+1) % NSLOT
     gates,  # (T, B, 4H) activated i, f, g, o (only if STORE_GATES)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     counter,  # (1,) int32, zero at launch
     flag,  # (1,) int32 sticky error flag: set to 1 on a barrier timeout, never cleared by a kernel
     s_w,
@@ -200,6 +210,7 @@ def _lstm_fwd_persistent(
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: K slices, one per warp
     FAST_TANH: tl.constexpr = False,  # tanh.approx for the activations (16-bit, compiled for a GPU only)
+    HAS_RESETS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -228,8 +239,9 @@ def _lstm_fwd_persistent(
         # c_{t-1}: this program's own store, read beside the h gather
         c_prev = tl.load(cbuf + slot * s_t + o_b[:, None] * H + o_j[None, :],
                          mask=(o_b < B)[:, None] & (o_j < H)[None, :], other=0.0)
-        b_i, b_f, b_g, b_o, b_c = _fwd_tile(hbuf, lengths, t, tile * BLOCK_B, B, H, w3, x, c_prev, alive, o_j, is_g,
-                                            HAS_LENGTHS, CAST_F32, PRECISION, ACC, FAST_TANH, BLOCK_B, U, S, KS)
+        b_i, b_f, b_g, b_o, b_c = _fwd_tile(hbuf, lengths, resets, t, tile * BLOCK_B, B, H, w3, x, c_prev, alive, o_j,
+                                            is_g, HAS_LENGTHS, HAS_RESETS, CAST_F32, PRECISION, ACC, FAST_TANH,
+                                            BLOCK_B, U, S, KS)
         last = tile == n_tiles - 1
         if last:
             _arrive(counter)  # h_t of every tile is out: the others may go on
@@ -289,6 +301,7 @@ def _lstm_bwd_persistent(
     dcbuf,  # (2, B, H) accumulator dtype; slot 0 = dc_n on entry, dc_0 in slot T % 2 on exit
     dz,  # (T, B, 4H) output dz_t
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     counter,  # (1,) int32, zero at launch
     flag,  # (1,) int32 sticky error flag
     s_w,
@@ -301,6 +314,7 @@ def _lstm_bwd_persistent(
     BLOCK_H: tl.constexpr,  # U
     BLOCK_K: tl.constexpr,  # H_PAD
     SPLIT_K: tl.constexpr,  # S: slices of each gate block (H_PAD) of the reduction axis, one per warp
+    HAS_RESETS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -333,10 +347,21 @@ def _lstm_bwd_persistent(
         m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
         dc_in = tl.load(dcbuf + (step % 2) * s_t + o_bj, mask=m_bj, other=0.0)
-        b_dh = b_dy + _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
+        # resets: a row restarting at t had c_{t-1} = 0 and passes no gradient to step t-1; one restarting at t+1
+        # takes none from dz_{t+1} (its dc came as 0 from step t+1); loaded beside the dz gather, applied after
+        if HAS_RESETS:
+            m_h = carried_rows(resets + tl.cast(t, tl.int64) * B, o_b, m_b)[:, None]
+            m_dz = carried_rows(resets + (tl.cast(t, tl.int64) + 1) * B, o_b, m_b & (step > 0))[:, None]
+        rec = _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
+        if HAS_RESETS:
+            rec = tl.where(m_dz, rec, 0.0)
+            b_cp = tl.where(m_h, b_cp, 0.0)
+        b_dh = b_dy + rec
         b_dh = tl.where(alive != 0, b_dh, float("nan"))
         b_dzi, b_dzf, b_dzg, b_dzo, b_dcp = lstm_cell_bwd(b_dh, b_i, b_f, b_g, b_o, b_c, b_cp, dc_in, lengths, t,
                                                           o_b, m_b, HAS_LENGTHS)
+        if HAS_RESETS:
+            b_dcp = tl.where(m_h, b_dcp, 0.0)
         _store_gate_tile(dz + tl.cast(t, tl.int64) * s_t * 4, o_b, B, H, o_n, m_n, b_dzi, b_dzf, b_dzg, b_dzo,
                          BLOCK_B, U)
         last = tile == n_tiles - 1
@@ -422,11 +447,12 @@ def _supported(dtype, arch: int = 90) -> str:
 # Launchers
 # ----------------------------------------------------------------------------------------------
 def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: PersistentConfig,
-                        spin_cap: int = SPIN_CAP, n_programs: int | None = None):
+                        spin_cap: int = SPIN_CAP, n_programs: int | None = None, resets=None):
     """The whole forward recurrence of one layer and direction in one launch.
 
     Args: xp (T, B, 4H) with biases; w_hh (4H, H); h0 (B, H); c0 (B, H); lengths (B,) int32 or None;
-    ``cfg`` from ``decide``. ``n_programs`` overrides the grid (tests of the barrier timeout only).
+    resets (T, B) int8 row-major or None (``_common.check_resets``); ``cfg`` from ``decide``. ``n_programs``
+    overrides the grid (tests of the barrier timeout only).
     Returns what ``lstm.lstm_fwd_sequence`` returns: y (T, B, H), c_n (B, H) in the accumulator dtype,
     c_seq (T, B, H), gates (T, B, 4H), None (the last three only with ``store``, else None).
     Raises NotCoresident (before launching) or RuntimeError (barrier timeout).
@@ -442,8 +468,8 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     cbuf[0].copy_(c0)
     gates = xp.new_empty(T, B, G4) if store else None
     _check_aligned(xp=xp, w_hh=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths)
-    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, s_w=w_hh.stride(0), T=T, B=B,
-                H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
+    args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, resets=resets, s_w=w_hh.stride(0),
+                T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap, STORE_GATES=store)
     _p.run_persistent(_lstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LSTM forward",
                       n_programs=n_programs, extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     y = hbuf[1:]
@@ -452,11 +478,12 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
 
 
 def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: PersistentConfig,
-                        spin_cap: int = SPIN_CAP, n_programs: int | None = None):
+                        spin_cap: int = SPIN_CAP, n_programs: int | None = None, resets=None):
     """The whole backward recurrence of one layer and direction in one launch.
 
     Args: dy (T, B, H) (gradient of h_n added at its step); dc_n (B, H); w_hh (4H, H); c0 (B, H); c_seq
-    (T, B, H) accumulator dtype and gates (T, B, 4H) as saved by either forward strategy; lengths or None.
+    (T, B, H) accumulator dtype and gates (T, B, 4H) as saved by either forward strategy; lengths, resets (as the
+    forward's) or None.
     Returns what ``lstm.lstm_bwd_sequence`` returns: dz (T, B, 4H), dc0 (B, H) accumulator dtype, None.
     """
     T, B, H = dy.shape
@@ -468,7 +495,7 @@ def lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths=None, *, cfg: 
     dcbuf = dy.new_empty(2, B, H, dtype=acc)
     dcbuf[0].copy_(dc_n)
     _check_aligned(dy=dy, w_hh=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths)
-    args = dict(dy=dy, w=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths,
+    args = dict(dy=dy, w=w_t, gates=gates, c_seq=c_seq, c0=c0, dcbuf=dcbuf, dz=dz, lengths=lengths, resets=resets,
                 s_w=w_t.stride(0), T=T, B=B, H=H, spin_cap=spin_cap)
     _p.run_persistent(_lstm_bwd_persistent, args, cfg=cfg, kind="bwd", like=dy, what="LSTM backward",
                       n_programs=n_programs)
@@ -492,7 +519,8 @@ def log_fallback(strategy: str, err: Fallback) -> None:
 
 
 # Static compile check (experiments/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
-# heaviest constexpr variant (lengths, stored gates); the aligned variant only, the one ``decide`` lets run
+# heaviest constexpr variant without resets (lengths, stored gates; the reset variant runs in the interpreter only,
+# ``_persistent.resets_on_gpu``); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).
 _FWD_CHECK = dict(

@@ -4,6 +4,8 @@
 Dimensions: B batch, T steps, I input, H hidden, P projected hidden (P = H without proj_size).
 ``lengths`` (B,) int, optional: sequence b is active at step t iff t < lengths[b]; an inactive row keeps
 its state and outputs zeros (the layout of a padded PackedSequence, longest first or not).
+``resets`` (T, B) bool, optional: where resets[t, b] is set, row b's state entering step t is the zero state
+(an episode restarts there; docs/MATH.md "Episode resets"); no gradient crosses such a step.
 """
 from __future__ import annotations
 
@@ -43,17 +45,26 @@ def _advance(act, new, old):
     return tuple(torch.where(act, n, o) for n, o in zip(new, old))
 
 
+def restart(resets, t, states):
+    """The states entering step t: zero on the rows whose sequence restarts at t (``resets`` (T, B) bool or None),
+    unchanged elsewhere. ``masked_fill``: no gradient reaches the states a restart drops."""
+    if resets is None:
+        return states
+    r = resets[t].to(states[0].device).unsqueeze(1)
+    return tuple(s.masked_fill(r, 0) for s in states)
+
+
 def _output(act, h_new):
     """One step's output: ``h_new`` on active rows, zeros on finished ones."""
     return h_new if act is None else torch.where(act, h_new, torch.zeros_like(h_new))
 
 
-def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None):
+def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, resets=None):
     """One LSTM layer, one direction (forward in time).
 
     Args:
         x: (T, B, I); h0: (B, P); c0: (B, H); w_ih: (4H, I); w_hh: (4H, P); b_ih, b_hh: (4H,) or None;
-        w_hr: (P, H) or None (proj_size); lengths: (B,) or None.
+        w_hr: (P, H) or None (proj_size); lengths: (B,) or None; resets: (T, B) bool or None.
     Returns:
         y (T, B, P), h_n (B, P), c_n (B, H).
     """
@@ -62,6 +73,7 @@ def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengt
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):
+        h, c = restart(resets, t, (h, c))
         z = xs[t] + h @ w_hh.t()
         zi, zf, zg, zo = z.chunk(4, dim=1)
         i, f, g, o = torch.sigmoid(zi), torch.sigmoid(zf), torch.tanh(zg), torch.sigmoid(zo)
@@ -76,13 +88,15 @@ def lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengt
     return y, h, c
 
 
-def rnn_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=None):
-    """One Elman RNN layer, one direction. x: (T, B, I); h0: (B, H). Returns y (T, B, H), h_n (B, H)."""
+def rnn_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=None, resets=None):
+    """One Elman RNN layer, one direction. x: (T, B, I); h0: (B, H); resets (T, B) bool or None. Returns
+    y (T, B, H), h_n (B, H)."""
     act_fn = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
     xs = input_projection(x, w_ih, b_ih, b_hh).unbind(0)  # unbind: see lstm_layer_ref
     h = h0
     ys = []
     for t in range(x.shape[0]):
+        (h,) = restart(resets, t, (h,))
         h_new = act_fn(xs[t] + h @ w_hh.t())
         act = _active(lengths, t, x)
         (h,) = _advance(act, (h_new,), (h,))
@@ -114,12 +128,13 @@ def _usegate_pointwise(z, c, w_u, b_u):
     return u * v, k + n * i
 
 
-def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None):
+def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None, resets=None):
     """One use-gate LSTM layer, one direction (forward in time).
 
     Args:
         x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
-        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros).
+        w_u: (H, H); b_u: (H,) or None; lengths: (B,) or None (inactive rows keep state, output zeros);
+        resets: (T, B) bool or None.
     Returns:
         y (T, B, H), h_n (B, H), c_n (B, H).
     """
@@ -129,6 +144,7 @@ def usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):
+        h, c = restart(resets, t, (h, c))
         h_new, c_new = _usegate_pointwise(xs[t] + h @ w_hh.t(), c, w_u, b_u)
         act = _active(lengths, t, x)
         h, c = _advance(act, (h_new, c_new), (h, c))
@@ -170,12 +186,12 @@ def gru_cell_ref(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
     return gru_pointwise(xp, h @ w_hh.t(), h, b_hn)[0]
 
 
-def gru_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
+def gru_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, resets=None):
     """One GRU layer, one direction (forward in time).
 
     Args:
         x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H) (rows r, z, n); b_ih, b_hh: (3H,) or None;
-        lengths: (B,) or None (inactive rows keep their state and output zeros).
+        lengths: (B,) or None (inactive rows keep their state and output zeros); resets: (T, B) bool or None.
     Returns:
         y (T, B, H), h_n (B, H).
     """
@@ -185,6 +201,7 @@ def gru_layer_ref(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None):
     h = h0
     ys = []
     for t in range(x.shape[0]):
+        (h,) = restart(resets, t, (h,))
         h_new = gru_pointwise(xs[t], h @ w_hh.t(), h, b_hn)[0]
         act = _active(lengths, t, x)
         (h,) = _advance(act, (h_new,), (h,))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .reference import _active, _advance, _output, input_projection
+from .reference import _active, _advance, _output, input_projection, restart
 
 
 def heads_product(h, w_hh):
@@ -43,12 +43,13 @@ def slstm_pointwise(raw, c, n, m, detach_m=True):
     return h_new, c_new, n_new, m_new
 
 
-def slstm_layer_ref(x, h0, c0, n0, m0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, detach_m=True):
+def slstm_layer_ref(x, h0, c0, n0, m0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, detach_m=True, resets=None):
     """One sLSTM layer, one direction (forward in time).
 
     Args:
         x: (T, B, I); h0, c0, n0, m0: (B, H); w_ih: (4H, I); w_hh: (NH, 4D, D); b_ih, b_hh: (4H,) or None;
-        lengths: (B,) or None (a finished row keeps its states and outputs zeros).
+        lengths: (B,) or None (a finished row keeps its states and outputs zeros); resets: (T, B) bool or None
+            (h, c, n, m all restart from zero where set).
     Returns:
         y (T, B, H) and the final states h_n, c_n, n_n, m_n (B, H).
     """
@@ -56,6 +57,7 @@ def slstm_layer_ref(x, h0, c0, n0, m0, w_ih, w_hh, b_ih=None, b_hh=None, lengths
     states = (h0, c0, n0, m0)
     ys = []
     for t in range(x.shape[0]):
+        states = restart(resets, t, states)
         new = slstm_pointwise(xs[t] + heads_product(states[0], w_hh), *states[1:], detach_m=detach_m)
         act = _active(lengths, t, x)
         states = _advance(act, new, states)

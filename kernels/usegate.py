@@ -48,9 +48,9 @@ import triton.language as tl
 
 from . import _graphs
 from ._common import (
-    TileConfig, acc_torch_dtype, check_dtype, check_steps, check_strategy, check_tensor, dot_precision, dot_rows,
-    gate_products, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks, store_blocks, tanh, tile_offsets,
-    weight_grads,
+    TileConfig, acc_torch_dtype, carried_rows, check_dtype, check_resets, check_steps, check_strategy, check_tensor,
+    dot_precision, dot_rows, gate_products, row_stride, rowmajor, sigmoid, step_kernel, step_kernel_checks,
+    step_resets, store_blocks, tanh, tile_offsets, weight_grads,
 )
 from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
 
@@ -87,8 +87,9 @@ BWD_USE_CONFIGS = [TileConfig(B=16, H=32, K=32, warps=4, stages=3), *BWD_CONFIGS
 # ----------------------------------------------------------------------------------------------
 @step_kernel(
     configs=FWD_CONFIGS,
-    optional=dict(HAS_LENGTHS="lengths"),
-    args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32"),
+    optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
+    args=dict(xp="x", h_prev="x", c_prev="acc", w="x", c_out="acc", k_out="x", gates="x", lengths="*i32",
+              resets="*i8"),
 )
 @triton.jit(do_not_specialize=["t"])
 def _usegate_fwd_gates(
@@ -100,17 +101,25 @@ def _usegate_fwd_gates(
     k_out,  # (B, H) k_t = f * c_{t-1}, input dtype (the operand of launch B's dot)
     gates,  # (B, 4H) activated n, i, f, v
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (B,) int8 row t of the reset mask (only if HAS_RESETS)
     s_xp, s_hp, s_cp, s_w, s_co, s_k, s_g,
     t, B, H, K,
-    HAS_LENGTHS: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_RESETS: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
+    if HAS_RESETS:  # the rows whose h_{t-1}, c_{t-1} carry into step t: loaded before the K loop, applied after it
+        m_h = carried_rows(resets, o_b, m_b)[:, None]
 
     # h_{t-1} @ W_hh[g*H + j, :]^T for the gates N, i, f, V of this program's units
     b_zn, b_zi, b_zf, b_zv = gate_products(h_prev, s_hp, w, s_w, o_b, m_b, o_j, m_j, H, K, CAST_F32, PRECISION,
                                            ACC, BLOCK_B, BLOCK_H, BLOCK_K)
+    if HAS_RESETS:  # a restarting row: h_{t-1} = c_{t-1} = 0 (a select: its old state never reaches the result)
+        b_zn = tl.where(m_h, b_zn, 0.0)
+        b_zi = tl.where(m_h, b_zi, 0.0)
+        b_zf = tl.where(m_h, b_zf, 0.0)
+        b_zv = tl.where(m_h, b_zv, 0.0)
 
     p_x = xp + o_b[:, None] * s_xp + o_j[None, :]
     b_n = tanh(b_zn + tl.load(p_x, mask=m_bj, other=0.0).to(ACC))
@@ -118,6 +127,8 @@ def _usegate_fwd_gates(
     b_f = sigmoid(b_zf + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
     b_v = sigmoid(b_zv + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    if HAS_RESETS:
+        b_cp = tl.where(m_h, b_cp, 0.0)
     b_k = b_f * b_cp
     b_c = b_k + b_n * b_i
     if HAS_LENGTHS:
@@ -172,8 +183,9 @@ def _usegate_fwd_use(
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),
-    optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths"),
-    args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32"),
+    optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths", HAS_RESETS="resets_next"),
+    args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32",
+              resets_next="*i8"),
 )
 @triton.jit(do_not_specialize=["t"])
 def _usegate_bwd_gates(
@@ -186,18 +198,24 @@ def _usegate_bwd_gates(
     dz,  # (B, 4H) dz_t, output: blocks N, i, V here (f in launch B)
     dzu,  # (B, H) dzu_t, output (the operand of launch B's dot and of dW_u)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets_next,  # (B,) int8 row t+1 of the reset mask (only if HAS_RESETS, which needs HAS_NEXT)
     s_dzn, s_w, s_dy, s_g, s_u, s_dci, s_dz, s_dzu,
     t, B, H, K,
-    HAS_NEXT: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_NEXT: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_RESETS: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
-    # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows (full dz rows, no atomics).
+    # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows (full dz rows, no atomics); the rows
+    # restarting at t+1 take nothing (their dc_in came as 0 from step t+1)
+    if HAS_RESETS:
+        m_n = carried_rows(resets_next, o_b, m_b)[:, None]
     if HAS_NEXT:
         b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
                         BLOCK_B, BLOCK_H, BLOCK_K)
+        if HAS_RESETS:
+            b_dh = tl.where(m_n, b_dh, 0.0)
     else:
         b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
@@ -230,8 +248,9 @@ def _usegate_bwd_gates(
 
 @step_kernel(
     configs=BWD_USE_CONFIGS,
-    optional=dict(HAS_LENGTHS="lengths"),
-    args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32"),
+    optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
+    args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32",
+              resets="*i8"),
 )
 @triton.jit(do_not_specialize=["t"])
 def _usegate_bwd_use(
@@ -243,14 +262,17 @@ def _usegate_bwd_use(
     dc_out,  # (B, H) gradient reaching c_{t-1}, accumulator dtype
     dz,  # (B, 4H) dz_t, output: block f
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (B,) int8 row t of the reset mask (only if HAS_RESETS): c_{t-1} was zero, no gradient reaches it
     s_dzu, s_w, s_g, s_cp, s_dci, s_dco, s_dz,
     t, B, H, K,
-    HAS_LENGTHS: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_RESETS: tl.constexpr,
     CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    if HAS_RESETS:  # loaded before the product, applied after it
+        m_h = carried_rows(resets, o_b, m_b)[:, None]
     # dk[b, j] = dc[b, j] + sum_m dzu[b, m] W_u[m, j]
     b_dk = dot_rows(dzu, s_dzu, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
                     BLOCK_B, BLOCK_H, BLOCK_K)
@@ -258,12 +280,16 @@ def _usegate_bwd_use(
     b_dk += b_dc
     b_f = tl.load(gates + o_b[:, None] * s_g + 2 * H + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
+    if HAS_RESETS:
+        b_cp = tl.where(m_h, b_cp, 0.0)
     b_dzf = b_dk * b_cp * b_f * (1.0 - b_f)
     b_dcp = b_dk * b_f
     if HAS_LENGTHS:
         m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
         b_dzf = tl.where(m_act, b_dzf, 0.0)
         b_dcp = tl.where(m_act, b_dcp, b_dc)
+    if HAS_RESETS:
+        b_dcp = tl.where(m_h, b_dcp, 0.0)
     tl.store(dc_out + o_b[:, None] * s_dco + o_j[None, :], b_dcp, mask=m_bj)
     tl.store(dz + o_b[:, None] * s_dz + 2 * H + o_j[None, :], b_dzf.to(dz.dtype.element_ty), mask=m_bj)
 
@@ -271,13 +297,15 @@ def _usegate_bwd_use(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def usegate_fwd_gates_step(xp_t, h_prev, c_prev, w_hh, c_out, k_out, gates, lengths=None, t=0):
+def usegate_fwd_gates_step(xp_t, h_prev, c_prev, w_hh, c_out, k_out, gates, lengths=None, t=0, resets_t=None):
     """Forward launch A of step t. Shapes: xp_t (B, 4H); h_prev (B, H); c_prev (B, H); w_hh (4H, H);
     outputs c_out (B, H) in the accumulator dtype, k_out (B, H) and gates (B, 4H) in the input dtype.
-    lengths (B,) int32 or None with step index t. Writes the outputs in place."""
+    lengths (B,) int32 or None with step index t; resets_t (B,) int8 (row t of the reset mask) or None. Writes
+    the outputs in place."""
     B, G4 = xp_t.shape
     _usegate_fwd_gates.launch(
         xp=xp_t, h_prev=h_prev, c_prev=c_prev, w=w_hh, c_out=c_out, k_out=k_out, gates=gates, lengths=lengths,
+        resets=resets_t,
         s_xp=xp_t.stride(0), s_hp=h_prev.stride(0), s_cp=c_prev.stride(0), s_w=w_hh.stride(0),
         s_co=c_out.stride(0), s_k=k_out.stride(0), s_g=gates.stride(0),
         t=t, B=B, H=G4 // 4, K=h_prev.shape[1],
@@ -295,31 +323,34 @@ def usegate_fwd_use_step(k_t, w_u, b_u, gates_t, h_out, u_out=None, lengths=None
     )
 
 
-def usegate_bwd_gates_step(dz_next, w_hh, dy_t, gates_t, u_t, dc_in, dz_t, dzu_t, lengths=None, t=0):
+def usegate_bwd_gates_step(dz_next, w_hh, dy_t, gates_t, u_t, dc_in, dz_t, dzu_t, lengths=None, t=0, resets=None):
     """Backward launch A of step t. dz_next (B, 4H) or None at t = T-1; dy_t (B, H); u_t (B, H); dc_in (B, H)
-    accumulator dtype. Writes dzu_t (B, H) and the N, i, V blocks of dz_t (B, 4H) in place."""
+    accumulator dtype; resets the whole (T, B) int8 reset mask or None. Writes dzu_t (B, H) and the N, i, V
+    blocks of dz_t (B, 4H) in place."""
     B, G4 = gates_t.shape
     _usegate_bwd_gates.launch(
         dz_next=dz_next, w=w_hh, dy=dy_t, gates=gates_t, u=u_t, dc_in=dc_in, dz=dz_t, dzu=dzu_t, lengths=lengths,
+        resets_next=step_resets(resets, t, dz_next is not None)["resets_next"],
         s_dzn=row_stride(dz_next), s_w=w_hh.stride(0), s_dy=dy_t.stride(0), s_g=gates_t.stride(0),
         s_u=u_t.stride(0), s_dci=dc_in.stride(0), s_dz=dz_t.stride(0), s_dzu=dzu_t.stride(0),
         t=t, B=B, H=G4 // 4, K=G4,
     )
 
 
-def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengths=None, t=0):
+def usegate_bwd_use_step(dzu_t, w_u, gates_t, c_prev, dc_in, dc_out, dz_t, lengths=None, t=0, resets_t=None):
     """Backward launch B of step t: dk = dc_in + dzu_t @ w_u; writes the f block of dz_t (B, 4H) and
-    dc_out (B, H) (accumulator dtype) in place."""
+    dc_out (B, H) (accumulator dtype) in place; resets_t (B,) int8 (row t of the reset mask) or None."""
     B, H = dzu_t.shape
     _usegate_bwd_use.launch(
         dzu=dzu_t, w=w_u, gates=gates_t, c_prev=c_prev, dc_in=dc_in, dc_out=dc_out, dz=dz_t, lengths=lengths,
+        resets=resets_t,
         s_dzu=dzu_t.stride(0), s_w=w_u.stride(0), s_g=gates_t.stride(0), s_cp=c_prev.stride(0),
         s_dci=dc_in.stride(0), s_dco=dc_out.stride(0), s_dz=dz_t.stride(0),
         t=t, B=B, H=H, K=H,
     )
 
 
-def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
+def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, resets, store):
     T, B, G4 = xp.shape
     H = G4 // 4
     acc = acc_torch_dtype(xp.dtype)
@@ -334,7 +365,8 @@ def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
         h_prev = h0 if t == 0 else y[t - 1]
         c_prev = c0 if t == 0 else c_seq[(t - 1) if store else (t - 1) % 2]
         c_out = c_seq[t if store else t % 2]
-        usegate_fwd_gates_step(xp[t], h_prev, c_prev, w_hh, c_out, k_seq[s], gates[s], lengths, t)
+        usegate_fwd_gates_step(xp[t], h_prev, c_prev, w_hh, c_out, k_seq[s], gates[s], lengths, t,
+                               resets[t] if resets is not None else None)
         usegate_fwd_use_step(k_seq[s], w_u, b_u, gates[s], y[t], u_seq[t] if store else None, lengths, t)
     c_n = c_seq[(T - 1) if store else (T - 1) % 2]
     if not store:
@@ -342,12 +374,13 @@ def _fwd_loop(xp, w_hh, w_u, b_u, h0, c0, lengths, store):
     return y, c_n, c_seq, gates, k_seq, u_seq
 
 
-def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True, strategy="auto"):
+def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, resets=None, *, store=True, strategy="auto"):
     """Run the use-gate recurrence over all T steps, two fused launches per step (CUDA-graph replayed on a GPU).
 
     Args:
         xp: (T, B, 4H) input projection, biases included (``reference.input_projection``).
-        w_hh: (4H, H); w_u: (H, H); b_u: (H,) or None; h0, c0: (B, H); lengths: (B,) int32 or None.
+        w_hh: (4H, H); w_u: (H, H); b_u: (H,) or None; h0, c0: (B, H); lengths: (B,) int32 or None;
+        resets: (T, B) bool or None (the state entering step t is zero on the rows set at t).
         store: keep what backward needs (every c_t, gates, k_t, u_t); False under no_grad.
         strategy: "auto" or "per_step" (the only strategy of this cell).
     Returns:
@@ -370,17 +403,18 @@ def usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths=None, *, store=True
     check_tensor("c0", c0, (B, H), dt, dev)
     if lengths is not None:
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
+    resets = check_resets(resets, T, B, dev)
     xp, w_hh, w_u, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(w_u), rowmajor(h0), rowmajor(c0)
     b_u = b_u.contiguous() if b_u is not None else None
     return _graphs.run(
         "usegate_fwd",
         lambda *a: _fwd_loop(*a, store),
-        (xp, w_hh, w_u, b_u, h0, c0, lengths),
+        (xp, w_hh, w_u, b_u, h0, c0, lengths, resets),
         flags=(store, dot_precision(dt, dev)),
     )
 
 
-def _bwd_loop(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths):
+def _bwd_loop(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths, resets):
     T, B, H = dy.shape
     G4 = gates.shape[2]
     acc = acc_torch_dtype(dy.dtype)
@@ -391,19 +425,21 @@ def _bwd_loop(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths):
     for t in range(T - 1, -1, -1):
         dz_next = dz[t + 1] if t < T - 1 else None
         c_prev = c0 if t == 0 else c_seq[t - 1]
-        usegate_bwd_gates_step(dz_next, w_hh, dy[t], gates[t], u_seq[t], dc_in, dz[t], dzu[t], lengths, t)
-        usegate_bwd_use_step(dzu[t], w_u, gates[t], c_prev, dc_in, dc[t % 2], dz[t], lengths, t)
+        usegate_bwd_gates_step(dz_next, w_hh, dy[t], gates[t], u_seq[t], dc_in, dz[t], dzu[t], lengths, t, resets)
+        usegate_bwd_use_step(dzu[t], w_u, gates[t], c_prev, dc_in, dc[t % 2], dz[t], lengths, t,
+                             resets[t] if resets is not None else None)
         dc_in = dc[t % 2]
     return dz, dzu, dc_in
 
 
-def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=None, *, strategy="auto"):
+def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=None, resets=None, *,
+                         strategy="auto"):
     """Backward through time, two fused launches per step (CUDA-graph replayed on a GPU).
 
     Args:
         dy: (T, B, H) gradient of y (the gradient of h_n must already be added at its step);
         dc_n: (B, H) gradient of c_n; w_hh (4H, H); w_u (H, H); c0 (B, H);
-        c_seq, gates, u_seq: as saved by ``usegate_fwd_sequence``; lengths as forward.
+        c_seq, gates, u_seq: as saved by ``usegate_fwd_sequence``; lengths, resets as forward.
     Returns:
         dz (T, B, 4H) gate pre-activation gradients, dzu (T, B, H) the gradient of the use gate's
         pre-activation, dc0 (B, H) in the accumulator dtype.
@@ -420,24 +456,25 @@ def usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths=N
     check_tensor("c0", c0, (B, H), dt, dev)
     if lengths is not None:
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
+    resets = check_resets(resets, T, B, dev)
     dy, w_hh, w_u, c0 = rowmajor(dy), rowmajor(w_hh), rowmajor(w_u), rowmajor(c0)
     dc_n = rowmajor(dc_n.to(acc_torch_dtype(dt)))
     return _graphs.run(
         "usegate_bwd",
         _bwd_loop,
-        (dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths),
+        (dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths, resets),
         flags=(dot_precision(dt, dev),),
     )
 
 
-def usegate_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None, *,
-                      store=True, strategy="auto"):
+def usegate_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u=None, lengths=None, resets=None,
+                      *, store=True, strategy="auto"):
     """One use-gate LSTM layer and direction, forward in time: the input projection for all steps (one GEMM),
     then the fused recurrence.
 
     Args:
         x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I), w_hh: (4H, H) (rows N, i, f, V); b_ih, b_hh: (4H,) or None;
-        w_u: (H, H); b_u: (H,) or None; lengths: (B,) int32 or None.
+        w_u: (H, H); b_u: (H,) or None; lengths: (B,) int32 or None; resets: (T, B) bool or None.
     Returns:
         y (T, B, H), c_n (B, H) (accumulator dtype) and the saved tensors (c_seq, gates, k_seq, u_seq) of
         ``usegate_fwd_sequence`` (None when not ``store``). h_n is y at each row's last active step.
@@ -452,11 +489,11 @@ def usegate_layer_fwd(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_u=None, b_u
         if b is not None:
             check_tensor(name, b, (w_hh.shape[0],), x.dtype, x.device)
     xp = input_projection(x, w_ih, b_ih, b_hh)
-    return usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths, store=store, strategy=strategy)
+    return usegate_fwd_sequence(xp, w_hh, w_u, b_u, h0, c0, lengths, resets, store=store, strategy=strategy)
 
 
-def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths=None, *,
-                      has_bias=True, strategy="auto"):
+def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths=None,
+                      resets=None, *, has_bias=True, strategy="auto"):
     """Gradients of one use-gate LSTM layer from the saved forward state: the fused backward recurrence, then
     the weight and input gradients as large GEMMs over all steps (docs/MATH.md).
 
@@ -469,11 +506,12 @@ def usegate_layer_bwd(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_s
     """
     T, B, H = dy.shape
     check_tensor("k_seq", k_seq, (T, B, H), dy.dtype, dy.device)
-    dz, dzu, dc0 = usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths, strategy=strategy)
+    dz, dzu, dc0 = usegate_bwd_sequence(dy, dc_n, w_hh, w_u, c0, c_seq, gates, u_seq, lengths, resets,
+                                        strategy=strategy)
     dzu2 = dzu.reshape(T * B, H)
     dw_u = dzu2.t() @ k_seq.reshape(T * B, H)
     db_u = dzu2.sum(0, dtype=acc_torch_dtype(dzu2.dtype)).to(dzu2.dtype) if has_bias else None
-    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias) + (dc0, dw_u, db_u)
+    return weight_grads(dz, x, h0, y, w_ih, w_hh, has_bias, resets=resets) + (dc0, dw_u, db_u)
 
 
 # Static compile check (experiments/compile_check.py): the heaviest variant of each step kernel, as declared above.

@@ -4,14 +4,17 @@
 constructor's checks, parameter names, init, state_dict, repr and ``_all_weights`` come from torch. Its
 ``forward`` handles batch_first, unbatched input, PackedSequence (sorted or not; the reverse direction starts
 at each sequence's own end), h0/c0 defaults and checks, autocast, layers, directions and dropout, and calls
-``self._layer(x, h0, c0, weights, lengths)`` once per layer and direction, always forward in time on
-time-major input.
+``self._layer(x, h0, c0, weights, lengths, resets)`` once per layer and direction, always forward in time on
+time-major input. ``forward(..., resets=)`` restarts rows from the zero state at given steps (episode resets:
+``FusedRNNBase.forward``).
 
 A new cell plugs in by subclassing ``FusedRNNBase`` and implementing:
-- ``_layer(self, x, h0, c0, weights, lengths) -> (y (T, B, P), h_n (B, P), c_n (B, H) or None)``, where
-  ``weights`` is the list of parameters of that layer and direction, in the order of ``self._all_weights``
+- ``_layer(self, x, h0, c0, weights, lengths, resets=None) -> (y (T, B, P), h_n (B, P), c_n (B, H) or None)``,
+  where ``weights`` is the list of parameters of that layer and direction, in the order of ``self._all_weights``
   (weight_ih, weight_hh, [bias_ih, bias_hh], [extra...]); ``lengths`` is (B,) int32 on the input's device or
-  None; ``c0`` is None for cells without a cell state.
+  None; ``resets`` (T, B) bool on that device or None (the state entering step t is zero where set, in this
+  direction's time order); ``c0`` is None for cells without a cell state. A cell without resets sets
+  ``_supports_resets = False``.
 - class attribute ``_has_cell`` (True when the state is a pair (h, c)) and ``_autocast_kind`` (whose autocast
   rules in models/_autocast.py the module follows: "rnn", "lstm" or "gru").
 Backends: ``self.backend`` is "triton" or "reference" after ``resolve_backend``.
@@ -106,6 +109,14 @@ def reverse_time(x: Tensor, lengths: Tensor | None) -> Tensor:
     return x.gather(0, idx)
 
 
+def reverse_resets(resets: Tensor, lengths: Tensor | None) -> Tensor:
+    """The reverse direction's resets (T, B), in its own (reversed) time: each segment runs as its own sequence,
+    so the reverse pass restarts from zero at the last step of every segment but the row's last one (the step
+    before a forward reset), and the given reverse h_0 enters at the row's last step (docs/MATH.md)."""
+    ends = torch.cat([resets[1:], resets.new_zeros(1, resets.shape[1])])  # past a row's length: padding, False
+    return reverse_time(ends, lengths)
+
+
 def last_step(y: Tensor, lengths: Tensor | None) -> Tensor:
     """y[len_b - 1, b] for each b (y[-1] without lengths)."""
     if lengths is None:
@@ -120,6 +131,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
     _has_cell = False
     _autocast_kind = "rnn"  # which torch.nn module's autocast rules apply (models/_autocast.py)
     _strategies = PER_STEP_STRATEGIES  # the strategies this cell's kernels implement
+    _supports_resets = True  # forward(..., resets=): the cell's layer function takes resets
 
     def __init__(self, mode: str, *args, backend: str = "auto", strategy: str = "auto", num_heads: int = 1,
                  **kwargs):
@@ -181,12 +193,44 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         names = self._all_weights[layer * (2 if self.bidirectional else 1) + direction]
         return [getattr(self, n) for n in names]
 
-    def _layer(self, x, h0, c0, weights, lengths):  # pragma: no cover - abstract
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _heads_layer(self, x, h0, c0, weights, lengths):
+    def _heads_layer(self, x, h0, c0, weights, lengths, resets=None):
         return heads.run_heads_layer(self.mode.lower(), x, h0, c0, weights, lengths, has_bias=self.bias,
-                                     backend=self.backend, strategy=self.strategy)
+                                     backend=self.backend, strategy=self.strategy, resets=resets)
+
+    def _resets_mask(self, resets, input, x: Tensor, packed: bool, is_batched: bool, lengths_cpu) -> Tensor | None:
+        """``resets`` checked and as a time-major (T, B) bool tensor on the input's device (None stays None):
+        (T, B) / (B, T) with batch_first for padded input, (T,) unbatched, (total packed rows,) in the packed
+        order for a PackedSequence (padding positions never reset)."""
+        if resets is None:
+            return None
+        name = type(self).__name__
+        if not self._supports_resets:
+            raise NotImplementedError(f"{name} does not support resets= (episode resets) yet")
+        if not isinstance(resets, Tensor):
+            raise TypeError(f"{name}: resets must be a torch.bool tensor, got {type(resets).__name__}")
+        if resets.dtype != torch.bool:
+            raise TypeError(f"{name}: resets must be a torch.bool tensor, got dtype {resets.dtype}")
+        data = input.data if packed else input
+        if resets.device != data.device:
+            raise RuntimeError(f"{name}: resets is on {resets.device}, expected the input's device {data.device}")
+        T, B = x.shape[0], x.shape[1]
+        if packed:
+            want, what = (data.shape[0],), "(total packed rows,) in the packed order"
+        elif not is_batched:
+            want, what = (T,), "(T,) for unbatched input"
+        else:
+            want, what = ((B, T), "(B, T) with batch_first") if self.batch_first else ((T, B), "(T, B)")
+        if tuple(resets.shape) != want:
+            raise RuntimeError(f"{name}: resets must have shape {what} = {want}, got {tuple(resets.shape)}")
+        if packed:
+            rows = packed_rows(lengths_cpu.to(x.device), T, data.shape[0])
+            return resets.new_zeros(T * B).index_copy(0, rows, resets).view(T, B)
+        if not is_batched:
+            return resets.unsqueeze(1)
+        return resets.t() if self.batch_first else resets
 
     # --- forward ------------------------------------------------------------------------------------------
     def _refresh_flat_weights(self) -> None:
@@ -196,12 +240,22 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         if not torch.compiler.is_compiling():
             self._update_flat_weights()
 
-    def forward(self, input, hx=None):
-        """Same inputs and outputs as the matching torch.nn module (see its documentation)."""
+    def forward(self, input, hx=None, *, resets=None):
+        """Same inputs and outputs as the matching torch.nn module (see its documentation), plus episode resets.
+
+        ``resets`` (keyword-only, optional): a bool tensor, (T, B) for padded input ((B, T) with batch_first,
+        (T,) unbatched) or (total packed rows,) in the packed order for a PackedSequence. Where resets[t, b] is
+        set, row b's state entering step t is the zero state (at t = 0 this overrides the given h_0 / c_0 of that
+        row): every segment between resets runs as its own sequence from zeros, in every layer, and no gradient
+        crosses a reset (dh_0 / dc_0 of a row reset at t = 0 are zero). The reverse direction of a bidirectional
+        module runs each segment backwards as its own sequence: it restarts from zero at each segment's last
+        step, except the row's last segment, which starts from the given reverse h_0 (docs/MATH.md "Episode
+        resets"). The final states are those after each row's last step (forward) and first step (reverse)."""
         self._refresh_flat_weights()
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, hx, packed, compiling)
+        resets = self._resets_mask(resets, input, x, packed, is_batched, lengths_cpu)
         h_all, c_all = self._initial_states(hx, x, check_input, batch_sizes, is_batched, packed,
                                             input.sorted_indices if packed else None)
         if x.shape[0] == 0:
@@ -221,7 +275,7 @@ class FusedRNNBase(NoScript, nn.RNNBase):
 
         with torch.autocast(x.device.type, enabled=False) if plan is not None else nullcontext():
             output, h_n, c_n, rows = self._run_layers(x, h_all, c_all, lengths, lengths_cpu, weights_cast,
-                                                      input.data.shape[0] if packed else None)
+                                                      input.data.shape[0] if packed else None, resets)
         h_n = torch.stack(h_n)
         hidden = (h_n, torch.stack(c_n)) if self._has_cell else h_n
         if plan is not None:
@@ -284,11 +338,15 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         self._check_state_tensors(x, [("h_0", h_all)] + ([("c_0", c_all)] if c_all is not None else []))
         return h_all, c_all
 
-    def _run_layers(self, x, h_all, c_all, lengths, lengths_cpu, weights_cast, n_packed):
+    def _run_layers(self, x, h_all, c_all, lengths, lengths_cpu, weights_cast, n_packed, resets=None):
         """Every layer and direction in turn, dropout between layers in training. ``n_packed``: the packed
-        input's row count (None when not packed). Returns (output (T, B, D*P), [h_n], [c_n], the packed rows
-        the dropout masks were drawn on, or None)."""
+        input's row count (None when not packed); ``resets``: (T, B) bool or None (``_resets_mask``). Returns
+        (output (T, B, D*P), [h_n], [c_n], the packed rows the dropout masks were drawn on, or None)."""
         num_directions = 2 if self.bidirectional else 1
+        if resets is None:
+            dir_resets = (None, None)
+        else:
+            dir_resets = (resets, reverse_resets(resets, lengths) if num_directions == 2 else None)
         layer_in = x
         h_n, c_n = [], []
         rows = None
@@ -303,7 +361,8 @@ class FusedRNNBase(NoScript, nn.RNNBase):
                     self._check_weight_dtypes(layer, d, w, x.dtype)
                 xin = layer_in if d == 0 else reverse_time(layer_in, lengths)
                 layer_fn = self._heads_layer if getattr(self, "num_heads", 1) > 1 else self._layer
-                y, hn, cn = layer_fn(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths)
+                y, hn, cn = layer_fn(xin, h_all[k], c_all[k] if c_all is not None else None, w, lengths,
+                                     resets=dir_resets[d])
                 outs.append(y if d == 0 else reverse_time(y, lengths))
                 h_n.append(hn)
                 c_n.append(cn)

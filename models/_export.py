@@ -19,9 +19,11 @@ import torch
 _STANDARD_OPS = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu}
 
 
-def use_standard_op(lengths, proj: bool = False) -> bool:
-    """Whether the reference path runs torch's own op (``standard_layer``): under tracing, without lengths."""
-    return torch.jit.is_tracing() and lengths is None and not (proj and torch.onnx.is_in_onnx_export())
+def use_standard_op(lengths, proj: bool = False, resets=None) -> bool:
+    """Whether the reference path runs torch's own op (``standard_layer``): under tracing, without lengths and
+    without resets (torch's ops have neither)."""
+    return (torch.jit.is_tracing() and lengths is None and resets is None
+            and not (proj and torch.onnx.is_in_onnx_export()))
 
 
 def standard_layer(mode: str, x, h0, c0, weights, has_bias: bool):

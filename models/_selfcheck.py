@@ -5,9 +5,9 @@ CUDA model. So the first call of each configuration in a process first runs the 
 a small random input of that configuration, through the fused kernels and through the pure-PyTorch
 reference (``kernels/reference.py``), and compares the results. A configuration is (cell, strategy, dtype,
 device, batch size, the layer's weight shapes, bias / proj_size / nonlinearity, whether sequence lengths are
-given, and the pass: "fwd" when no gradient is needed, "fwdbwd" otherwise). The batch size is part of it
-because it selects the kernels' tiles (their autotune key) and, under ``strategy="auto"``, per_step or
-persistent; the check's input keeps the call's batch and weights (the same kernels, configs and alignment)
+given, whether episode resets are given, and the pass: "fwd" when no gradient is needed, "fwdbwd" otherwise). The
+batch size is part of it because it selects the kernels' tiles (their autotune key) and, under ``strategy="auto"``,
+per_step or persistent; the check's input keeps the call's batch and weights (the same kernels, configs and alignment)
 and takes ``min(T, STEPS)`` steps of fresh random values from a private generator (the global RNG is not
 touched).
 
@@ -123,23 +123,24 @@ def _tracing(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def fused_ok(cell: str, run, args: tuple, flags: dict) -> bool:
+def fused_ok(cell: str, run, args: tuple, flags: dict, resets=None) -> bool:
     """Whether the fused kernels may serve this layer call: the self-check of its configuration, run at its
     first call (module docstring). ``run(x, *states, weights, lengths, backend=..., **flags)`` is the cell's
     layer function (``run_lstm_layer`` ...), ``args`` = (x, *states, weights, lengths) the call's arguments,
-    ``flags`` its keyword arguments other than ``backend``. Returns False where the reference must serve it;
-    raises ``SelfCheckError`` in mode "raise"."""
+    ``flags`` its keyword arguments other than ``backend``; ``resets`` the call's reset mask or None (a call with
+    one is its own configuration, checked with random resets passed as ``run(..., resets=)``). Returns False
+    where the reference must serve it; raises ``SelfCheckError`` in mode "raise"."""
     x = args[0]
     if _tracing(x) or getattr(_local, "busy", False) or x.dtype not in SUPPORTED_DTYPES:  # tracing first (dynamo)
         return True
     m = active_mode(x.device)
     if m is None:
         return True
-    key = _key(cell, args, flags)
+    key = _key(cell, args, flags) + (resets is not None,)
     with _lock:
         verdict = _verdicts.get(key)
         if verdict is None:
-            verdict = _run_check(cell, run, args, flags)
+            verdict = _run_check(cell, run, args, flags, resets is not None)
             _verdicts[key] = verdict
             if verdict["status"] == "fail" and m == "warn":
                 warnings.warn(verdict["error"] + f" The reference path serves this configuration from now on "
@@ -166,20 +167,21 @@ def _key(cell: str, args, flags: dict) -> tuple:
             tuple(sorted(flags.items())), lengths is not None, "fwdbwd" if _grad(args) else "fwd")
 
 
-def _describe(cell: str, args, flags: dict) -> str:
+def _describe(cell: str, args, flags: dict, resets: bool = False) -> str:
     x, *states, weights, lengths = args
     sizes = "x".join(str(s) for s in weights[1].shape)
     opts = ", ".join(f"{k}={v!r}" for k, v in sorted(flags.items()))
     return (f"{cell} layer ({opts}, {x.dtype}, {x.device}, B={x.shape[1]}, I={x.shape[2]}, W_hh {sizes}"
-            f"{', lengths' if lengths is not None else ''}, {'forward+backward' if _grad(args) else 'forward'})")
+            f"{', lengths' if lengths is not None else ''}{', resets' if resets else ''}, "
+            f"{'forward+backward' if _grad(args) else 'forward'})")
 
 
-def _run_check(cell: str, run, args, flags: dict) -> dict:
+def _run_check(cell: str, run, args, flags: dict, resets: bool = False) -> dict:
     """The check itself: returns the report entry."""
     x, *states, weights, lengths = args
-    what = _describe(cell, args, flags)
+    what = _describe(cell, args, flags, resets)
     grad = _grad(args)
-    inputs = _small_inputs(args)
+    inputs = _small_inputs(args, resets)
     wide = torch.float64 if x.dtype in (torch.float32, torch.float64) else torch.float32
     ac = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
     _local.busy = True
@@ -203,9 +205,10 @@ def _run_check(cell: str, run, args, flags: dict) -> dict:
     return dict(config=what, status="pass", worst=worst, error="")
 
 
-def _small_inputs(args):
+def _small_inputs(args, resets: bool = False):
     """The check's input: min(T, STEPS) steps of random x, random states and sorted random lengths (the
-    longest = the steps), the call's own weights (detached), from a private generator."""
+    longest = the steps), the call's own weights (detached), with ``resets`` a random (T, B) reset mask (row 0
+    restarting at t = 0 and at the last step, the other rows at random), from a private generator."""
     x, *states, weights, lengths = args
     T, B = min(x.shape[0], STEPS), x.shape[1]
     g = torch.Generator().manual_seed(_SEED)
@@ -221,18 +224,23 @@ def _small_inputs(args):
         ls = torch.randint(1, T + 1, (B,), generator=g).sort(descending=True).values
         ls[0] = T
         ls = ls.to(device=lengths.device, dtype=lengths.dtype)
-    return xs, ss, [w.detach() for w in weights], ls
+    rs = None
+    if resets:
+        rs = torch.rand((T, B), generator=g) < 0.3
+        rs[0, 0] = rs[T - 1, 0] = True
+        rs = rs.to(x.device)
+    return xs, ss, [w.detach() for w in weights], ls, rs
 
 
 def _outputs(run, inputs, flags, backend, grad: bool, wide):
     """{name: tensor} of one run of the layer function: its outputs and, with ``grad``, the gradients of a
     random projection of them with respect to every input (autograd; ``wide``: in that dtype)."""
-    xs, ss, ws, ls = inputs
+    xs, ss, ws, ls, rs = inputs
     cast = (lambda t: t.to(wide)) if wide is not None else (lambda t: t)
     leaves = [cast(t).detach().requires_grad_(grad) for t in (xs, *ss, *ws)]
     x, states, weights = leaves[0], leaves[1:1 + len(ss)], leaves[1 + len(ss):]
     with torch.enable_grad() if grad else torch.no_grad():
-        y, _, c_n = run(x, *states, weights, ls, backend=backend, **flags)
+        y, _, c_n = run(x, *states, weights, ls, backend=backend, **flags, **({} if rs is None else {"resets": rs}))
         outs = {"output": y, **({"c_n": c_n} if c_n is not None else {})}
         res = {k: v.detach() for k, v in outs.items()}
         if grad:

@@ -17,21 +17,21 @@ from ._selfcheck import fused_ok
 from .reference_op import run_reference
 
 
-def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy):
-    """One GRU layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh)].
-    Returns y (T, B, H), h_n (B, H), None."""
+def run_gru_layer(x, h0, weights, lengths, *, has_bias, backend, strategy, resets=None):
+    """One GRU layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh)]; resets (T, B)
+    bool or None. Returns y (T, B, H), h_n (B, H), None."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
-            or not fused_ok("GRU", run_gru_layer, (x, h0, weights, lengths), flags)):
-        if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
+            or not fused_ok("GRU", run_gru_layer, (x, h0, weights, lengths), flags, resets)):
+        if use_standard_op(lengths, resets=resets):  # tracing: one node for any length (models/_export.py)
             return standard_layer("GRU", x, h0, None, weights, has_bias)
-        y, h_n = run_reference("gru", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths)
+        y, h_n = run_reference("gru", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths, resets=resets)
         return y, h_n, None
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, *weights)
-    y, _ = ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy)
+    y, _ = ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy, resets=resets)
     return y, last_step(y, lengths), None
 
 
@@ -43,7 +43,8 @@ class GRU(FusedRNNBase):
     models/heads.py).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
-    (layers * directions, B, H). Returns ``output, h_n``.
+    (layers * directions, B, H), keyword-only ``resets`` (episode resets: ``FusedRNNBase.forward``). Returns
+    ``output, h_n``.
     """
 
     _strategies = STRATEGIES
@@ -60,9 +61,9 @@ class GRU(FusedRNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device=device, dtype=dtype, backend=backend, strategy=strategy, num_heads=num_heads)
 
-    def _layer(self, x, h0, c0, weights, lengths):
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):
         return run_gru_layer(x, h0, weights, lengths, has_bias=self.bias, backend=self.backend,
-                             strategy=self.strategy)
+                             strategy=self.strategy, resets=resets)
 
 
 class GRUCell(NoScript, nn.RNNCellBase):

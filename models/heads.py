@@ -98,18 +98,21 @@ def setup_heads(module: nn.RNNBase, num_heads: int) -> None:
         setattr(module, name, w)  # nn.RNNBase.__setattr__ keeps _flat_weights in step
 
 
-def run_heads_layer(cell: str, x, h0, c0, weights, lengths, *, has_bias: bool, backend: str, strategy: str):
+def run_heads_layer(cell: str, x, h0, c0, weights, lengths, *, has_bias: bool, backend: str, strategy: str,
+                    resets=None):
     """One layer and direction of a multi-head cell ("lstm", "gru", "rnn_tanh", "rnn_relu"). weights:
-    [w_ih (G*H, I), w_hh (NH, G*D, D), (b_ih, b_hh)]. Returns y (T, B, H), h_n (B, H), c_n (B, H) or None."""
+    [w_ih (G*H, I), w_hh (NH, G*D, D), (b_ih, b_hh)]; resets (T, B) bool or None (the per-head kernels have no
+    resets yet: the reference on the dense equivalent runs a call with resets). Returns y (T, B, H), h_n (B, H),
+    c_n (B, H) or None."""
     from ._base import check_triton_dtype, last_step, needs_grad, resolve_backend  # _base imports this module
 
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     states = (h0, c0) if c0 is not None else (h0,)
-    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0 or resets is not None
             or not fused_ok(f"{cell} multi-head", _HEADS_RUN[len(states)], (x, *states, weights, lengths),
                             dict(cell=cell, has_bias=has_bias, strategy=strategy))):
-        return _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+        return _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, resets)
     check_triton_dtype(x.dtype)
     from .heads_ops import heads_layer
 
@@ -130,12 +133,12 @@ def _run_hc(x, h0, c0, weights, lengths, cell, **kw):
 _HEADS_RUN = {1: _run_h, 2: _run_hc}
 
 
-def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths):
+def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, resets=None):
     """The cell's PyTorch reference on the dense equivalent: (y, h_n, c_n or None)."""
     w = heads_to_dense(w_hh)
     if cell == "lstm":
-        return run_reference("lstm", x, (h0, c0), (w_ih, w, b_ih, b_hh, None), lengths)
-    y, h_n = run_reference(cell, x, (h0,), (w_ih, w, b_ih, b_hh), lengths)
+        return run_reference("lstm", x, (h0, c0), (w_ih, w, b_ih, b_hh, None), lengths, resets=resets)
+    y, h_n = run_reference(cell, x, (h0,), (w_ih, w, b_ih, b_hh), lengths, resets=resets)
     return y, h_n, None
 
 

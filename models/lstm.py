@@ -23,21 +23,21 @@ from ._selfcheck import fused_ok
 from .reference_op import run_reference
 
 
-def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy):
-    """One LSTM layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh), (w_hr)].
-    Returns y (T, B, P), h_n (B, P), c_n (B, H)."""
+def run_lstm_layer(x, h0, c0, weights, lengths, *, has_bias, proj, backend, strategy, resets=None):
+    """One LSTM layer and direction through the chosen backend. weights: [w_ih, w_hh, (b_ih, b_hh), (w_hr)];
+    resets (T, B) bool or None. Returns y (T, B, P), h_n (B, P), c_n (B, H)."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     w_hr = weights[-1] if proj else None
     flags = dict(has_bias=has_bias, proj=proj, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
-            or not fused_ok("LSTM", run_lstm_layer, (x, h0, c0, weights, lengths), flags)):
-        if use_standard_op(lengths, proj):  # tracing: one node for any length (models/_export.py)
+            or not fused_ok("LSTM", run_lstm_layer, (x, h0, c0, weights, lengths), flags, resets)):
+        if use_standard_op(lengths, proj, resets):  # tracing: one node for any length (models/_export.py)
             return standard_layer("LSTM", x, h0, c0, weights, has_bias)
-        return run_reference("lstm", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), lengths)
+        return run_reference("lstm", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_hr), lengths, resets=resets)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
-    y, c_n, *_ = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy)
+    y, c_n, *_ = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy, resets=resets)
     if store and x.shape[0] == 1 and not needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         # one step: c_1 does not depend on w_hr (it acts on h_1 only), so when w_hr is the only input that
         # requires grad, c_n must not require it either (as in torch.nn); its gradient would be zero anyway
@@ -62,7 +62,8 @@ class LSTM(FusedRNNBase):
             fits on CUDA, else per_step).
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
-    optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H).
+    optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H); keyword-only
+    ``resets``, episode resets (a bool mask: ``FusedRNNBase.forward``).
     Returns: ``output, (h_n, c_n)`` with nn.LSTM's shapes.
     """
 
@@ -73,9 +74,9 @@ class LSTM(FusedRNNBase):
     def __init__(self, *args, backend: str = "auto", strategy: str = "auto", **kwargs):
         super().__init__("LSTM", *args, backend=backend, strategy=strategy, **kwargs)
 
-    def _layer(self, x, h0, c0, weights, lengths):
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):
         return run_lstm_layer(x, h0, c0, weights, lengths, has_bias=self.bias, proj=self.proj_size > 0,
-                          backend=self.backend, strategy=self.strategy)
+                              backend=self.backend, strategy=self.strategy, resets=resets)
 
 
 class LSTMCell(NoScript, nn.RNNCellBase):

@@ -72,21 +72,21 @@ def differentiable_vjp(ref_fn, inputs, needs_grad, outputs_grads, create_graph=T
 @torch.library.custom_op("fusedrnn::lstm_layer", mutates_args=())
 def lstm_layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-    w_hr: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
+    w_hr: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str, resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One LSTM layer, forward in time. x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P),
-    biases (4H,) or None, w_hr (P, H) or None, lengths (B,) int32 or None.
+    biases (4H,) or None, w_hr (P, H) or None, lengths (B,) int32 or None, resets (T, B) bool or None.
     Returns y (T, B, P), c_n (B, H), and for backward c_seq (T, B, H), gates (T, B, 4H), r_seq (T, B, H)
     (empty tensors when ``store`` is False or, for r_seq, without proj)."""
     with _no_autocast(x):
         y, c_n, c_seq, gates, r_seq = _lstm.lstm_layer_fwd(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store=store, strategy=strategy
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets, store=store, strategy=strategy
         )
     return (y, c_n.to(x.dtype, copy=True), _or_empty(c_seq, c_n), _or_empty(gates, x), _or_empty(r_seq, x))
 
 
 @lstm_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy, resets=None):
     T, B, _ = x.shape
     H = c0.shape[1]
     P = h0.shape[1]
@@ -106,20 +106,20 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy):
 def lstm_layer_bwd(
     dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
     c_seq: Tensor, gates: Tensor, w_hr: Optional[Tensor], r_seq: Tensor, lengths: Optional[Tensor],
-    has_bias: bool, strategy: str,
+    has_bias: bool, strategy: str, resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward of ``lstm_layer``: returns dx, dh0, dc0, dW_ih, dW_hh, db (empty without bias), dW_hr
     (empty without proj)."""
     with _no_autocast(x):
         dx, dh0, dw_ih, dw_hh, db, dc0, dw_hr = _lstm.lstm_layer_bwd(
-            dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, _none_if_empty(r_seq), lengths,
+            dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, _none_if_empty(r_seq), lengths, resets,
             has_bias=has_bias, strategy=strategy,
         )
     return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), _or_empty(dw_hr, x))
 
 
 @lstm_layer_bwd.register_fake
-def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, has_bias, strategy):
+def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, has_bias, strategy, resets=None):
     db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
     dw_hr = torch.empty_like(w_hr) if w_hr is not None else x.new_empty(_EMPTY)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
@@ -127,38 +127,39 @@ def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, ha
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, store, strategy, resets = inputs
     y, c_n, c_seq, gates, r_seq = output
     if not store:
         ctx.stored = False
         return
     ctx.stored = True
-    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, b_ih, b_hh)
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, resets, b_ih, b_hh)
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.strategy = strategy
 
 
-def _lstm_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
-    y, _, c_n = lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+def _lstm_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets):
+    y, _, c_n = lstm_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets)
     return y, c_n
 
 
 def _lstm_backward(ctx, dy, dc_n, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: lstm_layer ran with store=False (no grad was needed) and cannot backprop")
-    x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, b_ih, b_hh = ctx.saved_tensors
+    x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, resets, b_ih, b_hh = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
-        grads = differentiable_vjp(_lstm_ref_outputs, inputs, ctx.needs_input_grad[:9], (dy, dc_n))
-        return (*grads[:8], None, None, None)
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, resets)
+        grads = differentiable_vjp(_lstm_ref_outputs, inputs, ctx.needs_input_grad[:10], (dy, dc_n))
+        return (*grads[:8], None, None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_bwd(
-        dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, any(ctx.bias), ctx.strategy
+        dy, dc_n, x, h0, c0, y, w_ih, w_hh, c_seq, gates, w_hr, r_seq, lengths, any(ctx.bias), ctx.strategy,
+        resets=resets,
     )
     has_ih, has_hh = ctx.bias
     return (dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None,
-            dw_hr if w_hr is not None else None, None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None, None)
 
 
 lstm_layer.register_autograd(_lstm_backward, setup_context=_lstm_setup)
@@ -169,17 +170,17 @@ lstm_layer_bwd.register_autograd(double_backward_error)
 @torch.library.custom_op("fusedrnn::rnn_layer", mutates_args=())
 def rnn_layer(
     x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-    lengths: Optional[Tensor], nonlinearity: str, strategy: str,
+    lengths: Optional[Tensor], nonlinearity: str, strategy: str, resets: Optional[Tensor] = None,
 ) -> Tensor:
-    """One Elman RNN layer, forward in time. x (T, B, I), h0 (B, H). Returns y (T, B, H); backward needs
-    only y, so nothing else is returned."""
+    """One Elman RNN layer, forward in time. x (T, B, I), h0 (B, H), resets (T, B) bool or None. Returns
+    y (T, B, H); backward needs only y, so nothing else is returned."""
     with _no_autocast(x):
-        return _rnn.rnn_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity=nonlinearity,
+        return _rnn.rnn_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, resets, nonlinearity=nonlinearity,
                                   strategy=strategy)
 
 
 @rnn_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy):
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy, resets=None):
     return x.new_empty(x.shape[0], x.shape[1], h0.shape[1])
 
 
@@ -187,43 +188,45 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy):
 def rnn_layer_bwd(
     dy: Tensor, x: Tensor, h0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
     has_bias: bool, nonlinearity: str, strategy: str,
+    resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward of ``rnn_layer``: dx, dh0, dW_ih, dW_hh, db (empty without bias)."""
     with _no_autocast(x):
         dx, dh0, dw_ih, dw_hh, db = _rnn.rnn_layer_bwd(
-            dy, x, h0, y, w_ih, w_hh, lengths, has_bias=has_bias, nonlinearity=nonlinearity, strategy=strategy
+            dy, x, h0, y, w_ih, w_hh, lengths, resets, has_bias=has_bias, nonlinearity=nonlinearity,
+            strategy=strategy
         )
     return dx, dh0.to(h0.dtype), dw_ih, dw_hh, _or_empty(db, x)
 
 
 @rnn_layer_bwd.register_fake
-def _(dy, x, h0, y, w_ih, w_hh, lengths, has_bias, nonlinearity, strategy):
+def _(dy, x, h0, y, w_ih, w_hh, lengths, has_bias, nonlinearity, strategy, resets=None):
     db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
     return torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh), db
 
 
 def _rnn_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy = inputs
-    ctx.save_for_backward(x, h0, output, w_ih, w_hh, lengths, b_ih, b_hh)
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy, resets = inputs
+    ctx.save_for_backward(x, h0, output, w_ih, w_hh, lengths, resets, b_ih, b_hh)
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.nonlinearity = nonlinearity
     ctx.strategy = strategy
 
 
 def _rnn_backward(ctx, dy):
-    x, h0, y, w_ih, w_hh, lengths, b_ih, b_hh = ctx.saved_tensors
+    x, h0, y, w_ih, w_hh, lengths, resets, b_ih, b_hh = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
 
-        def ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
-            return (rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, lengths)[0],)
+        def ref(x, h0, w_ih, w_hh, b_ih, b_hh):
+            return (rnn_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, lengths, resets)[0],)
 
-        grads = differentiable_vjp(ref, (x, h0, w_ih, w_hh, b_ih, b_hh, lengths), ctx.needs_input_grad[:7], (dy,))
-        return (*grads[:6], None, None, None)
+        grads = differentiable_vjp(ref, (x, h0, w_ih, w_hh, b_ih, b_hh), ctx.needs_input_grad[:6], (dy,))
+        return (*grads, None, None, None, None)
     dx, dh0, dw_ih, dw_hh, db = rnn_layer_bwd(
-        dy, x, h0, y, w_ih, w_hh, lengths, any(ctx.bias), ctx.nonlinearity, ctx.strategy
+        dy, x, h0, y, w_ih, w_hh, lengths, any(ctx.bias), ctx.nonlinearity, ctx.strategy, resets=resets
     )
     has_ih, has_hh = ctx.bias
-    return dx, dh0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, None, None, None
+    return dx, dh0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, None, None, None, None
 
 
 rnn_layer.register_autograd(_rnn_backward, setup_context=_rnn_setup)
@@ -235,21 +238,22 @@ rnn_layer_bwd.register_autograd(double_backward_error)
 def usegate_layer(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
     w_u: Tensor, b_u: Optional[Tensor], lengths: Optional[Tensor], store: bool, strategy: str,
+    resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One use-gate LSTM layer, forward in time. x (T, B, I), h0, c0 (B, H), w_ih (4H, I), w_hh (4H, H),
-    b_ih, b_hh (4H,) or None, w_u (H, H), b_u (H,) or None, lengths (B,) int32 or None.
+    b_ih, b_hh (4H,) or None, w_u (H, H), b_u (H,) or None, lengths (B,) int32 or None, resets (T, B) bool or None.
     Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H) (accumulator dtype), gates (T, B, 4H),
     k_seq (T, B, H), u_seq (T, B, H) (empty tensors when ``store`` is False)."""
     with _no_autocast(x):
         y, c_n, c_seq, gates, k_seq, u_seq = _ug.usegate_layer_fwd(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store=store, strategy=strategy
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, resets, store=store, strategy=strategy
         )
     return (y, c_n.to(x.dtype, copy=True), _or_empty(c_seq, c_n), _or_empty(gates, x), _or_empty(k_seq, x),
             _or_empty(u_seq, x))
 
 
 @usegate_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy, resets=None):
     T, B, _ = x.shape
     H = c0.shape[1]
     acc = acc_torch_dtype(x.dtype)
@@ -266,20 +270,20 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy):
 def usegate_layer_bwd(
     dy: Tensor, dc_n: Tensor, x: Tensor, h0: Tensor, c0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor,
     w_u: Tensor, c_seq: Tensor, gates: Tensor, k_seq: Tensor, u_seq: Tensor, lengths: Optional[Tensor],
-    has_bias: bool, strategy: str,
+    has_bias: bool, strategy: str, resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward of ``usegate_layer``: returns dx, dh0, dc0, dW_ih, dW_hh, db (the gradient of b_ih and of b_hh;
     empty without bias), dW_u, db_u (empty without bias)."""
     with _no_autocast(x):
         dx, dh0, dw_ih, dw_hh, db, dc0, dw_u, db_u = _ug.usegate_layer_bwd(
-            dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths,
+            dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, resets,
             has_bias=has_bias, strategy=strategy,
         )
     return (dx, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_ih, dw_hh, _or_empty(db, x), dw_u, _or_empty(db_u, x))
 
 
 @usegate_layer_bwd.register_fake
-def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_bias, strategy):
+def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_bias, strategy, resets=None):
     db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
     db_u = x.new_empty(w_u.shape[0]) if has_bias else x.new_empty(_EMPTY)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
@@ -287,39 +291,40 @@ def _(dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengt
 
 
 def _usegate_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy, resets = inputs
     y, c_n, c_seq, gates, k_seq, u_seq = output
     ctx.stored = bool(store)
     if not store:
         return
-    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u)
+    ctx.save_for_backward(x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, resets, b_ih, b_hh,
+                          b_u)
     ctx.bias = (b_ih is not None, b_hh is not None, b_u is not None)
     ctx.strategy = strategy
 
 
-def _usegate_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths):
-    y, _, c_n = usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
+def _usegate_ref_outputs(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, resets):
+    y, _, c_n = usegate_layer_ref(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, resets)
     return y, c_n
 
 
 def _usegate_backward(ctx, dy, dc_n, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: usegate_layer ran with store=False (no grad was needed) and cannot backprop")
-    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, b_ih, b_hh, b_u = ctx.saved_tensors
+    x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, resets, b_ih, b_hh, b_u = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: the reference math, differentiable (models/ops.py)
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths)
-        grads = differentiable_vjp(_usegate_ref_outputs, inputs, ctx.needs_input_grad[:10], (dy, dc_n))
-        return (*grads[:9], None, None, None)
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, resets)
+        grads = differentiable_vjp(_usegate_ref_outputs, inputs, ctx.needs_input_grad[:11], (dy, dc_n))
+        return (*grads[:9], None, None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     has_ih, has_hh, has_u = ctx.bias
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_u, db_u = usegate_layer_bwd(
-        dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths, has_ih or has_hh or has_u,
-        ctx.strategy,
+        dy, dc_n, x, h0, c0, y, w_ih, w_hh, w_u, c_seq, gates, k_seq, u_seq, lengths,
+        has_ih or has_hh or has_u, ctx.strategy, resets=resets,
     )
     db, db_u = _none_if_empty(db), _none_if_empty(db_u)
     return (dx, dh0, dc0, dw_ih, dw_hh, db if has_ih else None, db if has_hh else None, dw_u,
-            db_u if has_u else None, None, None, None)
+            db_u if has_u else None, None, None, None, None)
 
 
 usegate_layer.register_autograd(_usegate_backward, setup_context=_usegate_setup)
@@ -330,18 +335,19 @@ usegate_layer_bwd.register_autograd(double_backward_error)
 @torch.library.custom_op("fusedrnn::gru_layer", mutates_args=())
 def gru_layer(
     x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-    lengths: Optional[Tensor], store: bool, strategy: str,
+    lengths: Optional[Tensor], store: bool, strategy: str, resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer, forward in time. x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), biases (3H,) or None,
-    lengths (B,) int32 or None. Returns y (T, B, H) and, for backward, gates (T, B, 4H) = [r, z, n, hn] (empty
-    when ``store`` is False)."""
+    lengths (B,) int32 or None, resets (T, B) bool or None. Returns y (T, B, H) and, for backward, gates (T, B, 4H)
+    = [r, z, n, hn] (empty when ``store`` is False)."""
     with _no_autocast(x):
-        y, gates = _gru.gru_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store=store, strategy=strategy)
+        y, gates = _gru.gru_layer_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, resets, store=store,
+                                      strategy=strategy)
     return y, _or_empty(gates, x)
 
 
 @gru_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy):
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy, resets=None):
     T, B, _ = x.shape
     H = h0.shape[1]
     return x.new_empty(T, B, H), (x.new_empty(T, B, 4 * H) if store else x.new_empty(_EMPTY))
@@ -350,53 +356,53 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy):
 @torch.library.custom_op("fusedrnn::gru_layer_bwd", mutates_args=())
 def gru_layer_bwd(
     dy: Tensor, x: Tensor, h0: Tensor, y: Tensor, w_ih: Tensor, w_hh: Tensor, gates: Tensor,
-    lengths: Optional[Tensor], has_bias: bool, strategy: str,
+    lengths: Optional[Tensor], has_bias: bool, strategy: str, resets: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward of ``gru_layer``: dx, dh0, dW_ih, dW_hh, db_ih, db_hh (the two bias gradients differ in the n
     block; empty without bias)."""
     with _no_autocast(x):
         dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _gru.gru_layer_bwd(
-            dy, x, h0, y, w_ih, w_hh, gates, lengths, has_bias=has_bias, strategy=strategy
+            dy, x, h0, y, w_ih, w_hh, gates, lengths, resets, has_bias=has_bias, strategy=strategy
         )
     return dx, dh0.to(h0.dtype), dw_ih, dw_hh, _or_empty(db_ih, x), _or_empty(db_hh, x)
 
 
 @gru_layer_bwd.register_fake
-def _(dy, x, h0, y, w_ih, w_hh, gates, lengths, has_bias, strategy):
+def _(dy, x, h0, y, w_ih, w_hh, gates, lengths, has_bias, strategy, resets=None):
     db = x.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(_EMPTY)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh), db,
             torch.empty_like(db))
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, store, strategy, resets = inputs
     y, gates = output
     ctx.stored = bool(store)
     if not store:
         return
-    ctx.save_for_backward(x, h0, y, w_ih, w_hh, gates, lengths, b_ih, b_hh)
+    ctx.save_for_backward(x, h0, y, w_ih, w_hh, gates, lengths, resets, b_ih, b_hh)
     ctx.bias = (b_ih is not None, b_hh is not None)
     ctx.strategy = strategy
 
 
-def _gru_ref_outputs(x, h0, w_ih, w_hh, b_ih, b_hh, lengths):
-    return (gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths)[0],)
+def _gru_ref_outputs(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, resets):
+    return (gru_layer_ref(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, resets)[0],)
 
 
 def _gru_backward(ctx, dy, *unused):
     if not ctx.stored:
         raise RuntimeError("fusedrnn: gru_layer ran with store=False (no grad was needed) and cannot backprop")
-    x, h0, y, w_ih, w_hh, gates, lengths, b_ih, b_hh = ctx.saved_tensors
+    x, h0, y, w_ih, w_hh, gates, lengths, resets, b_ih, b_hh = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
-        inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths)
-        grads = differentiable_vjp(_gru_ref_outputs, inputs, ctx.needs_input_grad[:7], (dy,))
-        return (*grads[:6], None, None, None)
+        inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, resets)
+        grads = differentiable_vjp(_gru_ref_outputs, inputs, ctx.needs_input_grad[:8], (dy,))
+        return (*grads[:6], None, None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     has_ih, has_hh = ctx.bias
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = gru_layer_bwd(
-        dy, x, h0, y, w_ih, w_hh, gates, lengths, has_ih or has_hh, ctx.strategy
+        dy, x, h0, y, w_ih, w_hh, gates, lengths, has_ih or has_hh, ctx.strategy, resets=resets
     )
-    return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None, None, None, None)
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None, None, None, None, None)
 
 
 gru_layer.register_autograd(_gru_backward, setup_context=_gru_setup)

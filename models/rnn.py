@@ -21,19 +21,21 @@ def _check_nonlinearity(nonlinearity: str) -> str:
     return nonlinearity
 
 
-def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, strategy):
-    """One RNN layer and direction through the chosen backend. Returns y (T, B, H), h_n (B, H), None."""
+def run_rnn_layer(x, h0, weights, lengths, *, has_bias, nonlinearity, backend, strategy, resets=None):
+    """One RNN layer and direction through the chosen backend; resets (T, B) bool or None. Returns y (T, B, H),
+    h_n (B, H), None."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     flags = dict(has_bias=has_bias, nonlinearity=nonlinearity, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
-            or not fused_ok("RNN", run_rnn_layer, (x, h0, weights, lengths), flags)):
-        if use_standard_op(lengths):  # tracing: one node for any length (models/_export.py)
+            or not fused_ok("RNN", run_rnn_layer, (x, h0, weights, lengths), flags, resets)):
+        if use_standard_op(lengths, resets=resets):  # tracing: one node for any length (models/_export.py)
             return standard_layer(f"RNN_{nonlinearity.upper()}", x, h0, None, weights, has_bias)
-        y, h_n = run_reference(f"rnn_{nonlinearity}", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths)
+        y, h_n = run_reference(f"rnn_{nonlinearity}", x, (h0,), (w_ih, w_hh, b_ih, b_hh), lengths,
+                               resets=resets)
         return y, h_n, None
     check_triton_dtype(x.dtype)
-    y = ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy)
+    y = ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, strategy, resets=resets)
     return y, last_step(y, lengths), None
 
 
@@ -43,7 +45,8 @@ class RNN(FusedRNNBase):
     of shape (num_heads, D, D)).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
-    (layers * directions, B, H). Returns ``output, h_n``.
+    (layers * directions, B, H), keyword-only ``resets`` (episode resets: ``FusedRNNBase.forward``). Returns
+    ``output, h_n``.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
@@ -59,9 +62,9 @@ class RNN(FusedRNNBase):
                          device=device, dtype=dtype, backend=backend, strategy=strategy, num_heads=num_heads)
         self.nonlinearity = nonlinearity
 
-    def _layer(self, x, h0, c0, weights, lengths):
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):
         return run_rnn_layer(x, h0, weights, lengths, has_bias=self.bias, nonlinearity=self.nonlinearity,
-                         backend=self.backend, strategy=self.strategy)
+                             backend=self.backend, strategy=self.strategy, resets=resets)
 
 
 class RNNCell(NoScript, nn.RNNCellBase):

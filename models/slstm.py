@@ -22,17 +22,19 @@ from .heads import setup_heads
 from .reference_op import run_reference
 
 
-def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy):
-    """One sLSTM layer and direction. s0 (3, B, H): c_0, n_0, m_0. Returns y (T, B, H), h_n (B, H), s_n (3, B, H)."""
+def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy, resets=None):
+    """One sLSTM layer and direction. s0 (3, B, H): c_0, n_0, m_0; resets (T, B) bool or None (the per-head kernels
+    have no resets yet: the reference runs a call with resets). Returns y (T, B, H), h_n (B, H), s_n (3, B, H)."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     from ..kernels.heads import supported
 
-    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0 or resets is not None
             or not supported(x.dtype, w_hh.shape[2], "slstm")  # no dense sLSTM kernel to fall back on
             or not fused_ok("SLSTM", run_slstm_layer, (x, h0, s0, weights, lengths),
                             dict(has_bias=has_bias, strategy=strategy))):
-        y, h_n, c_n, n_n, m_n = run_reference("slstm", x, (h0, *s0.unbind(0)), (w_ih, w_hh, b_ih, b_hh), lengths)
+        y, h_n, c_n, n_n, m_n = run_reference("slstm", x, (h0, *s0.unbind(0)), (w_ih, w_hh, b_ih, b_hh), lengths,
+                                              resets=resets)
         return y, h_n, torch.stack([c_n, n_n, m_n])
     check_triton_dtype(x.dtype)
     from .heads_ops import heads_layer_op
@@ -83,9 +85,9 @@ class SLSTM(FusedRNNBase):
         s = super().extra_repr()
         return s if "num_heads" in s else s + f", num_heads={self.num_heads}"
 
-    def _layer(self, x, h0, c0, weights, lengths):
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):
         return run_slstm_layer(x, h0, c0, weights, lengths, has_bias=self.bias, backend=self.backend,
-                               strategy=self.strategy)
+                               strategy=self.strategy, resets=resets)
 
     _heads_layer = _layer
 
@@ -94,12 +96,14 @@ class SLSTM(FusedRNNBase):
             return hx
         return tuple(s.index_select(1, permutation) for s in hx)
 
-    def forward(self, input, state=None):
-        """See the class docstring."""
+    def forward(self, input, state=None, *, resets=None):
+        """See the class docstring; ``resets`` as for ``models.LSTM`` (``FusedRNNBase.forward``): h, c, n and m
+        restart from zero where set."""
         self._refresh_flat_weights()
         packed = isinstance(input, PackedSequence)
         x, lengths_cpu, check_input, batch_sizes, is_batched = self._as_time_major(input, state, packed, False)
         self.check_input(check_input, batch_sizes)
+        resets = self._resets_mask(resets, input, x, packed, is_batched, lengths_cpu)
         if x.shape[0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         L = self.num_layers * (2 if self.bidirectional else 1)
@@ -124,7 +128,7 @@ class SLSTM(FusedRNNBase):
         s_all = torch.stack(states[1:], 1)  # (L, 3, B, H)
         with torch.autocast(x.device.type, enabled=False):
             output, h_n, s_n, rows = self._run_layers(x, states[0], s_all, lengths, lengths_cpu, None,
-                                                      input.data.shape[0] if packed else None)
+                                                      input.data.shape[0] if packed else None, resets)
         s_n = torch.stack(s_n, 1)  # (3, L, B, H)
         hidden = (torch.stack(h_n), s_n[0], s_n[1], s_n[2])
         return self._restore_layout(input, output, hidden, is_batched, False, rows, lengths_cpu, x.shape[0])

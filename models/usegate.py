@@ -33,12 +33,12 @@ from .reference_op import run_reference
 
 
 # ---------------------------------------------------------------------------------------------- module
-def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy):
+def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strategy, resets=None):
     """One use-gate LSTM layer and direction through the chosen backend.
 
     Args:
         x: (T, B, I) time-major; h0, c0: (B, H); weights: [w_ih, w_hh, (b_ih, b_hh), w_u, (b_u)] as in
-            ``UseGateLSTM._all_weights``; lengths: (B,) int32 or None.
+            ``UseGateLSTM._all_weights``; lengths: (B,) int32 or None; resets: (T, B) bool or None.
     Returns:
         y (T, B, H), h_n (B, H), c_n (B, H).
     """
@@ -48,11 +48,13 @@ def run_usegate_layer(x, h0, c0, weights, lengths, *, has_bias, backend, strateg
         (w_ih, w_hh, w_u), b_ih, b_hh, b_u = weights, None, None, None
     flags = dict(has_bias=has_bias, strategy=strategy)
     if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
-            or not fused_ok("UseGateLSTM", run_usegate_layer, (x, h0, c0, weights, lengths), flags)):
-        return run_reference("usegate", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_u, b_u), lengths)
+            or not fused_ok("UseGateLSTM", run_usegate_layer, (x, h0, c0, weights, lengths), flags,
+                            resets)):
+        return run_reference("usegate", x, (h0, c0), (w_ih, w_hh, b_ih, b_hh, w_u, b_u), lengths, resets=resets)
     check_triton_dtype(x.dtype)
     store = needs_grad(x, h0, c0, *weights)
-    y, c_n, *_ = usegate_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy)
+    y, c_n, *_ = usegate_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_u, b_u, lengths, store, strategy,
+                                 resets=resets)
     if store and x.shape[0] == 1 and not needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         # one step: c_1 does not depend on the use gate (w_u, b_u act on h_1 only), so when those are the only
         # inputs that require grad, c_n must not require it (as the reference); its gradient would be zero
@@ -79,8 +81,9 @@ class UseGateLSTM(FusedRNNBase):
     uniform(-1/sqrt(H), 1/sqrt(H)) like ``torch.nn.LSTM``.
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
-    optional ``(h_0, c_0)``, each (layers * directions, B, H). Returns ``output, (h_n, c_n)`` with nn.LSTM's
-    shapes. Not an ``nn.LSTM``: ``models.swap_rnns`` leaves it alone.
+    optional ``(h_0, c_0)``, each (layers * directions, B, H); keyword-only ``resets`` (episode resets:
+    ``FusedRNNBase.forward``). Returns ``output, (h_n, c_n)`` with nn.LSTM's shapes. Not an ``nn.LSTM``:
+    ``models.swap_rnns`` leaves it alone.
     """
 
     _has_cell = True
@@ -125,9 +128,9 @@ class UseGateLSTM(FusedRNNBase):
         where it is."""
         return None
 
-    def _layer(self, x, h0, c0, weights, lengths):
+    def _layer(self, x, h0, c0, weights, lengths, resets=None):
         return run_usegate_layer(x, h0, c0, weights, lengths, has_bias=self.bias, backend=self.backend,
-                             strategy=self.strategy)
+                                 strategy=self.strategy, resets=resets)
 
 
 __all__ = ["UseGateLSTM", "run_usegate_layer", "usegate_layer", "usegate_layer_bwd"]

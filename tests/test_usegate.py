@@ -148,8 +148,8 @@ def test_no_grad_stores_nothing_and_matches(monkeypatch):
     stored = []
     op = usegate_layer
 
-    def recording(*args):
-        out = op(*args)
+    def recording(*args, **kwargs):
+        out = op(*args, **kwargs)
         stored.append([t.numel() for t in out[2:]])  # c_seq, gates, k_seq, u_seq
         return out
 
