@@ -81,7 +81,7 @@ def _outputs(results, inputs):
 @torch.library.custom_op("fusedrnn::reference_layer", mutates_args=())
 def reference_layer(
     cell: str, x: Tensor, states: list[Tensor], weights: list[Tensor], lengths: Optional[Tensor], keep: float,
-    resets: Optional[Tensor] = None,
+    resets: Optional[Tensor],
 ) -> list[Tensor]:
     """One layer and direction of ``cell``'s reference (``REFERENCES``; absent weights as empty tensors).
     Returns [y (T, B, P), *final states] (each shaped as its initial state)."""
@@ -91,7 +91,7 @@ def reference_layer(
 
 
 @reference_layer.register_fake
-def _(cell, x, states, weights, lengths, keep, resets=None):
+def _(cell, x, states, weights, lengths, keep, resets):
     return [x.new_empty(x.shape[0], x.shape[1], states[0].shape[1]), *(s.new_empty(s.shape) for s in states)]
 
 
@@ -107,7 +107,7 @@ def _autograd_on():
 @torch.library.custom_op("fusedrnn::reference_layer_bwd", mutates_args=())
 def reference_layer_bwd(
     cell: str, grads: list[Tensor], x: Tensor, states: list[Tensor], weights: list[Tensor], lengths: Optional[Tensor],
-    keep: float, need: list[bool], resets: Optional[Tensor] = None,
+    keep: float, need: list[bool], resets: Optional[Tensor],
 ) -> list[Tensor]:
     """Backward of ``reference_layer``: the gradients of [x, *states, *weights] where ``need`` says so (empty
     tensors elsewhere), given the outputs' gradients ``grads`` (empty for an output without one): autograd through
@@ -125,7 +125,7 @@ def reference_layer_bwd(
 
 
 @reference_layer_bwd.register_fake
-def _(cell, grads, x, states, weights, lengths, keep, need, resets=None):
+def _(cell, grads, x, states, weights, lengths, keep, need, resets):
     return [t.new_empty(t.shape) if n else x.new_empty(_EMPTY) for t, n in zip([x, *states, *weights], need)]
 
 
@@ -139,7 +139,7 @@ def _backward(ctx, grads):
     x, *rest, lengths, resets = ctx.saved_tensors
     ns = ctx.n_states
     states, weights = rest[:ns], rest[ns:]
-    _, need_x, need_s, need_w, _, _, _ = ctx.needs_input_grad
+    _, need_x, need_s, need_w = ctx.needs_input_grad[:4]
     need = [bool(need_x), *map(bool, need_s), *map(bool, need_w)]
     if torch.is_grad_enabled():  # create_graph=True: the reference itself, differentiable
 

@@ -66,8 +66,8 @@ def _case(cell, variant):
     return x, states, weights, lengths, 1.0
 
 
-def _python(cell, x, states, weights, lengths, keep):
-    return REFERENCES[cell](x, states, [w if w.numel() else None for w in weights], lengths, keep)
+def _python(cell, x, states, weights, lengths, keep, resets):
+    return REFERENCES[cell](x, states, [w if w.numel() else None for w in weights], lengths, keep, resets)
 
 
 @pytest.mark.parametrize("cell", sorted(REFERENCES))
@@ -79,8 +79,13 @@ def test_reference_op_opcheck_and_gradients(cell):
     for variant in ("full", "bare"):
         checks = ("test_schema", "test_faketensor", "test_autograd_registration")
         checks += ("test_aot_dispatch_dynamic",) if (cell, variant) == ("slstm", "full") else ()
-        args = _case(cell, variant)
-        x, states, weights, lengths, keep = args
+        case = _case(cell, variant)
+        resets = None  # the full case of every cell with episode resets (the LayerNorm cells take none) restarts rows
+        if variant == "full" and not cell.startswith("ln"):
+            resets = torch.rand(case[0].shape[:2]) < 0.4
+            resets[1, 0] = True
+        args = (*case, resets)
+        x, states, weights, lengths, keep, _ = args
         torch.library.opcheck(reference_layer, (cell, *args), test_utils=checks)
         inputs = [t for t in (x, *states, *weights) if t.requires_grad]
         results = []
@@ -95,5 +100,5 @@ def test_reference_op_opcheck_and_gradients(cell):
         d = [t.detach() for t in (x, *states, *weights)]
         need = [t.requires_grad for t in (x, *states, *weights)]
         out_grads = [rand(*o.shape, device=CPU) for o in results[1][:n]]
-        torch.library.opcheck(reference_layer_bwd, (cell, out_grads, d[0], d[1:n], d[n:], lengths, keep, need),
+        torch.library.opcheck(reference_layer_bwd, (cell, out_grads, d[0], d[1:n], d[n:], lengths, keep, need, resets),
                               test_utils=checks)
