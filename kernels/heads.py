@@ -46,6 +46,7 @@ from ._common import (
     check_steps,
     dot_meta,
     dtype_group,
+    finished_rows_bwd,
     gru_cell_bwd,
     gru_cell_fwd,
     interpreting,
@@ -143,12 +144,7 @@ def slstm_cell_bwd(dh, b_i, b_f, b_z, b_o, c, n, sf, c_prev, n_prev, dc_in, dn_i
     dc_prev = dc * b_f
     dn_prev = du * b_f
     if HAS_LENGTHS:
-        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-        di = tl.where(m_act, di, 0.0)
-        df = tl.where(m_act, df, 0.0)
-        dz = tl.where(m_act, dz, 0.0)
-        do = tl.where(m_act, do, 0.0)
-        dc_prev = tl.where(m_act, dc_prev, dc_in)
+        di, df, dz, do, dc_prev, m_act = finished_rows_bwd(di, df, dz, do, dc_prev, dc_in, lengths, t, o_b, m_b)
         dn_prev = tl.where(m_act, dn_prev, dn_in)
     return di, df, dz, do, dc_prev, dn_prev
 
