@@ -124,6 +124,16 @@ def rowmajor(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def aligned16(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` contiguous and starting on a 16-byte boundary: itself when it is, else a copy (a fresh allocation is
+    aligned). For the kernels compile-checked in the aligned variant only (kernels/heads.py): a view that starts
+    mid-allocation (a storage offset such as ``x[1:]``) would run the unaligned variant, which nothing checked."""
+    if t is None:
+        return None
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 # ----------------------------------------------------------------------------------------------
 # Tile configs and the declaration of a per-step kernel. The compile check (experiments/compile_check.py)
 # compiles every config of every declared kernel for sm_90a and sm_80 and requires 0 spills, so only

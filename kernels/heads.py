@@ -43,6 +43,7 @@ import triton.language as tl
 from ._common import (
     DTYPE_GROUPS,
     acc_torch_dtype,
+    aligned16,
     check_steps,
     dot_meta,
     dtype_group,
@@ -518,8 +519,9 @@ def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=Tru
         raise RuntimeError(f"heads_fwd: xp {tuple(xp.shape)} and w_hh {tuple(w_hh.shape)} do not match a "
                            f"{cell} of {NH} heads of {D}")
     acc = acc_torch_dtype(xp.dtype)
-    xp, w_hh, h0 = xp.contiguous(), w_hh.contiguous(), h0.contiguous()
-    s0 = s0.to(acc).contiguous() if c.NS else None
+    # only the aligned variant is compile-checked: every tensor contiguous from a 16-byte boundary (copied if not)
+    xp, w_hh, h0, b_hn, lengths = (aligned16(v) for v in (xp, w_hh, h0, b_hn, lengths))
+    s0 = aligned16(s0.to(acc)) if c.NS else None
     y = _alloc(xp, T, B, H)
     sn = _alloc(xp, max(c.NS, 1), B, H, dtype=acc)
     gates = _alloc(xp, T, B, c.NSAVE * H) if store and c.NSAVE else None
@@ -538,9 +540,9 @@ def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
     T, B, H = dy.shape
     NH, _, D = w_hh.shape
     acc = acc_torch_dtype(dy.dtype)
-    dy, w_hh, h0, y = dy.contiguous(), w_hh.contiguous(), h0.contiguous(), y.contiguous()
-    s0 = s0.to(acc).contiguous() if c.NS else None
-    ds_n = ds_n.to(acc).contiguous() if c.NS else None
+    dy, w_hh, h0, y, gates, aux, lengths = (aligned16(v) for v in (dy, w_hh, h0, y, gates, aux, lengths))
+    s0 = aligned16(s0.to(acc)) if c.NS else None
+    ds_n = aligned16(ds_n.to(acc)) if c.NS else None
     dz = _alloc(dy, T, B, c.NDZ * H)
     dh0 = _alloc(dy, B, H, dtype=acc)
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)
