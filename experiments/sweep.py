@@ -328,7 +328,7 @@ def run_job(job: Job, ctx: Context) -> dict:
         sets = _input_sets(job.cfg, dtype, dev, _n_sets(job.cfg, dtype, train, ctx.peaks.l2_bytes), train)
         params = {n: p for n, p in built.params.items() if p.requires_grad}
         _first_call(row, job, ctx, src, built, sets[0], train, params)
-        if job.backend == "cudnn" and cuda:
+        if job.backend in ("cudnn", "nn_dense") and cuda:  # cuDNN runs both: record what it ran
             names = profiled_kernels(lambda: _call(built, sets[0], train))
             rnn_names = [n for n in names if any(w in n.lower() for w in ("rnn", "lstm", "gru"))]
             row["cudnn_algo_seen"] = classify_kernels(names)
