@@ -109,7 +109,8 @@ def _cell_tables(rows: list[dict], gpu: str | None, cell: str, heads: int = 1) -
     cpu = any(r.get("device") == "cpu" for r in rows)
     name, module = CELL_NAMES.get(cell, (cell, cell))
     if heads > 1:
-        name, module = f"{name}, {heads} heads", f"{module} dense block-diagonal"
+        name = f"{name}, {heads} heads"
+        module += " dense block-diagonal" if cell in CELL_ORDER else ""
     # the comparison baseline of the speedups: the one the rows name, else cuDNN's (torch_cpu on CPU)
     baseline = next((r["speedup_ref"] for r in rows if r.get("speedup_ref")), "cudnn" if not cpu else "torch_cpu")
     cols = sorted({(r["dtype"], r["pass"]) for r in rows},
@@ -143,13 +144,13 @@ def _cell_tables(rows: list[dict], gpu: str | None, cell: str, heads: int = 1) -
             line.append(text)
             flagged |= bad
         out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    plain = (cell, heads) == ("lstm", 1)
-    out += ["", f"{baseline}{'' if plain else ' ' + module} median ms (algorithm: predicted from "
-            "PyTorch's rule / seen in the profiler):", "",
+    plain, algo = (cell, heads) == ("lstm", 1), baseline in ("cudnn", "torch_cpu") and not cpu
+    out += ["", f"{baseline}{'' if plain else ' ' + module} median ms"
+            + (" (algorithm: predicted from PyTorch's rule / seen in the profiler):" if algo else ":"), "",
             *header]
     for b, h in cells:
-        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), cpu) for dt, ps in cols)
-                   + " |")
+        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), not algo)
+                                                  for dt, ps in cols) + " |")
     if flagged:
         tols = ", ".join(f"{d} {t:g}" for d, t in REL_ERR_TOL.items())
         out += ["", f"wrong: the first call's outputs or gradients differed from {baseline}'s by more than the "
@@ -194,15 +195,16 @@ def _speedup_cell(base_row: dict | None, ours: list[dict]) -> tuple[str, bool]:
     return " · ".join((f"**{t}**" if e is not None and e == best else t) for e, t in entries), flagged
 
 
-def _baseline_cell(r: dict | None, cpu: bool) -> str:
-    """One cell of the baseline's table: its median ms and, on a GPU, cuDNN's algorithm."""
+def _baseline_cell(r: dict | None, no_algo: bool) -> str:
+    """One cell of the baseline's table: its median ms and (unless ``no_algo``: CPU rows, a baseline other than
+    cuDNN) cuDNN's algorithm."""
     ms = _ms(r) if r else None
     if r is None:
         return "–"
     if ms is None:
         return "err"
     algo, seen = r.get("cudnn_algo", ""), r.get("cudnn_algo_seen", "")
-    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else "")
+    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not no_algo else "")
 
 
 def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True) -> str:
