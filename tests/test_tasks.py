@@ -52,7 +52,7 @@ def test_the_smoke_setting_is_the_cpu_study():
 
 
 @pytest.mark.parametrize("model,task", [("rnn", "adding"), ("lstm", "adding"), ("usegate", "adding"),
-                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy")])
+                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy"), ("slstm", "adding")])
 def test_triton_backend_trains_like_reference(model, task):
     s = replace(TINY, steps={task: 3}, eval_every=1, eval_batch=4, lr=1e-2)
     job = Job(model, task, 4 if task == "adding" else 3, seed=0)
