@@ -1,11 +1,22 @@
 """The registry of recurrent-layer implementations a sweep compares. Adding a peer is one ``register(Backend(...))``.
 
-Every backend builds, from a source module holding the weights (``src``: ``torch.nn.LSTM``, ``torch.nn.GRU`` or
-``torch.nn.RNN`` (tanh), the cell of the sweep, ``cell_of(src)``), a runner with one signature:
-``run(x (T, B, I), h0 (L*D, B, H), c0 (L*D, B, H) or None) -> (y (T, B, D*H), h_n (L*D, B, H), c_n or None)``
-(c0 and c_n are the LSTM's cell state; None for the GRU and the RNN), and exposes its trainable tensors under
-the source module's parameter names (so gradients can be compared). ``Backend.cells`` says which cells a
-backend implements.
+Every backend builds, from a source module holding the weights (``src``, the cell of the sweep, ``cell_of(src)``:
+``torch.nn.LSTM``, ``torch.nn.GRU`` or ``torch.nn.RNN`` (tanh), with ``heads`` > 1 carrying the dense block-diagonal
+equivalent of the heads (``heads_of(src)``); for the cells torch.nn lacks, the fusedrnn module with
+``backend="reference"``: ``SLSTM``, ``LayerNormLSTM``, ``LayerNormGRU``), a runner with one signature:
+``run(x (T, B, I), h0 (L*D, B, H), c0 or None) -> (y (T, B, D*H), h_n (L*D, B, H), c_n or None)``
+(c0 and c_n are the cell's other states, ``CELL_STATES``: the LSTM's and the LayerNorm LSTM's cell state
+(L*D, B, H), the sLSTM's c, n and m stacked (3, L*D, B, H); None for the GRUs and the RNN), and exposes its trainable
+tensors under the source module's parameter names (so gradients can be compared; a dense W_hh's gradient compares
+with the heads' through ``head_blocks``). ``Backend.cells`` says which cells a backend implements.
+
+The comparison baseline of a row (``baseline_for``): for the cells torch.nn has, its module (cuDNN on CUDA,
+``torch_cpu`` on CPU), with heads the dense block-diagonal equivalent (the same function, at a dense module's
+cost); for the sLSTM and the LayerNorm cells, ``reference``: the fusedrnn module's PyTorch reference (a Python loop
+over the steps, eager, in the row's dtype), which every row's ``max_rel_err`` and ``speedup`` are against. Beside
+it, ``nn_dense`` times the anchor of the published comparisons: the dense torch.nn module of the plain cell of the
+same shape (nn.LSTM for the sLSTM and the LayerNorm LSTM, nn.GRU for the LayerNorm GRU; cuDNN on CUDA), another
+function, so its rows have no ``max_rel_err``; their ``strategy`` column names the module.
 Imports of optional or heavy packages (models, flashrnn) happen inside ``build``, after the sweep has set
 TRITON_INTERPRET on a machine without CUDA.
 """
@@ -22,14 +33,54 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn")  # the cells torch.nn (cuDNN) has
+OTHER_CELLS = ("slstm", "lnlstm", "lngru")  # the cells it lacks: compared with the reference, nn_dense beside
 # the fusedrnn module of each cell (looked up when a row is built: models.GRU may not exist in a tree)
-FUSEDRNN_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+FUSEDRNN_CLASSES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "slstm": "SLSTM", "lnlstm": "LayerNormLSTM",
+                    "lngru": "LayerNormGRU"}
+# the states beside h of each cell, as ``run`` takes and returns them: one (L*D, B, H), or k stacked (k, L*D, B, H)
+CELL_STATES = {"lstm": 1, "lnlstm": 1, "slstm": 3}
+# the dense torch.nn module that anchors a cell torch.nn lacks (backend nn_dense)
+ANCHORS = {"slstm": nn.LSTM, "lnlstm": nn.LSTM, "lngru": nn.GRU}
 
 
-def cell_of(src: nn.RNNBase) -> str:
-    """"lstm", "gru" or "rnn" for a source torch.nn.LSTM / GRU / RNN (tanh or relu)."""
-    return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}[src.mode]
+def cell_of(src: nn.Module) -> str:
+    """The cell of a source module: "lstm", "gru" or "rnn" for a torch.nn.LSTM / GRU / RNN (tanh or relu),
+    "slstm", "lnlstm", "lngru" for fusedrnn's SLSTM / LayerNormLSTM / LayerNormGRU."""
+    other = {FUSEDRNN_CLASSES[c]: c for c in OTHER_CELLS}.get(type(src).__name__)
+    return other or {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}[src.mode]
+
+
+def heads_of(src: nn.Module) -> int:
+    """The heads of a source module (its ``num_heads``; 1 when it has none: a dense recurrence)."""
+    return int(getattr(src, "num_heads", 1))
+
+
+def head_blocks(name: str, grad: Tensor | None, heads: int) -> Tensor | None:
+    """The gradient of parameter ``name`` in the heads' layout: a dense W_hh's (G*H, H) gradient (a backend that
+    runs the dense block-diagonal equivalent) as its diagonal blocks (heads, G*D, D), the gradient of the heads'
+    parameters (``models.heads.heads_to_dense``'s layout); any other gradient as it is."""
+    if grad is None or heads == 1 or not name.startswith("weight_hh") or grad.dim() != 2:
+        return grad
+    GH, H = grad.shape
+    G, D = GH // H, H // heads
+    idx = torch.arange(heads, device=grad.device)
+    return grad.reshape(G, heads, D, heads, D)[:, idx, :, idx, :].reshape(heads, G * D, D)
+
+
+def _runner(m: nn.Module, cell: str):
+    """``run`` (module docstring) of a module with torch.nn's calling convention for ``cell``."""
+    def run(x, h0, c0=None):
+        if cell == "slstm":
+            y, (h, *s) = m(x, (h0, *c0.unbind(0)))
+            return y, h, torch.stack(s)
+        if c0 is not None:
+            y, (h, c) = m(x, (h0, c0))
+            return y, h, c
+        y, h = m(x, h0)
+        return y, h, None
+
+    return run
 
 
 @dataclass
@@ -44,20 +95,23 @@ class Built:
 @dataclass
 class Backend:
     """One implementation. ``build(src, strategy) -> Built``; ``devices``: where it can run ("cuda", "cpu");
-    ``cells``: the cells it implements; ``strategies(cell="lstm")``: the row variants of that cell ("" when it
-    has none); ``unavailable()``: None, or why it cannot run here; ``default_on``: devices where it is in the
-    default backend set; ``baseline``: it is the comparison baseline on its device (cudnn on CUDA, torch_cpu
-    on CPU): every row's speedup and error are against it, and its name is the row's ``speedup_ref`` column."""
+    ``cells``: the cells it implements; ``strategies(cell="lstm", heads=1)``: the row variants of that cell ("" when
+    it has none); ``unavailable()``: None, or why it cannot run here; ``default_on``: devices where it is in the
+    default backend set; ``baseline``: it is the comparison baseline of its cells on its device (cudnn on CUDA,
+    torch_cpu on CPU, reference for the cells torch.nn lacks): every row's speedup and error are against it, and
+    its name is the row's ``speedup_ref`` column; ``anchor``: its rows time another function (nn_dense), so their
+    outputs are not compared."""
 
     name: str
     build: Callable[[nn.LSTM, str], Built]
     devices: tuple[str, ...]
-    strategies: Callable[..., tuple[str, ...]] = lambda cell="lstm": ("",)
+    strategies: Callable[..., tuple[str, ...]] = lambda cell="lstm", heads=1: ("",)
     unavailable: Callable[[], str | None] = lambda: None
     default_on: tuple[str, ...] = ("cuda", "cpu")
     baseline: bool = False
     notes: str = field(default="")
     cells: tuple[str, ...] = CELLS
+    anchor: bool = False
 
 
 REGISTRY: dict[str, Backend] = {}
@@ -69,12 +123,12 @@ def register(backend: Backend) -> Backend:
     return backend
 
 
-def baseline_for(device: torch.device) -> str:
-    """Name of the comparison baseline on ``device``'s type."""
+def baseline_for(device: torch.device, cell: str = "lstm") -> str:
+    """Name of the comparison baseline of ``cell`` on ``device``'s type."""
     for b in REGISTRY.values():
-        if b.baseline and device.type in b.devices:
+        if b.baseline and device.type in b.devices and cell in b.cells:
             return b.name
-    raise LookupError(f"no comparison baseline for {device.type}")
+    raise LookupError(f"no comparison baseline for {cell} on {device.type}")
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -83,22 +137,43 @@ def _suffix(layer: int, direction: int) -> str:
 
 # --- torch.nn.LSTM / GRU / RNN: cuDNN on CUDA, ATen's CPU kernels on CPU ----------------------------------------
 def _build_nn(src: nn.RNNBase, strategy: str) -> Built:
-    lstm = cell_of(src) == "lstm"
-
-    def run(x, h0, c0=None):
-        if lstm:
-            y, (h, c) = src(x, (h0, c0))
-            return y, h, c
-        y, h = src(x, h0)
-        return y, h, None
-
-    return Built(run, dict(src.named_parameters()))
+    return Built(_runner(src, cell_of(src)), dict(src.named_parameters()))
 
 
 register(Backend("cudnn", _build_nn, devices=("cuda",), baseline=True,
                  notes="torch.nn.LSTM / GRU / RNN on CUDA (cuDNN)"))
 register(Backend("torch_cpu", _build_nn, devices=("cpu",), baseline=True,
                  notes="torch.nn.LSTM / GRU / RNN on CPU (not cuDNN)"))
+# the cells torch.nn lacks: the source module itself (backend="reference") is the baseline
+register(Backend("reference", _build_nn, devices=("cuda", "cpu"), baseline=True, cells=OTHER_CELLS,
+                 notes="slstm, lnlstm, lngru: the fusedrnn module's PyTorch reference (a Python loop over the steps, "
+                       "eager), the comparison baseline of those cells"))
+
+
+def _build_dense_anchor(src: nn.Module, strategy: str) -> Built:
+    """The dense torch.nn module of ``src``'s plain cell (``ANCHORS``) at src's shape, device and dtype, fresh
+    weights. It takes the sLSTM's stacked states as its c0 = c0[0] and returns no c_n then (its training step has
+    no c_n cotangent: one elementwise add less)."""
+    cell = cell_of(src)
+    p = next(src.parameters())
+    m = ANCHORS[cell](src.input_size, src.hidden_size, src.num_layers, bidirectional=src.bidirectional,
+                      device=p.device, dtype=p.dtype).train(src.training)
+    inner = _runner(m, "lstm" if ANCHORS[cell] is nn.LSTM else "gru")
+
+    def run(x, h0, c0=None):
+        if cell != "slstm":
+            return inner(x, h0, c0)
+        y, h, _ = inner(x, h0, c0[0])
+        return y, h, None
+
+    return Built(run, dict(m.named_parameters()))
+
+
+register(Backend("nn_dense", _build_dense_anchor, devices=("cuda", "cpu"), cells=OTHER_CELLS, anchor=True,
+                 strategies=lambda cell="slstm", heads=1: (f"nn.{ANCHORS[cell].__name__}",),
+                 notes="slstm, lnlstm, lngru: the speed anchor, the dense torch.nn module of the plain cell "
+                       "(nn.LSTM; nn.GRU for lngru) of the same shape, cuDNN on CUDA; another function: no "
+                       "max_rel_err"))
 
 
 # --- fusedrnn through its public module API --------------------------------------------------------------------
@@ -133,7 +208,9 @@ def fusedrnn_class(cell: str):
     return cls
 
 
-def _fusedrnn_strategies(cell: str = "lstm") -> tuple[str, ...]:
+def _fusedrnn_strategies(cell: str = "lstm", heads: int = 1) -> tuple[str, ...]:
+    if heads > 1 or cell == "slstm":  # the per-head kernels run whatever the strategy (models/heads.py)
+        return ("auto",)
     models = fusedrnn_models()
     cls = getattr(models, FUSEDRNN_CLASSES[cell], None)
     # the strategies the cell's module accepts (models._base: ``_strategies``); an earlier commit's models
@@ -144,24 +221,23 @@ def _fusedrnn_strategies(cell: str = "lstm") -> tuple[str, ...]:
     return tuple(s for s in listed if s != "auto") or ("auto",)
 
 
-def _build_fusedrnn(src: nn.RNNBase, strategy: str) -> Built:
-    cell = cell_of(src)
+def _build_fusedrnn(src: nn.Module, strategy: str) -> Built:
+    cell, heads = cell_of(src), heads_of(src)
+    models = fusedrnn_models()
     cls = fusedrnn_class(cell)
 
     # the rows time the kernels and compare them with the baseline themselves: the first-use self-check would
     # serve a failing configuration with the reference under this row's name (models/_selfcheck.py)
-    getattr(fusedrnn_models(), "set_selfcheck", lambda mode: None)("off")
+    getattr(models, "set_selfcheck", lambda mode: None)("off")
     p = next(src.parameters())
-    m = cls(src.input_size, src.hidden_size, src.num_layers, bidirectional=src.bidirectional,
-            device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto")
-    m.load_state_dict(src.state_dict())
-
-    def run(x, h0, c0=None):
-        if cell == "lstm":
-            y, (h, c) = m(x, (h0, c0))
-            return y, h, c
-        y, h = m(x, h0)
-        return y, h, None
+    kw = {"num_heads": heads} if heads > 1 or cell == "slstm" else {}
+    m = cls(src.input_size, src.hidden_size, num_layers=src.num_layers, bidirectional=src.bidirectional,
+            device=p.device, dtype=p.dtype, backend="triton", strategy=strategy or "auto", **kw)
+    state = src.state_dict()
+    if heads > 1 and cell in CELLS:  # the source holds the dense block-diagonal equivalent
+        state = {k: models.dense_to_heads(v, heads) if k.startswith("weight_hh") else v for k, v in state.items()}
+    m.load_state_dict(state)
+    run = _runner(m, cell)
 
     if strategy not in ("", "auto", "per_step"):
         run = _no_fallback(run, strategy)
@@ -210,7 +286,9 @@ def _no_fallback(run, strategy: str):
 
 
 register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategies=_fusedrnn_strategies,
-                 notes="models.LSTM / GRU / RNN(backend='triton'); on CPU the Triton interpreter"))
+                 cells=CELLS + OTHER_CELLS,
+                 notes="models.LSTM / GRU / RNN / SLSTM / LayerNormLSTM / LayerNormGRU(backend='triton'); on CPU the "
+                       "Triton interpreter"))
 
 
 # --- eager and compiled cell loops ------------------------------------------------------------------------------

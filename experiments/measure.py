@@ -184,12 +184,19 @@ def _gates(cfg) -> int:
     return GATES[getattr(cfg, "cell", "lstm")]
 
 
+def _head_size(cfg) -> int:
+    """D, the units a recurrent product of ``cfg``'s cell reads: H / heads (H for a dense cell)."""
+    return cfg.H // getattr(cfg, "heads", 1)
+
+
 def rnn_flops(cfg, pass_: str) -> float:
-    """Matmul FLOPs of ``cfg``'s cell with g gate blocks (``grids.GATES``: LSTM 4, GRU 3, RNN 1): forward
-    2g*B*T*H*(H + I_l) per layer and direction (recurrent + input projection; 8*B*T*H*(H + I_l) for the LSTM);
-    a training step counts 3x forward (backward = data + weight gradients)."""
-    g2 = 2 * _gates(cfg)
-    fwd = sum(g2 * cfg.B * cfg.T * cfg.H * (cfg.H + i) for i in _layer_inputs(cfg))
+    """Matmul FLOPs of ``cfg``'s cell with g gate blocks (``grids.GATES``: LSTM, sLSTM, LayerNorm LSTM 4, GRU 3,
+    RNN 1) and heads of D = H / heads units (D = H dense): forward 2g*B*T*H*(D + I_l) per layer and direction
+    (recurrent + input projection; 8*B*T*H*(H + I_l) for the dense LSTM); a training step counts 3x forward
+    (backward = data + weight gradients). The FLOPs of the problem: a dense module run on the block-diagonal
+    equivalent of heads does more."""
+    g2, D = 2 * _gates(cfg), _head_size(cfg)
+    fwd = sum(g2 * cfg.B * cfg.T * cfg.H * (D + i) for i in _layer_inputs(cfg))
     return fwd if pass_ == "fwd" else 3 * fwd
 
 
@@ -199,20 +206,22 @@ lstm_flops = rnn_flops  # the name from before the sweep had cells: the cell com
 def floor_ms(cfg, dtype: torch.dtype, pass_: str, peaks: Peaks, tf32: bool) -> float:
     """A lower bound on the time of one call, in ms.
 
-    With g gate blocks (``grids.GATES``: LSTM 4, GRU 3, RNN 1), per step and per layer/direction:
-    max(W_hh bytes / bandwidth, 2g*B*H^2 / matmul peak), with L2 bandwidth when W_hh (gH x H) fits in L2 and
-    HBM bandwidth otherwise: the recurrence must stream W_hh every step. Plus the input projection, a GEMM of
+    With g gate blocks (``grids.GATES``: LSTM 4, GRU 3, RNN 1) and heads of D = H / heads units (D = H dense),
+    per step and per layer/direction: max(W_hh bytes / bandwidth, 2g*B*H*D / matmul peak), with L2 bandwidth when
+    W_hh (gH x D) fits in L2 and HBM bandwidth otherwise: the recurrence must stream W_hh every step. Plus the
+    input projection, a GEMM of
     2g*T*B*I*H FLOPs bounded by the matmul peak and by HBM traffic. A training step doubles the recurrent part
     (dh = dz @ W_hh streams W_hh again), adds two projection-sized GEMMs (dX, dW_ih) and the dW_hh GEMM
-    (2g*T*B*H^2). (The GRU's saved gates are 4H wide; the bound counts the gH of the products only.)
+    (2g*T*B*H*D). (The GRU's saved gates are 4H wide; the bound counts the gH of the products only; the layer norms
+    of the LayerNorm cells are not counted.)
     """
     e = elem_bytes(dtype)
     rate = peaks.matmul_tflops(dtype, tf32) * 1e12 / 1e3  # FLOP per ms
     hbm = peaks.hbm_gbs * 1e9 / 1e3  # bytes per ms
-    B, T, H, g = cfg.B, cfg.T, cfg.H, _gates(cfg)
-    w_bytes = g * H * H * e
+    B, T, H, g, D = cfg.B, cfg.T, cfg.H, _gates(cfg), _head_size(cfg)
+    w_bytes = g * H * D * e
     bw = (peaks.l2_gbs if w_bytes <= peaks.l2_bytes else peaks.hbm_gbs) * 1e9 / 1e3
-    step = max(w_bytes / bw, 2 * g * B * H * H / rate)
+    step = max(w_bytes / bw, 2 * g * B * H * D / rate)
 
     def gemm(flops, nbytes):
         return max(flops / rate, nbytes / hbm)
@@ -223,7 +232,7 @@ def floor_ms(cfg, dtype: torch.dtype, pass_: str, peaks: Peaks, tf32: bool) -> f
         if pass_ == "fwd":
             total += T * step + proj
         else:
-            dw_hh = gemm(2 * g * T * B * H * H, (T * B * g * H + T * B * H + g * H * H) * e)
+            dw_hh = gemm(2 * g * T * B * H * D, (T * B * g * H + T * B * H + g * H * D) * e)
             total += 2 * T * step + 3 * proj + dw_hh
     return total
 

@@ -7,7 +7,9 @@ module of the cell, nn.LSTM / nn.GRU / nn.RNN; drawn when the rows span at least
 scale), ms vs B, vs H and vs T with p20/p80 bands (one line per backend/strategy), and the fraction of the
 hardware floor reached (GPU rows only: a CPU run measures no floor). Files are named
 ``<kind>_<dtype>_<pass>.png`` for the LSTM (as before the sweep had cells) and ``<kind>_<cell>_<dtype>_<pass>.png``
-for the GRU and the RNN; a CSV from before the ``cell`` column is LSTM rows.
+for the other cells, ``_h<heads>`` after the cell with heads (``<kind>_lstm_h4_...``); a CSV from before the
+``cell`` column is LSTM rows, one from before the ``heads`` column dense rows (heads 1). The sLSTM and the LayerNorm
+cells' speedups are over their PyTorch reference (``experiments.backends``).
 Failed rows are left out: rows with an error, and rows whose output failed the comparison with the baseline
 (``results.wrong_output``: error WrongOutput, or from an older sweep a ``max_rel_err`` above the tolerance);
 their number is printed. A CSV made on CPU is drawn into scratch/plots/ (never results/) with "CPU, not a GPU
@@ -28,12 +30,20 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from .grids import CELL_LABELS, NN_CELLS, NN_MODULES  # noqa: E402
+
 CPU_TAG = "CPU, not a GPU benchmark"
 CPU_OUT = Path("scratch/plots")
 AXES = ("B", "H", "T")
 FIXED = ("layers", "directions", "I_eq_H")
-CELL_LABELS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN (tanh)"}
-NN_MODULES = {"lstm": "nn.LSTM", "gru": "nn.GRU", "rnn": "nn.RNN"}
+
+def baseline_label(cell: str, heads: int) -> str:
+    """What the speedups of ``cell``'s rows with ``heads`` heads are over, in words."""
+    from .backends import FUSEDRNN_CLASSES  # torch: only when a cell needs it
+
+    if cell not in NN_CELLS:
+        return f"models.{FUSEDRNN_CLASSES[cell]} PyTorch reference"
+    return NN_MODULES[cell] + (" dense block-diagonal" if heads > 1 else "")
 
 
 def check_readable(path) -> None:
@@ -67,8 +77,11 @@ def load(paths, dropped: dict | None = None) -> pd.DataFrame:
     for f in frames:
         if "cell" not in f:
             f["cell"] = LEGACY_CELL
+        if "heads" not in f:
+            f["heads"] = 1
     df = pd.concat(frames, ignore_index=True)
     df["cell"] = df["cell"].replace("", LEGACY_CELL)
+    df["heads"] = pd.to_numeric(df["heads"].replace("", 1)).astype(int)
     df = df.drop_duplicates(list(KEY), keep="last")
     records = df[["error", "max_rel_err", "dtype"]].astype(str).to_dict("records")
     bad = np.array([failed(r) for r in records], dtype=bool)
@@ -209,12 +222,13 @@ def make_plots(csv_paths, out_dir) -> list[tuple[Path, str]]:
     tag = f" ({CPU_TAG})" if cpu else ""
     footer = _footer(df)
     written: list = []
-    for (cell, dtype, ps), sub in df.groupby(["cell", "dtype", "pass"]):
+    for (cell, heads, dtype, ps), sub in df.groupby(["cell", "heads", "dtype", "pass"]):
         ref = str(sub["speedup_ref"].iloc[0]) or "cudnn"
-        stem = f"{dtype}_{ps}" if cell == "lstm" else f"{cell}_{dtype}_{ps}"
-        name = CELL_LABELS.get(cell, cell)
+        kind = cell + (f"_h{heads}" if heads > 1 else "")
+        stem = f"{dtype}_{ps}" if kind == "lstm" else f"{kind}_{dtype}_{ps}"
+        name = CELL_LABELS.get(cell, cell) + (f", {heads} heads" if heads > 1 else "")
         what = f"{name} {dtype} {ps}"
-        _heatmap(sub, ref, f"fusedrnn {name} speedup vs {ref} ({NN_MODULES.get(cell, cell)}), {dtype} {ps}{tag}",
+        _heatmap(sub, ref, f"fusedrnn {name} speedup vs {ref} ({baseline_label(cell, heads)}), {dtype} {ps}{tag}",
                  out / f"heatmap_speedup_{stem}.png", footer, written)
         for axis in AXES:
             fam = _family(sub, axis)

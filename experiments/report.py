@@ -12,7 +12,9 @@ fusedrnn row whose first call's outputs or gradients failed the comparison with 
 error WrongOutput, or from an older sweep a ``max_rel_err`` above the dtype's tolerance) shows "wrong", never a
 speedup, with a footnote. The LSTM's tables come first; a CSV
 holding GRU (or RNN) rows (column ``cell``; a CSV without the column is LSTM rows) gets the same two tables for
-that cell after them, against cuDNN's nn.GRU (nn.RNN).
+that cell after them, against cuDNN's nn.GRU (nn.RNN); rows with heads (column ``heads``, 1 when missing) get
+their own tables after the dense ones of their cell, against the dense block-diagonal module; the sLSTM's and the
+LayerNorm cells' tables are against the baseline their rows name (``speedup_ref``: their PyTorch reference).
 
 The block sits between ``BEGIN`` and ``END`` markers; without the CSV it is a placeholder saying there are
 no GPU results yet. A CSV made on CPU is refused for --write/--check (CPU timings never go in the README).
@@ -34,9 +36,11 @@ PLACEHOLDER = ("No GPU results yet: `results/headline.csv` does not exist. A GPU
                "then `python -m experiments.report results/headline.csv --write README.md` fills this table.")
 PASS_NAMES = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 DTYPE_ORDER = ("bf16", "fp16", "fp32", "fp64")
-KEY = ("gpu", "cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
+KEY = ("gpu", "cell", "heads", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy")
 CELL_ORDER = ("lstm", "gru", "rnn")
-CELL_NAMES = {"lstm": ("LSTM", "nn.LSTM"), "gru": ("GRU", "nn.GRU"), "rnn": ("RNN (tanh)", "nn.RNN")}
+CELL_NAMES = {"lstm": ("LSTM", "nn.LSTM"), "gru": ("GRU", "nn.GRU"), "rnn": ("RNN (tanh)", "nn.RNN"),
+              "slstm": ("sLSTM", "models.SLSTM"), "lnlstm": ("LayerNorm LSTM", "models.LayerNormLSTM"),
+              "lngru": ("LayerNorm GRU", "models.LayerNormGRU")}
 
 
 class ReportError(ValueError):
@@ -52,6 +56,7 @@ def load(path: Path) -> list[dict]:
         raise ReportError(str(e)) from None
     for r in rows:
         r["cell"] = r.get("cell") or "lstm"
+        r["heads"] = r.get("heads") or "1"
     last = {tuple(r.get(k, "") for k in KEY): r for r in rows}
     return list(last.values())
 
@@ -88,19 +93,26 @@ def tables(rows: list[dict], gpu: str | None = None) -> str:
     """The Markdown of the block (without markers): the LSTM's tables, then those of every other cell present."""
     for r in rows:
         r["cell"] = r.get("cell") or "lstm"
+        r["heads"] = r.get("heads") or "1"
     cells = [c for c in CELL_ORDER if any(r["cell"] == c for r in rows)]
     cells += sorted({r["cell"] for r in rows} - set(CELL_ORDER))
     if not cells:
         raise ReportError("no rows")
-    return "\n\n".join(_cell_tables([r for r in rows if r["cell"] == c], gpu, c) for c in cells)
+    groups = [(c, h) for c in cells for h in sorted({int(r["heads"]) for r in rows if r["cell"] == c})]
+    return "\n\n".join(_cell_tables([r for r in rows if r["cell"] == c and int(r["heads"]) == h], gpu, c, h)
+                       for c, h in groups)
 
 
-def _cell_tables(rows: list[dict], gpu: str | None, cell: str) -> str:
-    """The speedup and baseline tables of one cell's rows."""
+def _cell_tables(rows: list[dict], gpu: str | None, cell: str, heads: int = 1) -> str:
+    """The speedup and baseline tables of one cell's rows (with ``heads`` heads)."""
     rows, gpu = _headline_rows(rows, gpu)
     cpu = any(r.get("device") == "cpu" for r in rows)
     name, module = CELL_NAMES.get(cell, (cell, cell))
-    baseline = "cudnn" if not cpu else "torch_cpu"  # the comparison baseline of the speedups
+    if heads > 1:
+        name = f"{name}, {heads} heads"
+        module += " dense block-diagonal" if cell in CELL_ORDER else ""
+    # the comparison baseline of the speedups: the one the rows name, else cuDNN's (torch_cpu on CPU)
+    baseline = next((r["speedup_ref"] for r in rows if r.get("speedup_ref")), "cudnn" if not cpu else "torch_cpu")
     cols = sorted({(r["dtype"], r["pass"]) for r in rows},
                   key=lambda c: (DTYPE_ORDER.index(c[0]) if c[0] in DTYPE_ORDER else 9, c[1] != "fwd", c))
     cells = sorted({(int(r["B"]), int(r["H"])) for r in rows})
@@ -112,9 +124,12 @@ def _cell_tables(rows: list[dict], gpu: str | None, cell: str) -> str:
         elif r["backend"] == "fusedrnn":
             ours.setdefault(k, []).append(r)
     first = rows[0]
-    what = "fusedrnn" if cell == "lstm" else f"fusedrnn {name}"
-    over = (("cuDNN" if cell == "lstm" else f"cuDNN ({module})") if not cpu
-            else f"torch.{module} on CPU (CPU, not a GPU benchmark)")
+    what = "fusedrnn" if (cell, heads) == ("lstm", 1) else f"fusedrnn {name}"
+    if baseline not in ("cudnn", "torch_cpu"):
+        over = f"{baseline} ({module})" + (" (CPU, not a GPU benchmark)" if cpu else "")
+    else:
+        over = ((("cuDNN" if (cell, heads) == ("lstm", 1) else f"cuDNN ({module})") if not cpu
+                else f"torch.{module} on CPU (CPU, not a GPU benchmark)"))
     head = (f"**{what} speedup over {over}** "
             f"(median time of {baseline} / median time of fusedrnn, `triton.testing.do_bench`; above 1 is faster), "
             f"T = {first['T']}, 1 layer, unidirectional, I = H; {_provenance(rows, gpu)}.")
@@ -129,12 +144,13 @@ def _cell_tables(rows: list[dict], gpu: str | None, cell: str) -> str:
             line.append(text)
             flagged |= bad
         out.append(f"| {b} | {h} | " + " | ".join(line) + " |")
-    out += ["", f"{baseline}{'' if cell == 'lstm' else ' ' + module} median ms (algorithm: predicted from "
-            "PyTorch's rule / seen in the profiler):", "",
+    plain, algo = (cell, heads) == ("lstm", 1), baseline in ("cudnn", "torch_cpu") and not cpu
+    out += ["", f"{baseline}{'' if plain else ' ' + module} median ms"
+            + (" (algorithm: predicted from PyTorch's rule / seen in the profiler):" if algo else ":"), "",
             *header]
     for b, h in cells:
-        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), cpu) for dt, ps in cols)
-                   + " |")
+        out.append(f"| {b} | {h} | " + " | ".join(_baseline_cell(base.get((b, h, dt, ps)), not algo)
+                                                  for dt, ps in cols) + " |")
     if flagged:
         tols = ", ".join(f"{d} {t:g}" for d, t in REL_ERR_TOL.items())
         out += ["", f"wrong: the first call's outputs or gradients differed from {baseline}'s by more than the "
@@ -179,15 +195,16 @@ def _speedup_cell(base_row: dict | None, ours: list[dict]) -> tuple[str, bool]:
     return " · ".join((f"**{t}**" if e is not None and e == best else t) for e, t in entries), flagged
 
 
-def _baseline_cell(r: dict | None, cpu: bool) -> str:
-    """One cell of the baseline's table: its median ms and, on a GPU, cuDNN's algorithm."""
+def _baseline_cell(r: dict | None, no_algo: bool) -> str:
+    """One cell of the baseline's table: its median ms and (unless ``no_algo``: CPU rows, a baseline other than
+    cuDNN) cuDNN's algorithm."""
     ms = _ms(r) if r else None
     if r is None:
         return "–"
     if ms is None:
         return "err"
     algo, seen = r.get("cudnn_algo", ""), r.get("cudnn_algo_seen", "")
-    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not cpu else "")
+    return f"{ms:.3g}" + (f" ({algo}{' / ' + seen if seen else ''})" if algo and not no_algo else "")
 
 
 def block(csv_path: Path | None, gpu: str | None = None, allow_cpu: bool = True) -> str:

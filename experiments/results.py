@@ -2,9 +2,11 @@
 shares with the study's CSVs (``experiments.tasks``): integrity checks, repair, atomic rewrites and the writers'
 lock, for any ``Schema``.
 
-One row per (backend, strategy, cell, config, dtype, pass) on one device. The ``cell`` column ("lstm", "gru",
-"rnn") came after the first CSVs: a file with the earlier header (``LEGACY_COLUMNS``, no ``cell``) is read as
-LSTM rows, and the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are
+One row per (backend, strategy, cell, heads, config, dtype, pass) on one device. The ``cell`` column ("lstm",
+"gru", "rnn", then "slstm", "lnlstm", "lngru") and the ``heads`` column (the cell's heads, 1 dense) came after the
+first CSVs (``ADDED``, in that order): a file with an earlier header (``LEGACY_COLUMNS``, neither; or no
+``heads``) is read with the missing columns filled (cell "lstm", heads 1), and the first append to it rewrites it
+in this version's columns (``upgrade_csv``). Rows are
 appended and fsynced as they are made (all of an append or none of it), so an interrupted run loses at most
 the row in flight; a rerun skips every key already in the file. A row whose output failed the comparison with
 the baseline is a failed row (``wrong_output``), like a row with an error.
@@ -30,15 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # a row's problem: the cell of a speedup (the comparison baseline and every backend share it)
-PROBLEM = ("cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass")
+PROBLEM = ("cell", "heads", "B", "T", "H", "I", "layers", "directions", "dtype", "pass")
 # the resume key: one row per GPU, problem, backend and strategy
 KEY = ("gpu", *PROBLEM, "backend", "strategy")
 # the cell of a row written before the column existed
 LEGACY_CELL = "lstm"
+# the columns added after the first CSVs, in the order they came, each with the value of a row written before it
+ADDED = {"cell": LEGACY_CELL, "heads": "1"}
 
 COLUMNS = [
     # what was run
-    "device", "gpu", "cell", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend", "strategy",
+    "device", "gpu", "cell", "heads", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend",
+    "strategy",
     "cudnn_algo", "cudnn_algo_seen", "cudnn_kernels",
     # measurements
     "ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "speedup_ref",
@@ -50,8 +55,8 @@ COLUMNS = [
     "cuda", "cudnn", "torch", "triton", "python", "tf32_matmul", "tf32_cudnn", "commit", "date",
 ]
 
-# the columns of a CSV written before the cell column (every row an LSTM's)
-LEGACY_COLUMNS = [c for c in COLUMNS if c != "cell"]
+# the columns of a CSV written before the cell column (every row a dense LSTM's)
+LEGACY_COLUMNS = [c for c in COLUMNS if c not in ADDED]
 
 # the hardware peaks and the floor built on them: measured on a GPU only (a CPU's are noise at smoke sizes)
 PEAK_COLUMNS = {"peak_hbm_gbs", "peak_l2_gbs", "l2_mb", "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32",
@@ -65,34 +70,43 @@ ALWAYS = [c for c in COLUMNS if c not in CPU_EMPTY and c not in {
 
 
 # value checks that catch a record glued from two (a row appended onto a partial line)
-INT_COLUMNS = ("B", "T", "H", "I", "layers", "directions")
+INT_COLUMNS = ("heads", "B", "T", "H", "I", "layers", "directions")
 FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "peak_mb",
                  "floor_ms", "frac_floor", "max_rel_err", "peak_hbm_gbs", "peak_l2_gbs", "l2_mb",
                  "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32", "peak_tflops_fp32")
 DEVICES = ("cpu", "cuda")
-CELLS = ("lstm", "gru", "rnn")
+CELLS = ("lstm", "gru", "rnn", "slstm", "lnlstm", "lngru")
 
 
 @dataclass(frozen=True)
 class Schema:
     """One kind of append-only CSV: its columns, those that must hold integers or numbers when not empty, the
-    values some columns may take (checks that catch a record glued from two), an earlier header still read
-    (``legacy``, whose missing columns get the values of ``legacy_fill``), and how floats are written
-    (``float_digits`` significant digits, or None for Python's exact repr)."""
+    values some columns may take (checks that catch a record glued from two), the columns added after its first
+    files (``legacy_fill``: column -> the value of a row written before it, in the order they came: every earlier
+    header, ``legacy_headers``, is still read), and how floats are written (``float_digits`` significant digits, or
+    None for Python's exact repr)."""
 
     name: str
     columns: tuple
     ints: tuple = ()
     floats: tuple = ()
     choices: dict = field(default_factory=dict)
-    legacy: tuple | None = None
     legacy_fill: dict = field(default_factory=dict)
     float_digits: int | None = 6
 
+    def legacy_headers(self) -> dict:
+        """{earlier header (tuple of columns): {missing column: its value}}, from the first files' header (none of
+        ``legacy_fill``'s columns) to the one before the last column was added."""
+        added = list(self.legacy_fill)
+        out = {}
+        for k in range(len(added)):
+            missing = added[k:]
+            out[tuple(c for c in self.columns if c not in missing)] = {c: self.legacy_fill[c] for c in missing}
+        return out
+
 
 SWEEP = Schema("sweep", tuple(COLUMNS), INT_COLUMNS, FLOAT_COLUMNS,
-               choices={"device": DEVICES + ("",), "cell": CELLS}, legacy=tuple(LEGACY_COLUMNS),
-               legacy_fill={"cell": LEGACY_CELL})
+               choices={"device": DEVICES + ("",), "cell": CELLS}, legacy_fill=ADDED)
 
 # --- whether a row's output was right --------------------------------------------------------------------------
 WRONG_OUTPUT = "WrongOutput"  # the error column of a row whose first call's output failed the comparison
@@ -127,11 +141,12 @@ def failed(row: dict) -> bool:
 
 
 def _value(row: dict, k: str) -> str:
-    return str(row.get("cell") or LEGACY_CELL) if k == "cell" else str(row[k])
+    return str(row.get(k) or ADDED[k]) if k in ADDED else str(row[k])
 
 
 def key_of(row: dict) -> tuple[str, ...]:
-    """The resume key of a row (values as the strings the CSV holds; no or an empty cell reads as lstm)."""
+    """The resume key of a row (values as the strings the CSV holds; no or an empty cell reads as lstm, no or
+    empty heads as 1)."""
     return tuple(_value(row, k) for k in KEY)
 
 
@@ -144,8 +159,9 @@ def job_fields(job, gpu: str | None = None, strategy: str | None = None) -> dict
     """The key columns of the row a sweep job (``grids.Job``) writes, ``gpu`` included when given;
     ``strategy`` replaces the job's (a headline variant's label)."""
     c = job.cfg
-    row = {"cell": getattr(c, "cell", LEGACY_CELL), "B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers,
-           "directions": c.directions, "dtype": job.dtype, "pass": job.pass_, "backend": job.backend,
+    row = {"cell": getattr(c, "cell", LEGACY_CELL), "heads": getattr(c, "heads", 1), "B": c.B, "T": c.T, "H": c.H,
+           "I": c.I, "layers": c.layers, "directions": c.directions, "dtype": job.dtype, "pass": job.pass_,
+           "backend": job.backend,
            "strategy": job.strategy if strategy is None else strategy}
     if gpu is not None:
         row["gpu"] = gpu
@@ -162,11 +178,12 @@ def baseline_ms(rows: list[dict], baseline: str, gpu: str) -> dict:
 @dataclass
 class Scan:
     """What ``scan_csv`` found: the header's verdict, the byte spans (start, end) of the good records after
-    the header, and the bad ones as (start, end, line number, reason); ``legacy`` when the header is the
-    schema's earlier one (the sweep's from before the cell column)."""
+    the header, and the bad ones as (start, end, line number, reason); ``legacy``, when the header is one of the
+    schema's earlier ones (the sweep's from before the cell or the heads column), the columns it lacks and their
+    values ({} for the current header)."""
 
     header_ok: bool = True
-    legacy: bool = False
+    legacy: dict = field(default_factory=dict)
     header_end: int = 0
     good: list = field(default_factory=list)
     bad: list = field(default_factory=list)
@@ -213,10 +230,10 @@ def _record_problem(raw: bytes, columns, schema: Schema) -> str | None:
         if c in row and row[c] not in allowed:
             return f"{c} {row[c]!r}"
     for c in schema.ints:
-        if row[c] and not row[c].isdigit():
+        if row.get(c) and not row[c].isdigit():
             return f"{c} {row[c]!r} is not an integer"
     for c in schema.floats:
-        if row[c]:
+        if row.get(c):
             try:
                 float(row[c])
             except ValueError:
@@ -238,9 +255,11 @@ def scan_csv(data: bytes, schema: Schema = SWEEP) -> Scan:
     def is_header(cols):
         return cols is not None and header in ((",".join(cols) + "\r\n").encode(), (",".join(cols) + "\n").encode())
 
-    scan.legacy = is_header(schema.legacy)
-    scan.header_ok = scan.legacy or is_header(schema.columns)
-    columns = schema.legacy if scan.legacy else schema.columns
+    columns = schema.columns
+    for old, fill in schema.legacy_headers().items():
+        if is_header(old):
+            scan.legacy, columns = fill, old
+    scan.header_ok = bool(scan.legacy) or is_header(schema.columns)
     pos = header_end
     while pos < len(data):
         end = _next_record(data, pos)
@@ -270,7 +289,8 @@ def _header_error(p: Path) -> ValueError:
 
 def read_rows(path: str | os.PathLike, schema: Schema = SWEEP) -> list[dict]:
     """All rows of ``path`` as dicts of strings ([] when the file does not exist or is empty); the rows of a
-    file with the schema's earlier header get ``legacy_fill`` (the sweep's: cell = "lstm"). Raises ValueError
+    file with one of the schema's earlier headers get the missing columns' ``legacy_fill`` (the sweep's: cell =
+    "lstm", heads = 1). Raises ValueError
     when the header is neither (write to a new file instead of mixing) or a record is incomplete or
     malformed (``repair_csv`` sets such records aside)."""
     p = Path(path)
@@ -285,8 +305,7 @@ def read_rows(path: str | os.PathLike, schema: Schema = SWEEP) -> list[dict]:
                          f"rerun the {schema.name} on this file to set them aside and run those rows again")
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
     if scan.legacy:
-        rows = [{c: schema.legacy_fill[c] if c in schema.legacy_fill else r[c] for c in schema.columns}
-                for r in rows]
+        rows = [{c: scan.legacy[c] if c in scan.legacy else r[c] for c in schema.columns} for r in rows]
     return rows
 
 
@@ -374,20 +393,22 @@ def discard_file(path: str | os.PathLike) -> None:
 
 
 def upgrade_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
-    """Rewrite a CSV with the schema's earlier header (the sweep's from before the cell column) in this
-    version's columns, the missing ones filled (cell = "lstm"), atomically (``replace_file``). Returns a
+    """Rewrite a CSV with one of the schema's earlier headers (the sweep's from before the cell or the heads
+    column) in this version's columns, the missing ones filled (cell = "lstm", heads = 1), atomically
+    (``replace_file``). Returns a
     message saying so, or None when the file is missing, empty or already current. Raises ValueError as
     ``read_rows`` does (repair first). Call it holding ``lock_csv``, or where nothing writes the file."""
     p = Path(path)
-    if schema.legacy is None or not p.exists() or p.stat().st_size == 0:
+    if not schema.legacy_fill or not p.exists() or p.stat().st_size == 0:
         return None
-    if not scan_csv(p.read_bytes(), schema).legacy:
+    missing = scan_csv(p.read_bytes(), schema).legacy
+    if not missing:
         return None
     rows = read_rows(p, schema)
     replace_file(p, _csv_text(rows, schema))
-    return (f"{p}: rewrote {len(rows)} row(s) from before the "
-            f"{', '.join(schema.legacy_fill)} column with the column added "
-            f"({', '.join(f'{k} = {v}' for k, v in schema.legacy_fill.items())})")
+    return (f"{p}: rewrote {len(rows)} row(s) from before the {next(iter(missing))} column with the "
+            f"column{'s' if len(missing) > 1 else ''} {', '.join(missing)} added "
+            f"({', '.join(f'{k} = {v}' for k, v in missing.items())})")
 
 
 def repair_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
@@ -482,10 +503,10 @@ def append_rows(path: str | os.PathLike, rows: list[dict], schema: Schema = SWEE
     unknown = set().union(*rows) - set(schema.columns) if rows else set()
     if unknown:
         raise KeyError(f"unknown CSV columns {sorted(unknown)}")
-    if schema.legacy is not None and p.exists() and p.stat().st_size:
+    if schema.legacy_fill and p.exists() and p.stat().st_size:
         with p.open("rb") as f:
             first = f.readline()
-        if first.rstrip(b"\r\n") == ",".join(schema.legacy).encode():
+        if first.rstrip(b"\r\n") in {",".join(h).encode() for h in schema.legacy_headers()}:
             upgrade_csv(p, schema)
     with p.open("ab", buffering=0) as f:  # unbuffered: a failed write can be undone at once
         size = f.seek(0, os.SEEK_END)
@@ -508,8 +529,8 @@ def append_rows(path: str | os.PathLike, rows: list[dict], schema: Schema = SWEE
 
 
 def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one sweep row (``append_rows``; no cell: lstm)."""
-    append_rows(path, [{**row, "cell": row.get("cell") or LEGACY_CELL}])
+    """Append one sweep row (``append_rows``; no cell: lstm; no heads: 1)."""
+    append_rows(path, [{**row, **{c: row.get(c) or v for c, v in ADDED.items()}}])
 
 
 def os_error_line(e: OSError) -> str:

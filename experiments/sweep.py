@@ -4,8 +4,15 @@ measurement.
     python -m experiments.sweep --grid batch --dtypes fp16,bf16 --passes fwd,fwdbwd --out results/batch.csv
     python -m experiments.sweep --cell gru --grid batch ...   # models.GRU against nn.GRU (cuDNN); rnn: nn.RNN
 
-``--cell`` (lstm, the default; gru; rnn = tanh) picks the recurrent cell: the comparison baseline is the
-torch.nn module of that cell (nn.LSTM, nn.GRU, nn.RNN) and the rows carry it in their ``cell`` column.
+``--cell`` (lstm, the default; gru; rnn = tanh; slstm; lnlstm; lngru) picks the recurrent cell and ``--heads N``
+(lstm, gru, rnn, slstm) cuts its recurrence into N heads (block-diagonal W_hh, ``num_heads=N``); the rows carry
+them in their ``cell`` and ``heads`` columns. The comparison baseline (the ``speedup_ref`` column, what
+``max_rel_err`` and ``speedup`` are against) is the torch.nn module of the cell (nn.LSTM, nn.GRU, nn.RNN; with heads
+its dense block-diagonal equivalent: the same function at a dense module's cost, so also the dense anchor of the
+same H); the cells torch.nn lacks (slstm, lnlstm, lngru) are compared with their fusedrnn module's PyTorch reference
+(backend ``reference``, a Python loop over the steps) and timed beside the dense torch.nn module of the plain cell
+of the same shape (backend ``nn_dense``, strategy ``nn.LSTM`` or ``nn.GRU``: cuDNN on CUDA; another function, so its
+rows have no ``max_rel_err``). See ``experiments/backends.py``.
 Without CUDA the Triton kernels run in the interpreter, the default grid is ``smoke``, the baseline is that
 torch.nn module on CPU (``torch_cpu``), output goes to scratch/, and the hardware peaks and the floor are not
 measured (left empty): a check that everything runs, not a benchmark. See ``--help`` for grids and backends.
@@ -35,12 +42,12 @@ import zlib  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from torch import nn  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 from . import backends as bk  # noqa: E402
 from . import shard  # noqa: E402
 from .cudnn_algo import classify_kernels, predict_for_pass, profiled_kernels  # noqa: E402
-from .grids import CELLS, GRIDS, NN_MODULES, Config, grid_configs  # noqa: E402
+from .grids import CELLS, GRIDS, NN_CELL_OF, NN_MODULES, Config, grid_configs  # noqa: E402
 from .measure import (  # noqa: E402
     Peaks, bench, cpu_peaks, elem_bytes, floor_ms, max_rel_error, measure_peaks, rnn_flops,
 )
@@ -52,8 +59,8 @@ from .results import (  # noqa: E402
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
 PASSES = ("fwd", "fwdbwd")
 CPU_NOTE = ("No CUDA device: CPU smoke run. Triton kernels run in the interpreter and the baseline is "
-            "torch.nn.{module} on CPU; these timings are NOT GPU benchmarks.")
-STATES = ("x", "h0", "c0")  # the inputs that get gradients (c0: the LSTM only)
+            "{baseline}; these timings are NOT GPU benchmarks.")
+STATES = ("x", "h0", "c0")  # the inputs that get gradients (c0: the cells with states beside h, bk.CELL_STATES)
 NN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MAX_INPUT_SETS = 4
 EXIT_CODES = ("exit status: 0 done; 1 rows of the grid failed the output check (error WrongOutput: max_rel_err "
@@ -115,8 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", choices=sorted(GRIDS), help="named grid (default: batch on CUDA, smoke on CPU)")
     p.add_argument("--cell", choices=CELLS, default="lstm",
-                   help="recurrent cell: lstm (default), gru or rnn (tanh); the baseline is torch.nn.LSTM / GRU / "
-                        "RNN (cuDNN on CUDA) and fusedrnn runs models.LSTM / GRU / RNN")
+                   help="recurrent cell: lstm (default), gru, rnn (tanh): the baseline is torch.nn.LSTM / GRU / RNN "
+                        "(cuDNN on CUDA) and fusedrnn runs models.LSTM / GRU / RNN; slstm, lnlstm, lngru: the "
+                        "baseline is the PyTorch reference of models.SLSTM / LayerNormLSTM / LayerNormGRU, with the "
+                        "dense nn.LSTM (nn.GRU for lngru) of the same shape timed beside it (backend nn_dense)")
+    p.add_argument("--heads", type=int, default=1,
+                   help="heads of the recurrence (lstm, gru, rnn, slstm; default 1 = dense): block-diagonal W_hh of "
+                        "heads of H / N units; the torch.nn baseline runs the dense block-diagonal equivalent")
     p.add_argument("--B", type=_int_list, help="comma list replacing the grid's batch sizes")
     p.add_argument("--T", type=_int_list, help="comma list replacing the grid's sequence lengths")
     p.add_argument("--H", type=_int_list, help="comma list replacing the grid's hidden sizes (I = H)")
@@ -160,11 +172,12 @@ def _under_results(path: Path) -> bool:
 
 
 def available_backends(names, device: torch.device, cell: str = "lstm") -> tuple[list[str], list[str]]:
-    """Split requested backend names (None: the device's defaults) into (usable, messages for the rest):
-    a backend runs when it runs on the device and implements ``cell``. The device's comparison baseline
-    comes first. Unknown names raise ValueError."""
+    """Split requested backend names (None: the device's defaults that implement ``cell``) into (usable, messages
+    for the rest): a backend runs when it runs on the device and implements ``cell``. The comparison baseline of
+    ``cell`` on the device comes first. Unknown names raise ValueError."""
     if names is None:
-        names = [b.name for b in bk.REGISTRY.values() if device.type in b.default_on and device.type in b.devices]
+        names = [b.name for b in bk.REGISTRY.values()
+                 if device.type in b.default_on and device.type in b.devices and cell in b.cells]
     usable, skipped = [], []
     for n in names:
         if n not in bk.REGISTRY:
@@ -174,7 +187,7 @@ def available_backends(names, device: torch.device, cell: str = "lstm") -> tuple
         why = why or (None if cell in b.cells else f"implements {', '.join(b.cells)} only, not {cell}")
         why = why or b.unavailable()
         (skipped.append(f"skipping {n}: {why}") if why else usable.append(n))
-    baseline = bk.baseline_for(device)
+    baseline = bk.baseline_for(device, cell)
     usable.sort(key=lambda n: n != baseline)
     return usable, skipped
 
@@ -187,7 +200,7 @@ def make_jobs(configs, dtypes, passes, backend_names) -> list[Job]:
         for ps in passes:
             for cfg in configs:
                 for name in backend_names:
-                    for strat in bk.REGISTRY[name].strategies(cfg.cell):
+                    for strat in bk.REGISTRY[name].strategies(cfg.cell, cfg.heads):
                         jobs.append(Job(cfg, dt, ps, name, strat))
     return jobs
 
@@ -200,38 +213,65 @@ def _base_row(job: Job, ctx: Context) -> dict:
         row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
     row.update(job_fields(job), speedup_ref=ctx.baseline, error="")
     try:
-        row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device,
-                                             mode={"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[cfg.cell])
+        mode = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[NN_CELL_OF[cfg.cell]]  # the cell's or its anchor's
+        row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device, mode=mode)
     except Exception as e:  # noqa: BLE001 - never lose a row over a label
         row["cudnn_algo"] = f"unknown ({type(e).__name__})"
     return row
 
 
-def _source_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.RNNBase:
-    """The torch.nn module of ``cfg``'s cell (nn.LSTM, nn.GRU, nn.RNN tanh) whose weights every backend copies."""
+def _source_module(cfg: Config, dtype: torch.dtype, device: torch.device, train: bool) -> nn.Module:
+    """The module whose weights every backend copies: torch.nn's of ``cfg``'s cell (nn.LSTM, nn.GRU, nn.RNN tanh;
+    with heads, W_hh zero outside the heads' diagonal blocks and ``num_heads`` set), or for the cells torch.nn
+    lacks the fusedrnn module (SLSTM with ``num_heads``, LayerNormLSTM, LayerNormGRU) with backend="reference"."""
     torch.manual_seed(zlib.crc32(cfg.label.encode()))
+    if cfg.cell not in NN_CLASSES:
+        kw = {"num_heads": cfg.heads} if cfg.cell == "slstm" else {}
+        m = bk.fusedrnn_class(cfg.cell)(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.directions == 2,
+                                        backend="reference", **kw)
+        return m.to(device=device, dtype=dtype).train(train)
     m = NN_CLASSES[cfg.cell](cfg.I, cfg.H, cfg.layers, bidirectional=cfg.directions == 2)
+    if cfg.heads > 1:
+        D = cfg.H // cfg.heads
+        with torch.no_grad():
+            for name, w in m.named_parameters():
+                if name.startswith("weight_hh"):  # W[g*H + n*D + a, n*D + b]: the heads' diagonal blocks
+                    w.mul_(torch.block_diag(*[torch.ones(D, D)] * cfg.heads).repeat(w.shape[0] // cfg.H, 1))
+        m.num_heads = cfg.heads
     return m.to(device=device, dtype=dtype).train(train)
+
+
+def _other_states(cfg: Config, LD: int, device: torch.device, dtype: torch.dtype) -> Tensor | None:
+    """The cell's states beside h (``bk.CELL_STATES``), random: c (LD, B, H); the sLSTM's (c, n, m) stacked, its
+    normaliser n >= 1 as after any step."""
+    k = bk.CELL_STATES.get(cfg.cell, 0)
+    if not k:
+        return None
+    c = 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)
+    if k == 1:
+        return c
+    n = 1 + torch.rand(LD, cfg.B, cfg.H, device=device, dtype=dtype)
+    return torch.stack([c, n, 0.5 * torch.randn_like(c)])
 
 
 def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, train: bool) -> list[dict]:
     """``n`` sets of fresh random inputs (normal, never zeros) and, for training, output cotangents; c0 and
-    its cotangent gc for the LSTM only."""
+    its cotangent gc for the cells with states beside h only (``_other_states``)."""
     LD, out = cfg.layers * cfg.directions, cfg.H * cfg.directions
-    lstm = cfg.cell == "lstm"
     sets = []
     for _ in range(n):
         s = {"x": torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype),
              "h0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)}
-        if lstm:
-            s["c0"] = 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)
+        c0 = _other_states(cfg, LD, device, dtype)
+        if c0 is not None:
+            s["c0"] = c0
         if train:
             for k in s:
                 s[k].requires_grad_(True)
             s.update(gy=torch.randn(cfg.T, cfg.B, out, device=device, dtype=dtype),
                      gh=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype))
-            if lstm:
-                s["gc"] = torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)
+            if c0 is not None:
+                s["gc"] = torch.randn_like(c0)
         sets.append(s)
     return sets
 
@@ -239,7 +279,8 @@ def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, t
 def _n_sets(cfg: Config, dtype: torch.dtype, train: bool, l2_bytes: int) -> int:
     """Rotate input sets when one set fits in L2 (so a call never finds its inputs there from the last)."""
     LD = cfg.layers * cfg.directions
-    per = (cfg.T * cfg.B * cfg.I + (2 if cfg.cell == "lstm" else 1) * LD * cfg.B * cfg.H) * elem_bytes(dtype)
+    states = 1 + bk.CELL_STATES.get(cfg.cell, 0)
+    per = (cfg.T * cfg.B * cfg.I + states * LD * cfg.B * cfg.H) * elem_bytes(dtype)
     if train:
         per *= 2
     return 1 if per >= l2_bytes else min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / per))
@@ -259,16 +300,17 @@ def _call(built: bk.Built, s: dict, train: bool):
     return y, h, c
 
 
-def _check_outputs(built: bk.Built, s: dict, train: bool, params: dict) -> list:
+def _check_outputs(built: bk.Built, s: dict, train: bool, params: dict, heads: int = 1) -> list:
     """Run once on fresh leaf copies of ``s``; return outputs (y, h_n, c_n) (+ the gradients of x, h0, c0 and
-    of the parameters, by name); None where a cell has no such tensor (c_n, c0 of the GRU and the RNN)."""
+    of the parameters, by name, a dense W_hh's in the ``heads``' layout: ``bk.head_blocks``); None where a cell has
+    no such tensor (c_n, c0 of the GRU and the RNN)."""
     leaves = {k: (v.detach().clone().requires_grad_(train) if k in STATES else v) for k, v in s.items()}
     for p in params.values():
         p.grad = None
     out = list(_call(built, leaves, train))
     if train:
         out += [leaves[k].grad if k in leaves else None for k in STATES]
-        out += [params[n].grad for n in sorted(params)]
+        out += [bk.head_blocks(n, params[n].grad, heads) for n in sorted(params)]
     return out
 
 
@@ -286,7 +328,7 @@ def run_job(job: Job, ctx: Context) -> dict:
         sets = _input_sets(job.cfg, dtype, dev, _n_sets(job.cfg, dtype, train, ctx.peaks.l2_bytes), train)
         params = {n: p for n, p in built.params.items() if p.requires_grad}
         _first_call(row, job, ctx, src, built, sets[0], train, params)
-        if job.backend == "cudnn" and cuda:
+        if job.backend in ("cudnn", "nn_dense") and cuda:  # cuDNN runs both: record what it ran
             names = profiled_kernels(lambda: _call(built, sets[0], train))
             rnn_names = [n for n in names if any(w in n.lower() for w in ("rnn", "lstm", "gru"))]
             row["cudnn_algo_seen"] = classify_kernels(names)
@@ -307,22 +349,26 @@ def run_job(job: Job, ctx: Context) -> dict:
 def _first_call(row: dict, job: Job, ctx: Context, src: nn.RNNBase, built: bk.Built, s: dict, train: bool,
                 params: dict) -> None:
     """The first call (compilation, autotuning, graph capture): its seconds in ``compile_s``, and its outputs
-    and gradients against the comparison baseline's on the same inputs in ``max_rel_err``."""
+    and gradients against the comparison baseline's on the same inputs in ``max_rel_err`` (none for an anchor:
+    another function)."""
     cuda = ctx.device.type == "cuda"
+    heads = job.cfg.heads
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    got = _check_outputs(built, s, train, params)
+    got = _check_outputs(built, s, train, params, heads)
     if cuda:
         torch.cuda.synchronize()
     row["compile_s"] = time.perf_counter() - t0
+    if bk.REGISTRY[job.backend].anchor:
+        return
     if job.backend == ctx.baseline:
         row["max_rel_err"] = 0.0
         return
     base = bk.REGISTRY[ctx.baseline].build(src, "")
     base_params = {n: p for n, p in base.params.items() if n in params}
-    want = _check_outputs(base, s, train, base_params)
-    got = got[:6] + [params[n].grad for n in sorted(base_params)] if train else got
+    want = _check_outputs(base, s, train, base_params, heads)
+    got = got[:6] + [bk.head_blocks(n, params[n].grad, heads) for n in sorted(base_params)] if train else got
     row["max_rel_err"] = err = max_rel_error(got, want)
     tol = rel_err_tolerance(job.dtype)
     if not err <= tol:
@@ -372,7 +418,10 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:
-        print(CPU_NOTE.format(module=NN_MODULES[args.cell].split(".")[1]), file=sys.stderr)
+        base = (f"torch.{NN_MODULES[args.cell]} on CPU" if args.cell in NN_CLASSES else
+                f"the PyTorch reference of models.{bk.FUSEDRNN_CLASSES[args.cell]} (backend 'reference'; "
+                f"{NN_MODULES[args.cell]} of the same shape timed beside it)")
+        print(CPU_NOTE.format(baseline=base), file=sys.stderr)
     grid = args.grid or ("batch" if cuda else "smoke")
     if not cuda and args.grid is None:
         print("No --grid given: running the 'smoke' grid.", file=sys.stderr)
@@ -405,8 +454,12 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
 
-    configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
-                           bidirectional=args.bidirectional, cell=args.cell)
+    try:
+        configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
+                               bidirectional=args.bidirectional, cell=args.cell, heads=args.heads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     jobs = shard.select(make_jobs(configs, dtypes, args.passes, names), args.shard)
     try:
         with lock_csv(out):  # one sweep at a time per CSV: the second one refuses
@@ -436,7 +489,7 @@ def _run(args, out, grid, device, jobs, names, tf32) -> int:
         print(f"warning: {note}", file=sys.stderr)
     gpu = provenance(device)["gpu"] if existing else None
     done = {key_of(r) for r in existing if not (args.retry_errors and failed(r))}
-    baseline = bk.baseline_for(device)
+    baseline = bk.baseline_for(device, args.cell)
     todo = [j for j in jobs if key_of(job_fields(j, str(gpu))) not in done]
     print(f"sweep '{grid}' on {device.type}: {len(jobs)} rows in the grid, {len(jobs) - len(todo)} already in "
           f"{out}, {len(todo)} to run; backends {', '.join(names)}", file=sys.stderr)

@@ -1,21 +1,24 @@
-"""RNN vs LSTM vs use-gate LSTM vs GRU on tasks that need long memory.
+"""RNN vs LSTM vs use-gate LSTM vs GRU vs LayerNorm LSTM vs sLSTM on tasks that need long memory.
 
-    python -m experiments.tasks --smoke --out scratch/tasks_smoke  # CPU setting, ~7 min on 2 idle cores
+    python -m experiments.tasks --smoke --out scratch/tasks_smoke  # CPU setting, ~7 min on 2 idle cores (4 models)
     python -m experiments.tasks                          # full setting, meant for a GPU (out: scratch/tasks)
     python -m experiments.tasks --plot-only --out DIR    # redraw the PNGs from DIR's CSVs
 
-Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM``, ``models.UseGateLSTM`` or ``models.GRU``,
-one layer, ``hidden`` units, the same ``backend`` for all) -> linear head. Continuous inputs (adding, digits)
-enter the recurrent layer directly (its W_ih is the linear input layer); the copy task's tokens go through an
+Models: input -> recurrent layer (``models.RNN`` tanh, ``models.LSTM``, ``models.UseGateLSTM``, ``models.GRU``,
+``models.LayerNormLSTM`` (Haste's cell, no zoneout) or ``models.SLSTM`` (xLSTM's sLSTM, one head), one layer,
+``hidden`` units, the same ``backend`` for all) -> linear head. Continuous inputs (adding, digits) enter the
+recurrent layer directly (its W_ih is the linear input layer); the copy task's tokens go through an
 ``nn.Embedding`` first.
 
-Initialisation: torch's default uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, then the
-**forget-gate bias is set to 1.0** in both LSTMs: ``bias_ih``'s f block = 1.0 and ``bias_hh``'s f block = 0.0
-(rows H:2H of LSTM's i, f, g, o; rows 2H:3H of the use-gate LSTM's N, i, f, V). The RNN has no forget gate and
+Initialisation: torch's default uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias (the LayerNorm LSTM:
+Haste's, ``LayerNormLSTM.reset_parameters``), then the **forget-gate bias is set to 1.0** in the four gated cells
+with a forget gate (``GATED``): ``bias_ih``'s f block = 1.0 and ``bias_hh``'s f block = 0.0 (rows H:2H of the
+LSTM's i, f, g, o and of the sLSTM's i, f, z, o; rows 2H:3H of the use-gate LSTM's N, i, f, V; the LayerNorm
+LSTM's one ``bias``, rows 2H:3H of Haste's i, g, f, o, = 1.0, Haste's own default). The RNN has no forget gate and
 keeps the default. **The GRU has no forget gate to bias either**: its update gate z (h' = (1 - z) n + z h) plays
 that part and keeps torch's default init (its bias near 0, so z ~ 0.5 at the start), as nn.GRU's does. The copy
 task depends on the LSTMs' bias: with f ~ s(0) = 0.5 the memory halves at every step. Training: Adam,
-gradient-norm clipping at 1.0, fixed seeds (the data stream of a (task, T, seed) is shared by the four models).
+gradient-norm clipping at 1.0, fixed seeds (the data stream of a (task, T, seed) is shared by the models).
 
 Tasks (``T`` is the length that grows):
 - ``adding`` (Hochreiter & Schmidhuber 1997): T steps of (value ~ U[0, 1], marker); one marker in each half;
@@ -75,12 +78,14 @@ from .results import (
     CsvLocked, Schema, append_rows, commit_of, discard_file, lock_csv, os_error_line, read_rows, repair_csv,
 )
 
-MODELS = ("rnn", "lstm", "usegate", "gru")
-# "lnlstm" (Haste's LayerNorm LSTM) runs with --models; not in MODELS until the committed study has its rows
+MODELS = ("rnn", "lstm", "usegate", "gru", "lnlstm", "slstm")
+# the models with a forget gate, whose f block of the bias starts at FORGET_BIAS
+GATED = ("lstm", "usegate", "lnlstm", "slstm")
 MODEL_LABELS = {"rnn": "RNN (tanh)", "lstm": "LSTM", "usegate": "use-gate LSTM", "gru": "GRU",
-                "lnlstm": "LayerNorm LSTM"}
+                "lnlstm": "LayerNorm LSTM", "slstm": "sLSTM"}
 # the fusedrnn module of each model, looked up when a model is built
-MODEL_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "usegate": "UseGateLSTM", "gru": "GRU", "lnlstm": "LayerNormLSTM"}
+MODEL_CLASSES = {"rnn": "RNN", "lstm": "LSTM", "usegate": "UseGateLSTM", "gru": "GRU", "lnlstm": "LayerNormLSTM",
+                 "slstm": "SLSTM"}
 TASKS = ("adding", "copy", "digits")
 FORGET_BIAS = 1.0
 COPY_ALPHABET = 8
@@ -269,8 +274,9 @@ class SeqModel(nn.Module):
 
 def set_forget_bias(rnn: nn.Module, kind: str, value: float) -> None:
     """Forget-gate bias of every layer: bias_ih's f block = ``value``, bias_hh's f block = 0 (sum = value).
-    The f block is rows H:2H for the LSTM (i, f, g, o) and 2H:3H for the use-gate LSTM (N, i, f, V). The LayerNorm
-    LSTM has one bias per layer (Haste's, gates i, g, f, o): its f block 2H:3H = ``value``."""
+    The f block is rows H:2H for the LSTM (i, f, g, o) and the sLSTM (i, f, z, o), 2H:3H for the use-gate LSTM
+    (N, i, f, V). The LayerNorm LSTM has one bias per layer (Haste's, gates i, g, f, o): its f block 2H:3H =
+    ``value``."""
     if kind in ("rnn", "gru") or not rnn.bias:
         return
     H = rnn.hidden_size
@@ -280,7 +286,7 @@ def set_forget_bias(rnn: nn.Module, kind: str, value: float) -> None:
                 if name.startswith("bias_l"):
                     p[2 * H:3 * H] = value
         return
-    lo = {"lstm": H, "usegate": 2 * H}[kind]
+    lo = {"lstm": H, "slstm": H, "usegate": 2 * H}[kind]
     with torch.no_grad():
         for name, p in rnn.named_parameters():
             if name.startswith("bias_ih"):
@@ -562,11 +568,13 @@ def stale_rows(curves_csv: str, s: Setting) -> list[str]:
 
 def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=torch.float32, jobs: int = 1,
               models=MODELS, tasks=TASKS, progress: bool = True, command: str | None = None, fresh: bool = False,
-              overwrite_committed: bool = False) -> dict:
+              overwrite_committed: bool = False, time_budget: float | None = None) -> dict:
     """Train every job of the setting (skipping complete ones), append to ``out``/curves.csv and gradnorm.csv,
     then draw the plots and write ``out``/PROVENANCE.md (``command``: the command line it names; kept as it is
-    when no job ran). Holds the study's lock (on curves.csv) throughout; with ``fresh`` first deletes the
-    folder's study files (``clear_study``), saying so on stderr. Damaged records are set aside first
+    when no job ran). With ``time_budget`` (seconds), the jobs run shortest first and none is started, or waited
+    for, after the budget: the jobs still running then are dropped (a rerun trains them). Holds the study's lock
+    (on curves.csv) throughout; with ``fresh`` first deletes the folder's study files (``clear_study``), saying so
+    on stderr. Damaged records are set aside first
     (``results.repair_csv``), with a warning on stderr. Returns {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path,
     "seconds": wall, "cleared": [names], "todo": number of jobs run}. Raises ValueError when ``out`` holds rows
     of another setting (``stale_rows``), a committed study for ``fresh``, or a damaged header; CsvLocked when
@@ -576,11 +584,11 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
     curves_csv = os.path.join(out, "curves.csv")
     with lock_csv(curves_csv, who="study"):
         return _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, command, fresh,
-                           overwrite_committed)
+                           overwrite_committed, time_budget)
 
 
 def _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, command, fresh,
-                overwrite_committed) -> dict:
+                overwrite_committed, time_budget=None) -> dict:
     """``run_study`` holding the study's lock."""
     curves_csv, grad_csv = os.path.join(out, "curves.csv"), os.path.join(out, "gradnorm.csv")
     cleared = clear_study(out, overwrite_committed) if fresh else []
@@ -600,35 +608,50 @@ def _run_locked(s, out, backend, device, dtype, jobs, models, tasks, progress, c
             or (j.gradnorm and (j.model, j.task, j.T, j.seed) not in done["grads"])]
     if todo and not all(os.access(p, os.W_OK) for p in (out, curves_csv)):
         raise PermissionError(13, f"read-only: {len(todo)} job(s) to run cannot be written", out)
+    if time_budget is not None:  # the most jobs in the time: shortest first
+        todo.reverse()
     prov = provenance(device)
     t0 = time.perf_counter()
     bar = _progress(len(todo), progress)
     threads = torch.get_num_threads()
+    n_run = 0
     if jobs > 1 and device.type == "cpu" and len(todo) > 1:
         import multiprocessing as mp
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with mp.get_context("spawn").Pool(jobs) as pool:
+        with mp.get_context("spawn").Pool(jobs) as pool:  # leaving it terminates the jobs still running
             it = pool.imap_unordered(_worker, [(j, s, backend, device, dtype, prov, threads) for j in todo])
-            for job, (rows, grows) in it:
+            for _ in todo:
+                left = None if time_budget is None else time_budget - (time.perf_counter() - t0)
+                try:
+                    job, (rows, grows) = it.next(timeout=left if left is None else max(left, 0.0))
+                except mp.TimeoutError:
+                    break
                 _append_job(curves_csv, grad_csv, rows, grows)
                 bar(job, rows)
+                n_run += 1
     else:
         for job in todo:
+            if time_budget is not None and time.perf_counter() - t0 > time_budget:
+                break
             rows, grows = train_job(job, s, backend, device, dtype, provenance=prov)
             _append_job(curves_csv, grad_csv, rows, grows)
             bar(job, rows)
+            n_run += 1
     bar.close()
+    if n_run < len(todo):
+        print(f"time budget of {time_budget:.0f} s reached: {n_run} of {len(todo)} jobs trained; rerun the same "
+              "command to train the rest", file=sys.stderr)
     writable = os.access(out, os.W_OK)  # a read-only study is checked, not redrawn
     pngs = plot(out) if writable else []
     seconds = time.perf_counter() - t0
     prov_md = os.path.join(out, "PROVENANCE.md")
     if writable and (todo or not os.path.exists(prov_md)):
         prov_md = write_provenance(out, s, backend=backend, device=device, dtype=dtype, jobs=jobs, threads=threads,
-                                   n_run=len(todo), seconds=seconds, command=command, prov=prov,
+                                   n_run=n_run, n_left=len(todo) - n_run, seconds=seconds, command=command, prov=prov,
                                    models=models, tasks=tasks)
     return dict(curves=curves_csv, gradnorm=grad_csv, pngs=pngs, provenance=prov_md, seconds=seconds,
-                cleared=cleared, todo=len(todo))
+                cleared=cleared, todo=n_run)
 
 
 def _append_job(curves_csv: str, grad_csv: str, rows: list[dict], grows: list[dict]) -> None:
@@ -654,7 +677,7 @@ def describe_setting(s: Setting, tasks=TASKS) -> list[str]:
 
 
 def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, threads, n_run, seconds, command,
-                     prov, models=MODELS, tasks=TASKS) -> str:
+                     prov, models=MODELS, tasks=TASKS, n_left: int = 0) -> str:
     """Write ``out``/PROVENANCE.md: the command, setting, machine, versions, this invocation's wall time, and
     the commits and dates found in the CSV rows. Returns its path."""
     try:
@@ -680,24 +703,47 @@ def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, thre
         f"{s.hidden}, batch {s.batch}, Adam lr {s.lr:g}, gradient clipping {s.clip:g}, seeds "
         f"{', '.join(map(str, s.seeds))}, eval every {s.eval_every} steps on {s.eval_batch} fixed sequences "
         "(digits: the held-out 20 %).",
-        f"- models: {', '.join(MODEL_LABELS[m] for m in models)}. Forget-gate bias {FORGET_BIAS:g} in the LSTM and "
-        "the use-gate LSTM (bias_ih f block 1, bias_hh f block 0); the RNN and the GRU have no forget gate "
+        f"- models: {', '.join(MODEL_LABELS[m] for m in models)}. Forget-gate bias {FORGET_BIAS:g} in the "
+        f"{', '.join(MODEL_LABELS[m] for m in GATED if m in models) or '(none here)'} (the f block of the bias: "
+        "bias_ih's 1 and bias_hh's 0, the LayerNorm LSTM's one bias 1); the RNN and the GRU have no forget gate "
         "(the GRU's update gate keeps the default init); everything else torch's default "
-        "uniform(-1/sqrt(H), 1/sqrt(H)).",
+        "uniform(-1/sqrt(H), 1/sqrt(H)) (the LayerNorm LSTM: Haste's initialisation).",
         f"- spread in every plot: {SPREAD} (band or error bar) around the mean over seeds.",
         f"- machine: {prov['cpu']}, {os.cpu_count()} logical CPUs, device {dev}; torch {torch.__version__}, "
         f"triton {triton_v}, Python {platform.python_version()}.",
         f"- this invocation: {n_run} job{'s' if n_run != 1 else ''} trained in {seconds:.0f} s wall "
-        f"({seconds / 60:.1f} min), finished {prov['date']} UTC.",
+        f"({seconds / 60:.1f} min), finished {prov['date']} UTC"
+        + (f"; stopped by its time budget with {n_left} job{'s' if n_left != 1 else ''} left untrained (a rerun "
+           "of the command trains them)." if n_left else "."),
         f"- rows from commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, dates {dates[0]} to "
         f"{dates[-1]} UTC.",
         "- the PNGs are drawn from the CSVs only: `python -m experiments.tasks --plot-only --out "
         f"{out}` redraws them.",
     ]
     path = os.path.join(out, "PROVENANCE.md")
+    lines += earlier_invocations(path)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+EARLIER = "Earlier invocations on this folder (a resumed study keeps their rows; newest first):"
+
+
+def earlier_invocations(path: str) -> list[str]:
+    """The lines that keep the record of the earlier runs of a folder when its PROVENANCE.md (``path``) is written
+    again by a resumed study: each earlier file's command and "this invocation" lines, then the runs it had kept
+    itself; [] when there was none."""
+    try:
+        with open(path) as f:
+            old = f.read().splitlines()
+    except OSError:
+        return []
+    cut = old.index(EARLIER) if EARLIER in old else len(old)
+    runs = [ln[len("- "):].rstrip(".") for ln in old[:cut] if ln.startswith(("- command:", "- this invocation:"))]
+    kept = old[cut + 1:]
+    mine = ["- " + "; ".join(runs)] if runs else []
+    return ["", EARLIER, ""] + mine + [ln for ln in kept if ln.strip()] if mine or kept else []
 
 
 class _progress:
@@ -736,7 +782,8 @@ def _frame(rows, keys_int=("T", "seed", "step"), keys_float=("train_loss", "eval
 
 
 CHANCE = {"adding": (1 / 6, None), "copy": (math.log(COPY_ALPHABET), 1 / COPY_ALPHABET), "digits": (math.log(10), 0.1)}
-COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple", "lnlstm": "tab:orange"}
+COLORS = {"rnn": "tab:red", "lstm": "tab:blue", "usegate": "tab:green", "gru": "tab:purple", "lnlstm": "tab:orange",
+          "slstm": "tab:brown"}
 
 
 def _subtitle(df, models) -> str:
@@ -744,7 +791,7 @@ def _subtitle(df, models) -> str:
     (their spread only when there are several) and commit."""
     setting = ", ".join(sorted(df["setting"].unique()))
     hidden = ", ".join(str(h) for h in sorted(df["hidden"].astype(int).unique()))
-    gated = [MODEL_LABELS[m] for m in models if m in ("lstm", "usegate", "lnlstm")]
+    gated = [MODEL_LABELS[m] for m in models if m in GATED]
     plain = [MODEL_LABELS[m] for m in models if m in ("rnn", "gru")]
     bias = ", ".join(([f"forget-gate bias {FORGET_BIAS:g} ({', '.join(gated)})"] if gated else [])
                      + ([f"no forget gate in {', '.join(plain)}"] if plain else []))
@@ -897,6 +944,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=None, help="hidden size (default: the setting's)")
     p.add_argument("--jobs", type=int, default=None, help="parallel CPU processes (default: cores, CPU only)")
     p.add_argument("--plot-only", action="store_true", help="only redraw the PNGs from the CSVs in --out")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds: run the jobs shortest first and stop after this (the jobs still running are "
+                        "dropped; a rerun trains what is left); the plots and PROVENANCE.md are written all the same")
     a = p.parse_args(argv)
 
     s = SMOKE if a.smoke else FULL
@@ -937,7 +987,7 @@ def main(argv=None) -> int:
     try:
         res = run_study(s, out, backend=a.backend, device=device, dtype=getattr(torch, a.dtype), jobs=jobs,
                         models=tuple(a.models.split(",")), tasks=tuple(a.tasks.split(",")), command=command,
-                        fresh=a.fresh, overwrite_committed=a.overwrite_committed)
+                        fresh=a.fresh, overwrite_committed=a.overwrite_committed, time_budget=a.time_budget)
     except (ValueError, CsvLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

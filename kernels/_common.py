@@ -124,6 +124,16 @@ def rowmajor(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def aligned16(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` contiguous and starting on a 16-byte boundary: itself when it is, else a copy (a fresh allocation is
+    aligned). For the kernels compile-checked in the aligned variant only (kernels/heads.py): a view that starts
+    mid-allocation (a storage offset such as ``x[1:]``) would run the unaligned variant, which nothing checked."""
+    if t is None:
+        return None
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 # ----------------------------------------------------------------------------------------------
 # Tile configs and the declaration of a per-step kernel. The compile check (experiments/compile_check.py)
 # compiles every config of every declared kernel for sm_90a and sm_80 and requires 0 spills, so only
@@ -665,6 +675,17 @@ def lstm_cell_state(b_i, b_f, b_g, b_o, c_prev, lengths, t, o_b, m_b, HAS_LENGTH
 
 
 @triton.jit
+def finished_rows_bwd(d0, d1, d2, d3, carry, carry_in, lengths, t, o_b, m_b):
+    """The backward of a step on the rows whose sequence has ended (t >= lengths[b]): no gradient for the four gate
+    pre-activations d0..d3, and the cell state's gradient ``carry_in`` (the one reaching c_t) passed through as
+    ``carry`` (that of c_{t-1}). Returns the five, masked, and the (BLOCK_B, 1) mask of the running rows (for a
+    cell with more states to pass through: the sLSTM's n)."""
+    m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
+    return (tl.where(m_act, d0, 0.0), tl.where(m_act, d1, 0.0), tl.where(m_act, d2, 0.0),
+            tl.where(m_act, d3, 0.0), tl.where(m_act, carry, carry_in), m_act)
+
+
+@triton.jit
 def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b, HAS_LENGTHS: tl.constexpr):
     """Backward of one step's pointwise work given dh_t, the saved gates, c_t, c_{t-1} and the gradient dc_in
     reaching c_t from step t+1: returns (dz_i, dz_f, dz_g, dz_o, dc_{t-1}). A finished row gets no gate
@@ -677,12 +698,8 @@ def lstm_cell_bwd(dh, b_i, b_f, b_g, b_o, c, c_prev, dc_in, lengths, t, o_b, m_b
     dz_o = dh * tc * b_o * (1.0 - b_o)
     dc_prev = dc * b_f
     if HAS_LENGTHS:
-        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-        dz_i = tl.where(m_act, dz_i, 0.0)
-        dz_f = tl.where(m_act, dz_f, 0.0)
-        dz_g = tl.where(m_act, dz_g, 0.0)
-        dz_o = tl.where(m_act, dz_o, 0.0)
-        dc_prev = tl.where(m_act, dc_prev, dc_in)
+        dz_i, dz_f, dz_g, dz_o, dc_prev, _ = finished_rows_bwd(dz_i, dz_f, dz_g, dz_o, dc_prev, dc_in, lengths, t,
+                                                               o_b, m_b)
     return dz_i, dz_f, dz_g, dz_o, dc_prev
 
 

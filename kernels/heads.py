@@ -43,9 +43,11 @@ import triton.language as tl
 from ._common import (
     DTYPE_GROUPS,
     acc_torch_dtype,
+    aligned16,
     check_steps,
     dot_meta,
     dtype_group,
+    finished_rows_bwd,
     gru_cell_bwd,
     gru_cell_fwd,
     interpreting,
@@ -143,12 +145,7 @@ def slstm_cell_bwd(dh, b_i, b_f, b_z, b_o, c, n, sf, c_prev, n_prev, dc_in, dn_i
     dc_prev = dc * b_f
     dn_prev = du * b_f
     if HAS_LENGTHS:
-        m_act = (t < tl.load(lengths + o_b, mask=m_b, other=0))[:, None]
-        di = tl.where(m_act, di, 0.0)
-        df = tl.where(m_act, df, 0.0)
-        dz = tl.where(m_act, dz, 0.0)
-        do = tl.where(m_act, do, 0.0)
-        dc_prev = tl.where(m_act, dc_prev, dc_in)
+        di, df, dz, do, dc_prev, m_act = finished_rows_bwd(di, df, dz, do, dc_prev, dc_in, lengths, t, o_b, m_b)
         dn_prev = tl.where(m_act, dn_prev, dn_in)
     return di, df, dz, do, dc_prev, dn_prev
 
@@ -522,8 +519,9 @@ def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=Tru
         raise RuntimeError(f"heads_fwd: xp {tuple(xp.shape)} and w_hh {tuple(w_hh.shape)} do not match a "
                            f"{cell} of {NH} heads of {D}")
     acc = acc_torch_dtype(xp.dtype)
-    xp, w_hh, h0 = xp.contiguous(), w_hh.contiguous(), h0.contiguous()
-    s0 = s0.to(acc).contiguous() if c.NS else None
+    # only the aligned variant is compile-checked: every tensor contiguous from a 16-byte boundary (copied if not)
+    xp, w_hh, h0, b_hn, lengths = (aligned16(v) for v in (xp, w_hh, h0, b_hn, lengths))
+    s0 = aligned16(s0.to(acc)) if c.NS else None
     y = _alloc(xp, T, B, H)
     sn = _alloc(xp, max(c.NS, 1), B, H, dtype=acc)
     gates = _alloc(xp, T, B, c.NSAVE * H) if store and c.NSAVE else None
@@ -542,9 +540,9 @@ def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
     T, B, H = dy.shape
     NH, _, D = w_hh.shape
     acc = acc_torch_dtype(dy.dtype)
-    dy, w_hh, h0, y = dy.contiguous(), w_hh.contiguous(), h0.contiguous(), y.contiguous()
-    s0 = s0.to(acc).contiguous() if c.NS else None
-    ds_n = ds_n.to(acc).contiguous() if c.NS else None
+    dy, w_hh, h0, y, gates, aux, lengths = (aligned16(v) for v in (dy, w_hh, h0, y, gates, aux, lengths))
+    s0 = aligned16(s0.to(acc)) if c.NS else None
+    ds_n = aligned16(ds_n.to(acc)) if c.NS else None
     dz = _alloc(dy, T, B, c.NDZ * H)
     dh0 = _alloc(dy, B, H, dtype=acc)
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)

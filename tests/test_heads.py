@@ -202,3 +202,45 @@ def test_heads_without_config_run_dense_kernels(monkeypatch):
     ref, ours = make_pair("lstm", 3, 8, 2, backend="triton")
     for name, a, b in run_both(ref, ours, rand(3, 2, 3), None):
         assert_close(a, b, torch.float64, f"dense fallback {name}")
+
+
+def _offset_by_one(t):
+    """A copy of ``t`` that starts one element into its storage: contiguous, but not 16-byte aligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape).copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16
+    return out
+
+
+@pytest.mark.parametrize("cell", ["lstm", "slstm"])
+def test_misaligned_inputs_are_copied_to_aligned_buffers(cell, monkeypatch, poisoned):
+    """The per-head kernels are compile-checked in the aligned variant only: inputs that start one element into
+    their storage (a slice's offset) reach the kernels as 16-byte aligned copies, with the results of aligned
+    inputs."""
+    from fusedrnn.kernels import heads as k
+
+    seen = []
+    real = k._launch
+
+    def spy(kernel, kind, args, *rest):
+        seen.extend((kind, n) for n, v in args.items() if isinstance(v, torch.Tensor) and v.data_ptr() % 16)
+        return real(kernel, kind, args, *rest)
+
+    monkeypatch.setattr(k, "_launch", spy)
+    c = k.CELLS[cell]
+    T, B, NH, D = 3, 3, 2, 6
+    H = NH * D
+    torch.manual_seed(0)
+    xp, w, h0 = rand(T, B, c.G * H), rand(NH, c.G * D, D, scale=0.5), rand(B, H)
+    s0 = rand(c.NS, B, H) if cell == "lstm" else torch.stack([rand(B, H), 1 + rand(B, H).abs(), rand(B, H)])
+    lengths = torch.tensor([2, 3, 1], dtype=torch.int32, device=DEVICE)
+    dy, ds_n = rand(T, B, H), rand(c.NS, B, H)
+    runs = []
+    for prep in (lambda t: t, _offset_by_one):
+        y, s_n, gates, aux = k.heads_fwd(cell, prep(xp), prep(w), prep(h0), prep(s0), None, prep(lengths))
+        grads = k.heads_bwd(cell, prep(dy), prep(w), prep(h0), prep(s0), prep(y), prep(ds_n),
+                            None if gates is None else prep(gates), None if aux is None else prep(aux), prep(lengths))
+        runs.append((y, s_n, *grads))
+    assert not seen, f"misaligned tensors reached the kernels: {seen}"
+    for a, b in zip(*runs):
+        assert torch.isfinite(a).all() and torch.equal(a, b)

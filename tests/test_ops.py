@@ -193,3 +193,66 @@ def test_torch_compile_inductor_matches_eager():
     y_e, h_e = m(x)
     assert_close(y.detach(), y_e.detach(), torch.float64, "inductor y")
     assert_close(h.detach(), h_e.detach(), torch.float64, "inductor h")
+
+
+# the ops whose opcheck lives here (the LSTM's, the RNN's above; the GRU's and the use-gate LSTM's in their files)
+CHECKS = ("test_schema", "test_autograd_registration", "test_faketensor")
+LENS2 = torch.tensor([2, 1], dtype=torch.int32, device=DEVICE)
+
+
+def _d(t):
+    return t.detach() if isinstance(t, torch.Tensor) else t
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "slstm"])
+def test_heads_ops_opcheck(cell):
+    """fusedrnn::heads_layer and its backward (the per-head kernels; in the interpreter on CPU): two heads of 4,
+    packed lengths, the sLSTM's three states."""
+    from kernels.heads import CELLS as HEAD_CELLS
+    from models.heads_ops import heads_layer_bwd_op, heads_layer_op
+    from models.ops import _EMPTY
+
+    torch.manual_seed(5)
+    c = HEAD_CELLS[cell]
+    T, B, I, NH, D = 2, 2, 3, 2, 4
+    H = NH * D
+    g = lambda *s: rand(*s, scale=0.5, requires_grad=True)  # noqa: E731
+    x, h0, w_ih, w_hh, b_ih, b_hh = g(T, B, I), g(B, H), g(c.G * H, I), g(NH, c.G * D, D), g(c.G * H), g(c.G * H)
+    s0 = {0: x.new_empty(_EMPTY), 1: g(1, B, H)}.get(c.NS)
+    if cell == "slstm":  # c, n >= 1, m
+        s0 = torch.stack([rand(B, H), 1 + rand(B, H).abs(), rand(B, H)]).requires_grad_(True)
+    args = (cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, LENS2, True)
+    torch.library.opcheck(heads_layer_op, args, test_utils=CHECKS)
+    with torch.no_grad():
+        y, s_n, gates, aux = heads_layer_op(*args)
+    torch.library.opcheck(heads_layer_bwd_op, (cell, rand(*y.shape), rand(*s_n.shape), _d(x), _d(h0), _d(s0), y,
+                                               _d(w_ih), _d(w_hh), gates, aux, LENS2, True), test_utils=CHECKS)
+
+
+def test_layernorm_ops_opcheck():
+    """fusedrnn::lnlstm_layer, lngru_layer and their backwards, with a zoneout mask and packed lengths."""
+    torch.manual_seed(6)
+    T, B, H = 2, 2, 4
+    g = lambda *s: rand(*s, scale=0.5, requires_grad=True)  # noqa: E731
+    zmask = torch.bernoulli(torch.full((T, B, H), 0.5, dtype=torch.float64, device=DEVICE))
+    lstm = (g(T, B, 4 * H), g(B, H), g(B, H), g(H, 4 * H), g(4 * H), g(H), g(H), zmask, 1.0, LENS2, True)
+    torch.library.opcheck(ops.lnlstm_layer, lstm, test_utils=CHECKS)
+    with torch.no_grad():
+        y, c_n, c_seq, gates, a_hat, rstd = ops.lnlstm_layer(*lstm)
+    xp, h0, c0, rk, g_r, g_h, b_h = (_d(a) for a in lstm[:7])
+    torch.library.opcheck(ops.lnlstm_layer_bwd, (rand(*y.shape), rand(*c_n.shape), h0, c0, y, rk, g_r, g_h, b_h,
+                                                 c_seq, gates, a_hat, rstd, zmask, 1.0, LENS2), test_utils=CHECKS)
+    gru = (g(T, B, 3 * H), g(B, H), g(H, 3 * H), g(3 * H), g(3 * H), zmask, 1.0, LENS2, True)
+    torch.library.opcheck(ops.lngru_layer, gru, test_utils=CHECKS)
+    with torch.no_grad():
+        y, gates, a_hat, rstd = ops.lngru_layer(*gru)
+    torch.library.opcheck(ops.lngru_layer_bwd, (rand(*y.shape), _d(gru[1]), y, _d(gru[2]), _d(gru[3]), gates, a_hat,
+                                                rstd, zmask, 1.0, LENS2, True), test_utils=CHECKS)
+
+
+def test_pad_packed_opcheck():
+    """fusedrnn::pad_packed (a PackedSequence's data to the padded layout; its batch is a data-dependent size)."""
+    from models._packed import pad_packed
+
+    data = rand(5, 3, requires_grad=True)
+    torch.library.opcheck(pad_packed, (data, torch.tensor([3, 2])), test_utils=CHECKS)

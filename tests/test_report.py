@@ -70,7 +70,7 @@ def test_gru_rows_get_their_own_tables_after_the_lstm(tmp_path):
     with csv.open(newline="") as f:
         rows = [r for r in _csv.DictReader(f) if r["cell"] == "lstm"]
     with old.open("w", newline="") as f:
-        w = _csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "cell"], extrasaction="ignore")
+        w = _csv.DictWriter(f, fieldnames=[c for c in rows[0] if c not in ("cell", "heads")], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     assert report.block(old) == lstm_only
@@ -202,3 +202,24 @@ def test_a_run_writing_its_own_outputs_does_not_mark_the_commit_dirty(tmp_path):
     (tmp_path / "code.py").write_text("x = 2\n")
     # the whole repository counts, also seen from a folder below its root
     assert commit_of(tmp_path, short=True) == commit_of(tmp_path / "sub", short=True) == sha + "+dirty"
+
+
+def test_heads_and_the_cells_torch_nn_lacks_get_their_own_tables(tmp_path):
+    """Rows with heads get tables of their own after the dense rows of their cell (against the dense block-diagonal
+    module); the sLSTM's speedups are over the baseline its rows name (speedup_ref: the PyTorch reference)."""
+    csv = tmp_path / "headline.csv"
+    _fixture(csv)
+    dense = report.block(csv)
+    append_row(csv, _row(16, 1024, "bf16", "fwd", "cudnn", "", 3.0, heads=4))
+    append_row(csv, _row(16, 1024, "bf16", "fwd", "fusedrnn", "auto", 1.0, heads=4))
+    for backend, strategy, ms in (("reference", "", 40.0), ("nn_dense", "nn.LSTM", 3.0), ("fusedrnn", "auto", 2.0)):
+        append_row(csv, _row(16, 1024, "bf16", "fwd", backend, strategy, ms, cell="slstm", heads=4,
+                             speedup_ref="reference"))
+    md = report.block(csv)
+    assert md.startswith(dense[: -len(report.END)].rstrip())  # the dense LSTM's tables as they were
+    heads = md[len(dense) - len(report.END):]
+    assert "**fusedrnn LSTM, 4 heads speedup over cuDNN (nn.LSTM dense block-diagonal)**" in heads
+    assert "| 16 | 1024 | **3× auto** |" in heads
+    assert "**fusedrnn sLSTM, 4 heads speedup over reference (models.SLSTM)**" in heads
+    assert "| 16 | 1024 | **20× auto** |" in heads
+    assert "reference models.SLSTM median ms:" in heads and "| 16 | 1024 | 40 |" in heads  # no cuDNN algorithm

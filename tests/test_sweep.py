@@ -108,6 +108,59 @@ def test_smoke_sweep_of_another_cell(tmp_path, capsys, cell):
     assert len(after) == len(rows) + 1 and after[-1]["cell"] == "lstm"
 
 
+@cpu_only
+@pytest.mark.parametrize("cell, heads", [("slstm", 2), ("lnlstm", 1), ("lngru", 1), ("lstm", 2), ("gru", 2),
+                                         ("rnn", 2)])
+def test_smoke_sweep_of_the_cells_torch_nn_lacks_and_of_heads(tmp_path, capsys, cell, heads):
+    """``--cell slstm|lnlstm|lngru`` and ``--heads``: the sLSTM and the LayerNorm cells are compared with their
+    fusedrnn module's PyTorch reference (backend reference, the speedup_ref of every row) and timed beside the dense
+    nn.LSTM / nn.GRU of the same shape (nn_dense: strategy names the module, no max_rel_err); heads of the LSTM,
+    GRU and RNN are compared with torch.nn's module on the dense block-diagonal equivalent, gradients of W_hh
+    included (``head_blocks``); the rows carry cell and heads, and the FLOPs count the heads' D, not H."""
+    out = tmp_path / f"{cell}.csv"
+    argv = ["--cell", cell, "--heads", str(heads), "--grid", "smoke", "--B", "1", "--T", "3", "--H", "16",
+            "--passes", "fwdbwd", "--out", str(out), "--min-reps", "1", "--rep-ms", "1"]
+    assert sweep.main(argv) == 0
+    header, rows = _rows(out)
+    assert header == COLUMNS and {(r["cell"], r["heads"]) for r in rows} == {(cell, str(heads))}
+    by = {r["backend"]: r for r in rows}
+    nn_cell = cell in sweep.NN_CLASSES
+    assert list(by) == (["torch_cpu", "fusedrnn", "torch_loop"] if nn_cell else ["reference", "nn_dense", "fusedrnn"])
+    for r in rows:
+        assert r["error"] == "", r["error"]
+        assert r["speedup_ref"] == ("torch_cpu" if nn_cell else "reference") and float(r["speedup"]) > 0
+        if r["backend"] != "nn_dense":
+            assert float(r["max_rel_err"]) < 1e-4, (r["backend"], r["max_rel_err"])
+    assert by["fusedrnn"]["strategy"] == ("per_step" if cell in ("lnlstm", "lngru") else "auto")
+    if not nn_cell:
+        assert by["nn_dense"]["max_rel_err"] == "" and by["nn_dense"]["strategy"] == ("nn.GRU" if cell == "lngru"
+                                                                                     else "nn.LSTM")
+    g = {"lstm": 4, "gru": 3, "rnn": 1, "slstm": 4, "lnlstm": 4, "lngru": 3}[cell]
+    r = by["fusedrnn"]
+    assert float(r["tflops"]) == pytest.approx(3 * 2 * g * 1 * 3 * 16 * (16 // heads + 16)
+                                               / (float(r["ms_p50"]) * 1e-3) / 1e12, rel=1e-4)
+    assert sweep.main(argv) == 0 and len(_rows(out)[1]) == len(rows)  # the heads and the cell are in the key
+    capsys.readouterr()
+    assert sweep.main(["--cell", "lngru", "--heads", "2", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "the lngru cell has no heads" in capsys.readouterr().err
+
+
+def test_head_blocks_is_the_gradient_of_the_heads():
+    """The gradient of the dense block-diagonal W_hh, restricted to the blocks, is the heads' gradient; other
+    parameters and dense problems pass through."""
+    from fusedrnn import heads_to_dense
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 4 * 5, 5, dtype=torch.float64, requires_grad=True)
+    dense = heads_to_dense(w).detach().requires_grad_(True)
+    x = torch.randn(7, 15, dtype=torch.float64)
+    (x @ heads_to_dense(w).t()).sin().sum().backward()
+    (x @ dense.t()).sin().sum().backward()
+    assert torch.equal(bk.head_blocks("weight_hh_l0_reverse", dense.grad, 3), w.grad)
+    assert bk.head_blocks("weight_ih_l0", dense.grad, 3) is dense.grad
+    assert bk.head_blocks("weight_hh_l0", dense.grad, 1) is dense.grad
+
+
 def test_backends_run_every_cell_like_its_torch_module():
     """The eager backends on each cell's source module: outputs (c_n None but for the LSTM) and parameter
     names as the torch.nn module's."""
@@ -157,6 +210,14 @@ def test_a_csv_from_before_the_cell_column_reads_as_lstm_and_is_upgraded(tmp_pat
     assert header == COLUMNS and [r["cell"] for r in new] == ["lstm", "lstm"]
     assert {k: v for k, v in new[0].items() if k != "cell"} == {k: v for k, v in rows[0].items() if k != "cell"}
     assert upgrade_csv(out) is None  # current already
+    # a CSV from before the heads column (cell, no heads) reads as dense rows and is upgraded the same way
+    with out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[c for c in COLUMNS if c != "heads"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(new)
+    assert scan_csv(out.read_bytes()).legacy == {"heads": "1"}
+    assert [r["heads"] for r in read_rows(out)] == ["1", "1"]
+    assert "before the heads column" in upgrade_csv(out) and _rows(out)[0] == COLUMNS
     # append_row upgrades a legacy file itself before writing a row with the cell column
     legacy = tmp_path / "legacy.csv"
     legacy.write_text(",".join(LEGACY_COLUMNS) + "\n")
@@ -255,6 +316,12 @@ def test_grids():
     assert {x.cell for x in g} == {"gru"} and g[0].label == "B1-T8-H32-gru"
     with pytest.raises(ValueError, match="unknown cell"):
         Config(1, 1, 1, 1, cell="lru")
+    assert grid_configs("smoke", cell="slstm", heads=4)[0].label == "B1-T8-H32-slstm-h4"
+    assert grid_configs("smoke", heads=2)[0].label == "B1-T8-H32-h2"
+    with pytest.raises(ValueError, match="not divisible by 3 heads"):
+        grid_configs("smoke", heads=3)
+    with pytest.raises(ValueError, match="lnlstm cell has no heads"):
+        Config(1, 1, 4, 4, cell="lnlstm", heads=2)
 
 
 @pytest.mark.parametrize("kw, fwd, bwd", [
@@ -305,6 +372,11 @@ def test_floor_and_flops():
     assert rnn_flops(gru, "fwd") == 6 * 16 * 1024 * 1024 * 2048 and rnn_flops(rnn, "fwd") == 2 * 16 * 1024 * 1024 * 2048
     assert floor_ms(gru, torch.float16, "fwd", peaks, tf32=True) == pytest.approx(
         1024 * 6 * 2**20 / 1e10 + 6 * 1024 * 16 * 1024 * 1024 / 7e11, rel=1e-6)
+    # 8 heads of 128: W_hh is 8 x (4*128 x 128), 1 MiB in fp16, and a step's product 2*4*B*H*128 FLOPs
+    heads = Config(16, 1024, 1024, 1024, cell="slstm", heads=8)
+    assert rnn_flops(heads, "fwd") == 8 * 16 * 1024 * 1024 * (128 + 1024)
+    assert floor_ms(heads, torch.float16, "fwd", peaks, tf32=True) == pytest.approx(
+        1024 * max(2**20 / 1e10, 8 * 16 * 1024 * 128 / 7e11) + 8 * 1024 * 16 * 1024 * 1024 / 7e11, rel=1e-6)
 
 
 def test_strategy_fallback_becomes_an_error_not_a_mislabelled_row():

@@ -41,9 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_smoke_setting_is_the_cpu_study():
-    """Four cells, at least 3 seeds, the adding problem up to T >= 100 (where the RNN fails and the gated
+    """Six cells, at least 3 seeds, the adding problem up to T >= 100 (where the RNN fails and the gated
     cells learn within the setting's steps), longer sequences training longer."""
-    assert tasks.MODELS == ("rnn", "lstm", "usegate", "gru") and tasks.MODEL_LABELS["gru"] == "GRU"
+    assert tasks.MODELS == ("rnn", "lstm", "usegate", "gru", "lnlstm", "slstm")
+    assert tasks.MODEL_LABELS["gru"] == "GRU" and tasks.MODEL_LABELS["slstm"] == "sLSTM"
     assert len(SMOKE.seeds) >= 3 and len(tasks.FULL.seeds) >= 3
     assert max(SMOKE.lengths["adding"]) >= 100
     steps = [SMOKE.steps_for("adding", T) for T in SMOKE.lengths["adding"]]
@@ -51,7 +52,7 @@ def test_the_smoke_setting_is_the_cpu_study():
 
 
 @pytest.mark.parametrize("model,task", [("rnn", "adding"), ("lstm", "adding"), ("usegate", "adding"),
-                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy")])
+                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy"), ("slstm", "adding")])
 def test_triton_backend_trains_like_reference(model, task):
     s = replace(TINY, steps={task: 3}, eval_every=1, eval_batch=4, lr=1e-2)
     job = Job(model, task, 4 if task == "adding" else 3, seed=0)
@@ -376,3 +377,20 @@ def test_the_plots_of_a_subset_fit_and_name_only_what_ran(tmp_path, monkeypatch)
         assert "use-gate" not in title and "GRU" not in title, title
         assert "forget-gate bias 1 (LSTM)" in title and "RNN (tanh)" in title, title
         assert not any("min-max" in ax.get_ylabel() for ax in fig.axes), name
+
+
+def test_a_time_budget_stops_the_study_and_the_provenance_keeps_every_run(tmp_path):
+    """--time-budget: no job is started after it, the provenance says how many were left, and a rerun's
+    PROVENANCE.md keeps the earlier runs' command and count lines."""
+    out = str(tmp_path / "study")
+    s = replace(TINY, lengths={"adding": (4,)}, seeds=(0,))
+    res = run_study(s, out, backend="reference", device="cpu", jobs=1, progress=False, models=("rnn", "slstm"),
+                    tasks=("adding",), time_budget=0.0, command="first")
+    assert res["todo"] == 0 and tasks.study_rows(res["curves"]) == []
+    first = open(res["provenance"]).read()
+    assert "0 jobs trained" in first and "stopped by its time budget with 2 jobs left untrained" in first
+    res = run_study(s, out, backend="reference", device="cpu", jobs=1, progress=False, models=("rnn", "slstm"),
+                    tasks=("adding",), command="second")
+    text = open(res["provenance"]).read()
+    assert res["todo"] == 2 and "- command: `second`" in text and "2 jobs trained" in text
+    assert text.count(tasks.EARLIER) == 1 and "- command: `first`, from the repository root; this invocation: 0" in text
