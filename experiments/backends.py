@@ -62,10 +62,9 @@ def head_blocks(name: str, grad: Tensor | None, heads: int) -> Tensor | None:
     parameters (``models.heads.heads_to_dense``'s layout); any other gradient as it is."""
     if grad is None or heads == 1 or not name.startswith("weight_hh") or grad.dim() != 2:
         return grad
-    GH, H = grad.shape
-    G, D = GH // H, H // heads
-    idx = torch.arange(heads, device=grad.device)
-    return grad.reshape(G, heads, D, heads, D)[:, idx, :, idx, :].reshape(heads, G * D, D)
+    from fusedrnn.models.heads import diagonal_blocks
+
+    return diagonal_blocks(grad, heads)
 
 
 def _runner(m: nn.Module, cell: str):

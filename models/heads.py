@@ -44,6 +44,15 @@ def heads_to_dense(weight_hh: Tensor) -> Tensor:
     return dense.reshape(G * NH * D, NH * D)
 
 
+def diagonal_blocks(weight: Tensor, num_heads: int) -> Tensor:
+    """The diagonal blocks (NH, G*D, D) of a dense (G*H, H) matrix, whatever lies off them (e.g. the dense
+    equivalent's gradient in the heads' layout); ``dense_to_heads`` checks that nothing does."""
+    H = weight.shape[1]
+    G, D = weight.shape[0] // H, H // num_heads
+    idx = torch.arange(num_heads, device=weight.device)
+    return weight.reshape(G, num_heads, D, num_heads, D)[:, idx, :, idx, :].reshape(num_heads, G * D, D)
+
+
 def dense_to_heads(weight: Tensor, num_heads: int) -> Tensor:
     """The per-head blocks (NH, G*D, D) of a dense block-diagonal recurrent matrix ``weight`` (G*H, H), the
     inverse of ``heads_to_dense``. ValueError when the shape does not fit ``num_heads`` or an entry outside the
@@ -57,7 +66,6 @@ def dense_to_heads(weight: Tensor, num_heads: int) -> Tensor:
     G, NH, D = weight.shape[0] // H, num_heads, H // num_heads
     w5 = weight.reshape(G, NH, D, NH, D)
     idx = torch.arange(NH, device=weight.device)
-    blocks = w5[:, idx, :, idx, :]  # (NH, G, D, D)
     off = w5.clone()
     off[:, idx, :, idx, :] = 0
     if bool((off != 0).any()):
@@ -65,7 +73,7 @@ def dense_to_heads(weight: Tensor, num_heads: int) -> Tensor:
         raise ValueError(f"dense_to_heads: weight is not block-diagonal with {NH} heads: entry "
                          f"[{g * H + n * D + a}, {m * D + b}] (gate {g}, head {n}'s row, head {m}'s column) is "
                          f"{off[g, n, a, m, b].item()!r}")
-    return blocks.reshape(NH, G * D, D).contiguous()
+    return diagonal_blocks(weight, NH).contiguous()
 
 
 def check_num_heads(num_heads, hidden_size: int, proj_size: int = 0) -> int:

@@ -7,19 +7,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fusedrnn import GRU, LSTM, RNN, dense_to_heads, heads_to_dense
+from fusedrnn.models.heads import diagonal_blocks
 
 from .helpers import DEVICE, assert_close, loss_of, rand
 
 CELLS = {"lstm": (nn.LSTM, LSTM, {}), "gru": (nn.GRU, GRU, {}), "rnn_tanh": (nn.RNN, RNN, {}),
          "rnn_relu": (nn.RNN, RNN, dict(nonlinearity="relu"))}
-
-
-def diag_blocks(dense, num_heads):
-    """The diagonal blocks (NH, G*D, D) of a dense (G*H, H) matrix, whatever is off the diagonal."""
-    H = dense.shape[1]
-    G, D = dense.shape[0] // H, H // num_heads
-    idx = torch.arange(num_heads)
-    return dense.reshape(G, num_heads, D, num_heads, D)[:, idx, :, idx, :].reshape(num_heads, G * D, D)
 
 
 def make_pair(cell, I, H, NH, dtype=torch.float64, backend="reference", **kw):
@@ -59,7 +52,7 @@ def run_both(ref, ours, x, h0, packed_lengths=None):
         for name, p in m.named_parameters():
             g = p.grad
             if m is ref and name.startswith("weight_hh"):
-                g = diag_blocks(g, ours.num_heads)
+                g = diagonal_blocks(g, ours.num_heads)
             grads[name] = g
         results.append(dict(out=out, **{f"state{i}": s for i, s in enumerate(states)}, **grads))
     return [(k, results[1][k], results[0][k]) for k in results[0]]
