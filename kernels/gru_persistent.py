@@ -408,9 +408,9 @@ COMPILE_CHECK = [
                       args=dict(xp="x", w="x", b_hn="x", hbuf="x", gates="x", lengths="*i32", counter="*i32",
                                 flag="*i32"),
                       constexprs=dict(HAS_BHN=True, HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False,
-                                      FAST_TANH=True)),
+                                      FAST_TANH=True, HAS_RESETS=False)),
     *_p.check_entries(_gru_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", y="x", h0="x", qbuf="acc", dg="x", lengths="*i32",
                                 counter="*i32", flag="*i32"),
-                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=False)),
 ]

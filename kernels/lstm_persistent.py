@@ -529,9 +529,10 @@ _FWD_CHECK = dict(
 )
 COMPILE_CHECK = [
     *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
-                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True)),
+                      constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True,
+                                      HAS_RESETS=False)),
     *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
                                 lengths="*i32", counter="*i32", flag="*i32"),
-                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False)),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=False)),
 ]
