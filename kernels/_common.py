@@ -249,8 +249,8 @@ class StepKernel:
     - any other constexpr is a launcher argument, and ``heaviest`` gives the value the compile check compiles.
 
     A constexpr that is none of these is a TypeError at import. The compile check compiles the heaviest variant:
-    every optional input present (but those of ``_UNCHECKED_FLAGS``), ``heaviest`` for the rest, CAST_F32 and PDL False (what runs on a GPU without
-    PDL). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
+    every optional input present (but those of ``_UNCHECKED_FLAGS``), ``heaviest`` for the rest, CAST_F32 and PDL
+    False (what runs on a GPU without PDL). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
     dtype, or a triton type ("*i32"); the other non-constexpr arguments are i32 scalars.
     ``key``: the arguments whose values select a tuning; it must include a constexpr that changes the work
     (a backward step's HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the
