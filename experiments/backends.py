@@ -5,6 +5,8 @@ Every backend builds, from a source module holding the weights (``src``, the cel
 equivalent of the heads (``heads_of(src)``); for the cells torch.nn lacks, the fusedrnn module with
 ``backend="reference"``: ``SLSTM``, ``LayerNormLSTM``, ``LayerNormGRU``), a runner with one signature:
 ``run(x (T, B, I), h0 (L*D, B, H), c0 or None) -> (y (T, B, D*H), h_n (L*D, B, H), c_n or None)``
+(the ``variable`` backends also take a PackedSequence x and ``resets=``: torch.nn's modules, which have no
+``resets=``, then run every segment as its own sequence, ``run_segments``)
 (c0 and c_n are the cell's other states, ``CELL_STATES``: the LSTM's and the LayerNorm LSTM's cell state
 (L*D, B, H), the sLSTM's c, n and m stacked (3, L*D, B, H); None for the GRUs and the RNN), and exposes its trainable
 tensors under the source module's parameter names (so gradients can be compared; a dense W_hh's gradient compares
@@ -32,6 +34,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 CELLS = ("lstm", "gru", "rnn")  # the cells torch.nn (cuDNN) has
 OTHER_CELLS = ("slstm", "lnlstm", "lngru")  # the cells it lacks: compared with the reference, nn_dense beside
@@ -67,19 +70,79 @@ def head_blocks(name: str, grad: Tensor | None, heads: int) -> Tensor | None:
     return diagonal_blocks(grad, heads)
 
 
-def _runner(m: nn.Module, cell: str):
-    """``run`` (module docstring) of a module with torch.nn's calling convention for ``cell``."""
-    def run(x, h0, c0=None):
+def _runner(m: nn.Module, cell: str, split: bool = False):
+    """``run`` (module docstring) of a module with torch.nn's calling convention for ``cell``; with ``resets``
+    given, the module's ``resets=`` or, ``split`` (torch.nn's modules, which have none), ``run_segments``."""
+    def run(x, h0, c0=None, *, resets=None):
+        if resets is not None and split:
+            return run_segments(m, x, h0, c0, resets)
+        kw = {} if resets is None else {"resets": resets}
         if cell == "slstm":
-            y, (h, *s) = m(x, (h0, *c0.unbind(0)))
+            y, (h, *s) = m(x, (h0, *c0.unbind(0)), **kw)
             return y, h, torch.stack(s)
         if c0 is not None:
-            y, (h, c) = m(x, (h0, c0))
+            y, (h, c) = m(x, (h0, c0), **kw)
             return y, h, c
-        y, h = m(x, h0)
+        y, h = m(x, h0, **kw)
         return y, h, None
 
     return run
+
+
+def _packed_rows(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+    """(step, batch row) of every row of ``packed.data``, in packed order."""
+    bs = packed.batch_sizes
+    t = torch.repeat_interleave(torch.arange(len(bs)), bs)
+    pos = torch.arange(len(t)) - (torch.cumsum(bs, 0) - bs)[t]
+    rows = pos if packed.sorted_indices is None else packed.sorted_indices.cpu()[pos]
+    return t, rows
+
+
+def run_segments(m: nn.RNNBase, x, h0: Tensor, c0: Tensor | None, resets: Tensor):
+    """What users of torch.nn (cuDNN) do today for episode resets: every segment of every row (from a step whose
+    flag is set, or step 0, to the next such step or the row's end) as its own sequence, all of them in one
+    PackedSequence through ``m``, the outputs mapped back. ``x`` (T, B, I) with ``resets`` (T, B), or a
+    PackedSequence with ``resets`` one flag per packed row (the module's ``resets=``). A segment starts from zeros,
+    except the given h_0 (c_0): forward, it starts the row's first segment unless step 0's flag is set; reverse, it
+    starts the row's last segment. Final states: forward the last segment's, reverse the first's (docs/MATH.md
+    "Episode resets"). Returns ``run``'s (y, h_n, c_n or None), y packed like ``x``."""
+    dev = h0.device
+    if isinstance(x, PackedSequence):
+        t_of, b_of = _packed_rows(x)
+        xp, lengths = pad_packed_sequence(x)
+        r = torch.zeros(xp.shape[:2], dtype=torch.bool)
+        r[t_of, b_of] = resets.cpu()
+    else:
+        xp, lengths, r = x, torch.full((x.shape[1],), x.shape[0]), resets.cpu()
+    T, B = r.shape
+    valid = torch.arange(T)[:, None] < lengths[None, :]  # (T, B)
+    starts = (r | (torch.arange(T) == 0)[:, None]) & valid
+    seg = (torch.cumsum(starts.T.reshape(-1), 0) - 1).reshape(B, T).T  # (T, B): segment of each step, b-major
+    seg_b, seg_t = starts.T.nonzero(as_tuple=True)  # each segment's row and first step
+    n = len(seg_b)
+    tt, bb = valid.nonzero(as_tuple=True)
+    sid, off = seg[tt, bb], tt - seg_t[seg[tt, bb]]
+    seg_len = torch.bincount(sid, minlength=n)
+    xs = xp.new_zeros(int(seg_len.max()), n, xp.shape[2]).index_put((off.to(dev), sid.to(dev)), xp[tt, bb])
+    first = torch.zeros(n, dtype=torch.bool)
+    first[seg[0]] = True
+    last_seg = seg[lengths - 1, torch.arange(B)]
+    is_last = torch.zeros(n, dtype=torch.bool)
+    is_last[last_seg] = True
+    D = 2 if m.bidirectional else 1
+    fwd = (torch.arange(h0.shape[0]) % D == 0)[:, None]  # (L*D, 1)
+    keep = torch.where(fwd, (first & ~r[0, seg_b])[None], is_last[None]).to(dev, h0.dtype)[..., None]
+    states = [s[:, seg_b.to(dev)] * keep for s in ((h0,) if c0 is None else (h0, c0))]
+    out, hn = m(pack_padded_sequence(xs, seg_len, enforce_sorted=False), states[0] if c0 is None else tuple(states))
+    ys, _ = pad_packed_sequence(out)
+    y = ys.new_zeros(T, B, ys.shape[2]).index_put((tt.to(dev), bb.to(dev)), ys[off.to(dev), sid.to(dev)])
+    final = torch.where(fwd, last_seg[None], seg[0][None]).to(dev)  # (L*D, B)
+    lay = torch.arange(h0.shape[0], device=dev)[:, None]
+    hn = (hn,) if c0 is None else hn
+    h, c = hn[0][lay, final], (None if c0 is None else hn[1][lay, final])
+    if isinstance(x, PackedSequence):
+        y = PackedSequence(y[t_of.to(dev), b_of.to(dev)], x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    return y, h, c
 
 
 @dataclass
@@ -99,7 +162,8 @@ class Backend:
     default backend set; ``baseline``: it is the comparison baseline of its cells on its device (cudnn on CUDA,
     torch_cpu on CPU, reference for the cells torch.nn lacks): every row's speedup and error are against it, and
     its name is the row's ``speedup_ref`` column; ``anchor``: its rows time another function (nn_dense), so their
-    outputs are not compared."""
+    outputs are not compared; ``variable``: its ``run`` takes a PackedSequence ``x`` (y then packed too) and
+    ``resets=`` (the sweep's ``--packed`` and ``--resets``)."""
 
     name: str
     build: Callable[[nn.LSTM, str], Built]
@@ -111,6 +175,7 @@ class Backend:
     notes: str = field(default="")
     cells: tuple[str, ...] = CELLS
     anchor: bool = False
+    variable: bool = False
 
 
 REGISTRY: dict[str, Backend] = {}
@@ -136,12 +201,12 @@ def _suffix(layer: int, direction: int) -> str:
 
 # --- torch.nn.LSTM / GRU / RNN: cuDNN on CUDA, ATen's CPU kernels on CPU ----------------------------------------
 def _build_nn(src: nn.RNNBase, strategy: str) -> Built:
-    return Built(_runner(src, cell_of(src)), dict(src.named_parameters()))
+    return Built(_runner(src, cell_of(src), split=cell_of(src) in CELLS), dict(src.named_parameters()))
 
 
-register(Backend("cudnn", _build_nn, devices=("cuda",), baseline=True,
+register(Backend("cudnn", _build_nn, devices=("cuda",), baseline=True, variable=True,
                  notes="torch.nn.LSTM / GRU / RNN on CUDA (cuDNN)"))
-register(Backend("torch_cpu", _build_nn, devices=("cpu",), baseline=True,
+register(Backend("torch_cpu", _build_nn, devices=("cpu",), baseline=True, variable=True,
                  notes="torch.nn.LSTM / GRU / RNN on CPU (not cuDNN)"))
 # the cells torch.nn lacks: the source module itself (backend="reference") is the baseline
 register(Backend("reference", _build_nn, devices=("cuda", "cpu"), baseline=True, cells=OTHER_CELLS,
@@ -274,9 +339,9 @@ def _no_fallback(run, strategy: str):
     """Wrap ``run`` so that a strategy that falls back to per_step (fusedrnn logs the reason on its "fusedrnn"
     logger) raises instead: its row then carries the reason as an error rather than per_step timings under
     the wrong strategy name."""
-    def checked(x, h0, c0=None):
+    def checked(x, h0, c0=None, **kw):
         with fallback_reasons() as reasons:
-            out = run(x, h0, c0)
+            out = run(x, h0, c0, **kw)
         if reasons:
             raise RuntimeError(f"strategy {strategy!r} not applicable here: {reasons[0]}")
         return out
@@ -285,7 +350,7 @@ def _no_fallback(run, strategy: str):
 
 
 register(Backend("fusedrnn", _build_fusedrnn, devices=("cuda", "cpu"), strategies=_fusedrnn_strategies,
-                 cells=CELLS + OTHER_CELLS,
+                 cells=CELLS + OTHER_CELLS, variable=True,
                  notes="models.LSTM / GRU / RNN / SLSTM / LayerNormLSTM / LayerNormGRU(backend='triton'); on CPU the "
                        "Triton interpreter"))
 

@@ -33,7 +33,9 @@ NN_CELL_OF = {"lstm": "lstm", "gru": "gru", "rnn": "rnn", "slstm": "lstm", "lnls
 @dataclass(frozen=True)
 class Config:
     """One problem: batch B, steps T, hidden H, input I, layers, directions (1 or 2), the cell (``CELLS``) and its
-    heads (1: a dense recurrence)."""
+    heads (1: a dense recurrence); ``packed``: the input is a PackedSequence of seeded random lengths
+    (``experiments.sweep``: ``LENGTHS``); ``resets_p``: each (t, b) reset flag is set with this probability (0: no
+    ``resets=``)."""
 
     B: int
     T: int
@@ -43,8 +45,15 @@ class Config:
     directions: int = 1
     cell: str = "lstm"
     heads: int = 1
+    packed: bool = False
+    resets_p: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.resets_p <= 1.0:
+            raise ValueError(f"resets: a probability in [0, 1], got {self.resets_p!r}")
+        if (self.packed or self.resets_p) and self.cell not in NN_CELLS:
+            raise ValueError(f"--packed and --resets: the cells torch.nn has only ({', '.join(NN_CELLS)}), "
+                             f"not {self.cell}")
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose from {CELLS}")
         if isinstance(self.heads, bool) or not isinstance(self.heads, int) or self.heads < 1:
@@ -67,6 +76,10 @@ class Config:
             s += f"-{self.cell}"
         if self.heads != 1:
             s += f"-h{self.heads}"
+        if self.packed:
+            s += "-packed"
+        if self.resets_p:
+            s += f"-r{self.resets_p:g}"
         return s
 
 
@@ -85,10 +98,10 @@ GRIDS = {
 
 
 def grid_configs(name: str, *, B=None, T=None, H=None, layers: int = 1, bidirectional: bool = False,
-                 cell: str = "lstm", heads: int = 1) -> list[Config]:
-    """The configs of grid ``name`` for ``cell`` with ``heads`` heads; ``B``/``T``/``H`` (sequences of ints) replace
-    that axis's values. ValueError for an unknown grid, a cell without heads given heads, or an H the heads do not
-    divide.
+                 cell: str = "lstm", heads: int = 1, packed: bool = False, resets_p: float = 0.0) -> list[Config]:
+    """The configs of grid ``name`` for ``cell`` with ``heads`` heads (``packed``, ``resets_p``: ``Config``);
+    ``B``/``T``/``H`` (sequences of ints) replace that axis's values. ValueError for an unknown grid, a cell without
+    heads given heads, an H the heads do not divide, or packed / resets for a cell torch.nn lacks.
 
     Returns: configs in the order B, then T, then H (I = H).
     """
@@ -97,4 +110,4 @@ def grid_configs(name: str, *, B=None, T=None, H=None, layers: int = 1, bidirect
     bs, ts, hs, _ = GRIDS[name]
     bs, ts, hs = (tuple(B) if B else bs), (tuple(T) if T else ts), (tuple(H) if H else hs)
     dirs = 2 if bidirectional else 1
-    return [Config(b, t, h, h, layers, dirs, cell, heads) for b, t, h in product(bs, ts, hs)]
+    return [Config(b, t, h, h, layers, dirs, cell, heads, packed, resets_p) for b, t, h in product(bs, ts, hs)]

@@ -63,10 +63,11 @@ def check_readable(path) -> None:
 def load(paths, dropped: dict | None = None) -> pd.DataFrame:
     """Concatenate sweep CSVs; keep the last row of each key, then only those that did not fail
     (``results.failed``: no error, no wrong output) and have a time, and add ``impl`` = backend or
-    backend/strategy; rows without a cell (a CSV from before the column) are "lstm". ``dropped``, when given,
+    backend/strategy; rows without a cell (a CSV from before the column) are "lstm"; the rows of ``--packed`` or
+    ``--resets`` sweeps are left out (the plots show padded batches without resets). ``dropped``, when given,
     gets the number of rows left out for an error ("error") and for a wrong output ("wrong"). Raises
     ValueError for a file that ``check_readable`` rejects."""
-    from .results import KEY, LEGACY_CELL, failed, wrong_output
+    from .results import ADDED, KEY, LEGACY_CELL, failed, wrong_output
 
     for p in paths:
         check_readable(p)
@@ -79,10 +80,14 @@ def load(paths, dropped: dict | None = None) -> pd.DataFrame:
             f["cell"] = LEGACY_CELL
         if "heads" not in f:
             f["heads"] = 1
+        for c, v in ADDED.items():  # the later columns (--packed, --resets): a padded row without resets
+            if c not in f:
+                f[c] = v
     df = pd.concat(frames, ignore_index=True)
     df["cell"] = df["cell"].replace("", LEGACY_CELL)
     df["heads"] = pd.to_numeric(df["heads"].replace("", 1)).astype(int)
     df = df.drop_duplicates(list(KEY), keep="last")
+    df = df[(df["packed"].astype(str).isin(["0", ""])) & (pd.to_numeric(df["resets_p"].replace("", 0)) == 0)]
     records = df[["error", "max_rel_err", "dtype"]].astype(str).to_dict("records")
     bad = np.array([failed(r) for r in records], dtype=bool)
     wrong = np.array([wrong_output(r) for r in records], dtype=bool)

@@ -49,7 +49,8 @@ class ReportError(ValueError):
 
 def load(path: Path) -> list[dict]:
     """Rows of a sweep-format CSV (``results.read_rows``: ReportError for a damaged file), the last of each
-    repeated key kept (in file order); a row without a cell (a CSV from before the column) gets cell = "lstm"."""
+    repeated key kept (in file order); a row without a cell (a CSV from before the column) gets cell = "lstm"; the
+    rows of ``--packed`` or ``--resets`` sweeps are left out (the tables are of padded batches without resets)."""
     try:
         rows = read_rows(path)
     except ValueError as e:
@@ -57,6 +58,7 @@ def load(path: Path) -> list[dict]:
     for r in rows:
         r["cell"] = r.get("cell") or "lstm"
         r["heads"] = r.get("heads") or "1"
+    rows = [r for r in rows if r.get("packed", "0") in ("0", "") and float(r.get("resets_p") or 0) == 0]
     last = {tuple(r.get(k, "") for k in KEY): r for r in rows}
     return list(last.values())
 

@@ -2,12 +2,13 @@
 shares with the study's CSVs (``experiments.tasks``): integrity checks, repair, atomic rewrites and the writers'
 lock, for any ``Schema``.
 
-One row per (backend, strategy, cell, heads, config, dtype, pass) on one device. The ``cell`` column ("lstm",
-"gru", "rnn", then "slstm", "lnlstm", "lngru") and the ``heads`` column (the cell's heads, 1 dense) came after the
-first CSVs (``ADDED``, in that order): a file with an earlier header (``LEGACY_COLUMNS``, neither; or no
-``heads``) is read with the missing columns filled (cell "lstm", heads 1), and the first append to it rewrites it
-in this version's columns (``upgrade_csv``). Rows are
-appended and fsynced as they are made (all of an append or none of it), so an interrupted run loses at most
+One row per (backend, strategy, cell, heads, packed, resets_p, config, dtype, pass) on one device. The ``cell``
+column ("lstm", "gru", "rnn", then "slstm", "lnlstm", "lngru") and the ``heads`` column (the cell's heads, 1
+dense) came after the first CSVs (``ADDED``, in that order), then ``packed`` (1: a PackedSequence input,
+``--packed``), ``resets_p`` (the probability of each reset flag, ``--resets``) and ``inputs`` (how the lengths and
+resets were drawn, their seed): a file with an earlier header (``LEGACY_COLUMNS``, none of them; or a prefix of
+them) is read with the missing columns filled (cell "lstm", heads 1, packed 0, resets_p 0, inputs "padded"), and
+the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are appended and fsynced as they are made (all of an append or none of it), so an interrupted run loses at most
 the row in flight; a rerun skips every key already in the file. A row whose output failed the comparison with
 the baseline is a failed row (``wrong_output``), like a row with an error.
 A record that is incomplete or malformed (a crash of the machine mid-write, a truncated copy) is never taken
@@ -32,18 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # a row's problem: the cell of a speedup (the comparison baseline and every backend share it)
-PROBLEM = ("cell", "heads", "B", "T", "H", "I", "layers", "directions", "dtype", "pass")
+PROBLEM = ("cell", "heads", "packed", "resets_p", "B", "T", "H", "I", "layers", "directions", "dtype", "pass")
 # the resume key: one row per GPU, problem, backend and strategy
 KEY = ("gpu", *PROBLEM, "backend", "strategy")
 # the cell of a row written before the column existed
 LEGACY_CELL = "lstm"
 # the columns added after the first CSVs, in the order they came, each with the value of a row written before it
-ADDED = {"cell": LEGACY_CELL, "heads": "1"}
+ADDED = {"cell": LEGACY_CELL, "heads": "1", "packed": "0", "resets_p": "0", "inputs": "padded"}
 
 COLUMNS = [
     # what was run
-    "device", "gpu", "cell", "heads", "B", "T", "H", "I", "layers", "directions", "dtype", "pass", "backend",
-    "strategy",
+    "device", "gpu", "cell", "heads", "packed", "resets_p", "B", "T", "H", "I", "layers", "directions", "dtype",
+    "pass", "backend", "strategy", "inputs",
     "cudnn_algo", "cudnn_algo_seen", "cudnn_kernels",
     # measurements
     "ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "speedup_ref",
@@ -70,8 +71,8 @@ ALWAYS = [c for c in COLUMNS if c not in CPU_EMPTY and c not in {
 
 
 # value checks that catch a record glued from two (a row appended onto a partial line)
-INT_COLUMNS = ("heads", "B", "T", "H", "I", "layers", "directions")
-FLOAT_COLUMNS = ("ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "peak_mb",
+INT_COLUMNS = ("heads", "packed", "B", "T", "H", "I", "layers", "directions")
+FLOAT_COLUMNS = ("resets_p", "ms_p50", "ms_p20", "ms_p80", "compile_s", "tokens_per_s", "tflops", "speedup", "peak_mb",
                  "floor_ms", "frac_floor", "max_rel_err", "peak_hbm_gbs", "peak_l2_gbs", "l2_mb",
                  "peak_tflops_fp16", "peak_tflops_bf16", "peak_tflops_tf32", "peak_tflops_fp32")
 DEVICES = ("cpu", "cuda")
@@ -159,9 +160,10 @@ def job_fields(job, gpu: str | None = None, strategy: str | None = None) -> dict
     """The key columns of the row a sweep job (``grids.Job``) writes, ``gpu`` included when given;
     ``strategy`` replaces the job's (a headline variant's label)."""
     c = job.cfg
-    row = {"cell": getattr(c, "cell", LEGACY_CELL), "heads": getattr(c, "heads", 1), "B": c.B, "T": c.T, "H": c.H,
-           "I": c.I, "layers": c.layers, "directions": c.directions, "dtype": job.dtype, "pass": job.pass_,
-           "backend": job.backend,
+    row = {"cell": getattr(c, "cell", LEGACY_CELL), "heads": getattr(c, "heads", 1),
+           "packed": int(getattr(c, "packed", False)), "resets_p": f"{getattr(c, 'resets_p', 0.0):g}",
+           "B": c.B, "T": c.T, "H": c.H, "I": c.I, "layers": c.layers, "directions": c.directions, "dtype": job.dtype,
+           "pass": job.pass_, "backend": job.backend,
            "strategy": job.strategy if strategy is None else strategy}
     if gpu is not None:
         row["gpu"] = gpu

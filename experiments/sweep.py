@@ -17,6 +17,13 @@ Without CUDA the Triton kernels run in the interpreter, the default grid is ``sm
 torch.nn module on CPU (``torch_cpu``), output goes to scratch/, and the hardware peaks and the floor are not
 measured (left empty): a check that everything runs, not a benchmark. See ``--help`` for grids and backends.
 
+``--packed`` gives every backend its input as a PackedSequence of row lengths drawn uniformly from [ceil(T/2), T]
+(``LENGTHS``); ``--resets P`` sets each (t, b) flag of a ``resets=`` mask with probability P (``RESETS``), both
+drawn from generators seeded by the row's config (its ``inputs`` column says which). Only the backends that take them
+run (``Backend.variable``: fusedrnn, and torch.nn's modules); torch.nn (cuDNN's rows, and the comparison baseline)
+has no ``resets=``, so it runs what its users do today: every segment as its own sequence, all in one
+PackedSequence (``backends.run_segments``), and the fusedrnn rows' ``max_rel_err`` is against that.
+
 Every row's first call is compared with the baseline's outputs and gradients on the same inputs: a row whose
 ``max_rel_err`` is above its dtype's tolerance (``results.REL_ERR_TOL``) or not finite is recorded as failed
 (its ``error`` says ``WrongOutput: ...``, it has no timings and no speedup) and the sweep exits 1.
@@ -43,6 +50,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from torch import Tensor, nn  # noqa: E402
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 from . import backends as bk  # noqa: E402
 from . import shard  # noqa: E402
@@ -63,6 +71,8 @@ CPU_NOTE = ("No CUDA device: CPU smoke run. Triton kernels run in the interprete
 STATES = ("x", "h0", "c0")  # the inputs that get gradients (c0: the cells with states beside h, bk.CELL_STATES)
 NN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 MAX_INPUT_SETS = 4
+LENGTHS = "lengths ~ uniform integers in [ceil(T/2), T]"  # --packed
+RESETS = "resets[t, b] ~ Bernoulli({p:g})"  # --resets P
 EXIT_CODES = ("exit status: 0 done; 1 rows of the grid failed the output check (error WrongOutput: max_rel_err "
               "above the dtype's tolerance); 2 nothing could be run or written (bad arguments, no backend runs "
               "here, the CSV locked, damaged, read-only or the disk full); 130 interrupted")
@@ -137,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=_csv_list, default=list(PASSES),
                    help="fwd (inference under no_grad) and/or fwdbwd (training step: forward, a loss over "
                         "outputs and final states, backward); default fwd,fwdbwd")
+    p.add_argument("--packed", action="store_true",
+                   help=f"variable lengths: the input as a PackedSequence, {LENGTHS}, seeded by the config")
+    p.add_argument("--resets", type=float, default=0.0, metavar="P",
+                   help="episode resets: a resets= mask (T, B), each flag set with probability P, seeded by the "
+                        "config; torch.nn (cuDNN) runs every segment as its own sequence (default 0: none)")
     p.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
     p.add_argument("--bidirectional", action="store_true", help="two directions")
     p.add_argument("--backends", type=_csv_list,
@@ -171,10 +186,12 @@ def _under_results(path: Path) -> bool:
     return "results" in path.resolve().parts
 
 
-def available_backends(names, device: torch.device, cell: str = "lstm") -> tuple[list[str], list[str]]:
+def available_backends(names, device: torch.device, cell: str = "lstm",
+                       variable: bool = False) -> tuple[list[str], list[str]]:
     """Split requested backend names (None: the device's defaults that implement ``cell``) into (usable, messages
-    for the rest): a backend runs when it runs on the device and implements ``cell``. The comparison baseline of
-    ``cell`` on the device comes first. Unknown names raise ValueError."""
+    for the rest): a backend runs when it runs on the device and implements ``cell`` (and, ``variable``: for
+    ``--packed`` or ``--resets``, takes them: ``Backend.variable``). The comparison baseline of ``cell`` on the
+    device comes first. Unknown names raise ValueError."""
     if names is None:
         names = [b.name for b in bk.REGISTRY.values()
                  if device.type in b.default_on and device.type in b.devices and cell in b.cells]
@@ -185,6 +202,7 @@ def available_backends(names, device: torch.device, cell: str = "lstm") -> tuple
         b = bk.REGISTRY[n]
         why = None if device.type in b.devices else f"runs on {', '.join(b.devices)} only"
         why = why or (None if cell in b.cells else f"implements {', '.join(b.cells)} only, not {cell}")
+        why = why or (None if b.variable or not variable else "takes no PackedSequence or resets")
         why = why or b.unavailable()
         (skipped.append(f"skipping {n}: {why}") if why else usable.append(n))
     baseline = bk.baseline_for(device, cell)
@@ -211,7 +229,7 @@ def _base_row(job: Job, ctx: Context) -> dict:
     if ctx.device.type == "cuda":  # a CPU's peaks are noise at smoke sizes: no peaks and no floor there
         row.update(ctx.peaks.as_row())
         row["floor_ms"] = floor_ms(cfg, DTYPES[job.dtype], job.pass_, ctx.peaks, ctx.tf32)
-    row.update(job_fields(job), speedup_ref=ctx.baseline, error="")
+    row.update(job_fields(job), speedup_ref=ctx.baseline, error="", inputs=_inputs_note(cfg))
     try:
         mode = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN_TANH"}[NN_CELL_OF[cfg.cell]]  # the cell's or its anchor's
         row["cudnn_algo"] = predict_for_pass(cfg, DTYPES[job.dtype], job.pass_, ctx.device, mode=mode)
@@ -254,21 +272,58 @@ def _other_states(cfg: Config, LD: int, device: torch.device, dtype: torch.dtype
     return torch.stack([c, n, 0.5 * torch.randn_like(c)])
 
 
+def _inputs_note(cfg: Config) -> str:
+    """The ``inputs`` column: padded, or how the lengths and the resets were drawn, with the seed."""
+    parts = [f"packed, {LENGTHS}"] if cfg.packed else ["padded"]
+    if cfg.resets_p:
+        parts.append(RESETS.format(p=cfg.resets_p))
+    return "; ".join(parts) + (f"; seed {_seed(cfg)}" if len(parts) > 1 or cfg.packed else "")
+
+
+def _seed(cfg: Config) -> int:
+    return zlib.crc32(cfg.label.encode())
+
+
+def _variable_inputs(cfg: Config) -> tuple[Tensor | None, Tensor | None]:
+    """(lengths (B,) or None, resets (T, B) bool or None) of ``cfg``, from a generator seeded by its label."""
+    g = torch.Generator().manual_seed(_seed(cfg))
+    lengths = torch.randint((cfg.T + 1) // 2, cfg.T + 1, (cfg.B,), generator=g) if cfg.packed else None
+    resets = torch.rand(cfg.T, cfg.B, generator=g) < cfg.resets_p if cfg.resets_p else None
+    return lengths, resets
+
+
 def _input_sets(cfg: Config, dtype: torch.dtype, device: torch.device, n: int, train: bool) -> list[dict]:
     """``n`` sets of fresh random inputs (normal, never zeros) and, for training, output cotangents; c0 and
-    its cotangent gc for the cells with states beside h only (``_other_states``)."""
+    its cotangent gc for the cells with states beside h only (``_other_states``). With ``cfg.packed``, x is the
+    data (rows, I) of a PackedSequence whose other fields are under "packing"; with ``cfg.resets_p``, "resets"
+    holds the mask, one flag per packed row with ``cfg.packed`` (``_variable_inputs``)."""
     LD, out = cfg.layers * cfg.directions, cfg.H * cfg.directions
+    lengths, resets = _variable_inputs(cfg)
+    packing = rows = None
+    if lengths is not None:
+        packing = pack_padded_sequence(torch.zeros(cfg.T, cfg.B, 1), lengths, enforce_sorted=False)
+        rows = len(packing.data)
+        packing = {k: None if v is None else v.to(device) for k, v in packing._asdict().items() if k != "data"}
+        packing["batch_sizes"] = packing["batch_sizes"].cpu()
+        if resets is not None:
+            resets = pack_padded_sequence(resets[..., None], lengths, enforce_sorted=False).data[:, 0]
     sets = []
     for _ in range(n):
-        s = {"x": torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype),
+        xshape = (cfg.T, cfg.B, cfg.I) if rows is None else (rows, cfg.I)
+        s = {"x": torch.randn(xshape, device=device, dtype=dtype),
              "h0": 0.5 * torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype)}
+        if packing is not None:
+            s["packing"] = packing
+        if resets is not None:
+            s["resets"] = resets.to(device)
         c0 = _other_states(cfg, LD, device, dtype)
         if c0 is not None:
             s["c0"] = c0
         if train:
-            for k in s:
-                s[k].requires_grad_(True)
-            s.update(gy=torch.randn(cfg.T, cfg.B, out, device=device, dtype=dtype),
+            for k in STATES:
+                if k in s:
+                    s[k].requires_grad_(True)
+            s.update(gy=torch.randn(*xshape[:-1], out, device=device, dtype=dtype),
                      gh=torch.randn(LD, cfg.B, cfg.H, device=device, dtype=dtype))
             if c0 is not None:
                 s["gc"] = torch.randn_like(c0)
@@ -286,13 +341,22 @@ def _n_sets(cfg: Config, dtype: torch.dtype, train: bool, l2_bytes: int) -> int:
     return 1 if per >= l2_bytes else min(MAX_INPUT_SETS, math.ceil(2 * l2_bytes / per))
 
 
+def _forward(built: bk.Built, s: dict):
+    """``built.run`` on the set ``s``: x as a PackedSequence with "packing" (y then its data), ``resets=`` with
+    "resets"."""
+    x = s["x"] if "packing" not in s else PackedSequence(s["x"], **s["packing"])
+    kw = {"resets": s["resets"]} if "resets" in s else {}
+    y, h, c = built.run(x, s["h0"], s.get("c0"), **kw)
+    return (y.data if isinstance(y, PackedSequence) else y), h, c
+
+
 def _call(built: bk.Built, s: dict, train: bool):
     """One call: (y, h_n, c_n or None); for training, then the backward of the outputs against the set's
     cotangents (c_n's for the LSTM only)."""
     if not train:
         with torch.no_grad():
-            return built.run(s["x"], s["h0"], s.get("c0"))
-    y, h, c = built.run(s["x"], s["h0"], s.get("c0"))
+            return _forward(built, s)
+    y, h, c = _forward(built, s)
     outs, grads = (y, h), (s["gy"], s["gh"])
     if c is not None:
         outs, grads = (y, h, c), (*grads, s["gc"])
@@ -396,7 +460,7 @@ def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, tra
         torch.cuda.synchronize()
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
-    row["tokens_per_s"] = job.cfg.B * job.cfg.T / (p50 * 1e-3)
+    row["tokens_per_s"] = (sets[0]["x"].shape[0] if job.cfg.packed else job.cfg.B * job.cfg.T) / (p50 * 1e-3)
     row["tflops"] = rnn_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
     if row.get("floor_ms"):
         row["frac_floor"] = row["floor_ms"] / p50
@@ -439,7 +503,7 @@ def main(argv=None) -> int:
             print(f"error: unknown pass {ps!r}; choose from {list(PASSES)}", file=sys.stderr)
             return 2
     try:
-        names, skipped = available_backends(args.backends, device, args.cell)
+        names, skipped = available_backends(args.backends, device, args.cell, args.packed or bool(args.resets))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -456,7 +520,8 @@ def main(argv=None) -> int:
 
     try:
         configs = grid_configs(grid, B=args.B, T=args.T, H=args.H, layers=args.layers,
-                               bidirectional=args.bidirectional, cell=args.cell, heads=args.heads)
+                               bidirectional=args.bidirectional, cell=args.cell, heads=args.heads,
+                               packed=args.packed, resets_p=args.resets)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

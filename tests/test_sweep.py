@@ -23,7 +23,7 @@ from experiments.cudnn_algo import PERSIST, SMALL_H, STANDARD, classify_kernels,
 from experiments.grids import Config, grid_configs
 from experiments.measure import Peaks, floor_ms, lstm_flops, rnn_flops
 from experiments.results import (
-    ALWAYS, COLUMNS, CPU_EMPTY, LEGACY_COLUMNS, CsvLocked, append_row, key_of, lock_csv, read_rows, repair_csv,
+    ADDED, ALWAYS, COLUMNS, CPU_EMPTY, LEGACY_COLUMNS, CsvLocked, append_row, key_of, lock_csv, read_rows, repair_csv,
     scan_csv, upgrade_csv,
 )
 
@@ -210,12 +210,14 @@ def test_a_csv_from_before_the_cell_column_reads_as_lstm_and_is_upgraded(tmp_pat
     assert header == COLUMNS and [r["cell"] for r in new] == ["lstm", "lstm"]
     assert {k: v for k, v in new[0].items() if k != "cell"} == {k: v for k, v in rows[0].items() if k != "cell"}
     assert upgrade_csv(out) is None  # current already
-    # a CSV from before the heads column (cell, no heads) reads as dense rows and is upgraded the same way
+    # a CSV from before the heads column (cell, no heads, nor the later columns) reads as dense rows and is upgraded
+    # the same way
+    later = list(ADDED)[1:]
     with out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[c for c in COLUMNS if c != "heads"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[c for c in COLUMNS if c not in later], extrasaction="ignore")
         w.writeheader()
         w.writerows(new)
-    assert scan_csv(out.read_bytes()).legacy == {"heads": "1"}
+    assert scan_csv(out.read_bytes()).legacy == {c: ADDED[c] for c in later}
     assert [r["heads"] for r in read_rows(out)] == ["1", "1"]
     assert "before the heads column" in upgrade_csv(out) and _rows(out)[0] == COLUMNS
     # append_row upgrades a legacy file itself before writing a row with the cell column
@@ -223,6 +225,96 @@ def test_a_csv_from_before_the_cell_column_reads_as_lstm_and_is_upgraded(tmp_pat
     legacy.write_text(",".join(LEGACY_COLUMNS) + "\n")
     append_row(legacy, {"device": "cpu", "B": 1, "cell": "gru"})
     assert [r["cell"] for r in read_rows(legacy)] == ["gru"] and _rows(legacy)[0] == COLUMNS
+
+
+def _ignoring_resets_build(ref, strategy):
+    inner = bk._build_nn(ref, strategy)
+
+    def run(x, h0, c0=None, *, resets=None):  # a backend that drops the resets: its rows must fail the check
+        return inner.run(x, h0, c0)
+
+    return bk.Built(run, inner.params)
+
+
+@cpu_only
+@pytest.mark.parametrize("extra", [["--resets", "0.3"], ["--packed"], ["--packed", "--resets", "0.3"]],
+                         ids=["resets", "packed", "packed_resets"])
+def test_sweep_with_resets_or_packed_input_against_nn_on_split_segments(tmp_path, monkeypatch, capsys, extra):
+    out = tmp_path / "var.csv"
+    argv = ["--grid", "smoke", "--B", "3", "--T", "4", "--H", "16", "--passes", "fwdbwd", "--min-reps", "1",
+            "--rep-ms", "1", "--out", str(out), *extra]
+    assert sweep.main(argv + ["--backends", "torch_cpu,fusedrnn,torch_loop"]) == 0
+    assert "skipping torch_loop: takes no PackedSequence or resets" in capsys.readouterr().err
+    header, rows = _rows(out)
+    assert header == COLUMNS and {r["backend"] for r in rows} == {"torch_cpu", "fusedrnn"}
+    packed, p = "--packed" in extra, float(extra[-1]) if "--resets" in extra else 0.0
+    cfg = grid_configs("smoke", B=[3], T=[4], H=[16], packed=packed, resets_p=p)[0]
+    lengths, resets = sweep._variable_inputs(cfg)
+    assert (resets is None) == (not p) and (lengths is None) == (not packed)
+    assert resets is None or 0 < resets.sum() < resets.numel()  # the mask splits rows, and not everywhere
+    assert lengths is None or lengths.min() < 4  # some rows shorter than T
+    for r in rows:
+        assert r["error"] == "" and float(r["max_rel_err"]) < 1e-5, (r["backend"], r["error"], r["max_rel_err"])
+        assert (r["packed"], float(r["resets_p"])) == (str(int(packed)), p)
+        assert ("packed" in r["inputs"]) == packed and ("Bernoulli" in r["inputs"]) == bool(p) and "seed" in r["inputs"]
+    assert sweep.main(argv + ["--backends", "torch_cpu,fusedrnn"]) == 0  # the new key columns resume
+    assert "0 to run" in capsys.readouterr().err
+    if p:  # a backend ignoring the resets fails the output check against torch.nn on split segments
+        monkeypatch.setitem(bk.REGISTRY, "noresets", bk.Backend("noresets", _ignoring_resets_build, ("cpu",),
+                                                                 variable=True))
+        assert sweep.main(argv + ["--backends", "torch_cpu,noresets"]) == 1
+        assert _rows(out)[1][-1]["error"].startswith("WrongOutput")
+
+
+@cpu_only
+def test_a_csv_from_before_the_packed_and_resets_columns_reads_as_padded_rows(tmp_path, capsys):
+    out = tmp_path / "old.csv"
+    assert _fast_sweep(out, "torch_cpu") == 0
+    _, rows = _rows(out)
+    later = ["packed", "resets_p", "inputs"]
+    with out.open("w", newline="") as f:  # the file as the sweep wrote it before these columns
+        w = csv.DictWriter(f, fieldnames=[c for c in COLUMNS if c not in later], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert scan_csv(out.read_bytes()).legacy == {"packed": "0", "resets_p": "0", "inputs": "padded"}
+    assert [key_of(r) for r in read_rows(out)] == [key_of(r) for r in rows]
+    assert _fast_sweep(out, "torch_cpu") == 0  # found: nothing to run
+    assert "0 to run" in capsys.readouterr().err
+    assert _fast_sweep(out, "torch_cpu", ["--resets", "0.5"]) == 0  # another problem: measured, the file upgraded
+    header, new = _rows(out)
+    assert header == COLUMNS and [(r["packed"], r["resets_p"]) for r in new] == [("0", "0"), ("0", "0.5")]
+
+
+def test_run_segments_is_the_modules_resets_for_every_layer_and_direction():
+    """backends.run_segments (what cuDNN's rows run for resets) against fusedrnn's reference modules' resets=, on
+    padded and packed input, 2 layers, both directions, fp64."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from fusedrnn import models
+
+    torch.manual_seed(0)
+    T, B, I, H = 5, 3, 4, 6
+    for cls in (torch.nn.LSTM, torch.nn.GRU):
+        m = cls(I, H, 2, bidirectional=True).double()
+        ours = getattr(models, cls.__name__)(I, H, num_layers=2, bidirectional=True, backend="reference").double()
+        ours.load_state_dict(m.state_dict())
+        x, h0 = torch.randn(T, B, I, dtype=torch.float64), torch.randn(4, B, H, dtype=torch.float64)
+        c0 = torch.randn_like(h0) if cls is torch.nn.LSTM else None
+        r = torch.rand(T, B) < 0.3
+        r[0, 0] = r[2, 1] = True
+        lengths = torch.tensor([5, 3, 4])
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        r_packed = pack_padded_sequence(r[..., None], lengths, enforce_sorted=False).data[:, 0]
+        for xin, rin in ((x, r), (packed, r_packed)):
+            y, h, c = bk.run_segments(m, xin, h0, c0, rin)
+            want_y, want = ours(xin, h0 if c0 is None else (h0, c0), resets=rin)
+            want = (want,) if c0 is None else want
+            y, want_y = (y.data, want_y.data) if xin is packed else (y, want_y)
+            torch.testing.assert_close(y, want_y, rtol=0, atol=1e-12)
+            for a, b in zip((h, c), want):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+            assert not torch.allclose(y, m(xin, h0 if c0 is None else (h0, c0))[0].data if xin is packed else
+                                      m(xin, h0 if c0 is None else (h0, c0))[0])  # the resets change the output
 
 
 def _boom_build(ref, strategy):
