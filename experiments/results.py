@@ -8,8 +8,9 @@ dense) came after the first CSVs (``ADDED``, in that order), then ``packed`` (1:
 ``--packed``), ``resets_p`` (the probability of each reset flag, ``--resets``) and ``inputs`` (how the lengths and
 resets were drawn, their seed): a file with an earlier header (``LEGACY_COLUMNS``, none of them; or a prefix of
 them) is read with the missing columns filled (cell "lstm", heads 1, packed 0, resets_p 0, inputs "padded"), and
-the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are appended and fsynced as they are made (all of an append or none of it), so an interrupted run loses at most
-the row in flight; a rerun skips every key already in the file. A row whose output failed the comparison with
+the first append to it rewrites it in this version's columns (``upgrade_csv``). Rows are appended and fsynced as
+they are made (all of an append or none of it), so an interrupted run loses at most the row in flight; a rerun
+skips every key already in the file. A row whose output failed the comparison with
 the baseline is a failed row (``wrong_output``), like a row with an error.
 A record that is incomplete or malformed (a crash of the machine mid-write, a truncated copy) is never taken
 for a finished row: ``scan_csv`` finds it, ``repair_csv`` moves its bytes to a side file and drops it from the
@@ -395,10 +396,9 @@ def discard_file(path: str | os.PathLike) -> None:
 
 
 def upgrade_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
-    """Rewrite a CSV with one of the schema's earlier headers (the sweep's from before the cell or the heads
-    column) in this version's columns, the missing ones filled (cell = "lstm", heads = 1), atomically
-    (``replace_file``). Returns a
-    message saying so, or None when the file is missing, empty or already current. Raises ValueError as
+    """Rewrite a CSV with one of the schema's earlier headers (the sweep's from before the cell, heads, packed,
+    resets_p or inputs column) in this version's columns, the missing ones filled (``ADDED``), atomically
+    (``replace_file``). Returns a message saying so, or None when the file is missing, empty or already current. Raises ValueError as
     ``read_rows`` does (repair first). Call it holding ``lock_csv``, or where nothing writes the file."""
     p = Path(path)
     if not schema.legacy_fill or not p.exists() or p.stat().st_size == 0:
