@@ -399,7 +399,8 @@ def upgrade_csv(path: str | os.PathLike, schema: Schema = SWEEP) -> str | None:
     """Rewrite a CSV with one of the schema's earlier headers (the sweep's from before the cell, heads, packed,
     resets_p or inputs column) in this version's columns, the missing ones filled (``ADDED``), atomically
     (``replace_file``). Returns a message saying so, or None when the file is missing, empty or already current.
-    Raises ValueError as ``read_rows`` does (repair first). Call it holding ``lock_csv``, or where nothing writes the file."""
+    Raises ValueError as ``read_rows`` does (repair first). Call it holding ``lock_csv``, or where nothing writes
+    the file."""
     p = Path(path)
     if not schema.legacy_fill or not p.exists() or p.stat().st_size == 0:
         return None
