@@ -460,8 +460,9 @@ def _timings(row: dict, job: Job, ctx: Context, built: bk.Built, sets: list, tra
         torch.cuda.synchronize()
         row["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     row.update(ms_p50=p50, ms_p20=p20, ms_p80=p80)
-    row["tokens_per_s"] = (sets[0]["x"].shape[0] if job.cfg.packed else job.cfg.B * job.cfg.T) / (p50 * 1e-3)
-    row["tflops"] = rnn_flops(job.cfg, job.pass_) / (p50 * 1e-3) / 1e12
+    tokens = sets[0]["x"].shape[0] if job.cfg.packed else job.cfg.B * job.cfg.T  # packed: the rows run
+    row["tokens_per_s"] = tokens / (p50 * 1e-3)
+    row["tflops"] = rnn_flops(job.cfg, job.pass_) * tokens / (job.cfg.B * job.cfg.T) / (p50 * 1e-3) / 1e12
     if row.get("floor_ms"):
         row["frac_floor"] = row["floor_ms"] / p50
     key = problem_of(row)

@@ -256,6 +256,8 @@ def test_sweep_with_resets_or_packed_input_against_nn_on_split_segments(tmp_path
     for r in rows:
         assert r["error"] == "" and float(r["max_rel_err"]) < 1e-5, (r["backend"], r["error"], r["max_rel_err"])
         assert (r["packed"], float(r["resets_p"])) == (str(int(packed)), p)
+        tokens = int(lengths.sum()) if packed else 3 * 4  # the rows a packed batch runs
+        assert float(r["tokens_per_s"]) == pytest.approx(tokens / (float(r["ms_p50"]) * 1e-3), rel=1e-4)
         assert ("packed" in r["inputs"]) == packed and ("Bernoulli" in r["inputs"]) == bool(p) and "seed" in r["inputs"]
     assert sweep.main(argv + ["--backends", "torch_cpu,fusedrnn"]) == 0  # the new key columns resume
     assert "0 to run" in capsys.readouterr().err
