@@ -898,6 +898,10 @@ class Predictor:
         cfg = dict(BLOCK_B=hk.BLOCK_B, BLOCK_D=BD, num_warps=hk.warps(cell, group, kind, BD), num_stages=1)
         kernel = f"_heads_{kind}[{cell}]"
         m = self.model(kernel, cfg, arch, dtype)
+        lo, hi, _ = m.persistent
+        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops(m.instrs)):  # its trips are unknown
+            raise ValueError(f"{kernel} {cfg} sm_{arch} {dtype}: a loop inside the time loop; the step model "
+                             "walks the time loop's body once and has no trip count for it")
         programs = H // D * -(-B // hk.BLOCK_B)
         params = DEVICES[self.device[arch]]
         us = tuple(heads_step_us(m, programs, p) for p in params)
