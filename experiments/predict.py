@@ -48,6 +48,14 @@ dtype:
    is not predicted here either): docs/PERFORMANCE.md ("Programmatic dependent launch") expects it to hide 0.5-1.5
    us of each 1-2 us gap; the range keeps 0.25 us of the optimistic 1 us gap and 1.5 us of the pessimistic 2 us.
    Their GEMMs add the input layer norm's passes and, backward, its VJP and the gain sums (``gemm_ms``).
+7. Multi-head cells (strategy ``heads_D<D>``, heads of D units: kernels/heads.py, ``_heads_fwd[cell]`` /
+   ``_heads_bwd[cell]``; cells lstm, gru and slstm, the sLSTM's only rows): one program per (head, 16-row batch
+   tile) for the whole sequence at the BLOCK_D and warps its launcher picks (``WARPS``), no grid barrier. A step
+   is one pass of the kernel's time loop (the outermost loop holding the MMA), timed in steady state: the mean of
+   passes 2 and 3 of three simulated back to back (the next step's prefetched loads wait where they are used).
+   The programs run side by side while NH x cdiv(B, 16) <= SMs; each further wave adds a whole sequence (waves x
+   the step; CTAs sharing an SM are not modelled). Their GEMMs are the dense cell's with dW_hh per head (one
+   batched GEMM of NH (G*D, T*B) x (T*B, D) products).
 
 Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
 H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
@@ -468,9 +476,27 @@ KERNELS = {
 LN_ROWS = {("lnlstm", "fwd"): "_lnlstm_fwd_rows", ("lnlstm", "bwd"): "_lnlstm_bwd_rows",
            ("lngru", "fwd"): "_lngru_fwd_rows", ("lngru", "bwd"): "_lngru_bwd_rows"}
 LN_PRODUCT = "_ln_product"
-GATES = {"lstm": 4, "gru": 3, "lnlstm": 4, "lngru": 3}
-CELLS = ("lstm", "gru", "lnlstm", "lngru")
+GATES = {"lstm": 4, "gru": 3, "lnlstm": 4, "lngru": 3, "slstm": 4}
+CELLS = ("lstm", "gru", "lnlstm", "lngru", "slstm")
 LN_CELLS = ("lnlstm", "lngru")
+# Multi-head cells (module docstring, step 7): the head sizes predicted, as strategies "heads_D<D>"; the sLSTM
+# exists only as heads.
+HEAD_SIZES = (32, 64)
+HEADS_STRATEGIES = tuple(f"heads_D{d}" for d in HEAD_SIZES)
+HEADS_HIDDEN = (768,)  # issue 21's shape (24 heads of 32, 12 of 64); every B of BATCHES (the waves)
+HEADS_ONLY = ("slstm",)
+
+
+def head_size(strategy: str) -> int | None:
+    """D of a multi-head strategy (``heads_D32`` -> 32), None for the dense strategies."""
+    return int(strategy.removeprefix("heads_D")) if strategy.startswith("heads_D") else None
+
+
+def strategies(cell: str) -> tuple:
+    """The strategies predicted for ``cell``."""
+    if cell in LN_CELLS:
+        return ("per_step", "per_step_pdl")
+    return (() if cell in HEADS_ONLY else ("persistent", "per_step")) + HEADS_STRATEGIES
 AUTO_CELLS = ("lstm", "gru")  # the cells "auto" chooses a strategy for (the LayerNorm cells run per_step only)
 
 
@@ -530,11 +556,13 @@ class StepKernelModel:
     kernel runs its tiles either in a batch-tile loop nested in the time loop (it runs reps - 1 times when ptxas
     peeled tile 0 out of it, else reps times) or as passes of one (step, tile) loop (today's kernels: no loop
     nested in the time loop holds the MMA): reps - 1 whole passes that skip the arrival and the wait (the
-    branches of ``tile_guards`` taken), then the pass to the arrival. ``hot``: the loops that repeat (those
-    holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of a per-step
-    kernel)."""
+    branches of ``tile_guards`` taken), then the pass to the arrival. ``whole_sequence`` (the per-head kernels):
+    a step is one pass of the outermost loop holding the MMA, as with ``data_sync``. ``hot``: the loops that
+    repeat (those holding the MMA instructions, nested in a persistent kernel's time loop; the innermost ones of
+    a per-step kernel)."""
 
-    def __init__(self, build: dict, warps: int, data_sync: bool = False, persistent: bool | None = None):
+    def __init__(self, build: dict, warps: int, data_sync: bool = False, persistent: bool | None = None,
+                 whole_sequence: bool = False):
         self.instrs = parse_sass(build["sass"])
         self.warps = warps
         self.registers = build["registers"]
@@ -545,7 +573,7 @@ class StepKernelModel:
         self.hot = {lp for lp in loops(self.instrs) if any(lp[0] <= i.addr <= lp[1] and i.base in body_ops
                                                              for i in self.instrs)}
         self.persistent = time_loop(self.instrs)
-        if data_sync:  # no arrival: the step is one whole pass of the outermost loop holding the MMA
+        if data_sync or whole_sequence:  # no arrival: a step is one whole pass of the outermost loop with the MMA
             lo, hi = min(self.hot, key=lambda lp: (lp[0], -lp[1]))
             self.persistent = (lo, hi, hi)
         if persistent is not None and bool(self.persistent) != persistent:
@@ -556,7 +584,7 @@ class StepKernelModel:
             self.hot = {lp for lp in self.hot if lo <= lp[0] and lp[1] <= hi and lp != (lo, hi)}
             inner = [i for i in self.instrs if lo <= i.addr <= hi and not any(a <= i.addr <= b for a, b in self.hot)]
             self.peeled = int(any(i.base == self.kind for i in inner))
-            if not self.hot and not data_sync:  # a (step, tile) loop
+            if not self.hot and not (data_sync or whole_sequence):  # a (step, tile) loop
                 self.tile_guards = tile_guards(self.instrs, *self.persistent)
         else:  # the innermost loops that hold the MMA (the K loop)
             self.hot = {lp for lp in self.hot if not any(o != lp and lp[0] <= o[0] and o[1] <= lp[1]
@@ -630,6 +658,14 @@ def persistent_step_us(model: StepKernelModel, tiles: int, programs: int, gather
     return (cyc + DATA_SYNC_EXTRA_POLLS * rounds) / clk
 
 
+def heads_step_us(model: StepKernelModel, programs: int, p: Params) -> float:
+    """A per-head kernel's step (module docstring, step 7): the steady-state pass of its time loop, (three passes
+    - one) / 2 simulated back to back, times the waves of ``programs`` programs on the SMs."""
+    one = model.path(1)
+    cyc = (simulate(one * 3, model.warps, p) - simulate(one, model.warps, p)) / 2
+    return cyc / (p.clock_ghz * 1e3) * -(-programs // p.sms)
+
+
 def occupancy(registers: int, shared: int, warps: int) -> int:
     """CTAs resident per SM (sm_80 / sm_90 limits: 64K registers, 2048 threads, 32 CTAs, 227 KB shared)."""
     threads = 32 * warps
@@ -663,8 +699,10 @@ def gemm_ms(cell: str, kind: str, strategy: str, dtype: str, B: int, H: int, p: 
     db. per_step adds the CUDA graph's input copy (xp forward, dy backward). The LayerNorm cells add, forward, the
     input layer norm and the bias add (two reads and two writes of xp), backward the layer norm's VJP (three
     passes over xp's size) and the gain sums (dv x a^: two; the LSTM's dn x LN(c_t): c_t read, its normalised copy
-    written and read, fp32, and dn read)."""
+    written and read, fp32, and dn read). The multi-head strategies (``heads_D<D>``): dW_hh is one batched GEMM
+    of the H / D heads' (G*D, T*B) x (T*B, D) products."""
     G, I, e = GATES[cell], H, ESIZE[dtype]
+    D = head_size(strategy)
     rate = (p.gemm_tflops if e == 2 else p.gemm_tflops_fp32) * 1e12
     bw = p.hbm_tbs * 1e12
 
@@ -675,7 +713,7 @@ def gemm_ms(cell: str, kind: str, strategy: str, dtype: str, B: int, H: int, p: 
     if kind == "fwd":
         s = gemm(TB, G * H, I) + (2 * TB * G * H * e / bw if strategy == "per_step" else 0.0)
     else:
-        s = gemm(G * H, H, TB) + gemm(G * H, I, TB) + gemm(TB, I, G * H)
+        s = (H // D * gemm(G * D, D, TB) if D else gemm(G * H, H, TB)) + gemm(G * H, I, TB) + gemm(TB, I, G * H)
         s += (2 * TB * H * e + TB * G * H * e) / bw  # cat of h_{t-1} (read + write), db (a read of dz)
         s += 2 * TB * H * e / bw if strategy == "per_step" else 0.0
     if cell.startswith("ln"):
@@ -768,8 +806,10 @@ class Predictor:
         key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype, pdl)
         if key not in self._models:
             build = compiled(kernel, cfg, arch, dtype, self.cache, pdl)
+            heads = kernel.startswith("_heads_")
             self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
-                                                persistent="persistent" in kernel)
+                                                persistent=None if heads else "persistent" in kernel,
+                                                whole_sequence=heads)
         return self._models[key]
 
     def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:
@@ -847,22 +887,53 @@ class Predictor:
                           ms, m_r.warps)
 
 
+    def heads(self, cell, kind, arch, dtype, B, H, D) -> Prediction | None:
+        """A multi-head pass (module docstring, step 7) with heads of D units, at the BLOCK_D and warps of
+        kernels/heads.py's launcher; None where H is no multiple of D or the launcher has no config (it runs the
+        dense kernels there). Counts: one step of one program; global_bytes: all programs' loads per step."""
+        hk = _module("heads")
+        group, BD = _group(dtype), hk.block_d(D)
+        if H % D or BD > hk.max_block_d(cell, group):
+            return None
+        cfg = dict(BLOCK_B=hk.BLOCK_B, BLOCK_D=BD, num_warps=hk.warps(cell, group, kind, BD), num_stages=1)
+        kernel = f"_heads_{kind}[{cell}]"
+        m = self.model(kernel, cfg, arch, dtype)
+        lo, hi, _ = m.persistent
+        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops(m.instrs)):  # its trips are unknown
+            raise ValueError(f"{kernel} {cfg} sm_{arch} {dtype}: a loop inside the time loop; the step model "
+                             "walks the time loop's body once and has no trip count for it")
+        programs = H // D * -(-B // hk.BLOCK_B)
+        params = DEVICES[self.device[arch]]
+        us = tuple(heads_step_us(m, programs, p) for p in params)
+        c = count(m.path(1), m.warps)
+        c.global_bytes *= programs
+        strategy = f"heads_D{D}"
+        ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, strategy, dtype, B, H, p) for u, p in zip(us, params))
+        return Prediction(f"{kernel}[{hk.BLOCK_B}x{BD} w{m.warps}]", cell, strategy, dtype, f"sm_{arch}", B, H,
+                          kind, c, us, ms, m.warps)
+
+
 # ----------------------------------------------------------------------------------------------
 # the CSV
 # ----------------------------------------------------------------------------------------------
 def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batches=BATCHES,
-                hidden=HIDDEN, progress=None) -> list[Prediction]:
-    """Every (target, cell, pass, H, B, strategy) prediction; a persistent pass without a config is left out
-    (it runs per_step). The LayerNorm cells: per_step without and with PDL."""
+                hidden=HIDDEN, progress=None, only=None) -> list[Prediction]:
+    """Every (target, cell, pass, H, B, strategy) prediction (``strategies``; ``only``: those strategies only);
+    a persistent or multi-head pass without a config is left out (it runs per_step / the dense kernels). The
+    LayerNorm cells: per_step without and with PDL."""
     out = []
     for arch, dtype in targets:
         for cell in cells:
             for kind in ("fwd", "bwd"):
                 for H in hidden:
                     for B in batches:
-                        for strategy in (("per_step", "per_step_pdl") if cell in LN_CELLS
-                                         else ("persistent", "per_step")):
-                            if cell in LN_CELLS:
+                        for strategy in strategies(cell):
+                            if (only is not None and strategy not in only) or (head_size(strategy)
+                                                                                and H not in HEADS_HIDDEN):
+                                continue
+                            if head_size(strategy):
+                                r = predictor.heads(cell, kind, arch, dtype, B, H, head_size(strategy))
+                            elif cell in LN_CELLS:
                                 r = predictor.layernorm(cell, kind, arch, dtype, B, H, strategy == "per_step_pdl")
                             else:
                                 r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
@@ -917,7 +988,7 @@ def auto_choices(rows: list[dict]) -> dict:
 
 def auto_table_source(rows: list[dict]) -> str:
     """The text of kernels/auto_strategy.py."""
-    rows = [r for r in rows if r["cell"] in AUTO_CELLS]
+    rows = [r for r in rows if r["cell"] in AUTO_CELLS and r["strategy"] in ("persistent", "per_step")]
     commits = sorted({r["commit"] for r in rows})
     batches = sorted({int(r["B"]) for r in rows})
     hidden = sorted({int(r["H"]) for r in rows})
@@ -1007,7 +1078,8 @@ def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
 def doc_block(rows: list[dict], before: list[dict] | None = None) -> str:
     """The generated block of docs/PERFORMANCE.md from the CSV's ``rows``; ``before``: the rows of the kernels the
     static review read (``BEFORE_CSV_PATH``), for the before -> after table and the comparison with the review."""
-    rows = [r for r in rows if r["cell"] in AUTO_CELLS]  # the LayerNorm cells: ``ln_doc_block``
+    # the LayerNorm cells: ``ln_doc_block``; the multi-head strategies: ``heads_doc_block``
+    rows = [r for r in rows if r["cell"] in AUTO_CELLS and not head_size(r["strategy"])]
     idx = _index(rows)
     auto_rows = rows
     commits = " / ".join(sorted({r["commit"] for r in rows}))
@@ -1133,6 +1205,57 @@ def ln_doc_block(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+HEADS_BEGIN = ("<!-- predicted multi-head steps: generated by `python -m experiments.predict --doc "
+               "docs/PERFORMANCE.md` from results/predicted_steps.csv; do not edit -->")
+HEADS_END = "<!-- end of predicted multi-head steps -->"
+# issue 21: {D: (forward, forward+backward)} ms at B = 16, T = 1024, H = 768, bf16, H100 (24 heads of 32, 12 of 64);
+# and FlashRNN's Triton kernel at the same shapes [D, published]
+HEADS_TARGETS_MS = {32: (1.3, 3.7), 64: (1.8, 5.0)}
+FLASHRNN_MS = {32: (1.44, 4.10), 64: (1.99, 18.94)}
+
+
+def heads_doc_block(rows: list[dict]) -> str:
+    """The multi-head section's generated block: per cell and head size, the step and T = 1024 predictions at
+    H = 768, bf16, sm_90a: at B = 16 against issue 21's targets and FlashRNN's published figures, then the
+    forward+backward at every B of the CSV (the waves of programs)."""
+    idx = _index(rows)
+    hrows = [r for r in rows if head_size(r["strategy"]) and r["dtype"] == "bf16" and r["arch"] == "sm_90"]
+    commits = " / ".join(sorted({r["commit"] for r in hrows}))
+    batches = sorted({int(r["B"]) for r in hrows})
+    shapes = [(cell, D) for cell in ("lstm", "slstm", "gru") for D in HEAD_SIZES]
+    out = [HEADS_BEGIN, "", f"[E] Predicted (`python -m experiments.predict`, commit {commits}; H100 parameters; "
+           "module docstring of `experiments/predict.py`, step 7: one pass of the kernel's time loop in steady state, "
+           "times the waves of NH x cdiv(B, 16) programs on 132 SMs). T = 1024, H = 768, bf16, sm_90a, the launch-time "
+           "variant (no lengths, the saved tensors stored); ms are the recurrence plus the pass's GEMMs (input "
+           "projection; dW_ih, dx, dW_hh per head, the cat of h_{t-1} and db); forward = the training forward. "
+           "Targets: issue 21; FlashRNN: its Triton kernel [D, published] (dense cuDNN fp16: 2.01 / 5.19 ms).", "",
+           "B = 16:", "", "| cell | heads | config (fwd / bwd) | insts / BAR per warp, fwd | bwd | us per step fwd | "
+           "bwd | fwd ms | fwd+bwd ms | target fwd / fwd+bwd | FlashRNN | meets target |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cell, D in shapes:
+        strategy = f"heads_D{D}"
+        f, b = (idx.get((cell, strategy, "bf16", "sm_90", 16, 768, k)) for k in ("fwd", "bwd"))
+        if f is None or b is None:
+            continue
+        fb = _ms(idx, cell, strategy, 768, ("fwd", "bwd"))
+        (tf, tfb), (ff, ffb) = HEADS_TARGETS_MS[D], FLASHRNN_MS[D]
+        meets = ("yes" if float(f["ms_T1024_hi"]) <= tf and fb[1] <= tfb else
+                 "at the optimistic end" if float(f["ms_T1024_lo"]) <= tf and fb[0] <= tfb else "no")
+        cfgs = f"{f['kernel'].rpartition('[')[2][:-1]} / {b['kernel'].rpartition('[')[2][:-1]}"
+        out.append(f"| {cell} | {768 // D} x {D} | {cfgs} | {f['insts_per_warp']} / {f['cta_barriers']} | "
+                   f"{b['insts_per_warp']} / {b['cta_barriers']} | {f['us_per_step_lo']}-{f['us_per_step_hi']} | "
+                   f"{b['us_per_step_lo']}-{b['us_per_step_hi']} | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} | "
+                   f"{fb[0]:.2f}-{fb[1]:.2f} | <= {tf:.1f} / {tfb:.1f} | {ff:.2f} / {ffb:.2f} | {meets} |")
+    out += ["", "Forward+backward ms by batch (programs = NH x cdiv(B, 16); more than 132 run in waves):", "",
+            "| cell | heads | " + " | ".join(f"B={B}" for B in batches) + " |", "|---|---|" + "---|" * len(batches)]
+    for cell, D in shapes:
+        got = [_ms(idx, cell, f"heads_D{D}", 768, ("fwd", "bwd"), B=B) for B in batches]
+        if all(g is not None for g in got):
+            out.append(f"| {cell} | {768 // D} x {D} | " + " | ".join(f"{g[0]:.2f}-{g[1]:.2f}" for g in got) + " |")
+    out += ["", HEADS_END]
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
@@ -1160,7 +1283,9 @@ def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
                                   command=f"python -m experiments.predict --doc {path}")
                    for block, what, begin, end in ((doc_block(rows, read_before()), "predicted steps", BEGIN, END),
                                                    (ln_doc_block(rows), "predicted LayerNorm steps", LN_BEGIN,
-                                                    LN_END)))
+                                                    LN_END),
+                                                   (heads_doc_block(rows), "predicted multi-head steps", HEADS_BEGIN,
+                                                    HEADS_END)))
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1174,6 +1299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default=",".join(f"{a}:{d}" for a, d in DEFAULT_TARGETS),
                     help="ARCH:DTYPE pairs to predict (default %(default)s)")
     ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--strategies", default=None, metavar="LIST",
+                    help="predict only these strategies (heads: every heads_D<D>; default all of each cell's)")
     ap.add_argument("--update", action="store_true",
                     help="replace only the predicted rows in --csv, keep the others (e.g. --cells lnlstm,lngru)")
     ap.add_argument("--device", choices=("h100", "h200"), default="h100", help="parameters of the sm_90a rows")
@@ -1198,7 +1325,11 @@ def main(argv=None) -> int:
                   f"{r.counts.bars} BAR, {r.counts.mma} MMA per warp; {r.us[0]:.2f}-{r.us[1]:.2f} us/step, "
                   f"{r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
 
-        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress)
+        only = None
+        if args.strategies:
+            only = {s for item in args.strategies.split(",") if item
+                    for s in (HEADS_STRATEGIES if item == "heads" else (item,))}
+        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress, only=only)
         write_csv(args.csv, preds, cc._git_commit(), args.update)
         print(f"{len(preds)} predictions, {len(predictor._models)} compiled configs, "
               f"{time.perf_counter() - t0:.0f} s -> {args.csv}")

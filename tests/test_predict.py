@@ -242,6 +242,55 @@ def test_layernorm_step_model_by_hand(tmp_path):
                                                                                   ("lnlstm", "new", "now")]
 
 
+# A per-head whole-sequence kernel: no arrival; the time loop 0x20..0x70 consumes at 0x40 the xp it prefetched at
+# 0x50 in the step before.
+HEADS = _sass(
+    (0x00, "S2R R0, SR_TID.X", dict(wbar=0)),
+    (0x10, "LDG.E.128 R4, desc[UR4][R2.64]", dict(wbar=1, wait=1)),
+    (0x20, "LDSM.16.M88.4 R8, [R0]", dict(wbar=2)),
+    (0x30, "HMMA.16816.F32.BF16 R12, R8, R10, R12", dict(wait=4)),
+    (0x40, "FADD R12, R4, R12", dict(wait=2)),
+    (0x50, "LDG.E.128 R4, desc[UR4][R2.64]", dict(wbar=1)),
+    (0x60, "STG.E [R2.64], R12", {}),
+    (0x70, "@!P0 BRA 0x20", {}),
+    (0x80, "EXIT", {}),
+    (0x90, "BRA 0x90", {}),
+)
+
+
+def test_heads_step_is_a_steady_state_pass_of_the_time_loop():
+    """A step of a per-head kernel is one pass of its time loop (not the walk from the entry), timed in steady
+    state: the load a pass prefetches is waited on by the next pass, so with a loop shorter than the L2 latency
+    the step is at least that latency (one pass alone would not see it). Programs beyond the SMs run in a second
+    wave: twice the time."""
+    m = pr.StepKernelModel(dict(sass=HEADS, registers=64, shared_bytes=4096), warps=4, whole_sequence=True)
+    assert m.persistent == (0x20, 0x70, 0x70) and m.hot == set() and m.peeled == 1
+    assert [i.addr for i in m.path(1)] == [0x20, 0x30, 0x40, 0x50, 0x60, 0x70]
+    assert pr.StepKernelModel(dict(sass=HEADS, registers=64, shared_bytes=0), warps=4).path(1)[0].addr == 0
+    p = pr.Params(clock_ghz=1.0, sms=4, l2_lat=300, l2_tbs=1.0)
+    one = pr.simulate(m.path(1), 4, p)
+    step = pr.heads_step_us(m, 4, p)
+    assert one < p.l2_lat <= step * 1e3
+    assert pr.heads_step_us(m, 5, p) == pytest.approx(2 * step)
+
+
+def test_heads_gemm_model_by_hand():
+    """The multi-head backward's GEMMs: the dense ones with dW_hh as 24 per-head (4*32, T*B) x (T*B, 32) products
+    (24 x the FLOPs and bytes of one) in place of the dense (4H, T*B) x (T*B, H); the forward's are the dense."""
+    p, TB, H, D, e = pr.H100_OPT, 16 * 1024, 768, 32, 2
+    rate, bw = 650e12, 3e12
+
+    def gemm(m, n, k):
+        return max(2 * m * n * k / rate, (m * k + k * n + m * n) * e / bw) * 1e3
+
+    dense = pr.gemm_ms("lstm", "bwd", "persistent", "bf16", 16, H, p)
+    assert pr.gemm_ms("lstm", "bwd", "heads_D32", "bf16", 16, H, p) == pytest.approx(
+        dense - gemm(4 * H, H, TB) + H // D * gemm(4 * D, D, TB))
+    assert pr.gemm_ms("slstm", "fwd", "heads_D64", "bf16", 16, H, p) == pytest.approx(
+        pr.gemm_ms("lstm", "fwd", "persistent", "bf16", 16, H, p))
+    assert (pr.head_size("heads_D64"), pr.head_size("per_step")) == (64, None)
+
+
 # ----------------------------------------------------------------------------------------------
 # the committed outputs
 # ----------------------------------------------------------------------------------------------
@@ -269,6 +318,30 @@ def test_layernorm_rows_of_the_csv():
             for col in ("us_per_step_lo", "us_per_step_hi"):
                 assert float(on[col]) < float(off[col])
     assert pr.ln_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
+        "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
+
+
+def test_heads_rows_of_the_csv():
+    """The committed multi-head rows (``--cells lstm,gru,slstm --strategies heads``): both passes of every cell and
+    head size at issue 21's shape, at the config kernels/heads.py launches; 24 heads of 32 at B = 256 are 384
+    programs on 132 SMs, 3 waves: 3x the step at B = 16; "auto" never picks them; their block in the doc."""
+    from kernels import heads as K
+
+    rows = pr.read_csv()
+    idx = pr._index(rows)
+    for cell in ("lstm", "gru", "slstm"):
+        for D in pr.HEAD_SIZES:
+            for kind in ("fwd", "bwd"):
+                r = idx[(cell, f"heads_D{D}", "bf16", "sm_90", 16, 768, kind)]
+                assert r["kernel"] == f"_heads_{kind}[{cell}][16x{D} w{K.warps(cell, '16bit', kind, D)}]"
+                assert float(r["ms_T1024_lo"]) > 1024 * float(r["us_per_step_lo"]) / 1e3  # + the GEMMs
+    for kind in ("fwd", "bwd"):
+        one, three = (idx[("lstm", "heads_D32", "bf16", "sm_90", B, 768, kind)] for B in (16, 256))
+        for end in ("lo", "hi"):
+            assert float(three[f"us_per_step_{end}"]) == pytest.approx(3 * float(one[f"us_per_step_{end}"]),
+                                                                        abs=0.02)
+    assert all(s in ("persistent", "per_step") for shapes in pr.auto_choices(rows).values() for s in shapes.values())
+    assert pr.heads_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
         "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
 
