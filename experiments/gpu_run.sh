@@ -121,8 +121,8 @@ case "$STAGE" in
     fi
     step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
     left=$(( SECONDS_LEFT - $(el) - 40 ))
-    HB=$(( left * 45 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 ))
-    [ $GPU = 0 ] && { HB=30; SB=20; BB=20; }
+    HB=$(( left * 35 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 )); NB=$(( left * 10 / 100 ))
+    [ $GPU = 0 ] && { HB=30; SB=20; BB=20; NB=20; }
     step $(( HB + 45 )) "headline, every variant (budget ${HB}s)" \
       "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
     if [ -s gpu_baseline/models/__init__.py ]; then
@@ -130,6 +130,15 @@ case "$STAGE" in
         "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $(( HB / 3 )) --peaks-from "$OUT/env.json" \
         --baseline gpu_baseline --cells lstm
     fi
+    # the multi-head cells at the issue's shape (B 16, T 1024, H 768: heads of 32 and 64, against the dense
+    # cuDNN module of the same H; the sLSTM against its PyTorch loop and the dense cuDNN LSTM), into hidden.csv
+    if [ $GPU = 1 ]; then NEW=(--B 16 --T 1024 --H 768 --dtypes bf16 --passes fwd,fwdbwd)
+    else NEW=(--B 2 --T 3 --H 16 --dtypes fp32 --passes fwdbwd); fi
+    for spec in "lstm 24" "slstm 24" "lstm 12" "slstm 12"; do
+      read -r cell heads <<< "$spec"; [ $GPU = 0 ] && heads=$(( heads / 12 ))
+      step $(( NB / 4 + 45 )) "$cell, $heads heads (budget $(( NB / 4 ))s)" "$PY" -m experiments.sweep --cell $cell \
+        --heads $heads "${NEW[@]}" --out "$OUT/hidden.csv" --time-budget $(( NB / 4 ))
+    done
     if [ $GPU = 1 ]; then
       SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
       step $(( SB + 45 )) "hidden grid (budget ${SB}s)" \
