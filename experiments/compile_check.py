@@ -19,7 +19,8 @@ The full table (every config, about 1,100 compiles, several minutes on 2 cores u
 It prints a progress line every ``PROGRESS_EVERY`` compiles on stderr (elapsed, estimated time left, failures
 so far), under ``--quiet`` too, which only drops the line per compile. ``--sample heaviest`` (what
 tests/test_compile_check.py runs) compiles, of each entry (a kernel and one dtype group), only its heaviest
-config, in every dtype of the group, both archs and every alignment the entry runs. The heaviest config
+config, both archs, each arch in the dtype and alignment of the group with the most registers there
+(``heaviest_variants``; all of them while the table lacks one). The heaviest config
 (``heaviest_configs``) is the one with the most registers in the last full table (``--reference``, default the
 committed results/compile_table.csv; the max over the group's dtypes, the archs and alignments), ties broken by
 shared memory; configs that table does not hold (new or changed ones) are compiled as well. Without the table,
@@ -310,8 +311,10 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
     """Every (kernel, config, arch, dtype, align) to compile. ``kernels`` filters by kernel name, entry name
     or module (``lstm`` or ``kernels.lstm``); ``configs`` replaces every kernel's config list. ``sample``
     "heaviest" keeps only each entry's ``heaviest_configs`` (registers and shared memory read from the
-    ``reference`` table, default ``REFERENCE_TABLE`` when it exists); every arch, dtype and alignment stays."""
+    ``reference`` table, default ``REFERENCE_TABLE`` when it exists), and of each such config, per arch, only the
+    dtype and alignment of its dtype group with the most registers there (``heaviest_variants``)."""
     measured = measured_usage(reference) if sample == "heaviest" and configs is None else {}
+    variant_usage = measured_variants(reference) if measured else {}
     jobs = []
     wanted = set(kernels) if kernels else None
     matched = set()
@@ -332,13 +335,12 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
                 for arch in archs:
                     if arch not in entry.get("archs", (arch,)):  # configs another architecture runs
                         continue
-                    for dtype in dtypes:
-                        if dtype not in entry.get("dtypes", DTYPES):
-                            continue
-                        for align in aligns:
-                            if align not in entry.get("aligns", ALIGNS):  # the launcher never runs it
-                                continue
-                            jobs.append(Job(module_name, index, name, arch, dtype, align, dict(cfg)))
+                    variants = [(dtype, align) for dtype in dtypes if dtype in entry.get("dtypes", DTYPES)
+                                for align in aligns if align in entry.get("aligns", ALIGNS)]  # the launcher's
+                    if sample == "heaviest" and configs is None:
+                        variants = heaviest_variants(name, cfg, arch, variants, variant_usage)
+                    jobs.extend(Job(module_name, index, name, arch, dtype, align, dict(cfg))
+                                for dtype, align in variants)
     if wanted and wanted - matched:
         raise SystemExit(f"compile_check: unknown kernels {sorted(wanted - matched)}; "
                          f"modules with COMPILE_CHECK: {kernel_modules()}")
@@ -365,6 +367,28 @@ def tile_estimate(cfg: dict) -> tuple:
     registers grow with; then the staged operand elements (shared memory)."""
     b, h, k, warps, stages = _config_key(cfg)
     return (b * h + k * (b + h)) / max(1, warps), stages * k * (b + h)
+
+
+def measured_variants(path: str | None = None) -> dict:
+    """``{(kernel, config key, arch, dtype, align): (registers, shared bytes)}`` from a compile table CSV
+    (default ``REFERENCE_TABLE``); {} when the file is absent."""
+    path = path or REFERENCE_TABLE
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {(r["kernel"], _config_key(r), r["arch"], r["dtype"], r["align"]):
+                (int(r["registers"]), int(r["shared_bytes"])) for r in csv.DictReader(f)}
+
+
+def heaviest_variants(kernel: str, cfg: dict, arch: int, variants: list, measured: dict) -> list:
+    """Of one config's (dtype, align) ``variants`` at ``arch``, the one with the most registers, then shared
+    memory, in ``measured`` (``measured_variants``): the dtypes of a group (fp16 / bf16, fp32 / tf32) and the
+    alignments compile to near-identical code, the heaviest standing for them; every variant while one of them is
+    unmeasured (new or changed)."""
+    got = {v: measured.get((kernel, _config_key(cfg), ARCHS[arch], *v)) for v in variants}
+    if not variants or any(u is None for u in got.values()):
+        return list(variants)
+    return [max(variants, key=lambda v: got[v])]
 
 
 def measured_usage(path: str | None = None) -> dict:

@@ -77,24 +77,33 @@ def test_table_covers_every_kernel_arch_dtype(table):
 
 
 def test_sample_is_the_heaviest_config_of_each_entry(table):
-    """The tests' compile check holds, for each kernel and dtype, exactly the configs ``heaviest_configs``
-    picks from its entry (one per dtype group while the committed table is current)."""
+    """The tests' compile check holds, for each kernel, dtype group and arch, exactly the configs
+    ``heaviest_configs`` picks from its entry (one per dtype group while the committed table is current), each in
+    the dtype and alignment with the most registers at that arch in the committed table."""
     from experiments import compile_check as cc
 
     _, rows = table
+    group = {"fp16": "16bit", "bf16": "16bit", "fp32": "fp32", "tf32": "fp32", "fp64": "fp64"}
     compiled: dict = {}
     for r in rows:
-        compiled.setdefault((r["kernel"], r["dtype"]), set()).add(cc._config_key(r))
-    measured = cc.measured_usage()
-    assert measured, "results/compile_table.csv (the full table) is missing"
-    want = {}
+        compiled.setdefault((r["kernel"], group[r["dtype"]], r["arch"]), set()).add(
+            (cc._config_key(r), r["dtype"], r["align"]))
+    measured, variants = cc.measured_usage(), cc.measured_variants()
+    assert measured and variants, "results/compile_table.csv (the full table) is missing"
+    want: dict = {}
     for module in cc.kernel_modules():
         for e in cc._entries(module):
             name, dtypes = cc._entry_name(e), e.get("dtypes", cc.DTYPES)
             cfgs = [cc._config_fields(c) for c in e["configs"]]
-            picked = {cc._config_key(c) for c in cc.heaviest_configs(name, dtypes, cfgs, measured)}
+            picked = cc.heaviest_configs(name, dtypes, cfgs, measured)
             assert picked
-            want.update({(name, dt): picked for dt in dtypes})
+            for arch in (a for a in (90, 80) if a in e.get("archs", (a,))):
+                runs = [(dt, al) for dt in dtypes for al in e.get("aligns", cc.ALIGNS)]
+                for c in picked:
+                    heavy = cc.heaviest_variants(name, c, arch, runs, variants)
+                    assert len(heavy) == 1, f"{name} {c}: a variant missing from the committed table"
+                    want.setdefault((name, group[dtypes[0]], cc.ARCHS[arch]), set()).update(
+                        (cc._config_key(c), dt, al) for dt, al in heavy)
     assert compiled == want
 
 
@@ -137,6 +146,13 @@ def test_heaviest_configs_selection(tmp_path):
     assert cc.measured_usage(str(tmp_path / "absent.csv")) == {}
     assert cc.heaviest_configs("_k", group, [small, wide, deep, new], {}) == [deep]
     assert cc.tile_estimate(wide) == ((64 * 32 + 32 * 96) / 8, 3 * 32 * 96)
+    # per arch, the (dtype, align) with the most registers, then shared memory; all while one is unmeasured
+    variants = cc.measured_variants(str(path))
+    runs = [("fp16", "aligned"), ("fp16", "unaligned"), ("bf16", "aligned")]
+    assert cc.heaviest_variants("_k", wide, 90, runs[1:], variants) == [("bf16", "aligned")]  # 200/36000 B
+    assert cc.heaviest_variants("_k", wide, 90, runs, variants) == runs  # fp16 aligned unmeasured
+    assert cc.heaviest_variants("_k", small, 80, [("bf16", "unaligned")], variants) == [("bf16", "unaligned")]
+    assert cc.measured_variants(str(tmp_path / "absent.csv")) == {}
 
 
 def test_progress_lines_under_quiet():
