@@ -18,7 +18,7 @@ STEPS, B, T = 3, 4, 3
 class Tagger(nn.Module):
     def __init__(self):
         super().__init__()
-        self.rnn = nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+        self.rnn = nn.LSTM(3, 5, bidirectional=True)
         self.cell = nn.RNNCell(10, 4)
         self.head = nn.Linear(4, 1)
 
