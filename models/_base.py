@@ -240,10 +240,11 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         if not torch.compiler.is_compiling():
             self._update_flat_weights()
 
-    def forward(self, input, hx=None, *, resets=None):
+    def forward(self, input, hx=None, resets=None):
         """Same inputs and outputs as the matching torch.nn module (see its documentation), plus episode resets.
 
-        ``resets`` (keyword-only, optional): a bool tensor, (T, B) for padded input ((B, T) with batch_first,
+        ``resets`` (optional; pass it by keyword: it is positional too only because torch.onnx.export's TorchScript
+        exporter passes every parameter's default positionally): a bool tensor, (T, B) for padded input ((B, T) with batch_first,
         (T,) unbatched) or (total packed rows,) in the packed order for a PackedSequence. Where resets[t, b] is
         set, row b's state entering step t is the zero state (at t = 0 this overrides the given h_0 / c_0 of that
         row): every segment between resets runs as its own sequence from zeros, in every layer, and no gradient

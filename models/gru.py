@@ -43,7 +43,7 @@ class GRU(FusedRNNBase):
     models/heads.py).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
-    (layers * directions, B, H), keyword-only ``resets`` (episode resets: ``FusedRNNBase.forward``). Returns
+    (layers * directions, B, H), ``resets`` (by keyword; episode resets: ``FusedRNNBase.forward``). Returns
     ``output, h_n``.
     """
 

@@ -62,7 +62,7 @@ class LSTM(FusedRNNBase):
             fits on CUDA, else per_step).
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
-    optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H); keyword-only
+    optional ``(h_0, c_0)`` of shapes (layers * directions, B, P) and (layers * directions, B, H); by keyword,
     ``resets``, episode resets (a bool mask: ``FusedRNNBase.forward``).
     Returns: ``output, (h_n, c_n)`` with nn.LSTM's shapes.
     """

@@ -45,7 +45,7 @@ class RNN(FusedRNNBase):
     of shape (num_heads, D, D)).
 
     Inputs: ``input`` (T, B, I) / batch_first / unbatched / PackedSequence, optional ``h_0``
-    (layers * directions, B, H), keyword-only ``resets`` (episode resets: ``FusedRNNBase.forward``). Returns
+    (layers * directions, B, H), ``resets`` (by keyword; episode resets: ``FusedRNNBase.forward``). Returns
     ``output, h_n``.
     """
 

@@ -96,7 +96,7 @@ class SLSTM(FusedRNNBase):
             return hx
         return tuple(s.index_select(1, permutation) for s in hx)
 
-    def forward(self, input, state=None, *, resets=None):
+    def forward(self, input, state=None, resets=None):
         """See the class docstring; ``resets`` as for ``models.LSTM`` (``FusedRNNBase.forward``): h, c, n and m
         restart from zero where set."""
         self._refresh_flat_weights()

@@ -81,7 +81,7 @@ class UseGateLSTM(FusedRNNBase):
     uniform(-1/sqrt(H), 1/sqrt(H)) like ``torch.nn.LSTM``.
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and
-    optional ``(h_0, c_0)``, each (layers * directions, B, H); keyword-only ``resets`` (episode resets:
+    optional ``(h_0, c_0)``, each (layers * directions, B, H); ``resets`` (by keyword; episode resets:
     ``FusedRNNBase.forward``). Returns ``output, (h_n, c_n)`` with nn.LSTM's shapes. Not an ``nn.LSTM``:
     ``models.swap_rnns`` leaves it alone.
     """
