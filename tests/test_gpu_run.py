@@ -4,6 +4,7 @@ check in the interpreter, its poisoning, and the headline driver's order, varian
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import subprocess
@@ -47,9 +48,10 @@ def test_an_unwritten_output_fails_its_check(tmp_path, monkeypatch):
     from kernels import lstm as L
 
     real = L.lstm_fwd_step
+    sig = inspect.signature(real)
 
     def skip_last(*a, **k):
-        if a[-1] == G._case("big").T - 1:
+        if sig.bind(*a, **k).arguments.get("t") == G._case("big").T - 1:
             return None
         return real(*a, **k)
 
