@@ -370,19 +370,21 @@ def tile_estimate(cfg: dict) -> tuple:
 
 
 def measured_variants(path: str | None = None) -> dict:
-    """``{(kernel, config key, arch, dtype, align): (registers, shared bytes)}`` from a compile table CSV
-    (default ``REFERENCE_TABLE``); {} when the file is absent."""
+    """``{(kernel, config key, arch, dtype, align): (spill bytes, registers, shared bytes)}`` from a compile table
+    CSV (default ``REFERENCE_TABLE``); {} when the file is absent."""
     path = path or REFERENCE_TABLE
     if not os.path.exists(path):
         return {}
     with open(path, newline="") as f:
         return {(r["kernel"], _config_key(r), r["arch"], r["dtype"], r["align"]):
-                (int(r["registers"]), int(r["shared_bytes"])) for r in csv.DictReader(f)}
+                (int(r.get("spill_bytes") or 0), int(r["registers"]), int(r["shared_bytes"]))
+                for r in csv.DictReader(f)}
 
 
 def heaviest_variants(kernel: str, cfg: dict, arch: int, variants: list, measured: dict) -> list:
-    """Of one config's (dtype, align) ``variants`` at ``arch``, the one with the most registers, then shared
-    memory, in ``measured`` (``measured_variants``): the dtypes of a group (fp16 / bf16, fp32 / tf32) and the
+    """Of one config's (dtype, align) ``variants`` at ``arch``, the one that spilled most, then the one with the
+    most registers, then shared memory, in ``measured`` (``measured_variants``; a variant that spilled in the last
+    table is compiled again, whatever its registers: ptxas may cap a variant below the others): the dtypes of a group (fp16 / bf16, fp32 / tf32) and the
     alignments compile to near-identical code, the heaviest standing for them; every variant while one of them is
     unmeasured (new or changed)."""
     got = {v: measured.get((kernel, _config_key(cfg), ARCHS[arch], *v)) for v in variants}

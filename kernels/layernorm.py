@@ -358,38 +358,30 @@ def _lngru_fwd_rows(
     b = tl.program_id(0)
     o = tl.arange(0, BLOCK_H)
     m = o < H
-    # before the wait: all but the product (module docstring)
-    y_z = tl.load(gamma_r + o, mask=m, other=0.0).to(ACC)
-    y_r = tl.load(gamma_r + H + o, mask=m, other=0.0).to(ACC)
-    y_g = tl.load(gamma_r + 2 * H + o, mask=m, other=0.0).to(ACC)
-    if HAS_BIAS:
-        c_z = tl.load(rbias + o, mask=m, other=0.0).to(ACC)
-        c_r = tl.load(rbias + H + o, mask=m, other=0.0).to(ACC)
-        c_g = tl.load(rbias + 2 * H + o, mask=m, other=0.0).to(ACC)
-    p_x = xp + b * s_x + o
-    x_z = tl.load(p_x, mask=m, other=0.0).to(ACC)
-    x_r = tl.load(p_x + H, mask=m, other=0.0).to(ACC)
-    x_g = tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC)
-    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
-    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
-    act = _active(lengths, b, t, HAS_LENGTHS)
+    # the wait first and every load after it, in the order of use: with the loads that do not read the product
+    # issued before the wait (as the other row programs do) the 2048-lane fp16 unaligned block kept them live through
+    # the row reduction and spilled 24-32 B (sm_80 / sm_90a); this program gives up that overlap under PDL
     wait_prior_step(PDL)  # a_t comes from this step's product
     p_a = a + b * s_a + o
     a_z = tl.load(p_a, mask=m, other=0.0).to(ACC)
     a_r = tl.load(p_a + H, mask=m, other=0.0).to(ACC)
     a_g = tl.load(p_a + 2 * H, mask=m, other=0.0).to(ACC)
     n_z, n_r, n_g, _, r_a = _row_norm(a_z, a_r, a_g, a_g, m, 3 * H, 3)
-    rh_z = n_z * y_z
-    rh_r = n_r * y_r
-    rh_g = n_g * y_g
+    rh_z = n_z * tl.load(gamma_r + o, mask=m, other=0.0).to(ACC)
+    rh_r = n_r * tl.load(gamma_r + H + o, mask=m, other=0.0).to(ACC)
+    rh_g = n_g * tl.load(gamma_r + 2 * H + o, mask=m, other=0.0).to(ACC)
     if HAS_BIAS:
-        rh_z += c_z
-        rh_r += c_r
-        rh_g += c_g
-    b_z = sigmoid(x_z + rh_z)
-    b_r = sigmoid(x_r + rh_r)
-    b_g = tanh(x_g + b_r * rh_g)
+        rh_z += tl.load(rbias + o, mask=m, other=0.0).to(ACC)
+        rh_r += tl.load(rbias + H + o, mask=m, other=0.0).to(ACC)
+        rh_g += tl.load(rbias + 2 * H + o, mask=m, other=0.0).to(ACC)
+    p_x = xp + b * s_x + o
+    b_z = sigmoid(tl.load(p_x, mask=m, other=0.0).to(ACC) + rh_z)
+    b_r = sigmoid(tl.load(p_x + H, mask=m, other=0.0).to(ACC) + rh_r)
+    b_g = tanh(tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC) + b_r * rh_g)
+    hp = tl.load(h_prev + b * s_hp + o, mask=m, other=0.0).to(ACC)
+    zw = _zone_weight(zmask, zkeep, b * s_m + o, m, ACC, ZONEOUT)
     h = _zone(b_g + b_z * (hp - b_g), hp, zw, ZONEOUT)
+    act = _active(lengths, b, t, HAS_LENGTHS)
     tl.store(h_out + b * s_ho + o, tl.where(act, h, 0.0).to(h_out.dtype.element_ty), mask=m)
     if STORE:
         _store4(gates + b * s_g + o, H, b_z, b_r, b_g, rh_g, m)

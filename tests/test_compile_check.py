@@ -152,6 +152,9 @@ def test_heaviest_configs_selection(tmp_path):
     assert cc.heaviest_variants("_k", wide, 90, runs[1:], variants) == [("bf16", "aligned")]  # 200/36000 B
     assert cc.heaviest_variants("_k", wide, 90, runs, variants) == runs  # fp16 aligned unmeasured
     assert cc.heaviest_variants("_k", small, 80, [("bf16", "unaligned")], variants) == [("bf16", "unaligned")]
+    # a variant that spilled in the table is the one compiled again, even with fewer registers
+    spilled = {**variants, ("_k", cc._config_key(wide), "sm_90a", "fp16", "unaligned"): (8, 64, 9000)}
+    assert cc.heaviest_variants("_k", wide, 90, runs[1:], spilled) == [("fp16", "unaligned")]
     assert cc.measured_variants(str(tmp_path / "absent.csv")) == {}
 
 
