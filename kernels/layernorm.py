@@ -31,7 +31,8 @@ follows other kernels) is made with ``launch_pdl``. What may be read before the 
   has finished itself): so everything that row program wrote (h_{t-1}, c_{t-1}, dc and the
   zoneout carry) is complete when this one starts, as are the loop's inputs (xp[t], the gains, the zoneout mask,
   lengths; in the backward dy[t] and the forward's saved gates, a^, rstd, c). All of these are loaded before the
-  wait; only the product's output (``a``, ``p``) after it.
+  wait; only the product's output (``a``, ``p``) after it. Except the GRU's forward row program, which waits first:
+  its loads held through the row reduction spilled at 2048 lanes (fp16, unaligned).
 - every store comes after the wait. No write-after-read hazard on the reused buffers: the product of step t+1
   overwrites ``a`` / ``p``, which the row program of step t reads, only after its own wait, i.e. after that row
   program has finished; a row program overwrites the ping-pong buffers (c, dc, the carry) that the previous row
