@@ -313,8 +313,8 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
     "heaviest" keeps only each entry's ``heaviest_configs`` (registers and shared memory read from the
     ``reference`` table, default ``REFERENCE_TABLE`` when it exists), and of each such config, per arch, only the
     dtype and alignment of its dtype group with the most registers there (``heaviest_variants``)."""
-    measured = measured_usage(reference) if sample == "heaviest" and configs is None else {}
-    variant_usage = measured_variants(reference) if measured else {}
+    variant_usage = measured_variants(reference) if sample == "heaviest" and configs is None else {}
+    measured = measured_usage(variants=variant_usage)  # the table is read once
     jobs = []
     wanted = set(kernels) if kernels else None
     matched = set()
@@ -393,18 +393,15 @@ def heaviest_variants(kernel: str, cfg: dict, arch: int, variants: list, measure
     return [max(variants, key=lambda v: got[v])]
 
 
-def measured_usage(path: str | None = None) -> dict:
+def measured_usage(path: str | None = None, variants: dict | None = None) -> dict:
     """``{(kernel, dtype, config key): (registers, shared bytes)}`` from a compile table CSV (``--csv``
-    output; default ``REFERENCE_TABLE``), each the max over archs and alignments; {} when the file is absent."""
-    path = path or REFERENCE_TABLE
-    if not os.path.exists(path):
-        return {}
+    output; default ``REFERENCE_TABLE``) or its ``measured_variants``, each the max over archs and alignments;
+    {} when the file is absent."""
     out: dict = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            key = (r["kernel"], r["dtype"], _config_key(r))
-            regs, smem = out.get(key, (-1, -1))
-            out[key] = (max(regs, int(r["registers"])), max(smem, int(r["shared_bytes"])))
+    for (kernel, cfg, _arch, dtype, _align), (_, regs, smem) in (variants if variants is not None
+                                                                   else measured_variants(path)).items():
+        r, m = out.get((kernel, dtype, cfg), (-1, -1))
+        out[(kernel, dtype, cfg)] = (max(r, regs), max(m, smem))
     return out
 
 
