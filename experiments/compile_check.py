@@ -384,9 +384,9 @@ def measured_variants(path: str | None = None) -> dict:
 def heaviest_variants(kernel: str, cfg: dict, arch: int, variants: list, measured: dict) -> list:
     """Of one config's (dtype, align) ``variants`` at ``arch``, the one that spilled most, then the one with the
     most registers, then shared memory, in ``measured`` (``measured_variants``; a variant that spilled in the last
-    table is compiled again, whatever its registers: ptxas may cap a variant below the others): the dtypes of a group (fp16 / bf16, fp32 / tf32) and the
-    alignments compile to near-identical code, the heaviest standing for them; every variant while one of them is
-    unmeasured (new or changed)."""
+    table is compiled again, whatever its registers: ptxas may cap a variant below the others): the dtypes of a
+    group (fp16 / bf16, fp32 / tf32) and the alignments compile to near-identical code, the heaviest standing for
+    them; every variant while one of them is unmeasured (new or changed)."""
     got = {v: measured.get((kernel, _config_key(cfg), ARCHS[arch], *v)) for v in variants}
     if not variants or any(u is None for u in got.values()):
         return list(variants)
