@@ -49,13 +49,22 @@ dtype:
    us of each 1-2 us gap; the range keeps 0.25 us of the optimistic 1 us gap and 1.5 us of the pessimistic 2 us.
    Their GEMMs add the input layer norm's passes and, backward, its VJP and the gain sums (``gemm_ms``).
 7. Multi-head cells (strategy ``heads_D<D>``, heads of D units: kernels/heads.py, ``_heads_fwd[cell]`` /
-   ``_heads_bwd[cell]``; cells lstm, gru and slstm, the sLSTM's only rows): one program per (head, 16-row batch
-   tile) for the whole sequence at the BLOCK_D and warps its launcher picks (``WARPS``), no grid barrier. A step
-   is one pass of the kernel's time loop (the outermost loop holding the MMA), timed in steady state: the mean of
-   passes 2 and 3 of three simulated back to back (the next step's prefetched loads wait where they are used).
-   The programs run side by side while NH x cdiv(B, 16) <= SMs; each further wave adds a whole sequence (waves x
-   the step; CTAs sharing an SM are not modelled). Their GEMMs are the dense cell's with dW_hh per head (one
-   batched GEMM of NH (G*D, T*B) x (T*B, D) products).
+   ``_heads_bwd[cell]``; cells lstm, gru, rnn_tanh and slstm, the last two only as heads): one program per (head,
+   16-row batch tile) for the whole sequence at the BLOCK_D and warps its launcher picks (``WARPS``), no grid
+   barrier. A step is one pass of the kernel's time loop (the outermost loop holding the MMA), timed in steady
+   state: the mean of passes 2 and 3 of three simulated back to back (the next step's prefetched loads wait where
+   they are used). The programs run side by side while NH x cdiv(B, 16) <= SMs; each further wave adds a whole
+   sequence (waves x the step; CTAs sharing an SM are not modelled). Their GEMMs are the dense cell's with dW_hh
+   per head (one batched GEMM of NH (G*D, T*B) x (T*B, D) products).
+8. Episode resets (column ``resets``: 1 = a ``resets=`` mask given, 0 = none): at the shapes of ``RESET_SHAPES``
+   (LSTM and GRU, per_step and persistent), each pass compiled with HAS_RESETS=True (the mask's pointers ``*i8``)
+   and predicted as steps 1-5 predict the variant without: its int8 flag loads and selects are instructions and
+   bytes on the path like any other. The per-step configs are timed and picked for the reset variant on its own.
+   The flags only feed selects, so the prediction holds for any mask content (all-false or not). Where a persistent
+   launch with a mask runs per_step on a GPU (``_persistent.resets_on_gpu``), the persistent row is what runs: the
+   per_step reset variant, labelled ``runs per_step`` with the spill bytes of the persistent reset variant, which
+   is compiled all the same. Off the ``BATCHES`` x ``HIDDEN`` grid the rows without a mask are predicted beside
+   them (not read by "auto").
 
 Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
 H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
@@ -80,7 +89,7 @@ CSV_PATH = ROOT / "results" / "predicted_steps.csv"
 # kept unchanged, so that the doc shows the predictor reproducing the review and each rewrite's before -> after.
 BEFORE_CSV_PATH = ROOT / "results" / "predicted_steps_2c7c128.csv"
 AUTO_TABLE_PATH = ROOT / "kernels" / "auto_strategy.py"
-COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "insts_per_warp", "cta_barriers",
+COLUMNS = ("kernel", "cell", "strategy", "dtype", "arch", "B", "H", "pass", "resets", "insts_per_warp", "cta_barriers",
            "smem_bytes", "global_bytes", "us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "commit")
 BATCHES = (1, 16, 32, 64, 256)  # 32: two batch tiles, where persistent and per_step cross (predicted)
 HIDDEN = (256, 512, 768, 1024)
@@ -461,6 +470,7 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # opt-in data-sync forward, "[data_sync]", was removed after its prediction; its rows stay in the CSV of 2c7c128's
 # kernels, and StepKernelModel's ``data_sync`` still models a step that waits by polling.)
 RUNTIME = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0)
+RESET_ARGS = ("resets", "resets_next")  # the reset variant's int8 mask pointers (HAS_RESETS=True: ``compiled``)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {
     ("lstm", "persistent", "fwd"): ("lstm_persistent", "_lstm_fwd_persistent"),
@@ -476,15 +486,15 @@ KERNELS = {
 LN_ROWS = {("lnlstm", "fwd"): "_lnlstm_fwd_rows", ("lnlstm", "bwd"): "_lnlstm_bwd_rows",
            ("lngru", "fwd"): "_lngru_fwd_rows", ("lngru", "bwd"): "_lngru_bwd_rows"}
 LN_PRODUCT = "_ln_product"
-GATES = {"lstm": 4, "gru": 3, "lnlstm": 4, "lngru": 3, "slstm": 4}
-CELLS = ("lstm", "gru", "lnlstm", "lngru", "slstm")
+GATES = {"lstm": 4, "gru": 3, "lnlstm": 4, "lngru": 3, "slstm": 4, "rnn_tanh": 1}
+CELLS = ("lstm", "gru", "lnlstm", "lngru", "slstm", "rnn_tanh")
 LN_CELLS = ("lnlstm", "lngru")
 # Multi-head cells (module docstring, step 7): the head sizes predicted, as strategies "heads_D<D>"; the sLSTM
-# exists only as heads.
+# and the RNN (tanh) are predicted only as heads.
 HEAD_SIZES = (32, 64)
 HEADS_STRATEGIES = tuple(f"heads_D{d}" for d in HEAD_SIZES)
 HEADS_HIDDEN = (768,)  # issue 21's shape (24 heads of 32, 12 of 64); every B of BATCHES (the waves)
-HEADS_ONLY = ("slstm",)
+HEADS_ONLY = ("slstm", "rnn_tanh")
 
 
 def head_size(strategy: str) -> int | None:
@@ -498,17 +508,34 @@ def strategies(cell: str) -> tuple:
         return ("per_step", "per_step_pdl")
     return (() if cell in HEADS_ONLY else ("persistent", "per_step")) + HEADS_STRATEGIES
 AUTO_CELLS = ("lstm", "gru")  # the cells "auto" chooses a strategy for (the LayerNorm cells run per_step only)
+# Episode resets (module docstring, step 8): the (B, H) shapes predicted with a reset mask (resets = 1) beside
+# the same shapes without (resets = 0), per dtype, sm_90a: pytorch/rl's benchmark shape (B = 128, H = 256; issue
+# 23's target is at its T = 128: ``RESET_T``) and the headline's (B = 16, H = 768 / 1024).
+RESET_CELLS = ("lstm", "gru")
+RESET_SHAPES = {(90, "bf16"): ((128, 256), (16, 768), (16, 1024)), (90, "fp32"): ((128, 256),)}
+RESET_T = {(128, 256): 128}  # the sequence length each shape's target check is at (default T_STEPS)
+FALLBACK = "runs per_step"  # a persistent reset row's label where a launch with a mask falls back
+
+
+def persistent_resets_fallback() -> str:
+    """Why a persistent launch with a reset mask runs per_step on a GPU (``_persistent.resets_on_gpu`` for a CUDA
+    device), "" where the persistent kernels' reset variant runs."""
+    import torch
+
+    return _module("_persistent").resets_on_gpu(torch.ones(1, dtype=torch.bool), torch.device("cuda"))
 
 
 def default_cache() -> Path:
     return Path(os.environ.get("FUSEDRNN_PREDICT_CACHE", Path.home() / ".cache" / "fusedrnn" / "predict"))
 
 
-def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, pdl: bool = False) -> dict:
-    """The launch-time variant (``RUNTIME``; with ``pdl`` PDL=True) of registry kernel ``kernel`` compiled at
-    ``config`` for ``arch`` / ``dtype`` (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes",
-    "status"}``, cached in ``cache`` under a hash of the kernel's ``cache_key`` (triton's hash of its source and the
-    jit functions it calls), the triton version and the variant."""
+def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, pdl: bool = False,
+             resets: bool = False) -> dict:
+    """The launch-time variant (``RUNTIME``; with ``pdl`` PDL=True; with ``resets`` HAS_RESETS=True, the reset
+    mask's pointers typed ``*i8``) of registry kernel ``kernel`` compiled at ``config`` for ``arch`` / ``dtype``
+    (aligned): ``{"sass", "ttgir", "registers", "spill_bytes", "shared_bytes", "status"}``, cached in ``cache``
+    under a hash of the kernel's ``cache_key`` (triton's hash of its source and the jit functions it calls), the
+    triton version and the variant."""
     import triton
 
     from . import compile_check as cc
@@ -517,6 +544,12 @@ def compiled(kernel: str, config: dict, arch: int, dtype: str, cache: Path, pdl:
     consts = {k: RUNTIME.get(k, v) for k, v in entry.get("constexprs", {}).items()}
     if "PDL" in consts:
         consts["PDL"] = pdl
+    if resets:
+        if "HAS_RESETS" not in consts:
+            raise ValueError(f"{kernel}: no HAS_RESETS constexpr in its compile-check entry")
+        consts["HAS_RESETS"] = True
+        params = {p.name for p in entry["kernel"].params}
+        entry = dict(entry, args={**{a: "*i8" for a in RESET_ARGS if a in params}, **entry.get("args", {})})
     variant = [entry["kernel"].cache_key, triton.__version__, kernel, consts, config, arch, dtype]
     key = hashlib.sha1(json.dumps(variant, sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = Path(cache) / f"{kernel}_{arch}_{dtype}_{key}.json"
@@ -566,6 +599,7 @@ class StepKernelModel:
         self.instrs = parse_sass(build["sass"])
         self.warps = warps
         self.registers = build["registers"]
+        self.spill_bytes = build.get("spill_bytes", 0)
         self.shared_bytes = build["shared_bytes"]
         self.kind = mma_kind(self.instrs)
         self.tile_guards = frozenset()
@@ -781,10 +815,12 @@ class Prediction:
     us: tuple
     ms: tuple
     warps: int
+    resets: int = 0  # 1: the HAS_RESETS variant (a reset mask given; any content: module docstring, step 8)
 
     def row(self, commit: str) -> dict:
         return {"kernel": self.kernel, "cell": self.cell, "strategy": self.strategy, "dtype": self.dtype,
-                "arch": self.arch, "B": self.B, "H": self.H, "pass": self.kind, "insts_per_warp": self.counts.insts,
+                "arch": self.arch, "B": self.B, "H": self.H, "pass": self.kind, "resets": self.resets,
+                "insts_per_warp": self.counts.insts,
                 "cta_barriers": self.counts.bars, "smem_bytes": self.counts.smem_bytes,
                 "global_bytes": int(round(self.counts.global_bytes)), "us_per_step_lo": f"{self.us[0]:.2f}",
                 "us_per_step_hi": f"{self.us[1]:.2f}", "ms_T1024_lo": f"{self.ms[0]:.2f}",
@@ -802,24 +838,32 @@ class Predictor:
         self.device = {90: device90, 80: ARCH_DEVICE[80]}
         self._models: dict = {}
 
-    def model(self, kernel: str, cfg: dict, arch: int, dtype: str, pdl: bool = False) -> StepKernelModel:
-        key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype, pdl)
+    def model(self, kernel: str, cfg: dict, arch: int, dtype: str, pdl: bool = False,
+              resets: bool = False) -> StepKernelModel:
+        key = (kernel, json.dumps(cfg, sort_keys=True), arch, dtype, pdl, resets)
         if key not in self._models:
-            build = compiled(kernel, cfg, arch, dtype, self.cache, pdl)
+            build = compiled(kernel, cfg, arch, dtype, self.cache, pdl, resets)
             heads = kernel.startswith("_heads_")
             self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
                                                 persistent=None if heads else "persistent" in kernel,
                                                 whole_sequence=heads)
         return self._models[key]
 
-    def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent") -> Prediction | None:
+    def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent",
+                   resets: bool = False) -> Prediction | None:
+        """A persistent pass (module docstring, step 5); ``resets``: its reset variant, or what runs instead where
+        a launch with a reset mask falls back to per_step on a GPU (step 8)."""
         params = DEVICES[self.device[arch]]
         pc = persistent_config(cell, dtype, H, params[0].sms, arch)
         if pc is None or (cell, strategy, kind) not in KERNELS:
             return None
         cfg = dict(pc.meta(kind), num_warps=pc.warps(kind), num_stages=1)
         kernel = KERNELS[(cell, strategy, kind)][1]
-        m = self.model(kernel, cfg, arch, dtype)
+        m = self.model(kernel, cfg, arch, dtype, resets=resets)
+        if resets and persistent_resets_fallback():
+            r = self.per_step(cell, kind, arch, dtype, B, H, resets=True)
+            return replace(r, strategy=strategy, kernel=f"{r.kernel} ({FALLBACK}; {kernel}[{_cfg_label(cfg)}] "
+                                                        f"reset variant: {m.spill_bytes} B spilled)")
         tiles = -(-B // pc.BLOCK_B)
         programs = pc.programs(kind, H)
         frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
@@ -828,15 +872,15 @@ class Predictor:
         c.global_bytes *= programs
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p) for u, p in zip(us, params))
         return Prediction(f"{kernel.partition('[')[0]}[{_cfg_label(cfg)}]", cell, strategy, dtype, f"sm_{arch}", B,
-                          H, kind, c, us, ms, m.warps)
+                          H, kind, c, us, ms, m.warps, int(resets))
 
-    def _fastest_step(self, kernel, cfgs, K, N_of, cols, arch, dtype, B, pdl=False):
+    def _fastest_step(self, kernel, cfgs, K, N_of, cols, arch, dtype, B, pdl=False, resets=False):
         """The fastest (predicted) of a step kernel's ``cfgs`` (step 5): a product of depth ``K`` over ``cols``
         columns, ``N_of(cfg)`` of them per program. Returns (cfg, us range, model, counts of the grid)."""
         params = DEVICES[self.device[arch]]
         best = None
         for cfg in cfgs:
-            m = self.model(kernel, cfg, arch, dtype, pdl)
+            m = self.model(kernel, cfg, arch, dtype, pdl, resets)
             slices = -(-K // cfg["BLOCK_K"])
             iters = max(1, slices // unroll_factor(m, cfg["BLOCK_B"] * N_of(cfg) * cfg["BLOCK_K"]))
             ctas = -(-cols // cfg["BLOCK_H"]) * -(-B // cfg["BLOCK_B"])
@@ -852,16 +896,19 @@ class Predictor:
         c.global_bytes *= ctas
         return cfg, us, m, c
 
-    def per_step(self, cell, kind, arch, dtype, B, H) -> Prediction:
+    def per_step(self, cell, kind, arch, dtype, B, H, resets: bool = False) -> Prediction:
+        """A per-step pass (module docstring, step 5), the fastest config; ``resets``: the reset variant (step 8),
+        its configs timed and picked on their own (the autotuner tunes each variant apart)."""
         params = DEVICES[self.device[arch]]
         kernel = KERNELS[(cell, "per_step", kind)][1]
         K = H if kind == "fwd" else GATES[cell] * H
         # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
         N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
-        cfg, us, m, c = self._fastest_step(kernel, step_configs(cell, kind, dtype, B), K, N_of, H, arch, dtype, B)
+        cfg, us, m, c = self._fastest_step(kernel, step_configs(cell, kind, dtype, B), K, N_of, H, arch, dtype, B,
+                                           resets=resets)
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "per_step", dtype, B, H, p) for u, p in zip(us, params))
         return Prediction(f"{kernel}[{_cfg_label(cfg)}]", cell, "per_step", dtype, f"sm_{arch}", B, H, kind, c, us, ms,
-                          m.warps)
+                          m.warps, int(resets))
 
     def layernorm(self, cell, kind, arch, dtype, B, H, pdl: bool = False) -> Prediction:
         """A LayerNorm cell's per_step pass (module docstring, step 6): the product, then the row program. The
@@ -917,13 +964,21 @@ class Predictor:
 # the CSV
 # ----------------------------------------------------------------------------------------------
 def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batches=BATCHES,
-                hidden=HIDDEN, progress=None, only=None) -> list[Prediction]:
+                hidden=HIDDEN, progress=None, only=None, resets_only: bool = False) -> list[Prediction]:
     """Every (target, cell, pass, H, B, strategy) prediction (``strategies``; ``only``: those strategies only);
     a persistent or multi-head pass without a config is left out (it runs per_step / the dense kernels). The
-    LayerNorm cells: per_step without and with PDL."""
+    LayerNorm cells: per_step without and with PDL. Then the reset rows of ``RESET_SHAPES`` (step 8), with the
+    rows without a mask at the shapes off the grid; ``resets_only``: those alone, each beside its row without."""
     out = []
+
+    def add(r):
+        if r is not None:
+            out.append(r)
+            if progress:
+                progress(r)
+
     for arch, dtype in targets:
-        for cell in cells:
+        for cell in () if resets_only else cells:
             for kind in ("fwd", "bwd"):
                 for H in hidden:
                     for B in batches:
@@ -937,10 +992,16 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batc
                                 r = predictor.layernorm(cell, kind, arch, dtype, B, H, strategy == "per_step_pdl")
                             else:
                                 r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
-                            if r is not None:
-                                out.append(r)
-                                if progress:
-                                    progress(r)
+                            add(r)
+        for cell in (c for c in cells if c in RESET_CELLS):  # step 8: with a reset mask, and without off the grid
+            for B, H in RESET_SHAPES.get((arch, dtype), ()):
+                for kind in ("fwd", "bwd"):
+                    for strategy in ("persistent", "per_step"):
+                        if only is not None and strategy not in only:
+                            continue
+                        on_grid = B in batches and H in hidden and not resets_only
+                        for resets in (True,) if on_grid else (False, True):
+                            add(getattr(predictor, strategy)(cell, kind, arch, dtype, B, H, resets=resets))
     return out
 
 
@@ -949,8 +1010,8 @@ def write_csv(path: Path, preds: list[Prediction], commit: str, update: bool = F
     pass) in the existing file and keep the others (with their commits)."""
     rows = [r.row(commit) for r in preds]
     if update and path.exists():
-        new = _index(rows)
-        rows = [r for k, r in _index(read_csv(path)).items() if k not in new] + rows
+        new = {_key(r) for r in rows}
+        rows = [dict(r, resets=_key(r)[-1]) for r in read_csv(path) if _key(r) not in new] + rows
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -973,11 +1034,10 @@ def _mid(row: dict) -> float:
 
 def auto_choices(rows: list[dict]) -> dict:
     """``{(cell, pass, dtype, arch): {(B, H): strategy}}``: per shape the strategy whose predicted ms_T1024
-    midpoint is lower (per_step where persistent has no row: no config)."""
+    midpoint is lower (per_step where persistent has no row: no config); the grid of ``BATCHES`` x ``HIDDEN``
+    without a reset mask only."""
     best: dict = {}
-    for r in rows:
-        if r["strategy"] not in ("persistent", "per_step") or r["cell"] not in AUTO_CELLS:  # opt-in: never "auto"
-            continue
+    for r in _auto_rows(rows):
         key = (r["cell"], r["pass"], r["dtype"], int(r["arch"].removeprefix("sm_")))
         shape = (int(r["B"]), int(r["H"]))
         cur = best.setdefault(key, {}).get(shape)
@@ -986,9 +1046,16 @@ def auto_choices(rows: list[dict]) -> dict:
     return {k: {s: v[0] for s, v in sorted(d.items())} for k, d in sorted(best.items())}
 
 
+def _auto_rows(rows: list[dict]) -> list[dict]:
+    """The rows "auto" chooses from: the dense cells' persistent and per_step rows on the grid, no reset mask (the
+    multi-head strategies are opt-in: never "auto")."""
+    return [r for r in rows if r["cell"] in AUTO_CELLS and r["strategy"] in ("persistent", "per_step")
+            and _key(r)[-1] == 0 and int(r["B"]) in BATCHES and int(r["H"]) in HIDDEN]
+
+
 def auto_table_source(rows: list[dict]) -> str:
     """The text of kernels/auto_strategy.py."""
-    rows = [r for r in rows if r["cell"] in AUTO_CELLS and r["strategy"] in ("persistent", "per_step")]
+    rows = _auto_rows(rows)
     commits = sorted({r["commit"] for r in rows})
     batches = sorted({int(r["B"]) for r in rows})
     hidden = sorted({int(r["H"]) for r in rows})
@@ -1064,8 +1131,16 @@ def parity_budget(cell: str, kind: str, H: int, B: int, p: Params, onchip_us: fl
     return out
 
 
-def _index(rows):
-    return {(r["cell"], r["strategy"], r["dtype"], r["arch"], int(r["B"]), int(r["H"]), r["pass"]): r for r in rows}
+def _key(r) -> tuple:
+    """A row's identity: (cell, strategy, dtype, arch, B, H, pass, resets); a row without ``resets`` (a CSV from
+    before that column) has none."""
+    return (r["cell"], r["strategy"], r["dtype"], r["arch"], int(r["B"]), int(r["H"]), r["pass"],
+            int(r.get("resets") or 0))
+
+
+def _index(rows, resets: int = 0):
+    """``{(cell, strategy, dtype, arch, B, H, pass): row}`` of the rows with that ``resets``."""
+    return {k[:-1]: r for r in rows if (k := _key(r))[-1] == resets}
 
 
 def _ms(idx, cell, strategy, H, passes, B=16, dtype="bf16", arch="sm_90"):
@@ -1079,7 +1154,7 @@ def doc_block(rows: list[dict], before: list[dict] | None = None) -> str:
     """The generated block of docs/PERFORMANCE.md from the CSV's ``rows``; ``before``: the rows of the kernels the
     static review read (``BEFORE_CSV_PATH``), for the before -> after table and the comparison with the review."""
     # the LayerNorm cells: ``ln_doc_block``; the multi-head strategies: ``heads_doc_block``
-    rows = [r for r in rows if r["cell"] in AUTO_CELLS and not head_size(r["strategy"])]
+    rows = _auto_rows(rows)  # the reset rows: ``resets_doc_block``
     idx = _index(rows)
     auto_rows = rows
     commits = " / ".join(sorted({r["commit"] for r in rows}))
@@ -1222,7 +1297,7 @@ def heads_doc_block(rows: list[dict]) -> str:
     hrows = [r for r in rows if head_size(r["strategy"]) and r["dtype"] == "bf16" and r["arch"] == "sm_90"]
     commits = " / ".join(sorted({r["commit"] for r in hrows}))
     batches = sorted({int(r["B"]) for r in hrows})
-    shapes = [(cell, D) for cell in ("lstm", "slstm", "gru") for D in HEAD_SIZES]
+    shapes = [(cell, D) for cell in ("lstm", "slstm", "gru", "rnn_tanh") for D in HEAD_SIZES]
     out = [HEADS_BEGIN, "", f"[E] Predicted (`python -m experiments.predict`, commit {commits}; H100 parameters; "
            "module docstring of `experiments/predict.py`, step 7: one pass of the kernel's time loop in steady state, "
            "times the waves of NH x cdiv(B, 16) programs on 132 SMs). T = 1024, H = 768, bf16, sm_90a, the launch-time "
@@ -1256,6 +1331,109 @@ def heads_doc_block(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+RESETS_BEGIN = ("<!-- predicted episode resets: generated by `python -m experiments.predict --doc docs/PERFORMANCE.md` "
+                "from results/predicted_steps.csv; do not edit -->")
+RESETS_END = "<!-- end of predicted episode resets -->"
+RESETS_TARGET = 1.05  # issue 23: a mask with 3% resets within 5% of the no-reset time at pytorch/rl's shape
+
+
+def ms_at(row: dict, T: int, end: int) -> float:
+    """A CSV row's pass at ``T`` steps, ``end`` 0 the optimistic end of its range (the ``lo`` columns and the
+    first ``Params`` of its arch's device), 1 the pessimistic: T x its step + the pass's GEMMs at T (``gemm_ms``;
+    per_step's where a persistent reset row runs per_step)."""
+    p = DEVICES[ARCH_DEVICE[int(row["arch"].removeprefix("sm_"))]][end]
+    us = float(row[("us_per_step_lo", "us_per_step_hi")[end]])
+    strategy = "per_step" if FALLBACK in row["kernel"] else row["strategy"]
+    return T * us / 1e3 + gemm_ms(row["cell"], row["pass"], strategy, row["dtype"], int(row["B"]), int(row["H"]),
+                                  p, T)
+
+
+def _ms_range(rs: list[dict], T: int) -> tuple[float, float]:
+    """The sum of rows ``rs`` (passes) at T steps, optimistic and pessimistic."""
+    return tuple(sum(ms_at(r, T, end) for r in rs) for end in (0, 1))
+
+
+def _ratio(mask: tuple, none: tuple) -> float:
+    return sum(mask) / sum(none)
+
+
+def resets_doc_block(rows: list[dict]) -> str:
+    """The episode-resets section's generated block: per cell, shape of ``RESET_SHAPES`` and strategy, each pass
+    with a reset mask (resets = 1) beside the same pass without, at the shape's T (``RESET_T``); then issue 23's
+    target check at pytorch/rl's shape, each pass by the strategy predicted faster there without a mask."""
+    idx0, idx1 = _index(rows, 0), _index(rows, 1)
+    commits = " / ".join(sorted({r["commit"] for r in rows if _key(r)[-1] == 1}))
+    out = [RESETS_BEGIN, "", f"[E] Predicted (`python -m experiments.predict`, commit {commits}; H100 parameters; "
+           "module docstring of `experiments/predict.py`, step 8): each pass compiled with HAS_RESETS=True, its flag "
+           "loads and selects counted and timed like every other instruction, beside the same pass without a mask. "
+           "The mask only enters selects (no branch, no work depends on which rows restart), so every mask content, "
+           "all-false or 3% set, runs the same instructions and loads: these are the times of a 3%-reset mask as "
+           "much as of an all-false one. ms: T steps plus the pass's GEMMs at that T (`ms_at`); mask / none: the "
+           "ratio of the midpoints.", "",
+           "| cell | dtype | B | T | H | strategy | with a mask runs (fwd / bwd) | insts per warp fwd: none -> mask "
+           "| bwd | us per step fwd: none -> mask | bwd | fwd ms: none -> mask | fwd+bwd ms: none -> mask | "
+           "mask / none fwd, fwd+bwd |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    variants = {}  # the persistent reset variants of the rows that run per_step: label -> spill note
+    for cell in RESET_CELLS:
+        for (arch, dtype), shapes in RESET_SHAPES.items():
+            for B, H in shapes:
+                T = RESET_T.get((B, H), T_STEPS)
+                for strategy in ("persistent", "per_step"):
+                    key = (cell, strategy, dtype, f"sm_{arch}", B, H)
+                    pairs = [(idx0.get(key + (k,)), idx1.get(key + (k,))) for k in ("fwd", "bwd")]
+                    if any(r is None for pair in pairs for r in pair):
+                        continue
+                    (f0, f1), (b0, b1) = pairs
+                    runs = []
+                    for r in (f1, b1):
+                        cfg = r["kernel"].partition("[")[2].partition("]")[0]
+                        kernel, _, note = r["kernel"].partition(f" ({FALLBACK}; ")[2].rstrip(")").partition(
+                            " reset variant: ")
+                        variants.update({kernel: note} if kernel else {})
+                        runs.append(f"per_step {cfg}" if kernel else cfg)
+                    runs = " / ".join(runs)
+                    fwd = [_ms_range([f], T) for f in (f0, f1)]
+                    both = [_ms_range([f, b], T) for f, b in ((f0, b0), (f1, b1))]
+                    step = " | ".join(f"{n['us_per_step_lo']}-{n['us_per_step_hi']} -> "
+                                      f"{m['us_per_step_lo']}-{m['us_per_step_hi']}" for n, m in pairs)
+                    out.append(f"| {cell} | {dtype} | {B} | {T} | {H} | {strategy} | {runs} | "
+                               f"{f0['insts_per_warp']} -> {f1['insts_per_warp']} | "
+                               f"{b0['insts_per_warp']} -> {b1['insts_per_warp']} | {step} | "
+                               + " | ".join(f"{n[0]:.2f}-{n[1]:.2f} -> {m[0]:.2f}-{m[1]:.2f}" for n, m in (fwd, both))
+                               + f" | {_ratio(*fwd[::-1]):.3f}, {_ratio(*both[::-1]):.3f} |")
+    if variants:
+        out += ["", "\"per_step\" in a persistent row: on a GPU a persistent launch with a mask runs per_step today "
+                "(`_persistent.resets_on_gpu`), so the row is per_step's reset variant against the persistent pass "
+                "without a mask. The persistent reset variants, compiled all the same: "
+                + "; ".join(f"`{k}` {v}" for k, v in sorted(variants.items())) + "."]
+    out += ["", f"Issue 23's target: a mask with 3% resets within {100 * (RESETS_TARGET - 1):.0f}% of the no-reset "
+            "time at pytorch/rl's shape (B = 128, T = 128, H = 256; the headline shapes beside it). Each pass runs "
+            "the strategy predicted faster at that shape without a mask (auto's rule, at the exact shape), and with "
+            "a mask that strategy's row above (its fallback included); fwd+bwd:", "",
+            "| cell | dtype | B | T | H | strategy fwd / bwd | none ms | mask ms | mask / none | within "
+            f"{100 * (RESETS_TARGET - 1):.0f}% |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for cell in RESET_CELLS:
+        for (arch, dtype), shapes in RESET_SHAPES.items():
+            for B, H in shapes:
+                T, picked = RESET_T.get((B, H), T_STEPS), []
+                for kind in ("fwd", "bwd"):
+                    cands = [(sum(_ms_range([r], T)), s, r) for s in ("persistent", "per_step")
+                             if (r := idx0.get((cell, s, dtype, f"sm_{arch}", B, H, kind))) is not None
+                             and (cell, s, dtype, f"sm_{arch}", B, H, kind) in idx1]
+                    if cands:
+                        _, s, r = min(cands, key=lambda c: c[0])
+                        picked.append((s, r, idx1[(cell, s, dtype, f"sm_{arch}", B, H, kind)]))
+                if len(picked) < 2:
+                    continue
+                none, mask = _ms_range([p[1] for p in picked], T), _ms_range([p[2] for p in picked], T)
+                ratio = _ratio(mask, none)
+                out.append(f"| {cell} | {dtype} | {B} | {T} | {H} | {picked[0][0]} / {picked[1][0]} | "
+                           f"{none[0]:.2f}-{none[1]:.2f} | {mask[0]:.2f}-{mask[1]:.2f} | {ratio:.3f} | "
+                           f"{'yes' if ratio <= RESETS_TARGET else 'no'} |")
+    out += ["", RESETS_END]
+    return "\n".join(out)
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
@@ -1285,7 +1463,9 @@ def _write_doc(path: Path, rows: list[dict], check: bool) -> int:
                                                    (ln_doc_block(rows), "predicted LayerNorm steps", LN_BEGIN,
                                                     LN_END),
                                                    (heads_doc_block(rows), "predicted multi-head steps", HEADS_BEGIN,
-                                                    HEADS_END)))
+                                                    HEADS_END),
+                                                   (resets_doc_block(rows), "predicted episode resets", RESETS_BEGIN,
+                                                    RESETS_END)))
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1301,6 +1481,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default=",".join(CELLS))
     ap.add_argument("--strategies", default=None, metavar="LIST",
                     help="predict only these strategies (heads: every heads_D<D>; default all of each cell's)")
+    ap.add_argument("--resets-only", action="store_true",
+                    help="predict only the shapes of RESET_SHAPES, with a reset mask and without")
     ap.add_argument("--update", action="store_true",
                     help="replace only the predicted rows in --csv, keep the others (e.g. --cells lnlstm,lngru)")
     ap.add_argument("--device", choices=("h100", "h200"), default="h100", help="parameters of the sm_90a rows")
@@ -1321,15 +1503,16 @@ def main(argv=None) -> int:
         cells = tuple(c for c in args.cells.split(",") if c)
 
         def progress(r):
-            print(f"{r.cell} {r.kind} {r.arch} {r.dtype} B={r.B} H={r.H} {r.kernel}: {r.counts.insts} insts, "
-                  f"{r.counts.bars} BAR, {r.counts.mma} MMA per warp; {r.us[0]:.2f}-{r.us[1]:.2f} us/step, "
-                  f"{r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
+            print(f"{r.cell} {r.kind} {r.arch} {r.dtype} B={r.B} H={r.H} resets={r.resets} {r.kernel}: "
+                  f"{r.counts.insts} insts, {r.counts.bars} BAR, {r.counts.mma} MMA per warp; "
+                  f"{r.us[0]:.2f}-{r.us[1]:.2f} us/step, {r.ms[0]:.2f}-{r.ms[1]:.2f} ms", file=sys.stderr, flush=True)
 
         only = None
         if args.strategies:
             only = {s for item in args.strategies.split(",") if item
                     for s in (HEADS_STRATEGIES if item == "heads" else (item,))}
-        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress, only=only)
+        preds = predict_all(predictor, _targets(args.targets), cells, progress=progress, only=only,
+                            resets_only=args.resets_only)
         write_csv(args.csv, preds, cc._git_commit(), args.update)
         print(f"{len(preds)} predictions, {len(predictor._models)} compiled configs, "
               f"{time.perf_counter() - t0:.0f} s -> {args.csv}")

@@ -231,7 +231,7 @@ def test_layernorm_step_model_by_hand(tmp_path):
         plain["bwd"] + (5 * TB * 4 * H * e + 3 * TB * H * 4 + TB * H * e) / bw * 1e3)
     row = dict(kernel="k", cell="lstm", strategy="per_step", dtype="bf16", arch="sm_90", B="16", H="768",
                insts_per_warp="1", cta_barriers="0", smem_bytes="0", global_bytes="0", us_per_step_lo="1",
-               us_per_step_hi="2", ms_T1024_lo="1", ms_T1024_hi="2", commit="old", **{"pass": "fwd"})
+               us_per_step_hi="2", ms_T1024_lo="1", ms_T1024_hi="2", commit="old", resets="0", **{"pass": "fwd"})
     path = tmp_path / "p.csv"
     path.write_text(",".join(pr.COLUMNS) + "\n" + "".join(",".join(r[c] for c in pr.COLUMNS) + "\n" for r in (
         row, dict(row, cell="lnlstm"))))
@@ -322,14 +322,14 @@ def test_layernorm_rows_of_the_csv():
 
 
 def test_heads_rows_of_the_csv():
-    """The committed multi-head rows (``--cells lstm,gru,slstm --strategies heads``): both passes of every cell and
-    head size at issue 21's shape, at the config kernels/heads.py launches; 24 heads of 32 at B = 256 are 384
-    programs on 132 SMs, 3 waves: 3x the step at B = 16; "auto" never picks them; their block in the doc."""
+    """The committed multi-head rows (``--cells lstm,gru,slstm,rnn_tanh --strategies heads``): both passes of every
+    cell and head size at issue 21's shape, at the config kernels/heads.py launches; 24 heads of 32 at B = 256 are
+    384 programs on 132 SMs, 3 waves: 3x the step at B = 16; "auto" never picks them; their block in the doc."""
     from kernels import heads as K
 
     rows = pr.read_csv()
     idx = pr._index(rows)
-    for cell in ("lstm", "gru", "slstm"):
+    for cell in ("lstm", "gru", "slstm", "rnn_tanh"):
         for D in pr.HEAD_SIZES:
             for kind in ("fwd", "bwd"):
                 r = idx[(cell, f"heads_D{D}", "bf16", "sm_90", 16, 768, kind)]
@@ -342,6 +342,58 @@ def test_heads_rows_of_the_csv():
                                                                         abs=0.02)
     assert all(s in ("persistent", "per_step") for shapes in pr.auto_choices(rows).values() for s in shapes.values())
     assert pr.heads_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
+        "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
+
+
+def test_predict_all_includes_the_reset_and_rnn_rows():
+    """What ``--all`` predicts (a stub predictor records the calls): the grid, the RNN's heads, and at each shape
+    of ``RESET_SHAPES`` both strategies and passes with a mask, plus without one off the grid (B = 128);
+    ``--resets-only`` predicts those shapes alone, each with and without a mask."""
+    class Stub:
+        def __getattr__(self, name):
+            return lambda *a, **kw: (name, a, kw.get("resets", False))
+
+    calls = pr.predict_all(Stub())
+    resets = {(c[1][0], c[0], c[1][2], c[1][3], c[1][4], c[1][5], c[1][1], c[2]) for c in calls if c[0] != "heads"}
+    for cell in pr.RESET_CELLS:
+        for (arch, dtype), shapes in pr.RESET_SHAPES.items():
+            for B, H in shapes:
+                for s in ("persistent", "per_step"):
+                    for kind in ("fwd", "bwd"):
+                        assert {(cell, s, arch, dtype, B, H, kind, r) for r in (False, True)} <= resets
+    assert ("heads", ("rnn_tanh", "fwd", 90, "bf16", 16, 768, 32), False) in calls
+    only = pr.predict_all(Stub(), resets_only=True)
+    assert len(only) == 2 * 2 * 2 * 2 * sum(map(len, pr.RESET_SHAPES.values())) == len(set(only))
+
+
+def test_reset_rows_of_the_csv():
+    """The committed reset rows (``--cells lstm,gru --resets-only``): every shape of ``RESET_SHAPES``, both
+    strategies and passes, each beside its row without a mask from the same commit (the same kernels); per_step's
+    reset variant at the same config loads more bytes (its int8 flags; its instruction count may differ either way
+    by a few per K-loop pass, as ptxas allocates the two variants apart); where a persistent launch with a mask
+    runs per_step (``persistent_resets_fallback``) the persistent row is per_step's reset row, labelled so; the
+    block in the doc."""
+    rows = pr.read_csv()
+    idx0, idx1 = pr._index(rows), pr._index(rows, 1)
+    fallback = pr.persistent_resets_fallback()
+    times = ("us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "insts_per_warp")
+    for cell in pr.RESET_CELLS:
+        for (arch, dtype), shapes in pr.RESET_SHAPES.items():
+            for B, H in shapes:
+                for kind in ("fwd", "bwd"):
+                    none, mask = ({s: i[(cell, s, dtype, f"sm_{arch}", B, H, kind)] for s in ("persistent", "per_step")}
+                                  for i in (idx0, idx1))
+                    assert {r["commit"] for r in (*none.values(), *mask.values())} == {mask["per_step"]["commit"]}
+                    step = mask["per_step"]
+                    assert step["kernel"].startswith(f"_{cell}_{kind}_step[")
+                    if step["kernel"] == none["per_step"]["kernel"]:  # the flag loads: 32 lanes x 1 B per warp
+                        assert int(step["global_bytes"]) > int(none["per_step"]["global_bytes"]), step
+                    if fallback:
+                        assert mask["persistent"]["kernel"].startswith(f"{step['kernel']} ({pr.FALLBACK}; ")
+                        assert [mask["persistent"][c] for c in times] == [step[c] for c in times]
+                    else:
+                        assert mask["persistent"]["kernel"].startswith(f"_{cell}_{kind}_persistent[")
+    assert pr.resets_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
         "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
 
@@ -360,6 +412,65 @@ def test_auto_choices_take_the_lower_midpoint():
     for r in rows:
         r["pass"] = r.pop("pass_")
     assert pr.auto_choices(rows) == {("lstm", "fwd", "bf16", 90): {(16, 1024): "per_step"}}  # 2.75 < 3.0
+
+
+def _row(**kw) -> dict:
+    """A CSV row (strings, as read back) of lstm per_step fwd, bf16, sm_90, B = 128, H = 256, no mask."""
+    row = dict(kernel="k", cell="lstm", strategy="per_step", dtype="bf16", arch="sm_90", B="128", H="256",
+               resets="0", insts_per_warp="1", cta_barriers="0", smem_bytes="0", global_bytes="0",
+               us_per_step_lo="1", us_per_step_hi="2", ms_T1024_lo="1", ms_T1024_hi="2", commit="c")
+    row["pass"] = "fwd"
+    return dict(row, **kw)
+
+
+def test_reset_rows_are_kept_apart_and_off_auto(tmp_path):
+    """A row with a reset mask (resets = 1) has its own identity: ``--update`` with it keeps the row without, a CSV
+    from before the column reads as resets = 0, ``_index`` picks one or the other; "auto" reads neither the reset
+    rows nor the shapes off its grid (B = 128)."""
+    path = tmp_path / "p.csv"
+    old = [c for c in pr.COLUMNS if c != "resets"]
+    path.write_text(",".join(old) + "\n" + ",".join(_row()[c] for c in old) + "\n")
+    new = pr.Prediction("masked", "lstm", "per_step", "bf16", "sm_90", 128, 256, "fwd", pr.Counts(insts=2), (3.0, 4.0),
+                        (3.0, 4.0), 4, resets=1)
+    pr.write_csv(path, [new], "now", update=True)
+    rows = pr.read_csv(path)
+    assert [(r["kernel"], r["resets"]) for r in rows] == [("k", "0"), ("masked", "1")] and tuple(rows[0]) == pr.COLUMNS
+    key = ("lstm", "per_step", "bf16", "sm_90", 128, 256, "fwd")
+    assert (pr._index(rows)[key]["kernel"], pr._index(rows, 1)[key]["kernel"]) == ("k", "masked")
+    fast = dict(strategy="persistent", ms_T1024_lo="0.1", ms_T1024_hi="0.1")
+    grid = [_row(B="16", H="1024"), _row(B="16", H="1024", resets="1", **fast), _row(**fast)]
+    assert pr.auto_choices(grid) == {("lstm", "fwd", "bf16", 90): {(16, 1024): "per_step"}}
+
+
+def test_resets_block_by_hand():
+    """``ms_at``: T steps + the pass's GEMMs at T, per_step's for a persistent row that runs per_step with a mask.
+    The target table runs each pass with the strategy faster without a mask, and compares the midpoints: a mask
+    adding 0.02 us per step is within 5%, one adding 1 us is not; the fallback and its persistent variant are
+    named."""
+    T, (opt, pess) = 128, pr.DEVICES["h100"]
+    per = _row(us_per_step_lo="2.0", us_per_step_hi="3.0")
+    pers = _row(strategy="persistent", us_per_step_lo="4.0", us_per_step_hi="5.0")
+    back = dict(per, strategy="persistent",
+                kernel=f"_lstm_fwd_step[x] ({pr.FALLBACK}; _lstm_fwd_persistent[z] reset variant: 8 B spilled)")
+    gemm = {s: [pr.gemm_ms("lstm", "fwd", s, "bf16", 128, 256, p, T) for p in (opt, pess)]
+            for s in ("per_step", "persistent")}
+    assert gemm["per_step"][0] > gemm["persistent"][0]  # the CUDA graph's copy of xp
+    assert pr.ms_at(per, T, 0) == pytest.approx(T * 2.0 / 1e3 + gemm["per_step"][0])
+    assert pr.ms_at(pers, T, 1) == pytest.approx(T * 5.0 / 1e3 + gemm["persistent"][1])
+    assert pr.ms_at(back, T, 1) == pytest.approx(T * 3.0 / 1e3 + gemm["per_step"][1])
+    for extra, within in ((0.02, "yes"), (1.0, "no")):
+        rows = []
+        for kind in ("fwd", "bwd"):
+            plain = [dict(r, **{"pass": kind}) for r in (per, pers)]
+            masked = {k: f"{float(v) + extra:.2f}" for k, v in per.items() if k.startswith("us_per_step")}
+            rows += plain + [dict(r, resets="1", **masked) for r in (dict(per, **{"pass": kind}),
+                                                                    dict(back, **{"pass": kind}))]
+        none = sum(pr.ms_at(r, T, e) for r in rows[:8:4] for e in (0, 1))
+        mask = sum(pr.ms_at(r, T, e) for r in rows[2::4] for e in (0, 1))
+        block = pr.resets_doc_block(rows)
+        assert "| lstm | bf16 | 128 | 128 | 256 | per_step / per_step | " in block
+        assert f"| {mask / none:.3f} | {within} |" in block and "| per_step x / per_step x |" in block
+        assert "compiled all the same: `_lstm_fwd_persistent[z]` 8 B spilled." in block
 
 
 # ----------------------------------------------------------------------------------------------
