@@ -121,8 +121,9 @@ case "$STAGE" in
     fi
     step 60 "environment" "$PY" -m experiments.gpu_env --out "$OUT/env.json"
     left=$(( SECONDS_LEFT - $(el) - 40 ))
-    HB=$(( left * 35 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 )); NB=$(( left * 10 / 100 ))
-    [ $GPU = 0 ] && { HB=30; SB=20; BB=20; NB=20; }
+    HB=$(( left * 30 / 100 )); SB=$(( left * 25 / 100 )); BB=$(( left * 15 / 100 )); NB=$(( left * 10 / 100 ))
+    RB=$(( left * 5 / 100 ))
+    [ $GPU = 0 ] && { HB=30; SB=20; BB=20; NB=20; RB=12; }
     step $(( HB + 45 )) "headline, every variant (budget ${HB}s)" \
       "$PY" -m experiments.headline --out "$OUT/headline.csv" --budget $HB --variants all --peaks-from "$OUT/env.json"
     if [ -s gpu_baseline/models/__init__.py ]; then
@@ -138,6 +139,15 @@ case "$STAGE" in
       read -r cell heads <<< "$spec"; [ $GPU = 0 ] && heads=$(( heads / 12 ))
       step $(( NB / 4 + 45 )) "$cell, $heads heads (budget $(( NB / 4 ))s)" "$PY" -m experiments.sweep --cell $cell \
         --heads $heads "${NEW[@]}" --out "$OUT/hidden.csv" --time-budget $(( NB / 4 ))
+    done
+    # episode resets and packed input (issue 23) at pytorch/rl's shape, B 128, T 128, H 256: padded, a 3% reset
+    # mask (cuDNN runs the split segments), packed lengths; fusedrnn and cuDNN, into hidden.csv (keyed by resets_p
+    # and packed)
+    if [ $GPU = 1 ]; then RS=(--B 128 --T 128 --H 256 --dtypes bf16,fp32 --passes fwd,fwdbwd --backends cudnn,fusedrnn)
+    else RS=(--B 3 --T 6 --H 16 --dtypes fp32 --passes fwdbwd); fi
+    for extra in "" "--resets 0.03" "--packed"; do
+      step $(( RB / 3 + 45 )) "resets / packed: ${extra:-padded} (budget $(( RB / 3 ))s)" "$PY" -m experiments.sweep \
+        "${RS[@]}" $extra --out "$OUT/hidden.csv" --time-budget $(( RB / 3 ))
     done
     if [ $GPU = 1 ]; then
       SWEEP=(--dtypes bf16,fp16 --passes fwd,fwdbwd --backends cudnn,fusedrnn,flashrnn)
