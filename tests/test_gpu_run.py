@@ -214,7 +214,13 @@ def test_all_stage_runs_quick_then_more_in_one_folder(tmp_path):
     assert {"quick.log", "more.log", "all.log", "headline.csv", "env.json"} <= {f.name for f in out.iterdir()}
     assert f"resuming from {out}/headline.csv" in (out / "more.log").read_text()
     # the multi-head rows (the CPU stand-ins of 24 and 12 heads), LSTM and sLSTM, into hidden.csv
-    heads = [line.split() for line in calls.read_text().splitlines() if line.startswith("-m experiments.sweep ")]
+    sweeps = [line.split() for line in calls.read_text().splitlines() if line.startswith("-m experiments.sweep ")]
+    heads = [a for a in sweeps if "--heads" in a]
     assert [(a[a.index("--cell") + 1], a[a.index("--heads") + 1]) for a in heads] == \
         [("lstm", "2"), ("slstm", "2"), ("lstm", "1"), ("slstm", "1")]
-    assert all(a[a.index("--out") + 1] == f"{out}/hidden.csv" for a in heads)
+    # then the episode-reset rows (issue 23): padded, a 3% reset mask, packed lengths, the same shape each time
+    resets = [a for a in sweeps if "--heads" not in a]
+    assert [[x for x in a if x in ("--resets", "0.03", "--packed")] for a in resets] == \
+        [[], ["--resets", "0.03"], ["--packed"]]
+    assert len({tuple(a[a.index("--B"):a.index("--passes") + 2]) for a in resets}) == 1
+    assert all(a[a.index("--out") + 1] == f"{out}/hidden.csv" for a in sweeps)
