@@ -368,6 +368,16 @@ def test_triton_heads_bidir_2layers(head_launches):
 
 
 def test_triton_heads_packed(head_launches):
-    ours, oracle = _make_heads("lstm", bidir=True)
+    ours, oracle = _make_heads("lstm")
     _check(ours, oracle, "lstm", T=6, B=4, packed=True)
     assert all(r for _, r in head_launches)
+
+
+def test_triton_heads_without_config_run_dense_kernels_with_resets(monkeypatch):
+    """Heads without a compile-checked per-head config run the dense fused kernels on the dense equivalent, the
+    reset mask with them."""
+    from kernels import heads as k
+
+    monkeypatch.setattr(k, "supported", lambda dtype, D, cell="lstm": False)
+    ours, oracle = _make_heads("gru")
+    _check(ours, oracle, "gru", T=4, B=3)
