@@ -16,6 +16,11 @@ program for the whole sequence. Grid (NH, cdiv(B, BB)); each program
   STORE) what the backward reads written;
 - backward step t (t = T-1 .. 0): dh = dy[t] + dh_rec, the cell's pointwise backward, dz_t written, and
   dh_rec = dz_t (BB, NG*BD) @ W_n (NG*BD, BD) (+ the GRU's direct carry) for step t-1, in registers.
+- episode resets (HAS_RESETS; docs/MATH.md "Episode resets"): one int8 flag per row and step. Forward: loaded a
+  step ahead (beside xp), a restarting row's h_{t-1} and states are set to zero before the product. Backward: the
+  flags predicate the prefetched loads of the states of step t-1 (zero on a restarting row), and read again at
+  step t (an L1 hit) they drop the gradient to step t-1 (dh_rec, the state gradients) after the product; keeping
+  the prefetched flags live instead spills 8 B in the sLSTM's 16-bit backward at BLOCK_D 128.
 
 No atomics: the weight gradients are large GEMMs after the loop, over all steps at once, as for the dense cells
 (``weight_grads``): dW_ih, db, dx from dz as for nn's layout, and dW_hh per head as one batched product
@@ -44,6 +49,8 @@ from ._common import (
     DTYPE_GROUPS,
     acc_torch_dtype,
     aligned16,
+    carried_rows,
+    check_resets,
     check_steps,
     dot_meta,
     dtype_group,
@@ -297,10 +304,11 @@ def _heads_fwd(
     gates,  # (T, B, NSAVE*H) saved for the backward (only if STORE)
     aux,  # (T, B, NAUX*H) accumulator dtype, saved for the backward (only if STORE): the states, then e
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     T, B, H, D,
     CELL: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, NSAVE: tl.constexpr,
-    NAUX: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr, STORE: tl.constexpr,
-    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    NAUX: tl.constexpr, HAS_BHN: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_RESETS: tl.constexpr,
+    STORE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n, o_b, o_a, m_b, m_a, m_ba = _tile(B, D, BLOCK_B, BLOCK_D)
@@ -324,8 +332,15 @@ def _heads_fwd(
     h = tl.load(h0 + o_bh, mask=m_ba, other=0.0).to(ACC)
     s1, s2, s3, _ = _load_blocks(s0, o_bh, s_t, m_ba, zero, NS, ACC)
     x0, x1, x2, x3 = _fwd_loads(xp, 0, T, B, H, o_b, col, m_ba, zero, G, ACC)
+    if HAS_RESETS:  # the rows whose state carries into step 0 (then each step's loaded one step ahead, as xp's)
+        m_h = carried_rows(resets, o_b, m_b)[:, None]
     for t in tl.range(0, T, num_stages=1):
         t64 = tl.cast(t, tl.int64)
+        if HAS_RESETS:  # a restarting row: every state entering step t is zero (a select: NaN never passes)
+            h = tl.where(m_h, h, 0.0)
+            s1 = tl.where(m_h, s1, 0.0)
+            s2 = tl.where(m_h, s2, 0.0)
+            s3 = tl.where(m_h, s3, 0.0)
         hd = h.to(y.dtype.element_ty)
         if CAST_F32:
             hd = hd.to(tl.float32)
@@ -341,6 +356,8 @@ def _heads_fwd(
                                                      t, o_b, m_b, CELL, HAS_LENGTHS)
         # xp[t+1] does not depend on the recurrence: its loads are in flight during the stores and the next dot
         x0, x1, x2, x3 = _fwd_loads(xp, t + 1, T, B, H, o_b, col, m_ba, zero, G, ACC)
+        if HAS_RESETS:
+            m_h = carried_rows(resets + (t64 + 1) * B, o_b, m_b & (t + 1 < T))[:, None]
         tl.store(y + t64 * s_t + o_bh, h.to(y.dtype.element_ty), mask=m_ba)
         if STORE:
             if NSAVE > 0:
@@ -354,27 +371,31 @@ def _heads_fwd(
 
 
 @triton.jit
-def _bwd_loads(dy, gates, aux, s0, h0, y, t, B, H, o_b, col, o_bh, m_ba, zero,
+def _bwd_loads(dy, gates, aux, s0, h0, y, resets, t, B, H, o_b, m_b, col, o_bh, m_ba, zero,
                CELL: tl.constexpr, NSAVE: tl.constexpr, NAUX: tl.constexpr, NPREV: tl.constexpr,
-               ACC: tl.constexpr):
+               HAS_RESETS: tl.constexpr, ACC: tl.constexpr):
     """What step t's backward reads that does not depend on the recurrence (all zeros for t < 0: a prefetch past
     the first step): dy[t], the saved blocks of step t (gates, aux), the states of step t-1 (aux[t-1], or s0 at
-    t = 0), h_{t-1} (GRU) and h_t (RNN)."""
+    t = 0; zero on the rows restarting at t), h_{t-1} (GRU), h_t (RNN) and (HAS_RESETS) the (BB, 1) rows whose
+    state carried into step t."""
     t64 = tl.cast(t, tl.int64)
     s_t = B * H
     m = m_ba & (t >= 0)
+    m_prev = m
+    if HAS_RESETS:  # a row restarting at t had zero states at t-1 in the forward: a predicated load reads 0
+        m_prev = m & carried_rows(resets + t * B, o_b, m_b & (t >= 0))[:, None]
     b_dy = tl.load(dy + t64 * s_t + o_bh, mask=m, other=0.0).to(ACC)
     g0, g1, g2, g3 = _load_blocks(gates, t64 * s_t * NSAVE + o_b[:, None] * (NSAVE * H) + col[None, :], H, m, zero,
                                   NSAVE, ACC)
     o_aux = t64 * s_t * NAUX + o_b[:, None] * (NAUX * H) + col[None, :]
     a0, a1, a2, _ = _load_blocks(aux, o_aux, H, m, zero, NAUX, ACC)
-    p0, p1, _, _ = _load_blocks(aux, o_aux - s_t * NAUX, H, m & (t > 0), zero, NPREV, ACC)
-    q0, q1, _, _ = _load_blocks(s0, o_bh, s_t, m & (t == 0), zero, NPREV, ACC)
+    p0, p1, _, _ = _load_blocks(aux, o_aux - s_t * NAUX, H, m_prev & (t > 0), zero, NPREV, ACC)
+    q0, q1, _, _ = _load_blocks(s0, o_bh, s_t, m_prev & (t == 0), zero, NPREV, ACC)
     h_prev = zero
     h = zero
     if CELL == 1:  # h_{t-1}
-        h_prev = tl.load(y + (t64 - 1) * s_t + o_bh, mask=m & (t > 0), other=0.0).to(ACC)
-        h_prev += tl.load(h0 + o_bh, mask=m & (t == 0), other=0.0).to(ACC)
+        h_prev = tl.load(y + (t64 - 1) * s_t + o_bh, mask=m_prev & (t > 0), other=0.0).to(ACC)
+        h_prev += tl.load(h0 + o_bh, mask=m_prev & (t == 0), other=0.0).to(ACC)
     if CELL == 2 or CELL == 3:  # h_t
         h = tl.load(y + t64 * s_t + o_bh, mask=m, other=0.0).to(ACC)
     return b_dy, g0, g1, g2, g3, a0, a1, a2, p0 + q0, p1 + q1, h_prev, h
@@ -394,10 +415,11 @@ def _heads_bwd(
     dh0,  # (B, H) output, accumulator dtype
     ds0,  # (NS, B, H) output, accumulator dtype (the first NPREV are written)
     lengths,  # (B,) int32 (only if HAS_LENGTHS)
+    resets,  # (T, B) int8 reset mask (only if HAS_RESETS)
     T, B, H, D,
     CELL: tl.constexpr, G: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, NSAVE: tl.constexpr,
     NAUX: tl.constexpr, NPREV: tl.constexpr, NDZ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    HAS_RESETS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     n, o_b, o_a, m_b, m_a, m_ba = _tile(B, D, BLOCK_B, BLOCK_D)
@@ -418,15 +440,19 @@ def _heads_bwd(
     ds1, ds2, _, _ = _load_blocks(dsn, o_bh, s_t, m_ba, zero, NPREV, ACC)
     dh_rec = zero
     l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev, h = _bwd_loads(
-        dy, gates, aux, s0, h0, y, T - 1, B, H, o_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX, NPREV, ACC)
+        dy, gates, aux, s0, h0, y, resets, T - 1, B, H, o_b, m_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX, NPREV,
+        HAS_RESETS, ACC)
     for step in tl.range(0, T, num_stages=1):
         t = T - 1 - step
         t64 = tl.cast(t, tl.int64)
+        if HAS_RESETS:  # the rows whose state carried into step t (again: an L1 hit, applied after the product)
+            m_h = carried_rows(resets + t * B, o_b, m_b)[:, None]
         dz0, dz1, dz2, dz3, carry, ds1, ds2 = _cell_bwd(dh_rec + l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev,
                                                         h, ds1, ds2, lengths, t, o_b, m_b, CELL, HAS_LENGTHS)
         # step t-1's inputs do not depend on the recurrence: in flight during the stores and the dot
         l_dy, g0, g1, g2, g3, a0, a1, a2, p0, p1, h_prev, h = _bwd_loads(
-            dy, gates, aux, s0, h0, y, t - 1, B, H, o_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX, NPREV, ACC)
+            dy, gates, aux, s0, h0, y, resets, t - 1, B, H, o_b, m_b, col, o_bh, m_ba, zero, CELL, NSAVE, NAUX,
+            NPREV, HAS_RESETS, ACC)
         if CELL == 4:  # padded units and rows hold n = 0 (1 / n is not finite there): keep them out of the dot
             dz0 = tl.where(m_ba, dz0, 0.0)
             dz1 = tl.where(m_ba, dz1, 0.0)
@@ -445,6 +471,10 @@ def _heads_bwd(
         if CAST_F32:
             a = a.to(tl.float32)
         dh_rec = carry + tl.dot(a, w_n, input_precision=PRECISION, out_dtype=ACC)
+        if HAS_RESETS:  # no gradient crosses a restart: the dropped states of step t-1 get none
+            dh_rec = tl.where(m_h, dh_rec, 0.0)
+            ds1 = tl.where(m_h, ds1, 0.0)
+            ds2 = tl.where(m_h, ds2, 0.0)
     tl.store(dh0 + o_bh, dh_rec, mask=m_ba)
     if NPREV > 0:
         _store_blocks(ds0 + o_bh, s_t, ds1, ds2, ds2, ds2, m_ba, NPREV)
@@ -499,15 +529,17 @@ def _launch(kernel, kind: str, args: dict, cell: str, NH: int, D: int, B: int, l
     c = CELLS[cell]
     grid = (NH, triton.cdiv(B, BLOCK_B))
     kernel[grid](**args, CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX,
-                 HAS_LENGTHS=args["lengths"] is not None, **dot_meta(like), BLOCK_B=BLOCK_B, BLOCK_D=BD,
+                 HAS_LENGTHS=args["lengths"] is not None, HAS_RESETS=args["resets"] is not None, **dot_meta(like),
+                 BLOCK_B=BLOCK_B, BLOCK_D=BD,
                  num_warps=warps(cell, dtype_group(like.dtype), kind, BD), num_stages=1)
 
 
-def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=True):
+def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, resets=None, *, store=True):
     """The forward recurrence of one layer and direction of a multi-head cell (``CELLS``) in one launch.
 
     Args: xp (T, B, G*H) with the biases (the GRU's without b_hn); w_hh (NH, G*D, D); h0 (B, H); s0 (NS, B, H)
-    the other initial states (LSTM: c0) or None when NS = 0; b_hn (H,) or None (GRU); lengths (B,) int32 or None.
+    the other initial states (LSTM: c0) or None when NS = 0; b_hn (H,) or None (GRU); lengths (B,) int32 or None;
+    resets (T, B) bool or None (every state entering step t is zero on the rows set at t, h0 and s0 included).
     Returns y (T, B, H), s_n (NS, B, H) in the accumulator dtype, gates (T, B, NSAVE*H) and aux (T, B, NAUX*H)
     (the last two None without ``store`` or when the cell saves none)."""
     c = CELLS[cell]
@@ -519,76 +551,83 @@ def heads_fwd(cell: str, xp, w_hh, h0, s0, b_hn=None, lengths=None, *, store=Tru
         raise RuntimeError(f"heads_fwd: xp {tuple(xp.shape)} and w_hh {tuple(w_hh.shape)} do not match a "
                            f"{cell} of {NH} heads of {D}")
     acc = acc_torch_dtype(xp.dtype)
+    resets = check_resets(resets, T, B, xp.device)
     # only the aligned variant is compile-checked: every tensor contiguous from a 16-byte boundary (copied if not)
-    xp, w_hh, h0, b_hn, lengths = (aligned16(v) for v in (xp, w_hh, h0, b_hn, lengths))
+    xp, w_hh, h0, b_hn, lengths, resets = (aligned16(v) for v in (xp, w_hh, h0, b_hn, lengths, resets))
     s0 = aligned16(s0.to(acc)) if c.NS else None
     y = _alloc(xp, T, B, H)
     sn = _alloc(xp, max(c.NS, 1), B, H, dtype=acc)
     gates = _alloc(xp, T, B, c.NSAVE * H) if store and c.NSAVE else None
     aux = _alloc(xp, T, B, c.NAUX * H, dtype=acc) if store and c.NAUX else None
     args = dict(xp=xp, w=w_hh, b_hn=b_hn, h0=h0, s0=s0, y=y, sn=sn, gates=gates, aux=aux, lengths=lengths,
-                T=T, B=B, H=H, D=D, HAS_BHN=b_hn is not None, STORE=store)
+                resets=resets, T=T, B=B, H=H, D=D, HAS_BHN=b_hn is not None, STORE=store)
     _launch(_heads_fwd, "fwd", args, cell, NH, D, B, xp)
     return y, sn[:c.NS], gates, aux
 
 
-def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None):
+def heads_bwd(cell: str, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths=None, resets=None):
     """The backward recurrence of one layer and direction (``heads_fwd``'s saved tensors). dy (T, B, H) with the
-    gradient of h_n added at each row's last step; ds_n (NS, B, H) that of the other final states.
+    gradient of h_n added at each row's last step; ds_n (NS, B, H) that of the other final states; lengths, resets
+    as the forward's (no gradient crosses a restart: dh0, ds0 are zero on the rows restarting at t = 0).
     Returns dz (T, B, NDZ*H) (input dtype), dh0 (B, H) and ds0 (NS, B, H) (accumulator dtype)."""
     c = CELLS[cell]
     T, B, H = dy.shape
     NH, _, D = w_hh.shape
     acc = acc_torch_dtype(dy.dtype)
-    dy, w_hh, h0, y, gates, aux, lengths = (aligned16(v) for v in (dy, w_hh, h0, y, gates, aux, lengths))
+    resets = check_resets(resets, T, B, dy.device)
+    dy, w_hh, h0, y, gates, aux, lengths, resets = (aligned16(v) for v in (dy, w_hh, h0, y, gates, aux, lengths,
+                                                                            resets))
     s0 = aligned16(s0.to(acc)) if c.NS else None
     ds_n = aligned16(ds_n.to(acc)) if c.NS else None
     dz = _alloc(dy, T, B, c.NDZ * H)
     dh0 = _alloc(dy, B, H, dtype=acc)
     ds0 = _alloc(dy, max(c.NS, 1), B, H, dtype=acc)
     args = dict(dy=dy, w=w_hh, gates=gates, aux=aux, s0=s0, h0=h0, y=y, dsn=ds_n, dz=dz, dh0=dh0, ds0=ds0,
-                lengths=lengths, T=T, B=B, H=H, D=D, NPREV=c.NPREV, NDZ=c.NDZ)
+                lengths=lengths, resets=resets, T=T, B=B, H=H, D=D, NPREV=c.NPREV, NDZ=c.NDZ)
     _launch(_heads_bwd, "bwd", args, cell, NH, D, B, dy)
     ds0[c.NPREV:].zero_()  # the sLSTM's m_0: the stabiliser gets no gradient
     return dz, dh0, ds0[:c.NS]
 
 
-def heads_weight_grads(dz_hh, h0, y, NH: int, lengths=None):
+def heads_weight_grads(dz_hh, h0, y, NH: int, lengths=None, resets=None):
     """dW_hh (NH, G*D, D) from dz_hh (T, B, G*H) (the gradient of the recurrent product, nn's column layout):
     ``dW[n, g*D + a, b] = sum_{t, batch} dz_hh[t, :, g*H + n*D + a] h_{t-1}[:, n*D + b]``, one batched GEMM over
-    the heads (deterministic). h_{t-1} as ``_common.weight_grads`` forms it (zero past a row's length)."""
+    the heads (deterministic). h_{t-1} as ``_common.weight_grads`` forms it (zero past a row's length and where
+    ``resets`` (T, B) bool restarts a row)."""
     T, B, GH = dz_hh.shape
     H = y.shape[2]
     G, D = GH // H, H // NH
-    h_prev = previous_outputs(h0, y, lengths).to(dz_hh.dtype)
+    h_prev = previous_outputs(h0, y, lengths, resets).to(dz_hh.dtype)
     a = dz_hh.reshape(T * B, G, NH, D).permute(2, 1, 3, 0).reshape(NH, G * D, T * B)
     b = h_prev.reshape(T * B, NH, D).permute(1, 0, 2)
     return torch.bmm(a, b)
 
 
-def heads_layer_fwd(cell: str, x, h0, s0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, *, store=True):
+def heads_layer_fwd(cell: str, x, h0, s0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, resets=None, *,
+                    store=True):
     """One layer and direction of a multi-head cell: the input projection of all steps (one GEMM, nn's layout)
-    then ``heads_fwd``. x (T, B, I); w_ih (G*H, I); w_hh (NH, G*D, D); biases (G*H,) or None. Returns
-    ``heads_fwd``'s (y, s_n, gates, aux)."""
+    then ``heads_fwd``. x (T, B, I); w_ih (G*H, I); w_hh (NH, G*D, D); biases (G*H,) or None; resets (T, B) bool
+    or None. Returns ``heads_fwd``'s (y, s_n, gates, aux)."""
     H = h0.shape[-1]
     if cell == "gru":  # b_hn sits inside the reset gate's product (docs/MATH.md)
         xp, b_hn = gru_input_projection(x, w_ih, b_ih, b_hh), (None if b_hh is None else b_hh[2 * H:])
     else:
         xp, b_hn = input_projection(x, w_ih, b_ih, b_hh), None
-    return heads_fwd(cell, xp, w_hh, h0, s0, b_hn, lengths, store=store)
+    return heads_fwd(cell, xp, w_hh, h0, s0, b_hn, lengths, resets, store=store)
 
 
-def heads_layer_bwd(cell: str, dy, ds_n, x, h0, s0, y, w_ih, w_hh, gates, aux, lengths=None, *, has_bias=True):
+def heads_layer_bwd(cell: str, dy, ds_n, x, h0, s0, y, w_ih, w_hh, gates, aux, lengths=None, resets=None, *,
+                    has_bias=True):
     """Gradients of one layer from ``heads_layer_fwd``'s saved tensors: ``heads_bwd``, then the weight and input
     gradients as large GEMMs over all steps. Returns (dx, dh0, ds0, dW_ih, dW_hh, db_ih, db_hh) (biases None
     without ``has_bias``; the GRU's two bias gradients differ in the n block, the other cells' are equal)."""
-    dz, dh0, ds0 = heads_bwd(cell, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths)
+    dz, dh0, ds0 = heads_bwd(cell, dy, w_hh, h0, s0, y, ds_n, gates, aux, lengths, resets)
     H = h0.shape[-1]
     dhp = dxp = dz
     if cell == "gru":  # dz = [da_r, da_z, dhn, dn]: xp's gradient leaves out dhn, the product's leaves out dn
         dhp, dxp = dz[..., :3 * H], torch.cat([dz[..., :2 * H], dz[..., 3 * H:]], -1)
     dx, _, dw_ih, _, db_ih = weight_grads(dxp, x, h0, y, w_ih, None, has_bias, lengths)
-    dw_hh = heads_weight_grads(dhp, h0, y, w_hh.shape[0], lengths)
+    dw_hh = heads_weight_grads(dhp, h0, y, w_hh.shape[0], lengths, resets)
     db_hh = db_ih
     if cell == "gru" and has_bias:
         db_hh = dhp.reshape(-1, 3 * H).sum(0, dtype=dh0.dtype).to(dy.dtype)
@@ -596,7 +635,7 @@ def heads_layer_bwd(cell: str, dy, ds_n, x, h0, s0, y, w_ih, w_hh, gates, aux, l
 
 
 # Static compile check (experiments/compile_check.py): every cell (CELL is a constexpr: each is its own kernel)
-# at every BLOCK_D of its dtype group, the heaviest variant (lengths, stored tensors).
+# at every BLOCK_D of its dtype group, the heaviest variant (lengths, resets, stored tensors).
 def _checks():
     out = []
     for name, c in CELLS.items():
@@ -610,16 +649,16 @@ def _checks():
                                          num_stages=1) for bd in (16, 32, 64, 128) if bd <= top]
                     for kind in ("fwd", "bwd")}
             cells = dict(CELL=c.id, G=c.G, NG=c.NG, NS=c.NS, NSAVE=c.NSAVE, NAUX=c.NAUX, HAS_LENGTHS=True,
-                         CAST_F32=False)
+                         HAS_RESETS=True, CAST_F32=False)
             common = dict(dtypes=DTYPE_GROUPS[group], aligns=("aligned",))
             out.append(dict(kernel=_heads_fwd, name=f"_heads_fwd[{name}]", configs=cfgs["fwd"], **common,
                             constexprs=dict(cells, HAS_BHN=c.id == GRU, STORE=True),
                             args=dict(xp="x", w="x", b_hn="x", h0="x", s0="acc", y="x", sn="acc", gates="x",
-                                      aux="acc", lengths="*i32")))
+                                      aux="acc", lengths="*i32", resets="*i8")))
             out.append(dict(kernel=_heads_bwd, name=f"_heads_bwd[{name}]", configs=cfgs["bwd"], **common,
                             constexprs=dict(cells, NPREV=c.NPREV, NDZ=c.NDZ),
                             args=dict(dy="x", w="x", gates="x", aux="acc", s0="acc", h0="x", y="x", dsn="acc",
-                                      dz="x", dh0="acc", ds0="acc", lengths="*i32")))
+                                      dz="x", dh0="acc", ds0="acc", lengths="*i32", resets="*i8")))
     return out
 
 

@@ -109,23 +109,23 @@ def setup_heads(module: nn.RNNBase, num_heads: int) -> None:
 def run_heads_layer(cell: str, x, h0, c0, weights, lengths, *, has_bias: bool, backend: str, strategy: str,
                     resets=None):
     """One layer and direction of a multi-head cell ("lstm", "gru", "rnn_tanh", "rnn_relu"). weights:
-    [w_ih (G*H, I), w_hh (NH, G*D, D), (b_ih, b_hh)]; resets (T, B) bool or None (the per-head kernels have no
-    resets yet: the reference on the dense equivalent runs a call with resets). Returns y (T, B, H), h_n (B, H),
+    [w_ih (G*H, I), w_hh (NH, G*D, D), (b_ih, b_hh)]; resets (T, B) bool or None (the state entering step t is
+    zero on the rows set at t; one flag per row and step in the per-head kernels). Returns y (T, B, H), h_n (B, H),
     c_n (B, H) or None."""
     from ._base import check_triton_dtype, last_step, needs_grad, resolve_backend  # _base imports this module
 
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     states = (h0, c0) if c0 is not None else (h0,)
-    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0 or resets is not None
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not fused_ok(f"{cell} multi-head", _HEADS_RUN[len(states)], (x, *states, weights, lengths),
-                            dict(cell=cell, has_bias=has_bias, strategy=strategy))):
+                            dict(cell=cell, has_bias=has_bias, strategy=strategy), resets)):
         return _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, resets)
     check_triton_dtype(x.dtype)
     from .heads_ops import heads_layer
 
     y, c_n = heads_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, needs_grad(x, h0, c0, *weights),
-                         strategy)
+                         strategy, resets)
     return y, last_step(y, lengths), c_n
 
 
@@ -150,15 +150,15 @@ def _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, resets=None):
     return y, h_n, None
 
 
-def reference_layer(cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths):
+def reference_layer(cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths, resets=None):
     """``_reference`` with the outputs of the op ``fusedrnn::heads_layer``: (y, s_n (NS, B, H)); s0 (NS, B, H)."""
     if cell == "slstm":
         from ..kernels.slstm import slstm_layer_ref
 
-        y, _, *s_n = slstm_layer_ref(x, h0, *s0.unbind(0), w_ih, w_hh, b_ih, b_hh, lengths)
+        y, _, *s_n = slstm_layer_ref(x, h0, *s0.unbind(0), w_ih, w_hh, b_ih, b_hh, lengths, resets=resets)
         return y, torch.stack(s_n)
     c0 = s0[0] if s0.numel() else None
-    y, _, c_n = _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    y, _, c_n = _reference(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, resets)
     return y, (c_n.unsqueeze(0) if c_n is not None else s0)
 
 

@@ -23,23 +23,24 @@ from .reference_op import run_reference
 
 
 def run_slstm_layer(x, h0, s0, weights, lengths, *, has_bias, backend, strategy, resets=None):
-    """One sLSTM layer and direction. s0 (3, B, H): c_0, n_0, m_0; resets (T, B) bool or None (the per-head kernels
-    have no resets yet: the reference runs a call with resets). Returns y (T, B, H), h_n (B, H), s_n (3, B, H)."""
+    """One sLSTM layer and direction. s0 (3, B, H): c_0, n_0, m_0; resets (T, B) bool or None (h, c, n and m
+    entering step t are zero on the rows set at t). Returns y (T, B, H), h_n (B, H), s_n (3, B, H)."""
     w_ih, w_hh = weights[0], weights[1]
     b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
     from ..kernels.heads import supported
 
-    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0 or resets is not None
+    if (resolve_backend(backend, x.device) == "reference" or x.shape[1] == 0
             or not supported(x.dtype, w_hh.shape[2], "slstm")  # no dense sLSTM kernel to fall back on
             or not fused_ok("SLSTM", run_slstm_layer, (x, h0, s0, weights, lengths),
-                            dict(has_bias=has_bias, strategy=strategy))):
+                            dict(has_bias=has_bias, strategy=strategy), resets)):
         y, h_n, c_n, n_n, m_n = run_reference("slstm", x, (h0, *s0.unbind(0)), (w_ih, w_hh, b_ih, b_hh), lengths,
                                               resets=resets)
         return y, h_n, torch.stack([c_n, n_n, m_n])
     check_triton_dtype(x.dtype)
     from .heads_ops import heads_layer_op
 
-    y, s_n, *_ = heads_layer_op("slstm", x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths, needs_grad(x, h0, s0, *weights))
+    y, s_n, *_ = heads_layer_op("slstm", x, h0, s0, w_ih, w_hh, b_ih, b_hh, lengths, needs_grad(x, h0, s0, *weights),
+                                resets)
     return y, last_step(y, lengths), s_n
 
 

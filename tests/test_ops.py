@@ -209,7 +209,7 @@ def _d(t):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "slstm"])
 def test_heads_ops_opcheck(cell):
     """fusedrnn::heads_layer and its backward (the per-head kernels; in the interpreter on CPU): two heads of 4,
-    packed lengths, the sLSTM's three states."""
+    packed lengths, the sLSTM's three states; the GRU and the sLSTM with a reset mask (an input without gradient)."""
     from kernels.heads import CELLS as HEAD_CELLS
     from models.heads_ops import heads_layer_bwd_op, heads_layer_op
     from models.ops import _EMPTY
@@ -223,12 +223,14 @@ def test_heads_ops_opcheck(cell):
     s0 = {0: x.new_empty(_EMPTY), 1: g(1, B, H)}.get(c.NS)
     if cell == "slstm":  # c, n >= 1, m
         s0 = torch.stack([rand(B, H), 1 + rand(B, H).abs(), rand(B, H)]).requires_grad_(True)
-    args = (cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, LENS2, True)
+    resets = None if cell == "lstm" else torch.tensor([[True, False], [False, True]], device=DEVICE)
+    args = (cell, x, h0, s0, w_ih, w_hh, b_ih, b_hh, LENS2, True, resets)
     torch.library.opcheck(heads_layer_op, args, test_utils=CHECKS)
     with torch.no_grad():
         y, s_n, gates, aux = heads_layer_op(*args)
     torch.library.opcheck(heads_layer_bwd_op, (cell, rand(*y.shape), rand(*s_n.shape), _d(x), _d(h0), _d(s0), y,
-                                               _d(w_ih), _d(w_hh), gates, aux, LENS2, True), test_utils=CHECKS)
+                                               _d(w_ih), _d(w_hh), gates, aux, LENS2, True, resets),
+                          test_utils=CHECKS)
 
 
 def test_layernorm_ops_opcheck():

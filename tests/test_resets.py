@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from models import GRU, LSTM, RNN, SLSTM, LayerNormLSTM, UseGateLSTM
 
 from .helpers import DEVICE, loss_of, rand
+from .test_heads import poisoned  # noqa: F401 (fixture)
 
 TOL = 1e-10
 CELLS = {
@@ -271,21 +272,24 @@ def test_readme_policy_example_runs():
     assert torch.isfinite(scope["loss"]) and scope["out"].shape == (16, 8, 32)
 
 
-def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration():
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration(num_heads):
     """The first-use self-check (forced on) compares the fused path with resets against the reference, with
-    random resets, once per configuration; a call without resets is another configuration."""
+    random resets, once per configuration; a call without resets is another configuration. Dense and per-head
+    kernels."""
     from models import _selfcheck as S
 
     S.forget()
     S.set_selfcheck("raise")
     try:
-        m = GRU(3, 4, backend="triton", strategy="per_step", dtype=torch.float64)
+        m = GRU(3, 4, backend="triton", strategy="per_step", dtype=torch.float64, num_heads=num_heads)
         x = rand(4, 2, 3)
         with torch.no_grad():  # the forward check (the backward's is the same machinery)
             m(x, resets=masks("random", 4, 2))
             m(x, resets=masks("none", 4, 2))  # the same configuration: no second check
             report = S.selfcheck_report()
             assert len(report) == 1 and report[0]["status"] == "pass" and ", resets" in report[0]["config"], report
+            assert ("multi-head" in report[0]["config"]) == (num_heads > 1), report
             m(x)
         assert len(S.selfcheck_report()) == 2
     finally:
@@ -312,3 +316,68 @@ def test_unbatched_input_takes_a_T_mask():
     assert torch.equal(y, yb[:, 0]) and torch.equal(h, hb[:, 0]) and torch.equal(c, cb[:, 0])
     with pytest.raises(RuntimeError, match=r"resets must have shape \(T,\) for unbatched input = \(5,\)"):
         m(x, resets=r.unsqueeze(1))
+
+
+# --- the per-head kernels (kernels/heads.py): num_heads=2, heads of D = 16 ---------------------------------------
+HEADS = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "slstm": SLSTM}
+
+
+@pytest.fixture
+def head_launches(monkeypatch, poisoned):  # noqa: F811 (every buffer the kernels write starts as NaN)
+    """The per-head kernel launches of a test, as (kind, whether a reset mask was passed)."""
+    from kernels import heads as k
+
+    seen = []
+    real = k._launch
+
+    def spy(kernel, kind, args, *rest):
+        seen.append((kind, args["resets"] is not None))
+        return real(kernel, kind, args, *rest)
+
+    monkeypatch.setattr(k, "_launch", spy)
+    return seen
+
+
+def _make_heads(cell, layers=1, bidir=False, **extra):
+    """(triton module with two heads of 16, the reference backend's with the same parameters of unit scale)."""
+    kw = dict(num_layers=layers, bidirectional=bidir, num_heads=2, dtype=torch.float64, device=DEVICE, **extra)
+    ours = HEADS[cell](3, 32, backend="triton", **kw)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_(rand(*p.shape, scale=0.5))
+    oracle = HEADS[cell](3, 32, backend="reference", **kw)
+    oracle.load_state_dict(ours.state_dict())
+    return ours, oracle
+
+
+@pytest.mark.parametrize("cell, extra", [("lstm", {}), ("gru", {}), ("rnn", dict(nonlinearity="relu")),
+                                         ("slstm", {})])
+def test_triton_heads_match_segments(cell, extra, head_launches):
+    """Each cell's per-head kernels with resets (row 0 at t = 0, row 1 mid-sequence) against the reference run
+    segment by segment: outputs, final states and every gradient; the kernels took the mask, forward and
+    backward (no reference fallback)."""
+    ours, oracle = _make_heads(cell, **extra)
+    _check(ours, oracle, cell, T=6, B=3)
+    assert sorted(set(head_launches)) == [("bwd", True), ("fwd", True)]
+
+
+def test_triton_heads_bidir_2layers(head_launches):
+    ours, oracle = _make_heads("rnn", layers=2, bidir=True)
+    _check(ours, oracle, "rnn", T=6, B=3)
+    assert len(head_launches) == 8 and all(r for _, r in head_launches)
+
+
+def test_triton_heads_packed(head_launches):
+    ours, oracle = _make_heads("lstm")
+    _check(ours, oracle, "lstm", T=6, B=4, packed=True)
+    assert all(r for _, r in head_launches)
+
+
+def test_triton_heads_without_config_run_dense_kernels_with_resets(monkeypatch):
+    """Heads without a compile-checked per-head config run the dense fused kernels on the dense equivalent, the
+    reset mask with them."""
+    from kernels import heads as k
+
+    monkeypatch.setattr(k, "supported", lambda dtype, D, cell="lstm": False)
+    ours, oracle = _make_heads("gru")
+    _check(ours, oracle, "gru", T=4, B=3)
