@@ -2,7 +2,7 @@
 per_step kernels compute the same thing with two launches a step; the math: docs/MATH.md, "LayerNorm LSTM and
 LayerNorm GRU"). One launch per layer and direction, built on the plain persistent LSTM's machinery
 (kernels/_persistent.py: the grid barrier, the error flag, the cooperative launch, the co-residency check, the configs;
-kernels/lstm_persistent.py's forward: its design and its configs).
+kernels/lstm_persistent.py's forward: its design).
 
 Program p owns hidden units j in [p*U, p*U + U) of all four gates (the (S, KS, 4U) slice of recurrent_kernel^T,
 held on chip for the whole launch), and the whole batch in one tile (B <= BLOCK_B: a larger batch runs per_step).
@@ -43,7 +43,6 @@ import triton
 import triton.language as tl
 
 from . import _persistent as _p
-from . import lstm_persistent as _lp
 from ._common import acc_torch_dtype, gate_act, split_gates4, tanh_of
 from .layernorm import _zone, _zone_weight
 from .lstm_persistent import _gate_cols
@@ -59,26 +58,27 @@ def _partial_stats(v, m, n):
 
 
 @triton.jit
-def _publish(stats, phase, pid, nprog, s, m2, o_b, m_b, BLOCK_B: tl.constexpr):
-    """Store this program's partial (sum, M2) of each row into stats[phase, 0 / 1, pid, :]."""
-    p = stats + ((phase * 2) * nprog + pid) * BLOCK_B + o_b
+def _publish(stats, phase, pid, s, m2, o_b, m_b, BLOCK_B: tl.constexpr, P_PAD: tl.constexpr):
+    """Store this program's partial (sum, M2) of each row into stats[phase, 0 / 1, :, pid]."""
+    p = stats + (phase * 2 * BLOCK_B + o_b) * P_PAD + pid
     tl.store(p, s, mask=m_b)
-    tl.store(p + nprog * BLOCK_B, m2, mask=m_b)
+    tl.store(p + BLOCK_B * P_PAD, m2, mask=m_b)
 
 
 @triton.jit
 def _combine(stats, phase, nprog, width, U, n, o_b, P_PAD: tl.constexpr, BLOCK_B: tl.constexpr):
     """The mean and rstd of each row from the partials of all ``nprog`` programs in stats[phase] (Chan's
-    combination, module docstring): program q covered width * min(U, H - q*U) of the row's ``n`` values."""
+    combination, module docstring): program q covered width * min(U, H - q*U) of the row's ``n`` values. The
+    programs run along each row (contiguous in memory, and within a warp: the sums are shuffles)."""
     o_q = tl.arange(0, P_PAD)
     m_q = o_q < nprog
-    p = stats + ((phase * 2) * nprog + o_q[:, None]) * BLOCK_B + o_b[None, :]
-    s = tl.load(p, mask=m_q[:, None], other=0.0, cache_modifier=".cg")
-    m2 = tl.load(p + nprog * BLOCK_B, mask=m_q[:, None], other=0.0, cache_modifier=".cg")
+    p = stats + (phase * 2 * BLOCK_B + o_b[:, None]) * P_PAD + o_q[None, :]
+    s = tl.load(p, mask=m_q[None, :], other=0.0, cache_modifier=".cg")
+    m2 = tl.load(p + BLOCK_B * P_PAD, mask=m_q[None, :], other=0.0, cache_modifier=".cg")
     n_q = width * tl.maximum(tl.minimum(U, n // width - o_q * U), 1)
-    mean = tl.sum(s, axis=0) / n
-    dev = s - n_q[:, None] * mean[None, :]
-    var = tl.sum(m2 + tl.where(m_q[:, None], dev * dev / n_q[:, None], 0.0), axis=0) / n
+    mean = tl.sum(s, axis=1) / n
+    dev = s - n_q[None, :] * mean[:, None]
+    var = tl.sum(m2 + tl.where(m_q[None, :], dev * dev * (1.0 / n_q)[None, :], 0.0), axis=1) / n
     return mean, 1.0 / tl.sqrt(var + 1e-5)
 
 
@@ -95,7 +95,7 @@ def _lnlstm_fwd_persistent(
     gates,  # (T, B, 4H) i, g, f, o (STORE)
     a_hat,  # (T, B, 4H) the normalised recurrent pre-activation (STORE)
     rstd,  # (T, B) its rstd, accumulator dtype (STORE)
-    stats,  # (2, 2, P, BLOCK_B) accumulator dtype: [phase (a, c), (sum, M2), program, row]
+    stats,  # (2, 2, BLOCK_B, P_PAD) accumulator dtype: [phase (a, c), (sum, M2), row, program]
     counter,  # (1,) int32, zero at launch
     flag,  # (1,) int32 sticky error flag
     s_w,
@@ -151,7 +151,7 @@ def _lnlstm_fwd_persistent(
         b_h3 = tl.load(hbuf + t64 * s_t + b3 * H + kk, mask=m_h3, other=0.0, cache_modifier=".cg")
         a = _p._splitk_dot(b_h3, w3, CAST_F32, PRECISION, ACC)
         s_a, m2_a = _partial_stats(a, m_n[None, :], 4 * n_own)
-        _publish(stats, 0, pid, nprog, s_a, m2_a, o_b, m_b, BLOCK_B)
+        _publish(stats, 0, pid, s_a, m2_a, o_b, m_b, BLOCK_B, P_PAD)
         _p._arrive(counter)
         zw = _zone_weight(zmask, zkeep, t64 * s_t + o_bj, m_bj, ACC, ZONEOUT)  # while the others arrive
         alive = _p._wait(counter, flag, (3 * t + 1) * nprog, spin_cap, alive)
@@ -162,7 +162,7 @@ def _lnlstm_fwd_persistent(
         b_i, b_g, b_f, b_o = split_gates4(g, BLOCK_B, U)
         c_new = b_f * c + b_i * b_g
         s_c, m2_c = _partial_stats(c_new, m_j[None, :], n_own)
-        _publish(stats, 1, pid, nprog, s_c, m2_c, o_b, m_b, BLOCK_B)
+        _publish(stats, 1, pid, s_c, m2_c, o_b, m_b, BLOCK_B, P_PAD)
         _p._arrive(counter)
         if STORE:  # while the others arrive
             tl.store(a_hat + t64 * s_t * 4 + o_bn, n_a.to(a_hat.dtype.element_ty), mask=m_bn)
@@ -190,9 +190,22 @@ def _lnlstm_fwd_persistent(
 # ----------------------------------------------------------------------------------------------
 # Planning and launch
 # ----------------------------------------------------------------------------------------------
-# The plain LSTM forward's launch shapes (kernels/lstm_persistent.py, ``ARCH_CONFIGS``): the same product on the same
-# unit tiles; this kernel adds the statistics, compile-checked at each of them.
-ARCH_CONFIGS = _lp.ARCH_CONFIGS
+# Launch shapes, per dtype group (``_persistent.PersistentConfig``; only the forward fields are used). Twice the
+# plain LSTM forward's units per program in 16-bit (16 at H_PAD 1024 and 512, 8 below): each combination reads
+# P x B partials per row statistic and the grid reads P^2 x B, so halving P quarters that traffic, for a product
+# twice as wide (predicted 5.5-8.1 us a step at B = 16, H = 768 against 6.0-8.7 with 8 units: experiments/predict.py).
+# fp32 keeps the plain forward's 4 units (its 16-warp shapes spill here). Each entry compiles with 0 spills for
+# sm_90a and sm_80 (COMPILE_CHECK).
+def _cfg(h_pad: int, units: int, warps: int) -> _p.PersistentConfig:
+    return _p.PersistentConfig(H_PAD=h_pad, UNITS=units, BLOCK_B=16, fwd_warps=warps, bwd_warps=warps)
+
+
+CONFIGS = {
+    "16bit": [_cfg(1024, 16, 4), _cfg(512, 16, 4), _cfg(256, 8, 4), _cfg(128, 8, 4)],
+    "fp32": [_cfg(512, 4, 8), _cfg(128, 4, 4)],  # 256 / 4 units / 8 warps spills 8 B on sm_80
+    "fp64": [_cfg(128, 4, 8)],
+}
+ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS}
 
 
 def decide(strategy: str, *, device_type: str, dtype: torch.dtype, H: int, B: int, sm_count: int = 0,
@@ -225,8 +238,7 @@ def plan(strategy: str, *, device: torch.device, dtype: torch.dtype, H: int, B: 
 
 
 def lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, zkeep=None, lengths=None, *,
-                          store=True, cfg: _p.PersistentConfig, spin_cap: int = _p.SPIN_CAP,
-                          n_programs: int | None = None):
+                          store=True, cfg: _p.PersistentConfig, spin_cap: int = _p.SPIN_CAP):
     """The LayerNorm LSTM recurrence of one layer and direction in one launch: the arguments and results of
     ``layernorm.lnlstm_fwd_sequence`` (checked there), ``cfg`` from ``decide`` (B <= cfg.BLOCK_B).
     Raises ``_persistent.Fallback`` (before launching) or RuntimeError (barrier timeout)."""
@@ -242,14 +254,14 @@ def lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, 
     gates = xp.new_empty(T, B, G4) if store else None
     a_hat = xp.new_empty(T, B, G4) if store else None
     rstd = xp.new_empty(T, B, dtype=acc) if store else None
-    stats = xp.new_empty(2, 2, n_programs or cfg.programs("fwd", H), cfg.BLOCK_B, dtype=acc)
+    stats = xp.new_empty(2, 2, cfg.BLOCK_B, cfg.H_PAD // cfg.UNITS, dtype=acc)  # P_PAD >= the programs
     _p._check_aligned(xp=xp, w=w, hbuf=hbuf, cbuf=cbuf, gates=gates, a_hat=a_hat, zmask=zmask, lengths=lengths)
     zo = 1 if zmask is not None else (2 if zkeep is not None else 0)
     args = dict(xp=xp, w=w, gamma_r=gamma_r, gamma_h=gamma_h, beta_h=beta_h, zmask=zmask, zkeep=zkeep,
                 lengths=lengths, hbuf=hbuf, cbuf=cbuf, gates=gates, a_hat=a_hat, rstd=rstd, stats=stats,
                 s_w=w.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap, ZONEOUT=zo, STORE=store)
     _p.run_persistent(_lnlstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LayerNorm LSTM forward",
-                      n_programs=n_programs, extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
+                      extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     return hbuf[1:], cbuf[T % nslot], (cbuf[1:] if store else None), gates, a_hat, rstd
 
 

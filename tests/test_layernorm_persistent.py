@@ -83,14 +83,14 @@ def test_module_persistent_forward_then_per_step_backward(monkeypatch):
 
 
 @triton.jit
-def _publish_partials(v, stats, B, H, U: tl.constexpr, BLOCK_B: tl.constexpr):
+def _publish_partials(v, stats, B, H, U: tl.constexpr, BLOCK_B: tl.constexpr, P_PAD: tl.constexpr):
     pid = tl.program_id(0)
     o_b = tl.arange(0, BLOCK_B)
     m_b = o_b < B
     o_n, m_n, _ = _gate_cols(pid * U, H, U)
     a = tl.load(v + o_b[:, None] * (4 * H) + o_n[None, :], mask=m_b[:, None] & m_n[None, :], other=0.0)
     s, m2 = LP._partial_stats(a, m_n[None, :], 4 * tl.minimum(U, H - pid * U))
-    LP._publish(stats, 1, pid, tl.num_programs(0), s, m2, o_b, m_b, BLOCK_B)
+    LP._publish(stats, 1, pid, s, m2, o_b, m_b, BLOCK_B, P_PAD)
 
 
 @triton.jit
@@ -109,10 +109,10 @@ def test_row_statistics_combine_across_programs():
     v = rand(B, 4 * H) + 50.0
     U, BB = 8, 4
     nprog = triton.cdiv(H, U)
-    stats = torch.full((2, 2, nprog, BB), float("nan"), dtype=D)
+    stats = torch.full((2, 2, BB, 4), float("nan"), dtype=D)
     out = torch.full((2, BB), float("nan"), dtype=D)
-    _publish_partials[(nprog,)](v, stats, B, H, U=U, BLOCK_B=BB)
-    _combine_partials[(1,)](stats, out, nprog, H, U=U, P_PAD=triton.next_power_of_2(nprog), BLOCK_B=BB)
+    _publish_partials[(nprog,)](v, stats, B, H, U=U, BLOCK_B=BB, P_PAD=4)
+    _combine_partials[(1,)](stats, out, nprog, H, U=U, P_PAD=4, BLOCK_B=BB)
     mean = v.mean(1)
     rstd = torch.rsqrt(v.var(1, unbiased=False) + 1e-5)
     torch.testing.assert_close(out[0, :B], mean, rtol=0, atol=1e-12)
@@ -134,7 +134,7 @@ def test_falls_back_to_per_step_with_a_reason(strategy, dtype, H_, B_, reason):
 def test_runs_persistent_where_a_config_fits_and_logs_fallbacks(caplog):
     cfg, why = LP.decide("persistent", device_type="cuda", dtype=torch.bfloat16, H=768, B=16, sm_count=132,
                          interpret=False)
-    assert why == "" and (cfg.H_PAD, cfg.UNITS, cfg.BLOCK_B) == (1024, 8, 16)
+    assert why == "" and (cfg.H_PAD, cfg.UNITS, cfg.BLOCK_B, cfg.fwd_warps) == (1024, 16, 16, 4)
     with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
         assert LP.plan("auto", device=torch.device("cpu"), dtype=D, H=H, B=B) is None
     assert "LayerNorm LSTM fwd strategy='auto' runs per_step" in caplog.text
