@@ -44,7 +44,7 @@ import triton.language as tl
 
 from . import _persistent as _p
 from ._common import acc_torch_dtype, gate_act, split_gates4, tanh_of
-from .layernorm import _zone, _zone_weight
+from .layernorm import _zone, _zone_weight, _zoneout_meta
 from .lstm_persistent import _gate_cols
 
 
@@ -246,20 +246,16 @@ def lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, 
     H = G4 // 4
     acc = acc_torch_dtype(xp.dtype)
     w = rk.t().contiguous()  # (4H, H): each gate column of recurrent_kernel K-contiguous (ldmatrix reads it)
-    hbuf = xp.new_empty(T + 1, B, H)
-    hbuf[0].copy_(h0)
-    nslot = T + 1 if store else 2
-    cbuf = xp.new_empty(nslot, B, H, dtype=acc)
-    cbuf[0].copy_(c0)
+    hbuf, cbuf, nslot = _p.lstm_state_buffers(xp, h0, c0, store)
     gates = xp.new_empty(T, B, G4) if store else None
     a_hat = xp.new_empty(T, B, G4) if store else None
     rstd = xp.new_empty(T, B, dtype=acc) if store else None
     stats = xp.new_empty(2, 2, cfg.BLOCK_B, cfg.H_PAD // cfg.UNITS, dtype=acc)  # P_PAD >= the programs
     _p._check_aligned(xp=xp, w=w, hbuf=hbuf, cbuf=cbuf, gates=gates, a_hat=a_hat, zmask=zmask, lengths=lengths)
-    zo = 1 if zmask is not None else (2 if zkeep is not None else 0)
     args = dict(xp=xp, w=w, gamma_r=gamma_r, gamma_h=gamma_h, beta_h=beta_h, zmask=zmask, zkeep=zkeep,
                 lengths=lengths, hbuf=hbuf, cbuf=cbuf, gates=gates, a_hat=a_hat, rstd=rstd, stats=stats,
-                s_w=w.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap, ZONEOUT=zo, STORE=store)
+                s_w=w.stride(0), T=T, B=B, H=H, NSLOT=nslot, spin_cap=spin_cap, ZONEOUT=_zoneout_meta(zmask, zkeep),
+                STORE=store)
     _p.run_persistent(_lnlstm_fwd_persistent, args, cfg=cfg, kind="fwd", like=xp, what="LayerNorm LSTM forward",
                       extra_meta=dict(FAST_TANH=_p.fast_tanh(xp.dtype)))
     return hbuf[1:], cbuf[T % nslot], (cbuf[1:] if store else None), gates, a_hat, rstd
