@@ -1,8 +1,8 @@
 """Persistent whole-sequence forward of the LayerNorm LSTM (Haste's cell, zoneout, lengths: kernels/layernorm.py's
 per_step kernels compute the same thing with two launches a step; the math: docs/MATH.md, "LayerNorm LSTM and
 LayerNorm GRU"). One launch per layer and direction, built on the plain persistent LSTM's machinery
-(kernels/_persistent.py: the grid barrier, the error flag, the cooperative launch, the co-residency check, the config class;
-kernels/lstm_persistent.py's forward: its design).
+(kernels/_persistent.py: the grid barrier, the error flag, the cooperative launch, the co-residency check, the
+config class; kernels/lstm_persistent.py's forward: its design).
 
 Program p owns hidden units j in [p*U, p*U + U) of all four gates (the (S, KS, 4U) slice of recurrent_kernel^T,
 held on chip for the whole launch), and the whole batch in one tile (B <= BLOCK_B: a larger batch runs per_step).
