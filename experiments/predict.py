@@ -48,6 +48,11 @@ dtype:
    is not predicted here either): docs/PERFORMANCE.md ("Programmatic dependent launch") expects it to hide 0.5-1.5
    us of each 1-2 us gap; the range keeps 0.25 us of the optimistic 1 us gap and 1.5 us of the pessimistic 2 us.
    Their GEMMs add the input layer norm's passes and, backward, its VJP and the gain sums (``gemm_ms``).
+   The LayerNorm LSTM's persistent forward (strategy ``persistent``, kernels/layernorm_persistent.py; B <= 16,
+   the batch in one tile): a step is one whole pass of its time loop (the spin loops not run) with three grid
+   barriers (``WHOLE_PASS_BARRIERS``, ``whole_pass_step_us``): the work between an arrival and the end of its wait
+   overlaps the barrier (the max of the two), the rest runs in series; its GEMMs are the per_step forward's less
+   the graph's input copy.
 7. Multi-head cells (strategy ``heads_D<D>``, heads of D units: kernels/heads.py, ``_heads_fwd[cell]`` /
    ``_heads_bwd[cell]``; cells lstm, gru, rnn_tanh and slstm, the last two only as heads): one program per (head,
    16-row batch tile) for the whole sequence at the BLOCK_D and warps its launcher picks (``WARPS``), no grid
@@ -481,7 +486,11 @@ KERNELS = {
     ("gru", "persistent", "bwd"): ("gru_persistent", "_gru_bwd_persistent"),
     ("gru", "per_step", "fwd"): ("gru", "_gru_fwd_step"),
     ("gru", "per_step", "bwd"): ("gru", "_gru_bwd_step"),
+    ("lnlstm", "persistent", "fwd"): ("layernorm_persistent", "_lnlstm_fwd_persistent"),
 }
+# Persistent kernels whose step is one whole pass of the time loop with several grid barriers in it (module
+# docstring, step 6): the barriers per step.
+WHOLE_PASS_BARRIERS = {"_lnlstm_fwd_persistent": 3}
 # The LayerNorm cells' row programs (module docstring, step 6); their product is ``LN_PRODUCT``.
 LN_ROWS = {("lnlstm", "fwd"): "_lnlstm_fwd_rows", ("lnlstm", "bwd"): "_lnlstm_bwd_rows",
            ("lngru", "fwd"): "_lngru_fwd_rows", ("lngru", "bwd"): "_lngru_bwd_rows"}
@@ -504,6 +513,8 @@ def head_size(strategy: str) -> int | None:
 
 def strategies(cell: str) -> tuple:
     """The strategies predicted for ``cell``."""
+    if cell == "lnlstm":
+        return ("per_step", "per_step_pdl", "persistent")
     if cell in LN_CELLS:
         return ("per_step", "per_step_pdl")
     return (() if cell in HEADS_ONLY else ("persistent", "per_step")) + HEADS_STRATEGIES
@@ -692,6 +703,30 @@ def persistent_step_us(model: StepKernelModel, tiles: int, programs: int, gather
     return (cyc + DATA_SYNC_EXTRA_POLLS * rounds) / clk
 
 
+def whole_pass_step_us(model: StepKernelModel, programs: int, gather_fraction: float, p: Params) -> float:
+    """A persistent step that is one whole pass of the time loop with several grid barriers (module docstring,
+    step 6): the path cut at each arrival (``REDG`` / ``RED``) and at the end of the wait that follows it (the
+    first instruction past the next spin loop); the work between an arrival and the end of its wait overlaps the
+    barrier (max of the two), the rest is in series. Each piece simulated on its own (gathers at this program's
+    share of the aggregate L2 bandwidth)."""
+    clk = p.clock_ghz * 1e3
+    bpc = min(p.sm_l2_bpc, p.l2_tbs * 1e12 / (programs * p.clock_ghz * 1e9))
+    path = model.path(1)
+    lo, hi, _ = model.persistent
+    spins = sorted(lp for lp in loops(model.instrs) if lo < lp[0] and lp[1] < hi)
+
+    def us(seg):
+        return simulate(seg, model.warps, p, bpc, gather_fraction) / clk if seg else 0.0
+
+    t, prev = 0.0, 0
+    for k in (k for k, ins in enumerate(path) if ins.base in ("REDG", "RED")):
+        spin = next(lp for lp in spins if lp[0] > path[k].addr)
+        end = next(j for j in range(k, len(path)) if path[j].addr > spin[1])
+        t += us(path[prev:k + 1]) + max(us(path[k + 1:end]), p.grid_barrier_us)
+        prev = end
+    return t + us(path[prev:])
+
+
 def heads_step_us(model: StepKernelModel, programs: int, p: Params) -> float:
     """A per-head kernel's step (module docstring, step 7): the steady-state pass of its time loop, (three passes
     - one) / 2 simulated back to back, times the waves of ``programs`` programs on the SMs."""
@@ -846,7 +881,7 @@ class Predictor:
             heads = kernel.startswith("_heads_")
             self._models[key] = StepKernelModel(build, cfg["num_warps"], data_sync="[data_sync]" in kernel,
                                                 persistent=None if heads else "persistent" in kernel,
-                                                whole_sequence=heads)
+                                                whole_sequence=heads or kernel in WHOLE_PASS_BARRIERS)
         return self._models[key]
 
     def persistent(self, cell, kind, arch, dtype, B, H, strategy: str = "persistent",
@@ -859,6 +894,9 @@ class Predictor:
             return None
         cfg = dict(pc.meta(kind), num_warps=pc.warps(kind), num_stages=1)
         kernel = KERNELS[(cell, strategy, kind)][1]
+        barriers = WHOLE_PASS_BARRIERS.get(kernel, 1)
+        if barriers > 1 and B > pc.BLOCK_B:  # the batch in one tile (kernels/layernorm_persistent.py)
+            return None
         m = self.model(kernel, cfg, arch, dtype, resets=resets)
         if resets and persistent_resets_fallback():
             r = self.per_step(cell, kind, arch, dtype, B, H, resets=True)
@@ -867,7 +905,10 @@ class Predictor:
         tiles = -(-B // pc.BLOCK_B)
         programs = pc.programs(kind, H)
         frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
-        us = tuple(persistent_step_us(m, tiles, programs, frac, p, strategy != "persistent") for p in params)
+        if barriers > 1:
+            us = tuple(whole_pass_step_us(m, programs, frac, p) for p in params)
+        else:
+            us = tuple(persistent_step_us(m, tiles, programs, frac, p, strategy != "persistent") for p in params)
         c = count(m.path(tiles), m.warps, frac)
         c.global_bytes *= programs
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "persistent", dtype, B, H, p) for u, p in zip(us, params))
@@ -988,7 +1029,7 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batc
                                 continue
                             if head_size(strategy):
                                 r = predictor.heads(cell, kind, arch, dtype, B, H, head_size(strategy))
-                            elif cell in LN_CELLS:
+                            elif cell in LN_CELLS and strategy != "persistent":
                                 r = predictor.layernorm(cell, kind, arch, dtype, B, H, strategy == "per_step_pdl")
                             else:
                                 r = getattr(predictor, strategy)(cell, kind, arch, dtype, B, H)
@@ -1257,7 +1298,8 @@ def ln_doc_block(rows: list[dict]) -> str:
     commits = " / ".join(sorted({r["commit"] for r in ln_rows}))
     out = [LN_BEGIN, "", f"[E] Predicted (`python -m experiments.predict`, commit {commits}; H100 parameters; module "
            "docstring of `experiments/predict.py`, step 6: the product then the row program, each with its graph node "
-           "gap, 1.0-2.0 us, or with PDL the assumed 0.25-1.5 us). B = 16, T = 1024, bf16, sm_90a; ms are the "
+           "gap, 1.0-2.0 us, or with PDL the assumed 0.25-1.5 us; the persistent forward: one pass of its time loop "
+           "plus three grid barriers, then the per_step backward). B = 16, T = 1024, bf16, sm_90a; ms are the "
            f"recurrence plus the pass's GEMMs and layer-norm passes. Targets: forward <= {LN_TARGETS_MS[0]:g} ms, "
            f"forward+backward <= {LN_TARGETS_MS[1]:g} ms, and <= {LN_TARGET_RATIO:g}x the plain LSTM per_step "
            "(its forward+backward in the last column's denominator, the same CSV).", "",
@@ -1276,6 +1318,19 @@ def ln_doc_block(rows: list[dict]) -> str:
                 out.append(f"| {cell} | {H} | {'on' if strategy == 'per_step_pdl' else 'off'} | {cfgs} | "
                            f"{f['us_per_step_lo']}-{f['us_per_step_hi']} | {b['us_per_step_lo']}-{b['us_per_step_hi']}"
                            f" | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} | {fb[0]:.1f}-{fb[1]:.1f} | {ratio} |")
+            # the persistent forward (three grid barriers a step) before the per_step backward, PDL off / on
+            for strategy in ("per_step", "per_step_pdl"):
+                f, b = idx.get((cell, "persistent", "bf16", "sm_90", 16, H, "fwd")), idx.get(
+                    (cell, strategy, "bf16", "sm_90", 16, H, "bwd"))
+                plain = _ms(idx, "lstm", "per_step", H, ("fwd", "bwd"))
+                if f is None or b is None or plain is None:
+                    continue
+                fb = [float(f[k]) + float(b[k]) for k in ("ms_T1024_lo", "ms_T1024_hi")]
+                out.append(f"| {cell} persistent fwd | {H} | {'on' if strategy == 'per_step_pdl' else 'off'} (bwd) | "
+                           f"{f['kernel']} / {b['kernel'].replace('_ln_product', 'product')} | "
+                           f"{f['us_per_step_lo']}-{f['us_per_step_hi']} | {b['us_per_step_lo']}-{b['us_per_step_hi']}"
+                           f" | {f['ms_T1024_lo']}-{f['ms_T1024_hi']} | {fb[0]:.1f}-{fb[1]:.1f} | "
+                           f"{fb[0] / plain[0]:.2f}-{fb[1] / plain[1]:.2f} |")
     out += ["", LN_END]
     return "\n".join(out)
 

@@ -17,7 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4
+from ._common import (
+    _dot_in, acc_torch_dtype, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4,
+)
 
 log = logging.getLogger("fusedrnn")
 
@@ -453,6 +455,19 @@ def _launch(kernel, grid, args: dict, meta: dict, num_warps: int) -> None:
         if "cooperative" in str(e).lower():
             raise NotCoresident(f"the driver refused the cooperative launch: {e}") from e
         raise
+
+
+def lstm_state_buffers(xp: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, store: bool):
+    """The persistent LSTM forwards' state buffers: hbuf (T+1, B, H) with hbuf[0] = h0 (h_t goes to hbuf[t+1]),
+    cbuf (NSLOT, B, H) in the accumulator dtype with cbuf[0] = c0 (c_t in slot (t+1) % NSLOT; NSLOT = T+1 when
+    every c_t is kept for the backward, else 2); returns (hbuf, cbuf, NSLOT)."""
+    T, B, H = xp.shape[0], xp.shape[1], c0.shape[-1]
+    hbuf = xp.new_empty(T + 1, B, H)
+    hbuf[0].copy_(h0)
+    nslot = T + 1 if store else 2
+    cbuf = xp.new_empty(nslot, B, H, dtype=acc_torch_dtype(xp.dtype))
+    cbuf[0].copy_(c0)
+    return hbuf, cbuf, nslot
 
 
 def run_persistent(kernel, args: dict, *, cfg: PersistentConfig, kind: str, like: torch.Tensor, what: str,

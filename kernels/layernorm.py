@@ -535,8 +535,10 @@ def _fwd_lstm_loop(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengt
 
 
 def lnlstm_fwd_sequence(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, zkeep=None, lengths=None, *,
-                        store=True):
-    """The LayerNorm LSTM recurrence over T steps, two launches per step (module docstring).
+                        store=True, strategy="per_step"):
+    """The LayerNorm LSTM recurrence over T steps, two launches per step (module docstring), or with
+    ``strategy="persistent"`` one launch for the whole sequence (kernels/layernorm_persistent.py) where it fits,
+    else per_step with the reason logged at DEBUG level ("auto": per_step, no prediction favours persistent yet).
 
     Args:
         xp (T, B, 4H) the input projection with its layer norm and bias; h0, c0 (B, H); rk (H, 4H) Haste's
@@ -554,6 +556,16 @@ def lnlstm_fwd_sequence(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, zk
     xp, h0, c0, rk = rowmajor(xp), rowmajor(h0), rowmajor(c0), rk.contiguous()
     gamma_r, gamma_h, beta_h = gamma_r.contiguous(), gamma_h.contiguous(), beta_h.contiguous()
     zmask = zmask.contiguous() if zmask is not None else None
+    if strategy != "per_step":
+        from . import layernorm_persistent as _lp
+
+        cfg = _lp.plan(strategy, device=xp.device, dtype=xp.dtype, H=H, B=B)
+        if cfg is not None:
+            try:
+                return _lp.lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengths,
+                                                 store=store, cfg=cfg)
+            except _lp._p.Fallback as e:
+                _lp._p.log_fallback(strategy, e, "LayerNorm LSTM")
     return _graphs.run("lnlstm_fwd", lambda *args: _fwd_lstm_loop(*args, store),
                        (xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, zkeep, lengths),
                        flags=(store, dot_precision(xp.dtype, xp.device)))

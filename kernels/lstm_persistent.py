@@ -459,13 +459,8 @@ def lstm_fwd_persistent(xp, w_hh, h0, c0, lengths=None, *, store=True, cfg: Pers
     """
     T, B, G4 = xp.shape
     H = G4 // 4
-    acc = acc_torch_dtype(xp.dtype)
     xp, w_hh = xp.contiguous(), w_hh if w_hh.stride(-1) == 1 else w_hh.contiguous()
-    hbuf = xp.new_empty(T + 1, B, H)
-    hbuf[0].copy_(h0)
-    nslot = T + 1 if store else 2
-    cbuf = xp.new_empty(nslot, B, H, dtype=acc)
-    cbuf[0].copy_(c0)
+    hbuf, cbuf, nslot = _p.lstm_state_buffers(xp, h0, c0, store)
     gates = xp.new_empty(T, B, G4) if store else None
     _check_aligned(xp=xp, w_hh=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths)
     args = dict(xp=xp, w=w_hh, hbuf=hbuf, cbuf=cbuf, gates=gates, lengths=lengths, resets=resets, s_w=w_hh.stride(0),

@@ -45,7 +45,8 @@ def check_backend(backend: str, strategy: str, strategies: tuple = PER_STEP_STRA
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if strategy not in strategies:
-        hint = " ('persistent' exists for the LSTM and GRU only)" if strategy in STRATEGIES else ""
+        hint = (" ('persistent' exists for the LSTM and GRU only, and the LayerNorm LSTM's forward)"
+                if strategy in STRATEGIES else "")
         raise ValueError(f"strategy must be one of {strategies}, got {strategy!r}{hint}")
 
 

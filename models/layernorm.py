@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..kernels.layernorm_ref import ln_input_projection
-from ._base import FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
+from ._base import STRATEGIES, FusedRNNBase, check_triton_dtype, last_step, needs_grad, resolve_backend
 from ._selfcheck import fused_ok
 from .reference_op import run_reference
 
@@ -55,7 +55,7 @@ def run_lnlstm_layer(x, h0, c0, weights, lengths, zmask, *, has_bias, backend, s
     from . import ops
 
     store = needs_grad(xp, h0, c0, rk, gamma, gamma_h, beta_h)
-    y, c_n, *_ = ops.lnlstm_layer(xp, h0, c0, rk, gamma[1], gamma_h, beta_h, mask, keep, lengths, store)
+    y, c_n, *_ = ops.lnlstm_layer(xp, h0, c0, rk, gamma[1], gamma_h, beta_h, mask, keep, lengths, store, strategy)
     return y, last_step(y, lengths), c_n
 
 
@@ -185,7 +185,9 @@ class LayerNormLSTM(_LayerNormRNN):
             expectation ``p * h_{t-1} + (1 - p) * h~``), as Haste.
         forget_bias: initial value of the forget gate's bias block (Haste's default 1.0).
         backend: "auto" (fused Triton kernels on CUDA, the PyTorch reference elsewhere), "triton" or "reference".
-        strategy: "auto" or "per_step".
+        strategy: "auto" or "per_step" (both run per_step), or "persistent": the forward in one launch per layer and
+            direction (kernels/layernorm_persistent.py) where it fits (CUDA: B <= 16, the plain persistent LSTM's
+            dtypes and H), else per_step with the reason at DEBUG level; the backward is per_step.
 
     Inputs: ``input`` (T, B, I) / (B, T, I) with batch_first / (T, I) unbatched / a PackedSequence, and optional
     ``(h_0, c_0)``, each (layers * directions, B, H). Returns ``output, (h_n, c_n)`` with nn.LSTM's shapes.
@@ -194,6 +196,7 @@ class LayerNormLSTM(_LayerNormRNN):
 
     _has_cell = True
     _autocast_kind = "gru"  # not on autocast's CPU lists: runs in the input's dtype there (CUDA: lower precision)
+    _strategies = STRATEGIES
 
     def __init__(self, *args, forget_bias: float = 1.0, **kwargs):
         self.forget_bias = float(forget_bias)

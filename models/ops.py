@@ -428,22 +428,24 @@ def _zref(zmask: Optional[Tensor], keep: float):
 @torch.library.custom_op("fusedrnn::lnlstm_layer", mutates_args=())
 def lnlstm_layer(
     xp: Tensor, h0: Tensor, c0: Tensor, rk: Tensor, gamma_r: Tensor, gamma_h: Tensor, beta_h: Tensor,
-    zmask: Optional[Tensor], keep: float, lengths: Optional[Tensor], store: bool,
+    zmask: Optional[Tensor], keep: float, lengths: Optional[Tensor], store: bool, strategy: str = "per_step",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The LayerNorm LSTM recurrence of one layer and direction: xp (T, B, 4H), h0, c0 (B, H), rk (H, 4H), gamma_r
-    (4H,), gamma_h, beta_h (H,), zmask (T, B, H) or None, keep (1 - p in eval), lengths (B,) int32 or None.
+    (4H,), gamma_h, beta_h (H,), zmask (T, B, H) or None, keep (1 - p in eval), lengths (B,) int32 or None,
+    strategy of the forward ("persistent": kernels/layernorm_persistent.py where it fits; the backward is per_step).
     Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H, accumulator dtype), gates, a_hat (T, B, 4H),
     rstd (T, B) (empty when ``store`` is False)."""
     with _no_autocast(xp):
         y, c_n, c_seq, gates, a_hat, rstd = _ln.lnlstm_fwd_sequence(
-            xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, _zkeep(zmask, keep, xp), lengths, store=store)
+            xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, _zkeep(zmask, keep, xp), lengths, store=store,
+            strategy=strategy)
     acc = c_n
     return (y, c_n.to(xp.dtype, copy=True), _or_empty(c_seq, acc), _or_empty(gates, xp), _or_empty(a_hat, xp),
             _or_empty(rstd, acc))
 
 
 @lnlstm_layer.register_fake
-def _(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store):
+def _(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store, strategy="per_step"):
     T, B, G4 = xp.shape
     H = h0.shape[1]
     acc = acc_torch_dtype(xp.dtype)
@@ -475,7 +477,7 @@ def _(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rs
 
 
 def _lnlstm_setup(ctx, inputs, output):
-    xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store = inputs
+    xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store, _ = inputs
     y, c_n, c_seq, gates, a_hat, rstd = output
     ctx.stored = bool(store)
     if store:
@@ -496,12 +498,12 @@ def _lnlstm_backward(ctx, dy, dc_n, *unused):
 
         grads = differentiable_vjp(ref, (xp, h0, c0, rk, gamma_r, gamma_h, beta_h), ctx.needs_input_grad[:7],
                                    (dy, dc_n))
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
     dy = torch.zeros_like(y) if dy is None else dy
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
     grads = lnlstm_layer_bwd(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask,
                              ctx.keep, lengths)
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None)
 
 
 lnlstm_layer.register_autograd(_lnlstm_backward, setup_context=_lnlstm_setup)

@@ -448,6 +448,11 @@ def test_jit_kernels_tells_kernels_from_helpers():
 EPILOGUE_DEBT = {(k, arch, 256, 4): 8 for k in ("_lstm_bwd_persistent", "_gru_bwd_persistent")
                  for arch in ("sm_90a", "sm_80")}
 EPILOGUE_DEBT.update({(k, "sm_80", 1024, 8): 8 for k in ("_lstm_bwd_persistent", "_gru_bwd_persistent")})
+# The LayerNorm LSTM's persistent forward stores its per-row partial statistics (B values a phase) from the dot's
+# reduced tile, which every one of its 4 warps holds whole (the row sums need no shared memory there); its 2-D
+# stores (h, c, the gates, a^) are computed once per value.
+EPILOGUE_DEBT.update({("_lnlstm_fwd_persistent", arch, h_pad, units): 4 for arch in ("sm_90a", "sm_80")
+                      for h_pad, units in ((1024, 16), (512, 16), (256, 8), (128, 8))})
 
 
 def _persistent_16bit(rows: list[dict]) -> list[dict]:

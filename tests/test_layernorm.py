@@ -227,8 +227,9 @@ def test_haste_state_dict_stacks_layers_and_rejects_others():
 def test_module_arguments_and_swap():
     with pytest.raises(ValueError, match="zoneout"):
         fusedrnn.LayerNormGRU(I, H, zoneout=1.5)
-    with pytest.raises(ValueError, match="strategy"):
-        fusedrnn.LayerNormLSTM(I, H, strategy="persistent")
+    with pytest.raises(ValueError, match="strategy"):  # the LayerNorm LSTM's forward has one, the GRU none
+        fusedrnn.LayerNormGRU(I, H, strategy="persistent")
+    fusedrnn.LayerNormLSTM(I, H, strategy="persistent")
     model = torch.nn.Sequential(fusedrnn.LayerNormLSTM(I, H), fusedrnn.LayerNormGRU(H, H), torch.nn.LSTM(H, H))
     swapped = fusedrnn.swap_rnns(model)
     assert type(swapped[0]) is fusedrnn.LayerNormLSTM and swapped[0] is model[0]

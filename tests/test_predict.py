@@ -124,7 +124,8 @@ def test_csv_persistent_steps_grow_with_the_batch_tiles():
     idx = pr._index(pr.read_csv())
     n = 0
     for (cell, strategy, dtype, arch, B, H, kind), r in idx.items():
-        if strategy != "persistent" or B != 16 or "[16x" not in r["kernel"]:
+        if (strategy != "persistent" or B != 16 or "[16x" not in r["kernel"]
+                or r["kernel"].partition("[")[0] in pr.WHOLE_PASS_BARRIERS):  # those hold the batch in one tile
             continue
         for Bn, times in ((64, 3), (256, 12)):
             rn = idx[(cell, strategy, dtype, arch, Bn, H, kind)]
@@ -134,6 +135,16 @@ def test_csv_persistent_steps_grow_with_the_batch_tiles():
                 assert many >= times * one, (r, rn)
             n += 1
     assert n > 0
+
+
+def test_csv_layernorm_persistent_rows_pay_three_barriers_a_step():
+    """The LayerNorm LSTM's persistent forward (one batch tile): rows at B <= 16 only, forward only, each step at
+    least its three grid barriers."""
+    rows = [r for r in pr.read_csv() if r["cell"] == "lnlstm" and r["strategy"] == "persistent"]
+    assert rows and all(int(r["B"]) <= 16 and r["pass"] == "fwd" for r in rows)
+    for r in rows:
+        for end, p in zip(("lo", "hi"), pr.DEVICES[pr.ARCH_DEVICE[int(r["arch"].removeprefix("sm_"))]]):
+            assert float(r[f"us_per_step_{end}"]) > 3 * p.grid_barrier_us, r
 
 
 def test_per_step_path_enters_a_loop_guarded_by_a_branch_around_it():
