@@ -51,8 +51,9 @@ def test_the_smoke_setting_is_the_cpu_study():
     assert steps == sorted(steps) and SMOKE.steps_for("copy", 10) == SMOKE.steps["copy"]
 
 
+# the copy task once (its data and loss do not depend on the cell): the use-gate LSTM
 @pytest.mark.parametrize("model,task", [("rnn", "adding"), ("lstm", "adding"), ("usegate", "adding"),
-                                        ("usegate", "copy"), ("gru", "adding"), ("gru", "copy"), ("slstm", "adding")])
+                                        ("usegate", "copy"), ("gru", "adding"), ("slstm", "adding")])
 def test_triton_backend_trains_like_reference(model, task):
     s = replace(TINY, steps={task: 3}, eval_every=1, eval_batch=4, lr=1e-2)
     job = Job(model, task, 4 if task == "adding" else 3, seed=0)
