@@ -442,12 +442,11 @@ def test_jit_kernels_tells_kernels_from_helpers():
 # The replication the step-3 rewrites left (issue 20 stays open for it; docs/PERFORMANCE.md, "Step 3 rewrites",
 # row 7): where a backward's (16, units) tile holds fewer values than it has threads, the tile is laid out over
 # the warps more than once and every warp computes all of it: H_PAD 256 (4 units on 8 warps: the variants with one
-# warp per value are predicted slower there) and, on sm_80, H_PAD 1024 (8 units on 8 warps: 16 units need more
-# shared memory than sm_80 has). Per (kernel, arch, BLOCK_K, BLOCK_H), the largest value allowed; anything not
-# listed must be 1. A kernel change that lowers a value makes the xfail below pass (strict): then shrink this list.
+# warp per value are predicted slower there for the LSTM). Per (kernel, arch, BLOCK_K, BLOCK_H), the largest value
+# allowed; anything not listed must be 1. A kernel change that lowers a value makes the xfail below pass (strict):
+# then shrink this list.
 EPILOGUE_DEBT = {(k, arch, 256, 4): 8 for k in ("_lstm_bwd_persistent", "_gru_bwd_persistent")
                  for arch in ("sm_90a", "sm_80")}
-EPILOGUE_DEBT.update({(k, "sm_80", 1024, 8): 8 for k in ("_lstm_bwd_persistent", "_gru_bwd_persistent")})
 
 
 def _persistent_16bit(rows: list[dict]) -> list[dict]:
@@ -468,7 +467,7 @@ def _debt(r: dict) -> int:
 
 def test_epilogue_replication_no_worse_than_recorded(table):
     """No 16-bit persistent config replicates its pointwise work more than ``EPILOGUE_DEBT`` records (1 where it
-    records nothing): every forward and the backwards at H_PAD 1024 (sm_90), 512 and 128 compute each value in one
+    records nothing): every forward and the backwards at H_PAD 1024, 512 and 128 compute each value in one
     warp; a change that brings back the 16x of 2c7c128's forward or the 8x of the backwards before fails here."""
     _, rows = table
     assert _persistent_16bit(rows) and all(int(r["epilogue_repeat"]) >= 0 for r in rows if r["status"] != "N/A")
@@ -477,8 +476,8 @@ def test_epilogue_replication_no_worse_than_recorded(table):
         "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 open: the persistent backwards at H_PAD 256, and at 1024 on sm_80, "
-                                       "still replicate the epilogue 8x (EPILOGUE_DEBT)")
+@pytest.mark.xfail(strict=True, reason="issue 20 open: the persistent backwards at H_PAD 256 still replicate "
+                                       "the epilogue 8x (EPILOGUE_DEBT)")
 def test_no_replicated_epilogue_in_16bit_persistent_kernels(table):
     """The target: a persistent step's activations and cell update run once per value, not once per warp (the
     split-K sum leaves each output in one warp). The kernels of 2c7c128 computed them 16x."""
