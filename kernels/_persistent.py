@@ -160,17 +160,19 @@ class PersistentConfig:
 # pointwise value is computed by one warp where the (16, units) tile holds a value per thread: 4 forward warps on 8
 # units, 2 on 4 units; the backward on 16 units with 8 warps (64 programs at H = 1024: half the dz gathered over
 # the grid) or 8 with 4 warps. At H_PAD 256 the backward keeps 4 units on 8 warps, each value computed by every
-# warp: 16 units (16 programs) or 4 warps are predicted slower there (docs/PERFORMANCE.md, "Step 3 rewrites",
-# row 7). sm_80 keeps 8 units in the backward at H_PAD 1024: 16 need 192 KB of shared memory (the W slice and two
-# dz blocks in flight), above its 163 KB (each value is then computed by all 8 warps).
+# warp: every variant with a value per thread (4, 8 or 16 units on 2, 4 or 8 warps, 2 to 16 K slices) is
+# predicted slower there for the LSTM (docs/PERFORMANCE.md, "Step 3 rewrites", row 7). sm_80's backward at H_PAD
+# 1024 runs 8 units on 4 warps with 16 K slices (two per warp): 16 units need 192 KB of shared memory (the W slice
+# and two dz blocks in flight), above its 163 KB; 8 warps would compute each value in every warp.
 CONFIGS_16BIT = {90: [
     PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
     PersistentConfig(H_PAD=512, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8, bwd_units=16),
     PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=8),
     PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=4, bwd_units=8),
 ]}
-CONFIGS_16BIT[80] = [PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=8),
-                     *CONFIGS_16BIT[90][1:]]
+CONFIGS_16BIT[80] = [
+    PersistentConfig(H_PAD=1024, UNITS=8, BLOCK_B=16, fwd_warps=4, bwd_warps=4, bwd_split=16),  # 255 registers
+    *CONFIGS_16BIT[90][1:]]
 
 
 def triton_configs(configs: dict, kind: str) -> dict:

@@ -400,7 +400,7 @@ CONFIGS = {
     ],
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
-# sm_80 runs the same shapes but the 16-bit backward at H_PAD 1024 (8 units: shared memory)
+# sm_80 runs the same shapes but the 16-bit backward at H_PAD 1024 (8 units on 4 warps: shared memory)
 CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
