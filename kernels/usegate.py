@@ -127,8 +127,7 @@ def _usegate_fwd_gates(
     b_f = sigmoid(b_zf + tl.load(p_x + 2 * H, mask=m_bj, other=0.0).to(ACC))
     b_v = sigmoid(b_zv + tl.load(p_x + 3 * H, mask=m_bj, other=0.0).to(ACC))
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    if HAS_RESETS:  # read after the product, as the other epilogue inputs here
-        m_h = carried_rows(resets, o_b, m_b)[:, None]
+    if HAS_RESETS:
         b_cp = tl.where(m_h, b_cp, 0.0)
     b_k = b_f * b_cp
     b_c = b_k + b_n * b_i
@@ -210,11 +209,13 @@ def _usegate_bwd_gates(
 
     # dh_t[b, j] = sum_k dz_{t+1}[b, k] W_hh[k, j] over all K = 4H gate rows (full dz rows, no atomics); the rows
     # restarting at t+1 take nothing (their dc_in came as 0 from step t+1)
+    if HAS_RESETS:
+        m_n = carried_rows(resets_next, o_b, m_b)[:, None]
     if HAS_NEXT:
         b_dh = dot_rows(dz_next, s_dzn, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
                         BLOCK_B, BLOCK_H, BLOCK_K)
-        if HAS_RESETS:  # read after the product, as the other epilogue inputs here
-            b_dh = tl.where(carried_rows(resets_next, o_b, m_b)[:, None], b_dh, 0.0)
+        if HAS_RESETS:
+            b_dh = tl.where(m_n, b_dh, 0.0)
     else:
         b_dh = tl.zeros((BLOCK_B, BLOCK_H), ACC)
     b_dh += tl.load(dy + o_b[:, None] * s_dy + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
@@ -270,6 +271,8 @@ def _usegate_bwd_use(
 ):
     o_b, o_j, m_b, m_j, m_bj = tile_offsets(B, H, BLOCK_B, BLOCK_H)
 
+    if HAS_RESETS:  # loaded before the product, applied after it
+        m_h = carried_rows(resets, o_b, m_b)[:, None]
     # dk[b, j] = dc[b, j] + sum_m dzu[b, m] W_u[m, j]
     b_dk = dot_rows(dzu, s_dzu, w, s_w, 0, o_b, m_b, o_j, m_j, K, False, CAST_F32, PRECISION, ACC,
                     BLOCK_B, BLOCK_H, BLOCK_K)
@@ -277,8 +280,7 @@ def _usegate_bwd_use(
     b_dk += b_dc
     b_f = tl.load(gates + o_b[:, None] * s_g + 2 * H + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
     b_cp = tl.load(c_prev + o_b[:, None] * s_cp + o_j[None, :], mask=m_bj, other=0.0).to(ACC)
-    if HAS_RESETS:  # read after the product, as the other epilogue inputs here
-        m_h = carried_rows(resets, o_b, m_b)[:, None]
+    if HAS_RESETS:
         b_cp = tl.where(m_h, b_cp, 0.0)
     b_dzf = b_dk * b_cp * b_f * (1.0 - b_f)
     b_dcp = b_dk * b_f
