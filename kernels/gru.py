@@ -222,7 +222,7 @@ def _persistent_plan(strategy, x, H, B, kind, resets=None):
     why at DEBUG level on the "fusedrnn" logger)."""
     if strategy == "per_step":
         return None
-    why = _persistent._p.resets_on_gpu(resets, x.device)
+    why = _persistent._p.resets_on_gpu(resets, x.device, x.dtype)
     if why:
         _persistent.log_fallback(strategy, _persistent.Fallback(why))
         return None

@@ -245,7 +245,7 @@ def _persistent_plan(strategy, x, H, B, has_proj, kind, resets=None):
     logs why at DEBUG level on the "fusedrnn" logger)."""
     if strategy == "per_step":
         return None
-    why = _persistent._p.resets_on_gpu(resets, x.device)
+    why = _persistent._p.resets_on_gpu(resets, x.device, x.dtype)
     if why:
         _persistent.log_fallback(strategy, _persistent.Fallback(why))
         return None

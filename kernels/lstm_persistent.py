@@ -519,20 +519,21 @@ def log_fallback(strategy: str, err: Fallback) -> None:
 
 
 # Static compile check (experiments/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
-# heaviest constexpr variant without resets (lengths, stored gates; the reset variant runs in the interpreter only,
-# ``_persistent.resets_on_gpu``); the aligned variant only, the one ``decide`` lets run
+# heaviest constexpr variant (lengths, stored gates, resets in the dtype groups that launch them on a GPU:
+# ``_persistent.RESET_GROUPS``); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).
 _FWD_CHECK = dict(
-    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
+    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", resets="*i8", counter="*i32",
+              flag="*i32"),
     aligns=("aligned",),
 )
 COMPILE_CHECK = [
     *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
                       constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True,
-                                      HAS_RESETS=False)),
+                                      HAS_RESETS=True)),
     *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
-                                lengths="*i32", counter="*i32", flag="*i32"),
-                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=False)),
+                                lengths="*i32", resets="*i8", counter="*i32", flag="*i32"),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=True)),
 ]

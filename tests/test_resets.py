@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from kernels._common import DTYPE_GROUPS
 from models import GRU, LSTM, RNN, SLSTM, LayerNormLSTM, UseGateLSTM
 
 from .helpers import DEVICE, loss_of, rand
@@ -293,15 +294,65 @@ def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration():
         S.forget()
 
 
-def test_persistent_with_resets_runs_per_step_on_cuda_only():
-    """The persistent kernels' reset variant is not compile-checked: on CUDA a launch with resets is planned
-    per_step (with the reason), in the interpreter it runs persistent (the tests above)."""
+def test_persistent_with_resets_runs_per_step_on_cuda_in_fp32_only():
+    """On CUDA a persistent launch takes a reset mask in the dtype groups whose reset variant the compile check
+    compiles (16-bit, fp64; fp32's spills), else it is planned per_step with the reason; in the interpreter every
+    dtype runs persistent (the tests above). Each persistent entry of the check compiles exactly that variant."""
+    from experiments import compile_check as cc
     from kernels import _persistent
 
-    mask = torch.zeros(2, 2, dtype=torch.bool)
-    assert _persistent.resets_on_gpu(None, torch.device("cuda")) == ""
-    assert _persistent.resets_on_gpu(mask, torch.device("cpu")) == ""
-    assert "not compile-checked" in _persistent.resets_on_gpu(mask, torch.device("cuda"))
+    mask, cuda = torch.zeros(2, 2, dtype=torch.bool), torch.device("cuda")
+    assert _persistent.resets_on_gpu(None, cuda, torch.float32) == ""
+    assert _persistent.resets_on_gpu(mask, torch.device("cpu"), torch.float32) == ""
+    for dt in (torch.float16, torch.bfloat16, torch.float64):
+        assert _persistent.resets_on_gpu(mask, cuda, dt) == ""
+    assert "fp32 reset variant is not compile-checked" in _persistent.resets_on_gpu(mask, cuda, torch.float32)
+    entries = [e for m in ("kernels.lstm_persistent", "kernels.gru_persistent") for e in cc._entries(m)]
+    assert len(entries) == 24
+    for e in entries:
+        checked = any(e["dtypes"] == DTYPE_GROUPS[g] for g in _persistent.RESET_GROUPS)
+        assert e["constexprs"]["HAS_RESETS"] == checked and ("resets" in e["args"]) == checked, e["dtypes"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+def test_cuda_launch_with_resets_is_planned_persistent_in_bf16(monkeypatch, cell, kind):
+    """A bf16 sequence with a reset mask on CUDA takes the persistent plan and passes the mask to the persistent
+    launcher (no per_step fallback). No GPU needed: the tensors report a CUDA device, the plan and the launcher
+    are stand-ins that record their call."""
+    from kernels import gru, gru_persistent, lstm, lstm_persistent
+
+    T, B, H = 4, 2, 4
+    pmod = lstm_persistent if cell == "lstm" else gru_persistent
+    calls = {}
+
+    def plan(strategy, **kw):
+        calls["plan"] = kw
+        return "cfg"
+
+    def run(*args, cfg, resets, **kw):
+        calls["run"] = cfg, resets
+
+    monkeypatch.setattr(pmod, "plan", plan)
+    monkeypatch.setattr(pmod, f"{cell}_{kind}_persistent", run)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    r = masks("random", T, B)
+
+    def x(*shape):
+        return rand(*shape, dtype=torch.bfloat16)
+
+    if (cell, kind) == ("lstm", "fwd"):
+        lstm.lstm_fwd_sequence(x(T, B, 4 * H), x(4 * H, H), x(B, H), x(B, H), resets=r)
+    elif (cell, kind) == ("lstm", "bwd"):
+        lstm.lstm_bwd_sequence(x(T, B, H), x(B, H), x(4 * H, H), x(B, H), rand(T, B, H, dtype=torch.float32),
+                               x(T, B, 4 * H), resets=r)
+    elif kind == "fwd":
+        gru.gru_fwd_sequence(x(T, B, 3 * H), x(3 * H, H), None, x(B, H), resets=r)
+    else:
+        gru.gru_bwd_sequence(x(T, B, H), x(3 * H, H), x(B, H), x(T, B, H), x(T, B, 4 * H), resets=r)
+    assert calls["plan"]["device"].type == "cuda" and calls["plan"]["kind"] == kind
+    cfg, resets = calls["run"]
+    assert cfg == "cfg" and torch.equal(resets.view(torch.bool), r)
 
 
 def test_unbatched_input_takes_a_T_mask():
