@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import DTYPE_GROUPS, _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4
+from ._common import _dot_in, compile_check_entries, dot_meta, dtype_group, interpreting, join_gates4
 
 log = logging.getLogger("fusedrnn")
 
@@ -185,11 +185,6 @@ def check_entries(kernel, arch_configs: dict, kind: str, **entry) -> list[dict]:
     for e in out:  # FAST_TANH=True in ``entry`` means: on the 16-bit path, as ``fast_tanh`` launches it
         if e["constexprs"].get("FAST_TANH"):
             e["constexprs"] = dict(e["constexprs"], FAST_TANH="bf16" in e["dtypes"])
-        # likewise HAS_RESETS=True: in the groups where ``resets_on_gpu`` lets a launch take a mask (elsewhere the
-        # mask is never passed: no ``resets`` pointer either)
-        if e["constexprs"].get("HAS_RESETS") and not any(e["dtypes"] == DTYPE_GROUPS[g] for g in RESET_GROUPS):
-            e["constexprs"] = dict(e["constexprs"], HAS_RESETS=False)
-            e["args"] = {k: v for k, v in e["args"].items() if k != "resets"}
     return out
 
 
@@ -303,21 +298,6 @@ def log_per_step(cell: str, kind: str, strategy: str, why: str) -> None:
     """Log at DEBUG level why a ``cell`` pass planned with ``strategy`` runs per_step."""
     if strategy != "per_step":
         log.debug("fusedrnn: %s %s strategy=%r runs per_step: %s", cell, kind, strategy, why)
-
-
-# The dtype groups whose persistent kernels are compile-checked in their reset variant (HAS_RESETS): 0 spills in
-# every config of both cells, both archs. fp32's is not: its LSTM backward at H_PAD 128 (4 units, 4 warps) spills
-# 8 B on sm_80 with resets (docs/PERFORMANCE.md "Episode resets").
-RESET_GROUPS = ("16bit", "fp64")
-
-
-def resets_on_gpu(resets, device: torch.device, dtype: torch.dtype) -> str:
-    """"" where a persistent launch may take a reset mask, else why not: on CUDA only the dtype groups of
-    ``RESET_GROUPS`` (their reset variant is the one the compile check compiles); an fp32 launch with resets runs
-    per_step, whose reset variant is checked. The interpreter runs every dtype (tests)."""
-    if resets is None or device.type != "cuda" or dtype_group(dtype) in RESET_GROUPS:
-        return ""
-    return "resets: the persistent kernels' fp32 reset variant is not compile-checked (it spills); per_step's is"
 
 
 def log_fallback(strategy: str, err: Exception, cell: str = "LSTM") -> None:

@@ -401,8 +401,7 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
 
 
 # Static compile check (experiments/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates,
-# resets in the dtype groups that launch them on a GPU: ``_persistent.RESET_GROUPS``), aligned only (the variant
-# ``decide`` lets run).
+# resets), aligned only (the variant ``decide`` lets run).
 COMPILE_CHECK = [
     *_p.check_entries(_gru_fwd_persistent, ARCH_CONFIGS, "fwd", aligns=("aligned",),
                       args=dict(xp="x", w="x", b_hn="x", hbuf="x", gates="x", lengths="*i32", resets="*i8",

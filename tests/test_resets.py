@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from kernels._common import DTYPE_GROUPS
 from models import GRU, LSTM, RNN, SLSTM, LayerNormLSTM, UseGateLSTM
 
 from .helpers import DEVICE, loss_of, rand
@@ -294,30 +293,22 @@ def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration():
         S.forget()
 
 
-def test_persistent_with_resets_runs_per_step_on_cuda_in_fp32_only():
-    """On CUDA a persistent launch takes a reset mask in the dtype groups whose reset variant the compile check
-    compiles (16-bit, fp64; fp32's spills), else it is planned per_step with the reason; in the interpreter every
-    dtype runs persistent (the tests above). Each persistent entry of the check compiles exactly that variant."""
+def test_persistent_kernels_are_compile_checked_with_resets():
+    """Every persistent entry of the compile check compiles the reset variant (HAS_RESETS, with its mask pointer),
+    the one a CUDA launch with resets runs."""
     from experiments import compile_check as cc
-    from kernels import _persistent
 
-    mask, cuda = torch.zeros(2, 2, dtype=torch.bool), torch.device("cuda")
-    assert _persistent.resets_on_gpu(None, cuda, torch.float32) == ""
-    assert _persistent.resets_on_gpu(mask, torch.device("cpu"), torch.float32) == ""
-    for dt in (torch.float16, torch.bfloat16, torch.float64):
-        assert _persistent.resets_on_gpu(mask, cuda, dt) == ""
-    assert "fp32 reset variant is not compile-checked" in _persistent.resets_on_gpu(mask, cuda, torch.float32)
     entries = [e for m in ("kernels.lstm_persistent", "kernels.gru_persistent") for e in cc._entries(m)]
     assert len(entries) == 24
     for e in entries:
-        checked = any(e["dtypes"] == DTYPE_GROUPS[g] for g in _persistent.RESET_GROUPS)
-        assert e["constexprs"]["HAS_RESETS"] == checked and ("resets" in e["args"]) == checked, e["dtypes"]
+        assert e["constexprs"]["HAS_RESETS"] is True and e["args"]["resets"] == "*i8", e["dtypes"]
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
-def test_cuda_launch_with_resets_is_planned_persistent_in_bf16(monkeypatch, cell, kind):
-    """A bf16 sequence with a reset mask on CUDA takes the persistent plan and passes the mask to the persistent
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_launch_with_resets_is_planned_persistent(monkeypatch, cell, kind, dtype):
+    """A sequence with a reset mask on CUDA takes the persistent plan and passes the mask to the persistent
     launcher (no per_step fallback). No GPU needed: the tensors report a CUDA device, the plan and the launcher
     are stand-ins that record their call."""
     from kernels import gru, gru_persistent, lstm, lstm_persistent
@@ -339,7 +330,7 @@ def test_cuda_launch_with_resets_is_planned_persistent_in_bf16(monkeypatch, cell
     r = masks("random", T, B)
 
     def x(*shape):
-        return rand(*shape, dtype=torch.bfloat16)
+        return rand(*shape, dtype=dtype)
 
     if (cell, kind) == ("lstm", "fwd"):
         lstm.lstm_fwd_sequence(x(T, B, 4 * H), x(4 * H, H), x(B, H), x(B, H), resets=r)
