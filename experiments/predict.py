@@ -66,10 +66,9 @@ dtype:
    and predicted as steps 1-5 predict the variant without: its int8 flag loads and selects are instructions and
    bytes on the path like any other. The per-step configs are timed and picked for the reset variant on its own.
    The flags only feed selects, so the prediction holds for any mask content (all-false or not). Where a persistent
-   launch with a mask runs per_step on a GPU (``_persistent.resets_on_gpu``), the persistent row is what runs: the
-   per_step reset variant, labelled ``runs per_step`` with the spill bytes of the persistent reset variant, which
-   is compiled all the same. Off the ``BATCHES`` x ``HIDDEN`` grid the rows without a mask are predicted beside
-   them (not read by "auto").
+   launch with a mask would run per_step on a GPU (``persistent_resets_fallback``; none today), the persistent
+   row is what runs: the per_step reset variant, labelled ``runs per_step``. Off the ``BATCHES`` x ``HIDDEN`` grid
+   the rows without a mask are predicted beside them (not read by "auto").
 
 Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
 H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
@@ -529,11 +528,13 @@ FALLBACK = "runs per_step"  # a persistent reset row's label where a launch with
 
 
 def persistent_resets_fallback() -> str:
-    """Why a persistent launch with a reset mask runs per_step on a GPU (``_persistent.resets_on_gpu`` for a CUDA
-    device), "" where the persistent kernels' reset variant runs."""
+    """Why a persistent launch with a reset mask would run per_step on a GPU (a ``_persistent.resets_on_gpu`` for
+    a CUDA device, where the launchers have one), "" where the persistent kernels' reset variant runs (today: their
+    reset variant is the compile-checked one, so it always runs)."""
     import torch
 
-    return _module("_persistent").resets_on_gpu(torch.ones(1, dtype=torch.bool), torch.device("cuda"))
+    check = getattr(_module("_persistent"), "resets_on_gpu", None)
+    return check(torch.ones(1, dtype=torch.bool), torch.device("cuda")) if check else ""
 
 
 def default_cache() -> Path:

@@ -304,16 +304,6 @@ def log_per_step(cell: str, kind: str, strategy: str, why: str) -> None:
         log.debug("fusedrnn: %s %s strategy=%r runs per_step: %s", cell, kind, strategy, why)
 
 
-def resets_on_gpu(resets, device: torch.device) -> str:
-    """"" where a persistent launch may take a reset mask, else why not: the kernels' HAS_RESETS variant runs in the
-    interpreter (tests) but is not in the compile check's table (with it, sm_90a bf16: the LSTM backward at
-    H_PAD 512 / 4 units and the GRU backward at H_PAD 1024 spill 8 B), so on CUDA a launch with resets runs
-    per_step, whose reset variant is checked."""
-    if resets is None or device.type != "cuda":
-        return ""
-    return "resets: the persistent kernels' reset variant is not compile-checked; per_step's is"
-
-
 def log_fallback(strategy: str, err: Exception, cell: str = "LSTM") -> None:
     """Log at DEBUG level why a launch planned as persistent runs per_step (the caller then runs it)."""
     log.debug("fusedrnn: %s strategy=%r runs per_step: %s", cell, strategy, err)

@@ -217,14 +217,10 @@ def gru_bwd_step(dg_next, w_hh, dy_t, gates_t, h_prev, q_in, q_out, dg_t, length
 STRATEGIES = ("auto", "per_step", "persistent")
 
 
-def _persistent_plan(strategy, x, H, B, kind, resets=None):
+def _persistent_plan(strategy, x, H, B, kind):
     """The persistent config for this layer, or None for per_step (kernels/gru_persistent.py decides and logs
     why at DEBUG level on the "fusedrnn" logger)."""
     if strategy == "per_step":
-        return None
-    why = _persistent._p.resets_on_gpu(resets, x.device)
-    if why:
-        _persistent.log_fallback(strategy, _persistent.Fallback(why))
         return None
     return _persistent.plan(strategy, device=x.device, dtype=x.dtype, H=H, B=B, kind=kind)
 
@@ -275,7 +271,7 @@ def gru_fwd_sequence(xp, w_hh, b_hn, h0, lengths=None, resets=None, *, store=Tru
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
     resets = check_resets(resets, T, B, dev)
     xp, w_hh, h0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0)
-    cfg = _persistent_plan(strategy, xp, H, B, "fwd", resets)
+    cfg = _persistent_plan(strategy, xp, H, B, "fwd")
     if cfg is not None:
         try:
             return _persistent.gru_fwd_persistent(xp, w_hh, b_hn, h0, lengths, store=store, cfg=cfg, resets=resets)
@@ -322,7 +318,7 @@ def gru_bwd_sequence(dy, w_hh, h0, y, gates, lengths=None, resets=None, *, strat
         check_tensor("lengths", lengths, (B,), torch.int32, dev)
     resets = check_resets(resets, T, B, dev)
     dy, w_hh, h0, y, gates = rowmajor(dy), rowmajor(w_hh), rowmajor(h0), rowmajor(y), rowmajor(gates)
-    cfg = _persistent_plan(strategy, dy, H, B, "bwd", resets)
+    cfg = _persistent_plan(strategy, dy, H, B, "bwd")
     if cfg is not None:
         try:
             return _persistent.gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths, cfg=cfg, resets=resets)

@@ -400,17 +400,16 @@ def gru_bwd_persistent(dy, w_hh, h0, y, gates, lengths=None, *, cfg: PersistentC
     return dg, qbuf[T % 2]
 
 
-# Static compile check (experiments/compile_check.py): the heaviest constexpr variant without resets (b_hn, lengths,
-# stored gates; the reset variant runs in the interpreter only, ``_persistent.resets_on_gpu``),
-# aligned only (the variant ``decide`` lets run).
+# Static compile check (experiments/compile_check.py): the heaviest constexpr variant (b_hn, lengths, stored gates,
+# resets), aligned only (the variant ``decide`` lets run).
 COMPILE_CHECK = [
     *_p.check_entries(_gru_fwd_persistent, ARCH_CONFIGS, "fwd", aligns=("aligned",),
-                      args=dict(xp="x", w="x", b_hn="x", hbuf="x", gates="x", lengths="*i32", counter="*i32",
-                                flag="*i32"),
+                      args=dict(xp="x", w="x", b_hn="x", hbuf="x", gates="x", lengths="*i32", resets="*i8",
+                                counter="*i32", flag="*i32"),
                       constexprs=dict(HAS_BHN=True, HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False,
-                                      FAST_TANH=True, HAS_RESETS=False)),
+                                      FAST_TANH=True, HAS_RESETS=True)),
     *_p.check_entries(_gru_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", y="x", h0="x", qbuf="acc", dg="x", lengths="*i32",
-                                counter="*i32", flag="*i32"),
-                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=False)),
+                                resets="*i8", counter="*i32", flag="*i32"),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=True)),
 ]

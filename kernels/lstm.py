@@ -240,14 +240,10 @@ def lstm_bwd_step(dz_next, w_hh, dy_t, gates_t, c_t, c_prev, dc_in, dc_out, dz_t
 STRATEGIES = ("auto", "per_step", "persistent")
 
 
-def _persistent_plan(strategy, x, H, B, has_proj, kind, resets=None):
+def _persistent_plan(strategy, x, H, B, has_proj, kind):
     """The persistent config for this layer, or None for per_step (kernels/lstm_persistent.py decides and
     logs why at DEBUG level on the "fusedrnn" logger)."""
     if strategy == "per_step":
-        return None
-    why = _persistent._p.resets_on_gpu(resets, x.device)
-    if why:
-        _persistent.log_fallback(strategy, _persistent.Fallback(why))
         return None
     return _persistent.plan(strategy, device=x.device, dtype=x.dtype, H=H, B=B, has_proj=has_proj, kind=kind)
 
@@ -308,7 +304,7 @@ def lstm_fwd_sequence(xp, w_hh, h0, c0, w_hr=None, lengths=None, resets=None, *,
     resets = check_resets(resets, T, B, dev)
     xp, w_hh, h0, c0 = rowmajor(xp), rowmajor(w_hh), rowmajor(h0), rowmajor(c0)
     w_hr = rowmajor(w_hr) if w_hr is not None else None
-    cfg = _persistent_plan(strategy, xp, H, B, w_hr is not None, "fwd", resets)
+    cfg = _persistent_plan(strategy, xp, H, B, w_hr is not None, "fwd")
     if cfg is not None:
         try:
             return _persistent.lstm_fwd_persistent(xp, w_hh, h0, c0, lengths, store=store, cfg=cfg, resets=resets)
@@ -370,7 +366,7 @@ def lstm_bwd_sequence(dy, dc_n, w_hh, c0, c_seq, gates, w_hr=None, r_seq=None, l
     dc_n = rowmajor(dc_n.to(acc_torch_dtype(dy.dtype)))
     T, B, _ = dy.shape
     resets = check_resets(resets, T, B, dy.device)
-    cfg = _persistent_plan(strategy, dy, gates.shape[2] // 4, B, w_hr is not None, "bwd", resets)
+    cfg = _persistent_plan(strategy, dy, gates.shape[2] // 4, B, w_hr is not None, "bwd")
     if cfg is not None:
         try:
             return _persistent.lstm_bwd_persistent(dy, dc_n, w_hh, c0, c_seq, gates, lengths, cfg=cfg, resets=resets)

@@ -350,8 +350,9 @@ def _lstm_bwd_persistent(
         # resets: a row restarting at t had c_{t-1} = 0 and passes no gradient to step t-1; one restarting at t+1
         # takes none from dz_{t+1} (its dc came as 0 from step t+1); loaded beside the dz gather, applied after
         if HAS_RESETS:
-            m_h = carried_rows(resets + tl.cast(t, tl.int64) * B, o_b, m_b)[:, None]
-            m_dz = carried_rows(resets + (tl.cast(t, tl.int64) + 1) * B, o_b, m_b & (step > 0))[:, None]
+            p_r = resets + tl.cast(t, tl.int64) * B  # rows t and t+1 of the mask
+            m_h = carried_rows(p_r, o_b, m_b)[:, None]
+            m_dz = carried_rows(p_r + B, o_b, m_b & (step > 0))[:, None]
         rec = _bwd_dh(dz, t, step, o_b, B, H, w_i, w_f, w_g, w_o, CAST_F32, PRECISION, ACC, S, KS)
         if HAS_RESETS:
             rec = tl.where(m_dz, rec, 0.0)
@@ -514,20 +515,20 @@ def log_fallback(strategy: str, err: Fallback) -> None:
 
 
 # Static compile check (experiments/compile_check.py): BLOCK_K is H_PAD, BLOCK_H the units per program; the
-# heaviest constexpr variant without resets (lengths, stored gates; the reset variant runs in the interpreter only,
-# ``_persistent.resets_on_gpu``); the aligned variant only, the one ``decide`` lets run
+# heaviest constexpr variant (lengths, stored gates, resets); the aligned variant only, the one ``decide`` lets run
 # (H % 16 == 0 and 16-byte aligned tensors: unaligned rows would need one 64-bit pointer per element of the
 # (S, BB, KS) gathers and spill).
 _FWD_CHECK = dict(
-    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", counter="*i32", flag="*i32"),
+    args=dict(xp="x", w="x", hbuf="x", cbuf="acc", gates="x", lengths="*i32", resets="*i8", counter="*i32",
+              flag="*i32"),
     aligns=("aligned",),
 )
 COMPILE_CHECK = [
     *_p.check_entries(_lstm_fwd_persistent, ARCH_CONFIGS, "fwd", **_FWD_CHECK,
                       constexprs=dict(HAS_LENGTHS=True, STORE_GATES=True, CAST_F32=False, FAST_TANH=True,
-                                      HAS_RESETS=False)),
+                                      HAS_RESETS=True)),
     *_p.check_entries(_lstm_bwd_persistent, ARCH_CONFIGS, "bwd", aligns=("aligned",),
                       args=dict(dy="x", w="x", gates="x", c_seq="acc", c0="x", dcbuf="acc", dz="x",
-                                lengths="*i32", counter="*i32", flag="*i32"),
-                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=False)),
+                                lengths="*i32", resets="*i8", counter="*i32", flag="*i32"),
+                      constexprs=dict(HAS_LENGTHS=True, CAST_F32=False, HAS_RESETS=True)),
 ]

@@ -297,15 +297,57 @@ def test_selfcheck_checks_a_call_with_resets_as_its_own_configuration(num_heads)
         S.forget()
 
 
-def test_persistent_with_resets_runs_per_step_on_cuda_only():
-    """The persistent kernels' reset variant is not compile-checked: on CUDA a launch with resets is planned
-    per_step (with the reason), in the interpreter it runs persistent (the tests above)."""
-    from kernels import _persistent
+def test_persistent_kernels_are_compile_checked_with_resets():
+    """Every persistent entry of the compile check compiles the reset variant (HAS_RESETS, with its mask pointer),
+    the one a CUDA launch with resets runs."""
+    from experiments import compile_check as cc
 
-    mask = torch.zeros(2, 2, dtype=torch.bool)
-    assert _persistent.resets_on_gpu(None, torch.device("cuda")) == ""
-    assert _persistent.resets_on_gpu(mask, torch.device("cpu")) == ""
-    assert "not compile-checked" in _persistent.resets_on_gpu(mask, torch.device("cuda"))
+    entries = [e for m in ("kernels.lstm_persistent", "kernels.gru_persistent") for e in cc._entries(m)]
+    assert len(entries) == 24
+    for e in entries:
+        assert e["constexprs"]["HAS_RESETS"] is True and e["args"]["resets"] == "*i8", e["dtypes"]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["fwd", "bwd"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_launch_with_resets_is_planned_persistent(monkeypatch, cell, kind, dtype):
+    """A sequence with a reset mask on CUDA takes the persistent plan and passes the mask to the persistent
+    launcher (no per_step fallback). No GPU needed: the tensors report a CUDA device, the plan and the launcher
+    are stand-ins that record their call."""
+    from kernels import gru, gru_persistent, lstm, lstm_persistent
+
+    T, B, H = 4, 2, 4
+    pmod = lstm_persistent if cell == "lstm" else gru_persistent
+    calls = {}
+
+    def plan(strategy, **kw):
+        calls["plan"] = kw
+        return "cfg"
+
+    def run(*args, cfg, resets, **kw):
+        calls["run"] = cfg, resets
+
+    monkeypatch.setattr(pmod, "plan", plan)
+    monkeypatch.setattr(pmod, f"{cell}_{kind}_persistent", run)
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    r = masks("random", T, B)
+
+    def x(*shape):
+        return rand(*shape, dtype=dtype)
+
+    if (cell, kind) == ("lstm", "fwd"):
+        lstm.lstm_fwd_sequence(x(T, B, 4 * H), x(4 * H, H), x(B, H), x(B, H), resets=r)
+    elif (cell, kind) == ("lstm", "bwd"):
+        lstm.lstm_bwd_sequence(x(T, B, H), x(B, H), x(4 * H, H), x(B, H), rand(T, B, H, dtype=torch.float32),
+                               x(T, B, 4 * H), resets=r)
+    elif kind == "fwd":
+        gru.gru_fwd_sequence(x(T, B, 3 * H), x(3 * H, H), None, x(B, H), resets=r)
+    else:
+        gru.gru_bwd_sequence(x(T, B, H), x(3 * H, H), x(B, H), x(T, B, H), x(T, B, 4 * H), resets=r)
+    assert calls["plan"]["device"].type == "cuda" and calls["plan"]["kind"] == kind
+    cfg, resets = calls["run"]
+    assert cfg == "cfg" and torch.equal(resets.view(torch.bool), r)
 
 
 def test_unbatched_input_takes_a_T_mask():
