@@ -712,7 +712,8 @@ def write_provenance(out: str, s: Setting, *, backend, device, dtype, jobs, thre
         f"- machine: {prov['cpu']}, {os.cpu_count()} logical CPUs, device {dev}; torch {torch.__version__}, "
         f"triton {triton_v}, Python {platform.python_version()}.",
         f"- this invocation: {n_run} job{'s' if n_run != 1 else ''} trained in {seconds:.0f} s wall "
-        f"({seconds / 60:.1f} min), finished {prov['date']} UTC"
+        f"({seconds / 60:.1f} min), started {prov['date']} UTC, finished "
+        f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC"
         + (f"; stopped by its time budget with {n_left} job{'s' if n_left != 1 else ''} left untrained (a rerun "
            "of the command trains them)." if n_left else "."),
         f"- rows from commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}, dates {dates[0]} to "
