@@ -473,7 +473,7 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs. (The
 # opt-in data-sync forward, "[data_sync]", was removed after its prediction; its rows stay in the CSV of 2c7c128's
 # kernels, and StepKernelModel's ``data_sync`` still models a step that waits by polling.)
-RUNTIME = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0)
+RUNTIME = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0, HAS_RESETS=False)  # a call without resets (step 8 sets it)
 RESET_ARGS = ("resets", "resets_next")  # the reset variant's int8 mask pointers (HAS_RESETS=True: ``compiled``)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {
@@ -1027,6 +1027,8 @@ def predict_all(predictor: Predictor, targets=DEFAULT_TARGETS, cells=CELLS, batc
                         for strategy in strategies(cell):
                             if (only is not None and strategy not in only) or (head_size(strategy)
                                                                                 and H not in HEADS_HIDDEN):
+                                continue
+                            if strategy == "per_step_pdl" and arch < 90:  # PDL (griddepcontrol) needs sm_90
                                 continue
                             if head_size(strategy):
                                 r = predictor.heads(cell, kind, arch, dtype, B, H, head_size(strategy))

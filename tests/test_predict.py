@@ -402,8 +402,9 @@ def test_reset_rows_of_the_csv():
                     if fallback:
                         assert mask["persistent"]["kernel"].startswith(f"{step['kernel']} ({pr.FALLBACK}; ")
                         assert [mask["persistent"][c] for c in times] == [step[c] for c in times]
-                    else:
+                    else:  # its own reset variant, against the variant without (HAS_RESETS=False: the flag loads)
                         assert mask["persistent"]["kernel"].startswith(f"_{cell}_{kind}_persistent[")
+                        assert int(mask["persistent"]["global_bytes"]) > int(none["persistent"]["global_bytes"])
     assert pr.resets_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
         "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
