@@ -575,9 +575,10 @@ def run_study(s: Setting, out: str, backend: str = "auto", device=None, dtype=to
     for, after the budget: the jobs still running then are dropped (a rerun trains them). Holds the study's lock
     (on curves.csv) throughout; with ``fresh`` first deletes the folder's study files (``clear_study``), saying so
     on stderr. Damaged records are set aside first (``results.repair_csv``), with a warning on stderr. Returns
-    {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path, "seconds": wall, "cleared": [names], "todo": number of jobs run}. Raises ValueError when ``out`` holds rows
-    of another setting (``stale_rows``), a committed study for ``fresh``, or a damaged header; CsvLocked when
-    another study writes ``out``; OSError when a file cannot be written."""
+    {"curves": path, "gradnorm": path, "pngs": [paths], "provenance": path, "seconds": wall, "cleared": [names],
+    "todo": number of jobs run}. Raises ValueError when ``out`` holds rows of another setting (``stale_rows``), a
+    committed study for ``fresh``, or a damaged header; CsvLocked when another study writes ``out``; OSError when
+    a file cannot be written."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     os.makedirs(out, exist_ok=True)
     curves_csv = os.path.join(out, "curves.csv")
