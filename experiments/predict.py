@@ -65,10 +65,8 @@ dtype:
    (LSTM and GRU, per_step and persistent), each pass compiled with HAS_RESETS=True (the mask's pointers ``*i8``)
    and predicted as steps 1-5 predict the variant without: its int8 flag loads and selects are instructions and
    bytes on the path like any other. The per-step configs are timed and picked for the reset variant on its own.
-   The flags only feed selects, so the prediction holds for any mask content (all-false or not). Where a persistent
-   launch with a mask would run per_step on a GPU (``persistent_resets_fallback``; none today), the persistent
-   row is what runs: the per_step reset variant, labelled ``runs per_step``. Off the ``BATCHES`` x ``HIDDEN`` grid
-   the rows without a mask are predicted beside them (not read by "auto").
+   The flags only feed selects, so the prediction holds for any mask content (all-false or not). Off the
+   ``BATCHES`` x ``HIDDEN`` grid the rows without a mask are predicted beside them (not read by "auto").
 
 Each range is (optimistic, pessimistic): the two ``Params`` of the arch's device (``DEVICES``: sm_90a rows use the
 H100's, sm_80 rows the A100's; ``--device h200`` re-times the sm_90a rows with the H200's).
@@ -524,17 +522,6 @@ AUTO_CELLS = ("lstm", "gru")  # the cells "auto" chooses a strategy for (the Lay
 RESET_CELLS = ("lstm", "gru")
 RESET_SHAPES = {(90, "bf16"): ((128, 256), (16, 768), (16, 1024)), (90, "fp32"): ((128, 256),)}
 RESET_T = {(128, 256): 128}  # the sequence length each shape's target check is at (default T_STEPS)
-FALLBACK = "runs per_step"  # a persistent reset row's label where a launch with a mask falls back
-
-
-def persistent_resets_fallback() -> str:
-    """Why a persistent launch with a reset mask would run per_step on a GPU (a ``_persistent.resets_on_gpu`` for
-    a CUDA device, where the launchers have one), "" where the persistent kernels' reset variant runs (today: their
-    reset variant is the compile-checked one, so it always runs)."""
-    import torch
-
-    check = getattr(_module("_persistent"), "resets_on_gpu", None)
-    return check(torch.ones(1, dtype=torch.bool), torch.device("cuda")) if check else ""
 
 
 def default_cache() -> Path:
@@ -899,10 +886,6 @@ class Predictor:
         if barriers > 1 and B > pc.BLOCK_B:  # the batch in one tile (kernels/layernorm_persistent.py)
             return None
         m = self.model(kernel, cfg, arch, dtype, resets=resets)
-        if resets and persistent_resets_fallback():
-            r = self.per_step(cell, kind, arch, dtype, B, H, resets=True)
-            return replace(r, strategy=strategy, kernel=f"{r.kernel} ({FALLBACK}; {kernel}[{_cfg_label(cfg)}] "
-                                                        f"reset variant: {m.spill_bytes} B spilled)")
         tiles = -(-B // pc.BLOCK_B)
         programs = pc.programs(kind, H)
         frac = min(B, pc.BLOCK_B) / pc.BLOCK_B * H / pc.H_PAD
@@ -1397,12 +1380,10 @@ RESETS_TARGET = 1.05  # issue 23: a mask with 3% resets within 5% of the no-rese
 
 def ms_at(row: dict, T: int, end: int) -> float:
     """A CSV row's pass at ``T`` steps, ``end`` 0 the optimistic end of its range (the ``lo`` columns and the
-    first ``Params`` of its arch's device), 1 the pessimistic: T x its step + the pass's GEMMs at T (``gemm_ms``;
-    per_step's where a persistent reset row runs per_step)."""
+    first ``Params`` of its arch's device), 1 the pessimistic: T x its step + the pass's GEMMs at T (``gemm_ms``)."""
     p = DEVICES[ARCH_DEVICE[int(row["arch"].removeprefix("sm_"))]][end]
     us = float(row[("us_per_step_lo", "us_per_step_hi")[end]])
-    strategy = "per_step" if FALLBACK in row["kernel"] else row["strategy"]
-    return T * us / 1e3 + gemm_ms(row["cell"], row["pass"], strategy, row["dtype"], int(row["B"]), int(row["H"]),
+    return T * us / 1e3 + gemm_ms(row["cell"], row["pass"], row["strategy"], row["dtype"], int(row["B"]), int(row["H"]),
                                   p, T)
 
 
@@ -1431,7 +1412,6 @@ def resets_doc_block(rows: list[dict]) -> str:
            "| cell | dtype | B | T | H | strategy | with a mask runs (fwd / bwd) | insts per warp fwd: none -> mask "
            "| bwd | us per step fwd: none -> mask | bwd | fwd ms: none -> mask | fwd+bwd ms: none -> mask | "
            "mask / none fwd, fwd+bwd |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    variants = {}  # the persistent reset variants of the rows that run per_step: label -> spill note
     for cell in RESET_CELLS:
         for (arch, dtype), shapes in RESET_SHAPES.items():
             for B, H in shapes:
@@ -1442,14 +1422,7 @@ def resets_doc_block(rows: list[dict]) -> str:
                     if any(r is None for pair in pairs for r in pair):
                         continue
                     (f0, f1), (b0, b1) = pairs
-                    runs = []
-                    for r in (f1, b1):
-                        cfg = r["kernel"].partition("[")[2].partition("]")[0]
-                        kernel, _, note = r["kernel"].partition(f" ({FALLBACK}; ")[2].rstrip(")").partition(
-                            " reset variant: ")
-                        variants.update({kernel: note} if kernel else {})
-                        runs.append(f"per_step {cfg}" if kernel else cfg)
-                    runs = " / ".join(runs)
+                    runs = " / ".join(r["kernel"].partition("[")[2].partition("]")[0] for r in (f1, b1))
                     fwd = [_ms_range([f], T) for f in (f0, f1)]
                     both = [_ms_range([f, b], T) for f, b in ((f0, b0), (f1, b1))]
                     step = " | ".join(f"{n['us_per_step_lo']}-{n['us_per_step_hi']} -> "
@@ -1459,15 +1432,10 @@ def resets_doc_block(rows: list[dict]) -> str:
                                f"{b0['insts_per_warp']} -> {b1['insts_per_warp']} | {step} | "
                                + " | ".join(f"{n[0]:.2f}-{n[1]:.2f} -> {m[0]:.2f}-{m[1]:.2f}" for n, m in (fwd, both))
                                + f" | {_ratio(*fwd[::-1]):.3f}, {_ratio(*both[::-1]):.3f} |")
-    if variants:
-        out += ["", "\"per_step\" in a persistent row: on a GPU a persistent launch with a mask runs per_step today "
-                "(`_persistent.resets_on_gpu`), so the row is per_step's reset variant against the persistent pass "
-                "without a mask. The persistent reset variants, compiled all the same: "
-                + "; ".join(f"`{k}` {v}" for k, v in sorted(variants.items())) + "."]
     out += ["", f"Issue 23's target: a mask with 3% resets within {100 * (RESETS_TARGET - 1):.0f}% of the no-reset "
             "time at pytorch/rl's shape (B = 128, T = 128, H = 256; the headline shapes beside it). Each pass runs "
             "the strategy predicted faster at that shape without a mask (auto's rule, at the exact shape), and with "
-            "a mask that strategy's row above (its fallback included); fwd+bwd:", "",
+            "a mask that strategy's row above; fwd+bwd:", "",
             "| cell | dtype | B | T | H | strategy fwd / bwd | none ms | mask ms | mask / none | within "
             f"{100 * (RESETS_TARGET - 1):.0f}% |", "|---|---|---|---|---|---|---|---|---|---|"]
     for cell in RESET_CELLS:

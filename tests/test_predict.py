@@ -381,13 +381,10 @@ def test_reset_rows_of_the_csv():
     """The committed reset rows (``--cells lstm,gru --resets-only``): every shape of ``RESET_SHAPES``, both
     strategies and passes, each beside its row without a mask from the same commit (the same kernels); per_step's
     reset variant at the same config loads more bytes (its int8 flags; its instruction count may differ either way
-    by a few per K-loop pass, as ptxas allocates the two variants apart); where a persistent launch with a mask
-    runs per_step (``persistent_resets_fallback``) the persistent row is per_step's reset row, labelled so; the
-    block in the doc."""
+    by a few per K-loop pass, as ptxas allocates the two variants apart); the persistent row with a mask is the
+    persistent reset variant, which loads more than its twin too; the block in the doc."""
     rows = pr.read_csv()
     idx0, idx1 = pr._index(rows), pr._index(rows, 1)
-    fallback = pr.persistent_resets_fallback()
-    times = ("us_per_step_lo", "us_per_step_hi", "ms_T1024_lo", "ms_T1024_hi", "insts_per_warp")
     for cell in pr.RESET_CELLS:
         for (arch, dtype), shapes in pr.RESET_SHAPES.items():
             for B, H in shapes:
@@ -399,12 +396,9 @@ def test_reset_rows_of_the_csv():
                     assert step["kernel"].startswith(f"_{cell}_{kind}_step[")
                     if step["kernel"] == none["per_step"]["kernel"]:  # the flag loads: 32 lanes x 1 B per warp
                         assert int(step["global_bytes"]) > int(none["per_step"]["global_bytes"]), step
-                    if fallback:
-                        assert mask["persistent"]["kernel"].startswith(f"{step['kernel']} ({pr.FALLBACK}; ")
-                        assert [mask["persistent"][c] for c in times] == [step[c] for c in times]
-                    else:  # its own reset variant, against the variant without (HAS_RESETS=False: the flag loads)
-                        assert mask["persistent"]["kernel"].startswith(f"_{cell}_{kind}_persistent[")
-                        assert int(mask["persistent"]["global_bytes"]) > int(none["persistent"]["global_bytes"])
+                    # its own reset variant, against the variant without (HAS_RESETS=False: the flag loads)
+                    assert mask["persistent"]["kernel"].startswith(f"_{cell}_{kind}_persistent[")
+                    assert int(mask["persistent"]["global_bytes"]) > int(none["persistent"]["global_bytes"])
     assert pr.resets_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
         "stale: python -m experiments.predict --doc docs/PERFORMANCE.md"
 
@@ -455,34 +449,29 @@ def test_reset_rows_are_kept_apart_and_off_auto(tmp_path):
 
 
 def test_resets_block_by_hand():
-    """``ms_at``: T steps + the pass's GEMMs at T, per_step's for a persistent row that runs per_step with a mask.
-    The target table runs each pass with the strategy faster without a mask, and compares the midpoints: a mask
-    adding 0.02 us per step is within 5%, one adding 1 us is not; the fallback and its persistent variant are
-    named."""
+    """``ms_at``: T steps + the pass's GEMMs at T of the row's strategy. The target table runs each pass with the
+    strategy faster without a mask, and compares the midpoints: a mask adding 0.02 us per step is within 5%, one
+    adding 1 us is not."""
     T, (opt, pess) = 128, pr.DEVICES["h100"]
-    per = _row(us_per_step_lo="2.0", us_per_step_hi="3.0")
-    pers = _row(strategy="persistent", us_per_step_lo="4.0", us_per_step_hi="5.0")
-    back = dict(per, strategy="persistent",
-                kernel=f"_lstm_fwd_step[x] ({pr.FALLBACK}; _lstm_fwd_persistent[z] reset variant: 8 B spilled)")
+    per = _row(kernel="_lstm_fwd_step[x]", us_per_step_lo="2.0", us_per_step_hi="3.0")
+    pers = _row(kernel="_lstm_fwd_persistent[z]", strategy="persistent", us_per_step_lo="4.0", us_per_step_hi="5.0")
     gemm = {s: [pr.gemm_ms("lstm", "fwd", s, "bf16", 128, 256, p, T) for p in (opt, pess)]
             for s in ("per_step", "persistent")}
     assert gemm["per_step"][0] > gemm["persistent"][0]  # the CUDA graph's copy of xp
     assert pr.ms_at(per, T, 0) == pytest.approx(T * 2.0 / 1e3 + gemm["per_step"][0])
     assert pr.ms_at(pers, T, 1) == pytest.approx(T * 5.0 / 1e3 + gemm["persistent"][1])
-    assert pr.ms_at(back, T, 1) == pytest.approx(T * 3.0 / 1e3 + gemm["per_step"][1])
     for extra, within in ((0.02, "yes"), (1.0, "no")):
         rows = []
         for kind in ("fwd", "bwd"):
             plain = [dict(r, **{"pass": kind}) for r in (per, pers)]
-            masked = {k: f"{float(v) + extra:.2f}" for k, v in per.items() if k.startswith("us_per_step")}
-            rows += plain + [dict(r, resets="1", **masked) for r in (dict(per, **{"pass": kind}),
-                                                                    dict(back, **{"pass": kind}))]
+            rows += plain + [dict(r, resets="1", **{k: f"{float(v) + extra:.2f}" for k, v in r.items()
+                                                    if k.startswith("us_per_step")}) for r in plain]
         none = sum(pr.ms_at(r, T, e) for r in rows[:8:4] for e in (0, 1))
         mask = sum(pr.ms_at(r, T, e) for r in rows[2::4] for e in (0, 1))
         block = pr.resets_doc_block(rows)
         assert "| lstm | bf16 | 128 | 128 | 256 | per_step / per_step | " in block
-        assert f"| {mask / none:.3f} | {within} |" in block and "| per_step x / per_step x |" in block
-        assert "compiled all the same: `_lstm_fwd_persistent[z]` 8 B spilled." in block
+        assert f"| {mask / none:.3f} | {within} |" in block
+        assert "| lstm | bf16 | 128 | 128 | 256 | persistent | z / z | " in block
 
 
 # ----------------------------------------------------------------------------------------------
