@@ -90,6 +90,8 @@ its module sets ``COMPILE_CHECK = step_kernel_checks(__name__)``; other kernels 
         name="...",                          # optional label (default: the kernel's name)
         dtypes=("fp16", ...),                # optional subset of the dtypes
         archs=(90,),                         # optional: the architectures that run these configs
+        variant_of="...",                    # optional: this entry is another variant (other constexprs) of
+                                             # that entry's kernel: the tests' sample compiles the heavier
     )
 
 Coverage: ``package_kernels()`` reads every ``kernels/*.py`` and lists each ``@triton.jit`` function that no
@@ -320,13 +322,17 @@ def collect_jobs(kernels=None, archs=(90, 80), dtypes=DTYPES, aligns=ALIGNS, con
     matched = set()
     for module_name in kernel_modules():
         short = module_name.rsplit(".", 1)[-1]
-        for index, entry in enumerate(_entries(module_name)):
+        entries = _entries(module_name)
+        lighter = lighter_variants(entries, measured) if sample == "heaviest" and configs is None else set()
+        for index, entry in enumerate(entries):
             name = _entry_name(entry)
             keys = {name, entry["kernel"].__name__, short, module_name}
             if wanted:
                 if not wanted & keys:
                     continue
                 matched |= wanted & keys
+            if index in lighter:
+                continue
             _check_not_interpreted(entry, module_name)
             cfgs = configs if configs is not None else [_config_fields(c) for c in entry["configs"]]
             if sample == "heaviest" and configs is None:
@@ -422,6 +428,29 @@ def heaviest_configs(kernel: str, dtypes, configs: list[dict], measured: dict) -
             weights[_config_key(c)] = (max(g[0] for g in got), max(g[1] for g in got), tile_estimate(c))
     top = max(weights.items(), key=lambda kv: kv[1])[0] if weights else None
     return [c for c in configs if _config_key(c) == top or any(c is u for u in unmeasured)]
+
+
+def lighter_variants(entries: list[dict], measured: dict) -> set:
+    """The positions in ``entries`` (one module's COMPILE_CHECK) that ``--sample heaviest`` leaves out: of an entry
+    and its ``variant_of`` entry (a step kernel without and with a reset mask, same dtype group), the one whose
+    ``heaviest_configs`` weigh less in ``measured`` (registers, then shared memory; a tie keeps the variant with
+    every flag on); both while either has a config ``measured`` lacks."""
+    def weight(entry):
+        name, dtypes = _entry_name(entry), entry.get("dtypes", DTYPES)
+        picked = heaviest_configs(name, dtypes, [_config_fields(c) for c in entry["configs"]], measured)
+        got = [measured.get((name, dt, _config_key(c))) for c in picked for dt in dtypes]
+        return None if not got or any(g is None for g in got) else max(got)
+
+    where = {(_entry_name(e), tuple(e.get("dtypes", DTYPES))): i for i, e in enumerate(entries)}
+    out = set()
+    for i, e in enumerate(entries):
+        base = where.get((e.get("variant_of"), tuple(e.get("dtypes", DTYPES))))
+        if base is None:
+            continue
+        wv, wb = weight(e), weight(entries[base])
+        if wv is not None and wb is not None:
+            out.add(base if wv >= wb else i)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

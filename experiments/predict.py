@@ -806,15 +806,16 @@ def _group(dtype: str) -> str:
     return next(g for g, ds in _module("_common").DTYPE_GROUPS.items() if dtype in ds)
 
 
-def step_configs(cell: str, kind: str, dtype: str, B: int, kern=None) -> list[dict]:
+def step_configs(cell: str, kind: str, dtype: str, B: int, kern=None, resets: bool = False) -> list[dict]:
     """The per-step configs the autotuner may pick at batch B (its list for the dtype's group, pruned by
-    ``prune_by_batch``), as compile-check config dicts; ``kern``: that StepKernel instead of the cell's."""
+    ``prune_by_batch``), as compile-check config dicts; ``kern``: that StepKernel instead of the cell's;
+    ``resets``: those of its reset variant (``reset_configs``)."""
     from . import compile_check as cc
 
     if kern is None:
         kern = getattr(_module(KERNELS[(cell, "per_step", kind)][0]), KERNELS[(cell, "per_step", kind)][1])
     group = _group(dtype)
-    cfgs = [c.as_triton() for c in kern.configs[group]]
+    cfgs = [c.as_triton() for c in (kern.reset_configs if resets else kern.configs)[group]]
     return [cc._config_fields(c) for c in _module("_common").prune_by_batch(cfgs, {}, B=B)]
 
 
@@ -929,8 +930,8 @@ class Predictor:
         K = H if kind == "fwd" else GATES[cell] * H
         # the forward's gate product is one dot of N = 4 * BLOCK_H (the GRU's fourth block masked)
         N_of = lambda c: 4 * c["BLOCK_H"] if kind == "fwd" else c["BLOCK_H"]  # noqa: E731
-        cfg, us, m, c = self._fastest_step(kernel, step_configs(cell, kind, dtype, B), K, N_of, H, arch, dtype, B,
-                                           resets=resets)
+        cfg, us, m, c = self._fastest_step(kernel, step_configs(cell, kind, dtype, B, resets=resets), K, N_of, H,
+                                           arch, dtype, B, resets=resets)
         ms = tuple(T_STEPS * u / 1e3 + gemm_ms(cell, kind, "per_step", dtype, B, H, p) for u, p in zip(us, params))
         return Prediction(f"{kernel}[{_cfg_label(cfg)}]", cell, "per_step", dtype, f"sm_{arch}", B, H, kind, c, us, ms,
                           m.warps, int(resets))

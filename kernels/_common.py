@@ -226,10 +226,11 @@ def _given(arg: str):
 # Constexprs every step launch derives from its weight argument ``w`` (dtype and device) and, for PDL, from
 # whether the previous launch in the stream is the same loop's previous step.
 _LAUNCH_META = ("CAST_F32", "PRECISION", "ACC", "PDL")
-# Optional flags the compile check leaves off in the heaviest variant: HAS_RESETS (episode resets) is checked on its
-# own (``--kernels``; docs/PERFORMANCE.md "Episode resets": 11 of the 824 per-step configs spill 8-40 B with it), so
-# the table and its tests keep checking the variant every call runs.
-_UNCHECKED_FLAGS = ("HAS_RESETS",)
+# The optional flag of a step kernel's second variant: with an episode-reset mask (HAS_RESETS) a step kernel runs
+# its own config list (``reset_configs``: the configs minus ``resets_drop``, those that spill with the mask's
+# predicates) through its own autotuners, and the compile check lists it as its own entry, "<kernel>+resets".
+RESET_FLAG = "HAS_RESETS"
+RESET_SUFFIX = "+resets"
 _TILE_META = ("BLOCK_B", "BLOCK_H", "BLOCK_K")
 _STEP_KERNELS: list = []
 
@@ -249,19 +250,28 @@ class StepKernel:
     - any other constexpr is a launcher argument, and ``heaviest`` gives the value the compile check compiles.
 
     A constexpr that is none of these is a TypeError at import. The compile check compiles the heaviest variant:
-    every optional input present (but those of ``_UNCHECKED_FLAGS``), ``heaviest`` for the rest, CAST_F32 and PDL
-    False (what runs on a GPU without PDL). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
+    every optional input present, ``heaviest`` for the rest, CAST_F32 and PDL False (what runs on a GPU without
+    PDL); a kernel with a reset mask (``RESET_FLAG`` in ``optional``) twice, without the mask (every config) and
+    with it (``reset_configs``: every config but those of ``resets_drop``, {group: [TileConfig]}, which spill with
+    the mask; a launch with a mask autotunes over ``reset_configs`` alone). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
     dtype, or a triton type ("*i32"); the other non-constexpr arguments are i32 scalars.
     ``key``: the arguments whose values select a tuning; it must include a constexpr that changes the work
     (a backward step's HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the
     cheap variant. ``configs``: a list of TileConfig (every dtype) or {group: list} (``DTYPE_GROUPS``).
     """
 
-    def __init__(self, fn, *, configs, args: dict, key=("B", "H", "K"), optional=None, heaviest=None):
+    def __init__(self, fn, *, configs, args: dict, key=("B", "H", "K"), optional=None, heaviest=None,
+                 resets_drop=None):
         self.fn = fn
         self.__name__ = fn.__name__
         self.module = getattr(fn, "fn", fn).__module__
         self.configs = per_group(configs)
+        drop = dict(resets_drop or {})
+        if set(drop) - set(DTYPE_GROUPS) or any(c not in self.configs[g] for g, cs in drop.items() for c in cs):
+            raise ValueError(f"{fn.__name__}: resets_drop names configs the kernel does not list: {drop}")
+        self.reset_configs = {g: [c for c in cs if c not in drop.get(g, ())] for g, cs in self.configs.items()}
+        if any(not cs for cs in self.reset_configs.values()):
+            raise ValueError(f"{fn.__name__}: resets_drop leaves a dtype group without configs")
         self.args = dict(args)
         self.key = tuple(key)
         self.optional = dict(optional or {})
@@ -277,13 +287,20 @@ class StepKernel:
                             f"heaviest=); unknown arguments {sorted(unknown)}")
         flags = {flag: _given(arg) for flag, arg in self.optional.items()}
         self.plain = triton.heuristics(flags)(fn)
-        self.autotuners = {
-            g: triton.autotune(configs=[c.as_triton() for c in cfgs], key=list(self.key),
-                               prune_configs_by={"early_config_prune": prune_by_batch})(fn)
-            for g, cfgs in self.configs.items()
-        }
+        self.has_resets = RESET_FLAG in self.optional
+        if drop and not self.has_resets:
+            raise ValueError(f"{fn.__name__}: resets_drop without a {RESET_FLAG} flag")
+
+        def tuners(config_lists):
+            return {g: triton.autotune(configs=[c.as_triton() for c in cfgs], key=list(self.key),
+                                       prune_configs_by={"early_config_prune": prune_by_batch})(fn)
+                    for g, cfgs in config_lists.items()}
+
+        self.autotuners = tuners(self.configs)
+        self.reset_autotuners = tuners(self.reset_configs) if self.has_resets else self.autotuners
         # the heuristics wrap the autotuner, so the flags are set before it reads its key
         self.tuned = {g: triton.heuristics(flags)(a) for g, a in self.autotuners.items()}
+        self.reset_tuned = {g: triton.heuristics(flags)(a) for g, a in self.reset_autotuners.items()}
         _STEP_KERNELS.append(self)
 
     def launch(self, *, chained: bool = False, **kwargs):
@@ -301,24 +318,34 @@ class StepKernel:
             return triton.cdiv(H, m["BLOCK_H"]), triton.cdiv(B, m["BLOCK_B"])
 
         extra = pdl_launch_kwargs(kwargs.get("PDL", False))
+        masked = self.has_resets and kwargs.get(self.optional[RESET_FLAG]) is not None  # the reset variant
+        autotuners, tuned = (self.reset_autotuners, self.reset_tuned) if masked else (self.autotuners, self.tuned)
         if interpreting():
             _interpreter_numpy_checked()
             c = INTERPRETER_CONFIG
             self.plain[grid(c.meta())](**kwargs, **c.meta(), num_warps=c.warps, num_stages=c.stages)
         elif os.environ.get("FUSEDRNN_AUTOTUNE", "1") == "0":
-            c = fixed_config(self.autotuners[dtype_group(w.dtype)], kwargs)
+            c = fixed_config(autotuners[dtype_group(w.dtype)], kwargs)
             self.plain[grid(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
                                        **extra)
         else:
-            self.tuned[dtype_group(w.dtype)][grid](**kwargs, **extra)
+            tuned[dtype_group(w.dtype)][grid](**kwargs, **extra)
 
     def compile_check(self) -> list[dict]:
         """``COMPILE_CHECK`` entries (experiments/compile_check.py): the heaviest variant, one entry per dtype
-        group with the configs that group may run."""
-        constexprs = {flag: flag not in _UNCHECKED_FLAGS for flag in self.optional}
+        group with the configs that group may run; with a reset mask, first the variant without it (every
+        config), then the one with it ("<kernel>+resets", ``reset_configs``; ``variant_of`` names the first, so
+        the tests' sample compiles the heavier of the two)."""
+        constexprs = {flag: flag != RESET_FLAG for flag in self.optional}
         constexprs.update(self.heaviest)
         constexprs.update({m: False for m in ("CAST_F32", "PDL") if m in self.launch_meta})
-        return compile_check_entries(self.fn, self.configs, args=self.args, constexprs=constexprs)
+        out = compile_check_entries(self.fn, self.configs, args=self.args, constexprs=constexprs)
+        if self.has_resets:
+            resets = compile_check_entries(self.fn, self.reset_configs, args=self.args,
+                                           constexprs={**constexprs, RESET_FLAG: True},
+                                           name=self.__name__ + RESET_SUFFIX)
+            out += [dict(e, variant_of=self.__name__) for e in resets]
+        return out
 
 
 def step_kernel(**declaration):

@@ -159,9 +159,10 @@ class PersistentConfig:
 # The 16-bit launch shapes of both cells' kernels, per architecture (each cell's ``ARCH_CONFIGS`` holds them). Each
 # pointwise value is computed by one warp where the (16, units) tile holds a value per thread: 4 forward warps on 8
 # units, 2 on 4 units; the backward on 16 units with 8 warps (64 programs at H = 1024: half the dz gathered over
-# the grid) or 8 with 4 warps. At H_PAD 256 the backward keeps 4 units on 8 warps, each value computed by every
-# warp: every variant with a value per thread (4, 8 or 16 units on 2, 4 or 8 warps, 2 to 16 K slices) is
-# predicted slower there for the LSTM (docs/PERFORMANCE.md, "Step 3 rewrites", row 7). sm_80's backward at H_PAD
+# the grid) or 8 with 4 warps. At H_PAD 256 the LSTM's backward keeps 4 units on 8 warps, each value computed by
+# every warp: every variant with a value per thread (4, 8 or 16 units on 2, 4 or 8 warps, 2 to 16 K slices) is
+# predicted slower there for the LSTM (docs/PERFORMANCE.md, "Step 3 rewrites", row 7); the GRU runs its own
+# (kernels/gru_persistent.py, ``_GRU_256``). sm_80's backward at H_PAD
 # 1024 runs 8 units on 4 warps with 16 K slices (two per warp): 16 units need 192 KB of shared memory (the W slice
 # and two dz blocks in flight), above its 163 KB; 8 warps would compute each value in every warp.
 CONFIGS_16BIT = {90: [

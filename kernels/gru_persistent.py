@@ -306,8 +306,14 @@ def _gru_bwd_persistent(
 # Selection as for the LSTM (``_persistent.pick_config``): the smallest H_PAD >= H, then the fewest units per
 # program whose grid fits in the SMs.
 # ----------------------------------------------------------------------------------------------
+# The GRU's 16-bit backward at H_PAD 256: 8 units on 2 warps (sm_90a) or 4 (sm_80), 16 K slices, a value per thread
+# (`epilogue_repeat` 1); predicted 0.06-0.17 us per step faster than the LSTM's 4 units on 8 warps at B = 16 and
+# B = 1, where the LSTM's own backward is slower with it (docs/PERFORMANCE.md, "Step 3 rewrites", row 7).
+_GRU_256 = {arch: PersistentConfig(H_PAD=256, UNITS=4, BLOCK_B=16, fwd_warps=2, bwd_warps=warps, bwd_units=8,
+                                   bwd_split=16) for arch, warps in ((90, 2), (80, 4))}
+_GRU_16BIT = {arch: [_GRU_256[arch] if c.H_PAD == 256 else c for c in cfgs] for arch, cfgs in _p.CONFIGS_16BIT.items()}
 CONFIGS = {
-    "16bit": _p.CONFIGS_16BIT[90],  # the LSTM's (kernels/_persistent.py: why these shapes)
+    "16bit": _GRU_16BIT[90],  # the LSTM's (kernels/_persistent.py: why these shapes) but H_PAD 256's backward
     # the LSTM's fp32 shapes, except 16 backward warps at (512, 8) and (256, 4): with 8 the fp32 (FFMA) backward
     # kept two loop scalars on the stack (8 B of spill, sm_80 and sm_90a respectively)
     "fp32": [
@@ -319,7 +325,7 @@ CONFIGS = {
     "fp64": [PersistentConfig(H_PAD=128, UNITS=4, BLOCK_B=16, fwd_warps=8, bwd_warps=8)],
 }
 # sm_8x runs the same shapes but the 16-bit backward at H_PAD 1024 (``ARCH_CONFIGS``: _persistent.config_arch)
-CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _p.CONFIGS_16BIT[80]})
+CONFIGS_SM80 = dict(CONFIGS, **{"16bit": _GRU_16BIT[80]})
 ARCH_CONFIGS = {90: CONFIGS, 80: CONFIGS_SM80}
 
 # ----------------------------------------------------------------------------------------------

@@ -128,11 +128,13 @@ def _lstm_fwd_step(
         store_blocks(gates + o_b[:, None] * s_g + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
 
 
+# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),
     optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths", HAS_RESETS="resets"),
     heaviest=dict(DR_GIVEN=False),
+    resets_drop={"fp32": [TileConfig(B=64, H=32, K=64, warps=8, stages=3)]},
     args=dict(dz_next="x", w="x", dy="x", gates="x", c_cur="acc", c_prev="acc", dc_in="acc", dc_out="acc",
               dz="x", lengths="*i32", resets="*i8", resets_next="*i8"),
 )

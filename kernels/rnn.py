@@ -57,10 +57,12 @@ BWD_CONFIGS = {
 }
 
 
+# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
 @step_kernel(
     configs=FWD_CONFIGS,
     optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
     heaviest=dict(RELU=False),
+    resets_drop={"16bit": [TileConfig(B=64, H=64, K=32, warps=8, stages=3)]},
     args=dict(xp="x", h_prev="x", w="x", h_out="x", lengths="*i32", resets="*i8"),
 )
 @triton.jit(do_not_specialize=["t"])
@@ -99,11 +101,15 @@ def _rnn_fwd_step(
     tl.store(h_out + o_b[:, None] * s_ho + o_j[None, :], b_hn.to(h_out.dtype.element_ty), mask=m_bj)
 
 
+# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),
     optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths", HAS_RESETS="resets_next"),
     heaviest=dict(RELU=False),
+    resets_drop={"fp32": [TileConfig(B=16, H=32, K=128, warps=4, stages=3), TileConfig(B=16, H=16, K=128, warps=2,
+                                                                                      stages=3)],
+                 "fp64": [TileConfig(B=16, H=16, K=128, warps=4, stages=3)]},
     args=dict(dz_next="x", w="x", dy="x", h="x", dz="x", lengths="*i32", resets_next="*i8"),
 )
 @triton.jit(do_not_specialize=["t"])

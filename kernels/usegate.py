@@ -180,10 +180,12 @@ def _usegate_fwd_use(
         tl.store(u_out + o_b[:, None] * s_u + o_j[None, :], b_u.to(u_out.dtype.element_ty), mask=m_bj)
 
 
+# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),
     optional=dict(HAS_NEXT="dz_next", HAS_LENGTHS="lengths", HAS_RESETS="resets_next"),
+    resets_drop={"fp64": [TileConfig(B=16, H=32, K=64, warps=4, stages=2)]},
     args=dict(dz_next="x", w="x", dy="x", gates="x", u="x", dc_in="acc", dz="x", dzu="x", lengths="*i32",
               resets_next="*i8"),
 )
@@ -246,9 +248,12 @@ def _usegate_bwd_gates(
     tl.store(p_dz + 3 * H, b_dzv.to(dty), mask=m_bj)
 
 
+# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
 @step_kernel(
     configs=BWD_USE_CONFIGS,
     optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
+    resets_drop={"16bit": [TileConfig(B=16, H=128, K=64, warps=8, stages=2)],
+                 "fp64": [TileConfig(B=16, H=32, K=32, warps=4, stages=3)]},
     args=dict(dzu="x", w="x", gates="x", c_prev="acc", dc_in="acc", dc_out="acc", dz="x", lengths="*i32",
               resets="*i8"),
 )

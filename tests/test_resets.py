@@ -423,3 +423,37 @@ def test_triton_heads_without_config_run_dense_kernels_with_resets(monkeypatch):
     monkeypatch.setattr(k, "supported", lambda dtype, D, cell="lstm": False)
     ours, oracle = _make_heads("gru")
     _check(ours, oracle, "gru", T=4, B=3)
+
+
+def test_a_masked_step_launch_autotunes_over_the_reset_configs(monkeypatch):
+    """On a GPU a step launch with a reset mask goes through the kernel's reset autotuners (its ``reset_configs``,
+    the configs minus ``resets_drop``), one without through the plain ones; with FUSEDRNN_AUTOTUNE=0 the fixed
+    config comes from the same list. No GPU here: the launch is made with the tuned kernels replaced."""
+    from kernels import _common
+    from kernels.rnn import _rnn_bwd_step as kern
+
+    assert kern.has_resets and any(len(kern.reset_configs[g]) < len(kern.configs[g]) for g in kern.configs)
+    monkeypatch.setattr(_common, "interpreting", lambda: False)
+    calls = []
+
+    class Tuned:
+        def __init__(self, label):
+            self.label = label
+
+        def __getitem__(self, grid):
+            return lambda **kwargs: calls.append(self.label)
+
+    monkeypatch.setattr(kern, "tuned", {g: Tuned("plain") for g in kern.tuned})
+    monkeypatch.setattr(kern, "reset_tuned", {g: Tuned("resets") for g in kern.tuned})
+    w = torch.ones(4, 4, dtype=torch.float32)
+    mask = torch.zeros(4, dtype=torch.int8)
+    kern.launch(w=w, B=4, H=4, K=4, resets_next=None)
+    kern.launch(w=w, B=4, H=4, K=4, resets_next=mask)
+    assert calls == ["plain", "resets"]
+    monkeypatch.setenv("FUSEDRNN_AUTOTUNE", "0")
+    picked = []
+    monkeypatch.setattr(_common, "fixed_config", lambda tuner, kwargs: picked.append(tuner) or tuner.configs[0])
+    monkeypatch.setattr(kern, "plain", Tuned("fixed"))
+    kern.launch(w=w, B=4, H=4, K=4, resets_next=mask)
+    kern.launch(w=w, B=4, H=4, K=4, resets_next=None)
+    assert picked == [kern.reset_autotuners["fp32"], kern.autotuners["fp32"]]
