@@ -128,7 +128,8 @@ def _lstm_fwd_step(
         store_blocks(gates + o_b[:, None] * s_g + o_j[None, :], H, b_i, b_f, b_g, b_o, m_bj)
 
 
-# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
+# resets_drop: the configs that spill 8-40 B with a reset mask (docs/PERFORMANCE.md, "Episode resets"); a launch
+# with a mask autotunes over the others
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),

@@ -57,7 +57,8 @@ BWD_CONFIGS = {
 }
 
 
-# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
+# resets_drop: the configs that spill 8-40 B with a reset mask (docs/PERFORMANCE.md, "Episode resets"); a launch
+# with a mask autotunes over the others
 @step_kernel(
     configs=FWD_CONFIGS,
     optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
@@ -101,7 +102,8 @@ def _rnn_fwd_step(
     tl.store(h_out + o_b[:, None] * s_ho + o_j[None, :], b_hn.to(h_out.dtype.element_ty), mask=m_bj)
 
 
-# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
+# resets_drop: the configs that spill 8-40 B with a reset mask (docs/PERFORMANCE.md, "Episode resets"); a launch
+# with a mask autotunes over the others
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),

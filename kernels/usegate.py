@@ -180,7 +180,8 @@ def _usegate_fwd_use(
         tl.store(u_out + o_b[:, None] * s_u + o_j[None, :], b_u.to(u_out.dtype.element_ty), mask=m_bj)
 
 
-# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
+# resets_drop: the configs that spill 8-40 B with a reset mask (docs/PERFORMANCE.md, "Episode resets"); a launch
+# with a mask autotunes over the others
 @step_kernel(
     configs=BWD_CONFIGS,
     key=("B", "H", "K", "HAS_NEXT"),
@@ -248,7 +249,8 @@ def _usegate_bwd_gates(
     tl.store(p_dz + 3 * H, b_dzv.to(dty), mask=m_bj)
 
 
-# with a reset mask (HAS_RESETS) these configs spill 8-40 B (docs/PERFORMANCE.md, "Episode resets"): not run then
+# resets_drop: the configs that spill 8-40 B with a reset mask (docs/PERFORMANCE.md, "Episode resets"); a launch
+# with a mask autotunes over the others
 @step_kernel(
     configs=BWD_USE_CONFIGS,
     optional=dict(HAS_LENGTHS="lengths", HAS_RESETS="resets"),
