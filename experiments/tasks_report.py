@@ -1,5 +1,5 @@
-"""The README's summary of the RNN / LSTM / use-gate LSTM / GRU / LayerNorm LSTM / sLSTM study, generated from the study's CSVs
-(``experiments.tasks``), never typed by hand.
+"""The README's summary of the RNN / LSTM / use-gate LSTM / GRU / LayerNorm LSTM / sLSTM study, generated from the
+study's CSVs (``experiments.tasks``), never typed by hand.
 
     python -m experiments.tasks_report results/tasks_smoke                   # print the Markdown block
     python -m experiments.tasks_report results/tasks_smoke --write README.md # replace the block in README.md

@@ -8,9 +8,9 @@ Public API::
     from fusedrnn import LayerNormLSTM, LayerNormGRU, haste_state_dict  # lmnt-com/haste's cells, with zoneout
     from fusedrnn import SLSTM, heads_to_dense, dense_to_heads  # multi-head cells (num_heads=), xLSTM's sLSTM
 
-``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
-``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
-``unswap_rnns(model)`` back.
+``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus
+keyword-only ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a
+model, ``unswap_rnns(model)`` back.
 ``LSTM``, ``GRU`` and ``RNN`` also take ``num_heads`` (block-diagonal W_hh); ``heads_to_dense`` / ``dense_to_heads``
 convert its per-head blocks to torch.nn's dense matrix and back. ``SLSTM`` is xLSTM's sLSTM on the same per-head
 kernels; ``slstm_from_flashrnn`` / ``slstm_to_flashrnn`` / ``slstm_from_xlstm`` convert parameters.

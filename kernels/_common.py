@@ -253,8 +253,9 @@ class StepKernel:
     every optional input present, ``heaviest`` for the rest, CAST_F32 and PDL False (what runs on a GPU without
     PDL); a kernel with a reset mask (``RESET_FLAG`` in ``optional``) twice, without the mask (every config) and
     with it (``reset_configs``: every config but those of ``resets_drop``, {group: [TileConfig]}, which spill with
-    the mask; a launch with a mask autotunes over ``reset_configs`` alone). ``args`` are the pointer types for the compile check: "x" the input dtype, "acc" the accumulator
-    dtype, or a triton type ("*i32"); the other non-constexpr arguments are i32 scalars.
+    the mask; a launch with a mask autotunes over ``reset_configs`` alone). ``args`` are the pointer types for the
+    compile check: "x" the input dtype, "acc" the accumulator dtype, or a triton type ("*i32"); the other
+    non-constexpr arguments are i32 scalars.
     ``key``: the arguments whose values select a tuning; it must include a constexpr that changes the work
     (a backward step's HAS_NEXT: the first step, t = T-1, has no product), or the first call would tune the
     cheap variant. ``configs``: a list of TileConfig (every dtype) or {group: list} (``DTYPE_GROUPS``).

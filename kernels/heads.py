@@ -33,8 +33,8 @@ helpers of kernels/_common.py) and its counts (``CELLS``). Strategies: the heads
 ``strategy`` runs these kernels (a program owns its head for all steps, there is no barrier to avoid).
 
 Scope: compile-checked (0 spills, ``mma_repeat`` 1, sm_90a and sm_80) for BD in 16..128 in 16-bit and 16..64 in fp32
-(the sLSTM 16..32; W_n in shared memory: 4*BD^2 elements); not fp64 on a GPU (``MAX_BLOCK_D``). Elsewhere the layer runs the dense
-fused kernels on the dense equivalent (models/heads_ops.py; the sLSTM: its reference), correct but without the
+(the sLSTM 16..32; W_n in shared memory: 4*BD^2 elements); not fp64 on a GPU (``MAX_BLOCK_D``). Elsewhere the layer runs
+the dense fused kernels on the dense equivalent (models/heads_ops.py; the sLSTM: its reference), correct but without the
 saving. The interpreter runs every dtype and head size.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """fusedrnn modules: drop-in replacements for torch.nn's recurrent modules on fused Triton kernels.
 
-``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus keyword-only
-``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a model,
-``unswap_rnns(model)`` back.
+``LSTM``, ``RNN``, ``GRU``, ``LSTMCell``, ``RNNCell``, ``GRUCell`` take torch.nn's constructor arguments plus
+keyword-only ``backend`` ("auto", "triton", "reference") and ``strategy``; ``swap_rnns(model)`` swaps them into a
+model, ``unswap_rnns(model)`` back.
 ``UseGateLSTM`` is the use-gate LSTM, with nn.LSTM's interface but its own cell; ``LayerNormLSTM`` / ``LayerNormGRU``
 are lmnt-com/haste's layer-normalised cells with zoneout (``haste_state_dict`` converts Haste's checkpoints).
 ``LSTM``, ``GRU`` and ``RNN`` also take ``num_heads`` (block-diagonal W_hh); ``heads_to_dense`` / ``dense_to_heads``

@@ -245,14 +245,15 @@ class FusedRNNBase(NoScript, nn.RNNBase):
         """Same inputs and outputs as the matching torch.nn module (see its documentation), plus episode resets.
 
         ``resets`` (optional; pass it by keyword: it is positional too only because torch.onnx.export's TorchScript
-        exporter passes every parameter's default positionally): a bool tensor, (T, B) for padded input ((B, T) with batch_first,
-        (T,) unbatched) or (total packed rows,) in the packed order for a PackedSequence. Where resets[t, b] is
-        set, row b's state entering step t is the zero state (at t = 0 this overrides the given h_0 / c_0 of that
-        row): every segment between resets runs as its own sequence from zeros, in every layer, and no gradient
-        crosses a reset (dh_0 / dc_0 of a row reset at t = 0 are zero). The reverse direction of a bidirectional
-        module runs each segment backwards as its own sequence: it restarts from zero at each segment's last
-        step, except the row's last segment, which starts from the given reverse h_0 (docs/MATH.md "Episode
-        resets"). The final states are those after each row's last step (forward) and first step (reverse)."""
+        exporter passes every parameter's default positionally): a bool tensor, (T, B) for padded input ((B, T) with
+        batch_first, (T,) unbatched) or (total packed rows,) in the packed order for a PackedSequence. Where
+        resets[t, b] is set, row b's state entering step t is the zero state (at t = 0 this overrides the given h_0 /
+        c_0 of that row): every segment between resets runs as its own sequence from zeros, in every layer, and no
+        gradient crosses a reset (dh_0 / dc_0 of a row reset at t = 0 are zero). The reverse direction of a
+        bidirectional module runs each segment backwards as its own sequence: it restarts from zero at each
+        segment's last step, except the row's last segment, which starts from the given reverse h_0 (docs/MATH.md
+        "Episode resets"). The final states are those after each row's last step (forward) and first step
+        (reverse)."""
         self._refresh_flat_weights()
         packed = isinstance(input, PackedSequence)
         compiling = packed and torch.compiler.is_compiling()

@@ -156,8 +156,8 @@ def recast(x, hx, dtype):
 def compare_lowp(got: dict, want: dict, plain: dict, dtype, what: str = ""):
     """fp16/bf16 check: each entry of ``got`` against the float64 ``want`` within the dtype's relative-RMS
     tolerance, or within 1.5x the error of ``plain`` (PyTorch's own computation in the same dtype) where
-    that is larger. The second bound only matters for entries that are ill-conditioned in that dtype, where PyTorch itself
-    is off by more than the dtype's tolerance."""
+    that is larger. The second bound only matters for entries that are ill-conditioned in that dtype, where PyTorch
+    itself is off by more than the dtype's tolerance."""
     from .helpers import RELRMS_TOL, rel_rms
 
     assert set(got) == set(want) == set(plain), f"{what}: entries differ"

@@ -472,12 +472,12 @@ def test_jit_kernels_tells_kernels_from_helpers():
 # ----------------------------------------------------------------------------------------------
 # epilogue_repeat: warps computing the same stored pointwise values
 # ----------------------------------------------------------------------------------------------
-# The replication the step-3 rewrites left (issue 20 stays open for it; docs/PERFORMANCE.md, "Step 3 rewrites",
-# row 7): where a backward's (16, units) tile holds fewer values than it has threads, the tile is laid out over
-# the warps more than once and every warp computes all of it: the LSTM's H_PAD 256 (4 units on 8 warps: the variants
-# with one warp per value are predicted slower there for the LSTM; the GRU runs one of them). Per (kernel, arch, BLOCK_K, BLOCK_H), the largest value
-# allowed; anything not listed must be 1. A kernel change that lowers a value makes the xfail below pass (strict):
-# then shrink this list.
+# The replication the step-3 rewrites left (issue 20 stays open for it; docs/PERFORMANCE.md, "Step 3 rewrites", row 7):
+# where a backward's (16, units) tile holds fewer values than it has threads, the tile is laid out over the warps more
+# than once and every warp computes all of it: the LSTM's H_PAD 256 (4 units on 8 warps: the variants with one warp per
+# value are predicted slower there for the LSTM; the GRU runs one of them). Per (kernel, arch, BLOCK_K, BLOCK_H), the
+# largest value allowed; anything not listed must be 1. A kernel change that lowers a value makes the xfail below pass
+# (strict): then shrink this list.
 EPILOGUE_DEBT = {("_lstm_bwd_persistent", arch, 256, 4): 8 for arch in ("sm_90a", "sm_80")}
 # The LayerNorm LSTM's persistent forward stores its per-row partial statistics (B values a phase) from the dot's
 # reduced tile, which every one of its 4 warps holds whole (the row sums need no shared memory there); its 2-D

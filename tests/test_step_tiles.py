@@ -11,7 +11,8 @@ from models import LSTM, RNN
 
 TILES = [
     TileConfig(B=16, H=16, K=16, warps=4, stages=1),  # one chunk per K slice
-    TileConfig(B=16, H=16, K=64, warps=4, stages=1),  # 4 chunks per slice, K = 4H = 80 ends inside the second slice (LSTM)
+    # 4 chunks per slice, K = 4H = 80 ends inside the second slice (LSTM)
+    TileConfig(B=16, H=16, K=64, warps=4, stages=1),
     TileConfig(B=16, H=32, K=128, warps=4, stages=1),  # 8 chunks, one slice; one unit tile with masked units
     TileConfig(B=64, H=16, K=32, warps=4, stages=1),  # 64 rows: the backward's 2-D dot, most rows masked
 ]
