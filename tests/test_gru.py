@@ -75,9 +75,11 @@ def test_gradcheck_and_gradgradcheck_fp64():
     x = rand(3, 2, 2, requires_grad=True)
     h0 = rand(1, 2, 3, requires_grad=True)
     fn = lambda x, h0: m(x, h0)[0]  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, h0))
-    # the double backward differentiates the reference math (create_graph=True): a random projection of its
-    # Jacobian (fast mode), as the other cells' gradgradchecks (tests/test_ops.py)
+    # a random projection of the Jacobian (fast mode), as every other cell's gradcheck: every gradient of the
+    # kernels is compared whole against nn.GRU's in fp64 (test_fp64_matches_nn_gru, test_gru_kernels.py)
+    assert torch.autograd.gradcheck(fn, (x, h0), fast_mode=True)
+    # the double backward differentiates the reference math (create_graph=True): fast mode too, as the other
+    # cells' gradgradchecks (tests/test_ops.py)
     assert torch.autograd.gradgradcheck(fn, (x, h0), fast_mode=True)
 
 
