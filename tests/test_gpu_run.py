@@ -224,3 +224,23 @@ def test_all_stage_runs_quick_then_more_in_one_folder(tmp_path):
         [[], ["--resets", "0.03"], ["--packed"]]
     assert len({tuple(a[a.index("--B"):a.index("--passes") + 2]) for a in resets}) == 1
     assert all(a[a.index("--out") + 1] == f"{out}/hidden.csv" for a in sweeps)
+
+
+def test_reset_check_passes_and_catches_an_ignored_mask(tmp_path, monkeypatch):
+    """The subset's episode-reset rows (fused module with a mask against the float64 reference with the same mask):
+    one runs in the interpreter and passes; with the fused module's mask dropped it fails. Every group of a check
+    has a worker."""
+    import models
+
+    assert {c.group for c in G.all_checks()} <= {g for shard in G.SHARDS for g in shard}
+    check = next(c for c in G.all_checks() if c.name == "resets/rnn_tanh/per_step/bf16/fwdbwd")
+    row = G.run_one(check, tmp_path / "c.csv", None, seed=7)
+    assert row["status"] == "pass", row
+    real = models.RNN.forward
+
+    def mask_dropped(self, input, hx=None, resets=None):
+        return real(self, input, hx, resets=None if self.backend == "triton" else resets)
+
+    monkeypatch.setattr(models.RNN, "forward", mask_dropped)
+    row = G.run_one(check, tmp_path / "c.csv", None, seed=7)
+    assert row["status"] == "fail", row
