@@ -27,8 +27,8 @@ step t+1's partials only after barrier C of step t, when every program has read 
 monotonic: barrier k of the launch waits for k * P arrivals. The cell state and h_{t-1} of the program's own units
 stay in registers across steps (one batch tile); c_t is stored for the backward (``store``) or in two slots.
 
-Saved for the backward exactly what kernels/layernorm.py's forward saves (gates, a^ in the input dtype, rstd and
-c_t in the accumulator dtype), so its per_step backward runs after this forward unchanged. The backward stays
+Saved for the backward exactly what kernels/layernorm.py's forward saves (a^ in the input dtype, the gates, rstd
+and c_t in the accumulator dtype), so its per_step backward runs after this forward unchanged. The backward stays
 per_step.
 
 Interpreter: one program owns every unit (``_persistent.interpreter_config``, BLOCK_B the batch rounded up to a
@@ -247,7 +247,7 @@ def lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, 
     acc = acc_torch_dtype(xp.dtype)
     w = rk.t().contiguous()  # (4H, H): each gate column of recurrent_kernel K-contiguous (ldmatrix reads it)
     hbuf, cbuf, nslot = _p.lstm_state_buffers(xp, h0, c0, store)
-    gates = xp.new_empty(T, B, G4) if store else None
+    gates = xp.new_empty(T, B, G4, dtype=acc) if store else None
     a_hat = xp.new_empty(T, B, G4) if store else None
     rstd = xp.new_empty(T, B, dtype=acc) if store else None
     stats = xp.new_empty(2, 2, cfg.BLOCK_B, cfg.H_PAD // cfg.UNITS, dtype=acc)  # P_PAD >= the programs
@@ -266,5 +266,5 @@ def lnlstm_fwd_persistent(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask=None, 
 COMPILE_CHECK = _p.check_entries(
     _lnlstm_fwd_persistent, ARCH_CONFIGS, "fwd", aligns=("aligned",),
     args=dict(xp="x", w="x", gamma_r="x", gamma_h="x", beta_h="x", zmask="x", zkeep="acc", lengths="*i32", hbuf="x",
-              cbuf="acc", gates="x", a_hat="x", rstd="acc", stats="acc", counter="*i32", flag="*i32"),
+              cbuf="acc", gates="acc", a_hat="x", rstd="acc", stats="acc", counter="*i32", flag="*i32"),
     constexprs=dict(ZONEOUT=1, HAS_LENGTHS=True, STORE=True, CAST_F32=False, FAST_TANH=True))

@@ -433,14 +433,14 @@ def lnlstm_layer(
     """The LayerNorm LSTM recurrence of one layer and direction: xp (T, B, 4H), h0, c0 (B, H), rk (H, 4H), gamma_r
     (4H,), gamma_h, beta_h (H,), zmask (T, B, H) or None, keep (1 - p in eval), lengths (B,) int32 or None,
     strategy of the forward ("persistent": kernels/layernorm_persistent.py where it fits; the backward is per_step).
-    Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H, accumulator dtype), gates, a_hat (T, B, 4H),
-    rstd (T, B) (empty when ``store`` is False)."""
+    Returns y (T, B, H), c_n (B, H), and for backward c_seq (T, B, H) and gates (T, B, 4H) in the accumulator
+    dtype, a_hat (T, B, 4H), rstd (T, B) (empty when ``store`` is False)."""
     with _no_autocast(xp):
         y, c_n, c_seq, gates, a_hat, rstd = _ln.lnlstm_fwd_sequence(
             xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, _zkeep(zmask, keep, xp), lengths, store=store,
             strategy=strategy)
     acc = c_n
-    return (y, c_n.to(xp.dtype, copy=True), _or_empty(c_seq, acc), _or_empty(gates, xp), _or_empty(a_hat, xp),
+    return (y, c_n.to(xp.dtype, copy=True), _or_empty(c_seq, acc), _or_empty(gates, acc), _or_empty(a_hat, xp),
             _or_empty(rstd, acc))
 
 
@@ -450,10 +450,10 @@ def _(xp, h0, c0, rk, gamma_r, gamma_h, beta_h, zmask, keep, lengths, store, str
     H = h0.shape[1]
     acc = acc_torch_dtype(xp.dtype)
     if not store:
-        return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(_EMPTY, dtype=acc), xp.new_empty(_EMPTY),
-                xp.new_empty(_EMPTY), xp.new_empty(_EMPTY, dtype=acc))
-    return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, H, dtype=acc), xp.new_empty(T, B, G4),
-            xp.new_empty(T, B, G4), xp.new_empty(T, B, dtype=acc))
+        return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(_EMPTY, dtype=acc),
+                xp.new_empty(_EMPTY, dtype=acc), xp.new_empty(_EMPTY), xp.new_empty(_EMPTY, dtype=acc))
+    return (xp.new_empty(T, B, H), xp.new_empty(B, H), xp.new_empty(T, B, H, dtype=acc),
+            xp.new_empty(T, B, G4, dtype=acc), xp.new_empty(T, B, G4), xp.new_empty(T, B, dtype=acc))
 
 
 @torch.library.custom_op("fusedrnn::lnlstm_layer_bwd", mutates_args=())
@@ -472,7 +472,7 @@ def lnlstm_layer_bwd(
 
 @lnlstm_layer_bwd.register_fake
 def _(dy, dc_n, h0, c0, y, rk, gamma_r, gamma_h, beta_h, c_seq, gates, a_hat, rstd, zmask, keep, lengths):
-    return (torch.empty_like(gates), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(rk),
+    return (torch.empty_like(a_hat), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(rk),
             torch.empty_like(gamma_r), torch.empty_like(gamma_h), torch.empty_like(beta_h))
 
 
