@@ -94,6 +94,9 @@ its module sets ``COMPILE_CHECK = step_kernel_checks(__name__)``; other kernels 
                                              # that entry's kernel: the tests' sample compiles the heavier
     )
 
+Each entry that ``LAUNCH_FLAGS`` changes is compiled in the variant a plain launch runs as well ("<kernel>+launch",
+``launch_variants``): the heaviest variant compiling without spills does not imply that the others do.
+
 Coverage: ``package_kernels()`` reads every ``kernels/*.py`` and lists each ``@triton.jit`` function that no
 other jit function calls (a launchable kernel; the helpers are compiled inside their callers);
 tests/test_compile_check.py requires each of them to have an entry here (``checked_kernels()``).
@@ -225,11 +228,36 @@ def checked_kernels() -> dict[str, str]:
 
 
 def _entries(module_name: str) -> list[dict]:
+    """The module's COMPILE_CHECK entries, then their launch-time variants (``launch_variants``)."""
     mod = importlib.import_module(module_name)
     entries = mod.COMPILE_CHECK
     if callable(entries):
         entries = entries()
-    return list(entries)
+    return list(entries) + launch_variants(entries)
+
+
+# The constexprs of the variant that a launch without lengths, resets, zoneout or PDL runs: the most common call,
+# and the one experiments/predict.py times. An entry lists its heaviest variant (every flag on); ptxas allocates
+# registers per variant, and one with fewer flags can spill where the heaviest does not (the LayerNorm LSTM's
+# persistent forward with 16 units on 4 warps spilled 16-64 B without lengths and zoneout, 0 with them). So each
+# entry whose constexprs these flags change is compiled in that variant too, as "<kernel>+launch" (aligned only:
+# a launch from torch's own allocations).
+LAUNCH_FLAGS = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0, HAS_RESETS=False)
+LAUNCH_SUFFIX = "+launch"
+
+
+def launch_variants(entries: list) -> list[dict]:
+    """For each entry of ``entries`` (not itself a variant) whose constexprs ``LAUNCH_FLAGS`` change: the same
+    entry in the launch-time variant, named "<kernel>+launch", aligned only, ``variant_of`` its entry."""
+    out = []
+    for e in entries:
+        consts = dict(e.get("constexprs", {}))
+        launch = {k: LAUNCH_FLAGS.get(k, v) for k, v in consts.items()}
+        if e.get("variant_of") or launch == consts:
+            continue
+        out.append(dict(e, constexprs=launch, name=_entry_name(e) + LAUNCH_SUFFIX, variant_of=_entry_name(e),
+                        aligns=("aligned",)))
+    return out
 
 
 def _entry_name(entry: dict) -> str:
@@ -432,9 +460,10 @@ def heaviest_configs(kernel: str, dtypes, configs: list[dict], measured: dict) -
 
 def lighter_variants(entries: list[dict], measured: dict) -> set:
     """The positions in ``entries`` (one module's COMPILE_CHECK) that ``--sample heaviest`` leaves out: of an entry
-    and its ``variant_of`` entry (a step kernel without and with a reset mask, same dtype group), the one whose
-    ``heaviest_configs`` weigh less in ``measured`` (registers, then shared memory; a tie keeps the variant with
-    every flag on); both while either has a config ``measured`` lacks."""
+    and its ``variant_of`` entry (a step kernel without and with a reset mask, or an entry and its launch-time
+    variant: same dtype group), the one whose ``heaviest_configs`` weigh less in ``measured`` (registers, then
+    shared memory); both when they weigh the same (at a register cap either may spill) or while either has a config
+    ``measured`` lacks."""
     def weight(entry):
         name, dtypes = _entry_name(entry), entry.get("dtypes", DTYPES)
         picked = heaviest_configs(name, dtypes, [_config_fields(c) for c in entry["configs"]], measured)
@@ -448,8 +477,8 @@ def lighter_variants(entries: list[dict], measured: dict) -> set:
         if base is None:
             continue
         wv, wb = weight(e), weight(entries[base])
-        if wv is not None and wb is not None:
-            out.add(base if wv >= wb else i)
+        if wv is not None and wb is not None and wv != wb:
+            out.add(base if wv > wb else i)
     return out
 
 

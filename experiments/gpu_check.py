@@ -320,21 +320,11 @@ def _cell_check(kind: str, dtype_name: str):
 # tests check against torch.nn run segment by segment, or against the published equations), same weights, inputs
 # and reset mask.
 def _fwd_bwd(module, x, **kwargs) -> dict:
-    """Forward + backward of ``module`` on ``x`` from the zero state, ``kwargs`` passed to its call: the output,
-    every final state, the input's gradient and every parameter's."""
-    from tests.helpers import loss_of
+    """Forward + backward of ``module`` on ``x`` (a fresh leaf) from the zero state, ``kwargs`` passed to its
+    call: ``tests.compare.run``'s output, final states and gradients."""
+    from tests.compare import run
 
-    module.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_(True)
-    out, hn = module(x, **kwargs)
-    states = list(hn) if isinstance(hn, (tuple, list)) else [hn]
-    loss_of([out, *states]).backward()
-    res = {"out": out, **{f"state{i}": s for i, s in enumerate(states)}, "grad_x": x.grad}
-    for n, p in module.named_parameters():
-        if p.grad is None:
-            raise AssertionError(f"no gradient reached {n}")
-        res["grad_" + n] = p.grad
-    return {k: v.detach() for k, v in res.items()}
+    return run(module, None, x.detach().requires_grad_(True), None, **kwargs)
 
 
 def _reset_mask(T: int, B: int, seed: int) -> torch.Tensor:

@@ -85,6 +85,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .compile_check import LAUNCH_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 CSV_PATH = ROOT / "results" / "predicted_steps.csv"
 # The predictions of the kernels as the static review read them (commit 2c7c128's kernels, predicted at 0d36e50):
@@ -471,7 +473,7 @@ def extrapolate(time_of, n: int, base: int = 1) -> float:
 # Launch-time constexprs that differ from the compile check's heaviest variant: what a training step runs. (The
 # opt-in data-sync forward, "[data_sync]", was removed after its prediction; its rows stay in the CSV of 2c7c128's
 # kernels, and StepKernelModel's ``data_sync`` still models a step that waits by polling.)
-RUNTIME = dict(HAS_LENGTHS=False, PDL=False, ZONEOUT=0, HAS_RESETS=False)  # a call without resets (step 8 sets it)
+RUNTIME = LAUNCH_FLAGS  # a call without resets (step 8 sets it): the compile check's "+launch" variant
 RESET_ARGS = ("resets", "resets_next")  # the reset variant's int8 mask pointers (HAS_RESETS=True: ``compiled``)
 # (cell, strategy, pass) -> (kernel module, kernel name)
 KERNELS = {

@@ -140,7 +140,6 @@ def _lnlstm_fwd_persistent(
     # this program's own state, in registers across steps: c_{t-1}, and h_{t-1} for zoneout
     c = tl.load(cbuf + o_bj, mask=m_bj, other=0.0).to(ACC)
     h = tl.load(hbuf + o_bj, mask=m_bj, other=0.0).to(ACC)
-    x = tl.load(xp + o_bn, mask=m_bn, other=0.0)
     b3 = o_b[None, :, None]
     kk = tl.arange(0, S)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
     m_h3 = (b3 < B) & (kk < H)
@@ -153,7 +152,9 @@ def _lnlstm_fwd_persistent(
         s_a, m2_a = _partial_stats(a, m_n[None, :], 4 * n_own)
         _publish(stats, 0, pid, s_a, m2_a, o_b, m_b, BLOCK_B, P_PAD)
         _p._arrive(counter)
-        zw = _zone_weight(zmask, zkeep, t64 * s_t + o_bj, m_bj, ACC, ZONEOUT)  # while the others arrive
+        # while the others arrive (loaded here, not a step ahead: not live in registers across the product)
+        x = tl.load(xp + t64 * s_t * 4 + o_bn, mask=m_bn, other=0.0)
+        zw = _zone_weight(zmask, zkeep, t64 * s_t + o_bj, m_bj, ACC, ZONEOUT)
         alive = _p._wait(counter, flag, (3 * t + 1) * nprog, spin_cap, alive)
         # 2. the row statistics of a, the gates, c_t and its partial statistics
         mean_a, r_a = _combine(stats, 0, nprog, 4, U, 4 * H, o_b, P_PAD, BLOCK_B)
@@ -183,25 +184,27 @@ def _lnlstm_fwd_persistent(
         h = h_st.to(ACC)  # zoneout's h_{t-1} as stored (per_step reads it back)
         _p._arrive(counter)
         tl.store(cbuf + ((t64 + 1) % NSLOT) * s_t + o_bj, c, mask=m_bj)
-        x = tl.load(xp + (t64 + 1) * s_t * 4 + o_bn, mask=m_bn & (t + 1 < T), other=0.0)
         alive = _p._wait(counter, flag, (3 * t + 3) * nprog, spin_cap, alive)
 
 
 # ----------------------------------------------------------------------------------------------
 # Planning and launch
 # ----------------------------------------------------------------------------------------------
-# Launch shapes, per dtype group (``_persistent.PersistentConfig``; only the forward fields are used). Twice the
-# plain LSTM forward's units per program in 16-bit (16 at H_PAD 1024 and 512, 8 below): each combination reads
-# P x B partials per row statistic and the grid reads P^2 x B, so halving P quarters that traffic, for a product
-# twice as wide (predicted 5.5-8.1 us a step at B = 16, H = 768 against 6.0-8.7 with 8 units: experiments/predict.py).
-# fp32 keeps the plain forward's 4 units (its 16-warp shapes spill here). Each entry compiles with 0 spills for
-# sm_90a and sm_80 (COMPILE_CHECK).
+# Launch shapes, per dtype group (``_persistent.PersistentConfig``; only the forward fields are used; ``pick_config``
+# takes, at the smallest H_PAD >= H, the fewest units whose grid fits the SMs). 16-bit: 8 units on 8 warps at
+# H_PAD 1024 (96 programs at H = 768, 128 at 1024), 16 units on 8 warps where 128 programs do not fit (an A100's 108
+# SMs: H > 864), 8 units on 4 warps below. Each combination reads P x B partials per row statistic (the grid P^2 x B),
+# so fewer programs cut that traffic for a wider product; the shapes with 16 units on 4 warps (predicted 5.42-8.08
+# us a step at B = 16, H = 768 against 5.66-8.40 for 8 units / 8 warps) spilled 16-64 B in the variant that runs
+# (no lengths, no zoneout) at H_PAD 1024, and are not used. fp32 keeps the plain forward's 4 units (its 16-warp
+# shapes spill here). Each entry compiles with 0 spills for sm_90a and sm_80, in the heaviest variant and in the
+# one a launch without lengths or zoneout runs (COMPILE_CHECK).
 def _cfg(h_pad: int, units: int, warps: int) -> _p.PersistentConfig:
     return _p.PersistentConfig(H_PAD=h_pad, UNITS=units, BLOCK_B=16, fwd_warps=warps, bwd_warps=warps)
 
 
 CONFIGS = {
-    "16bit": [_cfg(1024, 16, 4), _cfg(512, 16, 4), _cfg(256, 8, 4), _cfg(128, 8, 4)],
+    "16bit": [_cfg(1024, 8, 8), _cfg(1024, 16, 8), _cfg(512, 8, 4), _cfg(256, 8, 4), _cfg(128, 8, 4)],
     "fp32": [_cfg(512, 4, 8), _cfg(128, 4, 4)],  # 256 / 4 units / 8 warps spills 8 B on sm_80
     "fp64": [_cfg(128, 4, 8)],
 }

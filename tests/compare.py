@@ -107,26 +107,27 @@ def _leaves(x, hx):
     return out
 
 
-def run(module, case: Case, x, hx):
-    """Forward + backward of ``module`` on the case. Returns a dict name -> tensor: "out", "h_n", "c_n",
-    "grad_x", "grad_h0", "grad_c0", and "grad_<param name>" for every parameter."""
+def run(module, case: Case | None, x, hx, **kwargs):
+    """Forward + backward of ``module`` on the case (None: the input ``x`` as it is, not packed), from ``hx``
+    (None: the module's zero state), ``kwargs`` passed to the call (e.g. ``resets=``). Returns a dict name ->
+    tensor: "out", "h_n", "c_n" (then "state2", ... for a cell with more states), "grad_x", "grad_h0", "grad_c0"
+    (those given), and "grad_<param name>" for every parameter."""
     module.zero_grad(set_to_none=True)
     leaves = _leaves(x, hx)
     for t in leaves:
         t.grad = None
     inp = x
-    lengths = case.lengths()
+    lengths = case.lengths() if case is not None else None
     if lengths is not None:
         inp = pack_padded_sequence(x, torch.tensor(lengths), batch_first=case.batch_first,
                                    enforce_sorted=case.packed == "sorted")
-    out, hn = module(inp) if hx is None else module(inp, hx)
+    out, hn = module(inp, **kwargs) if hx is None else module(inp, hx, **kwargs)
     if lengths is not None:
         out, out_lens = pad_packed_sequence(out, batch_first=case.batch_first, total_length=case.T)
         assert out_lens.tolist() == lengths
-    states = list(hn) if isinstance(hn, tuple) else [hn]
-    res = {"out": out, "h_n": states[0]}
-    if len(states) > 1:
-        res["c_n"] = states[1]
+    states = list(hn) if isinstance(hn, (tuple, list)) else [hn]
+    res = {"out": out, **{n: s for n, s in zip(["h_n", "c_n"], states)},
+           **{f"state{i}": s for i, s in enumerate(states[2:], 2)}}
     loss = loss_of([out, *states])
     loss.backward()
     names = ["grad_x", "grad_h0", "grad_c0"]

@@ -134,7 +134,11 @@ def test_falls_back_to_per_step_with_a_reason(strategy, dtype, H_, B_, reason):
 def test_runs_persistent_where_a_config_fits_and_logs_fallbacks(caplog):
     cfg, why = LP.decide("persistent", device_type="cuda", dtype=torch.bfloat16, H=768, B=16, sm_count=132,
                          interpret=False)
-    assert why == "" and (cfg.H_PAD, cfg.UNITS, cfg.BLOCK_B, cfg.fwd_warps) == (1024, 16, 16, 4)
+    assert why == "" and (cfg.H_PAD, cfg.UNITS, cfg.BLOCK_B, cfg.fwd_warps) == (1024, 8, 16, 8)
+    # 128 programs of 8 units do not fit an A100's 108 SMs at H = 1024: 16 units (64 programs)
+    cfg, why = LP.decide("persistent", device_type="cuda", dtype=torch.bfloat16, H=1024, B=16, sm_count=108,
+                         interpret=False, arch=80)
+    assert why == "" and (cfg.H_PAD, cfg.UNITS, cfg.fwd_warps) == (1024, 16, 8)
     with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
         assert LP.plan("auto", device=torch.device("cpu"), dtype=D, H=H, B=B) is None
     assert "LayerNorm LSTM fwd strategy='auto' runs per_step" in caplog.text
