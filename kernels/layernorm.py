@@ -70,10 +70,15 @@ PRODUCT_CONFIGS = {
 
 
 def _row_warps(block_h: int, group: str) -> int:
-    """16 warps from 1024 lanes on (two to four values of each row vector per thread: the backward row program
-    keeps about 15 such vectors live), fewer below; fp64 twice as many below 1024 (with 4 warps at 256 lanes the
-    LSTM's forward row program spilled 8 B on sm_80)."""
-    return max(1, min(16, block_h // (32 if group == "fp64" else 64)))
+    """One warp per 64 lanes up to 512 lanes, per 128 above (8 warps at 1024, 16 at 2048: four values of each row
+    vector per thread at 1024; the backward row program keeps about 15 such vectors live); fp64 one per 32 lanes, at
+    most 16 (with 4 warps at 256 lanes the LSTM's forward row program spilled 8 B on sm_80). At 1024 lanes 8 warps
+    are predicted faster than 16 for all four row programs, 16-bit and fp32 (B = 16, H = 768, bf16, PDL: LSTM
+    forward 6.25 -> 6.06 us a step, backward 7.91 -> 7.66; GRU 5.33 -> 5.30, 5.98 -> 5.76): fewer warps to combine
+    in each block reduction; at 512 lanes 8 and 4 are within 4% of each other, at 256 4 is fastest."""
+    if group == "fp64":
+        return max(1, min(16, block_h // 32))
+    return max(1, min(16, block_h // 64 if block_h <= 512 else block_h // 128))
 
 
 # the BLOCK_H the compile check covers per dtype group: the smallest and largest warps, the anchor (H = 768) and the

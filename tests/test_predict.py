@@ -325,7 +325,7 @@ def test_layernorm_rows_of_the_csv():
     for cell, rows_kernel in (("lnlstm", "_lnlstm"), ("lngru", "_lngru")):
         for kind in ("fwd", "bwd"):
             off, on = (idx[(cell, s, "bf16", "sm_90", 16, 768, kind)] for s in ("per_step", "per_step_pdl"))
-            assert off["kernel"].startswith("_ln_product[") and f"+{rows_kernel}_{kind}_rows[1024 w16]" in off["kernel"]
+            assert off["kernel"].startswith("_ln_product[") and f"+{rows_kernel}_{kind}_rows[1024 w8]" in off["kernel"]
             for col in ("us_per_step_lo", "us_per_step_hi"):
                 assert float(on[col]) < float(off[col])
     assert pr.ln_doc_block(rows) in pr.ROOT.joinpath("docs", "PERFORMANCE.md").read_text(), \
