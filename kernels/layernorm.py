@@ -58,12 +58,18 @@ from .layernorm_ref import layer_norm_rows, recurrent_grads
 MAX_HIDDEN = {"16bit": 2048, "fp32": 2048, "fp64": 1024}
 
 # Product tiles: backward-style dot (``dot_rows_split``: num_warps <= BLOCK_K / 16 under 64 rows); only configs that
-# compile with 0 spills for sm_90a and sm_80 (experiments/compile_check.py).
+# compile with 0 spills for sm_90a and sm_80 (experiments/compile_check.py). The two-stage tiles are predicted the
+# fastest at B = 16, H = 768 (experiments/predict.py, us a step with the graph gap, bf16: forward 16x32x256 2.48-3.93
+# against 2.85-4.32 for 16x32x128 / 3 stages, backward (K = 4H) 16x16x512 3.43-5.49 against 4.09-5.82 for
+# 16x16x256 / 3; fp32: forward 16x16x128 4.28-6.22 against 4.73-6.79, backward 16x16x256 / 8 warps 9.44-11.82 against
+# 10.79-13.80): one K slice fewer in flight costs less than the deeper prologue at 2-6 slices a step.
 PRODUCT_CONFIGS = {
     "16bit": [TileConfig(B=16, H=16, K=256, warps=4, stages=3), TileConfig(B=16, H=32, K=128, warps=4, stages=3),
-              TileConfig(B=16, H=64, K=64, warps=4, stages=3), TileConfig(B=64, H=64, K=64, warps=8, stages=3)],
+              TileConfig(B=16, H=64, K=64, warps=4, stages=3), TileConfig(B=64, H=64, K=64, warps=8, stages=3),
+              TileConfig(B=16, H=32, K=256, warps=4, stages=2), TileConfig(B=16, H=16, K=512, warps=4, stages=2)],
     "fp32": [TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=32, K=64, warps=4, stages=3),
-             TileConfig(B=64, H=32, K=32, warps=8, stages=3)],
+             TileConfig(B=64, H=32, K=32, warps=8, stages=3), TileConfig(B=16, H=16, K=128, warps=4, stages=2),
+             TileConfig(B=16, H=16, K=256, warps=8, stages=2)],
     # (16, 16, 32, 2 warps) spills 8 B for sm_80 (unaligned), (16, 32, 32, 2 warps) 8 B for sm_90a (aligned)
     "fp64": [TileConfig(B=16, H=16, K=64, warps=4, stages=3)],
 }
