@@ -33,13 +33,15 @@ from .reference import gru_input_projection
 # Only configs that compile with 0 spills for sm_90a and sm_80 in both alignments are listed, per dtype group
 # (experiments/compile_check.py checks every entry; results/compile_table.csv). The rules of kernels/lstm.py's lists
 # hold here: the forward's product is one dot of N = 4 * BLOCK_H (as the LSTM's), whose warps fit that result
-# (no replicated MMA work); num_stages >= 3; 64/128-row tiles are wgmma on sm_90a; backward tiles under 64 rows
+# (no replicated MMA work); num_stages >= 3 but for the wide two-stage tiles (forward 16x16x256, here only: the LSTM's
+# spills unaligned; backward 16x16x512 on 8 warps); 64/128-row tiles are wgmma on sm_90a; backward tiles under 64 rows
 # split K into chunks of 16 over the warps (``_common.dot_rows_split``), so there num_warps <= BLOCK_K / 16.
 FWD_CONFIGS = {
     "16bit": [
         TileConfig(B=16, H=16, K=64, warps=4, stages=4), TileConfig(B=16, H=16, K=128, warps=4, stages=3),
         TileConfig(B=16, H=64, K=32, warps=8, stages=3), TileConfig(B=32, H=32, K=64, warps=8, stages=3),
         TileConfig(B=64, H=32, K=32, warps=8, stages=3), TileConfig(B=128, H=16, K=32, warps=8, stages=3),
+        TileConfig(B=16, H=16, K=256, warps=4, stages=2),
     ],
     "fp32": [
         TileConfig(B=16, H=16, K=32, warps=4, stages=3), TileConfig(B=16, H=32, K=16, warps=4, stages=3),
@@ -51,7 +53,7 @@ BWD_CONFIGS = {
     "16bit": [
         TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=16, K=256, warps=4, stages=3),
         TileConfig(B=16, H=16, K=128, warps=2, stages=3), TileConfig(B=16, H=32, K=128, warps=4, stages=3),
-        TileConfig(B=64, H=32, K=64, warps=8, stages=3),
+        TileConfig(B=64, H=32, K=64, warps=8, stages=3), TileConfig(B=16, H=16, K=512, warps=8, stages=2),
     ],
     "fp32": [
         TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=16, K=64, warps=4, stages=3),

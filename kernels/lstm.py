@@ -38,7 +38,11 @@ from .reference import input_projection
 #   fit its (BLOCK_B, 4 * BLOCK_H) (forward) or (BLOCK_B, BLOCK_H) (backward) result: #mma warpsPerCTA x
 #   instrShape never exceeds the result shape;
 # - num_stages >= 3, so the K loop waits for one K slice while the next ones are in flight (num_stages = 2
-#   compiles to a full cp.async drain, ``DEPBAR.LE SB0, 0x0``, at the top of every iteration);
+#   compiles to a full cp.async drain, ``DEPBAR.LE SB0, 0x0``, at the top of every iteration); except the
+#   backward's (16, 16, 512) on 8 warps, two stages: with 6-8 K slices a step, fewer and larger round trips are
+#   predicted faster (experiments/predict.py, B = 16, bf16, us a step: H 768 4.71-6.59 -> 4.11-5.82, H 1024
+#   5.59-7.65 -> 4.67-6.51; on 4 warps it spills unaligned, as the forward's (16, 16, 256) two-stage tile does);
+#   on a GPU the autotuner measures it beside the others;
 # - 64- and 128-row tiles compile to wgmma (HGMMA) on sm_90a; ``prune_by_batch`` offers them only from B > 32
 #   and B > 64 on.
 FWD_CONFIGS = {
@@ -59,7 +63,7 @@ BWD_CONFIGS = {
     "16bit": [
         TileConfig(B=16, H=16, K=128, warps=4, stages=3), TileConfig(B=16, H=16, K=256, warps=4, stages=3),
         TileConfig(B=16, H=16, K=128, warps=2, stages=3), TileConfig(B=16, H=32, K=128, warps=4, stages=3),
-        TileConfig(B=64, H=32, K=64, warps=8, stages=3),
+        TileConfig(B=64, H=32, K=64, warps=8, stages=3), TileConfig(B=16, H=16, K=512, warps=8, stages=2),
     ],
     # no (B=16, H=16, K=256) tile: it spills for tf32 (sm_90a, unaligned) in the PDL variant
     "fp32": [

@@ -60,8 +60,9 @@ def test_backward_tiles_give_every_warp_its_own_k_chunks():
 
 
 def test_k_loops_keep_a_slice_in_flight():
-    """num_stages 2 drains every cp.async group at the top of each K iteration; the lists use 3 or more."""
-    assert not [(n, c) for n, _, c in _lists() if c.stages < 3]
+    """num_stages 2 drains every cp.async group at the top of each K iteration; the lists use 3 or more, but for
+    the wide 16-row tiles (BLOCK_K >= 256: a few large round trips a step, predicted faster; kernels/lstm.py)."""
+    assert not [(n, c) for n, _, c in _lists() if c.stages < 3 and not (c.stages == 2 and c.B == 16 and c.K >= 256)]
 
 
 def test_programmatic_dependent_launch_is_opt_in_and_cuda_sm90_only(monkeypatch):
