@@ -70,7 +70,7 @@ def _declared():
 def test_full_table_covers_every_kernel_arch_dtype():
     """The committed full table (results/compile_table.csv) holds every registry entry for its archs (default both)
     in each of its dtypes and alignments: the per-step kernels in every dtype and both alignments (their launchers
-    run both), the persistent ones aligned (the only variant ``decide`` lets run)."""
+    run both), the persistent ones aligned (the only variant ``decide`` lets run), every "+launch" variant aligned."""
     from experiments import compile_check as cc
 
     with open(ROOT / "results" / "compile_table.csv", newline="") as f:
@@ -81,7 +81,7 @@ def test_full_table_covers_every_kernel_arch_dtype():
     for k in {r["kernel"] for r in rows}:
         if k.startswith("_heads_"):  # per-head whole-sequence kernels: their entries' dtypes, aligned (above)
             continue
-        aligns = ("aligned",) if "persistent" in k else cc.ALIGNS
+        aligns = ("aligned",) if "persistent" in k or k.endswith(cc.LAUNCH_SUFFIX) else cc.ALIGNS
         for arch in cc.ARCHS.values():
             for dt in cc.DTYPES:
                 for al in aligns:
@@ -282,7 +282,7 @@ def test_mma_columns_filled(table):
             continue
         what = f"{r['kernel']} {r['arch']} {r['dtype']} {r['align']} {r['BLOCK_B']}x{r['BLOCK_H']}x{r['BLOCK_K']}"
         assert r["mma"] in _HOT_KINDS, what
-        if r["kernel"] in _DOT_FREE:  # pointwise row programs: FMA work, no dot to lay out
+        if _base(r["kernel"]) in _DOT_FREE:  # pointwise row programs: FMA work, no dot to lay out
             assert r["mma"] in ("FFMA", "DFMA") and int(r["mma_repeat"]) == 0 and not r["dots"], what
             continue
         assert int(r["mma_per_iter"]) > 0 and int(r["ldsm_per_iter"]) >= 0, what
