@@ -462,8 +462,9 @@ def lighter_variants(entries: list[dict], measured: dict) -> set:
     """The positions in ``entries`` (one module's COMPILE_CHECK) that ``--sample heaviest`` leaves out: of an entry
     and its ``variant_of`` entry (a step kernel without and with a reset mask, or an entry and its launch-time
     variant: same dtype group), the one whose ``heaviest_configs`` weigh less in ``measured`` (registers, then
-    shared memory); both when they weigh the same (at a register cap either may spill) or while either has a config
-    ``measured`` lacks."""
+    shared memory); when they weigh the same, the base entry of a launch variant (the variant is what runs, and at a
+    register cap the one that spilled where the heaviest did not) and a reset variant (the base has every other flag
+    on); both while either has a config ``measured`` lacks."""
     def weight(entry):
         name, dtypes = _entry_name(entry), entry.get("dtypes", DTYPES)
         picked = heaviest_configs(name, dtypes, [_config_fields(c) for c in entry["configs"]], measured)
@@ -477,8 +478,11 @@ def lighter_variants(entries: list[dict], measured: dict) -> set:
         if base is None:
             continue
         wv, wb = weight(e), weight(entries[base])
-        if wv is not None and wb is not None and wv != wb:
-            out.add(base if wv > wb else i)
+        if wv is not None and wb is not None:
+            if wv == wb:  # a tie: the launch variant (what runs), else the base (every flag on)
+                out.add(base if _entry_name(e).endswith(LAUNCH_SUFFIX) else i)
+            else:
+                out.add(base if wv > wb else i)
     return out
 
 

@@ -122,7 +122,10 @@ def test_sample_takes_the_heavier_variant_of_each_step_kernel():
     measured[("k+resets", "fp32", key(light))] = (130, 0)
     assert cc.lighter_variants([base, variant], measured) == {0}
     measured[("k+resets", "fp32", key(light))] = (128, 0)
-    assert cc.lighter_variants([base, variant], measured) == set()  # the same weight: both (either may spill)
+    assert cc.lighter_variants([base, variant], measured) == {1}  # a tie: the base (every flag on) for resets
+    launch = dict(variant, name="k+launch")
+    tie = {**measured, ("k+launch", "fp32", key(light)): (128, 0)}
+    assert cc.lighter_variants([base, launch], tie) == {0}  # but the launch variant (what runs) for a launch one
     del measured[("k+resets", "fp32", key(light))]
     assert cc.lighter_variants([base, variant], measured) == set()  # unmeasured: both compiled
 
