@@ -18,6 +18,15 @@ pytestmark = pytest.mark.xdist_group("compile_check")  # one process compiles th
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _variant_base(kernel: str) -> str:
+    """A compile-table kernel name without its variant suffix ("+launch", "+resets"): the entry it is a variant of
+    (its label, "[lstm]", kept)."""
+    from experiments.compile_check import LAUNCH_SUFFIX
+    from kernels._common import RESET_SUFFIX
+
+    return kernel.removesuffix(LAUNCH_SUFFIX).removesuffix(RESET_SUFFIX)
+
+
 def compile_table(out: Path, *args: str):
     """``python -m experiments.compile_check ARGS --csv OUT`` in a fresh process without the interpreter:
     ``(the finished process, the rows of OUT)``."""
@@ -91,18 +100,14 @@ def test_full_table_covers_every_kernel_arch_dtype():
 def test_sample_covers_every_kernel_arch_and_dtype_group(table):
     """The tests' sample compiles every registry entry (a kernel and one dtype group) for each of its archs, in
     one of the group's dtypes and one of its alignments at least (``heaviest_variants``)."""
-    from experiments.compile_check import LAUNCH_SUFFIX
-    from kernels._common import RESET_SUFFIX
-
     _, rows = table
     # any variant of a kernel (its heaviest, "+resets", "+launch") stands for all of them
-    base = lambda k: k.removesuffix(LAUNCH_SUFFIX).removesuffix(RESET_SUFFIX)  # noqa: E731
-    seen = {(base(r["kernel"]), r["arch"], r["dtype"]) for r in rows}
+    seen = {(_variant_base(r["kernel"]), r["arch"], r["dtype"]) for r in rows}
     assert {"_lstm_fwd_step", "_lstm_bwd_step", "_rnn_fwd_step", "_rnn_bwd_step", "_gru_fwd_step",
             "_gru_bwd_step"} <= {k for k, _, _ in seen}
     _, groups = _declared()
     missing = [(k, arch, dts) for (k, arch), gs in groups.items() for dts in gs
-               if not any((base(k), arch, dt) in seen for dt in dts)]
+               if not any((_variant_base(k), arch, dt) in seen for dt in dts)]
     assert not missing, f"no compile of: {missing[:10]}"
 
 
@@ -298,11 +303,9 @@ def test_no_replicated_mma_work_in_16bit_hot_kernels(table):
     """Every kernel of the registry runs once per time step or persists over the sequence (the hot path);
     in fp16/bf16 no warp may recompute another warp's part of a dot (``mma_repeat`` == 1)."""
     from experiments import compile_check as cc
-    from kernels._common import RESET_SUFFIX
-
     _, rows = table
     # "_heads_fwd[lstm]": one entry of "_heads_fwd"; "_lstm_fwd_step+resets" / "+launch": the sample's heavier variant
-    names = {r["kernel"].partition("[")[0].removesuffix(cc.LAUNCH_SUFFIX).removesuffix(RESET_SUFFIX) for r in rows}
+    names = {_variant_base(r["kernel"]).partition("[")[0] for r in rows}
     assert names >= set(cc.checked_kernels())
     bad: dict = {}  # (kernel, arch, config) -> [dtype/align variants], repeat, dots
     for r in rows:
@@ -497,10 +500,8 @@ EPILOGUE_DEBT.update({("_lnlstm_fwd_persistent", arch, h_pad, units): warps for 
 
 
 def _base(kernel: str) -> str:
-    """A compile-table kernel name without its entry label ("[lstm]") and launch-variant suffix ("+launch")."""
-    from experiments.compile_check import LAUNCH_SUFFIX
-
-    return kernel.partition("[")[0].removesuffix(LAUNCH_SUFFIX)
+    """A compile-table kernel name without its entry label ("[lstm]") and variant suffix."""
+    return _variant_base(kernel).partition("[")[0]
 
 
 @pytest.fixture(scope="module")
