@@ -54,6 +54,11 @@ from ._common import (
 )
 from .reference import input_projection, usegate_cell_ref, usegate_layer_ref  # noqa: F401  (public here)
 
+
+def _without(configs: list, *drop: TileConfig) -> list:
+    return [c for c in configs if c not in drop]
+
+
 # Only configs that compile with 0 spills (no stack bytes) for sm_90a and sm_80, fp16/bf16/fp32/tf32/fp64,
 # aligned and unaligned, are listed (experiments/compile_check.py checks every entry; results/compile_table.csv).
 # Launch A forward holds four gate accumulators (as the LSTM forward step) and does its gate product as one dot
@@ -66,7 +71,7 @@ _FWD_ALL = [
 ]
 FWD_CONFIGS = {
     "16bit": _FWD_ALL,
-    "fp32": [c for c in _FWD_ALL if c != TileConfig(B=16, H=64, K=16, warps=8, stages=1)],
+    "fp32": _without(_FWD_ALL, TileConfig(B=16, H=64, K=16, warps=8, stages=1)),
     "fp64": _FWD_ALL,
 }
 # the one-accumulator kernels share their wide tiles
@@ -80,12 +85,6 @@ _BWD = [
     TileConfig(B=64, H=32, K=32, warps=8, stages=2),
 ]
 _BWD_USE = [TileConfig(B=16, H=32, K=32, warps=4, stages=3), *_BWD[1:]]
-
-
-def _without(configs: list, *drop: TileConfig) -> list:
-    return [c for c in configs if c not in drop]
-
-
 # fp64 leaves out the shapes that spill 8 B in the variant a launch without lengths runs (the compile check's
 # "+launch" entries): the gates' (32, 64, 64) on sm_80, the use product's (16, 32, 32) on sm_90a and (64, 32, 32) on
 # sm_80
